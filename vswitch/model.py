@@ -1,0 +1,140 @@
+"""The desired state of one node, as frozen values.
+
+The config loader turns a TOML topology into these objects after validating all of it; the runtime
+and the dataplane only ever read them. Kernel object names (namespaces, TAP devices) and MAC
+addresses are derived here, deterministically, so that a restart after a crash finds exactly what an
+earlier run of the same topology created.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from types import MappingProxyType
+from typing import Mapping
+
+IFNAMSIZ = 15  # the kernel's limit on interface names, without the trailing NUL
+
+DEFAULT_MTU = 1500
+DEFAULT_FDB_AGING = 300.0
+DEFAULT_MAC_LIMIT = 64
+DEFAULT_SOCKET_DIR = "/run/vswitch"
+DEFAULT_STATE_DIR = "/run/vswitch"
+
+
+def mac_for_ip(ip: IPv4Address) -> str:
+    """The MAC Kubernetes' bridge plugins give an address: 0a:58 followed by the IPv4 bytes.
+
+    Locally administered, unicast, stable across restarts, and readable: a MAC in a capture tells
+    which IP owns it.
+    """
+    return "0a:58:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
+def short_hash(*parts: str, length: int = 4) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:length]
+
+
+def kernel_name(prefix: str, *parts: str) -> str:
+    """A readable interface name that fits IFNAMSIZ and is unique per (prefix, parts).
+
+    ``prefix`` plus as much of the last part as fits, then a short hash of all parts, so that two
+    long pod names with a common start still get different names.
+    """
+    digest = short_hash(prefix, *parts)
+    room = IFNAMSIZ - len(prefix) - len(digest) - 1
+    stem = "".join(ch for ch in parts[-1] if ch.isalnum())[: max(room, 0)]
+    name = f"{prefix}{stem}-{digest}" if stem else f"{prefix}{digest}"
+    assert len(name) <= IFNAMSIZ, name
+    return name
+
+
+def netns_name(node: str, pod: str) -> str:
+    """Namespace names are file names under /run/netns (no IFNAMSIZ limit); keep them readable."""
+    return f"vsw-{node}-{pod}"
+
+
+def netns_prefix(node: str) -> str:
+    return f"vsw-{node}-"
+
+
+@dataclass(frozen=True)
+class Container:
+    """A process of a pod: it runs in the pod's namespace and shares its IP and port space."""
+
+    name: str
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Named container ports (name -> (protocol, port)), so a service may target a port by name.
+    ports: Mapping[str, tuple[str, int]] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    ip: IPv4Address
+    mac: str
+    netns: str
+    tap: str  # the TAP's name while it is still in the host namespace; inside the pod it is eth0
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    containers: tuple[Container, ...] = ()
+    ready: bool = True
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    pod_cidr: IPv4Network
+    gateway: IPv4Address
+    gateway_mac: str
+    mtu: int = DEFAULT_MTU
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """The TAP in the host's root namespace that lets the node itself reach its pods without NAT."""
+
+    enabled: bool
+    name: str
+    address: IPv4Interface  # host side: an address inside the pod CIDR, with its prefix length
+    mac: str
+
+
+@dataclass(frozen=True)
+class Dataplane:
+    offloads: bool = True  # IFF_VNET_HDR + checksum/TSO offloads on every TAP
+    fdb_aging: float = DEFAULT_FDB_AGING  # seconds without traffic before a MAC is forgotten
+    mac_limit: int = DEFAULT_MAC_LIMIT  # learned MACs per port; more are dropped and counted
+    burst: int = 64  # frames drained from a port per wake-up
+    accel: str = "native"  # "native" or "pure"
+
+
+@dataclass(frozen=True)
+class Control:
+    socket: str  # path of the control socket (mode 0600)
+    state_dir: str = DEFAULT_STATE_DIR  # where the journal of created kernel objects lives
+
+
+@dataclass(frozen=True)
+class Topology:
+    source: str  # the file it was loaded from, for messages
+    node: Node
+    pods: tuple[Pod, ...]
+    host_port: HostPort
+    dataplane: Dataplane
+    control: Control
+
+    def pod(self, name: str) -> Pod:
+        for pod in self.pods:
+            if pod.name == name:
+                return pod
+        raise KeyError(name)
+
+
+def first_host(network: IPv4Network) -> IPv4Address:
+    return next(network.hosts())
+
+
+def last_host(network: IPv4Network) -> IPv4Address:
+    return ipaddress.IPv4Address(int(network.broadcast_address) - 1)
