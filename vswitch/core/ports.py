@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 VNET_HDR_LEN = 10  # struct virtio_net_hdr, as set with TUNSETVNETHDRSZ
@@ -19,8 +19,18 @@ class PortSpec:
     id: int
     name: str  # pod name, or "host" for the host port
     kind: PortKind
-    mac: str  # the only source MAC accepted from this port
+    mac: str  # the only source MAC accepted from this port (when port_security is on)
     ip: IPv4Address  # the only source IPv4 address accepted from this port
     vnet_hdr: bool  # frames read from / written to this port carry a virtio-net header
     mtu: int = 1500
     device: str = ""  # kernel device name, for display
+    port_security: bool = True
+    # Derived once here so that the packet path compares bytes, not text.
+    mac_bytes: bytes = field(init=False, repr=False, compare=False)
+    ip_bytes: bytes = field(init=False, repr=False, compare=False)
+    l2_offset: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mac_bytes", bytes(int(p, 16) for p in self.mac.split(":")))
+        object.__setattr__(self, "ip_bytes", IPv4Address(self.ip).packed)
+        object.__setattr__(self, "l2_offset", VNET_HDR_LEN if self.vnet_hdr else 0)

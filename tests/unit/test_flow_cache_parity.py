@@ -1,0 +1,94 @@
+"""The most important property of the fast path: for any traffic it decides what the pipeline decides.
+
+Two switches get the same random traffic, one with the flow cache and one without; every burst must
+produce the same frames on the same ports, and the FDBs must end equal.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from vswitch.core.ports import PortKind, PortSpec
+from vswitch.wire import headers as h
+from vswitch.wire.addresses import BROADCAST_MAC, mac_bytes
+from vswitch.wire.text import build_frame, parse_packet
+
+from .conftest import make_switch
+
+PODS = [(2, "10.244.1.10"), (3, "10.244.1.11"), (4, "10.244.1.50"), (1, "10.244.1.254")]
+TRUNK = 9  # a port without port security, so MACs can move between ports
+
+
+def _mac(ip: str) -> bytes:
+    return mac_bytes("0a:58:" + ":".join(f"{int(b):02x}" for b in ip.split(".")))
+
+
+def _frame(src_ip: str, dst_ip: str, kind: str, dst_mac: bytes, mutate: int | None) -> bytes:
+    text = {"icmp": f"icmp {src_ip} > {dst_ip}", "udp": f"udp {src_ip}:1 > {dst_ip}:2",
+            "tcp": f"tcp {src_ip}:1 > {dst_ip}:2 flags S",
+            "arp": f"arp who-has {dst_ip} tell {src_ip}"}[kind]
+    data = bytearray(h.ZERO_VNET_HDR + build_frame(parse_packet(text), _mac(src_ip), dst_mac))
+    if mutate is not None:
+        data[mutate % len(data)] ^= 0x5A
+    return bytes(data)
+
+
+# Mostly well-behaved traffic (each pod sends as itself, unicast to a pod) so that flows repeat
+# and hit the cache, with spoofing, broadcasts, gateway traffic and corrupted bytes mixed in.
+event = st.tuples(
+    st.sampled_from(PODS + [(TRUNK, "trunk")]),  # ingress port
+    st.one_of(st.none(), st.none(), st.none(), st.sampled_from([ip for _, ip in PODS])),  # spoof
+    st.sampled_from([ip for _, ip in PODS] + ["10.244.1.1", "10.244.1.77"]),  # destination
+    st.sampled_from(["udp", "icmp", "tcp", "arp"]),
+    st.sampled_from(["unicast", "unicast", "unicast", "broadcast", "gateway"]),
+    st.one_of(st.none(), st.none(), st.none(), st.integers(0, 80)),  # flip one byte
+    st.sampled_from([0.0, 0.5, 1.0, 2.5, 4.0]),  # seconds since the previous burst (aging is 5 s)
+    st.integers(1, 3),  # copies in the burst
+)
+
+
+def _with_trunk(switch):
+    switch.add_port(PortSpec(TRUNK, "trunk", PortKind.MEMORY, "0a:58:00:00:00:09", "10.244.1.99",
+                             True, port_security=False))
+    return switch
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(event, min_size=1, max_size=40))
+def test_fast_path_equals_slow_path(topology, accel_name, events):
+    short = dataclasses.replace(topology, dataplane=dataclasses.replace(topology.dataplane,
+                                                                        fdb_aging=5.0))
+    cached = _with_trunk(make_switch(short, accel_name))
+    uncached = _with_trunk(make_switch(short, accel_name, flow_cache_capacity=0))
+    now = 0.0
+    for (port, own_ip), spoof, dst, kind, l2dst, mutate, delay, copies in events:
+        now += delay
+        src = spoof or (own_ip if port != TRUNK else dst)
+        dst_mac = {"unicast": _mac(dst), "broadcast": BROADCAST_MAC,
+                   "gateway": mac_bytes("0a:58:0a:f4:01:01")}[l2dst]
+        burst = [_frame(src, dst, kind, dst_mac, mutate)] * copies
+        got = [(t.port, t.data) for t in cached.process_batch(port, burst, now)]
+        want = [(t.port, t.data) for t in uncached.process_batch(port, burst, now)]
+        assert got == want
+        if delay == 2.5:  # the timer runs now and then, not before every burst
+            cached.handle_timer(now)
+            uncached.handle_timer(now)
+    assert cached.fdb_info(now) == uncached.fdb_info(now)
+    assert uncached.statistics()["dispositions"]["cache-hit"] == 0
+    for s in (cached.statistics(), uncached.statistics()):
+        rx = sum(p["rx_packets"] for p in s["ports"].values())
+        assert sum(s["dispositions"].values()) == rx
+
+
+def test_repeated_flow_hits_the_cache_and_a_mac_move_invalidates_it(topology, accel_name):
+    switch = _with_trunk(make_switch(topology, accel_name))
+    b_to_a = _frame("10.244.1.11", "10.244.1.10", "udp", _mac("10.244.1.10"), None)
+    a_to_b = _frame("10.244.1.10", "10.244.1.11", "udp", _mac("10.244.1.11"), None)
+    switch.process_batch(3, [b_to_a], 0.0)
+    assert [t.port for t in switch.process_batch(2, [a_to_b] * 3, 1.0)] == [3, 3, 3]
+    s = switch.statistics()
+    assert s["dispositions"]["cache-hit"] == 2 and s["flow_cache"]["entries"] == 1
+    # B's MAC shows up behind the trunk: the cached decision "to port 3" must not survive.
+    switch.process_batch(TRUNK, [b_to_a], 2.0)
+    assert [t.port for t in switch.process_batch(2, [a_to_b], 3.0)] == [TRUNK]

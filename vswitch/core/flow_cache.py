@@ -1,0 +1,67 @@
+"""The flow cache: the pipeline's decisions memoised per flow, as in Open vSwitch.
+
+Theory of operation
+-------------------
+* The key is the ingress port plus the flow key (destination and source MAC, ethertype, IPv4 source
+  and destination) taken by the hand-written extractor in ``vswitch.accel``. The extractor returns
+  no key for anything that is not a well-formed, unfragmented IPv4 frame, so everything the
+  pipeline might drop for its shape still goes through the pipeline.
+* An entry records the output port, the FDB entries the decision rested on, and the generation of
+  the tables at the time. Any change that could alter a decision (a MAC move or expiry, a port added
+  or removed) bumps the generation, and an entry of an older generation counts as a miss. Nobody
+  hunts for entries to delete.
+* A hit refreshes the source MAC's FDB entry, exactly as l2-learn would, so a MAC never ages out
+  while its traffic flows through the cache; a hit whose destination entry has aged is a miss, as
+  the FDB lookup would be.
+* The cache is bounded. When full it is emptied at once (counted): entries are cheap to rebuild and
+  a full cache means the traffic mix changed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vswitch.tables.fdb import FdbEntry
+
+
+class CacheEntry:
+    __slots__ = ("generation", "out_port", "src", "dst")
+
+    def __init__(self, generation: int, out_port: int, src: FdbEntry, dst: FdbEntry):
+        self.generation = generation
+        self.out_port = out_port
+        self.src = src
+        self.dst = dst
+
+
+@dataclass(frozen=True)
+class FlowCacheStatistics:
+    entries: int
+    capacity: int
+    hits: int
+    misses: int
+    installs: int
+    flushes: int
+
+
+class FlowCache:
+    def __init__(self, capacity: int = 65536):
+        self.capacity = capacity
+        self.entries: dict[bytes, CacheEntry] = {}
+        self.hits = 0
+        self.misses = 0
+        self.installs = 0
+        self.flushes = 0
+
+    def install(self, key: bytes, entry: CacheEntry) -> None:
+        if len(self.entries) >= self.capacity and key not in self.entries:
+            self.entries.clear()
+            self.flushes += 1
+        self.entries[key] = entry
+        self.installs += 1
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def statistics(self) -> FlowCacheStatistics:
+        return FlowCacheStatistics(len(self.entries), self.capacity, self.hits, self.misses,
+                                   self.installs, self.flushes)

@@ -1,0 +1,342 @@
+"""The switch: the sans-I/O core that the runtime feeds with frames and time.
+
+Theory of operation
+-------------------
+* ``process_batch(port, frames, now)`` takes a burst read from one port and returns the frames to
+  write, as ``Transmit`` values. It never reads a clock, a socket or a random source.
+* For each frame the fast path is tried first: the flow key (one batch call into ``accel``) and a
+  flow-cache lookup. On a miss the frame runs through the stage graph, and a cacheable decision is
+  memoised. The pipeline is the source of truth; the cache only remembers its answers.
+* Frames are forwarded as they were read, virtio-net header included, so 64 KB TSO segments and
+  partial checksums pass between offload-capable ports untouched.
+* Every received frame gets exactly one disposition (cache hit, forwarded, local, dropped), so the
+  dispositions add up to what the ports received.
+* A trace runs the same stages with notes switched on: either a dry run on a packet built from text
+  (tables untouched, counters not counted), or the next N real packets of a port.
+"""
+from __future__ import annotations
+
+import math
+from ipaddress import IPv4Address
+from collections import Counter as _Tally
+from types import ModuleType
+from typing import Sequence
+
+from vswitch import accel as _accel
+from vswitch.core.actions import Transmit
+from vswitch.core.counters import Disposition, PortCounters, StageCounters, counter_name
+from vswitch.core.flow_cache import CacheEntry, FlowCache
+from vswitch.core.ports import PortSpec
+from vswitch.core.trace import Trace
+from vswitch.core.verdict import Drop, Forward, Reply
+from vswitch.model import Topology, mac_for_ip
+from vswitch.pipeline import graph
+from vswitch.pipeline.context import Env, Packet
+from vswitch.tables.fdb import Fdb
+from vswitch.wire import headers as h
+from vswitch.wire.addresses import BROADCAST_MAC, mac_bytes, mac_text
+from vswitch.wire.text import build_frame, parse_packet
+
+_PENDING_TRACE_LIMIT = 1000
+
+
+class Switch:
+    def __init__(self, topology: Topology, accel: ModuleType | None = None,
+                 flow_cache_capacity: int = 65536):
+        self.topology = topology
+        self.accel = accel if accel is not None else _accel.load(topology.dataplane.accel)
+        self.accel_name: str = self.accel.NAME
+        node = topology.node
+        self.gateway_ip = node.gateway.packed
+        self.gateway_mac = mac_bytes(node.gateway_mac)
+        self.fdb = Fdb(topology.dataplane.fdb_aging, topology.dataplane.mac_limit)
+        self.flow_cache = FlowCache(flow_cache_capacity)
+        self.ports: dict[int, PortSpec] = {}
+        self._by_name: dict[str, PortSpec] = {}
+        self._port_counters: dict[int, PortCounters] = {}
+        self._key_prefix: dict[int, bytes] = {}
+        self.counters = StageCounters(graph.STAGE_COUNTERS)
+        self.dispositions: _Tally = _Tally()
+        self.unknown_port_frames = 0
+        # Bumped by port changes; together with the FDB's generation it versions cached decisions.
+        self._config_generation = 0
+        self._armed: dict[int, int] = {}  # port id -> packets still to trace
+        self._traces: dict[int, list[dict]] = {}
+        self._env = Env(fdb=self.fdb, ports=self.ports, gateway_ip=self.gateway_ip,
+                        gateway_mac=self.gateway_mac, accel=self.accel, counters=self.counters)
+
+    # -- ports ------------------------------------------------------------------------------
+
+    def add_port(self, spec: PortSpec) -> None:
+        if spec.id in self.ports:
+            raise ValueError(f"port id {spec.id} is already in use by {self.ports[spec.id].name}")
+        if spec.name in self._by_name:
+            raise ValueError(f"port name {spec.name!r} is already in use")
+        self.ports[spec.id] = spec
+        self._by_name[spec.name] = spec
+        self._port_counters[spec.id] = PortCounters()
+        self._key_prefix[spec.id] = spec.id.to_bytes(4, "big")
+        self._config_generation += 1
+
+    def remove_port(self, port_id: int) -> None:
+        spec = self.ports.pop(port_id)
+        del self._by_name[spec.name]
+        del self._key_prefix[port_id]
+        self._armed.pop(port_id, None)
+        self.fdb.flush_port(port_id)
+        self._config_generation += 1
+        # Counters of a removed port go with it: a re-added pod starts from zero.
+        del self._port_counters[port_id]
+
+    def port_by_name(self, name: str) -> PortSpec:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(sorted(self._by_name)) or "none"
+            raise ValueError(f"no port named {name!r} (ports: {known})") from None
+
+    # -- the packet path --------------------------------------------------------------------
+
+    def _generation(self) -> int:
+        return self.fdb.generation + self._config_generation
+
+    def process_batch(self, port_id: int, frames: Sequence[bytes], now: float) -> list[Transmit]:
+        out: list[Transmit] = []
+        port = self.ports.get(port_id)
+        if port is None:
+            self.unknown_port_frames += len(frames)
+            return out
+        counters = self._port_counters[port_id]
+        offset = port.l2_offset
+        env = self._env
+        env.now = now
+        armed = self._armed.get(port_id, 0)
+        keys = self.accel.extract_flow_keys(frames, offset) if not armed else [None] * len(frames)
+        prefix = self._key_prefix[port_id]
+        cache = self.flow_cache.entries
+        generation = self._generation()
+        aging = self.fdb.aging
+        for frame, key in zip(frames, keys):
+            counters.rx_packets += 1
+            counters.rx_bytes += len(frame) - offset
+            if key is not None:
+                key = prefix + key
+                entry = cache.get(key)
+                if (entry is not None and entry.generation == generation
+                        and now - entry.dst.last_seen < aging):
+                    entry.src.last_seen = now
+                    self.flow_cache.hits += 1
+                    self.dispositions[Disposition.CACHE_HIT] += 1
+                    self._send(out, port, entry.out_port, frame)
+                    continue
+                self.flow_cache.misses += 1
+            trace = None
+            if armed:
+                trace = Trace(port=port.name, summary=f"live packet, {len(frame) - offset} bytes")
+                armed -= 1
+                self._armed[port_id] = armed
+            pkt = Packet(port, frame, offset, trace)
+            self._slow_path(pkt, counters, out)
+            if key is not None and pkt.cacheable and self.flow_cache.capacity:
+                generation = self._generation()
+                self.flow_cache.install(key, CacheEntry(generation, pkt.dst_entry.port,
+                                                        pkt.src_entry, pkt.dst_entry))
+            if trace is not None:
+                self._keep_trace(port_id, trace)
+        if port_id in self._armed and not self._armed[port_id]:
+            del self._armed[port_id]
+        return out
+
+    def _slow_path(self, pkt: Packet, counters: PortCounters, out: list[Transmit]) -> None:
+        actions = graph.run(pkt, self._env)
+        port = pkt.port
+        disposition = Disposition.LOCAL
+        for action in actions:
+            if isinstance(action, Forward):
+                disposition = Disposition.FORWARDED
+                for target in action.ports:
+                    self._send(out, port, target, pkt.data)
+            elif isinstance(action, Reply):
+                self._send_generated(out, action.port, action.frame)
+            elif isinstance(action, Drop):
+                disposition = Disposition.DROPPED
+                counters.rx_drops[action.reason] += 1
+        self.dispositions[disposition] += 1
+        if pkt.trace is not None:
+            pkt.trace.actions.extend(self._describe_actions(actions))
+
+    def _send(self, out: list[Transmit], in_port: PortSpec, target: int, data: bytes) -> None:
+        """Forward a received buffer, converting the virtio-net framing only if the ports differ."""
+        spec = self.ports.get(target)
+        if spec is None:
+            return
+        if spec.vnet_hdr != in_port.vnet_hdr:
+            converted = self._convert_framing(data, in_port, spec)
+            if converted is None:
+                self._port_counters[target].tx_drops["offload-unsupported"] += 1
+                return
+            data = converted
+        counters = self._port_counters[target]
+        counters.tx_packets += 1
+        counters.tx_bytes += len(data) - spec.l2_offset
+        out.append(Transmit(target, data))
+
+    def _send_generated(self, out: list[Transmit], target: int, frame: bytes) -> None:
+        spec = self.ports.get(target)
+        if spec is None:
+            return
+        data = h.ZERO_VNET_HDR + frame if spec.vnet_hdr else frame
+        counters = self._port_counters[target]
+        counters.tx_packets += 1
+        counters.tx_bytes += len(frame)
+        out.append(Transmit(target, data))
+
+    @staticmethod
+    def _convert_framing(data: bytes, src: PortSpec, dst: PortSpec) -> bytes | None:
+        if dst.vnet_hdr:
+            return h.ZERO_VNET_HDR + data
+        vnet = h.VIRTIO_NET_HDR.parse(data[: src.l2_offset])
+        if vnet.gso_type != h.VNET_GSO_NONE or vnet.flags & h.VNET_F_NEEDS_CSUM:
+            # Segmenting or completing checksums in software is not implemented: a port without
+            # offloads cannot take this frame.
+            return None
+        return data[src.l2_offset:]
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> list[Transmit]:
+        self.fdb.expire(now)
+        return []
+
+    def next_deadline(self) -> float:
+        expiry = self.fdb.next_expiry()
+        return math.inf if expiry is None else expiry
+
+    def note_tx_drop(self, port_id: int, reason: str) -> None:
+        counters = self._port_counters.get(port_id)
+        if counters is None:
+            self.unknown_port_frames += 1
+            return
+        # The frame was counted as sent when the core emitted it; the runtime could not write it.
+        counters.tx_packets -= 1
+        counters.tx_drops[reason] += 1
+
+    # -- traces -----------------------------------------------------------------------------
+
+    def trace(self, port_name: str, packet: str, now: float) -> dict:
+        """A dry run of the pipeline on a packet described in text, as if ``port_name`` sent it."""
+        port = self.port_by_name(port_name)
+        spec = parse_packet(packet)
+        frame = build_frame(spec, port.mac_bytes, self._guess_dst_mac(spec.dst.packed), self.accel)
+        data = h.ZERO_VNET_HDR + frame if port.vnet_hdr else frame
+        trace = Trace(port=port.name, summary=packet, dry_run=True)
+        scratch = StageCounters(graph.STAGE_COUNTERS)
+        env = Env(fdb=self.fdb, ports=self.ports, gateway_ip=self.gateway_ip,
+                  gateway_mac=self.gateway_mac, accel=self.accel, counters=scratch, commit=False)
+        env.now = now
+        pkt = Packet(port, data, port.l2_offset, trace)
+        if spec.dst_mac is None and spec.kind != "arp":
+            trace.note("trace", f"destination MAC {mac_text(frame[:6])} chosen for "
+                                f"{spec.dst} (set it with dst-mac)")
+        actions = graph.run(pkt, env)
+        trace.actions.extend(self._describe_actions(actions))
+        return trace.as_dict()
+
+    def _guess_dst_mac(self, dst_ip: bytes) -> bytes:
+        """The MAC a real sender on this segment would have resolved for ``dst_ip``."""
+        node = self.topology.node
+        addr = IPv4Address(dst_ip)
+        if addr not in node.pod_cidr or addr == node.gateway:
+            return self.gateway_mac
+        if addr == node.pod_cidr.broadcast_address:
+            return BROADCAST_MAC
+        return mac_bytes(mac_for_ip(addr))
+
+    def _describe_actions(self, actions) -> list[str]:
+        words = []
+        for action in actions:
+            if isinstance(action, Forward):
+                words.append("output " + ", ".join(self._port_label(p) for p in action.ports))
+            elif isinstance(action, Reply):
+                words.append(f"reply out of {self._port_label(action.port)}")
+            elif isinstance(action, Drop):
+                words.append(f"drop ({action.stage}: {action.reason})")
+        if not actions:
+            words.append("consumed by the switch")
+        return words
+
+    def _port_label(self, port_id: int) -> str:
+        spec = self.ports.get(port_id)
+        return spec.name if spec is not None else f"#{port_id}"
+
+    def arm_trace(self, port_name: str, count: int) -> None:
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        port = self.port_by_name(port_name)
+        self._armed[port.id] = count
+        self._traces[port.id] = []
+
+    def take_traces(self, port_name: str) -> list[dict]:
+        port = self.port_by_name(port_name)
+        taken = self._traces.get(port.id, [])
+        self._traces[port.id] = []
+        return taken
+
+    def disarm_trace(self, port_name: str) -> None:
+        port = self.port_by_name(port_name)
+        self._armed.pop(port.id, None)
+        self._traces.pop(port.id, None)
+
+    def _keep_trace(self, port_id: int, trace: Trace) -> None:
+        kept = self._traces.setdefault(port_id, [])
+        if len(kept) < _PENDING_TRACE_LIMIT:
+            kept.append(trace.as_dict())
+
+    # -- observability ----------------------------------------------------------------------
+
+    def statistics(self) -> dict:
+        cache = self.flow_cache.statistics()
+        return {
+            "ports": {spec.name: {"id": pid, **self._port_counters[pid].snapshot()}
+                      for pid, spec in self.ports.items()},
+            "stages": self.counters.snapshot(),
+            "dispositions": {counter_name(d): self.dispositions.get(d, 0) for d in Disposition},
+            "flow_cache": {"entries": cache.entries, "capacity": cache.capacity, "hits": cache.hits,
+                           "misses": cache.misses, "installs": cache.installs,
+                           "flushes": cache.flushes, "generation": self._generation()},
+            "fdb": {"entries": len(self.fdb), "generation": self.fdb.generation},
+            "unknown_port_frames": self.unknown_port_frames,
+            "descriptions": {"stages": self.counters.descriptions(),
+                             "dispositions": {counter_name(d): d.value for d in Disposition}},
+        }
+
+    def ports_info(self) -> list[dict]:
+        rows = []
+        for pid, spec in sorted(self.ports.items()):
+            c = self._port_counters[pid]
+            rows.append({
+                "id": pid, "name": spec.name, "kind": spec.kind.value, "device": spec.device,
+                "mac": spec.mac, "ip": str(spec.ip), "mtu": spec.mtu, "vnet_hdr": spec.vnet_hdr,
+                "port_security": spec.port_security, "macs_learned": self.fdb.count_on_port(pid),
+                "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
+                "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
+                "rx_dropped": sum(c.rx_drops.values()), "tx_dropped": sum(c.tx_drops.values()),
+            })
+        return rows
+
+    def fdb_info(self, now: float) -> list[dict]:
+        rows = []
+        for entry in sorted(self.fdb.entries(), key=lambda e: (e.port, e.mac)):
+            age = now - entry.last_seen
+            rows.append({"mac": mac_text(entry.mac), "port": self._port_label(entry.port),
+                         "port_id": entry.port, "age_s": round(age, 3),
+                         "expires_in_s": round(self.fdb.aging - age, 3),
+                         "ip": self._ip_of_mac(entry.mac)})
+        return rows
+
+    def _ip_of_mac(self, mac: bytes) -> str | None:
+        for spec in self.ports.values():
+            if spec.mac_bytes == mac:
+                return str(spec.ip)
+        return None
+

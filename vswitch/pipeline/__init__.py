@@ -1,0 +1,1 @@
+"""The dataplane pipeline: one module per stage, wired together in ``graph``."""

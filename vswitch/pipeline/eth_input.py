@@ -1,0 +1,87 @@
+"""eth-input: the first stage. Splits off the virtio-net header and validates the frame's headers.
+
+Everything later stages read has been checked here, so they can trust lengths: a frame that is too
+short, carries an 802.1Q/802.1ad tag (VLANs are not supported), has an ethertype we do not handle, or
+an IPv4 header whose version, IHL or total length disagree with the bytes received, is dropped and
+counted under its own reason. Malformed input never raises past this stage.
+"""
+from __future__ import annotations
+
+import enum
+
+from vswitch.pipeline.context import Env, Packet
+from vswitch.wire import headers as h
+from vswitch.wire.addresses import ip_text, mac_text
+
+NAME = "eth-input"
+NEXT = ("port-security",)
+
+
+class Counter(enum.Enum):
+    FRAMES = "frames that entered the pipeline"
+    TRUNCATED_VNET = "shorter than the virtio-net header"
+    RUNT = "shorter than an Ethernet header"
+    VLAN_TAGGED = "802.1Q/802.1ad tagged: VLANs are not supported"
+    UNSUPPORTED_ETHERTYPE = "ethertype other than IPv4 or ARP (IPv6 and 802.3 frames included)"
+    MALFORMED_ARP = "ARP that is truncated or not Ethernet/IPv4"
+    TRUNCATED_IPV4 = "shorter than a minimal IPv4 header"
+    BAD_IP_VERSION = "IPv4 ethertype but version field is not 4"
+    BAD_IHL = "IPv4 header length below 20 bytes or beyond the frame"
+    BAD_TOTAL_LENGTH = "IPv4 total length below the header length or beyond the frame"
+
+
+def process(pkt: Packet, env: Env):
+    env.count(Counter.FRAMES)
+    data, trace = pkt.data, pkt.trace
+    if pkt.l2:
+        if len(data) < pkt.l2:
+            return env.drop(pkt, Counter.TRUNCATED_VNET)
+        pkt.vnet = h.VIRTIO_NET_HDR.parse(data[: pkt.l2])
+        if trace is not None and (pkt.vnet.flags or pkt.vnet.gso_type):
+            v = pkt.vnet
+            trace.note(NAME, f"virtio-net header: flags {v.flags:#x} gso_type {v.gso_type} "
+                             f"gso_size {v.gso_size} csum_start {v.csum_start}")
+    if len(data) - pkt.l2 < h.ETH_HEADER_LEN:
+        return env.drop(pkt, Counter.RUNT)
+    eth = pkt.eth = h.ETHERNET.parse(data[pkt.l2: pkt.l3])
+    ethertype = eth.ethertype
+    if trace is not None:
+        trace.note(NAME, f"Ethernet {mac_text(eth.src)} > {mac_text(eth.dst)}, "
+                         f"ethertype {ethertype:#06x}, {len(data) - pkt.l2} bytes")
+    if ethertype in (h.EtherType.VLAN, h.EtherType.QINQ):
+        return env.drop(pkt, Counter.VLAN_TAGGED)
+    available = len(data) - pkt.l3
+    if ethertype == h.EtherType.ARP:
+        if available < h.ARP_LEN:
+            return env.drop(pkt, Counter.MALFORMED_ARP)
+        arp = h.ARP.parse(data[pkt.l3: pkt.l3 + h.ARP_LEN])
+        if (arp.htype, arp.ptype, arp.hlen, arp.plen) != (1, h.EtherType.IPV4, 6, 4):
+            return env.drop(pkt, Counter.MALFORMED_ARP)
+        pkt.arp = arp
+        if trace is not None:
+            op = "request" if arp.oper == h.ArpOp.REQUEST else f"op {arp.oper}"
+            if arp.oper == h.ArpOp.REPLY:
+                op = "reply"
+            trace.note(NAME, f"ARP {op}: who-has {ip_text(arp.tpa)} tell {ip_text(arp.spa)} "
+                             f"({mac_text(arp.sha)})")
+        return "port-security"
+    if ethertype != h.EtherType.IPV4:
+        return env.drop(pkt, Counter.UNSUPPORTED_ETHERTYPE)
+    if available < h.IPV4_MIN_HEADER_LEN:
+        return env.drop(pkt, Counter.TRUNCATED_IPV4)
+    ip = h.IPV4.parse(data[pkt.l3: pkt.l3 + h.IPV4_MIN_HEADER_LEN])
+    if ip.version != 4:
+        return env.drop(pkt, Counter.BAD_IP_VERSION)
+    header_len = ip.ihl * 4
+    if ip.ihl < 5 or header_len > available:
+        return env.drop(pkt, Counter.BAD_IHL)
+    if ip.total_length < header_len or ip.total_length > available:
+        return env.drop(pkt, Counter.BAD_TOTAL_LENGTH)
+    pkt.ip = ip
+    if trace is not None:
+        frag = ""
+        if ip.mf or ip.fragment_offset:
+            frag = f", fragment offset {ip.fragment_offset * 8}{' MF' if ip.mf else ''}"
+        trace.note(NAME, f"IPv4 {ip_text(ip.src)} > {ip_text(ip.dst)} proto {ip.protocol} "
+                         f"ttl {ip.ttl} len {ip.total_length}{' DF' if ip.df else ''}{frag}")
+    return "port-security"

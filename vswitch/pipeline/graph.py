@@ -1,0 +1,45 @@
+"""The stage graph, declared in one place.
+
+A stage's ``process(pkt, env)`` returns either the name of the next stage or a tuple of actions
+(the verdict). Stages never call each other; ``run`` follows the names. Every stage declares the
+stages it may hand over to in ``NEXT``, and ``run`` refuses a hand-over that was not declared, so the
+graph printed by ``describe`` is the graph that runs.
+"""
+from __future__ import annotations
+
+import enum
+from types import ModuleType
+
+from vswitch.core.verdict import Action
+from vswitch.pipeline import arp_responder, eth_input, ip4_local, l2_forward, l2_learn, port_security
+from vswitch.pipeline.context import Env, Packet
+
+ENTRY = eth_input.NAME
+STAGES: dict[str, ModuleType] = {
+    m.NAME: m for m in (eth_input, port_security, l2_learn, arp_responder, l2_forward, ip4_local)
+}
+STAGE_COUNTERS: dict[str, type[enum.Enum]] = {name: m.Counter for name, m in STAGES.items()}
+
+for _name, _module in STAGES.items():
+    for _next in _module.NEXT:
+        assert _next in STAGES, f"stage {_name} declares unknown next stage {_next}"
+
+
+class PipelineError(RuntimeError):
+    """A stage handed over to a stage it did not declare: a programming error, not bad input."""
+
+
+def run(pkt: Packet, env: Env) -> tuple[Action, ...]:
+    stage = STAGES[ENTRY]
+    while True:
+        result = stage.process(pkt, env)
+        if isinstance(result, tuple):
+            return result
+        if result not in stage.NEXT:
+            raise PipelineError(f"stage {stage.NAME} handed over to undeclared stage {result!r}")
+        stage = STAGES[result]
+
+
+def describe() -> list[dict]:
+    return [{"stage": name, "next": list(m.NEXT), "doc": (m.__doc__ or "").strip().splitlines()[0]}
+            for name, m in STAGES.items()]

@@ -1,0 +1,69 @@
+"""l2-forward: unicast by the FDB, flood what is unknown, and hand the gateway's frames to L3.
+
+* Broadcast, multicast and unknown unicast go out of every port except the one they came in on.
+* A known unicast MAC goes to its port; if that is the ingress port the frame is filtered (a bridge
+  never sends a frame back where it came from).
+* Frames addressed to the gateway MAC are for the switch itself and continue to ip4-local.
+Only known-unicast IPv4 decisions are cacheable: they depend on the flow key's MACs and IPs and on
+FDB entries whose changes bump the generation. Floods are never cached, so learning a new MAC
+cannot leave a stale flood behind.
+"""
+from __future__ import annotations
+
+import enum
+
+from vswitch.core.verdict import Forward
+from vswitch.pipeline.context import Env, Packet
+from vswitch.wire.addresses import is_multicast_mac, mac_text
+
+NAME = "l2-forward"
+NEXT = ("ip4-local",)
+
+
+class Counter(enum.Enum):
+    UNICAST = "known unicast frames sent to their port"
+    FLOODED_MULTICAST = "broadcast and multicast frames flooded"
+    FLOODED_UNKNOWN = "unknown unicast frames flooded"
+    TO_GATEWAY = "frames addressed to the gateway MAC, handed to L3"
+    SAME_PORT = "destination MAC lives on the ingress port: filtered"
+    NO_OTHER_PORT = "flood with no other port to send to"
+    NOT_IP_TO_GATEWAY = "non-IPv4 frame addressed to the gateway MAC"
+
+
+def _flood(pkt: Packet, env: Env, counter: Counter, why: str):
+    ports = tuple(p for p in env.ports if p != pkt.port.id)
+    if not ports:
+        return env.drop(pkt, Counter.NO_OTHER_PORT)
+    env.count(counter)
+    if pkt.trace is not None:
+        names = ", ".join(env.port_name(p) for p in ports)
+        pkt.trace.note(NAME, f"{why}: flood to {names}")
+    return (Forward(ports),)
+
+
+def process(pkt: Packet, env: Env):
+    dst = pkt.eth.dst
+    if dst == env.gateway_mac:
+        if pkt.ip is None:
+            return env.drop(pkt, Counter.NOT_IP_TO_GATEWAY)
+        env.count(Counter.TO_GATEWAY)
+        if pkt.trace is not None:
+            pkt.trace.note(NAME, f"{mac_text(dst)} is the gateway: to L3")
+        return "ip4-local"
+    if is_multicast_mac(dst):
+        return _flood(pkt, env, Counter.FLOODED_MULTICAST, f"{mac_text(dst)} is broadcast/multicast")
+    entry = env.fdb.lookup(dst, env.now)
+    if entry is None:
+        return _flood(pkt, env, Counter.FLOODED_UNKNOWN, f"{mac_text(dst)} is not in the FDB")
+    if entry.port == pkt.port.id:
+        if pkt.trace is not None:
+            pkt.trace.note(NAME, f"{mac_text(dst)} is on the ingress port {pkt.port.name}")
+        return env.drop(pkt, Counter.SAME_PORT)
+    env.count(Counter.UNICAST)
+    pkt.dst_entry = entry
+    pkt.cacheable = pkt.ip is not None and pkt.src_entry is not None
+    if pkt.trace is not None:
+        age = env.now - entry.last_seen
+        pkt.trace.note(NAME, f"{mac_text(dst)} found in the FDB on port {env.port_name(entry.port)} "
+                             f"(seen {age:.1f} s ago)")
+    return (Forward((entry.port,)),)

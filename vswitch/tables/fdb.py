@@ -1,0 +1,124 @@
+"""The forwarding database of the L2 switch: which port a MAC address was last seen on.
+
+Theory of operation
+-------------------
+* A frame's source MAC is learned on the port it arrived on (``learn``). Learning the same MAC on
+  another port is a *move*: the entry follows the station.
+* An entry unused for ``aging`` seconds is forgotten. ``lookup`` treats an aged entry as absent at
+  once, so correctness never waits for the timer; ``expire`` only reclaims memory.
+* A port may hold at most ``mac_limit`` learned MACs; a frame that would exceed it is not learned
+  and the caller drops it (a flooding attack must not evict everyone else's entries).
+* ``generation`` changes whenever an existing decision could change: a move, an expiry, a flush.
+  The flow cache keys its entries to it. Learning a brand-new MAC does not bump it: no cached
+  decision ever depended on that MAC being unknown, because floods are not cached.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class LearnResult(enum.Enum):
+    NEW = "new"
+    REFRESHED = "refreshed"
+    MOVED = "moved"
+    LIMIT = "limit"
+
+
+class FdbEntry:
+    __slots__ = ("mac", "port", "last_seen")
+
+    def __init__(self, mac: bytes, port: int, last_seen: float):
+        self.mac = mac
+        self.port = port
+        self.last_seen = last_seen
+
+
+@dataclass(frozen=True)
+class FdbStatistics:
+    entries: int
+    generation: int
+    aging: float
+    mac_limit: int
+
+
+class Fdb:
+    def __init__(self, aging: float, mac_limit: int):
+        self.aging = aging
+        self.mac_limit = mac_limit
+        self.generation = 0
+        self._entries: dict[bytes, FdbEntry] = {}
+        self._per_port: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, mac: bytes, now: float) -> FdbEntry | None:
+        entry = self._entries.get(mac)
+        if entry is None or now - entry.last_seen >= self.aging:
+            return None
+        return entry
+
+    def learn(self, mac: bytes, port: int, now: float) -> tuple[LearnResult, FdbEntry | None]:
+        entry = self._entries.get(mac)
+        if entry is not None and now - entry.last_seen >= self.aging:
+            self._remove(entry)
+            entry = None
+        if entry is None:
+            if self._per_port.get(port, 0) >= self.mac_limit:
+                return LearnResult.LIMIT, None
+            entry = FdbEntry(mac, port, now)
+            self._entries[mac] = entry
+            self._per_port[port] = self._per_port.get(port, 0) + 1
+            return LearnResult.NEW, entry
+        if entry.port != port:
+            if self._per_port.get(port, 0) >= self.mac_limit:
+                return LearnResult.LIMIT, None
+            self._per_port[entry.port] -= 1
+            self._per_port[port] = self._per_port.get(port, 0) + 1
+            entry.port = port
+            entry.last_seen = now
+            self.generation += 1
+            return LearnResult.MOVED, entry
+        entry.last_seen = now
+        return LearnResult.REFRESHED, entry
+
+    def would_learn(self, mac: bytes, port: int, now: float) -> LearnResult:
+        """What ``learn`` would do, without doing it (for dry-run traces)."""
+        entry = self.lookup(mac, now)
+        if entry is not None and entry.port == port:
+            return LearnResult.REFRESHED
+        if self._per_port.get(port, 0) >= self.mac_limit:
+            return LearnResult.LIMIT
+        return LearnResult.MOVED if entry is not None else LearnResult.NEW
+
+    def expire(self, now: float) -> int:
+        stale = [e for e in self._entries.values() if now - e.last_seen >= self.aging]
+        for entry in stale:
+            self._remove(entry)
+        return len(stale)
+
+    def flush_port(self, port: int) -> int:
+        gone = [e for e in self._entries.values() if e.port == port]
+        for entry in gone:
+            self._remove(entry)
+        return len(gone)
+
+    def next_expiry(self) -> float | None:
+        if not self._entries:
+            return None
+        return min(e.last_seen for e in self._entries.values()) + self.aging
+
+    def entries(self) -> list[FdbEntry]:
+        return list(self._entries.values())
+
+    def count_on_port(self, port: int) -> int:
+        return self._per_port.get(port, 0)
+
+    def statistics(self) -> FdbStatistics:
+        return FdbStatistics(len(self._entries), self.generation, self.aging, self.mac_limit)
+
+    def _remove(self, entry: FdbEntry) -> None:
+        del self._entries[entry.mac]
+        self._per_port[entry.port] -= 1
+        self.generation += 1

@@ -1,0 +1,1 @@
+"""Wire formats: header declarations (construct), address helpers, and the packet text syntax."""
