@@ -92,3 +92,17 @@ def test_repeated_flow_hits_the_cache_and_a_mac_move_invalidates_it(topology, ac
     # B's MAC shows up behind the trunk: the cached decision "to port 3" must not survive.
     switch.process_batch(TRUNK, [b_to_a], 2.0)
     assert [t.port for t in switch.process_batch(2, [a_to_b], 3.0)] == [TRUNK]
+
+
+def test_cache_hits_keep_the_sender_mac_alive(topology, accel_name):
+    short = dataclasses.replace(topology, dataplane=dataclasses.replace(topology.dataplane,
+                                                                        fdb_aging=5.0))
+    switch = make_switch(short, accel_name)
+    b_to_a = _frame("10.244.1.11", "10.244.1.10", "udp", _mac("10.244.1.10"), None)
+    a_to_b = _frame("10.244.1.10", "10.244.1.11", "udp", _mac("10.244.1.11"), None)
+    switch.process_batch(3, [b_to_a], 0.0)
+    for t in (1.0, 3.0, 4.5):
+        switch.process_batch(2, [a_to_b], t)  # B stays known: last seen at 0.0, aging 5 s
+    assert switch.statistics()["dispositions"]["cache-hit"] == 2
+    # A sent only through the cache since t=1; its FDB entry must still be fresh at t=6.5.
+    assert [t.port for t in switch.process_batch(3, [b_to_a], 6.5)] == [2]
