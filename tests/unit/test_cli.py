@@ -1,0 +1,335 @@
+"""vswitchctl against a fake daemon socket, and vswitchd's config checking.
+
+The fake daemon is a thread that answers canned results, so these tests pin down what the command
+line sends and how it renders answers, independently of the daemon.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from vswitch import cli
+
+PODS = [
+    {"name": "web-1", "ip": "10.244.1.2", "mac": "0a:58:0a:f4:01:02", "netns": "vsw-lab1-web-1",
+     "netns_path": "/run/netns/vsw-lab1-web-1", "port": 2, "device": "vt-web1-ab12",
+     "ready": True, "labels": {"app": "web"},
+     "containers": [{"name": "http", "pid": 4242, "state": "running"}]},
+    {"name": "client", "ip": "10.244.1.50", "mac": "0a:58:0a:f4:01:32", "netns": "vsw-lab1-client",
+     "netns_path": "/run/netns/vsw-lab1-client", "port": 3, "device": "vt-client-cd34",
+     "ready": False, "labels": {}, "containers": []},
+]
+STATUS = {"node": "lab1", "version": "0.1.0", "pid": 77, "config": "/etc/vswitch/vswitchd.toml",
+          "accel": "native", "offloads": True, "pods": 2, "ports": 3, "uptime_s": 12.5}
+STATS = {
+    "ports": {"web-1": {"id": 2, "rx_packets": 10, "rx_bytes": 1000, "tx_packets": 7,
+                        "tx_bytes": 700, "rx_drops": {"spoofed-source": 2},
+                        "tx_drops": {"tx-busy": 3, "port-gone": 0}}},
+    "stages": {"eth-input": {"frames": 10, "runt": 0}, "l2-forward": {"unicast": 0}},
+    "dispositions": {"cache-hit": 4, "forwarded": 4, "dropped": 2},
+    "flow_cache": {"entries": 1, "hits": 4},
+    "descriptions": {"stages": {"eth-input": {"frames": "frames received"}}},
+}
+
+
+class FakeDaemon:
+    """Answers one JSON line per request from ``answers`` (cmd -> response object)."""
+
+    def __init__(self, path: str, answers: dict[str, dict]) -> None:
+        self.path = path
+        self.answers = answers
+        self.requests: list[dict] = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(8)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return  # closed by stop()
+            with conn, conn.makefile("rwb") as stream:
+                for line in stream:
+                    request = json.loads(line)
+                    self.requests.append(request)
+                    answer = self.answers.get(request["cmd"],
+                                              {"ok": False, "error": f"unknown command {request['cmd']!r}"})
+                    stream.write(json.dumps(answer).encode() + b"\n")
+                    stream.flush()
+
+    def stop(self) -> None:
+        self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        self.thread.join(5)
+
+
+def ok(result: object) -> dict:
+    return {"ok": True, "result": result}
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    fake = FakeDaemon(str(tmp_path / "lab1.sock"), {
+        "status": ok(STATUS), "pods": ok(PODS), "stats": ok(STATS),
+        "ports": ok([{"id": 1, "name": "host", "rx_packets": 5}, {"id": 2, "name": "web-1",
+                                                                "rx_packets": 12345}]),
+        "fdb": ok([]),
+        "trace": ok({"text": "port web-1: udp ...\n  eth-input: ok\n  output client"}),
+        "netns": ok({"pod": "web-1", "netns": "vsw-lab1-web-1", "netns_path": "/proc/self/ns/net"}),
+    })
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def run_ctl(capsys, *argv: str, environ: dict | None = None, socket_dir: str = "/nonexistent"):
+    code = cli.vswitchctl_main(list(argv), environ=environ or {}, socket_dir=socket_dir)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_status_is_a_readable_list(daemon, capsys):
+    code, out, err = run_ctl(capsys, "--socket", daemon.path, "status")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "node:     lab1"
+    assert "offloads: yes" in lines
+    assert daemon.requests == [{"cmd": "status", "args": {}}]
+
+
+def test_pods_table_is_aligned(daemon, capsys):
+    code, out, _ = run_ctl(capsys, "--socket", daemon.path, "pods")
+    assert code == 0
+    header, first, second = out.splitlines()
+    assert header.split() == ["NAME", "IP", "MAC", "NETNS", "PORT", "DEVICE", "READY",
+                              "CONTAINERS"]
+    # Every column starts where its header starts (text) or ends where it ends (numbers).
+    assert first.index("10.244.1.2") == header.index("IP") == second.index("10.244.1.50")
+    assert first.index("vsw-lab1-web-1") == header.index("NETNS")
+    port_end = header.index("PORT") + len("PORT")
+    assert first[port_end - 1] == "2" and second[port_end - 1] == "3"
+    assert first.split()[-2:] == ["yes", "http:running"]
+    assert second.split()[-2:] == ["no", "-"]
+
+
+@pytest.mark.parametrize("argv", [["--json", "pods"], ["pods", "--json"]])
+def test_json_before_or_after_the_command_prints_exactly_the_result(daemon, capsys, argv):
+    code, out, _ = run_ctl(capsys, "--socket", daemon.path, *argv)
+    assert code == 0
+    assert json.loads(out) == PODS
+    assert {"name", "ip", "mac", "netns"} <= set(json.loads(out)[0])
+
+
+def test_ports_table_right_aligns_numbers(daemon, capsys):
+    code, out, _ = run_ctl(capsys, "--socket", daemon.path, "ports")
+    assert code == 0
+    assert out.splitlines() == ["ID  NAME   RX_PACKETS",
+                                " 1  host            5",
+                                " 2  web-1       12345"]
+
+
+def test_empty_fdb_says_so(daemon, capsys):
+    assert run_ctl(capsys, "--socket", daemon.path, "fdb")[1] == "(none)\n"
+
+
+def test_stats_show_traffic_drops_by_reason_stages_and_dispositions(daemon, capsys):
+    code, out, _ = run_ctl(capsys, "--socket", daemon.path, "stats")
+    assert code == 0
+    sections = out.split("\n\n")
+    ports = sections[0].splitlines()
+    assert ports[0] == "Ports"
+    assert ports[1].split() == ["PORT", "ID", "RX_PACKETS", "RX_BYTES", "TX_PACKETS", "TX_BYTES",
+                                "RX_DROPS", "TX_DROPS"]
+    # Only reasons that happened are shown.
+    assert ports[2].split() == ["web-1", "2", "10", "1000", "7", "700", "spoofed-source=2",
+                                "tx-busy=3"]
+    stages = sections[1].splitlines()
+    assert stages[0] == "Stages" and stages[2].split() == ["eth-input", "frames", "10"]
+    assert len(stages) == 3  # zero counters are left out
+    assert sections[2].splitlines()[1:] == ["DISPOSITION  PACKETS", "cache-hit          4",
+                                            "forwarded          4", "dropped            2"]
+    assert "Flow cache" in sections[3] and "hits:    4" in sections[3]
+    assert "frames received" not in out
+
+
+def test_trace_of_a_packet_prints_its_text(daemon, capsys):
+    code, out, _ = run_ctl(capsys, "--socket", daemon.path, "trace", "web-1", "udp 1 > 2")
+    assert code == 0
+    assert out == "port web-1: udp ...\n  eth-input: ok\n  output client\n"
+    assert daemon.requests[-1] == {"cmd": "trace", "args": {"port": "web-1", "packet": "udp 1 > 2"}}
+
+
+def test_trace_count_asks_for_real_packets_and_prints_each(daemon, capsys):
+    daemon.answers["trace"] = ok([{"text": "first"}, {"text": "second"}])
+    code, out, _ = run_ctl(capsys, "--socket", daemon.path, "trace", "web-1", "--count", "2",
+                           "--timeout", "3")
+    assert code == 0
+    assert out == "first\n\nsecond\n"
+    assert daemon.requests[-1]["args"] == {"port": "web-1", "count": 2, "timeout": 3.0}
+
+
+def test_trace_count_without_packets_fails(daemon, capsys):
+    daemon.answers["trace"] = ok([])
+    code, _, err = run_ctl(capsys, "--socket", daemon.path, "trace", "web-1", "--count", "1")
+    assert code == 1 and "no packets from web-1" in err
+
+
+@pytest.mark.parametrize("argv", [["trace", "web-1"], ["trace", "web-1", "udp 1 > 2", "--count", "1"]])
+def test_trace_needs_exactly_one_of_packet_and_count(daemon, capsys, argv):
+    code, _, err = run_ctl(capsys, "--socket", daemon.path, *argv)
+    assert code == 1 and "trace needs either a PACKET or --count N" in err
+    assert daemon.requests == []
+
+
+def test_daemon_errors_are_reported_with_exit_1(daemon, capsys):
+    daemon.answers["trace"] = {"ok": False, "error": "bad packet: unknown packet kind 'gre'"}
+    code, out, err = run_ctl(capsys, "--socket", daemon.path, "trace", "web-1", "gre")
+    assert (code, out) == (1, "")
+    assert err == "vswitchctl: bad packet: unknown packet kind 'gre'\n"
+
+
+def test_socket_from_environment(daemon, capsys):
+    code, out, _ = run_ctl(capsys, "status", environ={"VSWITCH_SOCKET": daemon.path})
+    assert code == 0 and "lab1" in out
+
+
+def test_socket_discovered_when_it_is_the_only_one(daemon, capsys):
+    code, out, _ = run_ctl(capsys, "status", socket_dir=os.path.dirname(daemon.path))
+    assert code == 0 and "lab1" in out
+
+
+def test_several_sockets_are_listed_not_guessed(tmp_path, capsys):
+    for name in ("a.sock", "b.sock"):
+        (tmp_path / name).touch()
+    code, _, err = run_ctl(capsys, "status", socket_dir=str(tmp_path))
+    assert code == 1
+    assert f"{tmp_path}/a.sock, {tmp_path}/b.sock" in err
+
+
+def test_no_socket_means_no_daemon(tmp_path, capsys):
+    code, _, err = run_ctl(capsys, "status", socket_dir=str(tmp_path))
+    assert (code, err) == (1, f"vswitchctl: no vswitchd running (no control socket in {tmp_path})\n")
+
+
+def test_stale_socket_is_reported(tmp_path, capsys):
+    path = str(tmp_path / "dead.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(path)
+    code, _, err = run_ctl(capsys, "--socket", path, "status")
+    assert code == 1 and "not answering" in err
+
+
+def run_module(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vswitch.cli", *argv], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="setns needs CAP_SYS_ADMIN")
+
+
+@needs_root
+def test_exec_runs_the_command_in_the_pods_namespace(daemon):
+    # The fake daemon names the test's own namespace, so entering it changes nothing on the host.
+    done = run_module("vswitchctl", "--socket", daemon.path, "exec", "web-1", "--",
+                      sys.executable, "-c", "print('inside')")
+    assert (done.returncode, done.stdout) == (0, "inside\n"), done.stderr
+    assert daemon.requests == [{"cmd": "netns", "args": {"pod": "web-1"}}]
+
+
+@needs_root
+def test_exec_of_a_missing_command_exits_127(daemon):
+    done = run_module("vswitchctl", "--socket", daemon.path, "exec", "web-1", "--",
+                      "vswitch-no-such-command")
+    assert done.returncode == 127
+    assert "vswitch-no-such-command: command not found" in done.stderr
+
+
+def test_exec_of_an_unknown_pod_fails_before_entering_anything(daemon, capsys):
+    daemon.answers["netns"] = {"ok": False, "error": "no pod named 'zz'; pods: web-1, client"}
+    code, _, err = run_ctl(capsys, "--socket", daemon.path, "exec", "zz", "--", "true")
+    assert code == 1 and "no pod named 'zz'" in err
+
+
+GOOD_CONFIG = """
+[node]
+name = "lab1"
+pod_cidr = "10.244.1.0/24"
+
+[[pods]]
+name = "web-1"
+
+[[pods]]
+name = "client"
+ip = "10.244.1.50"
+"""
+
+
+def test_vswitchd_check_accepts_a_good_config(tmp_path):
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD_CONFIG)
+    done = run_module("vswitchd", "--check", str(path))
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{path}: ok (2 pods)\n", "")
+
+
+def test_vswitchd_check_names_the_bad_key_and_exits_2(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD_CONFIG.replace('"10.244.1.50"', '"10.9.9.9"'))
+    done = run_module("vswitchd", "--check", str(path))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"vswitchd: config error: {path}: pods[1].ip: ")
+
+
+def test_vswitchd_with_a_bad_config_creates_nothing(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD_CONFIG.replace('"lab1"', '"lab1"\nmtu = 12'))
+    import vswitch.runtime.daemon as daemon_module
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the daemon started with a bad config")
+
+    monkeypatch.setattr(daemon_module, "run_daemon", must_not_run)
+    assert cli.vswitchd_main(["--config", str(path)]) == 2
+    assert "node.mtu" in capsys.readouterr().err
+
+
+def test_vswitchd_refuses_to_run_without_root(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD_CONFIG)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli.vswitchd_main(["--config", str(path)]) == 1
+    assert "vswitchd: must run as root" in capsys.readouterr().err
+
+
+def test_module_entry_point_names_the_programs():
+    done = run_module()
+    assert done.returncode == 2 and "vswitchd|vswitchctl" in done.stderr
+
+
+def test_format_table_handles_missing_cells_and_nested_values():
+    text = cli.format_table([{"a": 1, "b": {"x": 1}}, {"a": 22, "c": None}])
+    assert text.splitlines() == [" A  B    C", " 1  x=1  -", "22  -    -"]
+
+
+def test_clean_needs_a_config_or_a_node(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.vswitchctl_main(["clean"])
+    assert exit_info.value.code == 2
+    assert "one of the arguments --config --node is required" in capsys.readouterr().err
+
+
+@needs_root
+def test_clean_of_a_node_that_left_nothing(tmp_path, capsys):
+    node = "vstc" + os.urandom(3).hex()
+    code, out, err = run_ctl(capsys, "clean", "--node", node, "--state-dir", str(tmp_path))
+    assert (code, out, err) == (0, f"nothing to clean for node {node}\n", "")

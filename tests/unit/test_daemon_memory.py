@@ -1,0 +1,457 @@
+"""The whole daemon, run in-process with memory ports: start-up order, forwarding, control, shutdown.
+
+The switch here is a small stand-in that forwards by destination MAC, so that these tests exercise
+the shell (ordering, port tasks, timer, drops, signals, cleanup) and not the pipeline; the pipeline
+has its own tests. One test at the end runs the real core when it is available.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from vswitch.core.actions import Transmit
+from vswitch.core.ports import PortKind, PortSpec
+from vswitch.model import (Container, Control, Dataplane, HostPort, Node, Pod, Topology,
+                           mac_for_ip)
+from vswitch.runtime import sdnotify
+from vswitch.runtime.control import ControlSocketBusy
+from vswitch.runtime.daemon import run_daemon
+from vswitch.runtime.memory_port import MemoryPortFactory, NullKernel, NullSupervisor
+
+POISON = b"\xde\xad"  # a frame the fake core raises on
+
+
+def make_topology(run_dir: Path, *, host_port: bool = True, offloads: bool = False,
+                  containers: bool = False) -> Topology:
+    def pod(name: str, last: int) -> Pod:
+        ip = IPv4Address(f"10.244.1.{last}")
+        return Pod(name=name, ip=ip, mac=mac_for_ip(ip), netns=f"vsw-t1-{name}", tap=f"vt-{name}",
+                   containers=(Container(name="main", command=("sleep", "inf")),) if containers
+                   else ())
+
+    return Topology(
+        source=str(run_dir / "t1.toml"),
+        node=Node(name="t1", pod_cidr=IPv4Network("10.244.1.0/24"),
+                  gateway=IPv4Address("10.244.1.1"), gateway_mac="0a:58:0a:f4:01:01"),
+        pods=(pod("a", 10), pod("b", 11)),
+        host_port=HostPort(enabled=host_port, name="vsw-host", mac="0a:58:0a:f4:01:fe",
+                           address=IPv4Interface("10.244.1.254/24")),
+        dataplane=Dataplane(offloads=offloads, burst=8, accel="pure"),
+        control=Control(socket=str(run_dir / "ctl" / "t1.sock"), state_dir=str(run_dir)),
+    )
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def udp_frame(src: Pod, dst: Pod, payload: bytes = b"hello") -> bytes:
+    """Ethernet + IPv4 + UDP, by hand, checksums left zero (allowed for UDP over IPv4)."""
+    udp = struct.pack("!HHHH", 40000, 7, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0,
+                     src.ip.packed, dst.ip.packed)
+    return mac_bytes(dst.mac) + mac_bytes(src.mac) + b"\x08\x00" + ip + udp
+
+
+class FakeSwitch:
+    """Forwards each frame to the port that owns its destination MAC; floods broadcast."""
+
+    accel_name = "pure"
+
+    def __init__(self, topology: Topology) -> None:
+        self.specs: dict[int, PortSpec] = {}
+        self.rx: dict[int, int] = {}
+        self.tx_drops: list[tuple[int, str]] = []
+        self.timer_frames: list[Transmit] = []
+        self.timer_calls = 0
+        self.deadline = float("inf")
+
+    def add_port(self, spec: PortSpec) -> None:
+        self.specs[spec.id] = spec
+        self.rx[spec.id] = 0
+
+    def remove_port(self, port_id: int) -> None:
+        del self.specs[port_id]
+
+    def process_batch(self, port_id: int, frames: list[bytes], now: float) -> list[Transmit]:
+        out = []
+        for frame in frames:
+            self.rx[port_id] += 1
+            if frame.startswith(POISON):
+                raise RuntimeError("poisoned frame")
+            if frame.startswith(b"\xff" * 6):
+                out += [Transmit(p, frame) for p in self.specs if p != port_id]
+            elif frame.startswith(b"\x00\x00\x00\x00\x00\x63"):
+                out.append(Transmit(99, frame))  # a port that does not exist
+            else:
+                out += [Transmit(p, frame) for p, s in self.specs.items()
+                        if mac_bytes(s.mac) == frame[:6]]
+        return out
+
+    def handle_timer(self, now: float) -> list[Transmit]:
+        self.timer_calls += 1
+        frames, self.timer_frames = self.timer_frames, []
+        self.deadline = float("inf")
+        return frames
+
+    def next_deadline(self) -> float:
+        return self.deadline
+
+    def note_tx_drop(self, port_id: int, reason: str) -> None:
+        self.tx_drops.append((port_id, reason))
+
+    def statistics(self) -> dict:
+        return {"ports": {s.name: {"rx_packets": self.rx[i]} for i, s in self.specs.items()},
+                "stages": {}, "dispositions": {}}
+
+    def ports_info(self) -> list[dict]:
+        return [{"id": i, "name": s.name, "kind": s.kind.value} for i, s in self.specs.items()]
+
+    def fdb_info(self, now: float) -> list[dict]:
+        return []
+
+
+class Harness:
+    def __init__(self, topology: Topology, *, switch_factory=FakeSwitch, capacity: int = 64):
+        self.topology = topology
+        self.kernel = NullKernel()
+        self.supervisor = NullSupervisor()
+        self.ports = MemoryPortFactory(capacity)
+        self.switch = None
+        self._switch_factory = switch_factory
+
+    def make_switch(self, topology: Topology):
+        self.switch = self._switch_factory(topology)
+        return self.switch
+
+    def kwargs(self, **extra) -> dict:
+        return dict(kernel_factory=self.kernel.open, port_factory=self.ports,
+                    switch_factory=self.make_switch, supervisor_factory=lambda t: self.supervisor,
+                    netns_path=lambda name: f"/run/netns/{name}", **extra)
+
+    async def start(self, nursery: trio.Nursery, **extra):
+        return await nursery.start(lambda task_status: run_daemon(
+            self.topology, task_status=task_status, **self.kwargs(**extra)))
+
+
+async def ask(path: str, cmd: str, args: dict | None = None) -> dict:
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        await stream.send_all(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = await stream.receive_some(65536)
+            assert chunk, "daemon closed the connection"
+            data += chunk
+    return json.loads(data)
+
+
+async def test_frame_crosses_from_one_pod_to_the_other(tmp_path):
+    harness = Harness(make_topology(tmp_path))
+    async with trio.open_nursery() as nursery:
+        context = await harness.start(nursery)
+        assert context.port_ids == {"host": 1, "a": 2, "b": 3}
+        a, b = harness.topology.pods
+        frame = udp_frame(a, b)
+        assert harness.ports.ports["a"].inject(frame)
+        with trio.fail_after(5):
+            assert await harness.ports.ports["b"].receive() == frame
+        await trio.testing.wait_all_tasks_blocked()
+        assert harness.ports.ports["a"].received_nowait() == []
+        assert harness.ports.ports["host"].received_nowait() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_start_up_order_and_port_specs(tmp_path):
+    harness = Harness(make_topology(tmp_path, offloads=True, containers=True))
+    async with trio.open_nursery() as nursery:
+        await harness.start(nursery)
+        assert harness.kernel.calls == ["open", "remove_leftovers", "create_host_port",
+                                        "create_pod a", "create_pod b"]
+        # Containers are running and the socket answers by the time the daemon says it is ready.
+        assert harness.supervisor.running == {"a", "b"}
+        assert os.path.exists(harness.topology.control.socket)
+        specs = harness.switch.specs
+        assert [(s.id, s.name, s.kind) for s in specs.values()] == [
+            (1, "host", PortKind.HOST), (2, "a", PortKind.POD), (3, "b", PortKind.POD)]
+        a = harness.topology.pods[0]
+        assert specs[2] == PortSpec(id=2, name="a", kind=PortKind.POD, mac=a.mac, ip=a.ip,
+                                    vnet_hdr=True, mtu=1500, device="vt-a")
+        assert specs[1].ip == IPv4Address("10.244.1.254")
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_host_port_pods_are_numbered_from_one(tmp_path):
+    harness = Harness(make_topology(tmp_path, host_port=False))
+    async with trio.open_nursery() as nursery:
+        context = await harness.start(nursery)
+        assert context.port_ids == {"a": 1, "b": 2}
+        assert "create_host_port" not in harness.kernel.calls
+        nursery.cancel_scope.cancel()
+
+
+async def test_control_socket_answers_status_pods_and_stats(tmp_path):
+    harness = Harness(make_topology(tmp_path, containers=True))
+    path = harness.topology.control.socket
+    async with trio.open_nursery() as nursery:
+        await harness.start(nursery, config_path="/etc/vswitch/t1.toml")
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o755
+
+        status = await ask(path, "status")
+        assert status["ok"], status
+        result = status["result"]
+        assert result["node"] == "t1"
+        assert result["pid"] == os.getpid()
+        assert result["config"] == "/etc/vswitch/t1.toml"
+        assert (result["pods"], result["ports"], result["accel"]) == (2, 3, "pure")
+        assert result["offloads"] is False
+        assert result["uptime_s"] >= 0
+
+        pods = await ask(path, "pods")
+        assert [p["name"] for p in pods["result"]] == ["a", "b"]
+        first = pods["result"][0]
+        assert first["ip"] == "10.244.1.10" and first["mac"] == "0a:58:0a:f4:01:0a"
+        assert first["netns_path"] == "/run/netns/vsw-t1-a"
+        assert first["port"] == 2 and first["device"] == "vt-a"
+        assert first["containers"][0]["state"] == "running"
+
+        a, b = harness.topology.pods
+        harness.ports.ports["a"].inject(udp_frame(a, b))
+        with trio.fail_after(5):
+            await harness.ports.ports["b"].receive()
+        stats = await ask(path, "stats")
+        assert stats["result"]["ports"]["a"]["rx_packets"] == 1
+
+        netns = await ask(path, "netns", {"pod": "b"})
+        assert netns["result"]["netns_path"] == "/run/netns/vsw-t1-b"
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancelling_the_daemon_cleans_up(tmp_path):
+    harness = Harness(make_topology(tmp_path, containers=True))
+    path = harness.topology.control.socket
+    async with trio.open_nursery() as nursery:
+        await harness.start(nursery)
+        assert os.path.exists(path)
+        nursery.cancel_scope.cancel()
+    assert not os.path.exists(path)
+    assert harness.kernel.calls[-2:] == ["teardown", "close"]
+    assert harness.supervisor.running == set()
+    # Closed ports refuse further writes instead of buffering for nobody.
+    assert harness.ports.ports["b"].write(b"late") is False
+
+
+async def test_sigterm_stops_the_daemon_cleanly(tmp_path):
+    harness = Harness(make_topology(tmp_path))
+    path = harness.topology.control.socket
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await harness.start(nursery)
+            os.kill(os.getpid(), signal.SIGHUP)  # acknowledged, not fatal
+            await trio.sleep(0.05)
+            assert (await ask(path, "status"))["ok"]
+            os.kill(os.getpid(), signal.SIGTERM)
+        # The nursery ended on its own: the daemon returned after SIGTERM.
+    assert not os.path.exists(path)
+    assert harness.kernel.calls[-2:] == ["teardown", "close"]
+
+
+async def test_second_daemon_on_the_same_socket_is_refused(tmp_path):
+    first = Harness(make_topology(tmp_path))
+    second = Harness(make_topology(tmp_path))
+    async with trio.open_nursery() as nursery:
+        await first.start(nursery)
+        with pytest.raises(ControlSocketBusy, match="another vswitchd answers"):
+            await run_daemon(second.topology, **second.kwargs(handle_signals=False))
+        # The refused daemon created nothing, and left the first one's socket alone.
+        assert second.kernel.calls == []
+        assert (await ask(first.topology.control.socket, "status"))["ok"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_stale_socket_is_replaced(tmp_path):
+    harness = Harness(make_topology(tmp_path))
+    path = harness.topology.control.socket
+    os.makedirs(os.path.dirname(path))
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()  # bound, never listening: what a killed daemon leaves
+    async with trio.open_nursery() as nursery:
+        await harness.start(nursery)
+        assert (await ask(path, "status"))["ok"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_core_exception_costs_one_batch_not_the_daemon(tmp_path, caplog):
+    harness = Harness(make_topology(tmp_path))
+    a, b = harness.topology.pods
+    async with trio.open_nursery() as nursery:
+        await harness.start(nursery)
+        port_a = harness.ports.ports["a"]
+        port_a.inject(POISON + b"x" * 20)
+        await trio.testing.wait_all_tasks_blocked()
+        port_a.inject(udp_frame(a, b))
+        with trio.fail_after(5):
+            await harness.ports.ports["b"].receive()
+        status = await ask(harness.topology.control.socket, "status")
+        assert status["result"]["runtime_errors"]["core"] == 1
+        nursery.cancel_scope.cancel()
+    assert "poisoned frame" in caplog.text
+
+
+async def test_full_destination_and_unknown_port_are_counted_drops(tmp_path):
+    harness = Harness(make_topology(tmp_path), capacity=2)
+    a, b = harness.topology.pods
+    async with trio.open_nursery() as nursery:
+        await harness.start(nursery)
+        for _ in range(3):
+            harness.ports.ports["a"].inject(udp_frame(a, b))
+            await trio.testing.wait_all_tasks_blocked()
+        to_nowhere = b"\x00\x00\x00\x00\x00\x63" + udp_frame(a, b)[6:]
+        harness.ports.ports["a"].inject(to_nowhere)
+        await trio.testing.wait_all_tasks_blocked()
+        assert harness.switch.tx_drops == [(3, "tx-busy"), (99, "port-gone")]
+        assert len(harness.ports.ports["b"].received_nowait()) == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_timer_delivers_what_the_core_schedules(tmp_path):
+    harness = Harness(make_topology(tmp_path))
+    async with trio.open_nursery() as nursery:
+        await harness.start(nursery)
+        switch = harness.switch
+        switch.timer_frames = [Transmit(2, b"from-timer")]
+        switch.deadline = 0.0  # due now; the timer picks it up within its maximum sleep
+        with trio.fail_after(5):
+            assert await harness.ports.ports["a"].receive() == b"from-timer"
+        nursery.cancel_scope.cancel()
+
+
+async def test_systemd_is_told_ready_then_stopping(tmp_path, monkeypatch):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    harness = Harness(make_topology(tmp_path))
+    async with trio.open_nursery() as nursery:
+        await harness.start(nursery)
+        ready = listener.recv(4096).decode()
+        assert ready.startswith("READY=1\n") and "STATUS=node t1, 2 pods" in ready
+        nursery.cancel_scope.cancel()
+    assert listener.recv(4096) == b"STOPPING=1"
+    listener.close()
+
+
+def test_sdnotify_abstract_address_and_absence():
+    name = f"vswitch-test-{os.getpid()}-{os.urandom(4).hex()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind("\0" + name)
+        assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": "@" + name})
+        assert listener.recv(100) == b"READY=1"
+    assert sdnotify.notify("READY=1", {}) is False
+    assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": "vsock:2:9"}) is False
+    # Nobody listening: logged, not raised.
+    assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": "@" + name}) is False
+
+
+async def test_real_core_forwards_between_pods(tmp_path):
+    switch_module = pytest.importorskip("vswitch.core.switch")
+    from vswitch import accel
+
+    def real_switch(topology):
+        return switch_module.Switch(topology, accel=accel.load("pure"))
+
+    harness = Harness(make_topology(tmp_path), switch_factory=real_switch)
+    a, b = harness.topology.pods
+    async with trio.open_nursery() as nursery:
+        await harness.start(nursery)
+        frame = udp_frame(a, b)
+        harness.ports.ports["a"].inject(frame)
+        with trio.fail_after(5):
+            received = await harness.ports.ports["b"].receive()
+        assert received[:6] == mac_bytes(b.mac)
+        assert received[30:34] == b.ip.packed
+        status = await ask(harness.topology.control.socket, "stats")
+        assert status["ok"], status
+        nursery.cancel_scope.cancel()
+
+
+class SocketPairPorts:
+    """Runs the production TapPort on one end of a SOCK_SEQPACKET pair, which keeps frame
+    boundaries and reports a full buffer with EAGAIN, as a TAP does; the test holds the other end."""
+
+    def __init__(self) -> None:
+        self.peers: dict[str, socket.socket] = {}
+        self.fds: list[int] = []
+
+    def __call__(self, spec, handle, dataplane):
+        from vswitch.runtime.ports import TapPort
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        theirs.setblocking(False)
+        self.peers[spec.name] = theirs
+        fd = ours.detach()
+        self.fds.append(fd)
+        return TapPort(spec, fd, dataplane.burst)
+
+    def close(self) -> None:
+        for peer in self.peers.values():
+            peer.close()
+
+
+async def test_tap_ports_forward_count_busy_writes_and_close_their_fds(tmp_path):
+    harness = Harness(make_topology(tmp_path, host_port=False))
+    harness.ports = SocketPairPorts()
+    a, b = harness.topology.pods
+    frame = udp_frame(a, b, b"x" * 200)
+    try:
+        async with trio.open_nursery() as nursery:
+            await harness.start(nursery)
+            pod_a, pod_b = harness.ports.peers["a"], harness.ports.peers["b"]
+            pod_a.send(frame)
+            with trio.fail_after(5):
+                await trio.lowlevel.wait_readable(pod_b)
+            assert pod_b.recv(65536) == frame
+            # Pod b stops reading: once its buffer is full, writes to it are counted drops and
+            # the daemon keeps going.
+            for _ in range(200):
+                pod_a.send(frame)
+                await trio.testing.wait_all_tasks_blocked()
+                if harness.switch.tx_drops:
+                    break
+            assert harness.switch.tx_drops and set(harness.switch.tx_drops) == {(2, "tx-busy")}
+            nursery.cancel_scope.cancel()
+        for fd in harness.ports.fds:
+            with pytest.raises(OSError):
+                os.fstat(fd)
+    finally:
+        harness.ports.close()
+
+
+async def test_tap_port_at_end_of_file_backs_off_instead_of_spinning(tmp_path, caplog):
+    harness = Harness(make_topology(tmp_path, host_port=False))
+    harness.ports = SocketPairPorts()
+    try:
+        async with trio.open_nursery() as nursery:
+            await harness.start(nursery)
+            harness.ports.peers["a"].close()  # pod a's end is gone: its fd reads EOF forever
+            await trio.sleep(0.3)
+            status = await ask(harness.topology.control.socket, "status")
+            # One report per backoff interval, not one per wake-up.
+            assert 1 <= status["result"]["runtime_errors"]["read"] <= 3
+            nursery.cancel_scope.cancel()
+    finally:
+        harness.ports.close()
+    assert "yields no frames" in caplog.text

@@ -1,0 +1,482 @@
+"""Command-line entry points: ``vswitchd`` (the daemon) and ``vswitchctl`` (talks to it).
+
+``python3 -m vswitch.cli vswitchd ...`` and ``python3 -m vswitch.cli vswitchctl ...`` run the same
+code as the installed scripts, for checkouts that are not installed.
+
+vswitchctl is deliberately synchronous and free of trio: it sends one request, prints one answer,
+and must start fast enough to be used in shell loops.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import socket
+import sys
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+DEFAULT_SOCKET_DIR = "/run/vswitch"
+CONNECT_TIMEOUT = 10.0  # seconds to wait for an answer to a request that does not wait itself
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_NOT_FOUND = 127
+
+
+# ---------------------------------------------------------------------------------------------
+# vswitchd
+
+
+def _vswitchd_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vswitchd", description="Userspace virtual switch daemon for one node's pods.")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--config", metavar="FILE", help="run with this topology")
+    mode.add_argument("--check", metavar="FILE", help="validate a topology and exit")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"], help="default: info")
+    return parser
+
+
+def _leaf_exceptions(exc: BaseException) -> Iterable[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaf_exceptions(inner)
+    else:
+        yield exc
+
+
+def vswitchd_main(argv: Sequence[str] | None = None) -> int:
+    args = _vswitchd_parser().parse_args(argv)
+    from vswitch.config import ConfigError, load_topology
+
+    path = args.check or args.config
+    try:
+        topology = load_topology(path)
+    except ConfigError as exc:
+        print(f"vswitchd: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check:
+        print(f"{path}: ok ({len(topology.pods)} pods)")
+        return EXIT_OK
+
+    if os.geteuid() != 0:
+        print("vswitchd: must run as root: it creates network namespaces and TAP devices "
+              "(CAP_NET_ADMIN, CAP_SYS_ADMIN)", file=sys.stderr)
+        return EXIT_FAILURE
+
+    level = getattr(logging, args.log_level.upper())
+    logging.basicConfig(stream=sys.stderr, level=level, format=LOG_FORMAT)
+    # --log-level debug is for vswitch's own decisions; pyroute2 at debug logs every netlink
+    # message in full, which buries them.
+    for noisy in ("pyroute2", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    log = logging.getLogger("vswitchd")
+    import trio
+
+    from vswitch.runtime.control import ControlSocketBusy
+    from vswitch.runtime.daemon import run_daemon
+    from vswitch.runtime.journal import JournalError, NodeBusyError
+    from vswitch.runtime.kernel import KernelError
+
+    # Failures a person can act on from the message alone; anything else gets a traceback.
+    operational = (ControlSocketBusy, NodeBusyError, JournalError, KernelError)
+
+    try:
+        trio.run(lambda: run_daemon(topology, config_path=os.path.abspath(path)))
+    except KeyboardInterrupt:
+        # Only reachable before the daemon installed its signal handling.
+        return 130
+    except BaseException as exc:
+        leaves = list(_leaf_exceptions(exc))
+        if leaves and all(isinstance(leaf, operational) for leaf in leaves):
+            for leaf in leaves:
+                print(f"vswitchd: {leaf}", file=sys.stderr)
+            return EXIT_FAILURE
+        if isinstance(exc, SystemExit):
+            raise
+        log.critical("vswitchd failed", exc_info=exc)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# vswitchctl: talking to the daemon
+
+
+class CtlError(Exception):
+    """Something vswitchctl reports as ``vswitchctl: <message>`` with exit status 1."""
+
+
+def discover_socket(explicit: str | None, environ: Mapping[str, str],
+                    directory: str = DEFAULT_SOCKET_DIR) -> str:
+    """--socket, else $VSWITCH_SOCKET, else the only control socket in the run directory."""
+    if explicit:
+        return explicit
+    if environ.get("VSWITCH_SOCKET"):
+        return environ["VSWITCH_SOCKET"]
+    found = sorted(glob.glob(os.path.join(glob.escape(directory), "*.sock")))
+    if not found:
+        raise CtlError(f"no vswitchd running (no control socket in {directory})")
+    if len(found) > 1:
+        raise CtlError("several vswitchd control sockets; choose one with --socket or "
+                       "VSWITCH_SOCKET: " + ", ".join(found))
+    return found[0]
+
+
+def request(path: str, cmd: str, args: Mapping[str, Any] | None = None,
+            timeout: float = CONNECT_TIMEOUT) -> Any:
+    """Send one request and return its result; an ``ok: false`` answer raises CtlError."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            raise CtlError(f"no vswitchd running (no socket at {path})") from None
+        except ConnectionRefusedError:
+            raise CtlError(f"vswitchd is not answering on {path} (stale socket?)") from None
+        except PermissionError:
+            raise CtlError(f"permission denied on {path} (the control socket is root's)") from None
+        except OSError as exc:
+            raise CtlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        line = json.dumps({"cmd": cmd, "args": dict(args or {})}).encode() + b"\n"
+        try:
+            sock.sendall(line)
+            buffer = bytearray()
+            while b"\n" not in buffer:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise CtlError("vswitchd closed the connection without answering")
+                buffer += chunk
+        except socket.timeout:
+            raise CtlError(f"no answer from vswitchd within {timeout:g} s") from None
+        except OSError as exc:
+            raise CtlError(f"talking to vswitchd: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    try:
+        response = json.loads(buffer[: buffer.index(b"\n")])
+    except json.JSONDecodeError as exc:
+        raise CtlError(f"unreadable answer from vswitchd: {exc}") from None
+    if not isinstance(response, dict) or "ok" not in response:
+        raise CtlError(f"unexpected answer from vswitchd: {response!r}")
+    if not response["ok"]:
+        raise CtlError(str(response.get("error", "unknown error")))
+    return response.get("result")
+
+
+# ---------------------------------------------------------------------------------------------
+# vswitchctl: rendering
+
+
+def format_cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={format_cell(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_cell(v) for v in value) or "-"
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]],
+                 columns: Sequence[tuple[str, str]] | None = None) -> str:
+    """Rows as an aligned text table; numbers right-aligned, text left-aligned.
+
+    ``columns`` is a list of (key, HEADER); by default every key that occurs, in order of first
+    appearance, so that a field added to the daemon's answer shows up without a change here.
+    """
+    if columns is None:
+        keys: dict[str, None] = {}
+        for row in rows:
+            keys.update(dict.fromkeys(row))
+        columns = [(key, key.upper()) for key in keys]
+    if not columns:
+        return ""
+    cells = [[format_cell(row.get(key)) for key, _ in columns] for row in rows]
+    numeric = [bool(rows) and all(_is_number(row.get(key)) or row.get(key) is None for row in rows)
+               for key, _ in columns]
+    widths = [max([len(header)] + [len(line[i]) for line in cells])
+              for i, (_, header) in enumerate(columns)]
+
+    def render(values: Sequence[str]) -> str:
+        parts = [value.rjust(width) if right else value.ljust(width)
+                 for value, width, right in zip(values, widths, numeric)]
+        return "  ".join(parts).rstrip()
+
+    lines = [render([header for _, header in columns])]
+    lines.extend(render(line) for line in cells)
+    return "\n".join(lines)
+
+
+def format_pairs(pairs: Mapping[str, Any]) -> str:
+    width = max((len(key) for key in pairs), default=0)
+    return "\n".join(f"{key + ':':<{width + 1}} {format_cell(value)}" for key, value in pairs.items())
+
+
+def _named_rows(mapping: Mapping[str, Any], name_key: str) -> list[dict]:
+    rows = []
+    for name, value in mapping.items():
+        row = {name_key: name}
+        row.update(value if isinstance(value, Mapping) else {"value": value})
+        rows.append(row)
+    return rows
+
+
+def render_status(result: Mapping[str, Any]) -> str:
+    return format_pairs(result)
+
+
+def render_pods(result: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for pod in result:
+        containers = pod.get("containers") or []
+        states = [f"{c.get('name', '?')}:{c.get('state', '?')}" for c in containers
+                  if isinstance(c, Mapping)]
+        rows.append({**pod, "containers": ",".join(states) or "-"})
+    return format_table(rows, [("name", "NAME"), ("ip", "IP"), ("mac", "MAC"),
+                               ("netns", "NETNS"), ("port", "PORT"), ("device", "DEVICE"),
+                               ("ready", "READY"), ("containers", "CONTAINERS")])
+
+
+def render_rows(result: Any) -> str:
+    if isinstance(result, Mapping):
+        result = _named_rows(result, "name")
+    if not result:
+        return "(none)"
+    return format_table(result)
+
+
+def _nonzero(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in mapping.items() if not (_is_number(value) and value == 0)}
+
+
+def render_stats(result: Mapping[str, Any]) -> str:
+    """Per-port traffic and drops, then per-stage counters, then dispositions."""
+    sections = []
+    ports = result.get("ports", {})
+    if isinstance(ports, Mapping):
+        port_rows = []
+        for name, counters in ports.items():
+            row: dict[str, Any] = {"port": name}
+            for key, value in (counters.items() if isinstance(counters, Mapping) else []):
+                # Drops by reason are a mapping; show only the reasons that happened.
+                row[key] = _nonzero(value) if isinstance(value, Mapping) else value
+            port_rows.append(row)
+    else:
+        port_rows = list(ports)
+    sections.append("Ports\n" + (format_table(port_rows) if port_rows else "(none)"))
+
+    stage_rows = []
+    stages = result.get("stages", {})
+    for stage, counters in (stages.items() if isinstance(stages, Mapping) else []):
+        if isinstance(counters, Mapping):
+            for counter, value in counters.items():
+                if not (_is_number(value) and value == 0):
+                    stage_rows.append({"stage": stage, "counter": counter, "count": value})
+        elif not (_is_number(counters) and counters == 0):
+            stage_rows.append({"stage": stage, "counter": "-", "count": counters})
+    sections.append("Stages\n" + (format_table(stage_rows) if stage_rows else "(all zero)"))
+
+    dispositions = result.get("dispositions", {})
+    if isinstance(dispositions, Mapping):
+        rows = [{"disposition": k, "packets": v} for k, v in dispositions.items()]
+    else:
+        rows = list(dispositions)
+    sections.append("Dispositions\n" + (format_table(rows) if rows else "(none)"))
+
+    # Other sections (flow cache, fdb, ...) are shown as they come; "descriptions" explains the
+    # counter names and is left to --json, where a program can use it.
+    scalars = {}
+    for key, value in result.items():
+        if key in ("ports", "stages", "dispositions", "descriptions"):
+            continue
+        if isinstance(value, Mapping):
+            sections.append(f"{key.replace('_', ' ').capitalize()}\n{format_pairs(value)}")
+        else:
+            scalars[key] = value
+    if scalars:
+        sections.append(format_pairs(scalars))
+    return "\n\n".join(sections)
+
+
+def render_traces(result: Any) -> str:
+    traces = result if isinstance(result, list) else [result]
+    return "\n\n".join(str(trace.get("text", json.dumps(trace, indent=2)))
+                       if isinstance(trace, Mapping) else str(trace) for trace in traces)
+
+
+# ---------------------------------------------------------------------------------------------
+# vswitchctl: commands
+
+
+def _vswitchctl_parser() -> argparse.ArgumentParser:
+    # --json and --socket are accepted before and after the command: each subparser has them too,
+    # with SUPPRESS defaults so that a value given before the command is not reset after it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the daemon's answer as JSON")
+    common.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                        help="control socket (default: $VSWITCH_SOCKET, else the only one in "
+                             f"{DEFAULT_SOCKET_DIR})")
+
+    parser = argparse.ArgumentParser(prog="vswitchctl", parents=[common],
+                                     description="Query and operate a running vswitchd.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in [("status", "daemon overview"), ("pods", "pods and their containers"),
+                       ("ports", "switch ports"), ("fdb", "learned MAC addresses"),
+                       ("stats", "counters: ports, stages, dispositions")]:
+        commands.add_parser(name, parents=[common], help=text)
+
+    trace = commands.add_parser("trace", parents=[common],
+                                help="trace a described packet, or the next real packets of a pod")
+    trace.add_argument("pod", help="the port (pod name, or 'host') the packet enters on")
+    trace.add_argument("packet", nargs="?", help="packet description, e.g. 'udp 10.244.1.3:53'")
+    trace.add_argument("--count", type=int, help="trace the next N real packets instead")
+    trace.add_argument("--timeout", type=float, default=10.0,
+                       help="seconds to wait for --count packets (default 10)")
+
+    exec_ = commands.add_parser("exec", parents=[common],
+                                help="run a command in a pod's network namespace")
+    exec_.add_argument("pod")
+    exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+
+    clean = commands.add_parser("clean", parents=[common],
+                                help="remove a node's leftover namespaces and TAPs (no daemon needed)")
+    source = clean.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="the node's topology")
+    source.add_argument("--node", metavar="NAME", help="the node name")
+    clean.add_argument("--state-dir", metavar="DIR", help="default: the topology's, else "
+                                                          f"{DEFAULT_SOCKET_DIR}")
+    return parser
+
+
+def _emit(result: Any, as_json: bool, render: Callable[[Any], str]) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render(result))
+
+
+def _cmd_exec(path: str, args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise CtlError("exec needs a command: vswitchctl exec POD -- CMD [ARG...]")
+    netns_path = request(path, "netns", {"pod": args.pod})["netns_path"]
+    from vswitch.runtime.netns import enter_netns
+
+    try:
+        enter_netns(netns_path)
+    except OSError as exc:
+        raise CtlError(f"cannot enter {netns_path}: {exc.strerror or exc}") from None
+    try:
+        os.execvp(argv[0], argv)
+    except FileNotFoundError:
+        print(f"vswitchctl: exec: {argv[0]}: command not found", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except PermissionError:
+        print(f"vswitchctl: exec: {argv[0]}: permission denied", file=sys.stderr)
+        return 126
+    return EXIT_FAILURE  # not reached: execvp returns only by raising
+
+
+def _cmd_clean(args: argparse.Namespace, as_json: bool) -> int:
+    from vswitch.runtime.kernel import clean_node
+
+    topology = None
+    if args.config:
+        from vswitch.config import ConfigError, load_topology
+
+        try:
+            topology = load_topology(args.config)
+        except ConfigError as exc:
+            print(f"vswitchctl: config error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        node = topology.node.name
+        state_dir = args.state_dir or topology.control.state_dir
+    else:
+        node = args.node
+        state_dir = args.state_dir or DEFAULT_SOCKET_DIR
+    from vswitch.runtime.journal import JournalError, NodeBusyError
+
+    try:
+        removed = clean_node(node, state_dir, topology)
+    except (NodeBusyError, JournalError) as exc:
+        raise CtlError(f"clean: {exc}") from None
+    except PermissionError as exc:
+        raise CtlError(f"clean: {exc} (clean needs root)") from None
+    if as_json:
+        print(json.dumps(removed, indent=2))
+    elif removed:
+        print("\n".join(f"removed {item}" for item in removed))
+    else:
+        print(f"nothing to clean for node {node}")
+    return EXIT_OK
+
+
+def vswitchctl_main(argv: Sequence[str] | None = None,
+                    environ: Mapping[str, str] | None = None,
+                    socket_dir: str = DEFAULT_SOCKET_DIR) -> int:
+    args = _vswitchctl_parser().parse_args(argv)
+    as_json = getattr(args, "json", False)
+    environ = os.environ if environ is None else environ
+    try:
+        if args.command == "clean":
+            return _cmd_clean(args, as_json)
+        path = discover_socket(getattr(args, "socket", None), environ, socket_dir)
+        if args.command == "exec":
+            return _cmd_exec(path, args)
+        if args.command == "trace":
+            if (args.packet is None) == (args.count is None):
+                raise CtlError("trace needs either a PACKET or --count N")
+            if args.packet is not None:
+                result = request(path, "trace", {"port": args.pod, "packet": args.packet})
+            else:
+                result = request(path, "trace",
+                                 {"port": args.pod, "count": args.count, "timeout": args.timeout},
+                                 timeout=args.timeout + CONNECT_TIMEOUT)
+                if not result and not as_json:
+                    print(f"no packets from {args.pod} within {args.timeout:g} s", file=sys.stderr)
+                    return EXIT_FAILURE
+            _emit(result, as_json, render_traces)
+            return EXIT_OK
+        renderers: dict[str, Callable[[Any], str]] = {
+            "status": render_status, "pods": render_pods, "ports": render_rows,
+            "fdb": render_rows, "stats": render_stats,
+        }
+        _emit(request(path, args.command), as_json, renderers[args.command])
+        return EXIT_OK
+    except CtlError as exc:
+        print(f"vswitchctl: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        # Output piped into `head`: the reader is gone, and so is the point of printing.
+        return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    programs = {"vswitchd": vswitchd_main, "vswitchctl": vswitchctl_main}
+    if not argv or argv[0] not in programs:
+        print("usage: python3 -m vswitch.cli {vswitchd|vswitchctl} ...", file=sys.stderr)
+        return EXIT_CONFIG
+    return programs[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The node's kernel objects: pod namespaces with their eth0 TAPs, the host TAP, host routes.
+
+Theory of operation
+-------------------
+``NodeObjects`` holds the synchronous create/remove logic and the journal; it runs wherever a
+``NetlinkSession`` lives: in the netlink worker thread for the daemon (through ``Kernel``), or in
+the only thread of ``vswitchctl clean`` (through ``clean_node``). ``Kernel`` is the daemon's async
+face: each method is one job on the worker thread, so a pod is created or removed as a whole.
+
+A pod is built in this order, each step undone if a later one fails:
+
+1. journal the namespace and the TAP's host-side name;
+2. create the named namespace;
+3. open the TAP in the root namespace (the daemon keeps its fd; the device lives as long as it);
+4. move the TAP into the namespace, rename it eth0, set MAC and MTU, add the pod IP with the pod
+   CIDR's prefix length, bring eth0 and lo up, add the default route via the node gateway.
+
+Removal runs the other way: kill what runs in the namespace, delete eth0, unmount the namespace,
+erase the journal entries. Every removal step treats "already gone" as success, which is what
+makes ``teardown``, ``remove_leftovers`` and ``clean_node`` idempotent.
+
+Rules:
+
+* One ``Kernel`` (one daemon) per node at a time, enforced by the journal's ``NodeLock``.
+* Leaving ``Kernel.open`` tears down whatever is still journalled, even on error or cancellation,
+  so only a killed process leaves objects behind, and the journal then names them.
+* Host routes (``add_host_route``) go through the host TAP and disappear with it; they are not
+  journalled because removing the TAP is what removes them.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import AsyncIterator
+
+import trio
+from pyroute2 import netns as pyroute2_netns
+
+from vswitch.model import HostPort, Node, Pod, Topology
+from vswitch.runtime.journal import Journal, NodeLock
+from vswitch.runtime.netlink import NetlinkSession, NetlinkWorker
+from vswitch.runtime.netns import kill_netns_processes, netns_exists, remove_netns_mount
+from vswitch.runtime.tap import open_tap
+
+log = logging.getLogger(__name__)
+
+POD_IFNAME = "eth0"
+
+
+class KernelError(Exception):
+    """A kernel object could not be created; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class NodeNames:
+    """Names a node's objects may have: the deterministic ones of a topology, plus the journal's."""
+
+    netns: tuple[str, ...] = ()
+    taps: tuple[str, ...] = ()
+
+    @classmethod
+    def of_topology(cls, topology: Topology) -> "NodeNames":
+        return cls(netns=tuple(pod.netns for pod in topology.pods),
+                   taps=(*(pod.tap for pod in topology.pods), topology.host_port.name))
+
+    def __or__(self, other: "NodeNames") -> "NodeNames":
+        return NodeNames(netns=tuple(dict.fromkeys((*self.netns, *other.netns))),
+                         taps=tuple(dict.fromkeys((*self.taps, *other.taps))))
+
+
+class NodeObjects:
+    """Creates and removes one node's kernel objects, journalling each before it exists.
+
+    Synchronous and bound to the thread of the ``NetlinkSession`` passed to each method.
+    """
+
+    def __init__(self, node: str, state_dir: str) -> None:
+        self.node = node
+        self.journal = Journal(state_dir, node)
+
+    def create_pod(self, session: NetlinkSession, pod: Pod, node: Node, vnet_hdr: bool) -> int:
+        self.journal.record_netns(pod.netns)
+        if netns_exists(pod.netns):
+            # Left journalled on purpose: it is a leftover, and the next cleanup should see it.
+            raise KernelError(
+                f"pod {pod.name}: namespace {pod.netns} already exists; an earlier run left it "
+                f"behind (remove_leftovers or `vswitchctl clean {self.node}` removes it)")
+        self.journal.record_tap(pod.tap)
+        fd = -1
+        try:
+            pyroute2_netns.create(pod.netns)
+            fd = open_tap(pod.tap, vnet_hdr)
+            session.move_link_to_netns(pod.tap, pod.netns)
+            address = IPv4Interface(f"{pod.ip}/{node.pod_cidr.prefixlen}")
+            session.configure_pod_link(pod.netns, pod.tap, pod.mac, address, node.mtu,
+                                       node.gateway)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            self.remove_netns(session, pod.netns)
+            session.delete_link(pod.tap)
+            self.journal.erase_tap(pod.tap)
+            raise
+        log.info("pod %s: namespace %s, %s (tap %s) %s/%d mtu %d", pod.name, pod.netns,
+                 POD_IFNAME, pod.tap, pod.ip, node.pod_cidr.prefixlen, node.mtu)
+        return fd
+
+    def delete_pod(self, session: NetlinkSession, pod: Pod) -> list[str]:
+        removed = self.remove_netns(session, pod.netns)
+        removed += self.remove_tap(session, pod.tap)
+        return removed
+
+    def create_host_port(self, session: NetlinkSession, port: HostPort, mtu: int,
+                         vnet_hdr: bool) -> int:
+        self.journal.record_tap(port.name)
+        fd = -1
+        try:
+            fd = open_tap(port.name, vnet_hdr)
+            session.configure_host_link(port.name, port.mac, port.address, mtu)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            self.remove_tap(session, port.name)
+            raise
+        log.info("host port %s: %s mtu %d", port.name, port.address, mtu)
+        return fd
+
+    def remove_tap(self, session: NetlinkSession, name: str) -> list[str]:
+        """Delete a root-namespace TAP (which also drops routes through it) and its entry."""
+        removed = [f"link {name}"] if session.delete_link(name) else []
+        self.journal.erase_tap(name)
+        return removed
+
+    def remove_netns(self, session: NetlinkSession, name: str) -> list[str]:
+        """Kill the namespace's processes, delete its eth0, unmount it, erase its entry."""
+        removed: list[str] = []
+        if netns_exists(name):
+            removed += [f"process {pid} in {name}" for pid in kill_netns_processes(name)]
+            # Deleting eth0 explicitly makes the TAP go now; the namespace itself is destroyed
+            # asynchronously by the kernel once its last reference is dropped.
+            session.delete_link_in_netns(name, POD_IFNAME)
+            if remove_netns_mount(name):
+                removed.append(f"netns {name}")
+        self.journal.erase_netns(name)
+        return removed
+
+    def remove_all(self, session: NetlinkSession, names: NodeNames) -> list[str]:
+        """Remove the journalled objects and ``names``; whatever is already gone is skipped."""
+        entries = self.journal.entries()
+        everything = NodeNames(netns=entries.netns, taps=entries.taps) | names
+        removed: list[str] = []
+        for name in everything.netns:
+            removed += self.remove_netns(session, name)
+        for name in everything.taps:
+            removed += self.remove_tap(session, name)
+        return removed
+
+
+class Kernel:
+    """Creates and removes the node's kernel objects. Every method runs its netlink work in the
+    worker thread."""
+
+    def __init__(self, topology: Topology, worker: NetlinkWorker, objects: NodeObjects) -> None:
+        self.topology = topology
+        self._worker = worker
+        self._objects = objects
+        self._host_routes: list[IPv4Network] = []
+        self._closed = False
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, topology: Topology) -> AsyncIterator["Kernel"]:
+        """Lock the node, start the netlink worker, and tear everything down on the way out."""
+        lock = NodeLock(topology.control.state_dir, topology.node.name)
+        lock.acquire()
+        try:
+            worker = NetlinkWorker(name=f"netlink-{topology.node.name}")
+            worker.start()
+            try:
+                objects = await worker.run(
+                    lambda _session: NodeObjects(topology.node.name, topology.control.state_dir))
+                kernel = cls(topology, worker, objects)
+                try:
+                    yield kernel
+                finally:
+                    await kernel.teardown()
+                    kernel._closed = True
+            finally:
+                await worker.stop()
+        finally:
+            lock.release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Kernel is closed")
+
+    async def remove_leftovers(self) -> list[str]:
+        """Remove what an earlier run of this node left: journalled and deterministic names.
+
+        Call it before creating anything: a pod created by this run has the same names and would
+        be removed too.
+        """
+        self._check_open()
+        names = NodeNames.of_topology(self.topology)
+        removed = await self._worker.run(self._objects.remove_all, names)
+        for item in removed:
+            log.warning("removed leftover %s", item)
+        return removed
+
+    async def create_pod(self, pod: Pod) -> int:
+        """Build the pod's namespace and eth0; return the TAP fd, which the caller owns."""
+        self._check_open()
+        return await self._worker.run(self._objects.create_pod, pod, self.topology.node,
+                                      self.topology.dataplane.offloads)
+
+    async def delete_pod(self, pod: Pod) -> None:
+        self._check_open()
+        removed = await self._worker.run(self._objects.delete_pod, pod)
+        log.info("pod %s: removed %s", pod.name, ", ".join(removed) or "nothing (already gone)")
+
+    async def create_host_port(self) -> int:
+        self._check_open()
+        port = self.topology.host_port
+        if not port.enabled:
+            raise KernelError("the host port is disabled in the topology")
+        return await self._worker.run(self._objects.create_host_port, port,
+                                      self.topology.node.mtu, self.topology.dataplane.offloads)
+
+    async def delete_host_port(self) -> None:
+        self._check_open()
+        await self._worker.run(self._objects.remove_tap, self.topology.host_port.name)
+        self._host_routes.clear()
+
+    async def add_host_route(self, dst: IPv4Network, via: IPv4Address | None) -> None:
+        """Route ``dst`` in the root namespace through the host TAP (via ``via`` if given)."""
+        self._check_open()
+        await self._worker.run(_add_route, dst, self.topology.host_port.name, via)
+        self._host_routes.append(dst)
+
+    async def teardown(self) -> None:
+        """Remove every journalled object of this node; safe to call again and when cancelled."""
+        if self._closed:
+            return
+        with trio.CancelScope(shield=True):
+            routes, self._host_routes = self._host_routes, []
+            device = self.topology.host_port.name
+            for dst in routes:
+                await self._worker.run(_delete_route, dst, device)
+            await self._worker.run(self._objects.remove_all, NodeNames())
+
+
+def _add_route(session: NetlinkSession, dst: IPv4Network, device: str,
+               via: IPv4Address | None) -> None:
+    session.add_route(dst, device, via)
+
+
+def _delete_route(session: NetlinkSession, dst: IPv4Network, device: str) -> bool:
+    return session.delete_route(dst, device)
+
+
+def clean_node(node_name: str, state_dir: str = "/run/vswitch",
+               topology: Topology | None = None) -> list[str]:
+    """Remove what a crashed daemon of ``node_name`` left behind (Mininet's ``mn -c``).
+
+    Synchronous: it uses netlink in the calling thread, so call it from a plain thread (or
+    ``trio.to_thread.run_sync``), not from a trio task directly. Raises NodeBusyError while a
+    daemon of the node is running, since its objects are in use, not left over.
+    """
+    if topology is not None and topology.node.name != node_name:
+        raise ValueError(f"topology {topology.source} is for node {topology.node.name}, "
+                         f"not {node_name}")
+    names = NodeNames.of_topology(topology) if topology is not None else NodeNames()
+    with NodeLock(state_dir, node_name), NetlinkSession() as session:
+        objects = NodeObjects(node_name, state_dir)
+        return objects.remove_all(session, names)
+
