@@ -424,6 +424,33 @@ async def test_container_runs_in_the_pod_namespace_and_its_output_is_logged(node
     assert isinstance(info["pid"], int)
 
 
+async def test_containers_outlive_the_worker_threads_of_the_daemon(node, pod_log, monkeypatch):
+    """PR_SET_PDEATHSIG fires when the forking *thread* exits. trio retires idle worker threads
+    (after 10 s; shortened here), so a container forked from one would be killed with it."""
+    import trio._core._thread_cache as thread_cache
+
+    from vswitch.runtime.containers import run_container
+    from vswitch.runtime.kernel import Kernel
+
+    monkeypatch.setattr(thread_cache, "IDLE_TIMEOUT", 0.05)
+    log, _ = pod_log
+    topo = node.topology(containers={"p0": (container("sleeper", "sleep", "30"),)})
+    pod = topo.pods[0]
+    async with Kernel.open(topo) as kernel:
+        fd = await kernel.create_pod(pod)
+        try:
+            async with trio.open_nursery() as nursery:
+                pid = await nursery.start(lambda task_status: run_container(
+                    pod, pod.containers[0], log=log, task_status=task_status))
+                for _ in range(4):  # let several worker threads start and retire
+                    await trio.to_thread.run_sync(lambda: None)
+                    await trio.sleep(0.2)
+                assert pid_alive(pid), "the container died with a worker thread"
+                nursery.cancel_scope.cancel()
+        finally:
+            os.close(fd)
+
+
 async def test_two_containers_of_a_pod_talk_over_localhost(node, pod_log):
     from vswitch.runtime.containers import ContainerSupervisor
     from vswitch.runtime.kernel import Kernel

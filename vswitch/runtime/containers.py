@@ -114,13 +114,46 @@ def _make_preexec(netns_fd: int) -> Callable[[], None]:
     return preexec
 
 
-async def start_container(pod: Pod, container: Container) -> trio.Process:
+class ContainerProcess:
+    """A container's main process, spawned from the event-loop thread and awaited through a pidfd.
+
+    ``trio.lowlevel.open_process`` forks from a worker thread, and ``PR_SET_PDEATHSIG`` fires when
+    the *thread* that forked the child exits, not the process: trio retires idle worker threads
+    after ten seconds, which would kill every container ten seconds after it started. Spawning from
+    the thread that runs the daemon ties the signal to the daemon's life, as intended.
+    """
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self._pidfd = os.pidfd_open(popen.pid)
+        out = popen.stdout
+        self.stdout: trio.lowlevel.FdStream | None = None
+        if out is not None:
+            self.stdout = trio.lowlevel.FdStream(os.dup(out.fileno()))
+            out.close()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll() if self._pidfd is not None else self._popen.returncode
+
+    async def wait(self) -> int:
+        if self._pidfd is not None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+            self._popen.wait()
+            os.close(self._pidfd)
+            self._pidfd = None
+        return self._popen.returncode
+
+
+async def start_container(pod: Pod, container: Container) -> ContainerProcess:
     """Spawn the container's command in the pod's namespace; OSError/SubprocessError if it fails."""
     if not container.command:
         raise ValueError(f"container {pod.name}/{container.name} has no command")
+    await trio.lowlevel.checkpoint()
     netns_fd = os.open(netns_path(pod.netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return await trio.lowlevel.open_process(
+        popen = subprocess.Popen(
             list(container.command),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -132,6 +165,7 @@ async def start_container(pod: Pod, container: Container) -> trio.Process:
         )
     finally:
         os.close(netns_fd)
+    return ContainerProcess(popen)
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -157,7 +191,7 @@ async def _forward_output(stream: trio.abc.ReceiveStream, log: logging.Logger,
         log.info("[%s] %s", label, pending.decode("utf-8", errors="replace"))
 
 
-async def _stop(proc: trio.Process) -> None:
+async def _stop(proc: ContainerProcess) -> None:
     """SIGTERM the group, give it STOP_GRACE seconds, then SIGKILL; always reap."""
     if proc.returncode is None:
         _signal_group(proc.pid, signal.SIGTERM)
@@ -168,7 +202,7 @@ async def _stop(proc: trio.Process) -> None:
     await proc.wait()
 
 
-async def supervise_container(proc: trio.Process, label: str, *, log: logging.Logger) -> int:
+async def supervise_container(proc: ContainerProcess, label: str, *, log: logging.Logger) -> int:
     """Forward the output of a started container until it exits; stop it if cancelled."""
     try:
         async with trio.open_nursery() as nursery:
