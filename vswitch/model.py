@@ -55,10 +55,6 @@ def netns_name(node: str, pod: str) -> str:
     return f"vsw-{node}-{pod}"
 
 
-def netns_prefix(node: str) -> str:
-    return f"vsw-{node}-"
-
-
 @dataclass(frozen=True)
 class Container:
     """A process of a pod: it runs in the pod's namespace and shares its IP and port space."""
@@ -68,6 +64,9 @@ class Container:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Named container ports (name -> (protocol, port)), so a service may target a port by name.
     ports: Mapping[str, tuple[str, int]] = field(default_factory=lambda: MappingProxyType({}))
+
+
+DEFAULT_SEGMENT = "default"  # the segment made of [node] pod_cidr
 
 
 @dataclass(frozen=True)
@@ -80,6 +79,30 @@ class Pod:
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     containers: tuple[Container, ...] = ()
     ready: bool = True
+    segment: str = DEFAULT_SEGMENT  # the L2 segment (pod network) the pod is attached to
+    mtu: int | None = None  # eth0's MTU; None: the segment's
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One pod network on the node: an L2 broadcast domain whose gateway the daemon owns.
+
+    Pods of one segment reach each other by switching; pods of different segments only through
+    the router, which decrements TTL and rewrites MACs, exactly as between real subnets.
+    """
+
+    name: str
+    cidr: IPv4Network
+    gateway: IPv4Address
+    gateway_mac: str
+    mtu: int = DEFAULT_MTU
+
+
+@dataclass(frozen=True)
+class StaticRoute:
+    dst: IPv4Network
+    via: IPv4Address  # a next hop on one of the node's segments
+    segment: str  # the segment ``via`` lives on, resolved by the loader
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,31 @@ class Topology:
     host_port: HostPort
     dataplane: Dataplane
     control: Control
+    # segments[0] is always the node's own pod_cidr segment, named DEFAULT_SEGMENT; the loader
+    # fills it in, and a topology built by hand without segments gets it from ``all_segments``.
+    segments: tuple[Segment, ...] = ()
+    routes: tuple[StaticRoute, ...] = ()
+
+    def all_segments(self) -> tuple[Segment, ...]:
+        if self.segments:
+            return self.segments
+        node = self.node
+        return (Segment(DEFAULT_SEGMENT, node.pod_cidr, node.gateway, node.gateway_mac, node.mtu),)
+
+    def segment(self, name: str) -> Segment:
+        for segment in self.all_segments():
+            if segment.name == name:
+                return segment
+        raise KeyError(name)
+
+    def segment_index(self, name: str) -> int:
+        for index, segment in enumerate(self.all_segments()):
+            if segment.name == name:
+                return index
+        raise KeyError(name)
+
+    def pod_mtu(self, pod: Pod) -> int:
+        return pod.mtu if pod.mtu is not None else self.segment(pod.segment).mtu
 
     def pod(self, name: str) -> Pod:
         for pod in self.pods:

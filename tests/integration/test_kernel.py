@@ -25,8 +25,7 @@ import pytest
 import trio
 
 from vswitch.model import (Container, Control, Dataplane, HostPort, Node, Pod, Topology,
-                           first_host, kernel_name, last_host, mac_for_ip, netns_name,
-                           netns_prefix)
+                           first_host, kernel_name, last_host, mac_for_ip, netns_name)
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +138,8 @@ def _scrub(node: NodeUnderTest) -> None:
     from vswitch.runtime.netns import kill_netns_processes
 
     for name in netns.listnetns():
-        if name.startswith(netns_prefix(node.name)):
+        # Test node names are unique random hex strings, so the prefix cannot match another node.
+        if name.startswith(f"vsw-{node.name}-"):
             kill_netns_processes(name, grace=0.5)
             netns.remove(name)
     topo = node.topology(pods=8)

@@ -1,0 +1,624 @@
+#!/usr/bin/env python3
+"""Throughput and latency of vswitchd next to the kernel bridge, measured in the same run.
+
+Usage::
+
+    sudo python3 bench/bench.py [--rounds 3] [--duration 5] [--variants bridge,vswitch]
+                                [--json bench/results/bench-<timestamp>.json]
+
+Each variant joins two fresh network namespaces:
+
+``bridge``
+    a Linux bridge and two veth pairs, which is what the bridge CNI plugin builds; the reference.
+``vswitch``
+    ``vswitchd`` with two pods, started from a generated topology, offloads on.
+``vswitch-nooffload``
+    the same with ``dataplane.offloads = false``, to show what the virtio-net header buys.
+
+All variants are built first, then measured interleaved (round 1 of every variant, then round 2…),
+so that a slow minute of a noisy VM spreads over all of them instead of landing on one. Per round:
+iperf3 TCP throughput, iperf3 UDP with 64-byte payloads at unlimited rate (packets/s received and
+loss), and the round-trip time of small ICMP echoes. The figure reported is the median over rounds,
+and each is given as a ratio to the bridge measured in the same run, since absolute numbers move
+with the machine and ratios are what can be compared across runs.
+
+Traffic only flows between the two namespaces of a variant, on addresses of a random /24 inside
+10.200.0.0/13 that nothing on the host uses. Everything created (namespaces, bridge, veths,
+daemons, iperf3 processes) carries a random suffix and is removed on exit, on failure, on Ctrl-C
+and on SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import asdict, dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pyroute2 import IPRoute, netns
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_SUPERNET = IPv4Network("10.200.0.0/13")
+VARIANTS = ("bridge", "vswitch", "vswitch-nooffload")
+READY_MARKER = "vswitchd ready"
+READY_TIMEOUT = 30.0
+# ``sys.exit`` around the entry point, as the console-script wrapper does: the functions return
+# the exit status, and a bare call would turn every failure into status 0.
+VSWITCHD = (sys.executable, "-c", "import sys; from vswitch.cli import vswitchd_main as m; sys.exit(m())")
+VSWITCHCTL = (sys.executable, "-c", "import sys; from vswitch.cli import vswitchctl_main as m; sys.exit(m())")
+UDP_PAYLOAD = 64
+
+# Runs inside a namespace. It sends echoes at a fixed interval and measures each round trip with
+# perf_counter, so the figure includes one Python send and receive on top of the datapath; that
+# overhead is the same for every variant. iputils ping is not assumed to be installed.
+PING_SCRIPT = textwrap.dedent(
+    r'''
+    import json, os, select, socket, struct, sys, time
+
+    def checksum(data):
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return ~total & 0xFFFF
+
+    target, count, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    ident = os.getpid() & 0xFFFF
+    rtts, lost = [], 0
+    for seq in range(1, count + 1):
+        payload = b"vswitch-bench-rtt-%06d" % seq
+        header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+        packet = struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq) + payload
+        start = time.perf_counter()
+        sock.sendto(packet, (target, 0))
+        deadline = start + 1.0
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                lost += 1
+                break
+            data, (source, _) = sock.recvfrom(4096)
+            now = time.perf_counter()
+            ihl = (data[0] & 0x0F) * 4
+            kind, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+            if kind == 0 and rid == ident and rseq == seq and source == target:
+                rtts.append((now - start) * 1e6)
+                break
+        time.sleep(interval)
+    print(json.dumps({"rtts_us": rtts, "lost": lost}))
+    '''
+)
+
+
+class BenchError(RuntimeError):
+    """A setup or measurement step failed; the message says which and shows the tool's output."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two namespaces that can reach each other through the datapath under test."""
+
+    variant: str
+    ns_a: str
+    ns_b: str
+    ip_a: str
+    ip_b: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Names, addresses, processes
+# ---------------------------------------------------------------------------------------------
+
+
+def taken_networks() -> list[IPv4Network]:
+    networks: list[IPv4Network] = []
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr(family=2):
+            networks.append(
+                IPv4Network(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}", strict=False))
+        for msg in ipr.get_routes(family=2):
+            if msg.get("RTA_DST") is not None and msg["dst_len"] > 0:
+                networks.append(IPv4Network(f"{msg.get('RTA_DST')}/{msg['dst_len']}", strict=False))
+    return networks
+
+
+def free_subnets(count: int) -> list[IPv4Network]:
+    """``count`` distinct random /24s in 10.200.0.0/13 that overlap nothing on this host."""
+    taken = taken_networks()
+    chosen: list[IPv4Network] = []
+    for _ in range(1000):
+        index = random.randrange(TEST_SUPERNET.num_addresses // 256)
+        net = IPv4Network((int(TEST_SUPERNET.network_address) + index * 256, 24))
+        if not any(net.overlaps(other) for other in taken + chosen):
+            chosen.append(net)
+            if len(chosen) == count:
+                return chosen
+    raise BenchError("no free /24 left in 10.200.0.0/13")
+
+
+def in_netns(name: str, *cmd: str) -> list[str]:
+    return ["nsenter", f"--net=/run/netns/{name}", *cmd]
+
+
+class Processes:
+    """Every child process the benchmark starts, so that cleanup can end them all by pid."""
+
+    def __init__(self) -> None:
+        self._children: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, **kwargs)
+        self._children.append(proc)
+        return proc
+
+    def run(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+        proc = self.start(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          stdin=subprocess.DEVNULL)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise BenchError(f"{' '.join(argv)} timed out after {timeout} s\n{out}{err}") from None
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    def end_all(self) -> None:
+        for proc in self._children:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        self._children.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Datapaths
+# ---------------------------------------------------------------------------------------------
+
+
+def _configure_pod_side(ns: str, ifname: str, address: str, prefixlen: int) -> None:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        ipr.link("set", index=index, ifname="eth0")
+        ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+        ipr.link("set", index=index, state="up")
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+
+def build_bridge(stack: contextlib.ExitStack, suffix: str, subnet: IPv4Network) -> Pair:
+    """Two namespaces, each with a veth whose other end is a port of one Linux bridge."""
+    ns_a, ns_b = f"vbench-{suffix}-a", f"vbench-{suffix}-b"
+    bridge = f"vbbr-{suffix}"
+    ip_a, ip_b = str(subnet.network_address + 10), str(subnet.network_address + 11)
+    for ns in (ns_a, ns_b):
+        netns.create(ns)
+        stack.callback(_remove_netns, ns)
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=bridge, kind="bridge")
+        stack.callback(_delete_link, bridge)
+        bridge_index = ipr.link_lookup(ifname=bridge)[0]
+        ipr.link("set", index=bridge_index, state="up")
+        for n, ns in enumerate((ns_a, ns_b)):
+            host_end, pod_end = f"vbh{n}-{suffix}", f"vbp{n}-{suffix}"
+            ipr.link("add", ifname=host_end, kind="veth", peer={"ifname": pod_end, "net_ns_fd": ns})
+            stack.callback(_delete_link, host_end)
+            index = ipr.link_lookup(ifname=host_end)[0]
+            ipr.link("set", index=index, master=bridge_index, state="up")
+    _configure_pod_side(ns_a, f"vbp0-{suffix}", ip_a, subnet.prefixlen)
+    _configure_pod_side(ns_b, f"vbp1-{suffix}", ip_b, subnet.prefixlen)
+    return Pair("bridge", ns_a, ns_b, ip_a, ip_b)
+
+
+def vswitch_topology(node: str, subnet: IPv4Network, offloads: bool, workdir: Path) -> str:
+    # The host port stays off: the benchmark measures pod to pod, and no address of the test /24
+    # should appear in the root namespace.
+    return textwrap.dedent(
+        f"""\
+        [node]
+        name = "{node}"
+        pod_cidr = "{subnet}"
+        mtu = 1500
+
+        [host_port]
+        enabled = false
+
+        [dataplane]
+        offloads = {"true" if offloads else "false"}
+
+        [control]
+        socket = "{workdir / 'ctl.sock'}"
+        state_dir = "{workdir / 'state'}"
+
+        [[pods]]
+        name = "a"
+
+        [[pods]]
+        name = "b"
+        """
+    )
+
+
+def build_vswitch(stack: contextlib.ExitStack, procs: Processes, variant: str, suffix: str,
+                  subnet: IPv4Network, offloads: bool) -> Pair:
+    node = f"b{suffix}{'n' if not offloads else ''}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"vswbench-{node}-"))
+    stack.callback(shutil.rmtree, workdir, True)
+    (workdir / "state").mkdir()
+    config = workdir / "topology.toml"
+    config.write_text(vswitch_topology(node, subnet, offloads, workdir))
+    log_path = workdir / "vswitchd.log"
+    log = open(log_path, "wb")
+    stack.callback(log.close)
+    daemon = procs.start([*VSWITCHD, "--config", str(config)], stdout=log,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+    stack.callback(_stop_daemon, daemon, config, workdir / "ctl.sock", node)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while READY_MARKER not in log_path.read_text(errors="replace"):
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"vswitchd ({variant}) did not become ready; log:\n"
+                             f"{log_path.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return Pair(variant, f"vsw-{node}-a", f"vsw-{node}-b",
+                str(subnet.network_address + 10), str(subnet.network_address + 11))
+
+
+def _stop_daemon(daemon: subprocess.Popen, config: Path, socket_path: Path, node: str) -> None:
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+    if any(name.startswith(f"vsw-{node}-") for name in netns.listnetns()):
+        subprocess.run([*VSWITCHCTL, "--socket", str(socket_path), "clean", "--config", str(config)],
+                       capture_output=True, timeout=60)
+    for name in netns.listnetns():
+        if name.startswith(f"vsw-{node}-"):
+            _remove_netns(name)
+
+
+def _remove_netns(name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        netns.remove(name)
+
+
+def _delete_link(name: str) -> None:
+    with IPRoute() as ipr:
+        for index in ipr.link_lookup(ifname=name):
+            ipr.link("del", index=index)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def iperf_server(procs: Processes, pair: Pair, port: int) -> Iterator[None]:
+    """A one-off iperf3 server in namespace b, listening before the block starts."""
+    server = procs.start(
+        in_netns(pair.ns_b, "iperf3", "-s", "-1", "-B", pair.ip_b, "-p", str(port), "--forceflush"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+    )
+    assert server.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        line = server.stdout.readline()
+        seen.append(line)
+        if "Server listening" in line:
+            break
+        if not line and server.poll() is not None:
+            break
+    else:
+        server.kill()
+    if not seen or "Server listening" not in seen[-1]:
+        server.kill()
+        server.wait()
+        raise BenchError(f"iperf3 server in {pair.ns_b} did not start:\n{''.join(seen)}")
+    try:
+        yield
+    finally:
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def iperf_client(procs: Processes, pair: Pair, port: int, duration: float, *extra: str) -> dict:
+    argv = in_netns(pair.ns_a, "iperf3", "-c", pair.ip_b, "-p", str(port), "-t", str(duration),
+                    "-J", *extra)
+    result = procs.run(argv, timeout=duration + 60)
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise BenchError(f"iperf3 printed no JSON:\n{result.stdout}{result.stderr}") from None
+    if result.returncode != 0 or "error" in report:
+        raise BenchError(f"iperf3 {' '.join(extra)} failed on {pair.variant}: "
+                         f"{report.get('error', result.stderr)}")
+    return report["end"]
+
+
+def measure_tcp(procs: Processes, pair: Pair, duration: float) -> dict:
+    port = random.randrange(20000, 60000)
+    with iperf_server(procs, pair, port):
+        end = iperf_client(procs, pair, port, duration)
+    return {
+        "gbit_s": end["sum_received"]["bits_per_second"] / 1e9,
+        "retransmits": end["sum_sent"].get("retransmits"),
+    }
+
+
+def measure_udp(procs: Processes, pair: Pair, duration: float) -> dict:
+    """64-byte datagrams as fast as the sender can: what the datapath delivers per second.
+
+    The receiver's count is what matters; at an unlimited rate the sender always outruns a
+    one-frame-per-syscall datapath, and the loss shows by how much.
+    """
+    port = random.randrange(20000, 60000)
+    with iperf_server(procs, pair, port):
+        end = iperf_client(procs, pair, port, duration, "-u", "-l", str(UDP_PAYLOAD), "-b", "0")
+    received = end["sum_received"]
+    sent_packets = end["sum_sent"]["packets"]
+    delivered = max(sent_packets - received["lost_packets"], 0)
+    seconds = received["seconds"] or duration
+    return {
+        "sent_kpps": sent_packets / seconds / 1e3,
+        "received_kpps": delivered / seconds / 1e3,
+        "loss_percent": received["lost_percent"],
+    }
+
+
+def measure_rtt(procs: Processes, pair: Pair, count: int, interval: float) -> dict:
+    result = procs.run(
+        in_netns(pair.ns_a, sys.executable, "-c", PING_SCRIPT, pair.ip_b, str(count), str(interval)),
+        timeout=count * (interval + 1.0) + 30,
+    )
+    if result.returncode != 0:
+        raise BenchError(f"pinger failed on {pair.variant}:\n{result.stderr}")
+    data = json.loads(result.stdout)
+    rtts = sorted(data["rtts_us"])
+    if not rtts:
+        raise BenchError(f"no echo reply at all on {pair.variant}")
+    p99_index = min(len(rtts) - 1, max(0, round(0.99 * len(rtts)) - 1))
+    return {
+        "median_us": statistics.median(rtts),
+        "p99_us": rtts[p99_index],
+        "lost": data["lost"],
+    }
+
+
+def warm_up(procs: Processes, pair: Pair) -> None:
+    """Resolve neighbours and fill caches before the first timed measurement."""
+    measure_rtt(procs, pair, 5, 0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+FIGURES: tuple[tuple[str, str, str, str], ...] = (
+    # (measurement, key, column title, format)
+    ("tcp", "gbit_s", "TCP Gbit/s", "{:.2f}"),
+    ("udp", "received_kpps", "UDP 64B kpps rx", "{:.0f}"),
+    ("udp", "loss_percent", "UDP loss %", "{:.1f}"),
+    ("rtt", "median_us", "RTT med µs", "{:.0f}"),
+    ("rtt", "p99_us", "RTT p99 µs", "{:.0f}"),
+)
+RATIO_FIGURES = {("tcp", "gbit_s"), ("udp", "received_kpps"), ("rtt", "median_us")}
+
+
+def machine_info() -> dict:
+    def first_line(argv: list[str]) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=REPO)
+        except OSError:
+            return ""
+        return out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_kib = int(Path("/proc/meminfo").read_text().splitlines()[0].split()[1])
+    return {
+        "hostname": platform.node(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "iperf3": first_line(["iperf3", "--version"]),
+        "vswitch_commit": first_line(["git", "rev-parse", "--short", "HEAD"]),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+def median_figures(rounds: list[dict]) -> dict:
+    result: dict[str, dict[str, float]] = {}
+    for measurement, key, _, _ in FIGURES:
+        values = [r[measurement][key] for r in rounds if r.get(measurement)]
+        if values:
+            result.setdefault(measurement, {})[key] = statistics.median(values)
+    return result
+
+
+def ratios(medians: dict[str, dict], reference: str) -> dict:
+    base = medians.get(reference)
+    if base is None:
+        return {}
+    result: dict[str, dict[str, float | None]] = {}
+    for variant, figures in medians.items():
+        for measurement, key in sorted(RATIO_FIGURES):
+            ours, theirs = figures.get(measurement, {}).get(key), base.get(measurement, {}).get(key)
+            ratio = ours / theirs if ours is not None and theirs else None
+            result.setdefault(variant, {})[f"{measurement}.{key}"] = ratio
+    return result
+
+
+def render_table(medians: dict, ratio_table: dict) -> str:
+    header = ["variant"] + [title for _, _, title, _ in FIGURES]
+    rows = [header]
+    for variant, figures in medians.items():
+        row = [variant]
+        for measurement, key, _, fmt in FIGURES:
+            value = figures.get(measurement, {}).get(key)
+            cell = "-" if value is None else fmt.format(value)
+            ratio = ratio_table.get(variant, {}).get(f"{measurement}.{key}")
+            if ratio is not None and variant != "bridge":
+                cell += f" ({ratio:.2f}×)"
+            row.append(cell)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds per iperf3 test (default 5)")
+    parser.add_argument("--variants", default="bridge,vswitch",
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (default bridge,vswitch)")
+    parser.add_argument("--pings", type=int, default=50, help="echoes per RTT measurement")
+    parser.add_argument("--ping-interval", type=float, default=0.01, help="seconds between echoes")
+    parser.add_argument("--json", dest="json_path", default=None,
+                        help="where to write the results (default bench/results/bench-<time>.json)")
+    args = parser.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or not args.variants:
+        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.rounds < 1 or args.duration <= 0 or args.pings < 1:
+        parser.error("--rounds, --duration and --pings must be positive")
+    if args.json_path is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        args.json_path = str(REPO / "bench" / "results" / f"bench-{stamp}.json")
+    return args
+
+
+def preflight() -> None:
+    if os.geteuid() != 0:
+        raise BenchError("run as root: the benchmark creates namespaces, veths and TAPs")
+    for tool in ("iperf3", "nsenter"):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} not found; install it (Debian: apt-get install {tool})")
+
+
+def interrupt_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so that ``kill`` cleans up as Ctrl-C does.
+
+    pyroute2 forks helper processes (to open sockets inside namespaces) and ends them with SIGTERM.
+    A fork inherits this handler; if it raised there, the helper would run the benchmark's cleanup
+    and delete the namespaces from under the parent. So only the original process raises, and a
+    forked copy takes the default action and simply exits.
+    """
+    owner = os.getpid()
+
+    def handle(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handle)
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    preflight()
+    suffix = secrets.token_hex(3)
+    procs = Processes()
+    subnets = dict(zip(args.variants, free_subnets(len(args.variants))))
+    raw: dict[str, list[dict]] = {variant: [] for variant in args.variants}
+    started = time.time()
+    machine = machine_info()
+    with contextlib.ExitStack() as stack:
+        stack.callback(procs.end_all)
+        pairs: dict[str, Pair] = {}
+        for variant in args.variants:
+            log(f"building {variant} on {subnets[variant]}")
+            if variant == "bridge":
+                pairs[variant] = build_bridge(stack, suffix, subnets[variant])
+            else:
+                pairs[variant] = build_vswitch(stack, procs, variant, suffix, subnets[variant],
+                                               offloads=(variant == "vswitch"))
+            warm_up(procs, pairs[variant])
+        for round_no in range(1, args.rounds + 1):
+            for variant, pair in pairs.items():
+                log(f"round {round_no}/{args.rounds}: {variant}")
+                raw[variant].append({
+                    "round": round_no,
+                    "tcp": measure_tcp(procs, pair, args.duration),
+                    "udp": measure_udp(procs, pair, args.duration),
+                    "rtt": measure_rtt(procs, pair, args.pings, args.ping_interval),
+                })
+    medians = {variant: median_figures(rounds) for variant, rounds in raw.items()}
+    return {
+        "started": dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "elapsed_s": round(time.time() - started, 1),
+        "machine": machine,
+        "parameters": {
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "variants": args.variants,
+            "udp_payload_bytes": UDP_PAYLOAD,
+            "pings": args.pings,
+            "ping_interval_s": args.ping_interval,
+            "subnets": {variant: str(net) for variant, net in subnets.items()},
+        },
+        "pairs": {variant: asdict(pair) for variant, pair in pairs.items()},
+        "rounds": raw,
+        "medians": medians,
+        "ratios_to_bridge": ratios(medians, "bridge"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    interrupt_on_sigterm()
+
+    def log(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    try:
+        results = run(args, log)
+    except KeyboardInterrupt:
+        log("interrupted; everything created has been removed")
+        return 130
+    except BenchError as exc:
+        log(f"failed: {exc}")
+        return 1
+    print(render_table(results["medians"], results["ratios_to_bridge"]))
+    path = Path(args.json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"results written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,775 @@
+"""Run the real daemon against real namespaces and TAPs, and leave nothing behind.
+
+The integration tests treat ``vswitchd`` and ``vswitchctl`` as a user would: as processes started
+from a TOML file, talked to over the control socket. This module holds what every such test needs:
+unique names, a topology writer, a :class:`Daemon` wrapper that owns one ``vswitchd`` process, the
+small Python programs that run inside pods (ping, TCP and UDP peers), and the leak check.
+
+Rules that keep the suite safe on a shared machine:
+
+- Every node name is random (``t`` plus six hex digits) and every pod CIDR is a random /24 inside
+  10.200.0.0/13 that no address or route of the root namespace overlaps, so two runs, or two
+  developers, never collide.
+- Cleanup only ever touches objects derived from the test's own node name: namespaces
+  ``vsw-{node}-*``, the TAP devices the daemon reported, and processes living in those namespaces.
+- Setup and cleanup use pyroute2, never the ``ip`` command.
+- ``ping`` from iputils is not assumed to be installed, so pings are sent by a short Python program
+  over a raw ICMP socket; it runs inside the pod's own kernel stack just the same.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json as jsonlib
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from pyroute2 import IPRoute, netns
+
+NETNS_DIR = Path("/run/netns")
+TEST_SUPERNET = IPv4Network("10.200.0.0/13")
+READY_MARKER = "vswitchd ready"
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+PYTHON = sys.executable
+
+# ``sys.exit`` around the entry point, as the console-script wrapper does: the functions return
+# the exit status, and a bare call would turn every failure into status 0.
+VSWITCHD = (PYTHON, "-c", "import sys; from vswitch.cli import vswitchd_main as m; sys.exit(m())")
+VSWITCHCTL = (PYTHON, "-c", "import sys; from vswitch.cli import vswitchctl_main as m; sys.exit(m())")
+
+
+# --------------------------------------------------------------------------------------------
+# Names and addresses
+# --------------------------------------------------------------------------------------------
+
+
+def unique_node_name() -> str:
+    """Short, so that every name derived from it (netns, TAP, socket path) stays within limits."""
+    return "t" + secrets.token_hex(3)
+
+
+def _root_networks() -> list[IPv4Network]:
+    """Every IPv4 network the root namespace already has an address or a route in."""
+    taken: list[IPv4Network] = []
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr(family=2):
+            taken.append(
+                IPv4Network(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}", strict=False)
+            )
+        for msg in ipr.get_routes(family=2):
+            dst = msg.get("RTA_DST")
+            if dst is not None and msg["dst_len"] > 0:
+                taken.append(IPv4Network(f"{dst}/{msg['dst_len']}", strict=False))
+    return taken
+
+
+def random_pod_cidr() -> IPv4Network:
+    """A /24 inside 10.200.0.0/13 that overlaps nothing already configured on this host.
+
+    Overlap would route the test's traffic somewhere it must never go, so a collision is retried
+    rather than tolerated.
+    """
+    taken = _root_networks()
+    subnets = TEST_SUPERNET.num_addresses // 256
+    for _ in range(64):
+        index = random.randrange(subnets)
+        candidate = IPv4Network((int(TEST_SUPERNET.network_address) + index * 256, 24))
+        if not any(candidate.overlaps(net) for net in taken):
+            return candidate
+    raise RuntimeError("no free /24 in 10.200.0.0/13: the host already uses all tried ones")
+
+
+def mac_for(ip: IPv4Address) -> str:
+    """The contract's MAC for an address, written out here so the tests do not trust the model's."""
+    return "0a:58:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
+# --------------------------------------------------------------------------------------------
+# Topology files
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    name: str
+    ip: str | None = None
+    containers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What a test asks for; :meth:`render` turns it into the TOML the daemon reads."""
+
+    name: str
+    pod_cidr: IPv4Network
+    pods: tuple[PodSpec, ...]
+    socket: str
+    state_dir: str
+    host_port: bool = True
+    offloads: bool = True
+    mtu: int = 1500
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return self.pod_cidr.network_address + 1
+
+    @property
+    def host_address(self) -> IPv4Address:
+        return self.pod_cidr.broadcast_address - 1
+
+    def pod_ips(self) -> dict[str, IPv4Address]:
+        """The addresses the contract promises: explicit ones, else network+10, +11, … in order."""
+        result: dict[str, IPv4Address] = {}
+        next_auto = 10
+        for pod in self.pods:
+            if pod.ip is not None:
+                result[pod.name] = IPv4Address(pod.ip)
+            else:
+                result[pod.name] = self.pod_cidr.network_address + next_auto
+                next_auto += 1
+        return result
+
+    def netns(self, pod: str) -> str:
+        return f"vsw-{self.name}-{pod}"
+
+    def render(self) -> str:
+        def q(value: str) -> str:
+            return jsonlib.dumps(value)  # a JSON string literal is a valid TOML basic string
+
+        lines = [
+            "[node]",
+            f"name = {q(self.name)}",
+            f"pod_cidr = {q(str(self.pod_cidr))}",
+            f"mtu = {self.mtu}",
+            "",
+            "[host_port]",
+            f"enabled = {'true' if self.host_port else 'false'}",
+            "",
+            "[dataplane]",
+            f"offloads = {'true' if self.offloads else 'false'}",
+            "",
+            "[control]",
+            f"socket = {q(self.socket)}",
+            f"state_dir = {q(self.state_dir)}",
+        ]
+        for pod in self.pods:
+            lines += ["", "[[pods]]", f"name = {q(pod.name)}"]
+            if pod.ip is not None:
+                lines.append(f"ip = {q(pod.ip)}")
+            if pod.containers:
+                rendered = ", ".join(
+                    f"{{ name = {q(name)}, command = [{', '.join(q(a) for a in cmd)}] }}"
+                    for name, cmd in pod.containers
+                )
+                lines.append(f"containers = [ {rendered} ]")
+        return "\n".join(lines) + "\n"
+
+
+def make_node_spec(
+    workdir: Path,
+    pods: Sequence[PodSpec],
+    *,
+    host_port: bool = True,
+    offloads: bool = True,
+) -> NodeSpec:
+    """A node with fresh random names; its socket and state live in ``workdir``.
+
+    A Unix socket path is limited to 107 bytes and pytest's tmp_path can be longer, so the socket
+    goes to a short directory under /tmp when needed; :func:`cleanup_node` removes it.
+    """
+    name = unique_node_name()
+    socket_path = workdir / "ctl.sock"
+    if len(str(socket_path)) > 100:
+        short = Path("/tmp") / f"vsw-{name}"
+        short.mkdir(mode=0o700, exist_ok=True)
+        socket_path = short / "ctl.sock"
+    state_dir = workdir / "state"
+    state_dir.mkdir(exist_ok=True)
+    return NodeSpec(
+        name=name,
+        pod_cidr=random_pod_cidr(),
+        pods=tuple(pods),
+        socket=str(socket_path),
+        state_dir=str(state_dir),
+        host_port=host_port,
+        offloads=offloads,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Inspecting the kernel
+# --------------------------------------------------------------------------------------------
+
+
+def node_namespaces(node: str) -> list[str]:
+    prefix = f"vsw-{node}-"
+    return sorted(name for name in netns.listnetns() if name.startswith(prefix))
+
+
+def tun_devices() -> dict[str, int]:
+    """TUN/TAP devices of the root namespace, name → ifindex."""
+    found: dict[str, int] = {}
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun":
+                found[link.get("IFLA_IFNAME")] = link["index"]
+    return found
+
+
+def netns_inode(name: str) -> int | None:
+    try:
+        return os.stat(NETNS_DIR / name).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def processes_with_argument(marker: str) -> dict[int, list[str]]:
+    """Every process, in any namespace, with ``marker`` as one of its arguments.
+
+    Pod commands in the lifecycle tests carry a unique marker, so a duplicate left running by a
+    restart is found even when the namespace it lives in has lost its name.
+    """
+    found: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        argv = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        if marker in argv:
+            found[int(entry)] = argv
+    return found
+
+
+def pids_in_netns(inodes: Iterable[int]) -> dict[int, list[str]]:
+    """Processes whose network namespace is one of ``inodes``, pid → command line.
+
+    This finds pod processes even after the namespace's name under /run/netns is gone, which is
+    exactly the leak a crash-cleanup bug produces: a process keeps the namespace alive.
+    """
+    wanted = set(inodes)
+    root_dev = os.stat("/proc/self/ns/net").st_dev
+    found: dict[int, list[str]] = {}
+    if not wanted:
+        return found
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+            if st.st_dev != root_dev or st.st_ino not in wanted:
+                continue
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        found[int(entry)] = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    return found
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What of a node still exists after its daemon is gone; empty (false) when nothing does."""
+
+    namespaces: list[str] = field(default_factory=list)
+    taps: list[str] = field(default_factory=list)
+    processes: dict[int, list[str]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.namespaces or self.taps or self.processes)
+
+
+# --------------------------------------------------------------------------------------------
+# The daemon
+# --------------------------------------------------------------------------------------------
+
+
+def expected_devices(config_path: Path) -> set[str]:
+    """The TAP names the config derives for this node (empty for a config that does not load).
+
+    Knowing them before the daemon runs means a daemon that dies during start-up can still be
+    checked for the devices it made.
+    """
+    from vswitch.config import ConfigError, load_topology
+
+    try:
+        topology = load_topology(config_path)
+    except ConfigError:
+        return set()
+    return {topology.host_port.name, *(pod.tap for pod in topology.pods)}
+
+
+class DaemonError(AssertionError):
+    """Raised with the daemon's log attached, so a failed start explains itself in the report."""
+
+
+class Daemon:
+    """One ``vswitchd`` process for one topology, plus what it made, for the cleanup.
+
+    Kernel objects are remembered as they are seen (namespace inodes, TAP names reported by
+    ``vswitchctl ports``), so that cleanup and the leak check can find them even after the daemon
+    has been killed and can no longer be asked.
+    """
+
+    def __init__(self, spec: NodeSpec, workdir: Path):
+        self.spec = spec
+        self.workdir = workdir
+        self.config_path = workdir / f"{spec.name}.toml"
+        self.config_path.write_text(spec.render())
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.known_inodes: set[int] = set()
+        self.known_taps: set[str] = set()
+        self._log_path: Path | None = None
+        self._log_file = None
+        self.known_taps.update(expected_devices(self.config_path))
+
+    def replace_pods(self, pods: Sequence[PodSpec]) -> None:
+        """Rewrite the topology's pods before the first start (pods may depend on the node name)."""
+        assert self.proc is None, "pods can only be replaced before the daemon starts"
+        self.spec = dataclasses.replace(self.spec, pods=tuple(pods))
+        self.config_path.write_text(self.spec.render())
+        self.known_taps.update(expected_devices(self.config_path))
+
+    # ---- process control ------------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        assert self._log_path is not None, "the daemon was never started"
+        return self._log_path
+
+    def log(self) -> str:
+        if self._log_path is None or not self._log_path.exists():
+            return "(no log)"
+        return self._log_path.read_text(errors="replace")
+
+    def start(self, *, wait: bool = True, extra_args: Sequence[str] = ()) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        self._log_path = self.workdir / f"vswitchd-{self.starts}.log"
+        self._log_file = open(self._log_path, "wb")
+        self.proc = subprocess.Popen(
+            [*VSWITCHD, "--config", str(self.config_path), *extra_args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if READY_MARKER in self.log():
+                self.remember_objects()
+                return
+            if self.proc.poll() is not None:
+                raise DaemonError(
+                    f"vswitchd exited with status {self.proc.returncode} before it was ready; "
+                    f"log:\n{self.log()}"
+                )
+            time.sleep(0.05)
+        raise DaemonError(f"vswitchd not ready after {timeout:.0f} s; log:\n{self.log()}")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def stop(self, timeout: float = STOP_TIMEOUT, signum: int = signal.SIGTERM) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited in ``timeout``; returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._close_log()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, the way a crash or an OOM kill ends the daemon: no chance to clean up."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._close_log()
+
+    # ---- the control socket -----------------------------------------------------------------
+
+    def ctl_argv(self) -> list[str]:
+        return [*VSWITCHCTL, "--socket", self.spec.socket]
+
+    def ctl_run(self, *args: str, timeout: float = 30.0, **kwargs: Any) -> subprocess.CompletedProcess:
+        """Run ``vswitchctl --socket S ARGS`` and return the completed process, whatever its status."""
+        return subprocess.run(
+            [*self.ctl_argv(), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kwargs,
+        )
+
+    def ctl(self, *args: str, json: bool = True, timeout: float = 30.0) -> Any:
+        """Run a vswitchctl command that must succeed; decoded JSON, or the text output."""
+        argv = ["--json", *args] if json else list(args)
+        result = self.ctl_run(*argv, timeout=timeout)
+        if result.returncode != 0:
+            raise AssertionError(
+                f"vswitchctl {' '.join(argv)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\ndaemon log:\n{self.log()}"
+            )
+        if not json:
+            return result.stdout
+        try:
+            return jsonlib.loads(result.stdout)
+        except ValueError as exc:
+            raise AssertionError(
+                f"vswitchctl {' '.join(argv)} printed no valid JSON ({exc}):\n{result.stdout}"
+            ) from None
+
+    def exec(self, pod: str, *cmd: str, timeout: float = 60.0, check: bool = True, **kwargs: Any):
+        """Run ``cmd`` inside the pod through ``vswitchctl exec`` (part of what is under test)."""
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        result = subprocess.run(
+            [*self.ctl_argv(), "exec", pod, "--", *cmd],
+            timeout=timeout,
+            **kwargs,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"vswitchctl exec {pod} -- {' '.join(cmd)[:200]} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def popen_in(self, pod: str, *cmd: str, **kwargs: Any) -> subprocess.Popen:
+        """Start ``cmd`` in the pod's namespace with full Popen control (servers, streaming)."""
+        path = NETNS_DIR / self.spec.netns(pod)
+        return subprocess.Popen(["nsenter", f"--net={path}", *cmd], **kwargs)
+
+    def python_in(self, pod: str, script: str, *args: str, timeout: float = 60.0) -> Any:
+        """Run a Python program in the pod via ``vswitchctl exec``; its stdout is JSON."""
+        result = self.exec(pod, PYTHON, "-c", script, *args, timeout=timeout)
+        return jsonlib.loads(result.stdout)
+
+    # ---- bookkeeping for cleanup --------------------------------------------------------------
+
+    def remember_objects(self) -> None:
+        """Note the namespaces and TAPs of this node while they are visible."""
+        for name in node_namespaces(self.spec.name):
+            inode = netns_inode(name)
+            if inode is not None:
+                self.known_inodes.add(inode)
+        try:
+            listings = [self.ctl("pods"), self.ctl("ports")]
+        except (AssertionError, subprocess.TimeoutExpired):
+            return  # a test that checks these commands reports their failure itself
+        for listing in listings:
+            for entry in as_list(listing, "ports"):
+                if isinstance(entry, dict):
+                    for key in ("device", "tap", "ifname"):
+                        value = entry.get(key)
+                        if isinstance(value, str) and value and value != "eth0":
+                            self.known_taps.add(value)
+
+    def leftovers(self) -> Leftovers:
+        taps = sorted(name for name in tun_devices() if name in self.known_taps)
+        namespaces = node_namespaces(self.spec.name)
+        inodes = set(self.known_inodes)
+        inodes.update(i for i in (netns_inode(n) for n in namespaces) if i is not None)
+        return Leftovers(
+            namespaces=namespaces,
+            taps=taps,
+            processes=pids_in_netns(inodes),
+        )
+
+
+def cleanup_node(daemon: Daemon) -> Leftovers:
+    """Stop the daemon, then remove by force whatever of this node is left; return what was left.
+
+    The return value is what the daemon itself failed to remove, which the fixture turns into a
+    failure when the test passed: a leak is a bug even if the test's own assertions held.
+    """
+    if daemon.proc is not None:
+        daemon.stop()
+    # Namespace teardown in the kernel is asynchronous; give a clean shutdown a moment to finish.
+    deadline = time.monotonic() + 2.0
+    left = daemon.leftovers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = daemon.leftovers()
+    for pid in left.processes:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for name in node_namespaces(daemon.spec.name):
+        try:
+            netns.remove(name)
+        except FileNotFoundError:
+            pass
+    if left.taps:
+        with IPRoute() as ipr:
+            for name in left.taps:
+                for index in ipr.link_lookup(ifname=name):
+                    ipr.link("del", index=index)
+    # A socket file left by a killed daemon is harmless (the next start replaces it) but it is
+    # still ours to remove.
+    try:
+        os.unlink(daemon.spec.socket)
+    except FileNotFoundError:
+        pass
+    short_dir = Path("/tmp") / f"vsw-{daemon.spec.name}"
+    if short_dir.is_dir():
+        for child in short_dir.iterdir():
+            child.unlink()
+        short_dir.rmdir()
+    return left
+
+
+# --------------------------------------------------------------------------------------------
+# Programs that run inside pods. Each prints one JSON document on stdout.
+# --------------------------------------------------------------------------------------------
+
+PING_SCRIPT = textwrap.dedent(
+    r'''
+    import json, os, select, socket, struct, sys, time
+
+    def checksum(data):
+        if len(data) % 2:
+            data += b"\0"
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return ~total & 0xFFFF
+
+    timeout = float(sys.argv[1])
+    targets = sys.argv[2:]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    ident = os.getpid() & 0xFFFF
+    results = {}
+    for seq, target in enumerate(targets, start=1):
+        payload = b"vswitch-ping-%05d" % seq
+        header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+        packet = struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq) + payload
+        start = time.perf_counter()
+        sock.sendto(packet, (target, 0))
+        deadline = start + timeout
+        rtt = None
+        while rtt is None:
+            left = deadline - time.perf_counter()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                break
+            data, (source, _) = sock.recvfrom(4096)
+            ihl = (data[0] & 0x0F) * 4
+            kind, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+            if kind == 0 and rid == ident and rseq == seq and source == target:
+                if data[ihl + 8:] == payload:
+                    rtt = (time.perf_counter() - start) * 1e6
+        results[target] = rtt
+    print(json.dumps(results))
+    '''
+)
+
+TCP_SINK_SCRIPT = textwrap.dedent(
+    r'''
+    import hashlib, json, socket, sys
+    port = int(sys.argv[1])
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", port))
+    server.listen(1)
+    server.settimeout(30)
+    print("listening", flush=True)
+    conn, peer = server.accept()
+    conn.settimeout(30)
+    digest = hashlib.sha256()
+    count = 0
+    while True:
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            break
+        digest.update(chunk)
+        count += len(chunk)
+    conn.sendall(b"done")
+    conn.close()
+    print(json.dumps({"peer": peer[0], "bytes": count, "sha256": digest.hexdigest()}), flush=True)
+    '''
+)
+
+TCP_SOURCE_SCRIPT = textwrap.dedent(
+    r'''
+    import hashlib, json, os, socket, sys
+    host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    data = os.urandom(size)
+    conn = socket.create_connection((host, port), timeout=30)
+    conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+    answer = b""
+    while True:
+        chunk = conn.recv(64)
+        if not chunk:
+            break
+        answer += chunk
+    conn.close()
+    print(json.dumps({"bytes": size, "sha256": hashlib.sha256(data).hexdigest(),
+                      "answer": answer.decode()}))
+    '''
+)
+
+UDP_SINK_SCRIPT = textwrap.dedent(
+    r'''
+    import json, socket, sys
+    port, expected = int(sys.argv[1]), int(sys.argv[2])
+    first_wait, idle = float(sys.argv[3]), float(sys.argv[4])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind(("0.0.0.0", port))
+    print("listening", flush=True)
+    received, peers, intact, strangers = [], set(), True, []
+    sock.settimeout(first_wait)
+    while len(received) < expected:
+        try:
+            data, peer = sock.recvfrom(4096)
+        except socket.timeout:
+            break
+        sock.settimeout(idle)
+        peers.add(peer[0])
+        if not data[:6].isdigit():
+            strangers.append(data[:32].decode(errors="replace"))
+            continue
+        seq = int(data[:6])
+        intact = intact and data == b"%06d" % seq + bytes((seq + i) & 0xFF for i in range(200))
+        received.append(seq)
+    print(json.dumps({"received": received, "peers": sorted(peers), "intact": intact,
+                      "strangers": strangers}), flush=True)
+    '''
+)
+
+UDP_SOURCE_SCRIPT = textwrap.dedent(
+    r'''
+    import json, socket, sys, time
+    host, port, count, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    first = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for seq in range(first, first + count):
+        sock.sendto(b"%06d" % seq + bytes((seq + i) & 0xFF for i in range(200)), (host, port))
+        time.sleep(gap)
+    print(json.dumps({"sent": count}))
+    '''
+)
+
+# Sends Ethernet frames through AF_PACKET, so the pod's kernel does not get a say in the source
+# address: that is how a compromised pod would try to impersonate another one.
+RAW_UDP_SCRIPT = textwrap.dedent(
+    r'''
+    import json, socket, struct, sys
+    ifname, src_mac, dst_mac, src_ip, dst_ip = sys.argv[1:6]
+    port, count = int(sys.argv[6]), int(sys.argv[7])
+
+    def checksum(data):
+        if len(data) % 2:
+            data += b"\0"
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return ~total & 0xFFFF
+
+    def mac(text):
+        return bytes(int(part, 16) for part in text.split(":"))
+
+    payload = b"spoofed"
+    udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0x4000, 64, 17, 0,
+                     socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    frame = mac(dst_mac) + mac(src_mac) + b"\x08\x00" + ip + udp
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.bind((ifname, 0))
+    for _ in range(count):
+        sock.send(frame)
+    print(json.dumps({"sent": count, "frame_bytes": len(frame)}))
+    '''
+)
+
+
+def ping_from_root(targets: Sequence[str], timeout: float = 2.0) -> dict[str, float | None]:
+    """Ping from the test process's own namespace (the root namespace, i.e. the node)."""
+    result = subprocess.run(
+        [PYTHON, "-c", PING_SCRIPT, str(timeout), *targets],
+        capture_output=True,
+        text=True,
+        timeout=timeout * len(targets) + 30,
+        check=True,
+    )
+    return jsonlib.loads(result.stdout)
+
+
+def read_line(proc: subprocess.Popen, timeout: float = 10.0) -> str:
+    """The next line a child prints on stdout, waiting at most ``timeout`` seconds."""
+    import selectors
+
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise AssertionError(f"no output from {proc.args!r} within {timeout} s")
+    return proc.stdout.readline().strip()
+
+
+def terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def as_list(value: Any, key: str) -> list:
+    """Accept both a bare JSON list and an object wrapping it under ``key``."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict) and isinstance(value.get(key), list):
+        return value[key]
+    if isinstance(value, dict):
+        return [dict(v, name=k) if isinstance(v, dict) and "name" not in v else v
+                for k, v in value.items()]
+    return []
+
+
+def flatten_numbers(value: Any, prefix: str = "") -> dict[str, float]:
+    """Every number in a JSON document, keyed by its dotted path; counters are compared this way."""
+    flat: dict[str, float] = {}
+    if isinstance(value, bool):
+        return flat
+    if isinstance(value, (int, float)):
+        flat[prefix] = value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            flat.update(flatten_numbers(item, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            label = item.get("name", index) if isinstance(item, dict) else index
+            flat.update(flatten_numbers(item, f"{prefix}[{label}]"))
+    return flat
