@@ -106,3 +106,47 @@ def test_cache_hits_keep_the_sender_mac_alive(topology, accel_name):
     assert switch.statistics()["dispositions"]["cache-hit"] == 2
     # A sent only through the cache since t=1; its FDB entry must still be fresh at t=6.5.
     assert [t.port for t in switch.process_batch(3, [b_to_a], 6.5)] == [2]
+
+
+# -- routed traffic ----------------------------------------------------------------------------
+
+ROUTED_PODS = [(2, "10.244.1.10", "10.244.1.1"), (4, "10.245.1.10", "10.245.1.1")]
+
+routed_event = st.tuples(
+    st.sampled_from(ROUTED_PODS),  # sender
+    st.sampled_from(["udp", "tcp", "icmp", "arp-gateway"]),
+    st.sampled_from(["10.244.1.10", "10.245.1.10", "10.245.1.77", "198.51.100.1"]),
+    st.sampled_from([64, 64, 2, 1]),  # TTL
+    st.sampled_from([0, 100, 1352, 1353, 1472]),  # payload bytes (blue's MTU is 1400)
+    st.booleans(),  # DF
+    st.sampled_from([0.0, 0.2, 1.0, 12.0]),  # seconds since the previous burst
+    st.integers(1, 3),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(routed_event, min_size=1, max_size=30))
+def test_fast_path_equals_slow_path_for_routed_traffic(accel_name, events):
+    from .test_pipeline_l3 import _routed_switch
+
+    cached = _routed_switch(accel_name)
+    uncached = _routed_switch(accel_name, capacity=0)
+    now = 0.0
+    for (port, src, gateway), kind, dst, ttl, size, df, delay, copies in events:
+        now += delay
+        if kind == "arp-gateway":
+            text = f"arp who-has {gateway} tell {src}"
+            dst_mac = BROADCAST_MAC
+        else:
+            ports = ":1 > " if kind != "icmp" else " > "
+            text = (f"{kind} {src}{ports}{dst}{':2' if kind != 'icmp' else ''} ttl {ttl} "
+                    f"len {size}{' df' if df else ''}")
+            dst_mac = _mac(gateway)
+        frame = h.ZERO_VNET_HDR + build_frame(parse_packet(text), _mac(src), dst_mac)
+        got = [(t.port, t.data) for t in cached.process_batch(port, [frame] * copies, now)]
+        want = [(t.port, t.data) for t in uncached.process_batch(port, [frame] * copies, now)]
+        assert got == want
+        if delay >= 1.0:
+            assert ([(t.port, t.data) for t in cached.handle_timer(now)]
+                    == [(t.port, t.data) for t in uncached.handle_timer(now)])
+    assert cached.neighbors_info(now) == uncached.neighbors_info(now)

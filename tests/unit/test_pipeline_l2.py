@@ -157,12 +157,6 @@ def test_icmp_with_a_bad_checksum_to_the_gateway_is_dropped(switch):
     assert stats(switch)["stages"]["ip4-local"]["bad-icmp"] == 1
 
 
-def test_traffic_for_another_subnet_is_dropped_as_unrouted(switch):
-    txs = switch.process_batch(A, [frame("icmp 10.244.1.10 > 8.8.8.8", A_MAC, GW_MAC)], 0.0)
-    assert txs == []
-    assert stats(switch)["ports"]["a"]["rx_drops"] == {"no-route": 1}
-
-
 # -- port security ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(

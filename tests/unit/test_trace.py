@@ -41,7 +41,7 @@ def test_trace_of_arp_and_ping_to_the_gateway(switch):
     assert arp["actions"] == ["reply out of a"]
     ping = switch.trace("a", "icmp 10.244.1.10 > 10.244.1.1", 0.0)
     assert ping["actions"] == ["reply out of a"]
-    assert "echo request to the gateway" in ping["text"]
+    assert "echo request to 10.244.1.1: reply to 10.244.1.10" in ping["text"]
 
 
 def test_trace_of_unknown_destination_floods(switch):

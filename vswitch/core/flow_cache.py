@@ -2,6 +2,10 @@
 
 Theory of operation
 -------------------
+* Routed decisions are cached too: the entry then carries the Ethernet rewrite, and each hit
+  decrements TTL and updates the header checksum itself. A hit goes back to the slow path when the
+  packet's TTL would expire, when it does not fit the egress MTU, or when the neighbour's
+  confirmation has grown old (so the pipeline re-probes it): the pipeline owns every exception.
 * The key is the ingress port plus the flow key (destination and source MAC, ethertype, IPv4 source
   and destination) taken by the hand-written extractor in ``vswitch.accel``. The extractor returns
   no key for anything that is not a well-formed, unfragmented IPv4 frame, so everything the
@@ -21,16 +25,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vswitch.tables.fdb import FdbEntry
+from vswitch.tables.neighbors import Neighbor
 
 
 class CacheEntry:
-    __slots__ = ("generation", "out_port", "src", "dst")
+    """A memoised decision. ``rewrite`` is None for a switched frame; for a routed one it holds the
+    new Ethernet destination and source, and the entry also remembers the neighbour it relied on
+    and the egress MTU, which the fast path checks per packet (sizes and TTLs vary within a flow)."""
 
-    def __init__(self, generation: int, out_port: int, src: FdbEntry, dst: FdbEntry):
+    __slots__ = ("generation", "out_port", "src", "dst", "rewrite", "neighbor", "mtu")
+
+    def __init__(self, generation: int, out_port: int, src: FdbEntry, dst: FdbEntry,
+                 rewrite: bytes | None = None, neighbor: Neighbor | None = None, mtu: int = 0):
         self.generation = generation
         self.out_port = out_port
         self.src = src
         self.dst = dst
+        self.rewrite = rewrite
+        self.neighbor = neighbor
+        self.mtu = mtu
 
 
 @dataclass(frozen=True)

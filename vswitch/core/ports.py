@@ -25,6 +25,7 @@ class PortSpec:
     mtu: int = 1500
     device: str = ""  # kernel device name, for display
     port_security: bool = True
+    segment: int = 0  # index into Topology.all_segments(): the L2 segment this port belongs to
     # Derived once here so that the packet path compares bytes, not text.
     mac_bytes: bytes = field(init=False, repr=False, compare=False)
     ip_bytes: bytes = field(init=False, repr=False, compare=False)

@@ -17,6 +17,7 @@ Theory of operation
 from __future__ import annotations
 
 import math
+import struct
 from ipaddress import IPv4Address
 from collections import Counter as _Tally
 from types import ModuleType
@@ -28,13 +29,17 @@ from vswitch.core.counters import Disposition, PortCounters, StageCounters, coun
 from vswitch.core.flow_cache import CacheEntry, FlowCache
 from vswitch.core.ports import PortSpec
 from vswitch.core.trace import Trace
-from vswitch.core.verdict import Drop, Forward, Reply
+from vswitch.core.verdict import Drop, Forward, Hold, Reply
 from vswitch.model import Topology, mac_for_ip
-from vswitch.pipeline import graph
-from vswitch.pipeline.context import Env, Packet
+from vswitch.pipeline import graph, ip4_icmp_error, ip4_neighbor, routed_frames
+from vswitch.pipeline.context import Env, Packet, SegmentInfo
+from vswitch.pipeline.ip4_rewrite import decrement_ttl
 from vswitch.tables.fdb import Fdb
+from vswitch.tables.fib import Fib, Route, RouteKind
+from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
+from vswitch.tables.neighbors import NeighborState, NeighborTable
 from vswitch.wire import headers as h
-from vswitch.wire.addresses import BROADCAST_MAC, mac_bytes, mac_text
+from vswitch.wire.addresses import BROADCAST_MAC, ip_text, mac_bytes, mac_text
 from vswitch.wire.text import build_frame, parse_packet
 
 _PENDING_TRACE_LIMIT = 1000
@@ -46,24 +51,39 @@ class Switch:
         self.topology = topology
         self.accel = accel if accel is not None else _accel.load(topology.dataplane.accel)
         self.accel_name: str = self.accel.NAME
-        node = topology.node
-        self.gateway_ip = node.gateway.packed
-        self.gateway_mac = mac_bytes(node.gateway_mac)
+        self.segments = [
+            SegmentInfo(i, seg.name, seg.cidr, seg.gateway.packed, mac_bytes(seg.gateway_mac),
+                        seg.mtu)
+            for i, seg in enumerate(topology.all_segments())
+        ]
         self.fdb = Fdb(topology.dataplane.fdb_aging, topology.dataplane.mac_limit)
+        self.fib = Fib(self.accel)
+        for seg in self.segments:
+            self.fib.add(Route(seg.cidr, RouteKind.CONNECTED, seg.index,
+                               origin=f"segment {seg.name}"))
+        for index, static in enumerate(topology.routes):
+            self.fib.add(Route(static.dst, RouteKind.STATIC, topology.segment_index(static.segment),
+                               static.via, origin=f"routes[{index}]"))
+        self.neighbors = NeighborTable()
+        self.icmp_limiter = IcmpRateLimiter()
         self.flow_cache = FlowCache(flow_cache_capacity)
+        self._extractor = self.accel.FlowKeyExtractor()
         self.ports: dict[int, PortSpec] = {}
         self._by_name: dict[str, PortSpec] = {}
         self._port_counters: dict[int, PortCounters] = {}
         self._key_prefix: dict[int, bytes] = {}
+        self._segment_ports: dict[int, tuple[int, ...]] = {}
         self.counters = StageCounters(graph.STAGE_COUNTERS)
         self.dispositions: _Tally = _Tally()
         self.unknown_port_frames = 0
-        # Bumped by port changes; together with the FDB's generation it versions cached decisions.
+        # Bumped by port changes; with the tables' own generations it versions cached decisions.
         self._config_generation = 0
         self._armed: dict[int, int] = {}  # port id -> packets still to trace
         self._traces: dict[int, list[dict]] = {}
-        self._env = Env(fdb=self.fdb, ports=self.ports, gateway_ip=self.gateway_ip,
-                        gateway_mac=self.gateway_mac, accel=self.accel, counters=self.counters)
+        self._env = Env(fdb=self.fdb, fib=self.fib, neighbors=self.neighbors,
+                        icmp_limiter=self.icmp_limiter, ports=self.ports, segments=self.segments,
+                        segment_ports=self._segment_ports, accel=self.accel,
+                        counters=self.counters)
 
     # -- ports ------------------------------------------------------------------------------
 
@@ -76,6 +96,7 @@ class Switch:
         self._by_name[spec.name] = spec
         self._port_counters[spec.id] = PortCounters()
         self._key_prefix[spec.id] = spec.id.to_bytes(4, "big")
+        self._index_segments()
         self._config_generation += 1
 
     def remove_port(self, port_id: int) -> None:
@@ -84,9 +105,17 @@ class Switch:
         del self._key_prefix[port_id]
         self._armed.pop(port_id, None)
         self.fdb.flush_port(port_id)
+        self._index_segments()
         self._config_generation += 1
         # Counters of a removed port go with it: a re-added pod starts from zero.
         del self._port_counters[port_id]
+
+    def _index_segments(self) -> None:
+        if any(not 0 <= spec.segment < len(self.segments) for spec in self.ports.values()):
+            raise ValueError("a port names a segment this topology does not have")
+        self._segment_ports.clear()
+        for pid, spec in self.ports.items():
+            self._segment_ports[spec.segment] = self._segment_ports.get(spec.segment, ()) + (pid,)
 
     def port_by_name(self, name: str) -> PortSpec:
         try:
@@ -98,7 +127,9 @@ class Switch:
     # -- the packet path --------------------------------------------------------------------
 
     def _generation(self) -> int:
-        return self.fdb.generation + self._config_generation
+        # Each part only ever grows, so the sum changes whenever any of them does.
+        return (self.fdb.generation + self.fib.generation + self.neighbors.generation
+                + self._config_generation)
 
     def process_batch(self, port_id: int, frames: Sequence[bytes], now: float) -> list[Transmit]:
         out: list[Transmit] = []
@@ -111,7 +142,7 @@ class Switch:
         env = self._env
         env.now = now
         armed = self._armed.get(port_id, 0)
-        keys = self.accel.extract_flow_keys(frames, offset) if not armed else [None] * len(frames)
+        keys = self._extractor.extract(frames, offset) if not armed else [None] * len(frames)
         prefix = self._key_prefix[port_id]
         cache = self.flow_cache.entries
         generation = self._generation()
@@ -124,11 +155,16 @@ class Switch:
                 entry = cache.get(key)
                 if (entry is not None and entry.generation == generation
                         and now - entry.dst.last_seen < aging):
-                    entry.src.last_seen = now
-                    self.flow_cache.hits += 1
-                    self.dispositions[Disposition.CACHE_HIT] += 1
-                    self._send(out, port, entry.out_port, frame)
-                    continue
+                    if entry.rewrite is None:
+                        data = frame
+                    else:
+                        data = self._routed_hit(entry, frame, offset, now)
+                    if data is not None:
+                        entry.src.last_seen = now
+                        self.flow_cache.hits += 1
+                        self.dispositions[Disposition.CACHE_HIT] += 1
+                        self._send(out, port, entry.out_port, data)
+                        continue
                 self.flow_cache.misses += 1
             trace = None
             if armed:
@@ -140,12 +176,35 @@ class Switch:
             if key is not None and pkt.cacheable and self.flow_cache.capacity:
                 generation = self._generation()
                 self.flow_cache.install(key, CacheEntry(generation, pkt.dst_entry.port,
-                                                        pkt.src_entry, pkt.dst_entry))
+                                                        pkt.src_entry, pkt.dst_entry, pkt.rewrite,
+                                                        pkt.neighbor, pkt.egress_mtu))
             if trace is not None:
                 self._keep_trace(port_id, trace)
         if port_id in self._armed and not self._armed[port_id]:
             del self._armed[port_id]
         return out
+
+    def _routed_hit(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
+        """The routed frame for a cache hit, or None when this packet needs the pipeline.
+
+        The extractor guaranteed a well-formed, unfragmented IPv4 header; what varies per packet
+        and is checked here is the TTL, the size against the egress MTU, and the age of the
+        neighbour's confirmation.
+        """
+        neighbor = entry.neighbor
+        if (neighbor.state is not NeighborState.REACHABLE
+                or now - neighbor.confirmed >= self.neighbors.timers.reachable_time):
+            return None
+        l3 = l2 + h.ETH_HEADER_LEN
+        if frame[l3 + h.IPV4_TTL_OFFSET] <= 1:
+            return None
+        if packet_length_on_wire(frame, l2) > entry.mtu:
+            return None
+        ihl = (frame[l3] & 0x0F) * 4
+        (total,) = _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)
+        return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3],
+                         decrement_ttl(frame[l3: l3 + ihl], self.accel),
+                         frame[l3 + ihl: l3 + total]))
 
     def _slow_path(self, pkt: Packet, counters: PortCounters, out: list[Transmit]) -> None:
         actions = graph.run(pkt, self._env)
@@ -153,17 +212,26 @@ class Switch:
         disposition = Disposition.LOCAL
         for action in actions:
             if isinstance(action, Forward):
-                disposition = Disposition.FORWARDED
-                for target in action.ports:
-                    self._send(out, port, target, pkt.data)
+                if disposition is Disposition.LOCAL:
+                    disposition = Disposition.FORWARDED
+                self._forward(out, port, action, pkt.data)
             elif isinstance(action, Reply):
                 self._send_generated(out, action.port, action.frame)
+            elif isinstance(action, Hold):
+                disposition = Disposition.QUEUED
             elif isinstance(action, Drop):
                 disposition = Disposition.DROPPED
                 counters.rx_drops[action.reason] += 1
         self.dispositions[disposition] += 1
         if pkt.trace is not None:
             pkt.trace.actions.extend(self._describe_actions(actions))
+
+    def _forward(self, out: list[Transmit], in_port: PortSpec, action: Forward,
+                 received: bytes) -> None:
+        data = received if action.data is None else action.data
+        framing = in_port if action.framing is None else action.framing
+        for target in action.ports:
+            self._send(out, framing, target, data)
 
     def _send(self, out: list[Transmit], in_port: PortSpec, target: int, data: bytes) -> None:
         """Forward a received buffer, converting the virtio-net framing only if the ports differ."""
@@ -206,11 +274,31 @@ class Switch:
 
     def handle_timer(self, now: float) -> list[Transmit]:
         self.fdb.expire(now)
-        return []
+        env = self._env
+        env.now = now
+        out: list[Transmit] = []
+        probes, failed = self.neighbors.handle_timer(now)
+        for entry in probes:
+            self.counters.add(ip4_neighbor.Counter.ARP_REQUESTS)
+            for reply in routed_frames.broadcast_arp_request(env, self.segments[entry.segment],
+                                                             entry.ip):
+                self._send_generated(out, reply.port, reply.frame)
+        for entry, held in failed:
+            for item in held:
+                self.counters.add(ip4_neighbor.Counter.RESOLUTION_FAILED)
+                if item.in_port.id not in self.ports:
+                    continue
+                frame = ip4_icmp_error.build_error(
+                    env, in_port=item.in_port, eth_src=item.eth_src, original=item.quote,
+                    icmp_type=h.IcmpType.DEST_UNREACHABLE, code=1, rest=bytes(4))
+                if frame is not None:
+                    self._send_generated(out, item.in_port.id, frame)
+        return out
 
     def next_deadline(self) -> float:
-        expiry = self.fdb.next_expiry()
-        return math.inf if expiry is None else expiry
+        deadlines = [d for d in (self.fdb.next_expiry(), self.neighbors.next_deadline())
+                     if d is not None]
+        return min(deadlines, default=math.inf)
 
     def note_tx_drop(self, port_id: int, reason: str) -> None:
         counters = self._port_counters.get(port_id)
@@ -227,13 +315,11 @@ class Switch:
         """A dry run of the pipeline on a packet described in text, as if ``port_name`` sent it."""
         port = self.port_by_name(port_name)
         spec = parse_packet(packet)
-        frame = build_frame(spec, port.mac_bytes, self._guess_dst_mac(spec.dst.packed), self.accel)
+        frame = build_frame(spec, port.mac_bytes, self._guess_dst_mac(port, spec.dst), self.accel)
         data = h.ZERO_VNET_HDR + frame if port.vnet_hdr else frame
         trace = Trace(port=port.name, summary=packet, dry_run=True)
-        scratch = StageCounters(graph.STAGE_COUNTERS)
-        env = Env(fdb=self.fdb, ports=self.ports, gateway_ip=self.gateway_ip,
-                  gateway_mac=self.gateway_mac, accel=self.accel, counters=scratch, commit=False)
-        env.now = now
+        self._env.now = now
+        env = self._env.dry_run_copy(StageCounters(graph.STAGE_COUNTERS))
         pkt = Packet(port, data, port.l2_offset, trace)
         if spec.dst_mac is None and spec.kind != "arp":
             trace.note("trace", f"destination MAC {mac_text(frame[:6])} chosen for "
@@ -242,13 +328,12 @@ class Switch:
         trace.actions.extend(self._describe_actions(actions))
         return trace.as_dict()
 
-    def _guess_dst_mac(self, dst_ip: bytes) -> bytes:
-        """The MAC a real sender on this segment would have resolved for ``dst_ip``."""
-        node = self.topology.node
-        addr = IPv4Address(dst_ip)
-        if addr not in node.pod_cidr or addr == node.gateway:
-            return self.gateway_mac
-        if addr == node.pod_cidr.broadcast_address:
+    def _guess_dst_mac(self, port: PortSpec, addr: IPv4Address) -> bytes:
+        """The MAC a real sender on the port's segment would have resolved for ``addr``."""
+        segment = self.segments[port.segment]
+        if addr not in segment.cidr or addr.packed == segment.gateway_ip:
+            return segment.gateway_mac
+        if addr == segment.cidr.broadcast_address:
             return BROADCAST_MAC
         return mac_bytes(mac_for_ip(addr))
 
@@ -261,6 +346,8 @@ class Switch:
                 words.append(f"reply out of {self._port_label(action.port)}")
             elif isinstance(action, Drop):
                 words.append(f"drop ({action.stage}: {action.reason})")
+            elif isinstance(action, Hold):
+                words.append("hold until the next hop answers ARP")
         if not actions:
             words.append("consumed by the switch")
         return words
@@ -305,6 +392,10 @@ class Switch:
                            "misses": cache.misses, "installs": cache.installs,
                            "flushes": cache.flushes, "generation": self._generation()},
             "fdb": {"entries": len(self.fdb), "generation": self.fdb.generation},
+            "fib": {"routes": len(self.fib), "generation": self.fib.generation},
+            "neighbors": {"entries": len(self.neighbors), "generation": self.neighbors.generation,
+                          "queue_overflow_drops": self.neighbors.overflow_drops},
+            "icmp_rate_limited": self.icmp_limiter.limited,
             "unknown_port_frames": self.unknown_port_frames,
             "descriptions": {"stages": self.counters.descriptions(),
                              "dispositions": {counter_name(d): d.value for d in Disposition}},
@@ -318,6 +409,7 @@ class Switch:
                 "id": pid, "name": spec.name, "kind": spec.kind.value, "device": spec.device,
                 "mac": spec.mac, "ip": str(spec.ip), "mtu": spec.mtu, "vnet_hdr": spec.vnet_hdr,
                 "port_security": spec.port_security, "macs_learned": self.fdb.count_on_port(pid),
+                "segment": self.segments[spec.segment].name,
                 "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
                 "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
                 "rx_dropped": sum(c.rx_drops.values()), "tx_dropped": sum(c.tx_drops.values()),
@@ -326,9 +418,10 @@ class Switch:
 
     def fdb_info(self, now: float) -> list[dict]:
         rows = []
-        for entry in sorted(self.fdb.entries(), key=lambda e: (e.port, e.mac)):
+        for entry in sorted(self.fdb.entries(), key=lambda e: (e.segment, e.port, e.mac)):
             age = now - entry.last_seen
-            rows.append({"mac": mac_text(entry.mac), "port": self._port_label(entry.port),
+            rows.append({"mac": mac_text(entry.mac), "segment": self.segments[entry.segment].name,
+                         "port": self._port_label(entry.port),
                          "port_id": entry.port, "age_s": round(age, 3),
                          "expires_in_s": round(self.fdb.aging - age, 3),
                          "ip": self._ip_of_mac(entry.mac)})
@@ -340,3 +433,36 @@ class Switch:
                 return str(spec.ip)
         return None
 
+
+    def routes_info(self) -> list[dict]:
+        return [{"prefix": str(r.prefix), "kind": r.kind.value,
+                 "segment": self.segments[r.segment].name,
+                 "via": str(r.via) if r.via is not None else None, "origin": r.origin}
+                for r in self.fib.routes()]
+
+    def neighbors_info(self, now: float) -> list[dict]:
+        rows = []
+        for entry in sorted(self.neighbors.entries(), key=lambda e: (e.segment, e.ip)):
+            rows.append({"segment": self.segments[entry.segment].name, "ip": ip_text(entry.ip),
+                         "mac": mac_text(entry.mac) if entry.mac is not None else None,
+                         "state": entry.state.value,
+                         "age_s": round(now - entry.confirmed, 3), "queued": len(entry.queue)})
+        return rows
+
+
+_U16 = struct.Struct("!H")
+
+
+def packet_length_on_wire(frame: bytes, l2: int) -> int:
+    """Hand-written twin of ``ip4_rewrite.wire_length`` for the fast path: the IPv4 length of each
+    packet this frame becomes on the wire (one TSO segment for a GSO frame). The extractor has
+    already checked that the IPv4 header is complete."""
+    l3 = l2 + h.ETH_HEADER_LEN
+    if not l2 or frame[1] == h.VNET_GSO_NONE:
+        return _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)[0]
+    ihl = (frame[l3] & 0x0F) * 4
+    l4_header = h.UDP_HEADER_LEN
+    if frame[l3 + 9] == h.IpProto.TCP and len(frame) >= l3 + ihl + h.TCP_HEADER_LEN:
+        l4_header = (frame[l3 + ihl + 12] >> 4) * 4
+    gso_size = frame[4] | (frame[5] << 8)
+    return ihl + l4_header + gso_size

@@ -6,9 +6,17 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Send the received frame, unchanged, out of these ports."""
+    """Send a frame framed like the ingress port's (virtio-net header included when it has one)
+    out of these ports: the received frame itself, or ``data`` when a stage rewrote it."""
 
     ports: tuple[int, ...]
+    data: bytes | None = None
+    framing: object = None  # the PortSpec whose framing ``data`` follows; None: the ingress port's
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The packet waits in a neighbour queue until its next hop's MAC is known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,4 +33,4 @@ class Drop:
     reason: str  # the counter's kebab-case name, e.g. "spoofed-ip"
 
 
-Action = Forward | Reply | Drop
+Action = Forward | Reply | Drop | Hold

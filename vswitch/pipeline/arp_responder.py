@@ -1,14 +1,19 @@
-"""arp-responder: the switch owns the gateway address, so it answers ARP for it.
+"""arp-responder: the switch owns each segment's gateway address, so it answers ARP for it.
 
-A request for the gateway is answered on the port it came from and not flooded: no pod owns that
-address. ARP replies and gratuitous ARP addressed to the gateway are consumed (the router keeps no
-neighbour table for pods yet). All other ARP is ordinary L2 traffic and continues to l2-forward.
+* A request for the gateway is answered on the port it came from and not flooded: no pod owns that
+  address. Like Linux, the router also takes the asker's address into its neighbour table, so the
+  reply traffic it will route there needs no ARP of its own.
+* A reply to the gateway confirms a neighbour the router asked about, and releases the packets that
+  waited for it. Unsolicited replies for unknown addresses are not learned (no cache poisoning
+  from gratuitous ARP).
+* All other ARP is ordinary L2 traffic and continues to l2-forward.
 """
 from __future__ import annotations
 
 import enum
 
 from vswitch.core.verdict import Reply
+from vswitch.pipeline import routed_frames
 from vswitch.pipeline.context import Env, Packet
 from vswitch.wire import builders, headers as h
 from vswitch.wire.addresses import ip_text, mac_text
@@ -16,30 +21,49 @@ from vswitch.wire.addresses import ip_text, mac_text
 NAME = "arp-responder"
 NEXT = ("l2-forward",)
 
+_ANY_IP = bytes(4)
+
 
 class Counter(enum.Enum):
     REPLIED = "ARP requests for the gateway answered"
+    NEIGHBORS_CONFIRMED = "ARP messages that confirmed a neighbour of the router"
+    RELEASED = "held packets sent after their next hop answered ARP"
     CONSUMED = "ARP replies or announcements addressed to the gateway"
     PASSED = "ARP for other addresses, switched as ordinary frames"
 
 
 def process(pkt: Packet, env: Env):
     arp = pkt.arp
-    if arp.tpa != env.gateway_ip:
+    segment = env.segment_of(pkt)
+    if arp.tpa != segment.gateway_ip:
         env.count(Counter.PASSED)
         if pkt.trace is not None:
             pkt.trace.note(NAME, f"{ip_text(arp.tpa)} is not the gateway: switch it")
         return "l2-forward"
-    if arp.oper != h.ArpOp.REQUEST:
+    actions: list = []
+    is_request = arp.oper == h.ArpOp.REQUEST
+    if arp.spa != _ANY_IP and (is_request or env.neighbors.get(segment.index, arp.spa) is not None):
+        if env.commit:
+            held = env.neighbors.confirm(segment.index, arp.spa, arp.sha, env.now)
+            env.count(Counter.NEIGHBORS_CONFIRMED)
+            if held:
+                env.count(Counter.RELEASED, len(held))
+                actions.extend(routed_frames.release(env, held, arp.sha))
+        if pkt.trace is not None:
+            pkt.trace.note(NAME, f"neighbour {ip_text(arp.spa)} is-at {mac_text(arp.sha)} "
+                                 f"(segment {segment.name})")
+    if not is_request:
         env.count(Counter.CONSUMED)
         if pkt.trace is not None:
             pkt.trace.note(NAME, f"ARP op {arp.oper} for the gateway: consumed")
-        return ()
-    body = builders.arp(oper=h.ArpOp.REPLY, sha=env.gateway_mac, spa=env.gateway_ip,
+        return tuple(actions)
+    body = builders.arp(oper=h.ArpOp.REPLY, sha=segment.gateway_mac, spa=segment.gateway_ip,
                         tha=arp.sha, tpa=arp.spa)
-    frame = builders.ethernet(arp.sha, env.gateway_mac, h.EtherType.ARP, body)
+    frame = builders.ethernet(arp.sha, segment.gateway_mac, h.EtherType.ARP, body)
     env.count(Counter.REPLIED)
     if pkt.trace is not None:
-        pkt.trace.note(NAME, f"reply: {ip_text(env.gateway_ip)} is-at {mac_text(env.gateway_mac)} "
-                             f"to {ip_text(arp.spa)} on port {pkt.port.name}")
-    return (Reply(pkt.port.id, frame),)
+        pkt.trace.note(NAME, f"reply: {ip_text(segment.gateway_ip)} is-at "
+                             f"{mac_text(segment.gateway_mac)} to {ip_text(arp.spa)} on port "
+                             f"{pkt.port.name}")
+    actions.append(Reply(pkt.port.id, frame))
+    return tuple(actions)

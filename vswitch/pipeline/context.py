@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from ipaddress import IPv4Network
 from types import ModuleType
 from typing import Any
 
@@ -10,6 +12,21 @@ from vswitch.core.ports import PortSpec
 from vswitch.core.trace import Trace
 from vswitch.core.verdict import Drop
 from vswitch.tables.fdb import Fdb, FdbEntry
+from vswitch.tables.fib import Fib, Route
+from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
+from vswitch.tables.neighbors import Neighbor, NeighborTable
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """A segment as the packet path needs it: bytes, not text."""
+
+    index: int
+    name: str
+    cidr: IPv4Network
+    gateway_ip: bytes
+    gateway_mac: bytes
+    mtu: int
 
 
 class Packet:
@@ -20,7 +37,8 @@ class Packet:
     """
 
     __slots__ = ("port", "data", "l2", "vnet", "eth", "l3", "arp", "ip", "trace",
-                 "cacheable", "src_entry", "dst_entry")
+                 "cacheable", "src_entry", "dst_entry", "route", "neighbor", "egress_mtu",
+                 "icmp_error", "pending_drop", "out_packets", "rewrite")
 
     def __init__(self, port: PortSpec, data: bytes, l2: int, trace: Trace | None = None):
         self.port = port
@@ -37,40 +55,70 @@ class Packet:
         self.cacheable = False
         self.src_entry: FdbEntry | None = None
         self.dst_entry: FdbEntry | None = None
+        # Routing state, filled in by the ip4-* stages.
+        self.route: Route | None = None
+        self.neighbor: Neighbor | None = None
+        self.egress_mtu = 0
+        self.icmp_error: tuple[int, int, bytes] | None = None  # type, code, 4 "rest" bytes
+        self.pending_drop: Drop | None = None
+        self.out_packets: list[bytes] = []  # IPv4 packets (rewritten, maybe fragments) to send
+        self.rewrite: bytes | None = None  # new Ethernet dst+src for a cacheable routed decision
 
     @property
     def frame(self) -> bytes:
         """The Ethernet frame without the virtio-net header (a copy; for slow-path use only)."""
         return self.data[self.l2:]
 
+    @property
+    def vnet_bytes(self) -> bytes:
+        return self.data[: self.l2]
+
 
 class Env:
     """Tables and settings the stages consult. ``commit`` is False for dry-run traces, which must
     leave every table as it was."""
 
-    def __init__(self, *, fdb: Fdb, ports: dict[int, PortSpec], gateway_ip: bytes,
-                 gateway_mac: bytes, accel: ModuleType, counters: StageCounters,
-                 commit: bool = True):
+    def __init__(self, *, fdb: Fdb, fib: Fib, neighbors: NeighborTable,
+                 icmp_limiter: IcmpRateLimiter, ports: dict[int, PortSpec],
+                 segments: list[SegmentInfo], segment_ports: dict[int, tuple[int, ...]],
+                 accel: ModuleType, counters: StageCounters, commit: bool = True):
         self.fdb = fdb
+        self.fib = fib
+        self.neighbors = neighbors
+        self.icmp_limiter = icmp_limiter
         self.ports = ports
-        self.gateway_ip = gateway_ip
-        self.gateway_mac = gateway_mac
+        self.segments = segments
+        self.segment_ports = segment_ports
+        self.local_ips = {s.gateway_ip: s.index for s in segments}
         self.accel = accel
         self.counters = counters
         self.commit = commit
         self.now = 0.0
 
+    def dry_run_copy(self, counters: StageCounters) -> "Env":
+        env = Env(fdb=self.fdb, fib=self.fib, neighbors=self.neighbors,
+                  icmp_limiter=self.icmp_limiter, ports=self.ports, segments=self.segments,
+                  segment_ports=self.segment_ports, accel=self.accel, counters=counters,
+                  commit=False)
+        env.now = self.now
+        return env
+
     def count(self, member: enum.Enum, n: int = 1) -> None:
         self.counters.add(member, n)
 
     def drop(self, pkt: Packet, member: enum.Enum) -> tuple[Drop]:
+        return (self.drop_verdict(pkt, member),)
+
+    def drop_verdict(self, pkt: Packet, member: enum.Enum) -> Drop:
         self.counters.add(member)
         stage = self.counters.stage_of(member)
-        reason = counter_name(member)
         if pkt.trace is not None:
             pkt.trace.note(stage, f"drop: {member.value}")
-        return (Drop(stage, reason),)
+        return Drop(stage, counter_name(member))
 
     def port_name(self, port_id: int) -> str:
         spec = self.ports.get(port_id)
         return spec.name if spec else f"#{port_id}"
+
+    def segment_of(self, pkt: Packet) -> SegmentInfo:
+        return self.segments[pkt.port.segment]

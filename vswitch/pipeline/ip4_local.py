@@ -1,9 +1,8 @@
-"""ip4-local: IPv4 addressed to the gateway MAC.
+"""ip4-local: IPv4 addressed to one of the gateway addresses the switch owns.
 
-The switch answers ICMP echo for the gateway address, with the request's identifier, sequence and
-payload, so `ping <gateway>` works from every pod. Other traffic to the gateway address and traffic
-that would need routing (another subnet) is dropped and counted: routing between subnets is not
-part of this pipeline yet.
+The switch answers ICMP echo for every gateway address, with the request's identifier, sequence and
+payload, so `ping <gateway>` works from every pod. A UDP datagram to a gateway gets ICMP port
+unreachable, as from a host with no listener; other protocols are dropped and counted.
 """
 from __future__ import annotations
 
@@ -15,26 +14,26 @@ from vswitch.wire import builders, headers as h
 from vswitch.wire.addresses import ip_text
 
 NAME = "ip4-local"
-NEXT = ()
+NEXT = ("ip4-icmp-error",)
 
 
 class Counter(enum.Enum):
-    ECHO_REPLIED = "ICMP echo requests to the gateway answered"
-    BAD_ICMP = "ICMP to the gateway that is truncated or has a bad checksum"
-    NOT_ECHO = "ICMP to the gateway other than echo request"
-    UNSUPPORTED_PROTOCOL = "TCP, UDP or other protocols to the gateway address"
-    FRAGMENT = "fragments addressed to the gateway (not reassembled)"
-    NO_ROUTE = "destination outside the node's segment: routing is not enabled"
+    ECHO_REPLIED = "ICMP echo requests to a gateway answered"
+    BAD_ICMP = "ICMP to a gateway that is truncated or has a bad checksum"
+    NOT_ECHO = "ICMP to a gateway other than echo request"
+    UDP_NO_LISTENER = "UDP to a gateway: answered with port unreachable"
+    UNSUPPORTED_PROTOCOL = "TCP or other protocols to a gateway address"
+    FRAGMENT = "fragments addressed to a gateway (not reassembled)"
 
 
 def process(pkt: Packet, env: Env):
     ip = pkt.ip
-    if ip.dst != env.gateway_ip:
-        if pkt.trace is not None:
-            pkt.trace.note(NAME, f"{ip_text(ip.dst)} is not on this node's segment and no route exists")
-        return env.drop(pkt, Counter.NO_ROUTE)
     if ip.mf or ip.fragment_offset:
         return env.drop(pkt, Counter.FRAGMENT)
+    if ip.protocol == h.IpProto.UDP:
+        pkt.pending_drop = env.drop_verdict(pkt, Counter.UDP_NO_LISTENER)
+        pkt.icmp_error = (h.IcmpType.DEST_UNREACHABLE, 3, bytes(4))
+        return "ip4-icmp-error"
     if ip.protocol != h.IpProto.ICMP:
         return env.drop(pkt, Counter.UNSUPPORTED_PROTOCOL)
     start = pkt.l3 + ip.ihl * 4
@@ -46,11 +45,12 @@ def process(pkt: Packet, env: Env):
         return env.drop(pkt, Counter.NOT_ECHO)
     reply = builders.icmp(type=h.IcmpType.ECHO_REPLY, code=0, rest=icmp.rest,
                           payload=icmp.payload, accel=env.accel)
-    packet = builders.ipv4(src=env.gateway_ip, dst=ip.src, protocol=h.IpProto.ICMP, payload=reply,
+    packet = builders.ipv4(src=ip.dst, dst=ip.src, protocol=h.IpProto.ICMP, payload=reply,
                            ttl=64, tos=ip.tos, accel=env.accel)
-    frame = builders.ethernet(pkt.eth.src, env.gateway_mac, h.EtherType.IPV4, packet)
+    frame = builders.ethernet(pkt.eth.src, env.segment_of(pkt).gateway_mac, h.EtherType.IPV4,
+                              packet)
     env.count(Counter.ECHO_REPLIED)
     if pkt.trace is not None:
-        pkt.trace.note(NAME, f"echo request to the gateway: reply to {ip_text(ip.src)} "
+        pkt.trace.note(NAME, f"echo request to {ip_text(ip.dst)}: reply to {ip_text(ip.src)} "
                              f"on port {pkt.port.name}")
     return (Reply(pkt.port.id, frame),)

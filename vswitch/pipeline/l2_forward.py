@@ -3,7 +3,8 @@
 * Broadcast, multicast and unknown unicast go out of every port except the one they came in on.
 * A known unicast MAC goes to its port; if that is the ingress port the frame is filtered (a bridge
   never sends a frame back where it came from).
-* Frames addressed to the gateway MAC are for the switch itself and continue to ip4-local.
+* Frames addressed to the segment's gateway MAC are for the router and continue to ip4-input.
+* Floods stay inside the ingress port's segment: each segment is its own broadcast domain.
 Only known-unicast IPv4 decisions are cacheable: they depend on the flow key's MACs and IPs and on
 FDB entries whose changes bump the generation. Floods are never cached, so learning a new MAC
 cannot leave a stale flood behind.
@@ -17,7 +18,7 @@ from vswitch.pipeline.context import Env, Packet
 from vswitch.wire.addresses import is_multicast_mac, mac_text
 
 NAME = "l2-forward"
-NEXT = ("ip4-local",)
+NEXT = ("ip4-input",)
 
 
 class Counter(enum.Enum):
@@ -31,7 +32,7 @@ class Counter(enum.Enum):
 
 
 def _flood(pkt: Packet, env: Env, counter: Counter, why: str):
-    ports = tuple(p for p in env.ports if p != pkt.port.id)
+    ports = tuple(p for p in env.segment_ports.get(pkt.port.segment, ()) if p != pkt.port.id)
     if not ports:
         return env.drop(pkt, Counter.NO_OTHER_PORT)
     env.count(counter)
@@ -43,16 +44,16 @@ def _flood(pkt: Packet, env: Env, counter: Counter, why: str):
 
 def process(pkt: Packet, env: Env):
     dst = pkt.eth.dst
-    if dst == env.gateway_mac:
+    if dst == env.segment_of(pkt).gateway_mac:
         if pkt.ip is None:
             return env.drop(pkt, Counter.NOT_IP_TO_GATEWAY)
         env.count(Counter.TO_GATEWAY)
         if pkt.trace is not None:
             pkt.trace.note(NAME, f"{mac_text(dst)} is the gateway: to L3")
-        return "ip4-local"
+        return "ip4-input"
     if is_multicast_mac(dst):
         return _flood(pkt, env, Counter.FLOODED_MULTICAST, f"{mac_text(dst)} is broadcast/multicast")
-    entry = env.fdb.lookup(dst, env.now)
+    entry = env.fdb.lookup(pkt.port.segment, dst, env.now)
     if entry is None:
         return _flood(pkt, env, Counter.FLOODED_UNKNOWN, f"{mac_text(dst)} is not in the FDB")
     if entry.port == pkt.port.id:

@@ -33,11 +33,12 @@ def process(pkt: Packet, env: Env):
     if is_multicast_mac(src):
         return env.drop(pkt, Counter.MULTICAST_SOURCE)
     port = pkt.port.id
+    segment = pkt.port.segment
     if env.commit:
-        result, entry = env.fdb.learn(src, port, env.now)
+        result, entry = env.fdb.learn(segment, src, port, env.now)
         pkt.src_entry = entry
     else:
-        result = env.fdb.would_learn(src, port, env.now)
+        result = env.fdb.would_learn(segment, src, port, env.now)
     if result is LearnResult.LIMIT:
         if pkt.trace is not None:
             pkt.trace.note(NAME, f"port {pkt.port.name} holds {env.fdb.count_on_port(port)} MACs "

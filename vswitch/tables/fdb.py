@@ -2,6 +2,8 @@
 
 Theory of operation
 -------------------
+* Each segment is its own broadcast domain, so entries are keyed by (segment, MAC): the same MAC
+  may legitimately appear in two segments.
 * A frame's source MAC is learned on the port it arrived on (``learn``). Learning the same MAC on
   another port is a *move*: the entry follows the station.
 * An entry unused for ``aging`` seconds is forgotten. ``lookup`` treats an aged entry as absent at
@@ -26,9 +28,10 @@ class LearnResult(enum.Enum):
 
 
 class FdbEntry:
-    __slots__ = ("mac", "port", "last_seen")
+    __slots__ = ("segment", "mac", "port", "last_seen")
 
-    def __init__(self, mac: bytes, port: int, last_seen: float):
+    def __init__(self, segment: int, mac: bytes, port: int, last_seen: float):
+        self.segment = segment
         self.mac = mac
         self.port = port
         self.last_seen = last_seen
@@ -47,28 +50,29 @@ class Fdb:
         self.aging = aging
         self.mac_limit = mac_limit
         self.generation = 0
-        self._entries: dict[bytes, FdbEntry] = {}
+        self._entries: dict[tuple[int, bytes], FdbEntry] = {}
         self._per_port: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, mac: bytes, now: float) -> FdbEntry | None:
-        entry = self._entries.get(mac)
+    def lookup(self, segment: int, mac: bytes, now: float) -> FdbEntry | None:
+        entry = self._entries.get((segment, mac))
         if entry is None or now - entry.last_seen >= self.aging:
             return None
         return entry
 
-    def learn(self, mac: bytes, port: int, now: float) -> tuple[LearnResult, FdbEntry | None]:
-        entry = self._entries.get(mac)
+    def learn(self, segment: int, mac: bytes, port: int,
+              now: float) -> tuple[LearnResult, FdbEntry | None]:
+        entry = self._entries.get((segment, mac))
         if entry is not None and now - entry.last_seen >= self.aging:
             self._remove(entry)
             entry = None
         if entry is None:
             if self._per_port.get(port, 0) >= self.mac_limit:
                 return LearnResult.LIMIT, None
-            entry = FdbEntry(mac, port, now)
-            self._entries[mac] = entry
+            entry = FdbEntry(segment, mac, port, now)
+            self._entries[(segment, mac)] = entry
             self._per_port[port] = self._per_port.get(port, 0) + 1
             return LearnResult.NEW, entry
         if entry.port != port:
@@ -83,9 +87,9 @@ class Fdb:
         entry.last_seen = now
         return LearnResult.REFRESHED, entry
 
-    def would_learn(self, mac: bytes, port: int, now: float) -> LearnResult:
+    def would_learn(self, segment: int, mac: bytes, port: int, now: float) -> LearnResult:
         """What ``learn`` would do, without doing it (for dry-run traces)."""
-        entry = self.lookup(mac, now)
+        entry = self.lookup(segment, mac, now)
         if entry is not None and entry.port == port:
             return LearnResult.REFRESHED
         if self._per_port.get(port, 0) >= self.mac_limit:
@@ -119,6 +123,6 @@ class Fdb:
         return FdbStatistics(len(self._entries), self.generation, self.aging, self.mac_limit)
 
     def _remove(self, entry: FdbEntry) -> None:
-        del self._entries[entry.mac]
+        del self._entries[(entry.segment, entry.mac)]
         self._per_port[entry.port] -= 1
         self.generation += 1

@@ -114,6 +114,13 @@ IPV4 = Struct(
 )
 IPV4_FLAG_DF = 0x4000
 IPV4_FLAG_MF = 0x2000
+# Field offsets inside the IPv4 header, for the in-place rewrites of a router (TTL, checksum,
+# fragment fields), where rebuilding the header through construct would drop its options.
+IPV4_TOTAL_LENGTH_OFFSET = 2
+IPV4_FLAGS_FRAGMENT_OFFSET = 6
+IPV4_TTL_OFFSET = 8
+IPV4_CHECKSUM_OFFSET = 10
+ICMP_ERROR_TYPES = frozenset({3, 4, 5, 11, 12})  # RFC 1122 3.2.2: never answered with an error
 
 ICMP = Struct(
     "type" / Int8ub,
