@@ -151,6 +151,9 @@ class Topology:
     # fills it in, and a topology built by hand without segments gets it from ``all_segments``.
     segments: tuple[Segment, ...] = ()
     routes: tuple[StaticRoute, ...] = ()
+    cluster: "Cluster | None" = None
+    uplink: "Uplink | None" = None
+    services: tuple["Service", ...] = ()
 
     def all_segments(self) -> tuple[Segment, ...]:
         if self.segments:
@@ -186,3 +189,70 @@ def first_host(network: IPv4Network) -> IPv4Address:
 
 def last_host(network: IPv4Network) -> IPv4Address:
     return ipaddress.IPv4Address(int(network.broadcast_address) - 1)
+
+
+# -- services (the pod-to-service and internet-to-service halves of the model) ------------------
+
+DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as Kubernetes' sessionAffinityConfig default
+DEFAULT_CONNTRACK_MAX = 262144
+NODE_PORT_RANGE = (30000, 32767)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    cidr: IPv4Network  # every pod address of the cluster: traffic leaving it is masqueraded
+    service_cidr: IPv4Network  # where cluster IPs are allocated from
+    # The source address a hairpinned connection is SNATed to (a backend reaching its own
+    # service), so that the backend's reply comes back through the switch. Link-local, as OVN's.
+    hairpin_address: IPv4Address = IPv4Address("169.254.169.5")
+    conntrack_max: int = DEFAULT_CONNTRACK_MAX
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """The node's port to the outside world; the daemon owns ``address`` on it."""
+
+    address: IPv4Interface  # the node's external address, with the uplink network's prefix
+    gateway: IPv4Address  # the far side: next hop for egress
+    netns: str | None  # namespace holding the far side; None: the host's root namespace
+    name: str  # the TAP's kernel name
+    mac: str  # the MAC the daemon answers with for ``address``
+    far_mac: str  # the MAC of the far side's interface (the TAP, as seen inside ``netns``)
+    mtu: int = DEFAULT_MTU
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    protocol: str  # "tcp" | "udp"
+    port: int
+    target_port: int | str  # a number, or the name of a container port of the endpoint pods
+    node_port: int | None = None  # for type NodePort
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    namespace: str = "default"
+    cluster_ip: IPv4Address | None = None  # None: headless (accepted, not programmed)
+    type: str = "ClusterIP"  # "ClusterIP" | "NodePort"
+    ports: tuple[ServicePort, ...] = ()
+    # Endpoints are the ready pods matching ``selector``, or the explicit ``endpoints`` when the
+    # service has no selector (a selector-less service, as in Kubernetes).
+    selector: Mapping[str, str] | None = None
+    endpoints: tuple[IPv4Address, ...] = ()
+    session_affinity: str = "None"  # "None" | "ClientIP"
+    affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
+    external_traffic_policy: str = "Cluster"  # "Cluster" | "Local"
+    internal_traffic_policy: str = "Cluster"  # "Cluster" | "Local"
+    external_ips: tuple[IPv4Address, ...] = ()
+    load_balancer: str = "random"  # "random" | "maglev"
+
+    @property
+    def headless(self) -> bool:
+        return self.cluster_ip is None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"

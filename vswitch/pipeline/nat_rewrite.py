@@ -1,0 +1,156 @@
+"""Address and port rewrites of NAT, with every checksum kept right incrementally (RFC 1624).
+
+What changes where:
+* IPv4 source/destination: the header checksum, and — because addresses are part of the TCP/UDP
+  pseudo-header — the L4 checksum too. ICMP has no pseudo-header.
+* TCP/UDP ports: the L4 checksum. The ICMP echo identifier: the ICMP checksum.
+* A UDP checksum of zero means "none" and stays zero; a computed zero is sent as 0xFFFF.
+* A partial checksum (virtio-net ``NEEDS_CSUM``, from a pod with checksum offload) holds the
+  pseudo-header *sum*, not a checksum, and the receiving kernel will add the data in: an address
+  change updates that sum the other way round, and a port change must not touch it at all, since the
+  ports are data the receiver sums itself.
+* ICMP errors quoting a translated packet are translated inside as well (the quoted header, its
+  checksum, the quoted ports) and their ICMP checksum is recomputed, so the client sees an error
+  about the connection it made, not about the backend.
+All functions take and return the IPv4 packet from its header on, as a bytearray.
+"""
+from __future__ import annotations
+
+import struct
+from types import ModuleType
+
+from vswitch.wire import headers as h
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+SRC_OFFSET = 12
+DST_OFFSET = 16
+L4_CHECKSUM_OFFSET = {h.IpProto.TCP: 16, h.IpProto.UDP: 6, h.IpProto.ICMP: 2}
+
+
+def _update_word(buf: bytearray, csum_at: int, old: int, new: int, accel: ModuleType,
+                 partial: bool = False) -> None:
+    (csum,) = _U16.unpack_from(buf, csum_at)
+    if partial:
+        # The field holds a folded sum S (not inverted): S' = S - old + new = ~update(~S, old, new).
+        csum = ~accel.checksum_update16(~csum & 0xFFFF, old, new) & 0xFFFF
+    else:
+        csum = accel.checksum_update16(csum, old, new)
+    _U16.pack_into(buf, csum_at, csum)
+
+
+def _update_address(buf: bytearray, csum_at: int, old: int, new: int, accel: ModuleType,
+                    partial: bool = False) -> None:
+    (csum,) = _U16.unpack_from(buf, csum_at)
+    if partial:
+        csum = ~accel.checksum_update32(~csum & 0xFFFF, old, new) & 0xFFFF
+    else:
+        csum = accel.checksum_update32(csum, old, new)
+    _U16.pack_into(buf, csum_at, csum)
+
+
+def translate(packet: bytes | bytearray, *, src: bytes | None = None, sport: int | None = None,
+              dst: bytes | None = None, dport: int | None = None, partial: bool = False,
+              accel: ModuleType) -> bytearray:
+    """Rewrite the addresses and ports of a TCP, UDP or ICMP echo packet.
+
+    For ICMP echo, ``sport``/``dport`` is the identifier (conntrack keys echo flows by it).
+    ``partial`` says the L4 checksum is a virtio-net partial checksum.
+    """
+    buf = bytearray(packet)
+    ihl = (buf[0] & 0x0F) * 4
+    proto = buf[9]
+    l4 = ihl
+    l4_csum = L4_CHECKSUM_OFFSET.get(proto)
+    has_l4_csum = l4_csum is not None and len(buf) >= l4 + l4_csum + 2
+    udp_no_csum = proto == h.IpProto.UDP and has_l4_csum and not partial and \
+        _U16.unpack_from(buf, l4 + l4_csum)[0] == 0
+    for offset, new in ((SRC_OFFSET, src), (DST_OFFSET, dst)):
+        if new is None:
+            continue
+        (old,) = _U32.unpack_from(buf, offset)
+        (value,) = _U32.unpack(new)
+        if old == value:
+            continue
+        buf[offset: offset + 4] = new
+        _update_address(buf, h.IPV4_CHECKSUM_OFFSET, old, value, accel)
+        if has_l4_csum and proto != h.IpProto.ICMP and not udp_no_csum:
+            _update_address(buf, l4 + l4_csum, old, value, accel, partial)
+    if proto in (h.IpProto.TCP, h.IpProto.UDP):
+        for offset, new in ((0, sport), (2, dport)):
+            if new is None or len(buf) < l4 + offset + 2:
+                continue
+            (old,) = _U16.unpack_from(buf, l4 + offset)
+            if old == new:
+                continue
+            _U16.pack_into(buf, l4 + offset, new)
+            if has_l4_csum and not partial and not udp_no_csum:
+                _update_word(buf, l4 + l4_csum, old, new, accel)
+    elif proto == h.IpProto.ICMP:
+        new_id = sport if sport is not None else dport
+        if new_id is not None and len(buf) >= l4 + 6:
+            (old,) = _U16.unpack_from(buf, l4 + 4)
+            if old != new_id:
+                _U16.pack_into(buf, l4 + 4, new_id)
+                _update_word(buf, l4 + 2, old, new_id, accel)
+    if udp_no_csum is False and proto == h.IpProto.UDP and has_l4_csum and not partial:
+        if _U16.unpack_from(buf, l4 + l4_csum)[0] == 0:
+            _U16.pack_into(buf, l4 + l4_csum, 0xFFFF)
+    return buf
+
+
+def translate_icmp_error(packet: bytes | bytearray, *, outer_src: bytes | None = None,
+                         outer_dst: bytes | None = None, inner_src: bytes | None = None,
+                         inner_sport: int | None = None, inner_dst: bytes | None = None,
+                         inner_dport: int | None = None, accel: ModuleType) -> bytearray:
+    """Translate an ICMP error and the packet it quotes; the ICMP checksum is recomputed whole
+    (the message is small, and the quote may be cut anywhere)."""
+    buf = bytearray(packet)
+    ihl = (buf[0] & 0x0F) * 4
+    total = _U16.unpack_from(buf, h.IPV4_TOTAL_LENGTH_OFFSET)[0]
+    icmp = ihl
+    inner = icmp + h.ICMP_HEADER_LEN
+    quoted = bytes(buf[inner:total])
+    if len(quoted) >= h.IPV4_MIN_HEADER_LEN:
+        inner_ihl = (quoted[0] & 0x0F) * 4
+        # The quote is cut short: translate addresses in the header and the ports if present,
+        # updating only checksums whose field was quoted.
+        fixed = bytearray(quoted)
+        for offset, new in ((SRC_OFFSET, inner_src), (DST_OFFSET, inner_dst)):
+            if new is None:
+                continue
+            (old,) = _U32.unpack_from(fixed, offset)
+            (value,) = _U32.unpack(new)
+            fixed[offset: offset + 4] = new
+            _update_address(fixed, h.IPV4_CHECKSUM_OFFSET, old, value, accel)
+            proto = fixed[9]
+            at = L4_CHECKSUM_OFFSET.get(proto)
+            if proto != h.IpProto.ICMP and at is not None and len(fixed) >= inner_ihl + at + 2:
+                if not (proto == h.IpProto.UDP and _U16.unpack_from(fixed, inner_ihl + at)[0] == 0):
+                    _update_address(fixed, inner_ihl + at, old, value, accel)
+        proto = fixed[9]
+        at = L4_CHECKSUM_OFFSET.get(proto)
+        for offset, new in ((0, inner_sport), (2, inner_dport)):
+            if new is None or len(fixed) < inner_ihl + offset + 2:
+                continue
+            if proto == h.IpProto.ICMP:
+                offset = 4  # the echo identifier
+                if len(fixed) < inner_ihl + 6:
+                    continue
+            (old,) = _U16.unpack_from(fixed, inner_ihl + offset)
+            _U16.pack_into(fixed, inner_ihl + offset, new)
+            if at is not None and len(fixed) >= inner_ihl + at + 2:
+                if not (proto == h.IpProto.UDP and _U16.unpack_from(fixed, inner_ihl + at)[0] == 0):
+                    _update_word(fixed, inner_ihl + at, old, new, accel)
+        buf[inner:total] = fixed
+    for offset, new in ((SRC_OFFSET, outer_src), (DST_OFFSET, outer_dst)):
+        if new is None:
+            continue
+        (old,) = _U32.unpack_from(buf, offset)
+        (value,) = _U32.unpack(new)
+        buf[offset: offset + 4] = new
+        _update_address(buf, h.IPV4_CHECKSUM_OFFSET, old, value, accel)
+    _U16.pack_into(buf, icmp + 2, 0)
+    _U16.pack_into(buf, icmp + 2, accel.checksum(bytes(buf[icmp:total])))
+    return buf
