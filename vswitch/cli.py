@@ -61,7 +61,12 @@ def vswitchd_main(argv: Sequence[str] | None = None) -> int:
         print(f"vswitchd: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check:
-        print(f"{path}: ok ({len(topology.pods)} pods)")
+        parts = [f"{len(topology.pods)} pods"]
+        segments, routes = len(topology.all_segments()), len(topology.routes)
+        if segments > 1 or routes:
+            parts += [f"{segments} segment{'s' * (segments != 1)}",
+                      f"{routes} static route{'s' * (routes != 1)}"]
+        print(f"{path}: ok ({', '.join(parts)})")
         return EXIT_OK
 
     if os.geteuid() != 0:
@@ -207,7 +212,10 @@ def format_table(rows: Sequence[Mapping[str, Any]],
     if not columns:
         return ""
     cells = [[format_cell(row.get(key)) for key, _ in columns] for row in rows]
-    numeric = [bool(rows) and all(_is_number(row.get(key)) or row.get(key) is None for row in rows)
+    # A column is numeric when it holds numbers and nothing else but gaps; one of only gaps
+    # ("-") is text, so that it lines up under its header like its neighbours.
+    numeric = [any(_is_number(row.get(key)) for row in rows)
+               and all(_is_number(row.get(key)) or row.get(key) is None for row in rows)
                for key, _ in columns]
     widths = [max([len(header)] + [len(line[i]) for line in cells])
               for i, (_, header) in enumerate(columns)]
@@ -247,9 +255,35 @@ def render_pods(result: Sequence[Mapping[str, Any]]) -> str:
         states = [f"{c.get('name', '?')}:{c.get('state', '?')}" for c in containers
                   if isinstance(c, Mapping)]
         rows.append({**pod, "containers": ",".join(states) or "-"})
-    return format_table(rows, [("name", "NAME"), ("ip", "IP"), ("mac", "MAC"),
-                               ("netns", "NETNS"), ("port", "PORT"), ("device", "DEVICE"),
-                               ("ready", "READY"), ("containers", "CONTAINERS")])
+    return format_table(rows, [("name", "NAME"), ("ip", "IP"), ("segment", "SEGMENT"),
+                               ("mac", "MAC"), ("netns", "NETNS"), ("port", "PORT"),
+                               ("device", "DEVICE"), ("ready", "READY"),
+                               ("containers", "CONTAINERS")])
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], preferred: Sequence[str]) -> list[tuple[str, str]]:
+    """``preferred`` first, in that order, then any other key the daemon sent, so that a field
+    the core adds later still shows."""
+    keys: dict[str, None] = dict.fromkeys(preferred)
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    return [(key, key.upper()) for key in keys]
+
+
+ROUTE_COLUMNS = ("prefix", "kind", "segment", "via", "origin")
+NEIGHBOR_COLUMNS = ("segment", "ip", "mac", "state", "age_s", "queued")
+
+
+def render_routes(result: Sequence[Mapping[str, Any]]) -> str:
+    if not result:
+        return "(none)"
+    return format_table(result, _columns(result, ROUTE_COLUMNS))
+
+
+def render_neighbors(result: Sequence[Mapping[str, Any]]) -> str:
+    if not result:
+        return "(none)"
+    return format_table(result, _columns(result, NEIGHBOR_COLUMNS))
 
 
 def render_rows(result: Any) -> str:
@@ -338,6 +372,8 @@ def _vswitchctl_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in [("status", "daemon overview"), ("pods", "pods and their containers"),
                        ("ports", "switch ports"), ("fdb", "learned MAC addresses"),
+                       ("routes", "the router's table: connected and static routes"),
+                       ("neighbors", "next hops the router resolved (or is resolving) by ARP"),
                        ("stats", "counters: ports, stages, dispositions")]:
         commands.add_parser(name, parents=[common], help=text)
 
@@ -457,7 +493,8 @@ def vswitchctl_main(argv: Sequence[str] | None = None,
             return EXIT_OK
         renderers: dict[str, Callable[[Any], str]] = {
             "status": render_status, "pods": render_pods, "ports": render_rows,
-            "fdb": render_rows, "stats": render_stats,
+            "fdb": render_rows, "routes": render_routes, "neighbors": render_neighbors,
+            "stats": render_stats,
         }
         _emit(request(path, args.command), as_json, renderers[args.command])
         return EXIT_OK

@@ -18,9 +18,16 @@ Rules:
   what an earlier run created.
 * Checks that depend on another value (a gateway inside the pod CIDR, say) run only when that value
   is itself valid; its own error already explains the problem, and a cascade would bury it.
+* A node has one or more segments (pod networks): ``default`` is made of ``[node] pod_cidr``, and
+  each ``[[segments]]`` entry adds one. Their CIDRs never overlap, so an address belongs to at most
+  one segment and the router's connected routes are unambiguous. Each segment allocates its pods'
+  addresses on its own, with the same rule as the default one.
+* A static route's next hop must sit on a segment (that is how the router reaches it) and must not
+  be a gateway (that would route the packet back to the router itself).
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import itertools
@@ -42,10 +49,13 @@ from vswitch.model import (
     HostPort,
     Node,
     Pod,
+    Segment,
+    StaticRoute,
     Topology,
 )
 
 NODE_NAME_MAX = 20  # keeps namespace names and the host port's kernel name readable
+SEGMENT_NAME_MAX = 20  # segment names show in tables and traces; short keeps them aligned
 POD_NAME_MAX = 40
 DNS_LABEL_MAX = 63
 MTU_MIN = 576  # the smallest datagram every IPv4 host must accept (RFC 791)
@@ -57,15 +67,20 @@ ALLOCATION_OFFSET = 10  # the first address handed to a pod without an explicit 
 UNIX_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) minus the terminating NUL
 ACCEL_CHOICES = ("native", "pure")
 PROTOCOLS = ("tcp", "udp")
+# The switch and the control socket call the host port "host"; a pod of that name would be
+# indistinguishable from it in traces, counters and `vswitchctl trace host ...`.
+RESERVED_POD_NAMES = ("host",)
 
-RESERVED_SECTIONS = ("cluster", "services", "uplink", "peers", "routes", "networks")
+RESERVED_SECTIONS = ("cluster", "services", "uplink", "peers", "networks")
 
-TOP_LEVEL_KEYS = ("node", "host_port", "dataplane", "control", "pods")
+TOP_LEVEL_KEYS = ("node", "host_port", "dataplane", "control", "segments", "routes", "pods")
 NODE_KEYS = ("name", "pod_cidr", "gateway", "mtu")
 HOST_PORT_KEYS = ("enabled", "address")
 DATAPLANE_KEYS = ("offloads", "fdb_aging", "mac_limit", "burst", "accel")
 CONTROL_KEYS = ("socket", "state_dir")
-POD_KEYS = ("name", "ip", "labels", "ready", "containers")
+SEGMENT_KEYS = ("name", "cidr", "gateway", "mtu")
+ROUTE_KEYS = ("dst", "via")
+POD_KEYS = ("name", "ip", "segment", "mtu", "labels", "ready", "containers")
 CONTAINER_KEYS = ("name", "command", "env", "ports")
 PORT_KEYS = ("name", "port", "protocol")
 
@@ -212,10 +227,17 @@ def _key(base: str, key: str) -> str:
     return f"{base}.{key}" if base else key
 
 
-def _address_problem(ip: IPv4Address, cidr: IPv4Network) -> str | None:
-    """Why ``ip`` cannot be a host address in ``cidr``, or None."""
+def _segment_label(name: str, cidr: IPv4Network) -> str:
+    """How messages name a segment: the default one by the key the user wrote for it."""
+    if name == model.DEFAULT_SEGMENT:
+        return f"node.pod_cidr {cidr}"
+    return f"segment {name} {cidr}"
+
+
+def _address_problem(ip: IPv4Address, cidr: IPv4Network, where: str | None = None) -> str | None:
+    """Why ``ip`` cannot be a host address in ``cidr``, or None; ``where`` names ``cidr``."""
     if ip not in cidr:
-        return f"{ip} is outside node.pod_cidr {cidr}"
+        return f"{ip} is outside {where or _segment_label(model.DEFAULT_SEGMENT, cidr)}"
     if ip == cidr.network_address:
         return f"{ip} is the network address of {cidr}"
     if ip == cidr.broadcast_address:
@@ -280,6 +302,36 @@ class _PodDraft:
     labels: Mapping[str, str]
     ready: bool | _Marker
     containers: tuple[Container, ...]
+    segment: str | _Marker = model.DEFAULT_SEGMENT
+    mtu: int | None | _Marker = None  # None: the segment's
+
+
+@dataclass(frozen=True)
+class _SegmentDraft:
+    """A segment as written (or derived from ``[node]``); fields are INVALID where they are wrong.
+
+    ``reserved`` maps the addresses no pod may take (the gateway, and for the default segment the
+    host port) to the key that claims them, for messages.
+    """
+
+    path: str  # "node" for the default segment, "segments[i]" for the others
+    name: str | _Marker
+    cidr: IPv4Network | _Marker
+    gateway: IPv4Address | _Marker
+    mtu: int | _Marker
+    reserved: Mapping[IPv4Address, str]
+
+    @property
+    def valid(self) -> bool:
+        return INVALID not in (self.name, self.cidr, self.gateway, self.mtu)
+
+    @property
+    def cidr_path(self) -> str:
+        return "node.pod_cidr" if self.path == "node" else f"{self.path}.cidr"
+
+    @property
+    def gateway_path(self) -> str:
+        return f"{self.path}.gateway"
 
 
 class _Reader:
@@ -384,8 +436,15 @@ class _Reader:
         enabled, host_address = self.read_host_port(document, cidr, gateway)
         dataplane = self.read_dataplane(document)
         control = self.read_control(document, name)
+        reserved = {address: what for address, what in
+                    ((gateway, "node.gateway"), (host_address, "host_port.address"))
+                    if isinstance(address, IPv4Address)}
+        default = _SegmentDraft("node", model.DEFAULT_SEGMENT, cidr, gateway, mtu,
+                                MappingProxyType(reserved))
+        segment_drafts = self.check_segment_overlaps([default, *self.read_segments(document, mtu)])
+        routes = self.read_routes(document, segment_drafts)
         drafts = self.read_pods(document)
-        pod_ips = self.check_pod_addresses(drafts, cidr, gateway, host_address)
+        pod_ips = self.check_pod_addresses(drafts, segment_drafts)
 
         if self.errors:
             return None
@@ -399,6 +458,11 @@ class _Reader:
         self.check_kernel_names(pods, drafts)
         if self.errors:
             return None
+        segments = tuple(
+            Segment(name=draft.name, cidr=draft.cidr, gateway=draft.gateway,
+                    gateway_mac=model.mac_for_ip(draft.gateway), mtu=draft.mtu)
+            for draft in segment_drafts
+        )
         return Topology(
             source=source,
             node=Node(
@@ -417,6 +481,8 @@ class _Reader:
             ),
             dataplane=dataplane,
             control=control,
+            segments=segments,
+            routes=tuple(routes),
         )
 
     def read_node(self, document: Mapping[str, Any]) -> tuple[Any, Any, Any, Any]:
@@ -431,7 +497,7 @@ class _Reader:
 
         cidr = self.take(table, "node", "pod_cidr", "a string", REQUIRED)
         if isinstance(cidr, str):
-            cidr = self.parse_cidr(cidr)
+            cidr = self.parse_cidr(cidr, "node.pod_cidr")
 
         gateway = self.take_address(table, "node", "gateway")
         if gateway is None:
@@ -443,8 +509,9 @@ class _Reader:
         mtu = self.take_int(table, "node", "mtu", model.DEFAULT_MTU, MTU_MIN, MTU_MAX)
         return name, cidr, gateway, mtu
 
-    def parse_cidr(self, text: str) -> IPv4Network | _Marker:
-        path = "node.pod_cidr"
+    def parse_cidr(
+        self, text: str, path: str, low: int = PREFIX_MIN, high: int = PREFIX_MAX
+    ) -> IPv4Network | _Marker:
         if "/" not in text:
             return self.fail(path, f"expected an IPv4 network like 10.244.1.0/24, got {text!r}")
         try:
@@ -452,10 +519,8 @@ class _Reader:
         except ValueError:
             return self.fail(path, f"{text!r} is not an IPv4 network like 10.244.1.0/24")
         network = interface.network
-        if not PREFIX_MIN <= network.prefixlen <= PREFIX_MAX:
-            return self.fail(
-                path, f"prefix length /{network.prefixlen} is outside /{PREFIX_MIN}../{PREFIX_MAX}"
-            )
+        if not low <= network.prefixlen <= high:
+            return self.fail(path, f"prefix length /{network.prefixlen} is outside /{low}../{high}")
         if interface.ip != network.network_address:
             return self.fail(path, f"{text!r} has host bits set; did you mean {network}?")
         return network
@@ -535,6 +600,153 @@ class _Reader:
             return INVALID
         return Control(socket=socket, state_dir=state_dir)
 
+    # -- segments and routes ----------------------------------------------------------------
+
+    def read_segments(self, document: Mapping[str, Any], node_mtu: Any) -> list[_SegmentDraft]:
+        """The ``[[segments]]`` entries; the default segment is made by the caller from ``[node]``."""
+        raw = self.take(document, "", "segments", "an array of tables", [])
+        if raw is INVALID:
+            return []
+        drafts: list[_SegmentDraft] = []
+        names: dict[str, str] = {}
+        for index, entry in enumerate(raw):
+            path = f"segments[{index}]"
+            if not isinstance(entry, dict):
+                self.fail(path, f"expected a table, got {_type_name(entry)}")
+                continue
+            self.check_keys(entry, path, SEGMENT_KEYS)
+            name = self.take(entry, path, "name", "a string", REQUIRED)
+            name_path = _key(path, "name")
+            if isinstance(name, str):
+                if problem := _dns_label_problem(name, SEGMENT_NAME_MAX):
+                    name = self.fail(name_path, problem)
+                elif name == model.DEFAULT_SEGMENT:
+                    name = self.fail(
+                        name_path,
+                        f"'{model.DEFAULT_SEGMENT}' is the segment made of node.pod_cidr; "
+                        "choose another name",
+                    )
+                elif name in names:
+                    name = self.fail(
+                        name_path, f"duplicate segment name {name!r} (first used at {names[name]})"
+                    )
+                else:
+                    names[name] = name_path
+
+            cidr = self.take(entry, path, "cidr", "a string", REQUIRED)
+            if isinstance(cidr, str):
+                cidr = self.parse_cidr(cidr, _key(path, "cidr"))
+
+            gateway = self.take_address(entry, path, "gateway")
+            if gateway is None:
+                gateway = model.first_host(cidr) if isinstance(cidr, IPv4Network) else INVALID
+            elif isinstance(gateway, IPv4Address) and isinstance(cidr, IPv4Network):
+                if problem := _address_problem(gateway, cidr, f"{path}.cidr {cidr}"):
+                    gateway = self.fail(_key(path, "gateway"), problem)
+
+            # An absent mtu inherits node.mtu; if that one is wrong, its own error says so.
+            default_mtu = node_mtu if isinstance(node_mtu, int) else INVALID
+            mtu = self.take_int(entry, path, "mtu", default_mtu, MTU_MIN, MTU_MAX)
+            reserved = {gateway: _key(path, "gateway")} if isinstance(gateway, IPv4Address) else {}
+            drafts.append(
+                _SegmentDraft(path, name, cidr, gateway, mtu, MappingProxyType(reserved))
+            )
+        return drafts
+
+    def check_segment_overlaps(self, segments: Sequence[_SegmentDraft]) -> list[_SegmentDraft]:
+        """Refuse overlapping CIDRs: an address must belong to exactly one segment.
+
+        The later entry carries the error, and its CIDR counts as invalid from here on, so that
+        its pods are not reported a second time.
+        """
+        checked: list[_SegmentDraft] = []
+        for draft in segments:
+            if isinstance(draft.cidr, IPv4Network):
+                for earlier in checked:
+                    if isinstance(earlier.cidr, IPv4Network) and draft.cidr.overlaps(earlier.cidr):
+                        self.fail(
+                            draft.cidr_path,
+                            f"{draft.cidr} overlaps {earlier.cidr_path} {earlier.cidr}; "
+                            "the CIDRs of a node's segments must be disjoint",
+                        )
+                        draft = dataclasses.replace(draft, cidr=INVALID)
+                        break
+            checked.append(draft)
+        return checked
+
+    def read_routes(
+        self, document: Mapping[str, Any], segments: Sequence[_SegmentDraft]
+    ) -> list[StaticRoute]:
+        raw = self.take(document, "", "routes", "an array of tables", [])
+        if raw is INVALID:
+            return []
+        routes: list[StaticRoute] = []
+        first_use: dict[IPv4Network, str] = {}
+        networks = [s for s in segments if isinstance(s.cidr, IPv4Network)]
+        # Without every segment's CIDR the next hop's segment cannot be told; the CIDR's own
+        # error explains the problem.
+        all_known = len(networks) == len(segments)
+        gateways = {s.gateway: s for s in segments if isinstance(s.gateway, IPv4Address)}
+        for index, entry in enumerate(raw):
+            path = f"routes[{index}]"
+            if not isinstance(entry, dict):
+                self.fail(path, f"expected a table, got {_type_name(entry)}")
+                continue
+            self.check_keys(entry, path, ROUTE_KEYS)
+            dst_path, via_path = _key(path, "dst"), _key(path, "via")
+            dst = self.take(entry, path, "dst", "a string", REQUIRED)
+            if isinstance(dst, str):
+                dst = self.parse_cidr(dst, dst_path, 0, 32)
+            if isinstance(dst, IPv4Network):
+                # A route to a segment or into it would steal the connected route's traffic. A
+                # route that covers segments (0.0.0.0/0) is fine: the connected routes are more
+                # specific and win the longest-prefix match.
+                inside = next((s for s in networks if dst.subnet_of(s.cidr)), None)
+                if inside is not None:
+                    dst = self.fail(
+                        dst_path,
+                        f"{dst} overlaps {inside.cidr_path} {inside.cidr}; a segment is reached "
+                        "by its connected route",
+                    )
+                elif dst in first_use:
+                    dst = self.fail(
+                        dst_path, f"duplicate route to {dst} (first at {first_use[dst]})"
+                    )
+                else:
+                    first_use[dst] = dst_path
+
+            via = self.take(entry, path, "via", "a string", REQUIRED)
+            segment: _SegmentDraft | None = None
+            if isinstance(via, str):
+                try:
+                    via = IPv4Address(via)
+                except ValueError:
+                    via = self.fail(via_path, f"{via!r} is not an IPv4 address")
+            if isinstance(via, IPv4Address):
+                segment = next((s for s in networks if via in s.cidr), None)
+                if segment is None:
+                    if all_known:
+                        listed = ", ".join(f"{s.cidr_path} {s.cidr}" for s in networks)
+                        via = self.fail(
+                            via_path,
+                            f"{via} is on none of the node's segments ({listed}); "
+                            "a next hop must be directly reachable",
+                        )
+                    else:
+                        via = INVALID
+                elif via in gateways:
+                    via = self.fail(
+                        via_path,
+                        f"{via} is {gateways[via].gateway_path}, the router itself; "
+                        "the next hop must be another host",
+                    )
+                elif problem := _address_problem(via, segment.cidr, segment.cidr_path):
+                    via = self.fail(via_path, problem)
+            if (isinstance(dst, IPv4Network) and isinstance(via, IPv4Address)
+                    and segment is not None and isinstance(segment.name, str)):
+                routes.append(StaticRoute(dst=dst, via=via, segment=segment.name))
+        return routes
+
     # -- pods -------------------------------------------------------------------------------
 
     def read_pods(self, document: Mapping[str, Any]) -> list[_PodDraft]:
@@ -564,9 +776,16 @@ class _Reader:
     def read_pod(self, table: Mapping[str, Any], path: str) -> _PodDraft:
         self.check_keys(table, path, POD_KEYS)
         name = self.take(table, path, "name", "a string", REQUIRED)
-        if isinstance(name, str) and (problem := _dns_label_problem(name, POD_NAME_MAX)):
-            name = self.fail(_key(path, "name"), problem)
+        if isinstance(name, str):
+            if problem := _dns_label_problem(name, POD_NAME_MAX):
+                name = self.fail(_key(path, "name"), problem)
+            elif name in RESERVED_POD_NAMES:
+                name = self.fail(
+                    _key(path, "name"), f"{name!r} is reserved: it names the node's host port"
+                )
         ip = self.take_address(table, path, "ip")
+        segment = self.take(table, path, "segment", "a string", model.DEFAULT_SEGMENT)
+        mtu = self.take_int(table, path, "mtu", None, MTU_MIN, MTU_MAX)
 
         labels = self.take_str_map(table, path, "labels")
         if labels is INVALID:
@@ -586,6 +805,8 @@ class _Reader:
             labels=MappingProxyType(dict(labels)),
             ready=ready,
             containers=containers,
+            segment=segment,
+            mtu=mtu,
         )
 
     def read_containers(self, pod: Mapping[str, Any], pod_path: str) -> tuple[Container, ...]:
@@ -719,52 +940,77 @@ class _Reader:
         return ports if valid else INVALID
 
     def check_pod_addresses(
-        self,
-        drafts: Sequence[_PodDraft],
-        cidr: Any,
-        gateway: Any,
-        host_address: Any,
+        self, drafts: Sequence[_PodDraft], segments: Sequence[_SegmentDraft]
     ) -> list[IPv4Address | _Marker]:
-        """Check explicit pod addresses, then allocate the rest; one entry per draft."""
-        if not isinstance(cidr, IPv4Network):
-            return [INVALID] * len(drafts)
-        taken: dict[IPv4Address, str] = {}
-        for address, what in ((gateway, "node.gateway"), (host_address, "host_port.address")):
-            if isinstance(address, IPv4Address):
-                taken[address] = what
-        explicit: dict[IPv4Address, str] = {}
-        result: list[IPv4Address | _Marker] = []
-        for draft in drafts:
-            ip = draft.ip
-            path = _key(draft.path, "ip")
-            if isinstance(ip, IPv4Address):
-                if problem := _address_problem(ip, cidr):
-                    ip = self.fail(path, problem)
-                elif ip in taken:
-                    ip = self.fail(path, f"{ip} is the address of {taken[ip]}")
-                elif ip in explicit:
-                    ip = self.fail(path, f"{ip} is already used at {explicit[ip]}")
-                else:
-                    explicit[ip] = path
-            result.append(INVALID if ip is None else ip)
+        """Resolve each pod's segment, check explicit addresses, allocate the rest.
 
-        reserved = set(taken) | set(explicit)
-        candidates = (address for address in allocation_order(cidr) if address not in reserved)
+        One entry per draft. Each segment allocates on its own, in file order, from its own CIDR.
+        """
+        by_name = {s.name: s for s in segments if isinstance(s.name, str)}
+        # A segment whose name is wrong cannot be found; its pods would only repeat that error.
+        all_named = len(by_name) == len(segments)
+        result: list[IPv4Address | _Marker] = [INVALID] * len(drafts)
+        members: dict[int, list[int]] = {id(s): [] for s in segments}
         for index, draft in enumerate(drafts):
-            if draft.ip is not None:
+            if not isinstance(draft.segment, str):
                 continue
-            address = next(candidates, None)
-            if address is None:
-                result[index] = self.fail(
-                    draft.path, f"no free address left in node.pod_cidr {cidr} for this pod"
-                )
-            else:
-                result[index] = address
+            segment = by_name.get(draft.segment)
+            if segment is None:
+                if all_named:
+                    self.fail(
+                        _key(draft.path, "segment"),
+                        f"unknown segment {draft.segment!r}; segments: {', '.join(by_name)}",
+                    )
+                continue
+            members[id(segment)].append(index)
+
+        for segment in segments:
+            cidr, name = segment.cidr, segment.name
+            if not (isinstance(cidr, IPv4Network) and isinstance(name, str)
+                    and isinstance(segment.gateway, IPv4Address)):
+                continue
+            label = _segment_label(name, cidr)
+            taken = dict(segment.reserved)
+            explicit: dict[IPv4Address, str] = {}
+            for index in members[id(segment)]:
+                draft = drafts[index]
+                ip = draft.ip
+                path = _key(draft.path, "ip")
+                if isinstance(ip, IPv4Address):
+                    if problem := _address_problem(ip, cidr, label):
+                        home = next((s for s in segments if isinstance(s.cidr, IPv4Network)
+                                     and ip in s.cidr and s is not segment), None)
+                        if home is not None and ip not in cidr:
+                            problem += (f" (it is in segment {home.name}; set "
+                                        f"{_key(draft.path, 'segment')} = \"{home.name}\")")
+                        ip = self.fail(path, problem)
+                    elif ip in taken:
+                        ip = self.fail(path, f"{ip} is the address of {taken[ip]}")
+                    elif ip in explicit:
+                        ip = self.fail(path, f"{ip} is already used at {explicit[ip]}")
+                    else:
+                        explicit[ip] = path
+                result[index] = INVALID if ip is None else ip
+
+            reserved = set(taken) | set(explicit)
+            candidates = (a for a in allocation_order(cidr) if a not in reserved)
+            for index in members[id(segment)]:
+                draft = drafts[index]
+                if draft.ip is not None:
+                    continue
+                address = next(candidates, None)
+                if address is None:
+                    result[index] = self.fail(
+                        draft.path, f"no free address left in {label} for this pod"
+                    )
+                else:
+                    result[index] = address
         return result
 
     def build_pod(self, node: str, draft: _PodDraft, ip: Any) -> Pod:
         assert isinstance(draft.name, str) and isinstance(ip, IPv4Address)
-        assert isinstance(draft.ready, bool)
+        assert isinstance(draft.ready, bool) and isinstance(draft.segment, str)
+        assert draft.mtu is None or isinstance(draft.mtu, int)
         return Pod(
             name=draft.name,
             ip=ip,
@@ -774,6 +1020,8 @@ class _Reader:
             labels=draft.labels,
             containers=draft.containers,
             ready=draft.ready,
+            segment=draft.segment,
+            mtu=draft.mtu,
         )
 
     def check_kernel_names(self, pods: Sequence[Pod], drafts: Sequence[_PodDraft]) -> None:

@@ -73,13 +73,14 @@ def _root_networks() -> list[IPv4Network]:
     return taken
 
 
-def random_pod_cidr() -> IPv4Network:
+def random_pod_cidr(avoid: Iterable[IPv4Network] = ()) -> IPv4Network:
     """A /24 inside 10.200.0.0/13 that overlaps nothing already configured on this host.
 
     Overlap would route the test's traffic somewhere it must never go, so a collision is retried
-    rather than tolerated.
+    rather than tolerated. ``avoid`` adds networks the caller has already picked, so that one
+    node's segments (and static routes) get distinct /24s.
     """
-    taken = _root_networks()
+    taken = _root_networks() + list(avoid)
     subnets = TEST_SUPERNET.num_addresses // 256
     for _ in range(64):
         index = random.randrange(subnets)
@@ -104,6 +105,27 @@ class PodSpec:
     name: str
     ip: str | None = None
     containers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    segment: str | None = None  # None: the default segment (node.pod_cidr)
+    mtu: int | None = None  # None: the segment's
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """An extra ``[[segments]]`` entry; its gateway is always the first address (network + 1)."""
+
+    name: str
+    cidr: IPv4Network
+    mtu: int | None = None
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return self.cidr.network_address + 1
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    dst: IPv4Network
+    via: IPv4Address
 
 
 @dataclass(frozen=True)
@@ -118,6 +140,8 @@ class NodeSpec:
     host_port: bool = True
     offloads: bool = True
     mtu: int = 1500
+    segments: tuple[SegmentSpec, ...] = ()
+    routes: tuple[RouteSpec, ...] = ()
 
     @property
     def gateway(self) -> IPv4Address:
@@ -127,16 +151,39 @@ class NodeSpec:
     def host_address(self) -> IPv4Address:
         return self.pod_cidr.broadcast_address - 1
 
+    def segment_cidr(self, segment: str | None) -> IPv4Network:
+        if segment in (None, "default"):
+            return self.pod_cidr
+        return next(s.cidr for s in self.segments if s.name == segment)
+
+    def segment_gateway(self, segment: str | None) -> IPv4Address:
+        return self.segment_cidr(segment).network_address + 1
+
+    def segment_mtu(self, segment: str | None) -> int:
+        if segment in (None, "default"):
+            return self.mtu
+        found = next(s for s in self.segments if s.name == segment)
+        return found.mtu if found.mtu is not None else self.mtu
+
+    def pod_segment(self, pod: str) -> str:
+        return next(p.segment or "default" for p in self.pods if p.name == pod)
+
     def pod_ips(self) -> dict[str, IPv4Address]:
-        """The addresses the contract promises: explicit ones, else network+10, +11, … in order."""
+        """The addresses the contract promises: explicit ones, else network+10, +11, … in order.
+
+        Each segment counts on its own from its own network + 10. The tests never place an
+        explicit address in the automatic range, so skipping taken addresses is not modelled.
+        """
         result: dict[str, IPv4Address] = {}
-        next_auto = 10
+        next_auto: dict[str, int] = {}
         for pod in self.pods:
+            segment = pod.segment or "default"
             if pod.ip is not None:
                 result[pod.name] = IPv4Address(pod.ip)
             else:
-                result[pod.name] = self.pod_cidr.network_address + next_auto
-                next_auto += 1
+                offset = next_auto.get(segment, 10)
+                result[pod.name] = self.segment_cidr(segment).network_address + offset
+                next_auto[segment] = offset + 1
         return result
 
     def netns(self, pod: str) -> str:
@@ -162,10 +209,21 @@ class NodeSpec:
             f"socket = {q(self.socket)}",
             f"state_dir = {q(self.state_dir)}",
         ]
+        for segment in self.segments:
+            lines += ["", "[[segments]]", f"name = {q(segment.name)}",
+                      f"cidr = {q(str(segment.cidr))}"]
+            if segment.mtu is not None:
+                lines.append(f"mtu = {segment.mtu}")
+        for route in self.routes:
+            lines += ["", "[[routes]]", f"dst = {q(str(route.dst))}", f"via = {q(str(route.via))}"]
         for pod in self.pods:
             lines += ["", "[[pods]]", f"name = {q(pod.name)}"]
             if pod.ip is not None:
                 lines.append(f"ip = {q(pod.ip)}")
+            if pod.segment is not None:
+                lines.append(f"segment = {q(pod.segment)}")
+            if pod.mtu is not None:
+                lines.append(f"mtu = {pod.mtu}")
             if pod.containers:
                 rendered = ", ".join(
                     f"{{ name = {q(name)}, command = [{', '.join(q(a) for a in cmd)}] }}"
@@ -337,8 +395,13 @@ class Daemon:
 
     def replace_pods(self, pods: Sequence[PodSpec]) -> None:
         """Rewrite the topology's pods before the first start (pods may depend on the node name)."""
-        assert self.proc is None, "pods can only be replaced before the daemon starts"
-        self.spec = dataclasses.replace(self.spec, pods=tuple(pods))
+        self.update_spec(pods=tuple(pods))
+
+    def update_spec(self, **changes: Any) -> None:
+        """Rewrite any part of the topology before the first start (segments and routes use the
+        node's random CIDRs, so they are chosen after the spec exists)."""
+        assert self.proc is None, "the topology can only be changed before the daemon starts"
+        self.spec = dataclasses.replace(self.spec, **changes)
         self.config_path.write_text(self.spec.render())
         self.known_taps.update(expected_devices(self.config_path))
 

@@ -18,13 +18,29 @@ import pytest
 from vswitch import cli
 
 PODS = [
-    {"name": "web-1", "ip": "10.244.1.2", "mac": "0a:58:0a:f4:01:02", "netns": "vsw-lab1-web-1",
+    {"name": "web-1", "ip": "10.244.1.2", "segment": "default", "mtu": 1500,
+     "mac": "0a:58:0a:f4:01:02", "netns": "vsw-lab1-web-1",
      "netns_path": "/run/netns/vsw-lab1-web-1", "port": 2, "device": "vt-web1-ab12",
      "ready": True, "labels": {"app": "web"},
      "containers": [{"name": "http", "pid": 4242, "state": "running"}]},
-    {"name": "client", "ip": "10.244.1.50", "mac": "0a:58:0a:f4:01:32", "netns": "vsw-lab1-client",
+    {"name": "client", "ip": "10.245.1.50", "segment": "blue", "mtu": 1400,
+     "mac": "0a:58:0a:f5:01:32", "netns": "vsw-lab1-client",
      "netns_path": "/run/netns/vsw-lab1-client", "port": 3, "device": "vt-client-cd34",
      "ready": False, "labels": {}, "containers": []},
+]
+ROUTES = [
+    {"prefix": "10.244.1.0/24", "kind": "connected", "segment": "default", "via": None,
+     "origin": "node.pod_cidr"},
+    {"prefix": "10.245.1.0/24", "kind": "connected", "segment": "blue", "via": None,
+     "origin": "segments[0]"},
+    {"prefix": "192.0.2.0/24", "kind": "static", "segment": "blue", "via": "10.245.1.20",
+     "origin": "routes[0]"},
+]
+NEIGHBORS = [
+    {"segment": "blue", "ip": "10.245.1.10", "mac": "0a:58:0a:f5:01:0a", "state": "reachable",
+     "age_s": 1.25, "queued": 0},
+    {"segment": "blue", "ip": "10.245.1.20", "mac": None, "state": "incomplete", "age_s": 0.5,
+     "queued": 3, "probes": 2},
 ]
 STATUS = {"node": "lab1", "version": "0.1.0", "pid": 77, "config": "/etc/vswitch/vswitchd.toml",
           "accel": "native", "offloads": True, "pods": 2, "ports": 3, "uptime_s": 12.5}
@@ -84,6 +100,8 @@ def daemon(tmp_path):
         "ports": ok([{"id": 1, "name": "host", "rx_packets": 5}, {"id": 2, "name": "web-1",
                                                                 "rx_packets": 12345}]),
         "fdb": ok([]),
+        "routes": ok(ROUTES),
+        "neighbors": ok(NEIGHBORS),
         "trace": ok({"text": "port web-1: udp ...\n  eth-input: ok\n  output client"}),
         "netns": ok({"pod": "web-1", "netns": "vsw-lab1-web-1", "netns_path": "/proc/self/ns/net"}),
     })
@@ -112,10 +130,11 @@ def test_pods_table_is_aligned(daemon, capsys):
     code, out, _ = run_ctl(capsys, "--socket", daemon.path, "pods")
     assert code == 0
     header, first, second = out.splitlines()
-    assert header.split() == ["NAME", "IP", "MAC", "NETNS", "PORT", "DEVICE", "READY",
+    assert header.split() == ["NAME", "IP", "SEGMENT", "MAC", "NETNS", "PORT", "DEVICE", "READY",
                               "CONTAINERS"]
     # Every column starts where its header starts (text) or ends where it ends (numbers).
-    assert first.index("10.244.1.2") == header.index("IP") == second.index("10.244.1.50")
+    assert first.index("10.244.1.2") == header.index("IP") == second.index("10.245.1.50")
+    assert first.index("default") == header.index("SEGMENT") == second.index("blue")
     assert first.index("vsw-lab1-web-1") == header.index("NETNS")
     port_end = header.index("PORT") + len("PORT")
     assert first[port_end - 1] == "2" and second[port_end - 1] == "3"
@@ -129,6 +148,46 @@ def test_json_before_or_after_the_command_prints_exactly_the_result(daemon, caps
     assert code == 0
     assert json.loads(out) == PODS
     assert {"name", "ip", "mac", "netns"} <= set(json.loads(out)[0])
+
+
+def test_pods_json_carries_segment_and_mtu(daemon, capsys):
+    code, out, _ = run_ctl(capsys, "--socket", daemon.path, "pods", "--json")
+    assert code == 0
+    assert [(p["segment"], p["mtu"]) for p in json.loads(out)] == [("default", 1500), ("blue", 1400)]
+
+
+def test_routes_table(daemon, capsys):
+    code, out, _ = run_ctl(capsys, "--socket", daemon.path, "routes")
+    assert code == 0
+    assert out.splitlines() == [
+        "PREFIX         KIND       SEGMENT  VIA          ORIGIN",
+        "10.244.1.0/24  connected  default  -            node.pod_cidr",
+        "10.245.1.0/24  connected  blue     -            segments[0]",
+        "192.0.2.0/24   static     blue     10.245.1.20  routes[0]",
+    ]
+    assert daemon.requests == [{"cmd": "routes", "args": {}}]
+
+
+def test_neighbors_table_shows_extra_fields_after_the_known_ones(daemon, capsys):
+    code, out, _ = run_ctl(capsys, "--socket", daemon.path, "neighbors")
+    assert code == 0
+    header, first, second = out.splitlines()
+    assert header.split() == ["SEGMENT", "IP", "MAC", "STATE", "AGE_S", "QUEUED", "PROBES"]
+    assert first.split() == ["blue", "10.245.1.10", "0a:58:0a:f5:01:0a", "reachable", "1.25", "0", "-"]
+    assert second.split() == ["blue", "10.245.1.20", "-", "incomplete", "0.5", "3", "2"]
+    assert daemon.requests == [{"cmd": "neighbors", "args": {}}]
+
+
+@pytest.mark.parametrize(("command", "expected"), [("routes", ROUTES), ("neighbors", NEIGHBORS)])
+def test_routes_and_neighbors_as_json(daemon, capsys, command, expected):
+    code, out, _ = run_ctl(capsys, "--socket", daemon.path, command, "--json")
+    assert code == 0 and json.loads(out) == expected
+
+
+@pytest.mark.parametrize("command", ["routes", "neighbors"])
+def test_empty_routes_and_neighbors_say_so(daemon, capsys, command):
+    daemon.answers[command] = ok([])
+    assert run_ctl(capsys, "--socket", daemon.path, command)[1] == "(none)\n"
 
 
 def test_ports_table_right_aligns_numbers(daemon, capsys):
@@ -280,6 +339,25 @@ def test_vswitchd_check_accepts_a_good_config(tmp_path):
     path.write_text(GOOD_CONFIG)
     done = run_module("vswitchd", "--check", str(path))
     assert (done.returncode, done.stdout, done.stderr) == (0, f"{path}: ok (2 pods)\n", "")
+
+
+def test_vswitchd_check_counts_segments_and_routes(tmp_path):
+    path = tmp_path / "routed.toml"
+    path.write_text(GOOD_CONFIG + '[[segments]]\nname = "blue"\ncidr = "10.245.1.0/24"\n'
+                    '[[routes]]\ndst = "192.0.2.0/24"\nvia = "10.245.1.20"\n')
+    done = run_module("vswitchd", "--check", str(path))
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, f"{path}: ok (2 pods, 2 segments, 1 static route)\n", "")
+
+
+def test_vswitchd_check_rejects_overlapping_segments_with_the_key_path(tmp_path):
+    path = tmp_path / "overlap.toml"
+    path.write_text(GOOD_CONFIG + '[[segments]]\nname = "blue"\ncidr = "10.244.0.0/16"\n')
+    done = run_module("vswitchd", "--check", str(path))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"vswitchd: config error: {path}: segments[0].cidr: 10.244.0.0/16 "
+                           "overlaps node.pod_cidr 10.244.1.0/24; the CIDRs of a node's segments "
+                           "must be disjoint\n")
 
 
 def test_vswitchd_check_names_the_bad_key_and_exits_2(tmp_path):

@@ -6,24 +6,40 @@ import os
 import socket
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+import time
+
 import pytest
 import trio
 import trio.testing
 
-from vswitch.model import Control, Dataplane, HostPort, Node, Pod, Topology, mac_for_ip
+from vswitch.model import (Control, Dataplane, HostPort, Node, Pod, Segment, Topology,
+                           mac_for_ip)
 from vswitch.runtime.control import (MAX_LINE, ControlCommands, ControlContext, ControlSocketBusy,
                                      prepare_socket_path, serve_control)
 from vswitch.runtime.memory_port import NullSupervisor
 
 
-def make_topology(socket_path: str) -> Topology:
+def make_topology(socket_path: str, *, blue: bool = False) -> Topology:
+    """One pod "a" on the default segment; with ``blue``, a second segment and pod "b" on it."""
     ip = IPv4Address("10.244.1.10")
-    pod = Pod(name="a", ip=ip, mac=mac_for_ip(ip), netns="vsw-c-a", tap="vt-a")
+    pods = [Pod(name="a", ip=ip, mac=mac_for_ip(ip), netns="vsw-c-a", tap="vt-a")]
+    segments: tuple[Segment, ...] = ()
+    if blue:
+        ip_b = IPv4Address("10.245.1.10")
+        pods.append(Pod(name="b", ip=ip_b, mac=mac_for_ip(ip_b), netns="vsw-c-b", tap="vt-b",
+                        segment="blue", mtu=1280))
+        segments = (
+            Segment("default", IPv4Network("10.244.1.0/24"), IPv4Address("10.244.1.1"),
+                    "0a:58:0a:f4:01:01", 1500),
+            Segment("blue", IPv4Network("10.245.1.0/24"), IPv4Address("10.245.1.1"),
+                    "0a:58:0a:f5:01:01", 1400),
+        )
     return Topology(
         source="c.toml",
         node=Node(name="c", pod_cidr=IPv4Network("10.244.1.0/24"),
                   gateway=IPv4Address("10.244.1.1"), gateway_mac="0a:58:0a:f4:01:01"),
-        pods=(pod,),
+        pods=tuple(pods),
+        segments=segments,
         host_port=HostPort(enabled=False, name="vsw-host", mac="0a:58:0a:f4:01:fe",
                            address=IPv4Interface("10.244.1.254/24")),
         dataplane=Dataplane(offloads=False),
@@ -41,6 +57,7 @@ class TraceSwitch:
         self.pending: dict[str, list[dict]] = {}
         self.disarmed: list[str] = []
         self.fail_stats = False
+        self.neighbor_times: list[float] = []
 
     def trace(self, port_name: str, packet: str, now: float) -> dict:
         if not packet.startswith("udp"):
@@ -67,6 +84,15 @@ class TraceSwitch:
 
     def fdb_info(self, now: float) -> list[dict]:
         return []
+
+    def routes_info(self) -> list[dict]:
+        return [{"prefix": "10.244.1.0/24", "kind": "connected", "segment": "default",
+                 "via": None, "origin": "node.pod_cidr"}]
+
+    def neighbors_info(self, now: float) -> list[dict]:
+        self.neighbor_times.append(now)
+        return [{"segment": "default", "ip": IPv4Address("10.244.1.10"), "mac": "0a:58:0a:f4:01:0a",
+                 "state": "reachable", "age_s": 0.5, "queued": 0}]
 
 
 class Client:
@@ -130,7 +156,8 @@ async def test_bad_json_is_answered_and_the_connection_stays_usable(client):
     ({}, "no \"cmd\""),
     ({"cmd": 7}, "no \"cmd\""),
     ({"cmd": "status", "args": [1]}, "\"args\" must be a JSON object"),
-    ({"cmd": "reboot"}, "unknown command 'reboot'; known: fdb, netns, pods, ports, stats, status"),
+    ({"cmd": "reboot"}, "unknown command 'reboot'; known: fdb, neighbors, netns, pods, ports, "
+                        "routes, stats, status"),
     ({"cmd": "netns"}, "missing argument 'pod'"),
     ({"cmd": "netns", "args": {"pod": "zz"}}, "no pod named 'zz'; pods: a"),
     ({"cmd": "trace", "args": {"packet": "udp"}}, "missing argument 'port'"),
@@ -240,3 +267,33 @@ def test_stale_socket_is_removed_and_other_files_are_refused(tmp_path):
     with pytest.raises(ControlSocketBusy, match="not a socket"):
         prepare_socket_path(path)
     assert os.path.exists(path)
+
+
+async def test_routes_are_the_switch_table(client):
+    answer = await client.ask({"cmd": "routes"})
+    assert answer == {"ok": True, "result": [
+        {"prefix": "10.244.1.0/24", "kind": "connected", "segment": "default", "via": None,
+         "origin": "node.pod_cidr"}]}
+
+
+async def test_neighbors_are_read_at_the_current_time(client, switch):
+    before = time.monotonic()
+    answer = await client.ask({"cmd": "neighbors"})
+    assert answer["ok"] is True
+    # An address object in a row is rendered as text rather than failing the whole answer.
+    assert answer["result"][0]["ip"] == "10.244.1.10"
+    assert answer["result"][0]["state"] == "reachable"
+    assert len(switch.neighbor_times) == 1
+    assert before <= switch.neighbor_times[0] <= time.monotonic()
+
+
+async def test_pods_and_status_show_segments_and_mtus(socket_path, switch):
+    topology = make_topology(socket_path, blue=True)
+    context = ControlContext(topology=topology, switch=switch, supervisor=NullSupervisor(),
+                             netns_path=str, port_ids={"a": 1, "b": 2})
+    commands = ControlCommands(context)
+    pods = await commands.dispatch({"cmd": "pods"})
+    assert [(p["name"], p["segment"], p["mtu"]) for p in pods] == [
+        ("a", "default", 1500), ("b", "blue", 1280)]
+    status = await commands.dispatch({"cmd": "status"})
+    assert (status["segments"], status["static_routes"], status["accel"]) == (2, 0, "pure")

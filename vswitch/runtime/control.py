@@ -94,6 +94,8 @@ class ControlCommands:
             "pods": self.pods,
             "ports": self.ports,
             "fdb": self.fdb,
+            "routes": self.routes,
+            "neighbors": self.neighbors,
             "stats": self.stats,
             "trace": self.trace,
             "netns": self.netns,
@@ -129,6 +131,8 @@ class ControlCommands:
             "accel": ctx.switch.accel_name,
             "offloads": ctx.topology.dataplane.offloads,
             "pods": len(ctx.topology.pods),
+            "segments": len(ctx.topology.all_segments()),
+            "static_routes": len(ctx.topology.routes),
             "ports": len(ctx.port_ids),
             "uptime_s": round(time.monotonic() - ctx.started, 3),
             "runtime_errors": ctx.errors.snapshot(),
@@ -140,6 +144,8 @@ class ControlCommands:
             {
                 "name": pod.name,
                 "ip": str(pod.ip),
+                "segment": pod.segment,
+                "mtu": ctx.topology.pod_mtu(pod),
                 "mac": pod.mac,
                 "netns": pod.netns,
                 "netns_path": ctx.netns_path(pod.netns),
@@ -157,6 +163,14 @@ class ControlCommands:
 
     async def fdb(self, args: Mapping[str, Any]) -> list[dict]:
         return self.context.switch.fdb_info(time.monotonic())
+
+    async def routes(self, args: Mapping[str, Any]) -> list[dict]:
+        """The router's table: rows with prefix, kind (connected/static), segment, via, origin."""
+        return self.context.switch.routes_info()
+
+    async def neighbors(self, args: Mapping[str, Any]) -> list[dict]:
+        """Resolved and pending next hops: segment, ip, mac, state, age_s, queued."""
+        return self.context.switch.neighbors_info(time.monotonic())
 
     async def stats(self, args: Mapping[str, Any]) -> dict:
         return self.context.switch.statistics()

@@ -7,11 +7,16 @@ step is complete before the next one begins:
 
 1. open the kernel side and remove what a crashed earlier run left behind;
 2. create the host port (if enabled) and every pod (namespace + TAP), register each as a switch
-   port: ids 1..N, host port first, so ids are stable for a given topology;
-3. start one task per port, then the timer task;
-4. start the containers of each pod (they find their network already in place);
-5. start the control socket;
-6. only then log "ready" and send ``READY=1`` to systemd, so that "ready" means every pod can
+   port: ids 1..N, host port first, so ids are stable for a given topology. Each port carries
+   the index of its segment (the host port is on the default one, 0) and its MTU, which the
+   router needs to pick the egress and to send "fragmentation needed";
+3. with the host port up, route every other segment and every static route's prefix from the
+   host into the host port via the default gateway, so the node reaches all of its pods through
+   the router as it reaches the default segment through the switch;
+4. start one task per port, then the timer task;
+5. start the containers of each pod (they find their network already in place);
+6. start the control socket;
+7. only then log "ready" and send ``READY=1`` to systemd, so that "ready" means every pod can
    already talk and vswitchctl already answers.
 
 It runs until SIGTERM or SIGINT (SIGHUP is acknowledged but reload does not exist yet). Shutdown is
@@ -31,12 +36,13 @@ import math
 import os
 import signal
 import time
+from ipaddress import IPv4Network
 from typing import Any, AsyncContextManager, Callable, Iterator
 
 import trio
 
 from vswitch.core.ports import PortKind, PortSpec
-from vswitch.model import Topology
+from vswitch.model import DEFAULT_SEGMENT, Topology
 from vswitch.runtime import sdnotify
 from vswitch.runtime.control import (ControlCommands, ControlContext, prepare_socket_path,
                                      serve_control)
@@ -89,12 +95,29 @@ def port_specs(topology: Topology) -> Iterator[tuple[PortSpec, Any]]:
     host = topology.host_port
     if host.enabled:
         yield PortSpec(id=next_id, name="host", kind=PortKind.HOST, mac=host.mac, ip=host.address.ip,
-                       vnet_hdr=dataplane.offloads, mtu=node.mtu, device=host.name), None
+                       vnet_hdr=dataplane.offloads, mtu=node.mtu, device=host.name,
+                       segment=topology.segment_index(DEFAULT_SEGMENT)), None
         next_id += 1
     for pod in topology.pods:
         yield PortSpec(id=next_id, name=pod.name, kind=PortKind.POD, mac=pod.mac, ip=pod.ip,
-                       vnet_hdr=dataplane.offloads, mtu=node.mtu, device=pod.tap), pod
+                       vnet_hdr=dataplane.offloads, mtu=topology.pod_mtu(pod), device=pod.tap,
+                       segment=topology.segment_index(pod.segment)), pod
         next_id += 1
+
+
+def host_route_destinations(topology: Topology) -> list[IPv4Network]:
+    """Prefixes the node itself must send into the host port: other segments, static routes.
+
+    The default segment needs no route: the host port's address gives the kernel a connected
+    route to it. A static default route (0.0.0.0/0) is left out: the host's own default route is
+    not the daemon's to replace, and the kernel would refuse a second one anyway.
+    """
+    if not topology.host_port.enabled:
+        return []
+    destinations = [segment.cidr for segment in topology.all_segments()
+                    if segment.name != DEFAULT_SEGMENT]
+    destinations += [route.dst for route in topology.routes if route.dst.prefixlen > 0]
+    return destinations
 
 
 async def run_timer(switch: Any, ports: dict[int, Port], errors: RuntimeErrors, *,
@@ -188,6 +211,9 @@ async def run_daemon(topology: Topology, *,
                         port_ids[spec.name] = spec.id
                         log.info("port %d: %s (%s, %s, %s)", spec.id, spec.name, spec.device,
                                  spec.ip, spec.mac)
+
+                    for destination in host_route_destinations(topology):
+                        await kernel.add_host_route(destination, topology.node.gateway)
 
                     for port in ports.values():
                         await nursery.start(port.run, switch, ports, errors)

@@ -12,8 +12,10 @@ A pod is built in this order, each step undone if a later one fails:
 1. journal the namespace and the TAP's host-side name;
 2. create the named namespace;
 3. open the TAP in the root namespace (the daemon keeps its fd; the device lives as long as it);
-4. move the TAP into the namespace, rename it eth0, set MAC and MTU, add the pod IP with the pod
-   CIDR's prefix length, bring eth0 and lo up, add the default route via the node gateway.
+4. move the TAP into the namespace, rename it eth0, set MAC and MTU, add the pod IP with the
+   prefix length of the pod's segment, bring eth0 and lo up, add the default route via that
+   segment's gateway. The pod's MTU is its own if the topology sets one, else its segment's; the
+   router relies on it to tell a too-big packet from a fitting one.
 
 Removal runs the other way: kill what runs in the namespace, delete eth0, unmount the namespace,
 erase the journal entries. Every removal step treats "already gone" as success, which is what
@@ -25,7 +27,8 @@ Rules:
 * Leaving ``Kernel.open`` tears down whatever is still journalled, even on error or cancellation,
   so only a killed process leaves objects behind, and the journal then names them.
 * Host routes (``add_host_route``) go through the host TAP and disappear with it; they are not
-  journalled because removing the TAP is what removes them.
+  journalled because removing the TAP is what removes them. ``teardown`` still deletes them
+  first, so that a host port that outlives a failed teardown does not keep routing into nothing.
 """
 from __future__ import annotations
 
@@ -37,9 +40,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import AsyncIterator
 
 import trio
+from pyroute2 import NetlinkError
 from pyroute2 import netns as pyroute2_netns
 
-from vswitch.model import HostPort, Node, Pod, Topology
+from vswitch.model import HostPort, Pod, Segment, Topology
 from vswitch.runtime.journal import Journal, NodeLock
 from vswitch.runtime.netlink import NetlinkSession, NetlinkWorker
 from vswitch.runtime.netns import kill_netns_processes, netns_exists, remove_netns_mount
@@ -81,7 +85,8 @@ class NodeObjects:
         self.node = node
         self.journal = Journal(state_dir, node)
 
-    def create_pod(self, session: NetlinkSession, pod: Pod, node: Node, vnet_hdr: bool) -> int:
+    def create_pod(self, session: NetlinkSession, pod: Pod, segment: Segment, mtu: int,
+                   vnet_hdr: bool) -> int:
         self.journal.record_netns(pod.netns)
         if netns_exists(pod.netns):
             # Left journalled on purpose: it is a leftover, and the next cleanup should see it.
@@ -94,9 +99,9 @@ class NodeObjects:
             pyroute2_netns.create(pod.netns)
             fd = open_tap(pod.tap, vnet_hdr)
             session.move_link_to_netns(pod.tap, pod.netns)
-            address = IPv4Interface(f"{pod.ip}/{node.pod_cidr.prefixlen}")
-            session.configure_pod_link(pod.netns, pod.tap, pod.mac, address, node.mtu,
-                                       node.gateway)
+            address = IPv4Interface(f"{pod.ip}/{segment.cidr.prefixlen}")
+            session.configure_pod_link(pod.netns, pod.tap, pod.mac, address, mtu,
+                                       segment.gateway)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
@@ -104,8 +109,9 @@ class NodeObjects:
             session.delete_link(pod.tap)
             self.journal.erase_tap(pod.tap)
             raise
-        log.info("pod %s: namespace %s, %s (tap %s) %s/%d mtu %d", pod.name, pod.netns,
-                 POD_IFNAME, pod.tap, pod.ip, node.pod_cidr.prefixlen, node.mtu)
+        log.info("pod %s: namespace %s, %s (tap %s) %s/%d via %s mtu %d (segment %s)", pod.name,
+                 pod.netns, POD_IFNAME, pod.tap, pod.ip, segment.cidr.prefixlen, segment.gateway,
+                 mtu, segment.name)
         return fd
 
     def delete_pod(self, session: NetlinkSession, pod: Pod) -> list[str]:
@@ -213,8 +219,10 @@ class Kernel:
     async def create_pod(self, pod: Pod) -> int:
         """Build the pod's namespace and eth0; return the TAP fd, which the caller owns."""
         self._check_open()
-        return await self._worker.run(self._objects.create_pod, pod, self.topology.node,
-                                      self.topology.dataplane.offloads)
+        topology = self.topology
+        return await self._worker.run(self._objects.create_pod, pod,
+                                      topology.segment(pod.segment), topology.pod_mtu(pod),
+                                      topology.dataplane.offloads)
 
     async def delete_pod(self, pod: Pod) -> None:
         self._check_open()
@@ -237,8 +245,16 @@ class Kernel:
     async def add_host_route(self, dst: IPv4Network, via: IPv4Address | None) -> None:
         """Route ``dst`` in the root namespace through the host TAP (via ``via`` if given)."""
         self._check_open()
-        await self._worker.run(_add_route, dst, self.topology.host_port.name, via)
+        device = self.topology.host_port.name
+        try:
+            await self._worker.run(_add_route, dst, device, via)
+        except NetlinkError as exc:
+            # EEXIST is the likely one: the host already routes this prefix elsewhere, and
+            # replacing a route we did not make is not ours to do.
+            raise KernelError(f"cannot route {dst} via {via} on {device} in the host: "
+                              f"{os.strerror(exc.code) if exc.code else exc}") from None
         self._host_routes.append(dst)
+        log.info("host route %s via %s dev %s", dst, via, device)
 
     async def teardown(self) -> None:
         """Remove every journalled object of this node; safe to call again and when cancelled."""
