@@ -67,6 +67,7 @@ class Container:
 
 
 DEFAULT_SEGMENT = "default"  # the segment made of [node] pod_cidr
+UPLINK_SEGMENT = "uplink"  # the router's leg towards the outside world
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,24 @@ class Topology:
             return self.segments
         node = self.node
         return (Segment(DEFAULT_SEGMENT, node.pod_cidr, node.gateway, node.gateway_mac, node.mtu),)
+
+    def uplink_segment(self) -> Segment | None:
+        """The uplink as a segment of the router: its network, with the node's external address
+        in the place of a gateway (the daemon owns it, answers ARP and ping for it). Its index is
+        ``len(all_segments())``; pods never attach to it."""
+        uplink = self.uplink
+        if uplink is None:
+            return None
+        return Segment(UPLINK_SEGMENT, uplink.address.network, uplink.address.ip, uplink.mac,
+                       uplink.mtu)
+
+    def uplink_segment_index(self) -> int | None:
+        return None if self.uplink is None else len(self.all_segments())
+
+    def router_segments(self) -> tuple[Segment, ...]:
+        """Every segment the router has a leg in: the pod segments, then the uplink's."""
+        uplink = self.uplink_segment()
+        return self.all_segments() + ((uplink,) if uplink is not None else ())
 
     def segment(self, name: str) -> Segment:
         for segment in self.all_segments():

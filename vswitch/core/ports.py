@@ -12,6 +12,7 @@ class PortKind(enum.Enum):
     POD = "pod"  # a pod's eth0; port security pins its MAC and IP
     HOST = "host"  # the node's own TAP in the root namespace; pinned the same way
     MEMORY = "memory"  # an in-process test port; behaves like a pod port
+    UPLINK = "uplink"  # the node's port to the outside world; any source may arrive on it
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,9 @@ Theory of operation
 from __future__ import annotations
 
 import math
+import random
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from collections import Counter as _Tally
 from types import ModuleType
 from typing import Sequence
@@ -30,14 +31,16 @@ from vswitch.core.flow_cache import CacheEntry, FlowCache
 from vswitch.core.ports import PortSpec
 from vswitch.core.trace import Trace
 from vswitch.core.verdict import Drop, Forward, Hold, Reply
-from vswitch.model import Topology, mac_for_ip
+from vswitch.model import DEFAULT_CONNTRACK_MAX, Topology, mac_for_ip
 from vswitch.pipeline import graph, ip4_icmp_error, ip4_neighbor, routed_frames
-from vswitch.pipeline.context import Env, Packet, SegmentInfo
+from vswitch.pipeline.context import Env, NatContext, Packet, SegmentInfo
 from vswitch.pipeline.ip4_rewrite import decrement_ttl
+from vswitch.tables.conntrack import ConntrackTable
 from vswitch.tables.fdb import Fdb
 from vswitch.tables.fib import Fib, Route, RouteKind
 from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
 from vswitch.tables.neighbors import NeighborState, NeighborTable
+from vswitch.tables.services import ServiceTable
 from vswitch.wire import headers as h
 from vswitch.wire.addresses import BROADCAST_MAC, ip_text, mac_bytes, mac_text
 from vswitch.wire.text import build_frame, parse_packet
@@ -47,23 +50,39 @@ _PENDING_TRACE_LIMIT = 1000
 
 class Switch:
     def __init__(self, topology: Topology, accel: ModuleType | None = None,
-                 flow_cache_capacity: int = 65536):
+                 flow_cache_capacity: int = 65536, rng_seed: int = 0):
         self.topology = topology
         self.accel = accel if accel is not None else _accel.load(topology.dataplane.accel)
         self.accel_name: str = self.accel.NAME
         self.segments = [
             SegmentInfo(i, seg.name, seg.cidr, seg.gateway.packed, mac_bytes(seg.gateway_mac),
                         seg.mtu)
-            for i, seg in enumerate(topology.all_segments())
+            for i, seg in enumerate(topology.router_segments())
         ]
         self.fdb = Fdb(topology.dataplane.fdb_aging, topology.dataplane.mac_limit)
         self.fib = Fib(self.accel)
         for seg in self.segments:
             self.fib.add(Route(seg.cidr, RouteKind.CONNECTED, seg.index,
                                origin=f"segment {seg.name}"))
+        uplink = topology.uplink
+        if uplink is not None:
+            self.fib.add(Route(IPv4Network("0.0.0.0/0"), RouteKind.STATIC,
+                               topology.uplink_segment_index(), uplink.gateway, origin="uplink"))
         for index, static in enumerate(topology.routes):
             self.fib.add(Route(static.dst, RouteKind.STATIC, topology.segment_index(static.segment),
                                static.via, origin=f"routes[{index}]"))
+        cluster = topology.cluster
+        self.conntrack = ConntrackTable(cluster.conntrack_max if cluster else DEFAULT_CONNTRACK_MAX)
+        node_address = uplink.address.ip.packed if uplink is not None else None
+        # The seed makes a run reproducible; the daemon passes a random one.
+        self.services = ServiceTable(random.Random(rng_seed),
+                                     [node_address] if node_address else [])
+        self.nat = NatContext(
+            self.conntrack, self.services,
+            cluster_cidr=cluster.cidr if cluster else topology.node.pod_cidr,
+            hairpin_address=cluster.hairpin_address.packed if cluster else None,
+            uplink_segment=topology.uplink_segment_index(), node_address=node_address)
+        self._conntrack_evictions = 0
         self.neighbors = NeighborTable()
         self.icmp_limiter = IcmpRateLimiter()
         self.flow_cache = FlowCache(flow_cache_capacity)
@@ -83,7 +102,8 @@ class Switch:
         self._env = Env(fdb=self.fdb, fib=self.fib, neighbors=self.neighbors,
                         icmp_limiter=self.icmp_limiter, ports=self.ports, segments=self.segments,
                         segment_ports=self._segment_ports, accel=self.accel,
-                        counters=self.counters)
+                        counters=self.counters, nat=self.nat)
+        self.program(topology.pods, topology.services, 0.0)
 
     # -- ports ------------------------------------------------------------------------------
 
@@ -129,7 +149,7 @@ class Switch:
     def _generation(self) -> int:
         # Each part only ever grows, so the sum changes whenever any of them does.
         return (self.fdb.generation + self.fib.generation + self.neighbors.generation
-                + self._config_generation)
+                + self.nat.generation + self._config_generation)
 
     def process_batch(self, port_id: int, frames: Sequence[bytes], now: float) -> list[Transmit]:
         out: list[Transmit] = []
@@ -274,6 +294,10 @@ class Switch:
 
     def handle_timer(self, now: float) -> list[Transmit]:
         self.fdb.expire(now)
+        for entry in self.conntrack.expire(now):
+            self.nat.untrack_pair(entry)
+        self._resync_reply_pairs()
+        self.services.expire(now)
         env = self._env
         env.now = now
         out: list[Transmit] = []
@@ -296,7 +320,8 @@ class Switch:
         return out
 
     def next_deadline(self) -> float:
-        deadlines = [d for d in (self.fdb.next_expiry(), self.neighbors.next_deadline())
+        deadlines = [d for d in (self.fdb.next_expiry(), self.neighbors.next_deadline(),
+                                 self.conntrack.next_deadline(), self.services.next_deadline())
                      if d is not None]
         return min(deadlines, default=math.inf)
 
@@ -396,6 +421,9 @@ class Switch:
             "neighbors": {"entries": len(self.neighbors), "generation": self.neighbors.generation,
                           "queue_overflow_drops": self.neighbors.overflow_drops},
             "icmp_rate_limited": self.icmp_limiter.limited,
+            "conntrack": self.conntrack.statistics(),
+            "services": {"programmed": len(self.services), "generation": self.services.generation,
+                         "affinity_entries": self.services.affinity_count()},
             "unknown_port_frames": self.unknown_port_frames,
             "descriptions": {"stages": self.counters.descriptions(),
                              "dispositions": {counter_name(d): d.value for d in Disposition}},
@@ -433,6 +461,100 @@ class Switch:
                 return str(spec.ip)
         return None
 
+
+    # -- services and connection tracking ---------------------------------------------------------
+
+    def program(self, pods, services, now: float) -> dict:
+        """Re-program services from the desired state; connections to backends or frontends that
+        are gone are flushed at once (a fixed-port UDP client then reaches a live backend on its
+        next datagram, instead of a black hole until its entry times out)."""
+        result = self.services.program(services, pods)
+        flushed = 0
+        for _, port, backend in result.removed:
+            proto = 6 if port.protocol.lower() == "tcp" else 17
+            flushed += self._flush(lambda e: e.dnat == (backend.ip, backend.port)
+                                   and e.original.proto == proto)
+        for proto, ip, port in result.removed_frontends:
+            flushed += self._flush(lambda e: e.dnat is not None and e.original.proto == proto
+                                   and e.original.dst == ip and e.original.dport == port)
+        if result.changed:
+            self._config_generation += 1
+        return {"generation": result.generation, "changed": result.changed,
+                "removed_endpoints": len(result.removed), "added_endpoints": len(result.added),
+                "flushed_connections": flushed, "conflicts": list(result.conflicts)}
+
+    def _flush(self, predicate) -> int:
+        gone = []
+
+        def collect(entry) -> bool:
+            if predicate(entry):
+                gone.append(entry)
+                return True
+            return False
+
+        count = self.conntrack.flush(collect)
+        for entry in gone:
+            self.nat.untrack_pair(entry)
+        return count
+
+    def _resync_reply_pairs(self) -> None:
+        """Entries evicted when the table was full left their address pairs counted; recount."""
+        evictions = self.conntrack.statistics()["evictions"]
+        if evictions == self._conntrack_evictions:
+            return
+        self._conntrack_evictions = evictions
+        pairs: dict = {}
+        for entry in self.conntrack.entries():
+            if entry.dnat is not None or entry.snat is not None:
+                pair = (entry.reply.src, entry.reply.dst)
+                pairs[pair] = pairs.get(pair, 0) + 1
+        self.nat.reply_pairs.clear()
+        self.nat.reply_pairs.update(pairs)
+
+    def services_info(self) -> list[dict]:
+        return self.services.services_info()
+
+    def endpoints_info(self) -> list[dict]:
+        return self.services.endpoints_info()
+
+    def affinity_info(self, now: float) -> list[dict]:
+        return self.services.affinity_info(now)
+
+    def _conntrack_filter(self, filters: dict[str, str]):
+        known = {"proto", "src", "dst", "sport", "dport", "service", "state", "kind"}
+        unknown = set(filters) - known
+        if unknown:
+            raise ValueError(f"unknown conntrack filter {', '.join(sorted(unknown))}; "
+                             f"use {', '.join(sorted(known))}")
+        names = {1: "icmp", 6: "tcp", 17: "udp"}
+
+        def matches(entry) -> bool:
+            o = entry.original
+            values = {"proto": names.get(o.proto, str(o.proto)), "src": ip_text(o.src),
+                      "dst": ip_text(o.dst), "sport": str(o.sport), "dport": str(o.dport),
+                      "service": str(entry.labels.get("service", "")),
+                      "state": entry.tcp_state.name if o.proto == 6 else
+                      ("REPLIED" if entry.replied else "UNREPLIED"),
+                      "kind": str(entry.labels.get("kind", ""))}
+            for key, wanted in filters.items():
+                value = values[key]
+                if key == "service" and "/" not in wanted:
+                    value = value.split("/", 1)[-1]
+                if value.lower() != str(wanted).lower():
+                    return False
+            return True
+
+        return matches
+
+    def conntrack_info(self, now: float, filters: dict[str, str] | None = None) -> list[dict]:
+        matches = self._conntrack_filter(filters or {})
+        rows = [e.as_dict(now) for e in self.conntrack.entries() if matches(e)]
+        return rows
+
+    def conntrack_flush(self, filters: dict[str, str] | None = None) -> int:
+        count = self._flush(self._conntrack_filter(filters or {}))
+        self._config_generation += 1
+        return count
 
     def routes_info(self) -> list[dict]:
         return [{"prefix": str(r.prefix), "kind": r.kind.value,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from types import ModuleType
@@ -11,10 +12,12 @@ from vswitch.core.counters import StageCounters, counter_name
 from vswitch.core.ports import PortSpec
 from vswitch.core.trace import Trace
 from vswitch.core.verdict import Drop
+from vswitch.tables.conntrack import ConntrackTable
 from vswitch.tables.fdb import Fdb, FdbEntry
 from vswitch.tables.fib import Fib, Route
 from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
 from vswitch.tables.neighbors import Neighbor, NeighborTable
+from vswitch.tables.services import ServiceTable
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,41 @@ class SegmentInfo:
     mtu: int
 
 
+class NatContext:
+    """What the NAT stages need besides the routing tables. The switch fills it in; a topology
+    without services or uplink leaves the defaults (no services, no masquerade)."""
+
+    def __init__(self, conntrack: ConntrackTable | None = None,
+                 services: ServiceTable | None = None, cluster_cidr: IPv4Network | None = None,
+                 hairpin_address: bytes | None = None, uplink_segment: int | None = None,
+                 node_address: bytes | None = None):
+        self.conntrack = conntrack if conntrack is not None else ConntrackTable()
+        self.services = services if services is not None else ServiceTable(random.Random(0))
+        self.cluster_cidr = cluster_cidr
+        self.hairpin_address = hairpin_address
+        self.uplink_segment = uplink_segment
+        self.node_address = node_address
+        # (source, destination) address pairs that replies of translated connections carry:
+        # L2 traffic between such a pair must go through conntrack, and is never cached.
+        self.reply_pairs: dict[tuple[bytes, bytes], int] = {}
+        self.generation = 0
+
+    def track_pair(self, entry) -> None:
+        pair = (entry.reply.src, entry.reply.dst)
+        count = self.reply_pairs.get(pair, 0)
+        if not count:
+            self.generation += 1  # cached decisions about this pair may now be wrong
+        self.reply_pairs[pair] = count + 1
+
+    def untrack_pair(self, entry) -> None:
+        pair = (entry.reply.src, entry.reply.dst)
+        count = self.reply_pairs.get(pair, 0)
+        if count <= 1:
+            self.reply_pairs.pop(pair, None)
+        else:
+            self.reply_pairs[pair] = count - 1
+
+
 class Packet:
     """One received frame and what the stages have learned about it so far.
 
@@ -38,7 +76,8 @@ class Packet:
 
     __slots__ = ("port", "data", "l2", "vnet", "eth", "l3", "arp", "ip", "trace",
                  "cacheable", "src_entry", "dst_entry", "route", "neighbor", "egress_mtu",
-                 "icmp_error", "pending_drop", "out_packets", "rewrite")
+                 "icmp_error", "pending_drop", "out_packets", "rewrite", "ip_packet", "ct",
+                 "flow", "flow_checked", "tcp_flags", "l2_out")
 
     def __init__(self, port: PortSpec, data: bytes, l2: int, trace: Trace | None = None):
         self.port = port
@@ -63,6 +102,13 @@ class Packet:
         self.pending_drop: Drop | None = None
         self.out_packets: list[bytes] = []  # IPv4 packets (rewritten, maybe fragments) to send
         self.rewrite: bytes | None = None  # new Ethernet dst+src for a cacheable routed decision
+        # Connection tracking and NAT, filled in by the conntrack stages.
+        self.ip_packet: bytes | None = None  # the IPv4 packet after NAT (None: as received)
+        self.ct: Any = None  # (conntrack Entry, Direction) once the packet is tracked
+        self.flow: Any = None  # its FlowTuple, once computed
+        self.flow_checked = False
+        self.tcp_flags: int | None = None
+        self.l2_out: int | None = None  # the port l2-forward chose, for l2-conntrack
 
     @property
     def frame(self) -> bytes:
@@ -81,7 +127,8 @@ class Env:
     def __init__(self, *, fdb: Fdb, fib: Fib, neighbors: NeighborTable,
                  icmp_limiter: IcmpRateLimiter, ports: dict[int, PortSpec],
                  segments: list[SegmentInfo], segment_ports: dict[int, tuple[int, ...]],
-                 accel: ModuleType, counters: StageCounters, commit: bool = True):
+                 accel: ModuleType, counters: StageCounters, commit: bool = True,
+                 nat: NatContext | None = None):
         self.fdb = fdb
         self.fib = fib
         self.neighbors = neighbors
@@ -93,13 +140,22 @@ class Env:
         self.accel = accel
         self.counters = counters
         self.commit = commit
+        self.nat = nat if nat is not None else NatContext()
         self.now = 0.0
+
+    @property
+    def conntrack(self) -> ConntrackTable:
+        return self.nat.conntrack
+
+    @property
+    def services(self) -> ServiceTable:
+        return self.nat.services
 
     def dry_run_copy(self, counters: StageCounters) -> "Env":
         env = Env(fdb=self.fdb, fib=self.fib, neighbors=self.neighbors,
                   icmp_limiter=self.icmp_limiter, ports=self.ports, segments=self.segments,
                   segment_ports=self.segment_ports, accel=self.accel, counters=counters,
-                  commit=False)
+                  commit=False, nat=self.nat)
         env.now = self.now
         return env
 

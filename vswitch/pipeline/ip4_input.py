@@ -1,18 +1,19 @@
 """ip4-input: the router's front door for IPv4 addressed to a gateway MAC.
 
-It verifies the header checksum (a router must not forward a corrupted header), hands packets for
-one of the gateway addresses to ip4-local, and refuses to route what must never be routed:
-broadcast and multicast destinations, and sources that are not a unicast host address.
+It verifies the header checksum (a router must not forward a corrupted header) and refuses to
+route what must never be routed: broadcast and multicast destinations, and sources that are not a
+unicast host address. Everything else goes to connection tracking first, even packets for the
+node's own addresses: a NodePort connection or a reply to a masqueraded one is addressed to the
+node and must be translated before anyone decides it is local.
 """
 from __future__ import annotations
 
 import enum
 
 from vswitch.pipeline.context import Env, Packet
-from vswitch.wire.addresses import ip_text
 
 NAME = "ip4-input"
-NEXT = ("ip4-local", "ip4-lookup")
+NEXT = ("ip4-conntrack",)
 
 
 class Counter(enum.Enum):
@@ -33,10 +34,6 @@ def process(pkt: Packet, env: Env):
     header = pkt.data[pkt.l3: pkt.l3 + ip.ihl * 4]
     if env.accel.checksum(header) != 0:
         return env.drop(pkt, Counter.BAD_CHECKSUM)
-    if ip.dst in env.local_ips:
-        if pkt.trace is not None:
-            pkt.trace.note(NAME, f"{ip_text(ip.dst)} is a gateway address of this node")
-        return "ip4-local"
     if _not_routable(ip.dst, env) or _not_routable(ip.src, env):
         return env.drop(pkt, Counter.NOT_ROUTABLE)
-    return "ip4-lookup"
+    return "ip4-conntrack"

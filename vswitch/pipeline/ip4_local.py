@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 
 from vswitch.core.verdict import Reply
+from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.wire import builders, headers as h
 from vswitch.wire.addresses import ip_text
@@ -36,8 +37,7 @@ def process(pkt: Packet, env: Env):
         return "ip4-icmp-error"
     if ip.protocol != h.IpProto.ICMP:
         return env.drop(pkt, Counter.UNSUPPORTED_PROTOCOL)
-    start = pkt.l3 + ip.ihl * 4
-    icmp_bytes = pkt.data[start: pkt.l3 + ip.total_length]
+    icmp_bytes = tracked_flows.current_packet(pkt)[ip.ihl * 4:]
     if len(icmp_bytes) < h.ICMP_HEADER_LEN or env.accel.checksum(icmp_bytes) != 0:
         return env.drop(pkt, Counter.BAD_ICMP)
     icmp = h.ICMP.parse(icmp_bytes)

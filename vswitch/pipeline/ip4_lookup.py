@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import enum
 
+from vswitch.pipeline import ip4_masquerade
 from vswitch.pipeline.context import Env, Packet
 from vswitch.wire import headers as h
 from vswitch.wire.addresses import ip_text
 
 NAME = "ip4-lookup"
-NEXT = ("ip4-rewrite", "ip4-icmp-error")
+NEXT = ("ip4-rewrite", "ip4-masquerade", "ip4-icmp-error")
 
 
 class Counter(enum.Enum):
@@ -36,4 +37,6 @@ def process(pkt: Packet, env: Env):
         segment = env.segments[route.segment].name
         pkt.trace.note(NAME, f"{ip_text(pkt.ip.dst)} matches {route.describe()} "
                              f"(segment {segment}, from {route.origin}){why}")
+    if ip4_masquerade.applies(pkt, env):
+        return "ip4-masquerade"
     return "ip4-rewrite"

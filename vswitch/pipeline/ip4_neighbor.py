@@ -4,7 +4,8 @@ The next hop's MAC comes from the neighbour table. Unknown next hops are resolve
 segment's gateway while the packet waits in a bounded per-neighbour queue (see
 ``vswitch.tables.neighbors``); a stale entry keeps forwarding and is re-probed. The frame's source
 MAC is the egress segment's gateway MAC, so the receiver sees the router as its previous hop.
-A decision is cacheable when it is a single packet to a reachable neighbour whose port is known.
+A decision is cacheable when it is a single packet to a reachable neighbour whose port is known,
+of no translated connection and between addresses no translated connection's replies use.
 """
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def process(pkt: Packet, env: Env):
                          f"({entry.state.value}); source MAC {mac_text(segment.gateway_mac)}; "
                          f"out of {where}")
     if (not fragmented and fdb_entry is not None and entry.state is NeighborState.REACHABLE
-            and pkt.src_entry is not None and not actions[:-1]):
+            and pkt.src_entry is not None and not actions[:-1] and pkt.ct is None
+            and (pkt.ip.src, pkt.ip.dst) not in env.nat.reply_pairs):
         pkt.cacheable = True
         pkt.dst_entry = fdb_entry
         pkt.neighbor = entry

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import struct
 
+from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.wire import headers as h
 
@@ -110,9 +111,8 @@ def process(pkt: Packet, env: Env):
     mtu = segment.mtu
     size = wire_length(pkt)
     header_len = ip.ihl * 4
-    packet_end = pkt.l3 + ip.total_length  # drops any Ethernet padding
-    header = decrement_ttl(pkt.data[pkt.l3: pkt.l3 + header_len], env.accel)
-    packet = header + pkt.data[pkt.l3 + header_len: packet_end]
+    current = tracked_flows.current_packet(pkt)  # after NAT; without Ethernet padding
+    packet = decrement_ttl(current[:header_len], env.accel) + current[header_len:]
     pkt.egress_mtu = mtu
     if size <= mtu:
         pkt.out_packets = [packet]

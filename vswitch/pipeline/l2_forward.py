@@ -18,7 +18,7 @@ from vswitch.pipeline.context import Env, Packet
 from vswitch.wire.addresses import is_multicast_mac, mac_text
 
 NAME = "l2-forward"
-NEXT = ("ip4-input",)
+NEXT = ("ip4-input", "l2-conntrack")
 
 
 class Counter(enum.Enum):
@@ -62,6 +62,12 @@ def process(pkt: Packet, env: Env):
         return env.drop(pkt, Counter.SAME_PORT)
     env.count(Counter.UNICAST)
     pkt.dst_entry = entry
+    if pkt.ip is not None and (pkt.ip.src, pkt.ip.dst) in env.nat.reply_pairs:
+        pkt.l2_out = entry.port
+        if pkt.trace is not None:
+            pkt.trace.note(NAME, f"{mac_text(dst)} is on port {env.port_name(entry.port)}; "
+                                 f"translated connections use this address pair")
+        return "l2-conntrack"
     pkt.cacheable = pkt.ip is not None and pkt.src_entry is not None
     if pkt.trace is not None:
         age = env.now - entry.last_seen

@@ -1,0 +1,338 @@
+"""Services through the real pipeline with crafted frames: ClusterIP DNAT and reverse NAT (routed
+and switched), refusal, hairpin, INVALID drops, NodePort from the uplink, masquerade, ICMP error
+translation, endpoint churn, and the flow cache never bypassing a translation."""
+from __future__ import annotations
+
+import dataclasses
+import struct
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from types import MappingProxyType
+
+import pytest
+
+from vswitch import accel as accel_impls
+from vswitch.accel import pure
+from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.switch import Switch
+from vswitch.model import (Cluster, Container, Pod, Service, ServicePort, Topology, Uplink,
+                           kernel_name, mac_for_ip, netns_name)
+from vswitch.config import parse_topology
+from vswitch.wire import builders, headers as h
+from vswitch.wire.addresses import BROADCAST_MAC, mac_bytes
+from vswitch.wire.text import build_frame, parse_packet
+
+VNET = h.ZERO_VNET_HDR
+UPLINK, A, B, C = 9, 2, 3, 4
+A_IP, B_IP, C_IP = "10.244.1.10", "10.244.1.11", "10.244.1.50"
+GW, NODE, FAR = "10.244.1.1", "192.0.2.2", "192.0.2.1"
+VIP, DNS_VIP, EMPTY_VIP, ONLY_A_VIP = "10.96.0.10", "10.96.0.53", "10.96.0.99", "10.96.0.20"
+
+
+def mac(ip: str) -> bytes:
+    return mac_bytes(mac_for_ip(IPv4Address(ip)))
+
+
+def ip(text: str) -> bytes:
+    return IPv4Address(text).packed
+
+
+def _pod(name, addr, labels):
+    http = Container("http", ("true",), ports=MappingProxyType({"http": ("tcp", 8080)}))
+    return Pod(name, IPv4Address(addr), mac_for_ip(IPv4Address(addr)), netns_name("unit", name),
+               kernel_name("vsp", "unit", name), MappingProxyType(labels), (http,))
+
+
+def _topology(pods=None, services=None) -> Topology:
+    base = parse_topology('[node]\nname = "unit"\npod_cidr = "10.244.1.0/24"\n', "unit.toml")
+    pods = pods if pods is not None else (
+        _pod("a", A_IP, {"app": "web"}), _pod("b", B_IP, {"app": "web"}), _pod("c", C_IP, {}))
+    web = {"app": "web"}
+    services = services if services is not None else (
+        Service("web", cluster_ip=IPv4Address(VIP), type="NodePort", selector=MappingProxyType(web),
+                ports=(ServicePort("http", "tcp", 80, "http", 30080),)),
+        Service("dns", cluster_ip=IPv4Address(DNS_VIP), selector=MappingProxyType(web),
+                ports=(ServicePort("dns", "udp", 53, 5353),)),
+        Service("empty", cluster_ip=IPv4Address(EMPTY_VIP), selector=MappingProxyType({"app": "x"}),
+                ports=(ServicePort("http", "tcp", 80, 80), ServicePort("u", "udp", 80, 80))),
+        Service("only-a", cluster_ip=IPv4Address(ONLY_A_VIP), endpoints=(IPv4Address(A_IP),),
+                ports=(ServicePort("http", "tcp", 80, 8080),)),
+    )
+    uplink = Uplink(IPv4Interface(f"{NODE}/24"), IPv4Address(FAR), "far", "vsuunit",
+                    mac_for_ip(IPv4Address(NODE)), mac_for_ip(IPv4Address(FAR)))
+    cluster = Cluster(IPv4Network("10.244.0.0/16"), IPv4Network("10.96.0.0/16"))
+    return dataclasses.replace(base, pods=pods, services=services, uplink=uplink, cluster=cluster)
+
+
+def _switch(accel_name, topology=None, capacity=65536):
+    topology = topology or _topology()
+    switch = Switch(topology, accel_impls.load(accel_name), flow_cache_capacity=capacity)
+    for pid, pod in zip((A, B, C), topology.pods):
+        switch.add_port(PortSpec(pid, pod.name, PortKind.POD, pod.mac, pod.ip, True))
+    switch.add_port(PortSpec(UPLINK, "uplink", PortKind.UPLINK, mac_for_ip(IPv4Address(FAR)),
+                             IPv4Address(FAR), True, port_security=False,
+                             segment=topology.uplink_segment_index()))
+    # Everyone has ARPed for their gateway, as a real kernel does before its first packet.
+    for pid, addr in ((A, A_IP), (B, B_IP), (C, C_IP)):
+        send(switch, pid, f"arp who-has {GW} tell {addr}", mac(addr), BROADCAST_MAC)
+    send(switch, UPLINK, f"arp who-has {NODE} tell {FAR}", mac(FAR), BROADCAST_MAC)
+    return switch
+
+
+@pytest.fixture
+def switch(accel_name):
+    return _switch(accel_name)
+
+
+def send(switch, port, text, src_mac, dst_mac, now=0.0):
+    return switch.process_batch(port, [VNET + build_frame(parse_packet(text), src_mac, dst_mac)], now)
+
+
+def packet_of(tx):
+    frame = tx.data[10:]
+    ip_header = h.IPV4.parse(frame[14:34])
+    return frame, ip_header, frame[14:14 + ip_header.total_length]
+
+
+def assert_checksums(packet: bytes):
+    ihl = (packet[0] & 0x0F) * 4
+    assert pure.checksum(packet[:ihl]) == 0
+    proto, src, dst, l4 = packet[9], packet[12:16], packet[16:20], packet[ihl:]
+    if proto == 1:
+        assert pure.checksum(l4) == 0
+    else:
+        assert pure.sum16(l4, pure.pseudo_header_sum(src, dst, proto, len(l4))) == 0xFFFF
+
+
+def ports_of(packet: bytes):
+    ihl = (packet[0] & 0x0F) * 4
+    return struct.unpack_from("!HH", packet, ihl)
+
+
+def connect(switch, client_port, client_ip, vip, sport=40000, now=0.0, flags="S", vport=80):
+    return send(switch, client_port, f"tcp {client_ip}:{sport} > {vip}:{vport} flags {flags}",
+                mac(client_ip), mac(GW), now)
+
+
+# -- ClusterIP -------------------------------------------------------------------------------
+
+def test_clusterip_connection_is_dnated_and_the_backend_sees_the_client(switch):
+    (tx,) = connect(switch, C, C_IP, VIP)
+    frame, header, packet = packet_of(tx)
+    backend = {A: A_IP, B: B_IP}[tx.port]
+    assert header.dst == ip(backend) and header.src == ip(C_IP) and header.ttl == 63
+    assert ports_of(packet) == (40000, 8080)  # the named port "http" resolved per pod
+    assert frame[:6] == mac(backend) and frame[6:12] == mac(GW)
+    assert_checksums(packet)
+    (row,) = switch.conntrack_info(0.0)
+    assert row["description"] == f"tcp {C_IP}:40000 > {VIP}:80"
+
+
+def test_switched_reply_of_a_backend_is_translated_back(switch):
+    (tx,) = connect(switch, C, C_IP, VIP)
+    backend_port = tx.port
+    backend = {A: A_IP, B: B_IP}[backend_port]
+    # Same segment: the backend answers straight to the client's MAC; the switch must still
+    # translate it, or the client would RST a SYN-ACK from an address it never called.
+    (reply,) = send(switch, backend_port, f"tcp {backend}:8080 > {C_IP}:40000 flags SA",
+                    mac(backend), mac(C_IP), 0.1)
+    assert reply.port == C
+    _, header, packet = packet_of(reply)
+    assert header.src == ip(VIP) and header.dst == ip(C_IP)
+    assert ports_of(packet) == (80, 40000)
+    assert_checksums(packet)
+    assert switch.statistics()["stages"]["l2-conntrack"]["translated"] == 1
+
+
+def test_established_connection_stays_on_its_backend_and_state_advances(switch):
+    (tx,) = connect(switch, C, C_IP, VIP)
+    backend = {A: A_IP, B: B_IP}[tx.port]
+    send(switch, tx.port, f"tcp {backend}:8080 > {C_IP}:40000 flags SA", mac(backend), mac(C_IP), 0.1)
+    for n in range(5):
+        (again,) = connect(switch, C, C_IP, VIP, flags="A", now=0.2 + n)
+        assert again.port == tx.port
+    (row,) = switch.conntrack_info(5.0)
+    assert row["state"] == "ESTABLISHED"
+
+
+def test_udp_service_with_number_target_port(switch):
+    (tx,) = send(switch, C, f"udp {C_IP}:5000 > {DNS_VIP}:53 len 10", mac(C_IP), mac(GW))
+    assert ports_of(packet_of(tx)[2]) == (5000, 5353)
+
+
+def test_no_ready_endpoint_tcp_gets_rst_at_once(switch):
+    (tx,) = connect(switch, C, C_IP, EMPTY_VIP, sport=41000)
+    frame, header, packet = packet_of(tx)
+    assert tx.port == C and frame[:6] == mac(C_IP)
+    assert header.src == ip(EMPTY_VIP) and header.dst == ip(C_IP)
+    tcp = h.TCP.parse(packet[20:40])
+    assert (tcp.src_port, tcp.dst_port) == (80, 41000)
+    assert tcp.flags == h.TcpFlag.RST | h.TcpFlag.ACK and tcp.ack == 1001  # the SYN's seq + 1
+    assert_checksums(packet)
+    assert switch.conntrack_info(0.0) == []
+
+
+def test_no_ready_endpoint_udp_gets_port_unreachable(switch):
+    (tx,) = send(switch, C, f"udp {C_IP}:5000 > {EMPTY_VIP}:80", mac(C_IP), mac(GW))
+    _, header, packet = packet_of(tx)
+    assert header.dst == ip(C_IP) and packet[20] == 3 and packet[21] == 3
+    assert packet[28 + 16:28 + 20] == ip(EMPTY_VIP)  # quotes what the client sent
+    assert_checksums(packet)
+
+
+def test_non_syn_without_connection_is_invalid_and_dropped(switch):
+    assert connect(switch, C, C_IP, VIP, flags="A") == []
+    s = switch.statistics()
+    assert s["stages"]["ip4-service"]["invalid"] == 1
+    assert s["ports"]["c"]["rx_drops"] == {"invalid": 1}
+
+
+def test_hairpin_is_snated_so_the_reply_comes_back_through_the_switch(switch):
+    (tx,) = connect(switch, A, A_IP, ONLY_A_VIP, sport=42000)
+    assert tx.port == A
+    _, header, packet = packet_of(tx)
+    assert header.dst == ip(A_IP) and header.src == ip("169.254.169.5")
+    hairpin_port = ports_of(packet)[0]
+    assert ports_of(packet)[1] == 8080
+    # a's kernel answers the hairpin address through its gateway.
+    (reply,) = send(switch, A, f"tcp {A_IP}:8080 > 169.254.169.5:{hairpin_port} flags SA",
+                    mac(A_IP), mac(GW), 0.1)
+    _, header, packet = packet_of(reply)
+    assert reply.port == A and header.src == ip(ONLY_A_VIP) and header.dst == ip(A_IP)
+    assert ports_of(packet) == (80, 42000)
+    assert_checksums(packet)
+
+
+def test_icmp_error_from_a_backend_is_translated_for_the_client(switch):
+    (tx,) = send(switch, C, f"udp {C_IP}:5000 > {DNS_VIP}:53 len 4", mac(C_IP), mac(GW))
+    backend = {A: A_IP, B: B_IP}[tx.port]
+    seen = packet_of(tx)[2]
+    error = builders.icmp(type=3, code=3, rest=bytes(4), payload=seen[:28])
+    outer = builders.ipv4(src=ip(backend), dst=ip(C_IP), protocol=1, payload=error)
+    (back,) = switch.process_batch(tx.port, [VNET + builders.ethernet(mac(C_IP), mac(backend),
+                                                                      0x0800, outer)], 0.1)
+    _, header, packet = packet_of(back)
+    assert back.port == C and header.src == ip(DNS_VIP)
+    quoted = packet[28:]
+    assert quoted[12:16] == ip(C_IP) and quoted[16:20] == ip(DNS_VIP)
+    assert ports_of(quoted) == (5000, 53)
+    assert pure.checksum(packet[20:]) == 0 and pure.checksum(quoted[:20]) == 0
+
+
+# -- endpoint churn --------------------------------------------------------------------------
+
+def test_removed_endpoint_flushes_its_connections_and_udp_moves_on(accel_name):
+    topology = _topology()
+    switch = _switch(accel_name, topology)
+    datagram = f"udp {C_IP}:5000 > {DNS_VIP}:53 len 4"
+    (first,) = send(switch, C, datagram, mac(C_IP), mac(GW))
+    gone = {A: "a", B: "b"}[first.port]
+    survivor = B if first.port == A else A
+    pods = tuple(dataclasses.replace(p, ready=False) if p.name == gone else p for p in topology.pods)
+    summary = switch.program(pods, topology.services, 1.0)
+    assert summary["flushed_connections"] == 1
+    (second,) = send(switch, C, datagram, mac(C_IP), mac(GW), 1.1)
+    assert second.port == survivor  # same client port, new backend: no black hole
+
+
+def test_surviving_connections_are_untouched_by_churn(accel_name):
+    topology = _topology()
+    switch = _switch(accel_name, topology)
+    (tx,) = connect(switch, C, C_IP, VIP)
+    kept = {A: "a", B: "b"}[tx.port]
+    backend = {A: A_IP, B: B_IP}[tx.port]
+    send(switch, tx.port, f"tcp {backend}:8080 > {C_IP}:40000 flags SA", mac(backend), mac(C_IP), 0.1)
+    pods = tuple(dataclasses.replace(p, ready=False) if p.name not in (kept, "c") else p
+                 for p in topology.pods)
+    switch.program(pods, topology.services, 1.0)
+    (again,) = connect(switch, C, C_IP, VIP, flags="A", now=1.1)
+    assert again.port == tx.port
+
+
+# -- the uplink: NodePort and masquerade -----------------------------------------------------
+
+def test_nodeport_from_outside_is_dnated_and_snated_to_the_node(switch):
+    (tx,) = send(switch, UPLINK, f"tcp {FAR}:50000 > {NODE}:30080 flags S", mac(FAR), mac(NODE))
+    backend = {A: A_IP, B: B_IP}[tx.port]
+    _, header, packet = packet_of(tx)
+    assert header.dst == ip(backend) and header.src == ip(NODE)  # policy Cluster
+    node_port = ports_of(packet)[0]
+    (reply,) = send(switch, tx.port, f"tcp {backend}:8080 > {NODE}:{node_port} flags SA",
+                    mac(backend), mac(GW), 0.1)
+    frame, header, packet = packet_of(reply)
+    assert reply.port == UPLINK and frame[:6] == mac(FAR)
+    assert header.src == ip(NODE) and header.dst == ip(FAR)
+    assert ports_of(packet) == (30080, 50000)
+    assert_checksums(packet)
+
+
+def test_nodeport_with_local_policy_keeps_the_client_address(accel_name):
+    topology = _topology()
+    services = tuple(dataclasses.replace(s, external_traffic_policy="Local") if s.name == "web"
+                     else s for s in topology.services)
+    switch = _switch(accel_name, dataclasses.replace(topology, services=services))
+    (tx,) = send(switch, UPLINK, f"tcp {FAR}:50000 > {NODE}:30080 flags S", mac(FAR), mac(NODE))
+    assert packet_of(tx)[1].src == ip(FAR)
+
+
+def test_pod_egress_is_masqueraded_and_replies_come_back(switch):
+    (out,) = send(switch, C, f"udp {C_IP}:6000 > 198.51.100.7:53 len 8", mac(C_IP), mac(GW))
+    frame, header, packet = packet_of(out)
+    assert frame[:6] == mac(FAR)  # the default route's next hop, the uplink gateway
+    assert out.port == UPLINK and header.src == ip(NODE) and header.dst == ip("198.51.100.7")
+    assert ports_of(packet) == (6000, 53)
+    (back,) = send(switch, UPLINK, f"udp 198.51.100.7:53 > {NODE}:6000 len 8", mac(FAR), mac(NODE), 0.2)
+    _, header, packet = packet_of(back)
+    assert back.port == C and header.dst == ip(C_IP) and header.src == ip("198.51.100.7")
+    assert_checksums(packet)
+
+
+def test_masquerade_keeps_two_clients_with_the_same_port_apart(switch):
+    send(switch, UPLINK, f"arp who-has {NODE} tell {FAR}", mac(FAR), BROADCAST_MAC)
+    outs = []
+    for pid, addr in ((A, A_IP), (C, C_IP)):
+        (tx,) = send(switch, pid, f"udp {addr}:7000 > 198.51.100.7:53", mac(addr), mac(GW))
+        outs.append(ports_of(packet_of(tx)[2])[0])
+    assert outs[0] != outs[1]
+
+
+def test_the_node_address_answers_ping_from_outside(switch):
+    (tx,) = send(switch, UPLINK, f"icmp {FAR} > {NODE}", mac(FAR), mac(NODE))
+    assert tx.port == UPLINK and packet_of(tx)[1].src == ip(NODE)
+
+
+# -- the flow cache never bypasses a translation ---------------------------------------------
+
+def test_a_cached_plain_flow_does_not_leak_untranslated_replies(accel_name):
+    topology = _topology(services=(Service("only-b", cluster_ip=IPv4Address(VIP),
+                                           endpoints=(IPv4Address(B_IP),),
+                                           ports=(ServicePort("u", "udp", 80, 9000),)),))
+    switch = _switch(accel_name, topology)
+    plain = f"udp {B_IP}:9000 > {C_IP}:6000 len 4"
+    for _ in range(3):  # b talks to c directly: switched and cached
+        send(switch, B, plain, mac(B_IP), mac(C_IP))
+    assert switch.statistics()["dispositions"]["cache-hit"] == 2
+    send(switch, C, f"udp {C_IP}:6000 > {VIP}:80 len 4", mac(C_IP), mac(GW), 1.0)
+    (reply,) = send(switch, B, plain, mac(B_IP), mac(C_IP), 1.1)
+    assert packet_of(reply)[1].src == ip(VIP)  # now a reply of the service connection
+
+
+def test_trace_shows_service_backend_and_conntrack(switch):
+    result = switch.trace("c", f"tcp {C_IP}:40000 > {VIP}:80 flags S", 0.0)
+    text = result["text"]
+    assert "is cluster-ip of service default/web port http; 2 ready backend(s)" in text
+    assert "would DNAT to a backend chosen by random" in text
+    assert switch.conntrack_info(0.0) == []
+    connect(switch, C, C_IP, VIP)
+    again = switch.trace("c", f"tcp {C_IP}:40000 > {VIP}:80 flags A", 0.5)
+    assert "original direction of [tcp 10.244.1.50:40000 > 10.96.0.10:80]" in again["text"]
+
+
+def test_conntrack_filters_and_flush(switch):
+    connect(switch, C, C_IP, VIP)
+    send(switch, C, f"udp {C_IP}:5000 > {DNS_VIP}:53", mac(C_IP), mac(GW))
+    assert len(switch.conntrack_info(0.0, {"proto": "udp"})) == 1
+    assert len(switch.conntrack_info(0.0, {"service": "web"})) == 1
+    with pytest.raises(ValueError, match="unknown conntrack filter"):
+        switch.conntrack_info(0.0, {"colour": "red"})
+    assert switch.conntrack_flush({"proto": "tcp"}) == 1
+    assert len(switch.conntrack_info(0.0)) == 1

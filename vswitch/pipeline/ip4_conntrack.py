@@ -1,0 +1,65 @@
+"""ip4-conntrack: every routed packet is looked up in the connection table first.
+
+A packet of a known connection is translated as its entry says (DNAT of a service, SNAT of a
+hairpin, NodePort or masquerade, or the reverse for replies) and its TCP state advanced. A TCP
+packet the state machine calls invalid is dropped and counted, never forwarded untranslated: an
+untranslated reply is what makes a client answer with RST ("connection reset by peer"). An ICMP
+error about a tracked connection is translated inside and out. Anything else goes on to the
+service stage, which decides whether it opens a new translated connection.
+"""
+from __future__ import annotations
+
+import enum
+
+from vswitch.pipeline import tracked_flows
+from vswitch.pipeline.context import Env, Packet
+from vswitch.tables.conntrack import Verdict
+
+NAME = "ip4-conntrack"
+NEXT = ("ip4-service", "ip4-local", "ip4-lookup")
+
+
+class Counter(enum.Enum):
+    TRACKED = "packets of a tracked connection, translated"
+    RELATED = "ICMP errors about a tracked connection, translated inside and out"
+    INVALID = "TCP packets invalid for their connection's state: dropped"
+    UNTRACKED = "packets of no tracked connection"
+
+
+def process(pkt: Packet, env: Env):
+    flow = tracked_flows.flow_of(pkt)
+    if flow is not None:
+        hit = env.conntrack.lookup(flow, env.now)
+        if hit is not None:
+            entry, direction = hit
+            if env.commit:
+                verdict = env.conntrack.update(entry, direction, env.now, pkt.tcp_flags,
+                                               pkt.ip.total_length)
+                if verdict is Verdict.INVALID:
+                    if pkt.trace is not None:
+                        pkt.trace.note(NAME, f"{flow.describe()} is invalid in state "
+                                             f"{entry.tcp_state.name}")
+                    return env.drop(pkt, Counter.INVALID)
+            tracked_flows.apply(pkt, env, entry, direction)
+            env.count(Counter.TRACKED)
+            if pkt.trace is not None:
+                state = entry.tcp_state.name if flow.proto == 6 else (
+                    "replied" if entry.replied else "unreplied")
+                pkt.trace.note(NAME, f"{flow.describe()}: {direction.name.lower()} direction of "
+                                     f"[{entry.original.describe()}] ({state}); leaves as "
+                                     f"{tracked_flows.flow_of(pkt).describe()}")
+            return tracked_flows.after_translation(pkt, env)
+    else:
+        quoted = tracked_flows.quoted_flow(pkt)
+        if quoted is not None:
+            hit = env.conntrack.lookup(quoted.reversed(), env.now)
+            if hit is not None:
+                entry, direction = hit
+                tracked_flows.apply_related(pkt, env, entry, direction)
+                env.count(Counter.RELATED)
+                if pkt.trace is not None:
+                    pkt.trace.note(NAME, f"ICMP error about [{entry.original.describe()}]: "
+                                         f"translated inside and out")
+                return tracked_flows.after_translation(pkt, env)
+    env.count(Counter.UNTRACKED)
+    return "ip4-service"

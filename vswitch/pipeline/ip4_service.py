@@ -1,0 +1,154 @@
+"""ip4-service: a new connection to a service frontend is given a backend and translated.
+
+Frontends are cluster IPs, external IPs and the node address's node ports (``ServiceTable``).
+For a new connection (a TCP SYN, or the first UDP datagram or echo request):
+
+* the backend comes from ``ServiceTable.choose``: ClientIP affinity first, then random or Maglev,
+  among ready backends, only local ones under a Local traffic policy;
+* the connection is DNATed to it. The backend sees the client's own address, except when a
+  translation back would otherwise be impossible: a backend reaching its own service (hairpin) is
+  SNATed to the hairpin address, and a NodePort or external-IP connection from outside under
+  ``externalTrafficPolicy: Cluster`` is SNATed to the node address, as kube-proxy does;
+* no ready backend at all: refused at once, TCP with a RST and UDP with ICMP port unreachable, so
+  the client is not left waiting for a timeout. No *local* backend under a Local policy: dropped and
+  counted, as Kubernetes does;
+* a TCP packet other than a SYN for a frontend without a tracked connection is invalid (its
+  connection expired or never existed): dropped and counted.
+"""
+from __future__ import annotations
+
+import enum
+import struct
+
+from vswitch.core.ports import PortKind
+from vswitch.core.verdict import Reply
+from vswitch.pipeline import ip4_icmp_error, tracked_flows
+from vswitch.pipeline.context import Env, Packet
+from vswitch.tables.conntrack import ConntrackTable, Direction, Entry, TcpState
+from vswitch.tables.services import FrontendKind
+from vswitch.wire import builders, headers as h
+from vswitch.wire.addresses import ip_text
+
+NAME = "ip4-service"
+NEXT = ("ip4-local", "ip4-lookup")
+
+
+class Counter(enum.Enum):
+    NEW_CONNECTIONS = "new connections to a service, translated to a backend"
+    HAIRPIN = "connections of a backend to its own service, SNATed to the hairpin address"
+    NODE_SNAT = "NodePort/external-IP connections SNATed to the node address (policy Cluster)"
+    REFUSED_TCP = "TCP connections to a service without ready endpoints, refused with RST"
+    REFUSED_UDP = "UDP datagrams to a service without ready endpoints, answered port unreachable"
+    NO_LOCAL_ENDPOINT = "Local traffic policy and no endpoint on this node: dropped"
+    INVALID = "TCP packets other than SYN for a service without a tracked connection: dropped"
+    TABLE_FULL = "new connections refused because the connection table is full of live entries"
+    NO_PORT = "no free source port for the SNAT this connection needs"
+
+
+def _rst_for(pkt: Packet, env: Env) -> bytes:
+    packet = tracked_flows.current_packet(pkt)
+    ihl = pkt.ip.ihl * 4
+    tcp = h.TCP.parse(packet[ihl: ihl + h.TCP_HEADER_LEN])
+    payload = pkt.ip.total_length - ihl - tcp.data_offset * 4
+    seq_len = payload + (1 if tcp.flags & h.TcpFlag.SYN else 0) + (1 if tcp.flags & h.TcpFlag.FIN else 0)
+    segment = builders.tcp(src=pkt.ip.dst, dst=pkt.ip.src, src_port=tcp.dst_port,
+                           dst_port=tcp.src_port, flags=h.TcpFlag.RST | h.TcpFlag.ACK, seq=0,
+                           ack=(tcp.seq + seq_len) & 0xFFFFFFFF, window=0, accel=env.accel)
+    ip = builders.ipv4(src=pkt.ip.dst, dst=pkt.ip.src, protocol=h.IpProto.TCP, payload=segment,
+                       ttl=64, accel=env.accel)
+    return builders.ethernet(pkt.eth.src, env.segment_of(pkt).gateway_mac, h.EtherType.IPV4, ip)
+
+
+def _refuse(pkt: Packet, env: Env, flow):
+    if flow.proto == h.IpProto.TCP:
+        drop = env.drop_verdict(pkt, Counter.REFUSED_TCP)
+        if pkt.trace is not None:
+            pkt.trace.note(NAME, "no ready endpoint: refuse with TCP RST")
+        return (drop, Reply(pkt.port.id, _rst_for(pkt, env)))
+    drop = env.drop_verdict(pkt, Counter.REFUSED_UDP)
+    note = (lambda text: pkt.trace.note(NAME, text)) if pkt.trace is not None else None
+    frame = ip4_icmp_error.build_error(
+        env, in_port=pkt.port, eth_src=pkt.eth.src,
+        original=pkt.data[pkt.l3: pkt.l3 + pkt.ip.total_length],
+        icmp_type=h.IcmpType.DEST_UNREACHABLE, code=3, rest=bytes(4), note=note)
+    return (drop,) if frame is None else (drop, Reply(pkt.port.id, frame))
+
+
+def _next(pkt: Packet, env: Env) -> str:
+    return tracked_flows.after_translation(pkt, env)
+
+
+def process(pkt: Packet, env: Env):
+    flow = tracked_flows.flow_of(pkt)
+    if flow is None or flow.proto == h.IpProto.ICMP:
+        return _next(pkt, env)
+    match = env.services.match(flow.proto, flow.dst, flow.dport)
+    if match is None:
+        return _next(pkt, env)
+    service = match.service
+    trace = pkt.trace
+    if trace is not None:
+        trace.note(NAME, f"{ip_text(flow.dst)}:{flow.dport}/{'tcp' if flow.proto == 6 else 'udp'} "
+                         f"is {match.kind.value} of service {service.key} port "
+                         f"{match.port.name or match.port.port}; {len(match.backends)} ready "
+                         f"backend(s): {', '.join(b.name for b in match.backends) or 'none'}")
+    if flow.proto == h.IpProto.TCP and not ConntrackTable.new_tcp_allowed(pkt.tcp_flags):
+        return env.drop(pkt, Counter.INVALID)
+    from_outside = pkt.port.kind is PortKind.UPLINK
+    why = env.services.why_none(match, from_outside)
+    if why == "no-endpoints":
+        return _refuse(pkt, env, flow)
+    if why == "no-local-endpoints":
+        return env.drop(pkt, Counter.NO_LOCAL_ENDPOINT)
+    if env.commit:
+        flow_hash = env.accel.hash_key(struct.pack("!B4sH4sH", flow.proto, flow.src, flow.sport,
+                                                   flow.dst, flow.dport), 0)
+        backend = env.services.choose(match, client_ip=flow.src, flow_hash=flow_hash,
+                                      now=env.now, from_outside=from_outside)
+    else:
+        backend = env.services.candidates(match, from_outside)[0]
+    snat = None
+    nat = env.nat
+    if backend.ip == flow.src and nat.hairpin_address is not None:
+        snat_ip, counter = nat.hairpin_address, Counter.HAIRPIN
+    elif (from_outside and match.kind is not FrontendKind.CLUSTER_IP
+          and service.external_traffic_policy.lower() == "cluster" and nat.node_address):
+        snat_ip, counter = nat.node_address, Counter.NODE_SNAT
+    else:
+        snat_ip, counter = None, None
+    if snat_ip is not None:
+        port = env.conntrack.allocate_port(flow.proto, snat_ip, backend.ip, backend.port,
+                                           preferred=flow.sport)
+        if port is None:
+            return env.drop(pkt, Counter.NO_PORT)
+        snat = (snat_ip, port)
+    if not env.commit:
+        if trace is not None:
+            trace.note(NAME, f"would DNAT to a backend chosen by {service.load_balancer}"
+                             f"{' with ClientIP affinity' if service.session_affinity == 'ClientIP' else ''}"
+                             f"; this trace follows {backend.name}")
+        entry = _dry_entry(env, flow, backend, snat)
+        tracked_flows.apply(pkt, env, entry, Direction.ORIGINAL)
+        return _next(pkt, env)
+    entry = env.conntrack.create(flow, env.now, dnat=(backend.ip, backend.port), snat=snat,
+                                 labels={"service": service.key, "port": match.port.name,
+                                         "kind": match.kind.value, "backend": backend.name})
+    if entry is None:
+        return env.drop(pkt, Counter.TABLE_FULL)
+    env.conntrack.update(entry, Direction.ORIGINAL, env.now, pkt.tcp_flags, pkt.ip.total_length)
+    nat.track_pair(entry)
+    env.count(Counter.NEW_CONNECTIONS)
+    if counter is not None:
+        env.count(counter)
+    tracked_flows.apply(pkt, env, entry, Direction.ORIGINAL)
+    if trace is not None:
+        extra = f", SNAT to {ip_text(snat[0])}:{snat[1]}" if snat else ""
+        trace.note(NAME, f"new connection: DNAT to {backend.name}"
+                         f"{' (pod ' + backend.pod + ')' if backend.pod else ''}{extra}")
+    return _next(pkt, env)
+
+
+def _dry_entry(env: Env, flow, backend, snat) -> Entry:
+    """An entry for a dry-run trace only: built like a real one, never stored."""
+    reply = ConntrackTable.reply_tuple(flow, (backend.ip, backend.port), snat)
+    return Entry(flow, reply, (backend.ip, backend.port), snat, env.now, env.now, TcpState.NONE, {})

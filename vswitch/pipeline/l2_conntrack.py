@@ -1,0 +1,60 @@
+"""l2-conntrack: switched traffic between a pair of addresses that translated connections use.
+
+A backend answering a client of its own segment replies straight to the client's MAC: the reply is
+switched, not routed, yet it must be translated back (source = the service address), exactly as
+kube-proxy needs br_netfilter for bridged traffic. l2-forward sends here only IPv4 unicast between
+address pairs that some translated connection's replies carry; other switched traffic never pays
+for a lookup. Nothing here is cached: other connections between the same pair may be plain.
+"""
+from __future__ import annotations
+
+import enum
+
+from vswitch.core.verdict import Forward
+from vswitch.pipeline import tracked_flows
+from vswitch.pipeline.context import Env, Packet
+from vswitch.tables.conntrack import Verdict
+
+NAME = "l2-conntrack"
+NEXT = ()
+
+
+class Counter(enum.Enum):
+    TRANSLATED = "switched packets of translated connections, translated"
+    RELATED = "switched ICMP errors about translated connections, translated"
+    PLAIN = "switched packets between such a pair that belong to no translated connection"
+    INVALID = "TCP packets invalid for their connection's state: dropped"
+
+
+def process(pkt: Packet, env: Env):
+    port = pkt.l2_out
+    flow = tracked_flows.flow_of(pkt)
+    hit = env.conntrack.lookup(flow, env.now) if flow is not None else None
+    related = False
+    if hit is None and flow is None:
+        quoted = tracked_flows.quoted_flow(pkt)
+        if quoted is not None:
+            hit = env.conntrack.lookup(quoted.reversed(), env.now)
+            related = hit is not None
+    if hit is None:
+        env.count(Counter.PLAIN)
+        if pkt.trace is not None:
+            pkt.trace.note(NAME, "no translated connection: switched as it is")
+        return (Forward((port,)),)
+    entry, direction = hit
+    if related:
+        tracked_flows.apply_related(pkt, env, entry, direction)
+        env.count(Counter.RELATED)
+    else:
+        if env.commit:
+            verdict = env.conntrack.update(entry, direction, env.now, pkt.tcp_flags,
+                                           pkt.ip.total_length)
+            if verdict is Verdict.INVALID:
+                return env.drop(pkt, Counter.INVALID)
+        tracked_flows.apply(pkt, env, entry, direction)
+        env.count(Counter.TRANSLATED)
+    if pkt.trace is not None:
+        pkt.trace.note(NAME, f"{direction.name.lower()} direction of [{entry.original.describe()}]:"
+                             f" leaves as {tracked_flows.flow_of(pkt).describe()}")
+    data = pkt.data[: pkt.l3] + pkt.ip_packet
+    return (Forward((port,), data),)

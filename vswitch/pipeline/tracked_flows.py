@@ -1,0 +1,113 @@
+"""The connection a packet belongs to, and applying a conntrack entry's translation to it.
+
+Shared by the stages that track and translate connections: ip4-conntrack, ip4-service,
+ip4-masquerade and l2-conntrack. The received buffer is never modified: a translation produces
+``pkt.ip_packet`` (the IPv4 packet as it will leave), and ``pkt.ip`` is re-read from it, so later
+stages route the translated packet while ICMP errors still quote what the sender sent.
+"""
+from __future__ import annotations
+
+import struct
+
+from vswitch.pipeline.context import Env, Packet
+from vswitch.pipeline.nat_rewrite import translate, translate_icmp_error
+from vswitch.tables.conntrack import Direction, Entry, FlowTuple
+from vswitch.wire import headers as h
+
+_ECHO_TYPES = (h.IcmpType.ECHO_REQUEST, h.IcmpType.ECHO_REPLY)
+RELATED_ICMP_TYPES = (h.IcmpType.DEST_UNREACHABLE, h.IcmpType.TIME_EXCEEDED, 12)
+
+
+def current_packet(pkt: Packet) -> bytes:
+    if pkt.ip_packet is not None:
+        return pkt.ip_packet
+    return pkt.data[pkt.l3: pkt.l3 + pkt.ip.total_length]
+
+
+def _tuple_of(packet: bytes) -> tuple[FlowTuple | None, int | None]:
+    """The flow tuple of an IPv4 packet and its TCP flags, or (None, None) when the packet has no
+    trackable L4 header (another protocol, a non-first fragment, a truncated header, an ICMP
+    message other than echo)."""
+    ip = h.IPV4.parse(packet[: h.IPV4_MIN_HEADER_LEN])
+    if ip.fragment_offset:
+        return None, None
+    l4 = packet[ip.ihl * 4:]
+    if ip.protocol == h.IpProto.TCP and len(l4) >= h.TCP_HEADER_LEN:
+        tcp = h.TCP.parse(l4[: h.TCP_HEADER_LEN])
+        return FlowTuple(6, ip.src, tcp.src_port, ip.dst, tcp.dst_port), tcp.flags
+    if ip.protocol == h.IpProto.UDP and len(l4) >= h.UDP_HEADER_LEN:
+        udp = h.UDP.parse(l4[: h.UDP_HEADER_LEN])
+        return FlowTuple(17, ip.src, udp.src_port, ip.dst, udp.dst_port), None
+    if ip.protocol == h.IpProto.ICMP and len(l4) >= h.ICMP_HEADER_LEN and l4[0] in _ECHO_TYPES:
+        (identifier,) = struct.unpack_from("!H", l4, 4)
+        return FlowTuple(1, ip.src, identifier, ip.dst, identifier), None
+    return None, None
+
+
+def flow_of(pkt: Packet) -> FlowTuple | None:
+    """The packet's flow tuple (cached on the packet), setting ``pkt.tcp_flags`` for TCP."""
+    if pkt.flow is None and not pkt.flow_checked:
+        pkt.flow, pkt.tcp_flags = _tuple_of(current_packet(pkt))
+        pkt.flow_checked = True
+    return pkt.flow
+
+
+def quoted_flow(pkt: Packet) -> FlowTuple | None:
+    """For an ICMP error, the flow of the packet it quotes; None for anything else."""
+    packet = current_packet(pkt)
+    ihl = pkt.ip.ihl * 4
+    body = packet[ihl:]
+    if pkt.ip.protocol != h.IpProto.ICMP or len(body) < h.ICMP_HEADER_LEN:
+        return None
+    if body[0] not in RELATED_ICMP_TYPES:
+        return None
+    quoted = body[h.ICMP_HEADER_LEN:]
+    if len(quoted) < h.IPV4_MIN_HEADER_LEN or (quoted[0] >> 4) != 4:
+        return None
+    inner_ihl = (quoted[0] & 0x0F) * 4
+    if len(quoted) < inner_ihl + 8:
+        return None
+    flow, _ = _tuple_of(quoted)
+    return flow
+
+
+def _partial(pkt: Packet) -> bool:
+    return pkt.vnet is not None and bool(pkt.vnet.flags & h.VNET_F_NEEDS_CSUM)
+
+
+def _target(entry: Entry, direction: Direction) -> FlowTuple:
+    """The tuple a packet of ``direction`` must carry when it leaves."""
+    return entry.reply.reversed() if direction is Direction.ORIGINAL else entry.original.reversed()
+
+
+def apply(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> None:
+    target = _target(entry, direction)
+    packet = translate(current_packet(pkt), src=target.src, sport=target.sport, dst=target.dst,
+                       dport=target.dport, partial=_partial(pkt), accel=env.accel)
+    _adopt(pkt, packet, entry, direction)
+
+
+def apply_related(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> None:
+    """Translate an ICMP error travelling in ``direction`` about a packet of this connection
+    that travelled the other way (the quote)."""
+    seen = entry.original if direction is Direction.ORIGINAL else entry.reply
+    target = _target(entry, direction)
+    ip = pkt.ip
+    packet = translate_icmp_error(
+        current_packet(pkt),
+        outer_src=target.src if ip.src == seen.src else None,
+        outer_dst=target.dst if ip.dst == seen.dst else None,
+        inner_src=target.dst, inner_sport=target.dport,
+        inner_dst=target.src, inner_dport=target.sport, accel=env.accel)
+    _adopt(pkt, packet, entry, direction)
+
+
+def _adopt(pkt: Packet, packet: bytearray, entry: Entry, direction: Direction) -> None:
+    pkt.ip_packet = bytes(packet)
+    pkt.ip = h.IPV4.parse(pkt.ip_packet[: h.IPV4_MIN_HEADER_LEN])
+    pkt.ct = (entry, direction)
+    pkt.flow, pkt.flow_checked = None, False
+
+
+def after_translation(pkt: Packet, env: Env) -> str:
+    return "ip4-local" if pkt.ip.dst in env.local_ips else "ip4-lookup"

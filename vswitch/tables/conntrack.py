@@ -1,0 +1,716 @@
+"""Connection tracking: every flow that passes a NAT decision, both directions of it, and its state.
+
+Theory of operation
+-------------------
+* An entry holds two tuples. ``original`` is the flow as its client sent it, before any
+  translation. ``reply`` is what the answer looks like when it reaches the switch: the translated
+  original, reversed. Both tuples index the same entry, so one O(1) lookup of any packet's tuple
+  says which connection it belongs to and in which direction it travels. A tuple belongs to at
+  most one entry in either role, as in Linux's single hash of both directions; ``create`` refuses
+  (and counts a *clash*) rather than let a second connection shadow the first.
+* Translations are recorded as the original direction's rewrites: ``dnat`` (the endpoint chosen
+  for a service) and ``snat`` (the node or hairpin address and port). The reply direction applies
+  the inverse; this table only remembers, the pipeline rewrites.
+* Time is passed in. An entry is dead from the moment ``now >= expires``: ``lookup`` no longer
+  matches it and ``create`` may reuse its tuples at once, so correctness never waits for the
+  timer. ``expire`` reclaims the memory; ``next_deadline`` tells the timer when to call it.
+* Every accepted packet refreshes the entry with the timeout of its (new) state: TCP per state,
+  UDP 30 s until the first reply and 120 s after it, ICMP echo 30 s, other protocols 600 s.
+  Defaults are Linux's nf_conntrack values except ESTABLISHED, which is kube-proxy's 24 h rather
+  than Linux's 5 days.
+* TCP follows the transition table of Linux's ``nf_conntrack_proto_tcp.c``: the next state is
+  indexed by direction, by the packet's flag class (SYN, SYN-ACK, FIN, ACK, RST, none) and by the
+  current state. Cells the kernel marks *invalid* (a SYN-ACK from the client, a FIN before the
+  handshake, anything but RST or a new SYN after CLOSE, ...) and flag combinations the kernel's
+  ``tcp_error`` rejects (SYN+FIN, FIN without ACK, no flags) return INVALID and change nothing:
+  the caller drops and counts them, so a stray packet is never forwarded untranslated. Cells the
+  kernel *ignores* (a SYN inside an established connection, a retransmitted SYN-ACK) are
+  accepted, counted and forwarded without changing the state or extending the timeout, since the
+  end points may know better than the middle and will answer with a RST if not.
+* Also as in Linux: a retransmitted SYN does not extend an unanswered entry (a client that keeps
+  retrying must not keep a stale translation alive); a SYN from the client in TIME_WAIT or CLOSE
+  re-opens the entry as a new connection (SYN_SENT, unreplied, counters reset) keeping its
+  translation; ASSURED is set when the handshake's last ACK completes an answered connection.
+  Simultaneous open goes through SYN_SENT2, a state the kernel has and the Kubernetes semantics
+  never mention.
+* Known simplifications: there is no sequence-number window tracking (the kernel's
+  ``tcp_in_window``), so an old segment that happens to carry valid flags is accepted, and the
+  kernel's shorter "unacknowledged data" and "retransmission" timeouts never apply. A SYN from the
+  server's side in TIME_WAIT (the kernel would delete the entry and start a new one in the other
+  direction) is INVALID here. A RST before any reply moves to CLOSE (10 s) where the kernel deletes
+  the entry outright. UDP is extended to 120 s at the first reply, where kernels since 5.x wait
+  until the stream has lasted 2 s. ICMP echo is keyed by identifier alone, without the message
+  type, so a ping from A to B and one from B to A with the same identifier clash.
+* The table is bounded. When it is full, ``create`` first reclaims dead entries, then evicts the
+  oldest *unreplied* entries (counted as evictions): a SYN flood or a scan can only push out its
+  own kind, never an answered connection. When every entry has been answered, the new connection
+  is refused and counted (``drops_full``); Linux's "table full, dropping packet" is the same
+  outcome, but here it is visible in ``statistics`` and only after the cheap victims are gone.
+* ``flush_endpoint`` removes every entry translated to an endpoint, through an index by endpoint
+  address: when a backend goes away, a long-running UDP client with a fixed source port must be
+  sent to a new backend at its next datagram, not black-holed until an idle timeout that its own
+  traffic keeps renewing (kube-proxy's stale-UDP-conntrack bug).
+
+Deadlines are kept in a heap with lazy deletion: refreshing an entry that only moves its deadline
+later costs nothing, the heap item is moved when it reaches the top. Only a deadline that moves
+*earlier* (RST, FIN) pushes a new item; superseded items are skipped when popped, and the heap is
+rebuilt when they outnumber the live ones.
+"""
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vswitch.wire.addresses import ip_text
+from vswitch.wire.headers import IpProto, TcpFlag
+
+_TCP = int(IpProto.TCP)
+_UDP = int(IpProto.UDP)
+_ICMP = int(IpProto.ICMP)
+
+_FIN = int(TcpFlag.FIN)
+_SYN = int(TcpFlag.SYN)
+_RST = int(TcpFlag.RST)
+_ACK = int(TcpFlag.ACK)
+_URG = int(TcpFlag.URG)
+_CLASSIFIED = _FIN | _SYN | _RST | _ACK | _URG
+
+_PROTO_NAMES = {_TCP: "tcp", _UDP: "udp", _ICMP: "icmp"}
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTuple:
+    """A flow as one direction's packets carry it. For ICMP echo both ports hold the identifier,
+    so that reversing the tuple gives the tuple of the echo reply."""
+
+    proto: int
+    src: bytes
+    sport: int
+    dst: bytes
+    dport: int
+
+    def reversed(self) -> FlowTuple:
+        return FlowTuple(self.proto, self.dst, self.dport, self.src, self.sport)
+
+    def describe(self) -> str:
+        name = _PROTO_NAMES.get(self.proto)
+        if self.proto == _ICMP:
+            return f"icmp {ip_text(self.src)} > {ip_text(self.dst)} id {self.sport}"
+        if name is None:
+            return f"proto {self.proto} {ip_text(self.src)} > {ip_text(self.dst)}"
+        return f"{name} {ip_text(self.src)}:{self.sport} > {ip_text(self.dst)}:{self.dport}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"src": ip_text(self.src), "sport": self.sport,
+                "dst": ip_text(self.dst), "dport": self.dport}
+
+
+class Direction(enum.Enum):
+    ORIGINAL = 0
+    REPLY = 1
+
+
+class TcpState(enum.Enum):
+    """The values are Linux's ``enum tcp_conntrack`` numbers, which index the transition table."""
+
+    NONE = 0
+    SYN_SENT = 1
+    SYN_RECV = 2
+    ESTABLISHED = 3
+    FIN_WAIT = 4
+    CLOSE_WAIT = 5
+    LAST_ACK = 6
+    TIME_WAIT = 7
+    CLOSE = 8
+    SYN_SENT2 = 9  # simultaneous open: a SYN seen from each side
+
+
+class Verdict(enum.Enum):
+    ACCEPT = "accept"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. Linux nf_conntrack defaults, except ``established`` (kube-proxy sets 24 h)."""
+
+    syn_sent: float = 120.0
+    syn_recv: float = 60.0
+    established: float = 86400.0
+    fin_wait: float = 120.0
+    close_wait: float = 60.0
+    last_ack: float = 30.0
+    time_wait: float = 120.0
+    close: float = 10.0
+    udp_unreplied: float = 30.0
+    udp_replied: float = 120.0
+    icmp: float = 30.0
+    syn_sent2: float = 120.0
+    generic: float = 600.0  # any other IP protocol (nf_conntrack_generic_timeout)
+
+    def tcp(self, state: TcpState) -> float:
+        return getattr(self, _TCP_TIMEOUT_FIELD[state])
+
+
+# NONE never lasts: an entry is created in SYN_SENT. It is mapped so that every state has a timeout.
+_TCP_TIMEOUT_FIELD = {
+    TcpState.NONE: "syn_sent", TcpState.SYN_SENT: "syn_sent", TcpState.SYN_RECV: "syn_recv",
+    TcpState.ESTABLISHED: "established", TcpState.FIN_WAIT: "fin_wait",
+    TcpState.CLOSE_WAIT: "close_wait", TcpState.LAST_ACK: "last_ack",
+    TcpState.TIME_WAIT: "time_wait", TcpState.CLOSE: "close", TcpState.SYN_SENT2: "syn_sent2",
+}
+
+
+# -- the TCP transition table (Linux tcp_conntracks[2][6][TCP_CONNTRACK_MAX]) ---------------------
+
+class _Ignore:
+    """Marks a table cell whose packet is accepted but changes nothing."""
+
+
+_IGNORE = _Ignore()
+
+_SYN_CLASS, _SYNACK_CLASS, _FIN_CLASS, _ACK_CLASS, _RST_CLASS, _NONE_CLASS = range(6)
+
+
+def _flag_class(flags: int) -> int:
+    """Linux's get_conntrack_index: RST wins, then SYN (with or without ACK), FIN, ACK."""
+    if flags & _RST:
+        return _RST_CLASS
+    if flags & _SYN:
+        return _SYNACK_CLASS if flags & _ACK else _SYN_CLASS
+    if flags & _FIN:
+        return _FIN_CLASS
+    if flags & _ACK:
+        return _ACK_CLASS
+    return _NONE_CLASS
+
+
+# The flag combinations Linux's tcp_error accepts at all (its tcp_valid_flags), with their class;
+# PSH, ECE and CWR do not matter. Anything else (SYN+FIN, SYN+RST, FIN without ACK, no flags) is
+# invalid in every state. One dict lookup answers both questions per packet.
+_CLASS_OF_FLAGS: dict[int, int] = {
+    flags: _flag_class(flags) for flags in (
+        _SYN, _SYN | _URG, _SYN | _ACK, _RST, _RST | _ACK,
+        _FIN | _ACK, _FIN | _ACK | _URG, _ACK, _ACK | _URG)
+}
+
+
+def _row(*cells: TcpState | _Ignore | None) -> tuple[TcpState | _Ignore | None, ...]:
+    assert len(cells) == len(TcpState)
+    return cells
+
+
+_NO, _SS, _SR, _ES, _FW, _CW, _LA, _TW, _CL, _S2 = TcpState
+_IV = None  # invalid
+_IG = _IGNORE
+
+# Columns, in TcpState value order:
+#            NONE SYN_SENT SYN_RECV ESTABL FIN_WAIT CLOSE_WAIT LAST_ACK TIME_WAIT CLOSE SYN_SENT2
+_TCP_TABLE: tuple[tuple[tuple[TcpState | _Ignore | None, ...], ...], ...] = (
+    (  # ORIGINAL direction: packets from the client
+        _row(_SS, _SS, _IG, _IG, _IG, _IG, _IG, _SS, _SS, _S2),  # SYN
+        _row(_IV, _IV, _SR, _IV, _IV, _IV, _IV, _IV, _IV, _SR),  # SYN-ACK
+        _row(_IV, _IV, _FW, _FW, _LA, _LA, _LA, _TW, _CL, _IV),  # FIN
+        _row(_ES, _IV, _ES, _ES, _CW, _CW, _TW, _TW, _CL, _IV),  # ACK
+        _row(_IV, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL),  # RST
+        _row(_IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV),  # none
+    ),
+    (  # REPLY direction: packets from the server (or the translated endpoint)
+        _row(_IV, _S2, _IV, _IV, _IV, _IV, _IV, _SS, _IV, _S2),  # SYN
+        _row(_IV, _SR, _IG, _IG, _IG, _IG, _IG, _IG, _IG, _SR),  # SYN-ACK
+        _row(_IV, _IV, _FW, _FW, _LA, _LA, _LA, _TW, _CL, _IV),  # FIN
+        _row(_IV, _IG, _SR, _ES, _CW, _CW, _TW, _TW, _CL, _IG),  # ACK
+        _row(_IV, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL),  # RST
+        _row(_IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV),  # none
+    ),
+)
+
+
+# -- entries -------------------------------------------------------------------------------------
+
+class Entry:
+    """One tracked connection. Mutable; the table owns its bookkeeping fields (underscored)."""
+
+    __slots__ = ("original", "reply", "dnat", "snat", "tcp_state", "replied", "assured",
+                 "created", "last_seen", "expires", "labels", "packets", "bytes",
+                 "_heap_at", "_heap_seq", "_in_table", "_simultaneous_open")
+
+    def __init__(self, original: FlowTuple, reply: FlowTuple, dnat: tuple[bytes, int] | None,
+                 snat: tuple[bytes, int] | None, now: float, expires: float,
+                 tcp_state: TcpState, labels: dict[str, Any]):
+        self.original = original
+        self.reply = reply
+        self.dnat = dnat
+        self.snat = snat
+        self.tcp_state = tcp_state
+        self.replied = False
+        self.assured = False
+        self.created = now
+        self.last_seen = now
+        self.expires = expires
+        self.labels = labels
+        self.packets = [0, 0]
+        self.bytes = [0, 0]
+        self._heap_at = float("inf")
+        self._heap_seq = -1
+        self._in_table = False
+        self._simultaneous_open = False
+
+    def __repr__(self) -> str:
+        state = f" {self.tcp_state.name}" if self.original.proto == _TCP else ""
+        return f"<Entry {self.original.describe()}{state} expires={self.expires}>"
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """A JSON-able row for ``vswitchctl conntrack``."""
+        return {
+            "proto": _PROTO_NAMES.get(self.original.proto, str(self.original.proto)),
+            "description": self.original.describe(),
+            "original": self.original.as_dict(),
+            "reply": self.reply.as_dict(),
+            "dnat": _endpoint_dict(self.dnat),
+            "snat": _endpoint_dict(self.snat),
+            "state": self.tcp_state.name if self.original.proto == _TCP else None,
+            "replied": self.replied,
+            "assured": self.assured,
+            "age": now - self.created,
+            "idle": now - self.last_seen,
+            "expires_in": max(0.0, self.expires - now),
+            "packets": {"original": self.packets[0], "reply": self.packets[1]},
+            "bytes": {"original": self.bytes[0], "reply": self.bytes[1]},
+            "labels": _jsonable(self.labels),
+        }
+
+
+def _endpoint_dict(endpoint: tuple[bytes, int] | None) -> dict[str, Any] | None:
+    if endpoint is None:
+        return None
+    return {"ip": ip_text(endpoint[0]), "port": endpoint[1]}
+
+
+def _jsonable(value: Any) -> Any:
+    """Labels are free-form; addresses in them are shown as text, anything unknown as its str."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return ip_text(bytes(value)) if len(value) == 4 else bytes(value).hex()
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+class ConntrackTable:
+    def __init__(self, max_entries: int = 262144, timeouts: Timeouts = Timeouts()):
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be positive, not {max_entries}")
+        self.max_entries = max_entries
+        self.timeouts = timeouts
+        # Indexed by TcpState.value: the per-packet path avoids an attribute lookup by name.
+        self._tcp_timeout = tuple(timeouts.tcp(state) for state in TcpState)
+        self._established_timeout = timeouts.established
+        self._by_original: dict[FlowTuple, Entry] = {}
+        self._by_reply: dict[FlowTuple, Entry] = {}
+        # Entries that have not seen a reply, oldest first: the eviction candidates.
+        self._unreplied: OrderedDict[Entry, None] = OrderedDict()
+        # Entries by the address of their DNAT target, for flush_endpoint.
+        self._by_endpoint: dict[bytes, set[Entry]] = {}
+        self._heap: list[tuple[float, int, Entry]] = []
+        self._seq = itertools.count()
+        # Per-table secret for the start of a port scan, so that ports are not predictable from
+        # outside (Linux hashes with a boot-time secret for the same reason).
+        self._port_salt = int.from_bytes(os.urandom(8), "big")
+        self._tcp_states: dict[TcpState, int] = {state: 0 for state in TcpState}
+        self._protocols: dict[int, int] = {}
+        self._counts = {name: 0 for name in (
+            "created", "expired", "evictions", "drops_full", "clashes", "invalid", "ignored",
+            "reopened", "flushed", "removed")}
+
+    def __len__(self) -> int:
+        return len(self._by_original)
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    def lookup(self, t: FlowTuple, now: float) -> tuple[Entry, Direction] | None:
+        entry = self._by_original.get(t)
+        if entry is not None:
+            return (entry, Direction.ORIGINAL) if now < entry.expires else None
+        entry = self._by_reply.get(t)
+        if entry is not None:
+            return (entry, Direction.REPLY) if now < entry.expires else None
+        return None
+
+    def _holder(self, t: FlowTuple) -> Entry | None:
+        entry = self._by_original.get(t)
+        return entry if entry is not None else self._by_reply.get(t)
+
+    def entries(self) -> list[Entry]:
+        return list(self._by_original.values())
+
+    # -- creation --------------------------------------------------------------------------------
+
+    @staticmethod
+    def new_tcp_allowed(flags: int) -> bool:
+        """Only a bare SYN may start a TCP connection: picking up a connection from a stray ACK
+        (Linux's ``nf_conntrack_tcp_loose``) would forward packets of a flow whose translation is
+        unknown, which is how kube-proxy's spurious resets came about."""
+        return flags & (_SYN | _ACK | _RST | _FIN) == _SYN
+
+    @staticmethod
+    def reply_tuple(original: FlowTuple, dnat: tuple[bytes, int] | None = None,
+                    snat: tuple[bytes, int] | None = None) -> FlowTuple:
+        """The tuple a reply arrives with: the original after translation, reversed. For ICMP
+        echo the identifier is one field in both directions, so only ``snat`` may change it."""
+        dst, dport = original.dst, original.dport
+        src, sport = original.src, original.sport
+        if dnat is not None:
+            dst = dnat[0]
+            if dnat[1] is not None and original.proto != _ICMP:
+                dport = dnat[1]
+        if snat is not None:
+            src = snat[0]
+            if snat[1] is not None:
+                sport = snat[1]
+        if original.proto == _ICMP:
+            dport = sport
+        return FlowTuple(original.proto, dst, dport, src, sport)
+
+    def create(self, original: FlowTuple, now: float, *, dnat: tuple[bytes, int] | None = None,
+               snat: tuple[bytes, int] | None = None,
+               labels: dict[str, Any] | None = None) -> Entry | None:
+        """Track a new connection. The packet that caused it is not counted: call ``update`` for
+        it as for every other packet (for TCP, its SYN leaves the state at SYN_SENT).
+
+        Returns None when the connection cannot be tracked: its original or reply tuple belongs to
+        a live entry (a clash), or the table is full of answered connections."""
+        reply = self.reply_tuple(original, dnat, snat)
+        for t in (original, reply):
+            holder = self._holder(t)
+            if holder is None:
+                continue
+            if now >= holder.expires:
+                self._discard(holder)
+                self._counts["expired"] += 1
+            else:
+                self._counts["clashes"] += 1
+                return None
+        if len(self._by_original) >= self.max_entries:
+            self.expire(now)
+            while len(self._by_original) >= self.max_entries:
+                if not self._unreplied:
+                    self._counts["drops_full"] += 1
+                    return None
+                victim = next(iter(self._unreplied))
+                self._discard(victim)
+                self._counts["evictions"] += 1
+
+        proto = original.proto
+        if proto == _TCP:
+            state = TcpState.SYN_SENT
+            timeout = self.timeouts.syn_sent
+        elif proto == _UDP:
+            state = TcpState.NONE
+            timeout = self.timeouts.udp_unreplied
+        elif proto == _ICMP:
+            state = TcpState.NONE
+            timeout = self.timeouts.icmp
+        else:
+            state = TcpState.NONE
+            timeout = self.timeouts.generic
+        entry = Entry(original, reply, dnat, snat, now, now + timeout, state,
+                      labels if labels is not None else {})
+        entry._in_table = True
+        self._by_original[original] = entry
+        self._by_reply[reply] = entry
+        self._unreplied[entry] = None
+        if dnat is not None:
+            self._by_endpoint.setdefault(dnat[0], set()).add(entry)
+        if proto == _TCP:
+            self._tcp_states[state] += 1
+        self._protocols[proto] = self._protocols.get(proto, 0) + 1
+        self._push(entry)
+        self._counts["created"] += 1
+        return entry
+
+    def allocate_port(self, proto: int, src_ip: bytes, remote_ip: bytes, remote_port: int,
+                      preferred: int, low: int = 1024, high: int = 65535, *,
+                      now: float | None = None) -> int | None:
+        """A source port (for ICMP echo: an identifier) to SNAT a connection to ``src_ip``, such
+        that its reply tuple (remote -> src_ip:port) belongs to no entry. The client's own port is
+        kept when it is free and in range, as Linux does; otherwise the scan starts at a salted
+        hash of the flow, so that colliding clients do not all probe the same ports. With ``now``,
+        ports held by dead entries count as free (``create`` reclaims them). Create the entry
+        before allocating again: until then the port is not reserved."""
+        if not 0 <= low <= high <= 65535:
+            raise ValueError(f"bad port range {low}-{high}")
+
+        def free(port: int) -> bool:
+            if proto == _ICMP:
+                t = FlowTuple(proto, remote_ip, port, src_ip, port)
+            else:
+                t = FlowTuple(proto, remote_ip, remote_port, src_ip, port)
+            holder = self._holder(t)
+            return holder is None or (now is not None and now >= holder.expires)
+
+        if low <= preferred <= high and free(preferred):
+            return preferred
+        span = high - low + 1
+        start = hash((self._port_salt, proto, src_ip, remote_ip, remote_port, preferred)) % span
+        for i in range(span):
+            port = low + (start + i) % span
+            if free(port):
+                return port
+        return None
+
+    # -- packets ---------------------------------------------------------------------------------
+
+    def update(self, entry: Entry, direction: Direction, now: float, tcp_flags: int | None = None,
+               length: int = 0) -> Verdict:
+        """Account one packet of ``entry`` travelling in ``direction``; for TCP, ``tcp_flags`` is
+        the header's flags byte and decides the state transition. INVALID means: drop the packet;
+        nothing about the entry has changed."""
+        if not entry._in_table:
+            self._counts["invalid"] += 1
+            return Verdict.INVALID
+        d = direction.value
+        proto = entry.original.proto
+        if proto != _TCP:
+            if d == 1 and not entry.replied:
+                self._mark_replied(entry)
+                if proto != _ICMP:
+                    entry.assured = True
+            if proto == _UDP:
+                timeout = self.timeouts.udp_replied if entry.replied else self.timeouts.udp_unreplied
+            elif proto == _ICMP:
+                timeout = self.timeouts.icmp
+            else:
+                timeout = self.timeouts.generic
+            self._count(entry, d, now, length)
+            self._set_expires(entry, now + timeout)
+            return Verdict.ACCEPT
+
+        if tcp_flags is None:
+            raise ValueError("a TCP packet needs its flags to be tracked")
+        cls = _CLASS_OF_FLAGS.get(tcp_flags & _CLASSIFIED)
+        if cls is None:
+            self._counts["invalid"] += 1
+            return Verdict.INVALID
+        old = entry.tcp_state
+        new = _TCP_TABLE[d][cls][old.value]
+        if new is old is TcpState.ESTABLISHED and entry.assured:
+            # The common case, a segment of an established connection: only the clock moves.
+            entry.packets[d] += 1
+            entry.bytes[d] += length
+            entry.last_seen = now
+            expires = now + self._established_timeout
+            if expires < entry._heap_at:
+                self._set_expires(entry, expires)
+            else:
+                entry.expires = expires
+            return Verdict.ACCEPT
+        if new is None:
+            self._counts["invalid"] += 1
+            return Verdict.INVALID
+        if new is _IGNORE:
+            self._counts["ignored"] += 1
+            if d == 1 and not entry.replied:
+                self._mark_replied(entry)
+            self._count(entry, d, now, length)
+            return Verdict.ACCEPT
+        assert isinstance(new, TcpState)
+
+        if new is TcpState.SYN_SENT and old in (TcpState.TIME_WAIT, TcpState.CLOSE):
+            if d == 1:
+                # The server side opening a connection back on the same ports: the kernel would
+                # start a new entry with the roles swapped, which a translated entry cannot express.
+                self._counts["invalid"] += 1
+                return Verdict.INVALID
+            self._reopen(entry, now, length)
+            return Verdict.ACCEPT
+
+        if new is TcpState.SYN_SENT2:
+            entry._simultaneous_open = True
+        elif (new is TcpState.SYN_RECV and d == 1 and cls == _ACK_CLASS
+              and entry._simultaneous_open):
+            # Both sides sent SYN and SYN-ACK; the table alone cannot tell that this ACK completes it.
+            new = TcpState.ESTABLISHED
+
+        was_replied = entry.replied
+        if (was_replied and not entry.assured and new is TcpState.ESTABLISHED
+                and old in (TcpState.SYN_RECV, TcpState.ESTABLISHED)):
+            entry.assured = True
+        if d == 1 and not was_replied:
+            self._mark_replied(entry)
+        if new is not old:
+            self._tcp_states[old] -= 1
+            self._tcp_states[new] += 1
+            entry.tcp_state = new
+        self._count(entry, d, now, length)
+        if d == 0 and not was_replied and cls == _SYN_CLASS and old is TcpState.SYN_SENT:
+            # A retransmitted SYN must not keep an unanswered translation alive indefinitely.
+            return Verdict.ACCEPT
+        # A RST always leads to CLOSE, so its short timeout is CLOSE's.
+        self._set_expires(entry, now + self._tcp_timeout[new.value])
+        return Verdict.ACCEPT
+
+    def _count(self, entry: Entry, d: int, now: float, length: int) -> None:
+        entry.packets[d] += 1
+        entry.bytes[d] += length
+        entry.last_seen = now
+
+    def _mark_replied(self, entry: Entry) -> None:
+        entry.replied = True
+        self._unreplied.pop(entry, None)
+
+    def _reopen(self, entry: Entry, now: float, length: int) -> None:
+        """A new connection on the tuple of a closed one: it starts from scratch, keeping the
+        translation (the endpoint it pointed at is still there, or flush_endpoint would have
+        removed the entry)."""
+        self._tcp_states[entry.tcp_state] -= 1
+        self._tcp_states[TcpState.SYN_SENT] += 1
+        entry.tcp_state = TcpState.SYN_SENT
+        entry.replied = False
+        entry.assured = False
+        entry._simultaneous_open = False
+        entry.created = now
+        entry.packets = [0, 0]
+        entry.bytes = [0, 0]
+        self._unreplied[entry] = None
+        self._unreplied.move_to_end(entry)
+        self._count(entry, 0, now, length)
+        self._set_expires(entry, now + self.timeouts.syn_sent)
+        self._counts["reopened"] += 1
+
+    # -- removal and time ------------------------------------------------------------------------
+
+    def remove(self, entry: Entry) -> None:
+        if entry._in_table:
+            self._discard(entry)
+            self._counts["removed"] += 1
+
+    def expire(self, now: float) -> list[Entry]:
+        """Remove and return every entry whose deadline has come (``now >= expires``)."""
+        gone: list[Entry] = []
+        while True:
+            deadline = self._settle_top()
+            if deadline is None or deadline > now:
+                break
+            # _discard may rebuild the heap, so it is never held in a local across iterations.
+            _, _, entry = heapq.heappop(self._heap)
+            self._discard(entry)
+            gone.append(entry)
+        self._counts["expired"] += len(gone)
+        return gone
+
+    def next_deadline(self) -> float | None:
+        """The earliest ``expires`` of any entry in the table, or None when it is empty."""
+        return self._settle_top()
+
+    def flush(self, predicate: Callable[[Entry], bool] | None = None) -> int:
+        if predicate is None:
+            victims = list(self._by_original.values())
+        else:
+            victims = [e for e in self._by_original.values() if predicate(e)]
+        for entry in victims:
+            self._discard(entry)
+        self._counts["flushed"] += len(victims)
+        return len(victims)
+
+    def flush_endpoint(self, ip: bytes, port: int | None = None, proto: int | None = None) -> int:
+        """Remove the entries translated to endpoint ``ip`` (optionally only its ``port`` and
+        ``proto``), so that the flows they carried pick a live endpoint at their next packet."""
+        candidates = self._by_endpoint.get(ip)
+        if not candidates:
+            return 0
+        victims = [e for e in candidates
+                   if (port is None or e.dnat is not None and e.dnat[1] == port)
+                   and (proto is None or e.original.proto == proto)]
+        for entry in victims:
+            self._discard(entry)
+        self._counts["flushed"] += len(victims)
+        return len(victims)
+
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot: counters since start, and what the table holds now."""
+        return {
+            "entries": len(self._by_original),
+            "max": self.max_entries,
+            **self._counts,
+            "unreplied": len(self._unreplied),
+            "tcp_states": {state.name: n for state, n in self._tcp_states.items()
+                           if state is not TcpState.NONE},
+            "protocols": {_PROTO_NAMES.get(p, str(p)): n for p, n in self._protocols.items() if n},
+        }
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def _discard(self, entry: Entry) -> None:
+        entry._in_table = False
+        entry._heap_seq = -1  # its heap items are now stale and will be skipped
+        del self._by_original[entry.original]
+        del self._by_reply[entry.reply]
+        self._unreplied.pop(entry, None)
+        if entry.dnat is not None:
+            group = self._by_endpoint.get(entry.dnat[0])
+            if group is not None:
+                group.discard(entry)
+                if not group:
+                    del self._by_endpoint[entry.dnat[0]]
+        proto = entry.original.proto
+        if proto == _TCP:
+            self._tcp_states[entry.tcp_state] -= 1
+        self._protocols[proto] -= 1
+        if len(self._heap) > 2 * len(self._by_original) + 64:
+            self._rebuild_heap()
+
+    def _push(self, entry: Entry) -> None:
+        seq = next(self._seq)
+        heapq.heappush(self._heap, (entry.expires, seq, entry))
+        entry._heap_at = entry.expires
+        entry._heap_seq = seq
+
+    def _set_expires(self, entry: Entry, expires: float) -> None:
+        # Invariant: a live entry has exactly one current heap item, at or before its deadline.
+        # A later deadline keeps the item (it is moved when it surfaces); an earlier one needs a
+        # new item, and the old one goes stale.
+        entry.expires = expires
+        if expires < entry._heap_at:
+            self._push(entry)
+            if len(self._heap) > 2 * len(self._by_original) + 64:
+                self._rebuild_heap()
+
+    def _settle_top(self) -> float | None:
+        """Drop stale items and move postponed ones until the top is an exact deadline."""
+        heap = self._heap
+        while heap:
+            at, seq, entry = heap[0]
+            if seq != entry._heap_seq:
+                heapq.heappop(heap)
+            elif entry.expires > at:
+                seq = next(self._seq)
+                heapq.heapreplace(heap, (entry.expires, seq, entry))
+                entry._heap_at = entry.expires
+                entry._heap_seq = seq
+            else:
+                return at
+        return None
+
+    def _rebuild_heap(self) -> None:
+        heap = []
+        for entry in self._by_original.values():
+            seq = next(self._seq)
+            heap.append((entry.expires, seq, entry))
+            entry._heap_at = entry.expires
+            entry._heap_seq = seq
+        heapq.heapify(heap)
+        self._heap = heap

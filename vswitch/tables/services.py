@@ -1,0 +1,562 @@
+"""The service table: which destinations are service frontends, their ready backends, and the
+choice of a backend for a new connection.
+
+Theory of operation
+-------------------
+* A *frontend* is a (protocol, address, port) a client may send to: a service's cluster IP and
+  port, each of its external IPs with the same port, and, for NodePort services, each node address
+  with the node port. All frontends of every service live in one dict, so ``match`` costs the same
+  with ten services as with ten thousand (kube-proxy's iptables mode walks a chain per service).
+* A *service port* is identified by (service key, protocol, port), as Kubernetes requires those to
+  be unique within a service. Its backends are the ready pods whose labels include every pair of
+  the selector, each at the target port; a named target port is looked up per pod among its
+  containers' named ports, and a pod that lacks the name (or has it for another protocol) is not a
+  backend of that port. A service without a selector uses its explicit endpoints instead, which are
+  always considered ready: whoever declared them vouches for them, as for a Kubernetes Endpoints
+  object written by hand. Backends are sorted by (ip, port), so that the order is the same whatever
+  order pods arrive in, which makes seeded random choices reproducible.
+* ``program`` rebuilds everything from the desired state and reports, per service port, the
+  backends that went away and those that appeared: the connection tracker must flush the entries
+  that point at a vanished backend at once, or a UDP client with a fixed source port keeps talking
+  to a dead pod. Frontends that disappeared are reported too, because entries made through them are
+  just as stale. ``generation`` changes only when something did, so the caller can run ``program``
+  on every pod or service event and let cached decisions live when nothing moved.
+* Traffic policy narrows the candidates to local backends: ``internal_traffic_policy`` Local for
+  the cluster IP, ``external_traffic_policy`` Local for node ports and external IPs reached from
+  outside. Traffic from inside the cluster to a node port or external IP may use any backend, as in
+  kube-proxy, because the client's source address is not at stake there.
+* Session affinity ClientIP pins a (service port, client IP) to a backend until
+  ``affinity_timeout`` seconds pass without a new connection. An entry whose backend is no longer a
+  candidate is ignored and replaced, so a client never sticks to a backend that is gone or that the
+  traffic policy forbids. Entries are dropped when their backend goes away or the service stops
+  using affinity, so switching affinity off spreads clients again at once.
+* The choice is ``rng.choice`` for "random" and a Maglev table (see ``maglev.py``) indexed by the
+  flow hash for "maglev". Maglev tables are built on the first connection that needs one and kept
+  until the candidates change: building one per service port on every ``program`` would make
+  endpoint churn cost time proportional to the number of services.
+* A service port's Maglev table size is sticky. Maglev only moves few flows when a backend comes
+  or goes if the table keeps its size: a new prime size reshuffles every slot. So the size is
+  chosen once for twice the current backends and changes only when the backends outgrow it
+  (more than one per 100 slots); a shrinking set keeps the larger table, which only improves
+  balance. The local-only table of a service port uses the same size.
+"""
+from __future__ import annotations
+
+import enum
+import heapq
+import random
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Callable, Iterable, Mapping, Sequence
+
+from vswitch.model import Pod, Service, ServicePort
+from vswitch.tables import maglev
+
+PROTOCOL_NUMBERS: Mapping[str, int] = {"tcp": 6, "udp": 17, "sctp": 132}
+NODE_PORT_TYPES = ("nodeport", "loadbalancer")
+
+# (service key, protocol, port): what Kubernetes keeps unique among a service's ports.
+PortKey = tuple[str, str, int]
+# (IP protocol number, destination address, destination port).
+FrontendKey = tuple[int, bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    ip: bytes  # 4-byte IPv4
+    port: int  # the resolved target port
+    pod: str | None  # the pod's name, or None for an explicit (selector-less) endpoint
+    local: bool  # on this node
+
+    @property
+    def name(self) -> str:
+        """The backend's stable name ("10.244.1.10:8080"), which seeds its Maglev permutation."""
+        return f"{IPv4Address(self.ip)}:{self.port}"
+
+
+class FrontendKind(enum.Enum):
+    CLUSTER_IP = "cluster-ip"
+    EXTERNAL_IP = "external-ip"
+    NODE_PORT = "node-port"
+
+
+@dataclass(frozen=True)
+class ServiceMatch:
+    service: Service
+    port: ServicePort
+    kind: FrontendKind
+    backends: tuple[Backend, ...]  # the ready backends of this service port, sorted by (ip, port)
+
+    @property
+    def port_key(self) -> PortKey:
+        return port_key(self.service, self.port)
+
+
+@dataclass(frozen=True)
+class ProgramResult:
+    # Backends present before and gone now, and the reverse, with the service port they belong to
+    # (the old ServicePort for removals, the new one for additions).
+    removed: list[tuple[str, ServicePort, Backend]]
+    added: list[tuple[str, ServicePort, Backend]]
+    generation: int
+    # Frontends that no longer exist and frontends that are new: connections made through a
+    # vanished frontend are stale even when their backend survives.
+    removed_frontends: list[FrontendKey]
+    added_frontends: list[FrontendKey]
+    # Desired state that could not be programmed as written, one sentence each: a frontend taken by
+    # an earlier service, a duplicate service key or service port. The earlier one wins.
+    conflicts: list[str]
+    # Whether anything changed at all (``generation`` moved), settings included.
+    changed: bool = False
+
+
+def port_key(service: Service, port: ServicePort) -> PortKey:
+    return (service.key, port.protocol.lower(), port.port)
+
+
+def _is(value: str, expected: str) -> bool:
+    return value.lower() == expected
+
+
+class _PortState:
+    """One programmed service port: what ``program`` compares against on the next call."""
+
+    __slots__ = ("service", "port", "backends", "matches")
+
+    def __init__(self, service: Service, port: ServicePort, backends: tuple[Backend, ...],
+                 matches: dict[FrontendKind, ServiceMatch]):
+        self.service = service
+        self.port = port
+        self.backends = backends
+        self.matches = matches
+
+
+class _Affinity:
+    __slots__ = ("backend", "expires", "last_used")
+
+    def __init__(self, backend: Backend, expires: float, last_used: float):
+        self.backend = backend
+        self.expires = expires
+        self.last_used = last_used
+
+
+class ServiceTable:
+    def __init__(self, rng: random.Random, node_addresses: Sequence[bytes] = ()):
+        self.rng = rng
+        # The node's addresses on which node ports listen.
+        self.node_addresses: tuple[bytes, ...] = tuple(node_addresses)
+        self.generation = 0
+        self._services: dict[str, Service] = {}
+        self._ports: dict[PortKey, _PortState] = {}
+        self._frontends: dict[FrontendKey, ServiceMatch] = {}
+        # Affinity entries are grouped per service port, so that dropping a service's entries, or
+        # those of one removed backend, never scans other services' clients.
+        self._affinity: dict[PortKey, dict[bytes, _Affinity]] = {}
+        # (expires, sequence, port key, client) for every expiry ever set; an item whose entry is
+        # gone or was refreshed since is skipped when it reaches the top.
+        self._expiry_heap: list[tuple[float, int, PortKey, bytes]] = []
+        self._expiry_sequence = 0
+        # The heap is rebuilt from the live entries when it outgrows this, which keeps refreshes
+        # amortised O(log n) without letting outdated items pile up.
+        self._heap_limit = 64
+        # (port key, local only) -> (candidates the table was built for, table).
+        self._maglev: dict[tuple[PortKey, bool], tuple[tuple[Backend, ...], list[int]]] = {}
+        self._maglev_size: dict[PortKey, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._frontends)
+
+    # -- programming -------------------------------------------------------------------------
+
+    def set_node_addresses(self, addresses: Iterable[bytes]) -> None:
+        """Takes effect on the next ``program``, which reports the node-port frontends it moves."""
+        self.node_addresses = tuple(addresses)
+
+    def program(self, services: Sequence[Service], pods: Sequence[Pod]) -> ProgramResult:
+        conflicts: list[str] = []
+        ready_by_label: dict[tuple[str, str], list[Pod]] = {}
+        pods_by_ip: dict[bytes, Pod] = {}
+        for pod in pods:
+            pods_by_ip.setdefault(pod.ip.packed, pod)
+            if pod.ready:
+                for pair in pod.labels.items():
+                    ready_by_label.setdefault(pair, []).append(pod)
+        named_ports: dict[str, Mapping[str, tuple[str, int]]] = {}
+
+        def pod_named_ports(pod: Pod) -> Mapping[str, tuple[str, int]]:
+            found = named_ports.get(pod.name)
+            if found is None:
+                merged: dict[str, tuple[str, int]] = {}
+                for container in pod.containers:
+                    for name, binding in container.ports.items():
+                        merged.setdefault(name, binding)
+                found = named_ports[pod.name] = merged
+            return found
+
+        def resolve(port: ServicePort, pod: Pod) -> int | None:
+            if isinstance(port.target_port, int):
+                return port.target_port
+            binding = pod_named_ports(pod).get(port.target_port)
+            if binding is None or binding[0].lower() != port.protocol.lower():
+                return None
+            return binding[1]
+
+        new_services: dict[str, Service] = {}
+        new_ports: dict[PortKey, _PortState] = {}
+        frontends: dict[FrontendKey, ServiceMatch] = {}
+        removed: list[tuple[str, ServicePort, Backend]] = []
+        added: list[tuple[str, ServicePort, Backend]] = []
+
+        for service in services:
+            if service.key in new_services:
+                conflicts.append(f"service {service.key} is defined twice; the first one is kept")
+                continue
+            new_services[service.key] = service
+            if service.headless:
+                continue
+            if service.selector:
+                members = self._select(service.selector, ready_by_label)
+                endpoints = [(pod.ip.packed, pod, pod.name) for pod in members]
+            else:
+                endpoints = []
+                for address in dict.fromkeys(service.endpoints):
+                    pod = pods_by_ip.get(address.packed)
+                    endpoints.append((address.packed, pod, None))
+            for port in service.ports:
+                key = port_key(service, port)
+                if key in new_ports:
+                    conflicts.append(f"service {service.key} declares {key[1]} port {key[2]} "
+                                     "twice; the first one is kept")
+                    continue
+                backends = self._backends(port, endpoints, resolve)
+                old = self._ports.get(key)
+                if (old is not None and (old.service is service or old.service == service)
+                        and old.port == port and old.backends == backends):
+                    matches = old.matches
+                    backends = old.backends
+                else:
+                    matches = {}
+                state = _PortState(service, port, backends, matches)
+                new_ports[key] = state
+                self._add_frontends(state, frontends, conflicts)
+
+        for key, state in new_ports.items():
+            old = self._ports.get(key)
+            if old is None:
+                added.extend((key[0], state.port, b) for b in state.backends)
+            elif old.backends != state.backends:
+                before, after = set(old.backends), set(state.backends)
+                removed.extend((key[0], old.port, b) for b in old.backends if b not in after)
+                added.extend((key[0], state.port, b) for b in state.backends if b not in before)
+        for key, old in self._ports.items():
+            if key not in new_ports:
+                removed.extend((key[0], old.port, b) for b in old.backends)
+
+        removed_frontends = [k for k in self._frontends if k not in frontends]
+        added_frontends = [k for k in frontends if k not in self._frontends]
+        changed = bool(removed or added or removed_frontends or added_frontends
+                       or new_services != self._services or frontends != self._frontends)
+
+        self._forget_affinity(new_ports, removed)
+        for cache_key in [k for k in self._maglev if k[0] not in new_ports]:
+            del self._maglev[cache_key]
+        for key in [k for k in self._maglev_size if k not in new_ports]:
+            del self._maglev_size[key]
+        self._services = new_services
+        self._ports = new_ports
+        self._frontends = frontends
+        if changed:
+            self.generation += 1
+        return ProgramResult(removed, added, self.generation, removed_frontends, added_frontends,
+                             conflicts, changed)
+
+    @staticmethod
+    def _select(selector: Mapping[str, str],
+                ready_by_label: dict[tuple[str, str], list[Pod]]) -> list[Pod]:
+        """Ready pods whose labels include every selector pair, starting from the rarest pair so
+        that a service costs what it matches, not what the node holds."""
+        smallest: list[Pod] = []
+        for index, pair in enumerate(selector.items()):
+            candidates = ready_by_label.get(pair)
+            if not candidates:
+                return []
+            if index == 0 or len(candidates) < len(smallest):
+                smallest = candidates
+        if len(selector) == 1:
+            return smallest
+        pairs = selector.items()
+        return [pod for pod in smallest if all(pod.labels.get(k) == v for k, v in pairs)]
+
+    @staticmethod
+    def _backends(port: ServicePort, endpoints: list[tuple[bytes, Pod | None, str | None]],
+                  resolve: Callable[[ServicePort, Pod], int | None]) -> tuple[Backend, ...]:
+        found: dict[tuple[bytes, int], Backend] = {}
+        for ip, pod, name in endpoints:
+            if pod is None:
+                # An explicit endpoint outside this node: only a numeric target port makes sense.
+                if not isinstance(port.target_port, int):
+                    continue
+                number = port.target_port
+            else:
+                number = resolve(port, pod)
+                if number is None:
+                    continue
+            found.setdefault((ip, number), Backend(ip, number, name, pod is not None))
+        return tuple(found[k] for k in sorted(found))
+
+    def _add_frontends(self, state: _PortState, frontends: dict[FrontendKey, ServiceMatch],
+                       conflicts: list[str]) -> None:
+        service, port = state.service, state.port
+        proto = PROTOCOL_NUMBERS.get(port.protocol.lower())
+        if proto is None:
+            conflicts.append(f"service {service.key}: unknown protocol {port.protocol!r}")
+            return
+        assert service.cluster_ip is not None
+        wanted: list[tuple[FrontendKind, bytes, int]] = [
+            (FrontendKind.CLUSTER_IP, service.cluster_ip.packed, port.port)]
+        wanted.extend((FrontendKind.EXTERNAL_IP, address.packed, port.port)
+                      for address in service.external_ips)
+        if port.node_port is not None and service.type.lower() in NODE_PORT_TYPES:
+            wanted.extend((FrontendKind.NODE_PORT, address, port.node_port)
+                          for address in self.node_addresses)
+        for kind, address, number in wanted:
+            key = (proto, address, number)
+            holder = frontends.get(key)
+            if holder is not None:
+                if holder.service.key != service.key or holder.port != port:
+                    conflicts.append(
+                        f"service {service.key}: {port.protocol} {IPv4Address(address)}:{number} "
+                        f"is already the frontend of {holder.service.key}; the first one is kept")
+                continue
+            match = state.matches.get(kind)
+            if match is None:
+                match = state.matches[kind] = ServiceMatch(service, port, kind, state.backends)
+            frontends[key] = match
+
+    def _forget_affinity(self, new_ports: dict[PortKey, _PortState],
+                         removed: list[tuple[str, ServicePort, Backend]]) -> None:
+        gone_backends: dict[PortKey, set[Backend]] = {}
+        for service_key, port, backend in removed:
+            gone_backends.setdefault((service_key, port.protocol.lower(), port.port),
+                                     set()).add(backend)
+        for key in list(self._affinity):
+            state = new_ports.get(key)
+            if state is None or not _is(state.service.session_affinity, "clientip"):
+                del self._affinity[key]
+                continue
+            entries = self._affinity[key]
+            gone = gone_backends.get(key)
+            if gone:
+                for client in [c for c, e in entries.items() if e.backend in gone]:
+                    del entries[client]
+            old = self._ports.get(key)
+            if old is not None and old.service.affinity_timeout != state.service.affinity_timeout:
+                # A shorter timeout applies to existing entries at once: it is measured from the
+                # entry's last use, as it would have been had it always been the setting.
+                timeout = state.service.affinity_timeout
+                for client, entry in entries.items():
+                    entry.expires = entry.last_used + timeout
+                    self._push_expiry(entry.expires, key, client)
+            if not entries:
+                del self._affinity[key]
+
+    # -- the per-connection path -------------------------------------------------------------
+
+    def match(self, proto: int, dst_ip: bytes, dst_port: int) -> ServiceMatch | None:
+        return self._frontends.get((proto, dst_ip, dst_port))
+
+    @staticmethod
+    def local_only(match: ServiceMatch, from_outside: bool) -> bool:
+        """Whether the traffic policy confines this connection to backends on this node."""
+        service = match.service
+        if match.kind is FrontendKind.CLUSTER_IP:
+            return _is(service.internal_traffic_policy, "local")
+        return from_outside and _is(service.external_traffic_policy, "local")
+
+    def candidates(self, match: ServiceMatch, from_outside: bool) -> tuple[Backend, ...]:
+        if self.local_only(match, from_outside):
+            return tuple(b for b in match.backends if b.local)
+        return match.backends
+
+    def why_none(self, match: ServiceMatch, from_outside: bool) -> str | None:
+        """Why ``choose`` found no backend: "no-endpoints" (the caller refuses the connection) or
+        "no-local-endpoints" (the caller drops it); None when there are candidates."""
+        if not match.backends:
+            return "no-endpoints"
+        if not self.candidates(match, from_outside):
+            return "no-local-endpoints"
+        return None
+
+    def choose(self, match: ServiceMatch, *, client_ip: bytes, flow_hash: int, now: float,
+               from_outside: bool) -> Backend | None:
+        local_only = self.local_only(match, from_outside)
+        candidates = (tuple(b for b in match.backends if b.local) if local_only
+                      else match.backends)
+        if not candidates:
+            return None
+        service = match.service
+        if not _is(service.session_affinity, "clientip"):
+            return self._pick(match, candidates, flow_hash, local_only)
+        key = port_key(service, match.port)
+        entries = self._affinity.get(key)
+        entry = entries.get(client_ip) if entries is not None else None
+        expires = now + service.affinity_timeout
+        if entry is not None and now < entry.expires and entry.backend in candidates:
+            entry.expires = expires
+            entry.last_used = now
+            self._push_expiry(expires, key, client_ip)
+            return entry.backend
+        backend = self._pick(match, candidates, flow_hash, local_only)
+        # A match from before the last ``program`` may name a port that is gone; pinning a client
+        # to it would only leave an entry nobody can reach.
+        if key in self._ports:
+            if entries is None:
+                entries = self._affinity[key] = {}
+            entries[client_ip] = _Affinity(backend, expires, now)
+            self._push_expiry(expires, key, client_ip)
+        return backend
+
+    def _pick(self, match: ServiceMatch, candidates: tuple[Backend, ...], flow_hash: int,
+              local_only: bool) -> Backend:
+        if len(candidates) == 1:
+            return candidates[0]
+        if not _is(match.service.load_balancer, "maglev"):
+            return self.rng.choice(candidates)
+        key = port_key(match.service, match.port)
+        cached = self._maglev.get((key, local_only))
+        if cached is None or cached[0] != candidates:
+            cached = (candidates, maglev.build_table([b.name for b in candidates],
+                                                     self._table_size(key, match)))
+            # A match from before the last ``program`` may name a port that is gone; its table
+            # would never be dropped.
+            if key in self._ports:
+                self._maglev[(key, local_only)] = cached
+        table = cached[1]
+        return candidates[table[flow_hash % len(table)]]
+
+    def _table_size(self, key: PortKey, match: ServiceMatch) -> int:
+        size = self._maglev_size.get(key)
+        if size is None or maglev.table_size(len(match.backends)) > size:
+            size = maglev.table_size(2 * len(match.backends))
+            if key in self._ports:
+                self._maglev_size[key] = size
+        return size
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _push_expiry(self, expires: float, key: PortKey, client: bytes) -> None:
+        self._expiry_sequence += 1
+        heapq.heappush(self._expiry_heap, (expires, self._expiry_sequence, key, client))
+        if len(self._expiry_heap) > self._heap_limit:
+            self._rebuild_heap()
+
+    def _rebuild_heap(self) -> None:
+        heap = []
+        for key, entries in self._affinity.items():
+            for client, entry in entries.items():
+                self._expiry_sequence += 1
+                heap.append((entry.expires, self._expiry_sequence, key, client))
+        heapq.heapify(heap)
+        self._expiry_heap = heap
+        self._heap_limit = 2 * len(heap) + 64
+
+    def _live_top(self) -> tuple[float, int, PortKey, bytes] | None:
+        """The heap's earliest item that still describes an entry, popping the outdated ones."""
+        heap = self._expiry_heap
+        while heap:
+            expires, _, key, client = heap[0]
+            entry = self._affinity.get(key, {}).get(client)
+            if entry is not None and entry.expires == expires:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def expire(self, now: float) -> int:
+        """Drops affinity entries that expired; ``choose`` already ignores them, this reclaims."""
+        dropped = 0
+        while True:
+            top = self._live_top()
+            if top is None or top[0] > now:
+                return dropped
+            heapq.heappop(self._expiry_heap)
+            _, _, key, client = top
+            entries = self._affinity[key]
+            del entries[client]
+            if not entries:
+                del self._affinity[key]
+            dropped += 1
+
+    def next_deadline(self) -> float | None:
+        top = self._live_top()
+        return top[0] if top is not None else None
+
+    def affinity_count(self) -> int:
+        return sum(len(entries) for entries in self._affinity.values())
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def services_info(self) -> list[dict]:
+        rows = []
+        for service in self._services.values():
+            endpoint_ips: set[bytes] = set()
+            ports = []
+            for port in service.ports:
+                state = self._ports.get(port_key(service, port))
+                backends = state.backends if state is not None and state.port == port else ()
+                endpoint_ips.update(b.ip for b in backends)
+                ports.append({
+                    "name": port.name,
+                    "protocol": port.protocol,
+                    "port": port.port,
+                    "target_port": port.target_port,
+                    "node_port": port.node_port,
+                    "endpoints": len(backends),
+                })
+            rows.append({
+                "name": service.name,
+                "namespace": service.namespace,
+                "type": service.type,
+                "cluster_ip": str(service.cluster_ip) if service.cluster_ip else None,
+                "programmed": not service.headless,
+                "ports": ports,
+                "external_ips": [str(a) for a in service.external_ips],
+                "affinity": {"mode": service.session_affinity,
+                             "timeout": service.affinity_timeout},
+                "policies": {"internal": service.internal_traffic_policy,
+                             "external": service.external_traffic_policy},
+                "load_balancer": service.load_balancer,
+                "endpoints": len(endpoint_ips),
+            })
+        return rows
+
+    def endpoints_info(self) -> list[dict]:
+        rows = []
+        for (service_key, protocol, number), state in self._ports.items():
+            for backend in state.backends:
+                rows.append({
+                    "service": service_key,
+                    "port": state.port.name,
+                    "protocol": protocol,
+                    "service_port": number,
+                    "backend": backend.name,
+                    "pod": backend.pod,
+                    "local": backend.local,
+                })
+        return rows
+
+    def affinity_info(self, now: float) -> list[dict]:
+        rows = []
+        for (service_key, protocol, number), entries in self._affinity.items():
+            for client, entry in entries.items():
+                if entry.expires <= now:
+                    continue
+                rows.append({
+                    "service": service_key,
+                    "protocol": protocol,
+                    "port": number,
+                    "client": str(IPv4Address(client)),
+                    "backend": entry.backend.name,
+                    "pod": entry.backend.pod,
+                    "expires_in": round(entry.expires - now, 3),
+                })
+        return rows
