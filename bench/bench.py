@@ -3,7 +3,7 @@
 
 Usage::
 
-    sudo python3 bench/bench.py [--rounds 3] [--duration 5] [--variants bridge,vswitch]
+    sudo python3 bench/bench.py [--rounds 3] [--duration 5] [--variants bridge,vswitch,...]
                                 [--json bench/results/bench-<timestamp>.json]
 
 Each variant joins two fresh network namespaces:
@@ -14,6 +14,15 @@ Each variant joins two fresh network namespaces:
     ``vswitchd`` with two pods, started from a generated topology, offloads on.
 ``vswitch-nooffload``
     the same with ``dataplane.offloads = false``, to show what the virtio-net header buys.
+``vswitch-routed``
+    ``vswitchd`` with two segments (two /24s, both MTU 1500) and one pod on each, offloads on, so
+    that every packet crosses the userspace router: route lookup, TTL decrement, MAC rewrite
+    towards an ARP-resolved next hop. Its distance from ``vswitch`` is the router's per-packet cost.
+
+Before a variant is measured, echoes from ``a`` to ``b`` must come back, with the TTL the variant
+promises (one less than ``b`` sent for the routed case, untouched otherwise), so that a datapath
+that does not forward, or forwards the wrong way, stops the run with a clear error instead of
+producing figures.
 
 All variants are built first, then measured interleaved (round 1 of every variant, then round 2…),
 so that a slow minute of a noisy VM spreads over all of them instead of landing on one. Per round:
@@ -22,10 +31,10 @@ loss), and the round-trip time of small ICMP echoes. The figure reported is the 
 and each is given as a ratio to the bridge measured in the same run, since absolute numbers move
 with the machine and ratios are what can be compared across runs.
 
-Traffic only flows between the two namespaces of a variant, on addresses of a random /24 inside
-10.200.0.0/13 that nothing on the host uses. Everything created (namespaces, bridge, veths,
-daemons, iperf3 processes) carries a random suffix and is removed on exit, on failure, on Ctrl-C
-and on SIGTERM.
+Traffic only flows between the two namespaces of a variant, on addresses of random /24s inside
+10.200.0.0/13 that nothing on the host uses (one per variant, two for the routed one). Everything
+created (namespaces, bridge, veths, daemons, iperf3 processes) carries a random suffix and is
+removed on exit, on failure, on Ctrl-C and on SIGTERM.
 """
 from __future__ import annotations
 
@@ -52,9 +61,13 @@ from typing import Callable, Iterator
 
 from pyroute2 import IPRoute, netns
 
+from vswitch.config import ConfigError, load_topology
+
 REPO = Path(__file__).resolve().parent.parent
 TEST_SUPERNET = IPv4Network("10.200.0.0/13")
-VARIANTS = ("bridge", "vswitch", "vswitch-nooffload")
+VARIANTS = ("bridge", "vswitch", "vswitch-nooffload", "vswitch-routed")
+# The routed variant's second segment, where pod ``b`` lives.
+ROUTED_SEGMENT = "b"
 READY_MARKER = "vswitchd ready"
 READY_TIMEOUT = 30.0
 # ``sys.exit`` around the entry point, as the console-script wrapper does: the functions return
@@ -79,7 +92,7 @@ PING_SCRIPT = textwrap.dedent(
     target, count, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     ident = os.getpid() & 0xFFFF
-    rtts, lost = [], 0
+    rtts, ttls, lost = [], [], 0
     for seq in range(1, count + 1):
         payload = b"vswitch-bench-rtt-%06d" % seq
         header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
@@ -98,9 +111,10 @@ PING_SCRIPT = textwrap.dedent(
             kind, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
             if kind == 0 and rid == ident and rseq == seq and source == target:
                 rtts.append((now - start) * 1e6)
+                ttls.append(data[8])
                 break
         time.sleep(interval)
-    print(json.dumps({"rtts_us": rtts, "lost": lost}))
+    print(json.dumps({"rtts_us": rtts, "ttls": ttls, "lost": lost}))
     '''
 )
 
@@ -111,13 +125,18 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Pair:
-    """Two namespaces that can reach each other through the datapath under test."""
+    """Two namespaces that can reach each other through the datapath under test.
+
+    ``hops`` is the number of routers between them, which is what the TTL of a reply must show:
+    a switch forwards frames without touching the IP header, a router decrements the TTL.
+    """
 
     variant: str
     ns_a: str
     ns_b: str
     ip_a: str
     ip_b: str
+    hops: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +154,10 @@ def taken_networks() -> list[IPv4Network]:
             if msg.get("RTA_DST") is not None and msg["dst_len"] > 0:
                 networks.append(IPv4Network(f"{msg.get('RTA_DST')}/{msg['dst_len']}", strict=False))
     return networks
+
+
+def subnets_needed(variant: str) -> int:
+    return 2 if variant == "vswitch-routed" else 1
 
 
 def free_subnets(count: int) -> list[IPv4Network]:
@@ -223,14 +246,30 @@ def build_bridge(stack: contextlib.ExitStack, suffix: str, subnet: IPv4Network) 
     return Pair("bridge", ns_a, ns_b, ip_a, ip_b)
 
 
-def vswitch_topology(node: str, subnet: IPv4Network, offloads: bool, workdir: Path) -> str:
-    # The host port stays off: the benchmark measures pod to pod, and no address of the test /24
+def vswitch_topology(node: str, subnets: list[IPv4Network], offloads: bool, workdir: Path) -> str:
+    """Pod ``a`` on the default segment; pod ``b`` on it too, or on a second segment if given.
+
+    Both segments keep MTU 1500, so that the routed variant differs from ``vswitch`` only by the
+    router's work and not by smaller segments.
+    """
+    # The host port stays off: the benchmark measures pod to pod, and no address of the test /24s
     # should appear in the root namespace.
+    routed = len(subnets) > 1
+    segment = textwrap.dedent(
+        f"""\
+
+        [[segments]]
+        name = "{ROUTED_SEGMENT}"
+        cidr = "{subnets[1]}"
+        mtu = 1500
+        """
+    ) if routed else ""
+    pod_b_segment = f'segment = "{ROUTED_SEGMENT}"' if routed else ""
     return textwrap.dedent(
         f"""\
         [node]
         name = "{node}"
-        pod_cidr = "{subnet}"
+        pod_cidr = "{subnets[0]}"
         mtu = 1500
 
         [host_port]
@@ -242,24 +281,37 @@ def vswitch_topology(node: str, subnet: IPv4Network, offloads: bool, workdir: Pa
         [control]
         socket = "{workdir / 'ctl.sock'}"
         state_dir = "{workdir / 'state'}"
+        """
+    ) + segment + textwrap.dedent(
+        f"""\
 
         [[pods]]
         name = "a"
 
         [[pods]]
         name = "b"
+        {pod_b_segment}
         """
     )
 
 
 def build_vswitch(stack: contextlib.ExitStack, procs: Processes, variant: str, suffix: str,
-                  subnet: IPv4Network, offloads: bool) -> Pair:
-    node = f"b{suffix}{'n' if not offloads else ''}"
+                  subnets: list[IPv4Network], offloads: bool) -> tuple[Pair, Path]:
+    """Start vswitchd on a generated topology; returns the pair and the daemon's log file."""
+    routed = len(subnets) > 1
+    # The node name goes into namespace names, so each variant needs its own letter.
+    node = f"b{suffix}{'r' if routed else ''}{'' if offloads else 'n'}"
     workdir = Path(tempfile.mkdtemp(prefix=f"vswbench-{node}-"))
     stack.callback(shutil.rmtree, workdir, True)
     (workdir / "state").mkdir()
     config = workdir / "topology.toml"
-    config.write_text(vswitch_topology(node, subnet, offloads, workdir))
+    config.write_text(vswitch_topology(node, subnets, offloads, workdir))
+    # The daemon's own loader says which addresses and namespaces the pods get, so the benchmark
+    # does not repeat its allocation rules; it also rejects a bad topology before anything starts.
+    try:
+        topology = load_topology(config)
+    except ConfigError as exc:
+        raise BenchError(f"generated topology for {variant} is invalid: {exc}") from None
     log_path = workdir / "vswitchd.log"
     log = open(log_path, "wb")
     stack.callback(log.close)
@@ -272,8 +324,10 @@ def build_vswitch(stack: contextlib.ExitStack, procs: Processes, variant: str, s
             raise BenchError(f"vswitchd ({variant}) did not become ready; log:\n"
                              f"{log_path.read_text(errors='replace')}")
         time.sleep(0.05)
-    return Pair(variant, f"vsw-{node}-a", f"vsw-{node}-b",
-                str(subnet.network_address + 10), str(subnet.network_address + 11))
+    pod_a, pod_b = topology.pod("a"), topology.pod("b")
+    pair = Pair(variant, pod_a.netns, pod_b.netns, str(pod_a.ip), str(pod_b.ip),
+                hops=1 if routed else 0)
+    return pair, log_path
 
 
 def _stop_daemon(daemon: subprocess.Popen, config: Path, socket_path: Path, node: str) -> None:
@@ -385,14 +439,19 @@ def measure_udp(procs: Processes, pair: Pair, duration: float) -> dict:
     }
 
 
-def measure_rtt(procs: Processes, pair: Pair, count: int, interval: float) -> dict:
+def run_pinger(procs: Processes, pair: Pair, count: int, interval: float) -> dict:
+    """Echoes from ``a`` to ``b``: ``{"rtts_us": [...], "ttls": [...], "lost": n}``."""
     result = procs.run(
         in_netns(pair.ns_a, sys.executable, "-c", PING_SCRIPT, pair.ip_b, str(count), str(interval)),
         timeout=count * (interval + 1.0) + 30,
     )
     if result.returncode != 0:
         raise BenchError(f"pinger failed on {pair.variant}:\n{result.stderr}")
-    data = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def measure_rtt(procs: Processes, pair: Pair, count: int, interval: float) -> dict:
+    data = run_pinger(procs, pair, count, interval)
     rtts = sorted(data["rtts_us"])
     if not rtts:
         raise BenchError(f"no echo reply at all on {pair.variant}")
@@ -404,9 +463,39 @@ def measure_rtt(procs: Processes, pair: Pair, count: int, interval: float) -> di
     }
 
 
-def warm_up(procs: Processes, pair: Pair) -> None:
-    """Resolve neighbours and fill caches before the first timed measurement."""
-    measure_rtt(procs, pair, 5, 0.01)
+def default_ttl(procs: Processes, ns: str) -> int:
+    """The TTL the kernel in ``ns`` puts on what it sends; the sysctl is per namespace."""
+    result = procs.run(in_netns(ns, "cat", "/proc/sys/net/ipv4/ip_default_ttl"), timeout=10)
+    if result.returncode != 0:
+        raise BenchError(f"cannot read ip_default_ttl in {ns}: {result.stderr}")
+    return int(result.stdout)
+
+
+def check_forwarding(procs: Processes, pair: Pair, log_path: Path | None) -> None:
+    """Refuse to measure a datapath that does not forward, or that forwards the wrong way.
+
+    The echoes also resolve neighbours (the pods' ARP for each other or for their gateway, and
+    the router's ARP for its next hop) and fill the flow cache, so that none of that is timed.
+    """
+    count = 10
+    data = run_pinger(procs, pair, count, 0.01)
+    where = f"{pair.variant}: {pair.ip_a} ({pair.ns_a}) -> {pair.ip_b} ({pair.ns_b})"
+    if not data["rtts_us"]:
+        raise BenchError(f"{where}: none of {count} echoes was answered within 1 s; the datapath "
+                         f"does not forward{_log_tail(log_path)}")
+    expected = default_ttl(procs, pair.ns_b) - pair.hops
+    wrong = sorted({ttl for ttl in data["ttls"] if ttl != expected})
+    if wrong:
+        path = "one router hop on the path" if pair.hops else "no router on the path"
+        raise BenchError(f"{where}: echo replies arrive with TTL {wrong}, expected {expected} "
+                         f"({path}){_log_tail(log_path)}")
+
+
+def _log_tail(log_path: Path | None, lines: int = 30) -> str:
+    if log_path is None:
+        return ""
+    tail = log_path.read_text(errors="replace").splitlines()[-lines:]
+    return "\nlast lines of the vswitchd log:\n" + "\n".join(tail)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,8 +590,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--duration", type=float, default=5.0,
                         help="seconds per iperf3 test (default 5)")
-    parser.add_argument("--variants", default="bridge,vswitch",
-                        help=f"comma-separated, from {', '.join(VARIANTS)} (default bridge,vswitch)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (default: all)")
     parser.add_argument("--pings", type=int, default=50, help="echoes per RTT measurement")
     parser.add_argument("--ping-interval", type=float, default=0.01, help="seconds between echoes")
     parser.add_argument("--json", dest="json_path", default=None,
@@ -552,7 +641,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     preflight()
     suffix = secrets.token_hex(3)
     procs = Processes()
-    subnets = dict(zip(args.variants, free_subnets(len(args.variants))))
+    pool = iter(free_subnets(sum(subnets_needed(v) for v in args.variants)))
+    subnets = {v: [next(pool) for _ in range(subnets_needed(v))] for v in args.variants}
     raw: dict[str, list[dict]] = {variant: [] for variant in args.variants}
     started = time.time()
     machine = machine_info()
@@ -560,13 +650,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         stack.callback(procs.end_all)
         pairs: dict[str, Pair] = {}
         for variant in args.variants:
-            log(f"building {variant} on {subnets[variant]}")
+            log(f"building {variant} on {', '.join(map(str, subnets[variant]))}")
+            log_path: Path | None = None
             if variant == "bridge":
-                pairs[variant] = build_bridge(stack, suffix, subnets[variant])
+                pairs[variant] = build_bridge(stack, suffix, subnets[variant][0])
             else:
-                pairs[variant] = build_vswitch(stack, procs, variant, suffix, subnets[variant],
-                                               offloads=(variant == "vswitch"))
-            warm_up(procs, pairs[variant])
+                pairs[variant], log_path = build_vswitch(
+                    stack, procs, variant, suffix, subnets[variant],
+                    offloads=(variant != "vswitch-nooffload"))
+            check_forwarding(procs, pairs[variant], log_path)
         for round_no in range(1, args.rounds + 1):
             for variant, pair in pairs.items():
                 log(f"round {round_no}/{args.rounds}: {variant}")
@@ -588,7 +680,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             "udp_payload_bytes": UDP_PAYLOAD,
             "pings": args.pings,
             "ping_interval_s": args.ping_interval,
-            "subnets": {variant: str(net) for variant, net in subnets.items()},
+            "subnets": {variant: [str(net) for net in nets] for variant, nets in subnets.items()},
         },
         "pairs": {variant: asdict(pair) for variant, pair in pairs.items()},
         "rounds": raw,
