@@ -470,10 +470,13 @@ class Switch:
         next datagram, instead of a black hole until its entry times out)."""
         result = self.services.program(services, pods)
         flushed = 0
-        for _, port, backend in result.removed:
+        for key, port, backend in result.removed:
+            # Only this service port's connections: another service may share the backend.
             proto = 6 if port.protocol.lower() == "tcp" else 17
             flushed += self._flush(lambda e: e.dnat == (backend.ip, backend.port)
-                                   and e.original.proto == proto)
+                                   and e.original.proto == proto
+                                   and e.labels.get("service") == key
+                                   and e.labels.get("port") == port.name)
         for proto, ip, port in result.removed_frontends:
             flushed += self._flush(lambda e: e.dnat is not None and e.original.proto == proto
                                    and e.original.dst == ip and e.original.dport == port)

@@ -11,7 +11,8 @@ Theory of operation
   be unique within a service. Its backends are the ready pods whose labels include every pair of
   the selector, each at the target port; a named target port is looked up per pod among its
   containers' named ports, and a pod that lacks the name (or has it for another protocol) is not a
-  backend of that port. A service without a selector uses its explicit endpoints instead, which are
+  backend of that port. A service without a selector (an empty one counts as none, as it does once
+  Kubernetes has stored it) uses its explicit endpoints instead, which are
   always considered ready: whoever declared them vouches for them, as for a Kubernetes Endpoints
   object written by hand. Backends are sorted by (ip, port), so that the order is the same whatever
   order pods arrive in, which makes seeded random choices reproducible.
@@ -173,6 +174,9 @@ class ServiceTable:
         self.node_addresses = tuple(addresses)
 
     def program(self, services: Sequence[Service], pods: Sequence[Pod]) -> ProgramResult:
+        """Rebuilds the table from the desired state (``pods``: every pod of this node, ready or
+        not) and reports what moved. Match objects of unchanged service ports are kept, so that a
+        call that changes nothing costs one pass and leaves callers' references valid."""
         conflicts: list[str] = []
         ready_by_label: dict[tuple[str, str], list[Pod]] = {}
         pods_by_ip: dict[bytes, Pod] = {}
