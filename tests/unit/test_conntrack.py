@@ -444,7 +444,7 @@ def test_a_dead_entry_frees_its_tuples_before_it_is_reaped(table):
     assert new is not None and new is not old
     assert table.lookup(flow, 30.0) == (new, ORIG)
     assert len(table) == 1
-    assert table.statistics()["expired"] == 1
+    assert table.statistics()["expired"] == 1 and table.statistics()["reclaimed"] == 1
     assert table.next_deadline() == 60.0
 
 
@@ -493,7 +493,7 @@ def test_full_table_reclaims_dead_entries_before_evicting():
     assert set(table.entries()) == {live, new}
     assert dead not in table.entries()
     stats = table.statistics()
-    assert stats["evictions"] == 0 and stats["expired"] == 1
+    assert stats["evictions"] == 0 and stats["expired"] == 1 and stats["reclaimed"] == 1
 
 
 def test_eviction_of_a_reopened_entry_uses_its_new_age():
@@ -503,6 +503,17 @@ def test_eviction_of_a_reopened_entry_uses_its_new_age():
     _to_time_wait(table, old)
     table.update(old, ORIG, 2.0, SYN)  # re-opened: unreplied again, and younger than `newer`
     table.create(udp_flow(1), 3.0)
+    assert newer not in table.entries() and old in table.entries()
+
+
+def test_eviction_of_an_unanswered_reopened_entry_uses_its_new_age():
+    table = ConntrackTable(max_entries=2)
+    old = table.create(WEB, 0.0)
+    table.update(old, ORIG, 0.0, SYN)
+    newer = table.create(udp_flow(0), 1.0)
+    table.update(old, ORIG, 2.0, RST)  # the client gives up before any answer ...
+    table.update(old, ORIG, 3.0, SYN)  # ... and tries again on the same port
+    table.create(udp_flow(1), 4.0)
     assert newer not in table.entries() and old in table.entries()
 
 
@@ -632,6 +643,7 @@ def test_removed_entries_are_gone_everywhere(table):
     assert table.lookup(entry.reply, 0.0) is None
     assert table.next_deadline() is None
     assert table.flush_endpoint(BACKEND) == 0
+    assert not table._by_endpoint and not table._unreplied
     assert table.update(entry, ORIG, 1.0, ACK) is Verdict.INVALID
     stats = table.statistics()
     assert stats["removed"] == 1 and stats["entries"] == 0 and stats["tcp_states"]["SYN_SENT"] == 0

@@ -501,8 +501,9 @@ class Switch:
         return count
 
     def _resync_reply_pairs(self) -> None:
-        """Entries evicted when the table was full left their address pairs counted; recount."""
-        evictions = self.conntrack.statistics()["evictions"]
+        """Entries that ``create`` evicted or reclaimed left their address pairs counted; recount."""
+        stats = self.conntrack.statistics()
+        evictions = stats["evictions"] + stats["reclaimed"]  # entries removed inside ``create``
         if evictions == self._conntrack_evictions:
             return
         self._conntrack_evictions = evictions

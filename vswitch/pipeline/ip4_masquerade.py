@@ -44,7 +44,7 @@ def process(pkt: Packet, env: Env):
     node = env.nat.node_address
     low = 1 if flow.proto == h.IpProto.ICMP else 1024
     port = env.conntrack.allocate_port(flow.proto, node, flow.dst, flow.dport,
-                                       preferred=flow.sport, low=low)
+                                       preferred=flow.sport, low=low, now=env.now)
     if port is None:
         return env.drop(pkt, Counter.NO_PORT)
     if not env.commit:

@@ -118,7 +118,7 @@ def process(pkt: Packet, env: Env):
         snat_ip, counter = None, None
     if snat_ip is not None:
         port = env.conntrack.allocate_port(flow.proto, snat_ip, backend.ip, backend.port,
-                                           preferred=flow.sport)
+                                           preferred=flow.sport, now=env.now)
         if port is None:
             return env.drop(pkt, Counter.NO_PORT)
         snat = (snat_ip, port)

@@ -21,16 +21,18 @@ Theory of operation
 * TCP follows the transition table of Linux's ``nf_conntrack_proto_tcp.c``: the next state is
   indexed by direction, by the packet's flag class (SYN, SYN-ACK, FIN, ACK, RST, none) and by the
   current state. Cells the kernel marks *invalid* (a SYN-ACK from the client, a FIN before the
-  handshake, anything but RST or a new SYN after CLOSE, ...) and flag combinations the kernel's
+  handshake, a SYN from the server mid-connection, ...) and flag combinations the kernel's
   ``tcp_error`` rejects (SYN+FIN, FIN without ACK, no flags) return INVALID and change nothing:
   the caller drops and counts them, so a stray packet is never forwarded untranslated. Cells the
   kernel *ignores* (a SYN inside an established connection, a retransmitted SYN-ACK) are
   accepted, counted and forwarded without changing the state or extending the timeout, since the
-  end points may know better than the middle and will answer with a RST if not.
+  end points may know better than the middle and will answer with a RST if not. After a RST,
+  FIN and ACK segments stay in CLOSE, as in the kernel: they are the tail of the dead connection.
 * Also as in Linux: a retransmitted SYN does not extend an unanswered entry (a client that keeps
   retrying must not keep a stale translation alive); a SYN from the client in TIME_WAIT or CLOSE
   re-opens the entry as a new connection (SYN_SENT, unreplied, counters reset) keeping its
-  translation; ASSURED is set when the handshake's last ACK completes an answered connection.
+  translation; ASSURED is set when the handshake's last ACK completes an answered connection
+  (UDP: at the first reply; ICMP: never).
   Simultaneous open goes through SYN_SENT2, a state the kernel has and the Kubernetes semantics
   never mention.
 * Known simplifications: there is no sequence-number window tracking (the kernel's
@@ -40,7 +42,8 @@ Theory of operation
   direction) is INVALID here. A RST before any reply moves to CLOSE (10 s) where the kernel deletes
   the entry outright. UDP is extended to 120 s at the first reply, where kernels since 5.x wait
   until the stream has lasted 2 s. ICMP echo is keyed by identifier alone, without the message
-  type, so a ping from A to B and one from B to A with the same identifier clash.
+  type, so a ping from B to A that happens to use the identifier of a running ping from A to B is
+  taken for its reply.
 * The table is bounded. When it is full, ``create`` first reclaims dead entries, then evicts the
   oldest *unreplied* entries (counted as evictions): a SYN flood or a scan can only push out its
   own kind, never an answered connection. When every entry has been answered, the new connection
@@ -334,7 +337,7 @@ class ConntrackTable:
         self._protocols: dict[int, int] = {}
         self._counts = {name: 0 for name in (
             "created", "expired", "evictions", "drops_full", "clashes", "invalid", "ignored",
-            "reopened", "flushed", "removed")}
+            "reopened", "flushed", "removed", "reclaimed")}
 
     def __len__(self) -> int:
         return len(self._by_original)
@@ -392,7 +395,11 @@ class ConntrackTable:
         it as for every other packet (for TCP, its SYN leaves the state at SYN_SENT).
 
         Returns None when the connection cannot be tracked: its original or reply tuple belongs to
-        a live entry (a clash), or the table is full of answered connections."""
+        a live entry (a clash), or the table is full of answered connections.
+
+        Creating may remove other entries, which the caller never sees: evicted ones (counted in
+        ``evictions``) and dead ones whose tuples or room it takes (counted in ``reclaimed``, and
+        in ``expired``). Whoever keeps state derived from entries resyncs when either changes."""
         reply = self.reply_tuple(original, dnat, snat)
         for t in (original, reply):
             holder = self._holder(t)
@@ -401,11 +408,12 @@ class ConntrackTable:
             if now >= holder.expires:
                 self._discard(holder)
                 self._counts["expired"] += 1
+                self._counts["reclaimed"] += 1
             else:
                 self._counts["clashes"] += 1
                 return None
         if len(self._by_original) >= self.max_entries:
-            self.expire(now)
+            self._counts["reclaimed"] += len(self.expire(now))
             while len(self._by_original) >= self.max_entries:
                 if not self._unreplied:
                     self._counts["drops_full"] += 1
