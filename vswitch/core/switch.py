@@ -59,7 +59,7 @@ class Switch:
                         seg.mtu)
             for i, seg in enumerate(topology.router_segments())
         ]
-        self.fdb = Fdb(topology.dataplane.fdb_aging, topology.dataplane.mac_limit)
+        self.fdb = Fdb(topology.dataplane.fdb_aging, topology.dataplane.mac_limit, self.accel)
         self.fib = Fib(self.accel)
         for seg in self.segments:
             self.fib.add(Route(seg.cidr, RouteKind.CONNECTED, seg.index,
@@ -83,7 +83,7 @@ class Switch:
             hairpin_address=cluster.hairpin_address.packed if cluster else None,
             uplink_segment=topology.uplink_segment_index(), node_address=node_address)
         self._conntrack_evictions = 0
-        self.neighbors = NeighborTable()
+        self.neighbors = NeighborTable(accel=self.accel)
         self.icmp_limiter = IcmpRateLimiter()
         self.flow_cache = FlowCache(flow_cache_capacity)
         self._extractor = self.accel.FlowKeyExtractor()

@@ -29,6 +29,7 @@ class Counter(enum.Enum):
     REPROBES = "unicast ARP probes for stale neighbours"
     QUEUE_OVERFLOW = "held packets dropped because the neighbour's queue was full"
     RESOLUTION_FAILED = "held packets dropped because the next hop never answered"
+    TABLE_FULL = "the neighbour table has no room for another next hop"
 
 
 def process(pkt: Packet, env: Env):
@@ -53,6 +54,8 @@ def process(pkt: Packet, env: Env):
             held = routed_frames.HeldPacket(pkt.port, vnet, packet, pkt.eth.src, quote,
                                             segment.index, next_hop)
             result, dropped = env.neighbors.resolve(segment.index, next_hop, held, env.now)
+            if result is ResolveResult.FULL:
+                return env.drop(pkt, Counter.TABLE_FULL)
             env.count(Counter.HELD)
             if dropped is not None:
                 env.count(Counter.QUEUE_OVERFLOW)

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 * Each segment is its own broadcast domain, so entries are keyed by (segment, MAC): the same MAC
-  may legitimately appear in two segments.
+  may legitimately appear in two segments. The key is 8 bytes (segment, MAC) in the native
+  exact-match table; a full table refuses new MACs like the per-port limit does.
 * A frame's source MAC is learned on the port it arrived on (``learn``). Learning the same MAC on
   another port is a *move*: the entry follows the station.
 * An entry unused for ``aging`` seconds is forgotten. ``lookup`` treats an aged entry as absent at
@@ -18,6 +19,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from types import ModuleType
+
+from vswitch.accel import pure as _pure
+from vswitch.tables.object_table import ObjectTable
 
 
 class LearnResult(enum.Enum):
@@ -45,26 +50,31 @@ class FdbStatistics:
     mac_limit: int
 
 
+def _key(segment: int, mac: bytes) -> bytes:
+    return segment.to_bytes(2, "big") + mac
+
+
 class Fdb:
-    def __init__(self, aging: float, mac_limit: int):
+    def __init__(self, aging: float, mac_limit: int, accel: ModuleType = _pure,
+                 capacity: int = 65536):
         self.aging = aging
         self.mac_limit = mac_limit
         self.generation = 0
-        self._entries: dict[tuple[int, bytes], FdbEntry] = {}
+        self._entries: ObjectTable[FdbEntry] = ObjectTable(accel, 8, capacity)
         self._per_port: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def lookup(self, segment: int, mac: bytes, now: float) -> FdbEntry | None:
-        entry = self._entries.get((segment, mac))
+        entry = self._entries.get(_key(segment, mac))
         if entry is None or now - entry.last_seen >= self.aging:
             return None
         return entry
 
     def learn(self, segment: int, mac: bytes, port: int,
               now: float) -> tuple[LearnResult, FdbEntry | None]:
-        entry = self._entries.get((segment, mac))
+        entry = self._entries.get(_key(segment, mac))
         if entry is not None and now - entry.last_seen >= self.aging:
             self._remove(entry)
             entry = None
@@ -72,7 +82,8 @@ class Fdb:
             if self._per_port.get(port, 0) >= self.mac_limit:
                 return LearnResult.LIMIT, None
             entry = FdbEntry(segment, mac, port, now)
-            self._entries[(segment, mac)] = entry
+            if not self._entries.put(_key(segment, mac), entry):
+                return LearnResult.LIMIT, None
             self._per_port[port] = self._per_port.get(port, 0) + 1
             return LearnResult.NEW, entry
         if entry.port != port:
@@ -123,6 +134,6 @@ class Fdb:
         return FdbStatistics(len(self._entries), self.generation, self.aging, self.mac_limit)
 
     def _remove(self, entry: FdbEntry) -> None:
-        del self._entries[(entry.segment, entry.mac)]
+        self._entries.pop(_key(entry.segment, entry.mac))
         self._per_port[entry.port] -= 1
         self.generation += 1

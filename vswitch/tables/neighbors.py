@@ -15,13 +15,20 @@ Theory of operation (a small version of Linux's neighbour state machine)
   ``stale_time`` is removed.
 * ``generation`` changes when a MAC changes or an entry goes away, so cached routing decisions
   that carry a neighbour's MAC expire with it.
+* Entries are keyed by 6 bytes (segment, IPv4 address) in the native exact-match table. When it is
+  full, a new next hop cannot be resolved: its packet is refused (``resolve`` says FULL) rather
+  than evicting a live neighbour.
 """
 from __future__ import annotations
 
 import enum
 from collections import deque
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
+
+from vswitch.accel import pure as _pure
+from vswitch.tables.object_table import ObjectTable
 
 
 class NeighborState(enum.Enum):
@@ -45,6 +52,7 @@ class Neighbor:
 
 
 class ResolveResult(enum.Enum):
+    FULL = "full"  # not queued: the table has no room for another neighbour
     PROBE = "probe"  # queued; send an ARP request now
     QUEUED = "queued"  # queued behind an outstanding request
     OVERFLOW = "overflow"  # queued, and the oldest queued packet was dropped
@@ -59,10 +67,15 @@ class NeighborTimers:
     queue_len: int = 16
 
 
+def _key(segment: int, ip: bytes) -> bytes:
+    return segment.to_bytes(2, "big") + ip
+
+
 class NeighborTable:
-    def __init__(self, timers: NeighborTimers = NeighborTimers()):
+    def __init__(self, timers: NeighborTimers = NeighborTimers(), accel: ModuleType = _pure,
+                 capacity: int = 16384):
         self.timers = timers
-        self._entries: dict[tuple[int, bytes], Neighbor] = {}
+        self._entries: ObjectTable[Neighbor] = ObjectTable(accel, 6, capacity)
         self.generation = 0
         self.overflow_drops = 0
 
@@ -70,10 +83,10 @@ class NeighborTable:
         return len(self._entries)
 
     def get(self, segment: int, ip: bytes) -> Neighbor | None:
-        return self._entries.get((segment, ip))
+        return self._entries.get(_key(segment, ip))
 
     def usable(self, segment: int, ip: bytes) -> Neighbor | None:
-        entry = self._entries.get((segment, ip))
+        entry = self._entries.get(_key(segment, ip))
         return entry if entry is not None and entry.mac is not None else None
 
     def wants_probe(self, entry: Neighbor, now: float) -> bool:
@@ -88,14 +101,15 @@ class NeighborTable:
 
     def resolve(self, segment: int, ip: bytes, item: Any, now: float) -> tuple[ResolveResult, Any]:
         """Queue ``item`` until ``ip`` resolves. Returns the result and a dropped item (or None)."""
-        key = (segment, ip)
+        key = _key(segment, ip)
         entry = self._entries.get(key)
         if entry is None:
             entry = Neighbor(segment, ip, now)
             entry.probes = 1
             entry.next_probe = now + self.timers.retrans_time
             entry.queue.append(item)
-            self._entries[key] = entry
+            if not self._entries.put(key, entry):
+                return ResolveResult.FULL, item
             return ResolveResult.PROBE, None
         dropped = None
         if len(entry.queue) >= self.timers.queue_len:
@@ -107,13 +121,14 @@ class NeighborTable:
     def confirm(self, segment: int, ip: bytes, mac: bytes, now: float,
                 create: bool = True) -> list[Any]:
         """Record that ``ip`` is at ``mac``; returns the packets that were waiting for it."""
-        key = (segment, ip)
+        key = _key(segment, ip)
         entry = self._entries.get(key)
         if entry is None:
             if not create:
                 return []
             entry = Neighbor(segment, ip, now)
-            self._entries[key] = entry
+            if not self._entries.put(key, entry):
+                return []
         if entry.mac is not None and entry.mac != mac:
             self.generation += 1
         entry.mac = mac
@@ -129,19 +144,20 @@ class NeighborTable:
         """Returns (entries to send another broadcast request for, failed entries with their queues)."""
         probes: list[Neighbor] = []
         failed: list[tuple[Neighbor, list[Any]]] = []
-        for key, entry in list(self._entries.items()):
+        for entry in list(self._entries.values()):
+            key = _key(entry.segment, entry.ip)
             if entry.state is NeighborState.INCOMPLETE:
                 if now < entry.next_probe:
                     continue
                 if entry.probes >= self.timers.max_probes:
-                    del self._entries[key]
+                    self._entries.pop(key)
                     failed.append((entry, list(entry.queue)))
                     continue
                 entry.probes += 1
                 entry.next_probe = now + self.timers.retrans_time
                 probes.append(entry)
             elif now - entry.confirmed >= self.timers.stale_time:
-                del self._entries[key]
+                self._entries.pop(key)
                 self.generation += 1
             elif (entry.state is NeighborState.REACHABLE
                   and now - entry.confirmed >= self.timers.reachable_time):
@@ -158,9 +174,9 @@ class NeighborTable:
         return min(times) if times else None
 
     def flush_segment(self, segment: int) -> int:
-        gone = [k for k in self._entries if k[0] == segment]
+        gone = [_key(e.segment, e.ip) for e in self._entries.values() if e.segment == segment]
         for key in gone:
-            del self._entries[key]
+            self._entries.pop(key)
         if gone:
             self.generation += 1
         return len(gone)

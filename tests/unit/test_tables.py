@@ -1,0 +1,50 @@
+"""The FDB and neighbour table keep their entries in the native exact-match table: behaviour at
+the edges (slot reuse, a full table) against both implementations."""
+from __future__ import annotations
+
+import pytest
+
+from vswitch import accel as accel_impls
+from vswitch.tables.fdb import Fdb, LearnResult
+from vswitch.tables.neighbors import NeighborTable, ResolveResult
+from vswitch.tables.object_table import ObjectTable
+
+
+@pytest.fixture(params=["native", "pure"])
+def accel(request):
+    return accel_impls.load(request.param)
+
+
+def test_object_table_reuses_slots_and_refuses_when_full(accel):
+    table = ObjectTable(accel, 4, 4)
+    keys = [bytes([0, 0, 0, i]) for i in range(64)]
+    stored = [k for k in keys if table.put(k, k.hex())]
+    assert 4 <= len(stored) < 64  # the C table rounds capacity up, then refuses
+    assert all(table.get(k) == k.hex() for k in stored)
+    assert table.put(stored[0], "replaced") and table.get(stored[0]) == "replaced"
+    assert table.pop(stored[1]) == stored[1].hex() and table.get(stored[1]) is None
+    assert table.put(keys[-1], "again") or keys[-1] in stored
+    assert len(table) == len(list(table.values()))
+
+
+def test_fdb_full_table_refuses_new_macs_like_the_port_limit(accel):
+    fdb = Fdb(aging=300, mac_limit=10_000, accel=accel, capacity=8)
+    results = [fdb.learn(0, bytes([2, 0, 0, 0, 0, i]), 1, 0.0)[0] for i in range(64)]
+    assert LearnResult.LIMIT in results
+    learned = results.count(LearnResult.NEW)
+    assert len(fdb) == learned and fdb.count_on_port(1) == learned
+
+
+def test_same_mac_in_two_segments_is_two_entries(accel):
+    fdb = Fdb(aging=300, mac_limit=8, accel=accel)
+    mac = bytes.fromhex("0a580af4010a")
+    fdb.learn(0, mac, 1, 0.0)
+    fdb.learn(1, mac, 2, 0.0)
+    assert fdb.lookup(0, mac, 1.0).port == 1 and fdb.lookup(1, mac, 1.0).port == 2
+
+
+def test_neighbour_table_full_refuses_a_new_next_hop(accel):
+    table = NeighborTable(accel=accel, capacity=4)
+    results = [table.resolve(0, bytes([10, 0, 0, i]), f"packet {i}", 0.0)[0] for i in range(64)]
+    assert ResolveResult.FULL in results
+    assert len(table) == results.count(ResolveResult.PROBE)
