@@ -6,6 +6,11 @@ Theory of operation
   decrements TTL and updates the header checksum itself. A hit goes back to the slow path when the
   packet's TTL would expire, when it does not fit the egress MTU, or when the neighbour's
   confirmation has grown old (so the pipeline re-probes it): the pipeline owns every exception.
+* Translated connections (services, masquerade) are cached per connection: under the flow key a
+  marker says "per connection", and a second key adds the protocol and the L4 ports (for ICMP
+  echo, the type and identifier). A hit runs the stateful steps itself — the conntrack update and
+  the NAT rewrite with its checksums — but only for the plain case: TCP in ESTABLISHED carrying
+  just ACK (no SYN, FIN or RST), UDP, echo. Every state change goes through the pipeline.
 * The key is the ingress port plus the flow key (destination and source MAC, ethertype, IPv4 source
   and destination) taken by the hand-written extractor in ``vswitch.accel``. The extractor returns
   no key for anything that is not a well-formed, unfragmented IPv4 frame, so everything the
@@ -23,6 +28,7 @@ Theory of operation
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from vswitch.tables.fdb import FdbEntry
 from vswitch.tables.neighbors import Neighbor
@@ -33,10 +39,13 @@ class CacheEntry:
     new Ethernet destination and source, and the entry also remembers the neighbour it relied on
     and the egress MTU, which the fast path checks per packet (sizes and TTLs vary within a flow)."""
 
-    __slots__ = ("generation", "out_port", "src", "dst", "rewrite", "neighbor", "mtu")
+    __slots__ = ("generation", "out_port", "src", "dst", "rewrite", "neighbor", "mtu",
+                 "per_connection", "ct", "direction", "target")
 
-    def __init__(self, generation: int, out_port: int, src: FdbEntry, dst: FdbEntry,
-                 rewrite: bytes | None = None, neighbor: Neighbor | None = None, mtu: int = 0):
+    def __init__(self, generation: int, out_port: int, src: FdbEntry | None,
+                 dst: FdbEntry | None, rewrite: bytes | None = None,
+                 neighbor: Neighbor | None = None, mtu: int = 0, per_connection: bool = False,
+                 ct: Any = None, direction: Any = None, target: Any = None):
         self.generation = generation
         self.out_port = out_port
         self.src = src
@@ -44,6 +53,13 @@ class CacheEntry:
         self.rewrite = rewrite
         self.neighbor = neighbor
         self.mtu = mtu
+        # A marker under a flow key: the flow belongs to translated connections, look up the
+        # connection key instead. Under a connection key: the conntrack entry and its direction,
+        # and the tuple the packet must leave with.
+        self.per_connection = per_connection
+        self.ct = ct
+        self.direction = direction
+        self.target = target
 
 
 @dataclass(frozen=True)

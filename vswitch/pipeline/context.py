@@ -77,7 +77,7 @@ class Packet:
     __slots__ = ("port", "data", "l2", "vnet", "eth", "l3", "arp", "ip", "trace",
                  "cacheable", "src_entry", "dst_entry", "route", "neighbor", "egress_mtu",
                  "icmp_error", "pending_drop", "out_packets", "rewrite", "ip_packet", "ct",
-                 "flow", "flow_checked", "tcp_flags", "l2_out")
+                 "flow", "flow_checked", "tcp_flags", "l2_out", "conn_out")
 
     def __init__(self, port: PortSpec, data: bytes, l2: int, trace: Trace | None = None):
         self.port = port
@@ -109,6 +109,8 @@ class Packet:
         self.flow_checked = False
         self.tcp_flags: int | None = None
         self.l2_out: int | None = None  # the port l2-forward chose, for l2-conntrack
+        # Set when a translated packet's decision may be cached per connection: the output port.
+        self.conn_out: int | None = None
 
     @property
     def frame(self) -> bytes:

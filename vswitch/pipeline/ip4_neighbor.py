@@ -80,10 +80,12 @@ def process(pkt: Packet, env: Env):
                          f"({entry.state.value}); source MAC {mac_text(segment.gateway_mac)}; "
                          f"out of {where}")
     if (not fragmented and fdb_entry is not None and entry.state is NeighborState.REACHABLE
-            and pkt.src_entry is not None and not actions[:-1] and pkt.ct is None
-            and (pkt.ip.src, pkt.ip.dst) not in env.nat.reply_pairs):
-        pkt.cacheable = True
+            and pkt.src_entry is not None and not actions[:-1]):
         pkt.dst_entry = fdb_entry
         pkt.neighbor = entry
         pkt.rewrite = entry.mac + segment.gateway_mac
+        if pkt.ct is not None:
+            pkt.conn_out = fdb_entry.port
+        elif (pkt.ip.src, pkt.ip.dst) not in env.nat.reply_pairs:
+            pkt.cacheable = True
     return tuple(actions)

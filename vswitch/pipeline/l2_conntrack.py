@@ -57,4 +57,6 @@ def process(pkt: Packet, env: Env):
         pkt.trace.note(NAME, f"{direction.name.lower()} direction of [{entry.original.describe()}]:"
                              f" leaves as {tracked_flows.flow_of(pkt).describe()}")
     data = pkt.data[: pkt.l3] + pkt.ip_packet
+    if not related and pkt.src_entry is not None and pkt.dst_entry is not None:
+        pkt.conn_out = port
     return (Forward((port,), data),)

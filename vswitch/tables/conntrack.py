@@ -265,6 +265,10 @@ class Entry:
         self._in_table = False
         self._simultaneous_open = False
 
+    def alive(self, now: float) -> bool:
+        """Still in its table and not expired: what ``lookup`` would find."""
+        return self._in_table and now < self.expires
+
     def __repr__(self) -> str:
         state = f" {self.tcp_state.name}" if self.original.proto == _TCP else ""
         return f"<Entry {self.original.describe()}{state} expires={self.expires}>"
