@@ -66,6 +66,11 @@ def vswitchd_main(argv: Sequence[str] | None = None) -> int:
         if segments > 1 or routes:
             parts += [f"{segments} segment{'s' * (segments != 1)}",
                       f"{routes} static route{'s' * (routes != 1)}"]
+        if topology.services:
+            count = len(topology.services)
+            parts.append(f"{count} service{'s' * (count != 1)}")
+        if topology.uplink is not None:
+            parts.append(f"uplink {topology.uplink.address}")
         print(f"{path}: ok ({', '.join(parts)})")
         return EXIT_OK
 
@@ -347,6 +352,109 @@ def render_stats(result: Mapping[str, Any]) -> str:
     return "\n\n".join(sections)
 
 
+def _service_ports(ports: Sequence[Mapping[str, Any]]) -> str:
+    """``http:80/tcp->8080`` plus ``:30080`` for a node port, one per port."""
+    parts = []
+    for port in ports:
+        text = f"{port.get('port')}/{port.get('protocol')}->{port.get('target_port')}"
+        if port.get("name"):
+            text = f"{port['name']}:{text}"
+        if port.get("node_port") is not None:
+            text += f" (node {port['node_port']})"
+        parts.append(text)
+    return ", ".join(parts) or "-"
+
+
+def render_services(result: Sequence[Mapping[str, Any]]) -> str:
+    if not result:
+        return "(none)"
+    rows = []
+    for service in result:
+        affinity = service.get("affinity") or {}
+        policies = service.get("policies") or {}
+        mode = affinity.get("mode", "None") if isinstance(affinity, Mapping) else affinity
+        rows.append({
+            "name": f"{service.get('namespace', 'default')}/{service.get('name')}",
+            "type": service.get("type"),
+            "cluster_ip": service.get("cluster_ip") or "None",
+            "ports": _service_ports(service.get("ports") or []),
+            "endpoints": service.get("endpoints"),
+            "affinity": (f"{mode} {affinity.get('timeout')}s" if mode == "ClientIP"
+                         else mode),
+            "policy": (f"ext={policies.get('external')},int={policies.get('internal')}"
+                       if isinstance(policies, Mapping) and policies else None),
+            "lb": service.get("load_balancer"),
+            "external_ips": service.get("external_ips"),
+        })
+    return format_table(rows, [("name", "NAME"), ("type", "TYPE"), ("cluster_ip", "CLUSTER-IP"),
+                               ("ports", "PORTS"), ("endpoints", "ENDPOINTS"),
+                               ("affinity", "AFFINITY"), ("policy", "POLICY"), ("lb", "LB"),
+                               ("external_ips", "EXTERNAL-IPS")])
+
+
+ENDPOINT_COLUMNS = ("service", "port", "protocol", "service_port", "backend", "pod", "local")
+AFFINITY_COLUMNS = ("service", "protocol", "port", "client", "backend", "pod", "expires_in")
+
+
+def render_endpoints(result: Sequence[Mapping[str, Any]]) -> str:
+    if not result:
+        return "(none)"
+    return format_table(result, _columns(result, ENDPOINT_COLUMNS))
+
+
+def render_affinity(result: Sequence[Mapping[str, Any]]) -> str:
+    if not result:
+        return "(none)"
+    return format_table(result, _columns(result, AFFINITY_COLUMNS))
+
+
+def _endpoint_text(endpoint: Any) -> str | None:
+    if isinstance(endpoint, Mapping):
+        return f"{endpoint.get('ip')}:{endpoint.get('port')}"
+    return None if endpoint is None else str(endpoint)
+
+
+def render_conntrack(result: Sequence[Mapping[str, Any]]) -> str:
+    if not result:
+        return "(no entries)"
+    rows = []
+    for entry in result:
+        labels = entry.get("labels") if isinstance(entry.get("labels"), Mapping) else {}
+        state = entry.get("state") or ("REPLIED" if entry.get("replied") else "UNREPLIED")
+        rows.append({
+            "flow": entry.get("description"),
+            "state": state,
+            "dnat": _endpoint_text(entry.get("dnat")),
+            "snat": _endpoint_text(entry.get("snat")),
+            "service": labels.get("service"),
+            "expires_in": entry.get("expires_in"),
+        })
+    return format_table(rows, [("flow", "FLOW"), ("state", "STATE"), ("dnat", "DNAT"),
+                               ("snat", "SNAT"), ("service", "SERVICE"),
+                               ("expires_in", "EXPIRES")])
+
+
+def render_change(result: Any) -> str:
+    """A runtime change: what changed, then the core's re-programming summary."""
+    if not isinstance(result, Mapping):
+        return str(result)
+    lines = []
+    for key, value in result.items():
+        if key == "program" and isinstance(value, Mapping):
+            lines.append("program: " + format_cell(value))
+        elif key == "pod" and isinstance(value, Mapping):
+            lines.append(f"pod: {value.get('name')} {value.get('ip')} "
+                         f"(segment {value.get('segment')}, port {value.get('port')})")
+        elif isinstance(value, Mapping):
+            lines.append(f"{key}: " + "; ".join(f"{k} {format_cell(v)}" for k, v in value.items()))
+        elif isinstance(value, list) and value and isinstance(value[0], Mapping):
+            for item in value:
+                lines.append(f"{key}: " + format_cell(item))
+        else:
+            lines.append(f"{key}: {format_cell(value)}")
+    return "\n".join(lines)
+
+
 def render_traces(result: Any) -> str:
     traces = result if isinstance(result, list) else [result]
     return "\n\n".join(str(trace.get("text", json.dumps(trace, indent=2)))
@@ -384,6 +492,57 @@ def _vswitchctl_parser() -> argparse.ArgumentParser:
     trace.add_argument("--count", type=int, help="trace the next N real packets instead")
     trace.add_argument("--timeout", type=float, default=10.0,
                        help="seconds to wait for --count packets (default 10)")
+
+    for name, text in [("services", "services, their cluster IPs, ports and endpoint counts"),
+                       ("endpoints", "each service port's ready backends"),
+                       ("affinity", "ClientIP session affinity: client -> backend")]:
+        commands.add_parser(name, parents=[common], help=text)
+
+    conntrack = commands.add_parser("conntrack", parents=[common],
+                                    help="tracked connections; 'conntrack flush' removes them")
+    conntrack.add_argument("action", nargs="?", choices=["flush"],
+                           help="remove the matching entries instead of listing them")
+    conntrack.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                           help="proto, src, dst, sport, dport, service or state; repeatable")
+
+    pod = commands.add_parser("pod", parents=[common], help="add, remove, ready or unready a pod")
+    pod_commands = pod.add_subparsers(dest="pod_command", required=True, metavar="ACTION")
+    pod_add = pod_commands.add_parser("add", parents=[common], help="create a pod now")
+    pod_add.add_argument("name")
+    pod_add.add_argument("--ip", help="default: allocated from the segment")
+    pod_add.add_argument("--segment", help="default: the node's default segment")
+    pod_add.add_argument("--mtu", type=int, help="default: the segment's")
+    pod_add.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    pod_add.add_argument("--unready", action="store_true",
+                         help="start not ready: it receives no service traffic")
+    pod_add.add_argument("--container", action="append", default=[], metavar="NAME=COMMAND",
+                         help="a container: its name and command line (split like a shell)")
+    pod_add.add_argument("--port", action="append", default=[], metavar="NAME=PORT[/udp]",
+                         help="a named port of the first container")
+    for action, text in [("del", "stop a pod's containers and remove it"),
+                         ("ready", "let a pod receive service traffic"),
+                         ("unready", "take a pod out of its services' endpoints")]:
+        pod_commands.add_parser(action, parents=[common], help=text).add_argument("name")
+
+    service = commands.add_parser("service", parents=[common], help="add, remove or change services")
+    service_commands = service.add_subparsers(dest="service_command", required=True,
+                                              metavar="ACTION")
+    service_add = service_commands.add_parser("add", parents=[common],
+                                              help="add the [[services]] of a TOML file")
+    service_add.add_argument("file", help="a TOML file with [[services]] entries; - for stdin")
+    service_del = service_commands.add_parser("del", parents=[common], help="remove a service")
+    service_del.add_argument("name", help="NAMESPACE/NAME, or NAME when it is unambiguous")
+    service_set = service_commands.add_parser("set", parents=[common],
+                                              help="change a service's settings")
+    service_set.add_argument("name", help="NAMESPACE/NAME, or NAME when it is unambiguous")
+    service_set.add_argument("settings", nargs="+", metavar="KEY=VALUE",
+                             help="session_affinity, affinity_timeout, external_traffic_policy, "
+                                  "internal_traffic_policy, load_balancer, selector (k=v,k2=v2), "
+                                  "endpoints (ip,ip)")
+
+    apply = commands.add_parser("apply", parents=[common],
+                                help="add or replace the [[pods]] and [[services]] of a TOML file")
+    apply.add_argument("file", help="a TOML file; - for stdin")
 
     exec_ = commands.add_parser("exec", parents=[common],
                                 help="run a command in a pod's network namespace")
@@ -465,6 +624,94 @@ def _cmd_clean(args: argparse.Namespace, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _pairs(words: Sequence[str], what: str) -> dict[str, str]:
+    """``KEY=VALUE`` words as a dict; the value may itself hold '=' (a selector does)."""
+    result: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise CtlError(f"{what}: expected KEY=VALUE, got {word!r}")
+        result[key] = value
+    return result
+
+
+def _read_fragment(file: str) -> dict[str, str]:
+    if file == "-":
+        return {"toml": sys.stdin.read(), "source": "<stdin>"}
+    try:
+        with open(file, encoding="utf-8") as stream:
+            return {"toml": stream.read(), "source": file}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CtlError(f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _pod_table(args: argparse.Namespace) -> dict[str, Any]:
+    """The pod as the table a ``[[pods]]`` entry would be; the daemon checks it like the loader."""
+    import shlex
+
+    table: dict[str, Any] = {"name": args.name}
+    if args.ip is not None:
+        table["ip"] = args.ip
+    if args.segment is not None:
+        table["segment"] = args.segment
+    if args.mtu is not None:
+        table["mtu"] = args.mtu
+    if args.label:
+        table["labels"] = _pairs(args.label, "--label")
+    if args.unready:
+        table["ready"] = False
+    containers = []
+    for name, command in _pairs(args.container, "--container").items():
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise CtlError(f"--container {name}: {exc}") from None
+        containers.append({"name": name, "command": argv})
+    if args.port:
+        if not containers:
+            raise CtlError("--port needs a --container to belong to")
+        ports = []
+        for name, spec in _pairs(args.port, "--port").items():
+            number, _, protocol = spec.partition("/")
+            try:
+                port: dict[str, Any] = {"name": name, "port": int(number)}
+            except ValueError:
+                raise CtlError(f"--port {name}: expected PORT[/udp], got {spec!r}") from None
+            if protocol:
+                port["protocol"] = protocol
+            ports.append(port)
+        containers[0]["ports"] = ports
+    if containers:
+        table["containers"] = containers
+    return table
+
+
+def _change_request(args: argparse.Namespace) -> tuple[str, dict[str, Any], Callable[[Any], str]]:
+    """The control request for a command that changes the node (or flushes conntrack)."""
+    if args.command == "conntrack":
+        filters = _pairs(args.filter, "--filter")
+        if args.action == "flush":
+            return "conntrack_flush", {"filters": filters}, \
+                lambda result: f"flushed {result.get('flushed', 0)} entries"
+        return "conntrack", {"filters": filters}, render_conntrack
+    if args.command == "apply":
+        return "apply", _read_fragment(args.file), render_change
+    if args.command == "pod":
+        action = args.pod_command
+        if action == "add":
+            return "pod_add", {"pod": _pod_table(args)}, render_change
+        if action == "del":
+            return "pod_del", {"name": args.name}, render_change
+        return "pod_ready", {"name": args.name, "ready": action == "ready"}, render_change
+    action = args.service_command
+    if action == "add":
+        return "service_add", _read_fragment(args.file), render_change
+    if action == "del":
+        return "service_del", {"name": args.name}, render_change
+    return ("service_set", {"name": args.name, "settings": _pairs(args.settings, "service set")},
+            render_change)
+
+
 def vswitchctl_main(argv: Sequence[str] | None = None,
                     environ: Mapping[str, str] | None = None,
                     socket_dir: str = DEFAULT_SOCKET_DIR) -> int:
@@ -491,10 +738,15 @@ def vswitchctl_main(argv: Sequence[str] | None = None,
                     return EXIT_FAILURE
             _emit(result, as_json, render_traces)
             return EXIT_OK
+        if args.command in ("pod", "service", "apply", "conntrack"):
+            cmd, payload, render = _change_request(args)
+            _emit(request(path, cmd, payload), as_json, render)
+            return EXIT_OK
         renderers: dict[str, Callable[[Any], str]] = {
             "status": render_status, "pods": render_pods, "ports": render_rows,
             "fdb": render_rows, "routes": render_routes, "neighbors": render_neighbors,
-            "stats": render_stats,
+            "stats": render_stats, "services": render_services, "endpoints": render_endpoints,
+            "affinity": render_affinity,
         }
         _emit(request(path, args.command), as_json, renderers[args.command])
         return EXIT_OK

@@ -67,13 +67,17 @@ ALLOCATION_OFFSET = 10  # the first address handed to a pod without an explicit 
 UNIX_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) minus the terminating NUL
 ACCEL_CHOICES = ("native", "pure")
 PROTOCOLS = ("tcp", "udp")
-# The switch and the control socket call the host port "host"; a pod of that name would be
-# indistinguishable from it in traces, counters and `vswitchctl trace host ...`.
-RESERVED_POD_NAMES = ("host",)
+# The switch and the control socket call the host port "host" and the uplink "uplink"; a pod of
+# either name would be indistinguishable from them in traces, counters and `vswitchctl trace`.
+RESERVED_POD_NAMES = ("host", "uplink")
 
-RESERVED_SECTIONS = ("cluster", "services", "uplink", "peers", "networks")
+RESERVED_SECTIONS = ("peers", "networks")
 
-TOP_LEVEL_KEYS = ("node", "host_port", "dataplane", "control", "segments", "routes", "pods")
+TOP_LEVEL_KEYS = ("node", "host_port", "dataplane", "control", "segments", "routes", "pods",
+                  "cluster", "uplink", "services")
+# What a runtime change (``vswitchctl apply``) may carry: the things that come and go while the
+# node runs. Everything else needs a restart.
+FRAGMENT_KEYS = ("pods", "services")
 NODE_KEYS = ("name", "pod_cidr", "gateway", "mtu")
 HOST_PORT_KEYS = ("enabled", "address")
 DATAPLANE_KEYS = ("offloads", "fdb_aging", "mac_limit", "burst", "accel")
@@ -83,6 +87,28 @@ ROUTE_KEYS = ("dst", "via")
 POD_KEYS = ("name", "ip", "segment", "mtu", "labels", "ready", "containers")
 CONTAINER_KEYS = ("name", "command", "env", "ports")
 PORT_KEYS = ("name", "port", "protocol")
+CLUSTER_KEYS = ("cidr", "service_cidr", "hairpin_address", "conntrack_max")
+UPLINK_KEYS = ("address", "gateway", "netns", "mtu")
+SERVICE_KEYS = ("name", "namespace", "cluster_ip", "type", "ports", "selector", "endpoints",
+                "session_affinity", "affinity_timeout", "external_traffic_policy",
+                "internal_traffic_policy", "external_ips", "load_balancer")
+SERVICE_PORT_KEYS = ("name", "protocol", "port", "target_port", "node_port")
+# The settings ``vswitchctl service set`` may change: the ones that do not move a frontend.
+SERVICE_SETTABLE = ("session_affinity", "affinity_timeout", "external_traffic_policy",
+                    "internal_traffic_policy", "load_balancer", "selector", "endpoints")
+
+CONNTRACK_MAX_MIN = 1024
+CONNTRACK_MAX_MAX = 4194304
+AFFINITY_TIMEOUT_MAX = 86400  # one day, Kubernetes' upper bound for ClientIP affinity
+SERVICE_TYPES = ("ClusterIP", "NodePort")
+SESSION_AFFINITIES = ("None", "ClientIP")
+TRAFFIC_POLICIES = ("Cluster", "Local")
+LOAD_BALANCERS = ("random", "maglev")
+HEADLESS = "None"  # cluster_ip = "None": a headless service, as Kubernetes writes it
+NETNS_NAME_MAX = 255  # a file name under /run/netns
+# Pod namespaces are "vsw-<node>-<pod>"; a far side named like one could be taken for a pod's
+# leftover and removed by a cleanup.
+POD_NETNS_PREFIX = "vsw-"
 
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?\Z")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*\Z")
@@ -445,6 +471,10 @@ class _Reader:
         routes = self.read_routes(document, segment_drafts)
         drafts = self.read_pods(document)
         pod_ips = self.check_pod_addresses(drafts, segment_drafts)
+        cluster = self.read_cluster(document, segment_drafts)
+        uplink = self.read_uplink(document, name, mtu, cluster, segment_drafts)
+        context = _ServiceContext.of(cluster, uplink, segment_drafts, host_address)
+        services = self.check_services(self.read_services(document, context), context)
 
         if self.errors:
             return None
@@ -483,6 +513,9 @@ class _Reader:
             control=control,
             segments=segments,
             routes=tuple(routes),
+            cluster=cluster if isinstance(cluster, model.Cluster) else None,
+            uplink=uplink if isinstance(uplink, model.Uplink) else None,
+            services=tuple(services),
         )
 
     def read_node(self, document: Mapping[str, Any]) -> tuple[Any, Any, Any, Any]:
@@ -781,7 +814,7 @@ class _Reader:
                 name = self.fail(_key(path, "name"), problem)
             elif name in RESERVED_POD_NAMES:
                 name = self.fail(
-                    _key(path, "name"), f"{name!r} is reserved: it names the node's host port"
+                    _key(path, "name"), f"{name!r} is reserved: it names the node's {name} port"
                 )
         ip = self.take_address(table, path, "ip")
         segment = self.take(table, path, "segment", "a string", model.DEFAULT_SEGMENT)
@@ -1036,3 +1069,821 @@ class _Reader:
                 )
             else:
                 seen[pod.tap] = draft.path
+
+    # -- changes to a running node --------------------------------------------------------------
+
+    def read_fragment(self, document: Mapping[str, Any], topology: Topology,
+                      allowed: Sequence[str], replace: bool) -> "Fragment":
+        for key in document:
+            if key not in allowed:
+                what = " and ".join(f"[[{k}]]" for k in allowed)
+                self.fail(_key("", key), f"only {what} can be changed while the node runs; "
+                                         "other sections need a restart")
+        drafts = self.read_pods(document) if "pods" in allowed else []
+        pods = self.check_runtime_pods(drafts, topology, replace)
+        context = _ServiceContext.of_topology(topology)
+        service_drafts = self.read_services(document, context) if "services" in allowed else []
+        keys = {draft.key for draft in service_drafts if draft.key}
+        previous = {s.key: s for s in topology.services if s.key in keys} if replace else {}
+        kept = [s for s in topology.services if s.key not in previous]
+        services = self.check_services(service_drafts, context, kept, previous, replace)
+        return Fragment(pods=tuple(pods), services=tuple(services))
+
+    def check_runtime_pods(self, drafts: Sequence[_PodDraft], topology: Topology,
+                           replace: bool) -> list[Pod]:
+        """Check pods against a running node: its segments, and the pods that stay.
+
+        A pod that replaces one of the same name keeps that pod's address unless it asks for
+        another, so re-applying an unchanged pod is no change at all.
+        """
+        existing = {pod.name: pod for pod in topology.pods}
+        named = {draft.name for draft in drafts if isinstance(draft.name, str)}
+        if not replace:
+            for draft in drafts:
+                if isinstance(draft.name, str) and draft.name in existing:
+                    self.fail(_key(draft.path, "name"), f"pod {draft.name!r} already exists")
+        kept = [pod for pod in topology.pods if pod.name not in named]
+        segments = []
+        for index, segment in enumerate(topology.all_segments()):
+            path = "node" if index == 0 else f"segments[{index - 1}]"
+            reserved = {segment.gateway: f"{path}.gateway"}
+            if segment.name == model.DEFAULT_SEGMENT:
+                reserved[topology.host_port.address.ip] = "host_port.address"
+            reserved.update({pod.ip: f"pod {pod.name}" for pod in kept
+                             if pod.segment == segment.name})
+            segments.append(_SegmentDraft(path, segment.name, segment.cidr, segment.gateway,
+                                          segment.mtu, MappingProxyType(reserved)))
+        drafts = [
+            dataclasses.replace(draft, ip=existing[draft.name].ip)
+            if (replace and draft.ip is None and isinstance(draft.name, str)
+                and draft.name in existing and existing[draft.name].segment == draft.segment)
+            else draft
+            for draft in drafts
+        ]
+        ips = self.check_pod_addresses(drafts, segments)
+        if self.errors:
+            return []
+        pods = [self.build_pod(topology.node.name, draft, ip) for draft, ip in zip(drafts, ips)]
+        taps = {pod.tap: f"pod {pod.name}" for pod in kept}
+        for pod, draft in zip(pods, drafts):
+            if pod.tap in taps:
+                self.fail(_key(draft.path, "name"), f"the derived TAP name {pod.tap!r} collides "
+                                                    f"with {taps[pod.tap]}; choose another name")
+            taps[pod.tap] = draft.path
+        return pods
+
+    # -- cluster and uplink -------------------------------------------------------------------
+
+    def read_cluster(self, document: Mapping[str, Any],
+                     segments: Sequence[_SegmentDraft]) -> model.Cluster | _Marker:
+        table = self.section(document, "cluster", required=False)
+        if table is INVALID:
+            return INVALID
+        self.check_keys(table, "cluster", CLUSTER_KEYS)
+        networks = [s for s in segments if isinstance(s.cidr, IPv4Network)]
+        all_known = len(networks) == len(segments)
+
+        cidr = self.take(table, "cluster", "cidr", "a string", None)
+        if isinstance(cidr, str):
+            cidr = self.parse_cidr(cidr, "cluster.cidr")
+            if isinstance(cidr, IPv4Network):
+                outside = next((s for s in networks if not s.cidr.subnet_of(cidr)), None)
+                if outside is not None:
+                    cidr = self.fail(
+                        "cluster.cidr",
+                        f"{cidr} does not contain {outside.cidr_path} {outside.cidr}; the cluster "
+                        "CIDR must hold every pod address of the node",
+                    )
+        elif cidr is None:
+            # The smallest network holding every segment: node.pod_cidr itself on a node with
+            # only the default segment.
+            cidr = _covering_network([s.cidr for s in networks]) if all_known else INVALID
+        # A default CIDR only promises to cover the segments; on a node whose segments lie far
+        # apart it is wide, so the service CIDR and the hairpin address are checked against the
+        # segments themselves then, not against the whole default.
+        explicit = cidr if "cidr" in table else None
+
+        service_cidr = self.take(table, "cluster", "service_cidr", "a string", None)
+        if service_cidr is None:
+            service_cidr = IPv4Network(model.DEFAULT_SERVICE_CIDR)
+        elif isinstance(service_cidr, str):
+            service_cidr = self.parse_cidr(service_cidr, "cluster.service_cidr")
+        if isinstance(service_cidr, IPv4Network):
+            clash = next((s for s in networks if s.cidr.overlaps(service_cidr)), None)
+            if clash is not None:
+                service_cidr = self.fail(
+                    "cluster.service_cidr",
+                    f"{service_cidr} overlaps {clash.cidr_path} {clash.cidr}; cluster IPs must "
+                    "not be pod addresses",
+                )
+            elif isinstance(explicit, IPv4Network) and explicit.overlaps(service_cidr):
+                service_cidr = self.fail(
+                    "cluster.service_cidr",
+                    f"{service_cidr} overlaps cluster.cidr {explicit}; cluster IPs must not be "
+                    "pod addresses",
+                )
+
+        hairpin = self.take_address(table, "cluster", "hairpin_address")
+        if hairpin is None:
+            hairpin = model.Cluster.__dataclass_fields__["hairpin_address"].default
+        if isinstance(hairpin, IPv4Address):
+            checks = [(explicit, "cluster.cidr"), (service_cidr, "cluster.service_cidr")]
+            checks += [(s.cidr, s.cidr_path) for s in networks]
+            for network, label in checks:
+                if isinstance(network, IPv4Network) and hairpin in network:
+                    hairpin = self.fail(
+                        "cluster.hairpin_address",
+                        f"{hairpin} is inside {label} {network}; the hairpin address must be "
+                        "one no pod or service has",
+                    )
+                    break
+
+        conntrack_max = self.take_int(table, "cluster", "conntrack_max",
+                                      model.DEFAULT_CONNTRACK_MAX, CONNTRACK_MAX_MIN,
+                                      CONNTRACK_MAX_MAX)
+        values = (cidr, service_cidr, hairpin, conntrack_max)
+        if INVALID in values:
+            return INVALID
+        return model.Cluster(cidr=cidr, service_cidr=service_cidr, hairpin_address=hairpin,
+                             conntrack_max=conntrack_max)
+
+    def parse_interface(self, text: str, path: str) -> IPv4Interface | _Marker:
+        """An address with its network's prefix length, such as ``192.0.2.2/24``."""
+        if "/" not in text:
+            return self.fail(path, f"expected an address with its prefix length like "
+                                   f"192.0.2.2/24, got {text!r}")
+        try:
+            interface = IPv4Interface(text)
+        except ValueError:
+            return self.fail(path, f"{text!r} is not an IPv4 address with a prefix length like "
+                                   "192.0.2.2/24")
+        network = interface.network
+        if not PREFIX_MIN <= network.prefixlen <= PREFIX_MAX:
+            return self.fail(path, f"prefix length /{network.prefixlen} is outside "
+                                   f"/{PREFIX_MIN}../{PREFIX_MAX}")
+        if problem := _address_problem(interface.ip, network, str(network)):
+            return self.fail(path, problem)
+        return interface
+
+    def read_uplink(self, document: Mapping[str, Any], node_name: Any, node_mtu: Any,
+                    cluster: model.Cluster | _Marker,
+                    segments: Sequence[_SegmentDraft]) -> model.Uplink | None | _Marker:
+        if "uplink" not in document:
+            return None
+        table = self.section(document, "uplink", required=False)
+        if table is INVALID:
+            return INVALID
+        self.check_keys(table, "uplink", UPLINK_KEYS)
+
+        address = self.take(table, "uplink", "address", "a string", REQUIRED)
+        if isinstance(address, str):
+            address = self.parse_interface(address, "uplink.address")
+        if isinstance(address, IPv4Interface):
+            cluster_table = document.get("cluster")
+            cluster_explicit = isinstance(cluster_table, dict) and "cidr" in cluster_table
+            address = self.check_uplink_network(address, cluster, segments, cluster_explicit)
+
+        gateway = self.take(table, "uplink", "gateway", "a string", REQUIRED)
+        if isinstance(gateway, str):
+            gateway = self.take_address(table, "uplink", "gateway")
+        if isinstance(gateway, IPv4Address) and isinstance(address, IPv4Interface):
+            network = address.network
+            if problem := _address_problem(gateway, network, f"uplink.address's network {network}"):
+                gateway = self.fail("uplink.gateway", problem)
+            elif gateway == address.ip:
+                gateway = self.fail("uplink.gateway", f"{gateway} is uplink.address itself; the "
+                                                      "gateway is the far side's address")
+
+        netns = self.take(table, "uplink", "netns", "a string", None)
+        if isinstance(netns, str) and (problem := _netns_name_problem(netns)):
+            netns = self.fail("uplink.netns", problem)
+
+        default_mtu = node_mtu if isinstance(node_mtu, int) else INVALID
+        mtu = self.take_int(table, "uplink", "mtu", default_mtu, MTU_MIN, MTU_MAX)
+        if INVALID in (address, gateway, netns, mtu) or not isinstance(node_name, str):
+            return INVALID
+        assert isinstance(address, IPv4Interface) and isinstance(gateway, IPv4Address)
+        return model.Uplink(address=address, gateway=gateway, netns=netns,
+                            name=model.kernel_name("vsu", node_name),
+                            mac=model.mac_for_ip(address.ip), far_mac=model.mac_for_ip(gateway),
+                            mtu=mtu)
+
+    def check_uplink_network(self, address: IPv4Interface, cluster: model.Cluster | _Marker,
+                             segments: Sequence[_SegmentDraft],
+                             cluster_explicit: bool) -> IPv4Interface | _Marker:
+        """The uplink network is the outside world: no pod, service or hairpin address in it."""
+        network = address.network
+        clash = next((s for s in segments
+                      if isinstance(s.cidr, IPv4Network) and s.cidr.overlaps(network)), None)
+        if clash is not None:
+            return self.fail("uplink.address", f"{network} overlaps {clash.cidr_path} {clash.cidr}; "
+                                               "the uplink network must be outside the node's "
+                                               "segments")
+        if isinstance(cluster, model.Cluster):
+            for other, label in ((cluster.cidr, "cluster.cidr"),
+                                 (cluster.service_cidr, "cluster.service_cidr")):
+                if other.overlaps(network):
+                    if label == "cluster.cidr" and not cluster_explicit:
+                        label = "the default cluster CIDR (the smallest network holding every " \
+                                "segment; set [cluster] cidr)"
+                    return self.fail("uplink.address", f"{network} overlaps {label} {other}; "
+                                                       "the uplink network must be outside the "
+                                                       "cluster")
+            if cluster.hairpin_address in network:
+                return self.fail("uplink.address", f"{network} contains cluster.hairpin_address "
+                                                   f"{cluster.hairpin_address}")
+        return address
+
+    # -- services -------------------------------------------------------------------------------
+
+    def take_choice(self, table: Mapping[str, Any], base: str, key: str, choices: Sequence[str],
+                    default: str) -> str | _Marker:
+        value = self.take(table, base, key, "a string", default)
+        if isinstance(value, str) and value not in choices:
+            hint = next((c for c in choices if c.lower() == value.lower()), None)
+            suggestion = f" (did you mean {hint!r}?)" if hint else ""
+            return self.fail(_key(base, key), f"must be one of {', '.join(map(repr, choices))}, "
+                                              f"got {value!r}{suggestion}")
+        return value
+
+    def take_addresses(self, table: Mapping[str, Any], base: str,
+                       key: str) -> list[tuple[str, IPv4Address]] | _Marker:
+        """An array of IPv4 address strings, each with its own path, duplicates refused."""
+        raw = self.take(table, base, key, "an array", [])
+        if raw is INVALID:
+            return INVALID
+        path = _key(base, key)
+        result: list[tuple[str, IPv4Address]] = []
+        seen: set[IPv4Address] = set()
+        valid = True
+        for index, item in enumerate(raw):
+            item_path = f"{path}[{index}]"
+            if not isinstance(item, str):
+                self.fail(item_path, f"expected a string, got {_type_name(item)}")
+                valid = False
+                continue
+            try:
+                address = IPv4Address(item)
+            except ValueError:
+                self.fail(item_path, f"{item!r} is not an IPv4 address")
+                valid = False
+                continue
+            if address in seen:
+                self.fail(item_path, f"{address} is listed twice")
+                valid = False
+                continue
+            seen.add(address)
+            result.append((item_path, address))
+        return result if valid else INVALID
+
+    def read_services(self, document: Mapping[str, Any],
+                      context: "_ServiceContext") -> list["_ServiceDraft"]:
+        raw = self.take(document, "", "services", "an array of tables", [])
+        if raw is INVALID:
+            return []
+        drafts = []
+        for index, entry in enumerate(raw):
+            path = f"services[{index}]"
+            if not isinstance(entry, dict):
+                self.fail(path, f"expected a table, got {_type_name(entry)}")
+                continue
+            drafts.append(self.read_service(entry, path, context))
+        return drafts
+
+    def read_service(self, table: Mapping[str, Any], path: str,
+                     context: "_ServiceContext") -> "_ServiceDraft":
+        self.check_keys(table, path, SERVICE_KEYS)
+        name = self.take(table, path, "name", "a string", REQUIRED)
+        if isinstance(name, str) and (problem := _dns_label_problem(name, DNS_LABEL_MAX)):
+            name = self.fail(_key(path, "name"), problem)
+        namespace = self.take(table, path, "namespace", "a string", "default")
+        if isinstance(namespace, str) and (problem := _dns_label_problem(namespace, DNS_LABEL_MAX)):
+            namespace = self.fail(_key(path, "namespace"), problem)
+
+        type_ = self.take_choice(table, path, "type", SERVICE_TYPES, "ClusterIP")
+        cluster = context.cluster
+        cluster_ip: Any = self.take(table, path, "cluster_ip", "a string", None)
+        headless = cluster_ip == HEADLESS
+        if isinstance(cluster_ip, str) and not headless:
+            cluster_ip = self.take_address(table, path, "cluster_ip")
+            if isinstance(cluster_ip, IPv4Address) and cluster is not None:
+                where = f"cluster.service_cidr {cluster.service_cidr}"
+                if problem := _address_problem(cluster_ip, cluster.service_cidr, where):
+                    cluster_ip = self.fail(_key(path, "cluster_ip"), problem)
+        if headless and type_ == "NodePort":
+            type_ = self.fail(_key(path, "type"), "a headless service (cluster_ip = \"None\") "
+                                                  "must be of type ClusterIP")
+        if type_ == "NodePort" and context.uplink is None:
+            type_ = self.fail(_key(path, "type"), "type NodePort needs an [uplink] section: node "
+                                                  "ports listen on the uplink address")
+
+        ports = self.read_service_ports(table, path, type_, headless)
+
+        selector: Any = None
+        if "selector" in table:
+            selector = self.take_str_map(table, path, "selector")
+            if isinstance(selector, dict):
+                selector_path = _key(path, "selector")
+                problems = [(_key(selector_path, key), problem) for key, value in selector.items()
+                            if (problem := _label_key_problem(key) or _label_value_problem(value))]
+                if not table["selector"]:
+                    selector = self.fail(selector_path, "an empty selector would select every "
+                                                        "pod; leave it out for a service "
+                                                        "without endpoints")
+                for problem_path, problem in problems:
+                    selector = self.fail(problem_path, problem)
+        endpoints = self.take_addresses(table, path, "endpoints")
+        if "selector" in table and "endpoints" in table:
+            endpoints = self.fail(_key(path, "endpoints"), "give either a selector or explicit "
+                                                           "endpoints, not both")
+        elif isinstance(endpoints, list) and cluster is not None:
+            for item_path, address in endpoints:
+                if address in cluster.service_cidr:
+                    endpoints = self.fail(item_path, f"{address} is inside cluster.service_cidr "
+                                                     f"{cluster.service_cidr}; an endpoint is a "
+                                                     "pod or host address")
+                    break
+
+        affinity = self.take_choice(table, path, "session_affinity", SESSION_AFFINITIES, "None")
+        timeout = self.take_int(table, path, "affinity_timeout", model.DEFAULT_AFFINITY_TIMEOUT,
+                                1, AFFINITY_TIMEOUT_MAX)
+        external_policy = self.take_choice(table, path, "external_traffic_policy",
+                                           TRAFFIC_POLICIES, "Cluster")
+        internal_policy = self.take_choice(table, path, "internal_traffic_policy",
+                                           TRAFFIC_POLICIES, "Cluster")
+        external_ips = self.take_addresses(table, path, "external_ips")
+        if isinstance(external_ips, list):
+            for item_path, address in external_ips:
+                if problem := context.external_ip_problem(address):
+                    external_ips = self.fail(item_path, problem)
+                    break
+        load_balancer = self.take_choice(table, path, "load_balancer", LOAD_BALANCERS, "random")
+        return _ServiceDraft(
+            path=path, name=name, namespace=namespace,
+            cluster_ip=HEADLESS if headless else cluster_ip, type=type_, ports=ports,
+            selector=selector,
+            endpoints=INVALID if endpoints is INVALID else tuple(a for _, a in endpoints),
+            session_affinity=affinity, affinity_timeout=timeout,
+            external_traffic_policy=external_policy, internal_traffic_policy=internal_policy,
+            external_ips=INVALID if external_ips is INVALID else tuple(a for _, a in external_ips),
+            load_balancer=load_balancer,
+        )
+
+    def read_service_ports(self, table: Mapping[str, Any], path: str, type_: Any,
+                           headless: bool) -> list["_PortDraft"] | _Marker:
+        raw = self.take(table, path, "ports", "an array of tables", [])
+        if raw is INVALID:
+            return INVALID
+        ports_path = _key(path, "ports")
+        if not raw and not headless:
+            return self.fail(ports_path, "a service with a cluster IP needs at least one port")
+        drafts: list[_PortDraft] = []
+        names: dict[str, str] = {}
+        bindings: dict[tuple[str, int], str] = {}
+        valid = True
+        for index, entry in enumerate(raw):
+            port_path = f"{ports_path}[{index}]"
+            if not isinstance(entry, dict):
+                self.fail(port_path, f"expected a table, got {_type_name(entry)}")
+                valid = False
+                continue
+            errors_before = len(self.errors)
+            self.check_keys(entry, port_path, SERVICE_PORT_KEYS)
+            name = self.take(entry, port_path, "name", "a string", REQUIRED if len(raw) > 1 else "")
+            if isinstance(name, str) and name:
+                if problem := _dns_label_problem(name, DNS_LABEL_MAX):
+                    self.fail(_key(port_path, "name"), problem)
+                elif name in names:
+                    self.fail(_key(port_path, "name"), f"duplicate port name {name!r} in this "
+                                                       f"service (first used at {names[name]})")
+                else:
+                    names[name] = _key(port_path, "name")
+            elif name == "" and "name" in entry:
+                self.fail(_key(port_path, "name"), "must not be empty")
+            protocol = self.take_choice(entry, port_path, "protocol", PROTOCOLS, "tcp")
+            number = self.take_int(entry, port_path, "port", REQUIRED, 1, 65535)
+            if isinstance(number, int) and isinstance(protocol, str):
+                if (protocol, number) in bindings:
+                    self.fail(_key(port_path, "port"), f"{protocol} port {number} is already "
+                                                       f"declared at {bindings[protocol, number]}")
+                else:
+                    bindings[protocol, number] = _key(port_path, "port")
+            target: Any = entry.get("target_port", number)
+            target_path = _key(port_path, "target_port")
+            if target is INVALID:
+                pass  # defaults to a port that is itself wrong; its error says so
+            elif isinstance(target, bool) or not isinstance(target, (int, str)):
+                self.fail(target_path, f"expected a port number or a container port name, got "
+                                       f"{_type_name(target)}")
+            elif isinstance(target, int) and not 1 <= target <= 65535:
+                self.fail(target_path, f"must be between 1 and 65535, got {target}")
+            elif isinstance(target, str) and (problem := _port_name_problem(target)):
+                self.fail(target_path, problem)
+            node_port = self.take_int(entry, port_path, "node_port", None, *model.NODE_PORT_RANGE)
+            if "node_port" in entry and type_ == "ClusterIP":
+                self.fail(_key(port_path, "node_port"), "only a service of type NodePort has "
+                                                        "node ports")
+            if len(self.errors) != errors_before:
+                valid = False
+                continue
+            drafts.append(_PortDraft(port_path, name, protocol, number, target, node_port))
+        return drafts if valid else INVALID
+
+    def check_services(self, drafts: Sequence["_ServiceDraft"], context: "_ServiceContext",
+                       kept: Sequence[model.Service] = (),
+                       previous: Mapping[str, model.Service] | None = None,
+                       replace: bool = True) -> list[model.Service]:
+        """Check what concerns services together, allocate cluster IPs and node ports, build.
+
+        ``kept`` are the services of a running node that stay as they are: their names, cluster
+        IPs and node ports are taken. ``previous`` maps the key of a service being replaced to its
+        running version, whose allocated cluster IP and node ports it keeps where still free, so
+        that re-applying the same file changes nothing. With ``replace`` False a draft may not
+        name a kept service.
+        """
+        previous = previous or {}
+        kept_keys = {service.key: service for service in kept}
+        seen: dict[str, str] = {}
+        for draft in drafts:
+            if not (isinstance(draft.name, str) and isinstance(draft.namespace, str)):
+                continue
+            key = f"{draft.namespace}/{draft.name}"
+            if key in seen:
+                self.fail(_key(draft.path, "name"), f"duplicate service {key} (first at {seen[key]})")
+            elif key in kept_keys and not replace:
+                self.fail(_key(draft.path, "name"), f"service {key} already exists; change it "
+                                                    "with `vswitchctl service set` or `apply`")
+            seen.setdefault(key, draft.path)
+
+        cluster_ips = self.allocate_cluster_ips(drafts, context, kept, previous)
+        node_ports = self.allocate_node_ports(drafts, kept, previous)
+        services: list[model.Service] = []
+        for draft, cluster_ip, ports in zip(drafts, cluster_ips, node_ports):
+            if not draft.valid or cluster_ip is INVALID or ports is INVALID:
+                continue
+            services.append(model.Service(
+                name=draft.name, namespace=draft.namespace, cluster_ip=cluster_ip,
+                type=draft.type, ports=ports,
+                selector=(MappingProxyType(dict(draft.selector))
+                          if draft.selector is not None else None),
+                endpoints=draft.endpoints, session_affinity=draft.session_affinity,
+                affinity_timeout=draft.affinity_timeout,
+                external_traffic_policy=draft.external_traffic_policy,
+                internal_traffic_policy=draft.internal_traffic_policy,
+                external_ips=draft.external_ips, load_balancer=draft.load_balancer))
+        return services
+
+    def allocate_cluster_ips(self, drafts: Sequence["_ServiceDraft"], context: "_ServiceContext",
+                             kept: Sequence[model.Service],
+                             previous: Mapping[str, model.Service]) -> list[Any]:
+        """Explicit cluster IPs must be unique; the others get network + 10 upwards, in order."""
+        taken: dict[IPv4Address, str] = {s.cluster_ip: f"service {s.key}" for s in kept
+                                         if s.cluster_ip is not None}
+        result: list[Any] = []
+        for draft in drafts:
+            ip = draft.cluster_ip
+            if isinstance(ip, IPv4Address):
+                if ip in taken:
+                    ip = self.fail(_key(draft.path, "cluster_ip"), f"{ip} is already the cluster "
+                                                                   f"IP of {taken[ip]}")
+                else:
+                    taken[ip] = draft.path
+            result.append(ip)
+        cluster = context.cluster
+        if cluster is None:
+            return [INVALID if ip is None else ip for ip in result]
+        # A replaced service keeps its address when it still may, so that re-applying a file
+        # does not move it under its clients.
+        for index, draft in enumerate(drafts):
+            old = previous.get(draft.key or "")
+            if (result[index] is None and old is not None and old.cluster_ip is not None
+                    and old.cluster_ip not in taken and old.cluster_ip in cluster.service_cidr):
+                result[index] = old.cluster_ip
+                taken[old.cluster_ip] = draft.path
+        candidates = (a for a in allocation_order(cluster.service_cidr) if a not in taken)
+        for index, draft in enumerate(drafts):
+            if result[index] is not None:
+                continue
+            address = next(candidates, None)
+            if address is None:
+                result[index] = self.fail(draft.path, f"no free cluster IP left in "
+                                                      f"cluster.service_cidr {cluster.service_cidr}")
+            else:
+                result[index] = address
+        return [None if ip == HEADLESS else ip for ip in result]
+
+    def allocate_node_ports(self, drafts: Sequence["_ServiceDraft"], kept: Sequence[model.Service],
+                            previous: Mapping[str, model.Service]) -> list[Any]:
+        """Node ports are unique per protocol across all services; missing ones are allocated
+        from the bottom of the range, in file order, after every explicit one is placed."""
+        taken: dict[tuple[str, int], str] = {}
+        for service in kept:
+            for port in service.ports:
+                if port.node_port is not None:
+                    taken[port.protocol, port.node_port] = f"service {service.key}"
+        for draft in drafts:
+            if not isinstance(draft.ports, list):
+                continue
+            for port in draft.ports:
+                if isinstance(port.node_port, int):
+                    binding = (port.protocol, port.node_port)
+                    if binding in taken:
+                        self.fail(_key(port.path, "node_port"),
+                                  f"{port.protocol} node port {port.node_port} is already used "
+                                  f"by {taken[binding]}")
+                    else:
+                        taken[binding] = port.path
+        low, high = model.NODE_PORT_RANGE
+        result: list[Any] = []
+        for draft in drafts:
+            if not isinstance(draft.ports, list):
+                result.append(INVALID)
+                continue
+            old = previous.get(draft.key or "")
+            old_ports = {(p.protocol, p.port): p.node_port for p in old.ports} if old else {}
+            ports: list[model.ServicePort] = []
+            for port in draft.ports:
+                node_port = port.node_port
+                if node_port is None and draft.type == "NodePort":
+                    reuse = old_ports.get((port.protocol, port.number))
+                    if reuse is not None and (port.protocol, reuse) not in taken:
+                        node_port = reuse
+                    else:
+                        node_port = next((n for n in range(low, high + 1)
+                                          if (port.protocol, n) not in taken), None)
+                        if node_port is None:
+                            self.fail(port.path, f"no free {port.protocol} node port left")
+                            break
+                    taken[port.protocol, node_port] = port.path
+                ports.append(model.ServicePort(name=port.name, protocol=port.protocol,
+                                               port=port.number, target_port=port.target_port,
+                                               node_port=node_port))
+            else:
+                result.append(tuple(ports))
+                continue
+            result.append(INVALID)
+        return result
+
+
+def _covering_network(networks: Sequence[IPv4Network]) -> IPv4Network | _Marker:
+    """The smallest network that contains every one of ``networks``."""
+    if not networks:
+        return INVALID
+    covering = networks[0]
+    while not all(network.subnet_of(covering) for network in networks):
+        covering = covering.supernet()
+    return covering
+
+
+def _netns_name_problem(name: str) -> str | None:
+    if not name:
+        return "must not be empty"
+    if name in (".", "..") or "/" in name or "\0" in name:
+        return f"{name!r} is not a usable namespace name (a file name under /run/netns)"
+    if len(os.fsencode(name)) > NETNS_NAME_MAX:
+        return f"is longer than {NETNS_NAME_MAX} bytes"
+    if name.startswith(POD_NETNS_PREFIX):
+        return (f"{name!r} starts with {POD_NETNS_PREFIX!r}, which vswitchd uses for pod "
+                "namespaces; choose another name")
+    return None
+
+
+@dataclass(frozen=True)
+class _PortDraft:
+    path: str
+    name: str
+    protocol: str
+    number: int
+    target_port: int | str
+    node_port: int | None
+
+
+@dataclass(frozen=True)
+class _ServiceDraft:
+    """A service as written; fields are INVALID where they are wrong. ``cluster_ip`` is None when
+    it is to be allocated and HEADLESS for a headless service."""
+
+    path: str
+    name: Any
+    namespace: Any
+    cluster_ip: Any
+    type: Any
+    ports: Any
+    selector: Any
+    endpoints: Any
+    session_affinity: Any
+    affinity_timeout: Any
+    external_traffic_policy: Any
+    internal_traffic_policy: Any
+    external_ips: Any
+    load_balancer: Any
+
+    @property
+    def key(self) -> str | None:
+        if isinstance(self.name, str) and isinstance(self.namespace, str):
+            return f"{self.namespace}/{self.name}"
+        return None
+
+    @property
+    def valid(self) -> bool:
+        return INVALID not in (self.name, self.namespace, self.cluster_ip, self.type, self.ports,
+                               self.selector, self.endpoints, self.session_affinity,
+                               self.affinity_timeout, self.external_traffic_policy,
+                               self.internal_traffic_policy, self.external_ips,
+                               self.load_balancer)
+
+
+@dataclass(frozen=True)
+class _ServiceContext:
+    """What services are checked against. ``cluster`` is None when ``[cluster]`` is itself wrong
+    (its error explains it, and checks against it are skipped); ``uplink`` is INVALID likewise."""
+
+    cluster: model.Cluster | None
+    uplink: model.Uplink | None | _Marker
+    segments: tuple[tuple[str, IPv4Network], ...]
+    node_addresses: Mapping[IPv4Address, str]
+
+    @classmethod
+    def of(cls, cluster: Any, uplink: Any, segments: Sequence[_SegmentDraft],
+           host_address: Any) -> "_ServiceContext":
+        addresses: dict[IPv4Address, str] = {}
+        if isinstance(host_address, IPv4Address):
+            addresses[host_address] = "host_port.address"
+        if isinstance(uplink, model.Uplink):
+            addresses[uplink.address.ip] = "uplink.address (the node address)"
+            addresses[uplink.gateway] = "uplink.gateway"
+        return cls(cluster=cluster if isinstance(cluster, model.Cluster) else None,
+                   uplink=uplink,
+                   segments=tuple((s.cidr_path, s.cidr) for s in segments
+                                  if isinstance(s.cidr, IPv4Network)),
+                   node_addresses=MappingProxyType(addresses))
+
+    @classmethod
+    def of_topology(cls, topology: Topology) -> "_ServiceContext":
+        segments = [
+            _SegmentDraft("node" if index == 0 else f"segments[{index - 1}]", segment.name,
+                          segment.cidr, segment.gateway, segment.mtu, MappingProxyType({}))
+            for index, segment in enumerate(topology.all_segments())
+        ]
+        return cls.of(runtime_cluster(topology), topology.uplink, segments,
+                      topology.host_port.address.ip)
+
+    def external_ip_problem(self, address: IPv4Address) -> str | None:
+        """External IPs are addresses outside clients use; a pod's or the node's would be hijacked."""
+        if address in self.node_addresses:
+            return f"{address} is {self.node_addresses[address]}"
+        for label, cidr in self.segments:
+            if address in cidr:
+                return f"{address} is inside {label} {cidr}: a pod or gateway address"
+        cluster = self.cluster
+        if cluster is not None:
+            if address in cluster.cidr:
+                return f"{address} is inside cluster.cidr {cluster.cidr}: a pod address"
+            if address in cluster.service_cidr:
+                return (f"{address} is inside cluster.service_cidr {cluster.service_cidr}; "
+                        "an external IP is an address outside the cluster")
+            if address == cluster.hairpin_address:
+                return f"{address} is cluster.hairpin_address"
+        return None
+
+
+def runtime_cluster(topology: Topology) -> model.Cluster:
+    """The topology's cluster settings; a topology built without them gets the loader's defaults."""
+    if topology.cluster is not None:
+        return topology.cluster
+    networks = [segment.cidr for segment in topology.all_segments()]
+    covering = _covering_network(networks)
+    assert isinstance(covering, IPv4Network)
+    return model.Cluster(cidr=covering, service_cidr=IPv4Network(model.DEFAULT_SERVICE_CIDR))
+
+
+# -- changes to a running node ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """Pods and services to add to a running node, or to replace their namesakes with."""
+
+    pods: tuple[Pod, ...] = ()
+    services: tuple[model.Service, ...] = ()
+
+
+def _document(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+
+
+def parse_fragment(text: str, source: str, topology: Topology, *,
+                   allowed: Sequence[str] = FRAGMENT_KEYS, replace: bool = True) -> Fragment:
+    """Validate ``[[pods]]`` and ``[[services]]`` against the running ``topology``.
+
+    With ``replace`` an entry named like a running pod or service replaces it (``apply``);
+    without, such an entry is an error (``service add``). Either all of it is valid or nothing
+    is returned, so a caller never applies half a file.
+    """
+    reader = _Reader()
+    fragment = reader.read_fragment(_document(text, source), topology, allowed, replace)
+    if reader.errors:
+        raise ConfigError.collected(source, reader.errors)
+    return fragment
+
+
+def parse_pod(table: Any, topology: Topology, source: str = "pod add",
+              path: str = "pod") -> Pod:
+    """One pod table (as ``[[pods]]`` holds it) checked against the running node; a new name."""
+    if not isinstance(table, dict):
+        raise ConfigError(source, path, f"expected a table, got {_type_name(table)}")
+    reader = _Reader()
+    pods = reader.check_runtime_pods([reader.read_pod(table, path)], topology, replace=False)
+    if reader.errors:
+        raise ConfigError.collected(source, reader.errors)
+    return pods[0]
+
+
+def service_table(service: model.Service) -> dict[str, Any]:
+    """A service written back as its ``[[services]]`` table, allocations made explicit."""
+    table: dict[str, Any] = {
+        "name": service.name,
+        "namespace": service.namespace,
+        "cluster_ip": str(service.cluster_ip) if service.cluster_ip is not None else HEADLESS,
+        "type": service.type,
+        "session_affinity": service.session_affinity,
+        "affinity_timeout": service.affinity_timeout,
+        "external_traffic_policy": service.external_traffic_policy,
+        "internal_traffic_policy": service.internal_traffic_policy,
+        "external_ips": [str(address) for address in service.external_ips],
+        "load_balancer": service.load_balancer,
+    }
+    ports = []
+    for port in service.ports:
+        entry: dict[str, Any] = {"protocol": port.protocol, "port": port.port,
+                                 "target_port": port.target_port}
+        if port.name:
+            entry["name"] = port.name
+        if port.node_port is not None:
+            entry["node_port"] = port.node_port
+        ports.append(entry)
+    table["ports"] = ports
+    if service.selector is not None:
+        table["selector"] = dict(service.selector)
+    elif service.endpoints:
+        table["endpoints"] = [str(address) for address in service.endpoints]
+    return table
+
+
+def _setting_value(key: str, text: str, path: str, source: str) -> Any:
+    """A ``key=value`` word from the command line as the TOML value the loader expects."""
+    if key == "affinity_timeout":
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(source, path, f"expected an integer, got {text!r}") from None
+    if key == "selector":
+        selector: dict[str, str] = {}
+        for pair in filter(None, (part.strip() for part in text.split(","))):
+            label, sep, value = pair.partition("=")
+            if not sep:
+                raise ConfigError(source, path, f"expected label=value pairs separated by ',', "
+                                                f"got {pair!r}")
+            selector[label.strip()] = value.strip()
+        return selector
+    if key == "endpoints":
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+def update_service(service: model.Service, settings: Mapping[str, str], topology: Topology,
+                   source: str = "service set") -> model.Service:
+    """``service`` with ``settings`` (key -> text, as typed) applied, checked as a whole service.
+
+    Giving a selector drops explicit endpoints and the other way round, since a service has one
+    or the other; an empty selector or endpoint list removes it.
+    """
+    if not settings:
+        raise ConfigError(source, "", f"nothing to set; settable: {', '.join(SERVICE_SETTABLE)}")
+    table = service_table(service)
+    for key, text in settings.items():
+        path = _key("service", key)
+        if key not in SERVICE_SETTABLE:
+            raise ConfigError(source, path, f"cannot be changed with `service set`; settable: "
+                                            f"{', '.join(SERVICE_SETTABLE)} (use `apply` for the "
+                                            "rest)")
+        if not isinstance(text, str):
+            raise ConfigError(source, path, f"expected a string, got {_type_name(text)}")
+        value = _setting_value(key, text, path, source)
+        if key in ("selector", "endpoints"):
+            table.pop("selector", None)
+            table.pop("endpoints", None)
+            if not value:
+                continue
+        table[key] = value
+    reader = _Reader()
+    context = _ServiceContext.of_topology(topology)
+    draft = reader.read_service(table, "service", context)
+    kept = [s for s in topology.services if s.key != service.key]
+    services = reader.check_services([draft], context, kept, {service.key: service})
+    if reader.errors:
+        raise ConfigError.collected(source, reader.errors)
+    return services[0]

@@ -129,6 +129,41 @@ class RouteSpec:
 
 
 @dataclass(frozen=True)
+class UplinkSpec:
+    """An ``[uplink]``: the node address is network + 2, the far side (gateway) network + 1."""
+
+    network: IPv4Network
+    netns: str | None = None
+
+    @property
+    def address(self) -> IPv4Address:
+        return self.network.network_address + 2
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return self.network.network_address + 1
+
+
+UPLINK_SUPERNET = IPv4Network("198.18.0.0/15")  # RFC 2544 benchmarking space, never routed
+
+
+def random_uplink_network(avoid: Iterable[IPv4Network] = ()) -> IPv4Network:
+    """A /24 in 198.18.0.0/15 that overlaps nothing the host has, for an uplink's far side.
+
+    The far side usually sits in its own namespace, but a test may also leave it in the root
+    namespace, where an overlap would send the host's own traffic into the test.
+    """
+    taken = _root_networks() + list(avoid)
+    subnets = UPLINK_SUPERNET.num_addresses // 256
+    for _ in range(64):
+        index = random.randrange(subnets)
+        candidate = IPv4Network((int(UPLINK_SUPERNET.network_address) + index * 256, 24))
+        if not any(candidate.overlaps(net) for net in taken):
+            return candidate
+    raise RuntimeError("no free /24 in 198.18.0.0/15: the host already uses all tried ones")
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     """What a test asks for; :meth:`render` turns it into the TOML the daemon reads."""
 
@@ -142,6 +177,7 @@ class NodeSpec:
     mtu: int = 1500
     segments: tuple[SegmentSpec, ...] = ()
     routes: tuple[RouteSpec, ...] = ()
+    uplink: UplinkSpec | None = None
 
     @property
     def gateway(self) -> IPv4Address:
@@ -216,6 +252,12 @@ class NodeSpec:
                 lines.append(f"mtu = {segment.mtu}")
         for route in self.routes:
             lines += ["", "[[routes]]", f"dst = {q(str(route.dst))}", f"via = {q(str(route.via))}"]
+        if self.uplink is not None:
+            lines += ["", "[uplink]",
+                      f"address = {q(f'{self.uplink.address}/{self.uplink.network.prefixlen}')}",
+                      f"gateway = {q(str(self.uplink.gateway))}"]
+            if self.uplink.netns is not None:
+                lines.append(f"netns = {q(self.uplink.netns)}")
         for pod in self.pods:
             lines += ["", "[[pods]]", f"name = {q(pod.name)}"]
             if pod.ip is not None:
@@ -365,7 +407,8 @@ def expected_devices(config_path: Path) -> set[str]:
         topology = load_topology(config_path)
     except ConfigError:
         return set()
-    return {topology.host_port.name, *(pod.tap for pod in topology.pods)}
+    uplink = {topology.uplink.name} if topology.uplink is not None else set()
+    return {topology.host_port.name, *(pod.tap for pod in topology.pods), *uplink}
 
 
 class DaemonError(AssertionError):

@@ -411,3 +411,151 @@ def test_clean_of_a_node_that_left_nothing(tmp_path, capsys):
     node = "vstc" + os.urandom(3).hex()
     code, out, err = run_ctl(capsys, "clean", "--node", node, "--state-dir", str(tmp_path))
     assert (code, out, err) == (0, f"nothing to clean for node {node}\n", "")
+
+
+# -- services, conntrack and runtime changes ----------------------------------------------------
+
+SERVICES = [{
+    "name": "web", "namespace": "default", "type": "NodePort", "cluster_ip": "10.96.0.10",
+    "programmed": True,
+    "ports": [{"name": "http", "protocol": "tcp", "port": 80, "target_port": 8080,
+               "node_port": 30080, "endpoints": 2}],
+    "external_ips": [], "affinity": {"mode": "ClientIP", "timeout": 10800},
+    "policies": {"internal": "Cluster", "external": "Local"}, "load_balancer": "random",
+    "endpoints": 2,
+}]
+CONNTRACK = [{
+    "proto": "tcp", "description": "tcp 10.244.1.50:40000 > 10.96.0.10:80",
+    "original": {}, "reply": {}, "dnat": {"ip": "10.244.1.10", "port": 8080}, "snat": None,
+    "state": "ESTABLISHED", "replied": True, "assured": True, "age": 1.0, "idle": 0.5,
+    "expires_in": 86399.5, "packets": {}, "bytes": {}, "labels": {"service": "default/web"},
+}]
+CHANGE = {"pod": {"name": "c", "ip": "10.244.1.12", "segment": "default", "port": 4},
+          "program": {"generation": 3, "changed": True}}
+
+
+@pytest.fixture
+def services_daemon(tmp_path):
+    fake = FakeDaemon(str(tmp_path / "lab1.sock"), {
+        "services": ok(SERVICES), "endpoints": ok([{"service": "default/web", "port": "http",
+                                                    "protocol": "tcp", "service_port": 80,
+                                                    "backend": "10.244.1.10:8080",
+                                                    "pod": "web-1", "local": True}]),
+        "affinity": ok([]), "conntrack": ok(CONNTRACK), "conntrack_flush": ok({"flushed": 3}),
+        "pod_add": ok(CHANGE), "pod_del": ok({"removed": "c", "program": {}}),
+        "pod_ready": ok({"pod": "c", "ready": False, "program": {}}),
+        "service_add": ok({"added": [], "program": {}}),
+        "service_del": ok({"removed": "default/web", "program": {}}),
+        "service_set": ok({"service": {}, "program": {}}),
+        "apply": {"ok": False, "error": "f.toml: pods[0].ip: 10.9.9.9 is outside node.pod_cidr"},
+    })
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def test_services_table(services_daemon, capsys):
+    code, out, _ = run_ctl(capsys, "--socket", services_daemon.path, "services")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["NAME", "TYPE", "CLUSTER-IP", "PORTS", "ENDPOINTS", "AFFINITY",
+                              "POLICY", "LB", "EXTERNAL-IPS"]
+    assert row.startswith("default/web  NodePort  10.96.0.10  http:80/tcp->8080 (node 30080)")
+    assert "ClientIP 10800s" in row and "ext=Local,int=Cluster" in row
+
+
+def test_endpoints_affinity_and_conntrack_tables(services_daemon, capsys):
+    code, out, _ = run_ctl(capsys, "--socket", services_daemon.path, "endpoints")
+    assert out.splitlines()[0].split() == ["SERVICE", "PORT", "PROTOCOL", "SERVICE_PORT",
+                                           "BACKEND", "POD", "LOCAL"]
+    code, out, _ = run_ctl(capsys, "--socket", services_daemon.path, "affinity")
+    assert out.strip() == "(none)"
+    code, out, _ = run_ctl(capsys, "--socket", services_daemon.path, "conntrack",
+                           "--filter", "proto=tcp", "--filter", "service=web")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["FLOW", "STATE", "DNAT", "SNAT", "SERVICE", "EXPIRES"]
+    assert "ESTABLISHED" in row and "10.244.1.10:8080" in row and "default/web" in row
+    assert services_daemon.requests[-1] == {
+        "cmd": "conntrack", "args": {"filters": {"proto": "tcp", "service": "web"}}}
+
+
+def test_conntrack_flush_sends_its_filters(services_daemon, capsys):
+    code, out, _ = run_ctl(capsys, "--socket", services_daemon.path, "conntrack", "flush",
+                           "--filter", "dst=10.96.0.10")
+    assert (code, out.strip()) == (0, "flushed 3 entries")
+    assert services_daemon.requests[-1] == {"cmd": "conntrack_flush",
+                                            "args": {"filters": {"dst": "10.96.0.10"}}}
+
+
+def test_bad_filter_is_refused_before_sending(services_daemon, capsys):
+    code, _, err = run_ctl(capsys, "--socket", services_daemon.path, "conntrack", "--filter", "tcp")
+    assert code == 1 and "--filter: expected KEY=VALUE, got 'tcp'" in err
+    assert services_daemon.requests == []
+
+
+def test_pod_add_sends_a_pod_table(services_daemon, capsys):
+    code, out, err = run_ctl(
+        capsys, "--socket", services_daemon.path, "pod", "add", "c", "--ip", "10.244.1.12",
+        "--label", "app=web", "--unready", "--segment", "default", "--mtu", "1400",
+        "--container", "http=python3 -m http.server '8080'", "--port", "http=8080")
+    assert code == 0, err
+    assert services_daemon.requests[-1] == {"cmd": "pod_add", "args": {"pod": {
+        "name": "c", "ip": "10.244.1.12", "segment": "default", "mtu": 1400,
+        "labels": {"app": "web"}, "ready": False,
+        "containers": [{"name": "http", "command": ["python3", "-m", "http.server", "8080"],
+                        "ports": [{"name": "http", "port": 8080}]}]}}}
+    assert "pod: c 10.244.1.12 (segment default, port 4)" in out
+
+
+@pytest.mark.parametrize("argv, request_", [
+    (["pod", "del", "c"], {"cmd": "pod_del", "args": {"name": "c"}}),
+    (["pod", "ready", "c"], {"cmd": "pod_ready", "args": {"name": "c", "ready": True}}),
+    (["pod", "unready", "c"], {"cmd": "pod_ready", "args": {"name": "c", "ready": False}}),
+    (["service", "del", "default/web"], {"cmd": "service_del", "args": {"name": "default/web"}}),
+    (["service", "set", "web", "session_affinity=None", "selector=app=web,tier=x"],
+     {"cmd": "service_set", "args": {"name": "web", "settings": {
+         "session_affinity": "None", "selector": "app=web,tier=x"}}}),
+])
+def test_change_commands_send_their_requests(services_daemon, capsys, argv, request_):
+    code, _, err = run_ctl(capsys, "--socket", services_daemon.path, *argv)
+    assert code == 0, err
+    assert services_daemon.requests[-1] == request_
+
+
+def test_service_add_sends_the_file_and_its_name(services_daemon, capsys, tmp_path):
+    fragment = tmp_path / "web.toml"
+    fragment.write_text('[[services]]\nname = "web"\n')
+    code, _, err = run_ctl(capsys, "--socket", services_daemon.path, "service", "add", str(fragment))
+    assert code == 0, err
+    assert services_daemon.requests[-1] == {"cmd": "service_add", "args": {
+        "toml": '[[services]]\nname = "web"\n', "source": str(fragment)}}
+
+
+def test_apply_errors_name_the_file_and_key(services_daemon, capsys, tmp_path):
+    fragment = tmp_path / "f.toml"
+    fragment.write_text('[[pods]]\nname = "x"\nip = "10.9.9.9"\n')
+    code, _, err = run_ctl(capsys, "--socket", services_daemon.path, "apply", str(fragment))
+    assert code == 1
+    assert err.strip() == "vswitchctl: f.toml: pods[0].ip: 10.9.9.9 is outside node.pod_cidr"
+
+
+def test_apply_of_a_missing_file_fails_before_sending(services_daemon, capsys, tmp_path):
+    code, _, err = run_ctl(capsys, "--socket", services_daemon.path, "apply",
+                           str(tmp_path / "nope.toml"))
+    assert code == 1 and "cannot read" in err and services_daemon.requests == []
+
+
+def test_change_json_is_the_daemons_answer(services_daemon, capsys):
+    code, out, _ = run_ctl(capsys, "--socket", services_daemon.path, "--json", "pod", "add", "c")
+    assert code == 0 and json.loads(out) == CHANGE
+
+
+def test_vswitchd_check_counts_services_and_shows_the_uplink(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from vswitch.cli import vswitchd_main as m; sys.exit(m())",
+         "--check", str(Path(__file__).resolve().parents[2] / "config" / "services.toml")],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "3 pods, 2 services, uplink 192.0.2.2/24" in result.stdout

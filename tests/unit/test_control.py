@@ -156,8 +156,10 @@ async def test_bad_json_is_answered_and_the_connection_stays_usable(client):
     ({}, "no \"cmd\""),
     ({"cmd": 7}, "no \"cmd\""),
     ({"cmd": "status", "args": [1]}, "\"args\" must be a JSON object"),
-    ({"cmd": "reboot"}, "unknown command 'reboot'; known: fdb, neighbors, netns, pods, ports, "
-                        "routes, stats, status"),
+    ({"cmd": "reboot"}, "unknown command 'reboot'; known: affinity, apply, conntrack, "
+                        "conntrack_flush, endpoints, fdb, neighbors, netns, pod_add, pod_del, "
+                        "pod_ready, pods, ports, routes, service_add, service_del, service_set, "
+                        "services, stats, status"),
     ({"cmd": "netns"}, "missing argument 'pod'"),
     ({"cmd": "netns", "args": {"pod": "zz"}}, "no pod named 'zz'; pods: a"),
     ({"cmd": "trace", "args": {"packet": "udp"}}, "missing argument 'port'"),
@@ -297,3 +299,58 @@ async def test_pods_and_status_show_segments_and_mtus(socket_path, switch):
         ("a", "default", 1500), ("b", "blue", 1280)]
     status = await commands.dispatch({"cmd": "status"})
     assert (status["segments"], status["static_routes"], status["accel"]) == (2, 0, "pure")
+
+
+class ServiceSwitch(TraceSwitch):
+    def __init__(self) -> None:
+        super().__init__()
+        self.filters: list[dict] = []
+
+    def conntrack_info(self, now: float, filters: dict) -> list[dict]:
+        self.filters.append(filters)
+        if "colour" in filters:
+            raise ValueError("unknown conntrack filter colour; use dport, dst, proto")
+        return []
+
+
+async def test_runtime_changes_need_a_running_node(socket_path):
+    context = ControlContext(topology=make_topology(socket_path), switch=ServiceSwitch(),
+                             supervisor=NullSupervisor(), netns_path=str, port_ids={})
+    commands = ControlCommands(context)
+    for cmd, args in [("pod_add", {"pod": {"name": "x"}}), ("pod_del", {"name": "a"}),
+                      ("service_del", {"name": "web"}), ("apply", {"toml": ""})]:
+        answer = await answer_of(commands, cmd, args)
+        assert answer == {"ok": False, "error": "this daemon does not accept runtime changes"}
+
+
+async def answer_of(commands, cmd, args):
+    from vswitch.runtime.control import answer
+
+    return await answer(commands, json.dumps({"cmd": cmd, "args": args}).encode())
+
+
+@pytest.mark.parametrize("cmd, args, message", [
+    ("conntrack", {"filters": {"colour": "red"}}, "unknown conntrack filter colour"),
+    ("conntrack", {"filters": ["proto"]}, "'filters' must be an object of KEY: VALUE strings"),
+    ("conntrack", {"filters": {"sport": 80}}, "'filters' must be an object of KEY: VALUE strings"),
+    ("pod_add", {"pod": "x"}, "argument 'pod' must be a pod table"),
+    ("pod_ready", {"name": "a"}, "missing argument 'ready'"),
+    ("service_set", {"name": "web", "settings": "a=b"}, "'settings' must be an object"),
+    ("apply", {}, "missing argument 'toml'"),
+    ("apply", {"toml": "", "source": 3}, "argument 'source' must be a file name"),
+])
+async def test_bad_service_requests(socket_path, cmd, args, message):
+    context = ControlContext(topology=make_topology(socket_path), switch=ServiceSwitch(),
+                             supervisor=NullSupervisor(), netns_path=str, port_ids={},
+                             node=object())
+    answer = await answer_of(ControlCommands(context), cmd, args)
+    assert answer["ok"] is False and message in answer["error"], answer
+
+
+async def test_conntrack_filters_reach_the_core(socket_path):
+    switch = ServiceSwitch()
+    context = ControlContext(topology=make_topology(socket_path), switch=switch,
+                             supervisor=NullSupervisor(), netns_path=str, port_ids={})
+    answer = await answer_of(ControlCommands(context), "conntrack", {"filters": {"proto": "udp"}})
+    assert answer == {"ok": True, "result": []}
+    assert switch.filters == [{"proto": "udp"}]

@@ -17,6 +17,10 @@ connection stays usable; nothing a client sends can stop the server. A line long
 stream can no longer be framed.
 
 Commands run in the daemon's trio thread, between batches, so they read the switch without locks.
+Commands that change the node (``pod_add``, ``service_set``, ``apply`` ...) validate their input
+with the config loader's own rules against the node as it is now, and change nothing unless all
+of it is valid; they then run one at a time under the node's lock, and answer with what changed
+and the core's summary of the re-programming.
 The socket is mode 0600: whoever can talk to it can trace any pod's traffic and enter any pod's
 namespace, which is root's business.
 """
@@ -35,7 +39,8 @@ from typing import Any, Awaitable, Callable, Mapping
 import trio
 
 import vswitch
-from vswitch.model import Topology
+from vswitch import config
+from vswitch.model import Pod, Service, Topology
 from vswitch.runtime.ports import RuntimeErrors
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,12 @@ class ControlContext:
     config_path: str = ""
     started: float = field(default_factory=time.monotonic)
     errors: RuntimeErrors = field(default_factory=RuntimeErrors)
+    # The running node (vswitch.runtime.daemon.NodeRuntime): current desired state and the means
+    # to change it. None: a read-only context, where ``topology`` is the state.
+    node: Any = None
+
+    def current(self) -> Topology:
+        return self.node.topology if self.node is not None else self.topology
 
 
 def _require(args: Mapping[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -99,6 +110,18 @@ class ControlCommands:
             "stats": self.stats,
             "trace": self.trace,
             "netns": self.netns,
+            "services": self.services,
+            "endpoints": self.endpoints,
+            "affinity": self.affinity,
+            "conntrack": self.conntrack,
+            "conntrack_flush": self.conntrack_flush,
+            "pod_add": self.pod_add,
+            "pod_del": self.pod_del,
+            "pod_ready": self.pod_ready,
+            "service_add": self.service_add,
+            "service_del": self.service_del,
+            "service_set": self.service_set,
+            "apply": self.apply,
         }
 
     @property
@@ -123,6 +146,7 @@ class ControlCommands:
 
     async def status(self, args: Mapping[str, Any]) -> dict:
         ctx = self.context
+        topology = ctx.current()
         return {
             "node": ctx.topology.node.name,
             "version": vswitch.__version__,
@@ -130,33 +154,35 @@ class ControlCommands:
             "config": ctx.config_path or ctx.topology.source,
             "accel": ctx.switch.accel_name,
             "offloads": ctx.topology.dataplane.offloads,
-            "pods": len(ctx.topology.pods),
-            "segments": len(ctx.topology.all_segments()),
-            "static_routes": len(ctx.topology.routes),
+            "pods": len(topology.pods),
+            "services": len(topology.services),
+            "uplink": str(topology.uplink.address) if topology.uplink is not None else None,
+            "segments": len(topology.all_segments()),
+            "static_routes": len(topology.routes),
             "ports": len(ctx.port_ids),
             "uptime_s": round(time.monotonic() - ctx.started, 3),
             "runtime_errors": ctx.errors.snapshot(),
         }
 
-    async def pods(self, args: Mapping[str, Any]) -> list[dict]:
+    def _pod_row(self, pod: Pod) -> dict:
         ctx = self.context
-        return [
-            {
-                "name": pod.name,
-                "ip": str(pod.ip),
-                "segment": pod.segment,
-                "mtu": ctx.topology.pod_mtu(pod),
-                "mac": pod.mac,
-                "netns": pod.netns,
-                "netns_path": ctx.netns_path(pod.netns),
-                "port": ctx.port_ids.get(pod.name),
-                "device": pod.tap,
-                "ready": pod.ready,
-                "labels": dict(pod.labels),
-                "containers": ctx.supervisor.info(pod.name),
-            }
-            for pod in ctx.topology.pods
-        ]
+        return {
+            "name": pod.name,
+            "ip": str(pod.ip),
+            "segment": pod.segment,
+            "mtu": ctx.current().pod_mtu(pod),
+            "mac": pod.mac,
+            "netns": pod.netns,
+            "netns_path": ctx.netns_path(pod.netns),
+            "port": ctx.port_ids.get(pod.name),
+            "device": pod.tap,
+            "ready": pod.ready,
+            "labels": dict(pod.labels),
+            "containers": ctx.supervisor.info(pod.name),
+        }
+
+    async def pods(self, args: Mapping[str, Any]) -> list[dict]:
+        return [self._pod_row(pod) for pod in self.context.current().pods]
 
     async def ports(self, args: Mapping[str, Any]) -> list[dict]:
         return self.context.switch.ports_info()
@@ -216,13 +242,162 @@ class ControlCommands:
         return traces[:count]
 
     async def netns(self, args: Mapping[str, Any]) -> dict:
-        name = _require(args, "pod", str, "a pod name")
-        try:
-            pod = self.context.topology.pod(name)
-        except KeyError:
-            known = ", ".join(p.name for p in self.context.topology.pods) or "none"
-            raise ControlError(f"no pod named {name!r}; pods: {known}") from None
+        pod = self._pod(_require(args, "pod", str, "a pod name"))
         return {"pod": pod.name, "netns": pod.netns, "netns_path": self.context.netns_path(pod.netns)}
+
+    def _pod(self, name: str) -> Pod:
+        topology = self.context.current()
+        try:
+            return topology.pod(name)
+        except KeyError:
+            known = ", ".join(p.name for p in topology.pods) or "none"
+            raise ControlError(f"no pod named {name!r}; pods: {known}") from None
+
+    # -- services and connection tracking -----------------------------------------------------
+
+    async def services(self, args: Mapping[str, Any]) -> list[dict]:
+        return self.context.switch.services_info()
+
+    async def endpoints(self, args: Mapping[str, Any]) -> list[dict]:
+        return self.context.switch.endpoints_info()
+
+    async def affinity(self, args: Mapping[str, Any]) -> list[dict]:
+        return self.context.switch.affinity_info(time.monotonic())
+
+    async def conntrack(self, args: Mapping[str, Any]) -> list[dict]:
+        filters = _filters(args)
+        try:
+            return self.context.switch.conntrack_info(time.monotonic(), filters)
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+
+    async def conntrack_flush(self, args: Mapping[str, Any]) -> dict:
+        filters = _filters(args)
+        try:
+            return {"flushed": self.context.switch.conntrack_flush(filters)}
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+
+    # -- runtime changes ------------------------------------------------------------------------
+
+    def _node(self) -> Any:
+        if self.context.node is None:
+            raise ControlError("this daemon does not accept runtime changes")
+        return self.context.node
+
+    async def pod_add(self, args: Mapping[str, Any]) -> dict:
+        table = _require(args, "pod", dict, "a pod table like [[pods]] holds")
+        node = self._node()
+        async with node.lock:
+            pod = _validated(config.parse_pod, table, node.topology, "pod add")
+            await node.add_pod(pod)
+            summary = node.program()
+        return {"pod": self._pod_row(pod), "program": summary}
+
+    async def pod_del(self, args: Mapping[str, Any]) -> dict:
+        name = _require(args, "name", str, "a pod name")
+        node = self._node()
+        async with node.lock:
+            pod = self._pod(name)
+            await node.remove_pod(pod.name)
+            summary = node.program()
+        return {"removed": pod.name, "program": summary}
+
+    async def pod_ready(self, args: Mapping[str, Any]) -> dict:
+        name = _require(args, "name", str, "a pod name")
+        ready = _require(args, "ready", bool, "true or false")
+        node = self._node()
+        async with node.lock:
+            self._pod(name)
+            pod = node.set_ready(name, ready)
+            summary = node.program()
+        return {"pod": pod.name, "ready": pod.ready, "program": summary}
+
+    async def service_add(self, args: Mapping[str, Any]) -> dict:
+        text, source = _fragment_args(args)
+        node = self._node()
+        async with node.lock:
+            fragment = _validated(config.parse_fragment, text, source, node.topology,
+                                  allowed=("services",), replace=False)
+            if not fragment.services:
+                raise ControlError(f"{source}: no [[services]] to add")
+            node.put_services(fragment.services)
+            summary = node.program()
+        return {"added": [_service_summary(s) for s in fragment.services], "program": summary}
+
+    def _service(self, name: str) -> Service:
+        """A service by NAMESPACE/NAME, or by NAME alone when only one namespace has it."""
+        services = self.context.current().services
+        found = [s for s in services if s.key == name or ("/" not in name and s.name == name)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise ControlError(f"{name!r} is ambiguous: {', '.join(s.key for s in found)}; "
+                               "give NAMESPACE/NAME")
+        known = ", ".join(s.key for s in services) or "none"
+        raise ControlError(f"no service {name!r}; services: {known}")
+
+    async def service_del(self, args: Mapping[str, Any]) -> dict:
+        name = _require(args, "name", str, "a service name (NAMESPACE/NAME or NAME)")
+        node = self._node()
+        async with node.lock:
+            service = node.remove_service(self._service(name).key)
+            summary = node.program()
+        return {"removed": service.key, "program": summary}
+
+    async def service_set(self, args: Mapping[str, Any]) -> dict:
+        name = _require(args, "name", str, "a service name (NAMESPACE/NAME or NAME)")
+        settings = _require(args, "settings", dict, "an object of key: value text")
+        node = self._node()
+        async with node.lock:
+            old = self._service(name)
+            service = _validated(config.update_service, old, settings, node.topology,
+                                 "service set")
+            node.put_services((service,))
+            summary = node.program()
+        return {"service": _service_summary(service), "program": summary}
+
+    async def apply(self, args: Mapping[str, Any]) -> dict:
+        text, source = _fragment_args(args)
+        node = self._node()
+        async with node.lock:
+            fragment = _validated(config.parse_fragment, text, source, node.topology)
+            return await node.apply(fragment.pods, fragment.services)
+
+
+def _validated(parse: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """The loader's answer, or its complete list of mistakes as the command's error."""
+    try:
+        return parse(*args, **kwargs)
+    except config.ConfigError as exc:
+        raise ControlError(str(exc)) from None
+
+
+def _fragment_args(args: Mapping[str, Any]) -> tuple[str, str]:
+    text = _require(args, "toml", str, "the TOML text of the fragment")
+    source = args.get("source", "<fragment>")
+    if not isinstance(source, str):
+        raise ControlError(f"argument 'source' must be a file name, not {source!r}")
+    return text, source
+
+
+def _filters(args: Mapping[str, Any]) -> dict[str, str]:
+    filters = args.get("filters", {})
+    if filters is None:
+        return {}
+    if not isinstance(filters, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in filters.items()):
+        raise ControlError("argument 'filters' must be an object of KEY: VALUE strings")
+    return dict(filters)
+
+
+def _service_summary(service: Service) -> dict:
+    return {"service": service.key,
+            "cluster_ip": str(service.cluster_ip) if service.cluster_ip is not None else None,
+            "type": service.type,
+            "ports": [{"name": p.name, "protocol": p.protocol, "port": p.port,
+                       "target_port": p.target_port, "node_port": p.node_port}
+                      for p in service.ports]}
 
 
 async def answer(commands: ControlCommands, line: bytes) -> dict:

@@ -31,6 +31,7 @@ very function with memory ports and no root; see ``vswitch.runtime.memory_port``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from typing import Any, AsyncContextManager, Callable, Iterator
 import trio
 
 from vswitch.core.ports import PortKind, PortSpec
-from vswitch.model import DEFAULT_SEGMENT, Topology
+from vswitch.model import DEFAULT_SEGMENT, Pod, Service, Topology
 from vswitch.runtime import sdnotify
 from vswitch.runtime.control import (ControlCommands, ControlContext, prepare_socket_path,
                                      serve_control)
@@ -55,6 +56,8 @@ module_log = logging.getLogger("vswitchd")
 MAX_TIMER_SLEEP = 1.0
 
 KernelFactory = Callable[[Topology], AsyncContextManager[Any]]
+
+UPLINK_PORT = "uplink"  # the uplink's port name in the switch, counters and traces
 
 
 def _system_kernel_factory() -> KernelFactory:
@@ -89,7 +92,8 @@ def _system_port_factory() -> PortFactory:
 
 
 def port_specs(topology: Topology) -> Iterator[tuple[PortSpec, Any]]:
-    """Each port's spec with the thing to create for it: None for the host port, else the Pod."""
+    """Each port's spec with the thing to create for it: None for the host port and the uplink
+    (their kind tells them apart), else the Pod. Host port first, then the uplink, then pods."""
     node, dataplane = topology.node, topology.dataplane
     next_id = 1
     host = topology.host_port
@@ -98,11 +102,30 @@ def port_specs(topology: Topology) -> Iterator[tuple[PortSpec, Any]]:
                        vnet_hdr=dataplane.offloads, mtu=node.mtu, device=host.name,
                        segment=topology.segment_index(DEFAULT_SEGMENT)), None
         next_id += 1
-    for pod in topology.pods:
-        yield PortSpec(id=next_id, name=pod.name, kind=PortKind.POD, mac=pod.mac, ip=pod.ip,
-                       vnet_hdr=dataplane.offloads, mtu=topology.pod_mtu(pod), device=pod.tap,
-                       segment=topology.segment_index(pod.segment)), pod
+    if topology.uplink is not None:
+        yield uplink_spec(topology, next_id), None
         next_id += 1
+    for pod in topology.pods:
+        yield pod_spec(topology, pod, next_id), pod
+        next_id += 1
+
+
+def uplink_spec(topology: Topology, port_id: int) -> PortSpec:
+    """The uplink's far side is the whole outside world: any source address may arrive on it, so
+    port security is off, and its address is the gateway's, the router's next hop."""
+    uplink = topology.uplink
+    assert uplink is not None
+    segment = topology.uplink_segment_index()
+    assert segment is not None
+    return PortSpec(id=port_id, name=UPLINK_PORT, kind=PortKind.UPLINK, mac=uplink.far_mac,
+                    ip=uplink.gateway, vnet_hdr=topology.dataplane.offloads, mtu=uplink.mtu,
+                    device=uplink.name, port_security=False, segment=segment)
+
+
+def pod_spec(topology: Topology, pod: Pod, port_id: int) -> PortSpec:
+    return PortSpec(id=port_id, name=pod.name, kind=PortKind.POD, mac=pod.mac, ip=pod.ip,
+                    vnet_hdr=topology.dataplane.offloads, mtu=topology.pod_mtu(pod),
+                    device=pod.tap, segment=topology.segment_index(pod.segment))
 
 
 def host_route_destinations(topology: Topology) -> list[IPv4Network]:
@@ -153,6 +176,197 @@ async def watch_signals(signals: Any, cancel_scope: trio.CancelScope, log: loggi
         return
 
 
+class _TaskHandle:
+    """One cancellable task of a port (its reader, or its pod's containers), so that removing a
+    pod at runtime stops exactly its tasks and waits until they are gone."""
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+    async def run(self, fn: Callable[..., Any], *args: Any,
+                  task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self.scope:
+                await fn(*args, task_status=task_status)
+        finally:
+            self.done.set()
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        await self.done.wait()
+
+
+class NodeRuntime:
+    """The running node: its current desired state and the ports, tasks and kernel objects that
+    realise it.
+
+    ``topology`` is replaced (never mutated) by every runtime change, so a reader always sees a
+    consistent state. Changes run one at a time under ``lock``, and each ends by handing the
+    desired pods and services to the core (``switch.program``), which re-programs its service
+    table and flushes the connections of endpoints that went away. Validation happens before a
+    change starts (``vswitch.config``), so a bad request changes nothing.
+    """
+
+    def __init__(self, topology: Topology, *, kernel: Any, switch: Any, supervisor: Any,
+                 port_factory: PortFactory, errors: RuntimeErrors, log: logging.Logger) -> None:
+        self.topology = topology
+        self.kernel = kernel
+        self.switch = switch
+        self.supervisor = supervisor
+        self.port_factory = port_factory
+        self.errors = errors
+        self.log = log
+        self.ports: dict[int, Port] = {}
+        self.port_ids: dict[str, int] = {}
+        self.lock = trio.Lock()
+        self._tasks: dict[str, list[_TaskHandle]] = {}
+        self._next_id = 1
+        self._nursery: trio.Nursery | None = None
+
+    # -- building blocks ------------------------------------------------------------------------
+
+    def attach(self, spec: PortSpec, handle: Any) -> Port:
+        """Wrap a kernel handle in a port and register it with the switch; the handle is closed
+        if that fails."""
+        try:
+            port = self.port_factory(spec, handle, self.topology.dataplane)
+        except BaseException:
+            if isinstance(handle, int) and handle >= 0:
+                os.close(handle)
+            raise
+        self.ports[spec.id] = port
+        try:
+            self.switch.add_port(spec)
+        except BaseException:
+            del self.ports[spec.id]
+            port.close()
+            raise
+        self.port_ids[spec.name] = spec.id
+        self._next_id = max(self._next_id, spec.id + 1)
+        self.log.info("port %d: %s (%s, %s, %s)", spec.id, spec.name, spec.device, spec.ip,
+                      spec.mac)
+        return port
+
+    async def _start(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._nursery is not None, "start_tasks has not run"
+        handle = _TaskHandle()
+        self._tasks.setdefault(name, []).append(handle)
+        await self._nursery.start(handle.run, fn, *args)
+
+    async def start_port(self, name: str) -> None:
+        port = self.ports[self.port_ids[name]]
+        await self._start(name, port.run, self.switch, self.ports, self.errors)
+
+    async def start_containers(self, pod: Pod) -> None:
+        if pod.containers:
+            await self._start(pod.name, self.supervisor.run, pod)
+
+    def bind(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def program(self) -> dict:
+        """Hand the desired pods and services to the core; its JSON-able summary comes back."""
+        result = self.switch.program(self.topology.pods, self.topology.services, time.monotonic())
+        self.log.info("programmed %d services for %d pods: %s", len(self.topology.services),
+                      len(self.topology.pods), result)
+        return result
+
+    def close_ports(self) -> None:
+        for port in self.ports.values():
+            try:
+                port.close()
+            except OSError as exc:
+                self.log.warning("closing port %s: %s", port.spec.name, exc)
+
+    # -- runtime changes (callers hold ``lock``) --------------------------------------------
+
+    async def add_pod(self, pod: Pod) -> None:
+        """Create the pod's namespace and TAP, add its port, start its tasks. Not programmed."""
+        spec = pod_spec(self.topology, pod, self._next_id)
+        handle = await self.kernel.create_pod(pod)
+        try:
+            self.attach(spec, handle)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.kernel.delete_pod(pod)
+            raise
+        self.topology = dataclasses.replace(self.topology, pods=self.topology.pods + (pod,))
+        await self.start_port(pod.name)
+        await self.start_containers(pod)
+        self.log.info("pod %s added: %s on segment %s", pod.name, pod.ip, pod.segment)
+
+    async def remove_pod(self, name: str) -> Pod:
+        """Stop the pod's tasks, remove its port and kernel objects. Not programmed."""
+        pod = self.topology.pod(name)
+        self.topology = dataclasses.replace(
+            self.topology, pods=tuple(p for p in self.topology.pods if p.name != name))
+        with trio.CancelScope(shield=True):
+            for handle in self._tasks.pop(name, []):
+                await handle.stop()
+            port_id = self.port_ids.pop(name, None)
+            if port_id is not None:
+                self.switch.remove_port(port_id)
+                self.ports.pop(port_id).close()
+            await self.kernel.delete_pod(pod)
+            forget = getattr(self.supervisor, "forget", None)
+            if forget is not None:
+                forget(name)
+        self.log.info("pod %s removed", name)
+        return pod
+
+    def set_ready(self, name: str, ready: bool) -> Pod:
+        pod = dataclasses.replace(self.topology.pod(name), ready=ready)
+        self.topology = dataclasses.replace(
+            self.topology, pods=tuple(pod if p.name == name else p for p in self.topology.pods))
+        return pod
+
+    def put_services(self, services: tuple[Service, ...]) -> None:
+        """Add ``services``, replacing those of the same key in place."""
+        new = {service.key: service for service in services}
+        kept = tuple(new.pop(s.key) if s.key in new else s for s in self.topology.services)
+        self.topology = dataclasses.replace(self.topology,
+                                            services=kept + tuple(new.values()))
+
+    def remove_service(self, key: str) -> Service:
+        service = next(s for s in self.topology.services if s.key == key)
+        self.topology = dataclasses.replace(
+            self.topology, services=tuple(s for s in self.topology.services if s.key != key))
+        return service
+
+    async def apply(self, pods: tuple[Pod, ...], services: tuple[Service, ...]) -> dict:
+        """Add new pods and services, replace changed ones, keep the rest; program once.
+
+        A changed pod is removed and created again: its namespace, address or containers may
+        differ, and a fresh pod is what Kubernetes makes of a changed pod spec too.
+        """
+        current = {pod.name: pod for pod in self.topology.pods}
+        added, replaced, unchanged = [], [], []
+        for pod in pods:
+            old = current.get(pod.name)
+            if old == pod:
+                unchanged.append(pod.name)
+                continue
+            if old is not None:
+                await self.remove_pod(pod.name)
+                replaced.append(pod.name)
+            else:
+                added.append(pod.name)
+            await self.add_pod(pod)
+        existing = {service.key: service for service in self.topology.services}
+        changed = tuple(s for s in services if existing.get(s.key) != s)
+        self.put_services(changed)
+        return {
+            "pods": {"added": added, "replaced": replaced, "unchanged": unchanged},
+            "services": {
+                "added": [s.key for s in changed if s.key not in existing],
+                "replaced": [s.key for s in changed if s.key in existing],
+                "unchanged": [s.key for s in services if existing.get(s.key) == s],
+            },
+            "program": self.program(),
+        }
+
+
 async def run_daemon(topology: Topology, *,
                      kernel_factory: KernelFactory | None = None,
                      port_factory: PortFactory | None = None,
@@ -173,8 +387,6 @@ async def run_daemon(topology: Topology, *,
     switch = (switch_factory or _system_switch)(topology)
     supervisor = (supervisor_factory or _system_supervisor)(topology)
     errors = RuntimeErrors()
-    ports: dict[int, Port] = {}
-    port_ids: dict[str, int] = {}
     socket_path = topology.control.socket
 
     # Fail before creating anything if another daemon already serves this socket; serve_control
@@ -185,8 +397,11 @@ async def run_daemon(topology: Topology, *,
                        if handle_signals else contextlib.nullcontext(None))
     with signal_receiver as signals:
         async with kernel_factory(topology) as kernel:
+            node = NodeRuntime(topology, kernel=kernel, switch=switch, supervisor=supervisor,
+                               port_factory=port_factory, errors=errors, log=log)
             try:
                 async with trio.open_nursery() as nursery:
+                    node.bind(nursery)
                     if signals is not None:
                         nursery.start_soon(watch_signals, signals, nursery.cancel_scope, log)
 
@@ -198,35 +413,28 @@ async def run_daemon(topology: Topology, *,
                                     len(leftovers))
 
                     for spec, pod in port_specs(topology):
-                        handle = await (kernel.create_host_port() if pod is None
-                                        else kernel.create_pod(pod))
-                        try:
-                            port = port_factory(spec, handle, topology.dataplane)
-                        except BaseException:
-                            if isinstance(handle, int) and handle >= 0:
-                                os.close(handle)
-                            raise
-                        ports[spec.id] = port
-                        switch.add_port(spec)
-                        port_ids[spec.name] = spec.id
-                        log.info("port %d: %s (%s, %s, %s)", spec.id, spec.name, spec.device,
-                                 spec.ip, spec.mac)
+                        if spec.kind is PortKind.HOST:
+                            handle = await kernel.create_host_port()
+                        elif spec.kind is PortKind.UPLINK:
+                            handle = await kernel.create_uplink()
+                        else:
+                            handle = await kernel.create_pod(pod)
+                        node.attach(spec, handle)
 
                     for destination in host_route_destinations(topology):
                         await kernel.add_host_route(destination, topology.node.gateway)
 
-                    for port in ports.values():
-                        await nursery.start(port.run, switch, ports, errors)
-                    await nursery.start(run_timer, switch, ports, errors)
+                    for name in list(node.port_ids):
+                        await node.start_port(name)
+                    await nursery.start(run_timer, switch, node.ports, errors)
 
                     for pod in topology.pods:
-                        if pod.containers:
-                            await nursery.start(supervisor.run, pod)
+                        await node.start_containers(pod)
 
                     context = ControlContext(
                         topology=topology, switch=switch, supervisor=supervisor,
-                        netns_path=netns_path or _system_netns_path, port_ids=port_ids,
-                        config_path=config_path, errors=errors)
+                        netns_path=netns_path or _system_netns_path, port_ids=node.port_ids,
+                        config_path=config_path, errors=errors, node=node)
                     await nursery.start(serve_control, socket_path, ControlCommands(context))
 
                     log.info("vswitchd ready: node %s, %d pods, control socket %s (accel %s)",
@@ -239,10 +447,6 @@ async def run_daemon(topology: Topology, *,
             finally:
                 with trio.CancelScope(shield=True):
                     sdnotify.notify("STOPPING=1")
-                    for port in ports.values():
-                        try:
-                            port.close()
-                        except OSError as exc:
-                            log.warning("closing port %s: %s", port.spec.name, exc)
+                    node.close_ports()
                     await kernel.teardown()
                     log.info("vswitchd stopped: node %s", topology.node.name)

@@ -17,6 +17,14 @@ A pod is built in this order, each step undone if a later one fails:
    segment's gateway. The pod's MTU is its own if the topology sets one, else its segment's; the
    router relies on it to tell a too-big packet from a fitting one.
 
+The uplink (the node's port to the outside world) is a TAP too. Its far side plays the
+internet: it is moved into ``uplink.netns`` (created, journalled and later removed if it does not
+exist yet; a namespace that existed before is the user's and is never removed) or left in the root
+namespace, and given the gateway's MAC and address with the uplink network's prefix. The far side
+gets no route beyond its connected network: the internet knows the node's external address and
+nothing of the cluster behind it, which is what makes NodePort and masquerade necessary. The TAP
+is not persistent, so closing the daemon's fd removes it wherever it lives.
+
 Removal runs the other way: kill what runs in the namespace, delete eth0, unmount the namespace,
 erase the journal entries. Every removal step treats "already gone" as success, which is what
 makes ``teardown``, ``remove_leftovers`` and ``clean_node`` idempotent.
@@ -37,13 +45,13 @@ import logging
 import os
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import trio
 from pyroute2 import NetlinkError
 from pyroute2 import netns as pyroute2_netns
 
-from vswitch.model import HostPort, Pod, Segment, Topology
+from vswitch.model import HostPort, Pod, Segment, Topology, Uplink
 from vswitch.runtime.journal import Journal, NodeLock
 from vswitch.runtime.netlink import NetlinkSession, NetlinkWorker
 from vswitch.runtime.netns import kill_netns_processes, netns_exists, remove_netns_mount
@@ -67,8 +75,11 @@ class NodeNames:
 
     @classmethod
     def of_topology(cls, topology: Topology) -> "NodeNames":
+        # The uplink's namespace is left out: it may be the user's; the journal names it when
+        # an earlier run created it.
+        uplink = (topology.uplink.name,) if topology.uplink is not None else ()
         return cls(netns=tuple(pod.netns for pod in topology.pods),
-                   taps=(*(pod.tap for pod in topology.pods), topology.host_port.name))
+                   taps=(*(pod.tap for pod in topology.pods), topology.host_port.name, *uplink))
 
     def __or__(self, other: "NodeNames") -> "NodeNames":
         return NodeNames(netns=tuple(dict.fromkeys((*self.netns, *other.netns))),
@@ -132,6 +143,42 @@ class NodeObjects:
             self.remove_tap(session, port.name)
             raise
         log.info("host port %s: %s mtu %d", port.name, port.address, mtu)
+        return fd
+
+    def create_uplink(self, session: NetlinkSession, uplink: Uplink, vnet_hdr: bool) -> int:
+        created = False
+        if uplink.netns is not None and not netns_exists(uplink.netns):
+            self.journal.record_netns(uplink.netns)
+            try:
+                pyroute2_netns.create(uplink.netns)
+                with session.in_netns(uplink.netns) as ns:
+                    ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+            except BaseException:
+                self.remove_netns(session, uplink.netns)
+                raise
+            created = True
+        self.journal.record_tap(uplink.name)
+        fd = -1
+        try:
+            fd = open_tap(uplink.name, vnet_hdr)
+            if uplink.netns is not None:
+                session.move_link_to_netns(uplink.name, uplink.netns)
+                with session.in_netns(uplink.netns) as ns:
+                    _configure_far_side(ns, uplink)
+            else:
+                _configure_far_side(session.root, uplink)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            self.remove_tap(session, uplink.name)
+            if created:
+                self.remove_netns(session, uplink.netns)
+            raise
+        where = (f"namespace {uplink.netns}{' (created)' if created else ''}"
+                 if uplink.netns is not None else "the root namespace")
+        log.info("uplink %s: node address %s, far side %s/%d in %s, mtu %d", uplink.name,
+                 uplink.address, uplink.gateway, uplink.address.network.prefixlen, where,
+                 uplink.mtu)
         return fd
 
     def remove_tap(self, session: NetlinkSession, name: str) -> list[str]:
@@ -237,6 +284,19 @@ class Kernel:
         return await self._worker.run(self._objects.create_host_port, port,
                                       self.topology.node.mtu, self.topology.dataplane.offloads)
 
+    async def create_uplink(self) -> int:
+        """Build the uplink's TAP and far side; return the TAP fd, which the caller owns."""
+        self._check_open()
+        uplink = self.topology.uplink
+        if uplink is None:
+            raise KernelError("the topology has no uplink")
+        try:
+            return await self._worker.run(self._objects.create_uplink, uplink,
+                                          self.topology.dataplane.offloads)
+        except NetlinkError as exc:
+            raise KernelError(f"cannot create the uplink {uplink.name}: "
+                              f"{os.strerror(exc.code) if exc.code else exc}") from None
+
     async def delete_host_port(self) -> None:
         self._check_open()
         await self._worker.run(self._objects.remove_tap, self.topology.host_port.name)
@@ -266,6 +326,19 @@ class Kernel:
             for dst in routes:
                 await self._worker.run(_delete_route, dst, device)
             await self._worker.run(self._objects.remove_all, NodeNames())
+
+
+def _configure_far_side(ipr: Any, uplink: Uplink) -> None:
+    """The uplink TAP as the outside world's interface: gateway MAC and address, up, and no
+    route but the connected one."""
+    found = ipr.link_lookup(ifname=uplink.name)
+    if not found:
+        raise LookupError(f"link {uplink.name} vanished while it was being configured")
+    index = found[0]
+    ipr.link("set", index=index, address=uplink.far_mac, mtu=uplink.mtu)
+    ipr.addr("add", index=index, address=str(uplink.gateway),
+             prefixlen=uplink.address.network.prefixlen)
+    ipr.link("set", index=index, state="up")
 
 
 def _add_route(session: NetlinkSession, dst: IPv4Network, device: str,

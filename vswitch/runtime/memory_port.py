@@ -126,6 +126,10 @@ class NullKernel:
         self.calls.append("create_host_port")
         return -1
 
+    async def create_uplink(self) -> int:
+        self.calls.append("create_uplink")
+        return -1
+
     async def delete_host_port(self) -> None:
         self.calls.append("delete_host_port")
 
@@ -138,6 +142,7 @@ class NullSupervisor:
 
     def __init__(self) -> None:
         self.running: set[str] = set()
+        self.forgotten: list[str] = []
 
     async def run(self, pod: Pod, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.running.add(pod.name)
@@ -146,6 +151,9 @@ class NullSupervisor:
             await trio.sleep(math.inf)
         finally:
             self.running.discard(pod.name)
+
+    def forget(self, pod_name: str) -> None:
+        self.forgotten.append(pod_name)
 
     def info(self, pod_name: str) -> list[dict]:
         if pod_name not in self.running:
