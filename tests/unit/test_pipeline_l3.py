@@ -312,7 +312,7 @@ def test_trace_names_the_route_and_why_it_won(routed):
                                        origin="test"))
     result = routed.trace("a", f"icmp {A_IP} > {D_IP}", 0.0)
     text = result["text"]
-    assert "matches 10.245.1.0/24 connected directly connected (segment blue" in text
+    assert "matches 10.245.1.0/24 connected (segment blue" in text
     assert "longest of the matching prefixes 10.245.1.0/24, 10.0.0.0/8" in text
     assert result["actions"] == ["hold until the next hop answers ARP"]
     assert routed.neighbors_info(0.0) == []  # a dry run resolves nothing

@@ -36,8 +36,8 @@ class Route:
         return self.via if self.via is not None else dst
 
     def describe(self) -> str:
-        how = f"via {self.via}" if self.via is not None else "directly connected"
-        return f"{self.prefix} {self.kind.value} {how}"
+        how = f" via {self.via}" if self.via is not None else ""
+        return f"{self.prefix} {self.kind.value}{how}"
 
 
 class RouteError(ValueError):
