@@ -436,3 +436,21 @@ def test_established_connection_packets_take_the_fast_path(accel_name):
     assert switch.statistics()["dispositions"]["cache-hit"] - hits == 7
     (row,) = switch.conntrack_info(1.0)
     assert row["state"] == "ESTABLISHED"
+
+
+def test_an_endpoint_that_becomes_ready_is_not_shadowed_by_earlier_refusals(accel_name):
+    """kube-proxy's black-hole bug: datagrams sent while a service had no endpoint left a
+    conntrack entry that kept the flow away from the endpoint once it was ready. Refusals here
+    create no entry, so the next datagram of the same flow reaches the new endpoint."""
+    topology = _topology()
+    nobody = tuple(dataclasses.replace(p, ready=False) if p.name in ("a", "b") else p
+                   for p in topology.pods)
+    switch = _switch(accel_name, dataclasses.replace(topology, pods=nobody))
+    datagram = f"udp {C_IP}:5000 > {DNS_VIP}:53 len 4"
+    for n in range(3):
+        (refusal,) = send(switch, C, datagram, mac(C_IP), mac(GW), 0.1 * n)
+        assert refusal.port == C and packet_of(refusal)[2][20] == 3  # port unreachable
+    assert switch.conntrack_info(1.0) == []
+    switch.program(topology.pods, topology.services, 1.0)
+    (delivered,) = send(switch, C, datagram, mac(C_IP), mac(GW), 1.1)
+    assert delivered.port in (A, B)
