@@ -70,7 +70,10 @@ def _system_switch(topology: Topology) -> Any:
     from vswitch import accel
     from vswitch.core.switch import Switch
 
-    return Switch(topology, accel=accel.load(topology.dataplane.accel))
+    # The core takes its randomness as a seed (it never reads a random source itself); the
+    # daemon gives it a fresh one, so endpoint choice differs between runs as kube-proxy's does.
+    seed = int.from_bytes(os.urandom(8), "big")
+    return Switch(topology, accel=accel.load(topology.dataplane.accel), rng_seed=seed)
 
 
 def _system_supervisor(topology: Topology) -> Any:
