@@ -18,11 +18,26 @@ Each variant joins two fresh network namespaces:
     ``vswitchd`` with two segments (two /24s, both MTU 1500) and one pod on each, offloads on, so
     that every packet crosses the userspace router: route lookup, TTL decrement, MAC rewrite
     towards an ARP-resolved next hop. Its distance from ``vswitch`` is the router's per-packet cost.
+``vswitch-clusterip``
+    ``vswitchd`` with two pods and a ClusterIP service selecting ``b``: the client in ``a`` talks
+    to the service's virtual IP, so every packet of the control connection, the data streams and
+    the UDP test is tracked, DNATed to ``b`` and its replies reverse-NATed.
+``vswitch-nodeport``
+    ``vswitchd`` with an uplink whose far side is a namespace playing the internet; the client
+    there talks to the node's address on a node port (externalTrafficPolicy Cluster), so every
+    packet is DNATed to pod ``b``, SNATed to the node address and routed between the uplink and
+    the pod segment.
+
+iperf3 uses one port number for its TCP control connection and its data (TCP or UDP), so the
+service variants map TCP and UDP port ``SERVICE_PORT`` to the same port on ``b``, and the server
+listens there rather than on a random port. ICMP echo does not go through a service, so the
+service variants have no RTT figure.
 
 Before a variant is measured, echoes from ``a`` to ``b`` must come back, with the TTL the variant
 promises (one less than ``b`` sent for the routed case, untouched otherwise), so that a datapath
 that does not forward, or forwards the wrong way, stops the run with a clear error instead of
-producing figures.
+producing figures. A service variant must in addition carry a short iperf3 run through its
+service (and the node answers the internet's echoes for its own address in the NodePort case).
 
 All variants are built first, then measured interleaved (round 1 of every variant, then round 2…),
 so that a slow minute of a noisy VM spreads over all of them instead of landing on one. Per round:
@@ -31,8 +46,10 @@ loss), and the round-trip time of small ICMP echoes. The figure reported is the 
 and each is given as a ratio to the bridge measured in the same run, since absolute numbers move
 with the machine and ratios are what can be compared across runs.
 
-Traffic only flows between the two namespaces of a variant, on addresses of random /24s inside
-10.200.0.0/13 that nothing on the host uses (one per variant, two for the routed one). Everything
+Traffic only flows between the namespaces of a variant, on addresses of random /24s inside
+10.200.0.0/13 that nothing on the host uses (one per variant; two for the routed and the
+ClusterIP one, whose service CIDR takes the second; three for the NodePort one, whose uplink
+takes the third). Everything
 created (namespaces, bridge, veths, daemons, iperf3 processes) carries a random suffix and is
 removed on exit, on failure, on Ctrl-C and on SIGTERM.
 """
@@ -65,7 +82,11 @@ from vswitch.config import ConfigError, load_topology
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_SUPERNET = IPv4Network("10.200.0.0/13")
-VARIANTS = ("bridge", "vswitch", "vswitch-nooffload", "vswitch-routed")
+VARIANTS = ("bridge", "vswitch", "vswitch-nooffload", "vswitch-routed", "vswitch-clusterip",
+            "vswitch-nodeport")
+SERVICE_VARIANTS = ("vswitch-clusterip", "vswitch-nodeport")
+SERVICE_PORT = 5201  # iperf3's default; the service port and the target port on ``b``
+NODE_PORT = 30201  # for TCP and UDP alike: iperf3 sends both to one port number
 # The routed variant's second segment, where pod ``b`` lives.
 ROUTED_SEGMENT = "b"
 READY_MARKER = "vswitchd ready"
@@ -129,6 +150,11 @@ class Pair:
 
     ``hops`` is the number of routers between them, which is what the TTL of a reply must show:
     a switch forwards frames without touching the IP header, a router decrements the TTL.
+
+    A service variant's client does not talk to ``ip_b`` but to ``target_ip:target_port`` (the
+    cluster IP, or the node's address and node port), which the daemon translates to
+    ``ip_b:server_port``. ``ping_ip`` is what the forwarding check pings from ``a``: ``ip_b``
+    where ``a`` is a pod, the node's own address from the internet namespace.
     """
 
     variant: str
@@ -137,6 +163,14 @@ class Pair:
     ip_a: str
     ip_b: str
     hops: int = 0
+    target_ip: str | None = None
+    target_port: int | None = None
+    server_port: int | None = None
+    ping_ip: str | None = None
+
+    @property
+    def via_service(self) -> bool:
+        return self.target_ip is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +191,7 @@ def taken_networks() -> list[IPv4Network]:
 
 
 def subnets_needed(variant: str) -> int:
-    return 2 if variant == "vswitch-routed" else 1
+    return {"vswitch-routed": 2, "vswitch-clusterip": 2, "vswitch-nodeport": 3}.get(variant, 1)
 
 
 def free_subnets(count: int) -> list[IPv4Network]:
@@ -246,15 +280,66 @@ def build_bridge(stack: contextlib.ExitStack, suffix: str, subnet: IPv4Network) 
     return Pair("bridge", ns_a, ns_b, ip_a, ip_b)
 
 
-def vswitch_topology(node: str, subnets: list[IPv4Network], offloads: bool, workdir: Path) -> str:
-    """Pod ``a`` on the default segment; pod ``b`` on it too, or on a second segment if given.
+def uplink_netns(node: str) -> str:
+    """The internet namespace of the NodePort variant; not ``vsw-``, which names pods' namespaces."""
+    return f"vbi-{node}"
+
+
+def cluster_ip(subnets: list[IPv4Network]) -> str:
+    return str(subnets[1].network_address + 10)
+
+
+def uplink_addresses(subnets: list[IPv4Network]) -> tuple[str, str]:
+    """(node address, gateway): the node owns network + 2, the internet namespace network + 1."""
+    return str(subnets[2].network_address + 2), str(subnets[2].network_address + 1)
+
+
+def service_sections(variant: str, node: str, subnets: list[IPv4Network]) -> str:
+    """``[cluster]``, the uplink for NodePort, and one service selecting pod ``b``."""
+    nodeport = variant == "vswitch-nodeport"
+    text = textwrap.dedent(
+        f"""
+        [cluster]
+        cidr = "{subnets[0]}"
+        service_cidr = "{subnets[1]}"
+        """
+    )
+    if nodeport:
+        address, gateway = uplink_addresses(subnets)
+        text += textwrap.dedent(
+            f"""
+            [uplink]
+            address = "{address}/{subnets[2].prefixlen}"
+            gateway = "{gateway}"
+            netns = "{uplink_netns(node)}"
+            """
+        )
+    node_port = f", node_port = {NODE_PORT}" if nodeport else ""
+    ports = ", ".join(
+        f'{{ name = "{proto}", protocol = "{proto}", port = {SERVICE_PORT}, '
+        f'target_port = {SERVICE_PORT}{node_port} }}' for proto in ("tcp", "udp"))
+    return text + textwrap.dedent(
+        f"""
+        [[services]]
+        name = "iperf"
+        cluster_ip = "{cluster_ip(subnets)}"
+        type = "{'NodePort' if nodeport else 'ClusterIP'}"
+        selector = {{ app = "iperf" }}
+        """
+    ) + f"ports = [ {ports} ]\n"
+
+
+def vswitch_topology(variant: str, node: str, subnets: list[IPv4Network], offloads: bool,
+                     workdir: Path) -> str:
+    """Pod ``a`` on the default segment; pod ``b`` on it too, or on a second segment for the
+    routed variant; for the service variants, a service selecting ``b`` (and an uplink).
 
     Both segments keep MTU 1500, so that the routed variant differs from ``vswitch`` only by the
     router's work and not by smaller segments.
     """
     # The host port stays off: the benchmark measures pod to pod, and no address of the test /24s
     # should appear in the root namespace.
-    routed = len(subnets) > 1
+    routed = variant == "vswitch-routed"
     segment = textwrap.dedent(
         f"""\
 
@@ -265,6 +350,8 @@ def vswitch_topology(node: str, subnets: list[IPv4Network], offloads: bool, work
         """
     ) if routed else ""
     pod_b_segment = f'segment = "{ROUTED_SEGMENT}"' if routed else ""
+    pod_b_labels = 'labels = { app = "iperf" }' if variant in SERVICE_VARIANTS else ""
+    services = service_sections(variant, node, subnets) if variant in SERVICE_VARIANTS else ""
     return textwrap.dedent(
         f"""\
         [node]
@@ -282,7 +369,7 @@ def vswitch_topology(node: str, subnets: list[IPv4Network], offloads: bool, work
         socket = "{workdir / 'ctl.sock'}"
         state_dir = "{workdir / 'state'}"
         """
-    ) + segment + textwrap.dedent(
+    ) + segment + services + textwrap.dedent(
         f"""\
 
         [[pods]]
@@ -291,6 +378,7 @@ def vswitch_topology(node: str, subnets: list[IPv4Network], offloads: bool, work
         [[pods]]
         name = "b"
         {pod_b_segment}
+        {pod_b_labels}
         """
     )
 
@@ -298,14 +386,15 @@ def vswitch_topology(node: str, subnets: list[IPv4Network], offloads: bool, work
 def build_vswitch(stack: contextlib.ExitStack, procs: Processes, variant: str, suffix: str,
                   subnets: list[IPv4Network], offloads: bool) -> tuple[Pair, Path]:
     """Start vswitchd on a generated topology; returns the pair and the daemon's log file."""
-    routed = len(subnets) > 1
     # The node name goes into namespace names, so each variant needs its own letter.
-    node = f"b{suffix}{'r' if routed else ''}{'' if offloads else 'n'}"
+    letter = {"vswitch": "", "vswitch-nooffload": "n", "vswitch-routed": "r",
+              "vswitch-clusterip": "c", "vswitch-nodeport": "p"}[variant]
+    node = f"b{suffix}{letter}"
     workdir = Path(tempfile.mkdtemp(prefix=f"vswbench-{node}-"))
     stack.callback(shutil.rmtree, workdir, True)
     (workdir / "state").mkdir()
     config = workdir / "topology.toml"
-    config.write_text(vswitch_topology(node, subnets, offloads, workdir))
+    config.write_text(vswitch_topology(variant, node, subnets, offloads, workdir))
     # The daemon's own loader says which addresses and namespaces the pods get, so the benchmark
     # does not repeat its allocation rules; it also rejects a bad topology before anything starts.
     try:
@@ -317,6 +406,10 @@ def build_vswitch(stack: contextlib.ExitStack, procs: Processes, variant: str, s
     stack.callback(log.close)
     daemon = procs.start([*VSWITCHD, "--config", str(config)], stdout=log,
                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+    if variant == "vswitch-nodeport":
+        # The daemon creates the internet namespace and removes it when it stops; this removes
+        # it should the daemon have been unable to (callbacks run last-registered first).
+        stack.callback(_remove_netns, uplink_netns(node))
     stack.callback(_stop_daemon, daemon, config, workdir / "ctl.sock", node)
     deadline = time.monotonic() + READY_TIMEOUT
     while READY_MARKER not in log_path.read_text(errors="replace"):
@@ -325,8 +418,18 @@ def build_vswitch(stack: contextlib.ExitStack, procs: Processes, variant: str, s
                              f"{log_path.read_text(errors='replace')}")
         time.sleep(0.05)
     pod_a, pod_b = topology.pod("a"), topology.pod("b")
-    pair = Pair(variant, pod_a.netns, pod_b.netns, str(pod_a.ip), str(pod_b.ip),
-                hops=1 if routed else 0)
+    if variant == "vswitch-clusterip":
+        pair = Pair(variant, pod_a.netns, pod_b.netns, str(pod_a.ip), str(pod_b.ip),
+                    target_ip=cluster_ip(subnets), target_port=SERVICE_PORT,
+                    server_port=SERVICE_PORT)
+    elif variant == "vswitch-nodeport":
+        address, gateway = uplink_addresses(subnets)
+        pair = Pair(variant, uplink_netns(node), pod_b.netns, gateway, str(pod_b.ip),
+                    target_ip=address, target_port=NODE_PORT, server_port=SERVICE_PORT,
+                    ping_ip=address)
+    else:
+        pair = Pair(variant, pod_a.netns, pod_b.netns, str(pod_a.ip), str(pod_b.ip),
+                    hops=1 if variant == "vswitch-routed" else 0)
     return pair, log_path
 
 
@@ -396,7 +499,10 @@ def iperf_server(procs: Processes, pair: Pair, port: int) -> Iterator[None]:
 
 
 def iperf_client(procs: Processes, pair: Pair, port: int, duration: float, *extra: str) -> dict:
-    argv = in_netns(pair.ns_a, "iperf3", "-c", pair.ip_b, "-p", str(port), "-t", str(duration),
+    """iperf3 from ``a`` to the server on ``b``: directly, or through the variant's service."""
+    host = pair.target_ip or pair.ip_b
+    port = pair.target_port or port
+    argv = in_netns(pair.ns_a, "iperf3", "-c", host, "-p", str(port), "-t", str(duration),
                     "-J", *extra)
     result = procs.run(argv, timeout=duration + 60)
     try:
@@ -409,8 +515,13 @@ def iperf_client(procs: Processes, pair: Pair, port: int, duration: float, *extr
     return report["end"]
 
 
+def server_port(pair: Pair) -> int:
+    """A service targets one fixed port; a direct pair takes a fresh one per test."""
+    return pair.server_port or random.randrange(20000, 60000)
+
+
 def measure_tcp(procs: Processes, pair: Pair, duration: float) -> dict:
-    port = random.randrange(20000, 60000)
+    port = server_port(pair)
     with iperf_server(procs, pair, port):
         end = iperf_client(procs, pair, port, duration)
     return {
@@ -425,7 +536,7 @@ def measure_udp(procs: Processes, pair: Pair, duration: float) -> dict:
     The receiver's count is what matters; at an unlimited rate the sender always outruns a
     one-frame-per-syscall datapath, and the loss shows by how much.
     """
-    port = random.randrange(20000, 60000)
+    port = server_port(pair)
     with iperf_server(procs, pair, port):
         end = iperf_client(procs, pair, port, duration, "-u", "-l", str(UDP_PAYLOAD), "-b", "0")
     received = end["sum_received"]
@@ -442,7 +553,8 @@ def measure_udp(procs: Processes, pair: Pair, duration: float) -> dict:
 def run_pinger(procs: Processes, pair: Pair, count: int, interval: float) -> dict:
     """Echoes from ``a`` to ``b``: ``{"rtts_us": [...], "ttls": [...], "lost": n}``."""
     result = procs.run(
-        in_netns(pair.ns_a, sys.executable, "-c", PING_SCRIPT, pair.ip_b, str(count), str(interval)),
+        in_netns(pair.ns_a, sys.executable, "-c", PING_SCRIPT, pair.ping_ip or pair.ip_b, str(count),
+                 str(interval)),
         timeout=count * (interval + 1.0) + 30,
     )
     if result.returncode != 0:
@@ -479,16 +591,35 @@ def check_forwarding(procs: Processes, pair: Pair, log_path: Path | None) -> Non
     """
     count = 10
     data = run_pinger(procs, pair, count, 0.01)
-    where = f"{pair.variant}: {pair.ip_a} ({pair.ns_a}) -> {pair.ip_b} ({pair.ns_b})"
+    target = pair.ping_ip or pair.ip_b
+    where = f"{pair.variant}: {pair.ip_a} ({pair.ns_a}) -> {target}"
     if not data["rtts_us"]:
         raise BenchError(f"{where}: none of {count} echoes was answered within 1 s; the datapath "
                          f"does not forward{_log_tail(log_path)}")
+    if pair.via_service:
+        check_service(procs, pair, log_path)
+    if target != pair.ip_b:
+        return  # the node answered for its own address; b's TTL says nothing about that
     expected = default_ttl(procs, pair.ns_b) - pair.hops
     wrong = sorted({ttl for ttl in data["ttls"] if ttl != expected})
     if wrong:
         path = "one router hop on the path" if pair.hops else "no router on the path"
         raise BenchError(f"{where}: echo replies arrive with TTL {wrong}, expected {expected} "
                          f"({path}){_log_tail(log_path)}")
+
+
+def check_service(procs: Processes, pair: Pair, log_path: Path | None) -> None:
+    """One second of iperf3 through the service: the control connection and a data stream must
+    reach ``b`` and come back translated, or the run stops here."""
+    try:
+        with iperf_server(procs, pair, server_port(pair)):
+            end = iperf_client(procs, pair, server_port(pair), 1.0)
+    except BenchError as exc:
+        raise BenchError(f"{pair.variant}: nothing gets through {pair.target_ip}:"
+                         f"{pair.target_port} to {pair.ip_b}: {exc}{_log_tail(log_path)}") from None
+    if not end["sum_received"]["bytes"]:
+        raise BenchError(f"{pair.variant}: iperf3 through the service moved no data"
+                         f"{_log_tail(log_path)}")
 
 
 def _log_tail(log_path: Path | None, lines: int = 30) -> str:
@@ -666,7 +797,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                     "round": round_no,
                     "tcp": measure_tcp(procs, pair, args.duration),
                     "udp": measure_udp(procs, pair, args.duration),
-                    "rtt": measure_rtt(procs, pair, args.pings, args.ping_interval),
+                    # ICMP echo is not a service's business: no RTT through one.
+                    "rtt": (None if pair.via_service else
+                            measure_rtt(procs, pair, args.pings, args.ping_interval)),
                 })
     medians = {variant: median_figures(rounds) for variant, rounds in raw.items()}
     return {
