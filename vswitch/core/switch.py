@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import random
-import struct
 from ipaddress import IPv4Address, IPv4Network
 from collections import Counter as _Tally
 from types import ModuleType
@@ -27,20 +26,19 @@ from typing import Sequence
 from vswitch import accel as _accel
 from vswitch.core.actions import Transmit
 from vswitch.core.counters import Disposition, PortCounters, StageCounters, counter_name
-from vswitch.core.flow_cache import CacheEntry, FlowCache
+from vswitch.core import fast_path
+from vswitch.core.flow_cache import FlowCache
 from vswitch.core.ports import PortSpec
 from vswitch.core.trace import Trace
 from vswitch.core.verdict import Drop, Forward, Hold, Reply
 from vswitch.model import DEFAULT_CONNTRACK_MAX, Topology, mac_for_ip
 from vswitch.pipeline import graph, ip4_icmp_error, ip4_neighbor, routed_frames
 from vswitch.pipeline.context import Env, NatContext, Packet, SegmentInfo
-from vswitch.pipeline.ip4_rewrite import decrement_ttl
-from vswitch.pipeline.nat_rewrite import translate
-from vswitch.tables.conntrack import ConntrackTable, Direction, TcpState, Verdict
+from vswitch.tables.conntrack import ConntrackTable
 from vswitch.tables.fdb import Fdb
 from vswitch.tables.fib import Fib, Route, RouteKind
 from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
-from vswitch.tables.neighbors import NeighborState, NeighborTable
+from vswitch.tables.neighbors import NeighborTable
 from vswitch.tables.services import ServiceTable
 from vswitch.wire import headers as h
 from vswitch.wire.addresses import BROADCAST_MAC, ip_text, mac_bytes, mac_text
@@ -100,6 +98,7 @@ class Switch:
         self._config_generation = 0
         self._armed: dict[int, int] = {}  # port id -> packets still to trace
         self._traces: dict[int, list[dict]] = {}
+        self._fast = fast_path.FastPath(self.accel, self.conntrack, self.neighbors.timers)
         self._env = Env(fdb=self.fdb, fib=self.fib, neighbors=self.neighbors,
                         icmp_limiter=self.icmp_limiter, ports=self.ports, segments=self.segments,
                         segment_ports=self._segment_ports, accel=self.accel,
@@ -176,16 +175,11 @@ class Switch:
                 key = prefix + key
                 entry = cache.get(key)
                 if entry is not None and entry.generation == generation and entry.per_connection:
-                    conn_key = connection_key(key, frame, offset)
+                    conn_key = fast_path.connection_key(key, frame, offset)
                     entry = cache.get(conn_key) if conn_key is not None else None
                 if (entry is not None and entry.generation == generation
                         and not entry.per_connection and now - entry.dst.last_seen < aging):
-                    if entry.ct is not None:
-                        data = self._connection_hit(entry, frame, offset, now)
-                    elif entry.rewrite is None:
-                        data = frame
-                    else:
-                        data = self._routed_hit(entry, frame, offset, now)
+                    data = self._fast.apply(entry, frame, offset, now)
                     if data is not None:
                         entry.src.last_seen = now
                         self.flow_cache.hits += 1
@@ -201,101 +195,14 @@ class Switch:
             pkt = Packet(port, frame, offset, trace)
             self._slow_path(pkt, counters, out)
             if key is not None and self.flow_cache.capacity:
-                self._memoise(pkt, key, conn_key)
+                for cache_key, cache_entry in fast_path.memoise(pkt, key, conn_key,
+                                                                 self._generation()):
+                    self.flow_cache.install(cache_key, cache_entry)
             if trace is not None:
                 self._keep_trace(port_id, trace)
         if port_id in self._armed and not self._armed[port_id]:
             del self._armed[port_id]
         return out
-
-    def _memoise(self, pkt: Packet, key: bytes, conn_key: bytes | None) -> None:
-        generation = self._generation()
-        install = self.flow_cache.install
-        if pkt.cacheable:
-            install(key, CacheEntry(generation, pkt.dst_entry.port, pkt.src_entry, pkt.dst_entry,
-                                    pkt.rewrite, pkt.neighbor, pkt.egress_mtu))
-            return
-        if pkt.ct is None:
-            return
-        install(key, CacheEntry(generation, -1, None, None, per_connection=True))
-        if pkt.conn_out is None or pkt.src_entry is None:
-            return
-        if conn_key is None:
-            conn_key = connection_key(key, pkt.data, pkt.l2)
-        if conn_key is None:
-            return
-        ct, direction = pkt.ct
-        target = (ct.reply if direction is Direction.ORIGINAL else ct.original).reversed()
-        install(conn_key, CacheEntry(generation, pkt.conn_out, pkt.src_entry, pkt.dst_entry,
-                                     pkt.rewrite, pkt.neighbor, pkt.egress_mtu, ct=ct,
-                                     direction=direction, target=target))
-
-    def _connection_hit(self, entry: CacheEntry, frame: bytes, l2: int,
-                        now: float) -> bytes | None:
-        """A packet of a translated connection in its plain state; None sends it to the pipeline.
-
-        The conntrack update and the NAT rewrite run here per packet, as the stages would run
-        them; anything that could change the connection's state (SYN, FIN, RST, a TCP state other
-        than ESTABLISHED), an expiring TTL, an oversized packet, a stale neighbour or a dead entry
-        is left to the pipeline.
-        """
-        ct = entry.ct
-        if not ct.alive(now):
-            return None
-        l3 = l2 + h.ETH_HEADER_LEN
-        ihl = (frame[l3] & 0x0F) * 4
-        l4 = l3 + ihl
-        proto = frame[l3 + 9]
-        flags = None
-        if proto == h.IpProto.TCP:
-            flags = ((frame[l4 + 12] & 0x01) << 8) | frame[l4 + 13]
-            if ct.tcp_state is not TcpState.ESTABLISHED or flags & _TCP_STATE_FLAGS \
-                    or not flags & h.TcpFlag.ACK:
-                return None
-        routed = entry.rewrite is not None
-        if routed:
-            neighbor = entry.neighbor
-            if (neighbor.state is not NeighborState.REACHABLE
-                    or now - neighbor.confirmed >= self.neighbors.timers.reachable_time
-                    or frame[l3 + h.IPV4_TTL_OFFSET] <= 1
-                    or packet_length_on_wire(frame, l2) > entry.mtu
-                    or self.accel.checksum(frame[l3: l4]) != 0):
-                return None
-        (total,) = _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)
-        if self.conntrack.update(ct, entry.direction, now, flags, total) is not Verdict.ACCEPT:
-            return None
-        target = entry.target
-        partial = l2 > 0 and bool(frame[0] & h.VNET_F_NEEDS_CSUM)
-        packet = translate(frame[l3: l3 + total], src=target.src, sport=target.sport,
-                           dst=target.dst, dport=target.dport, partial=partial, accel=self.accel)
-        if not routed:
-            return b"".join((frame[:l3], packet))
-        return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3],
-                         decrement_ttl(bytes(packet[:ihl]), self.accel), packet[ihl:]))
-
-    def _routed_hit(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
-        """The routed frame for a cache hit, or None when this packet needs the pipeline.
-
-        The extractor guaranteed a well-formed, unfragmented IPv4 header; what varies per packet
-        and is checked here is the TTL, the size against the egress MTU, and the age of the
-        neighbour's confirmation.
-        """
-        neighbor = entry.neighbor
-        if (neighbor.state is not NeighborState.REACHABLE
-                or now - neighbor.confirmed >= self.neighbors.timers.reachable_time):
-            return None
-        l3 = l2 + h.ETH_HEADER_LEN
-        if frame[l3 + h.IPV4_TTL_OFFSET] <= 1:
-            return None
-        if packet_length_on_wire(frame, l2) > entry.mtu:
-            return None
-        ihl = (frame[l3] & 0x0F) * 4
-        if self.accel.checksum(frame[l3: l3 + ihl]) != 0:
-            return None  # ip4-input drops it; let it
-        (total,) = _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)
-        return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3],
-                         decrement_ttl(frame[l3: l3 + ihl], self.accel),
-                         frame[l3 + ihl: l3 + total]))
 
     def _slow_path(self, pkt: Packet, counters: PortCounters, out: list[Transmit]) -> None:
         actions = graph.run(pkt, self._env)
@@ -645,37 +552,3 @@ class Switch:
                          "state": entry.state.value,
                          "age_s": round(now - entry.confirmed, 3), "queued": len(entry.queue)})
         return rows
-
-
-_U16 = struct.Struct("!H")
-_TCP_STATE_FLAGS = h.TcpFlag.SYN | h.TcpFlag.FIN | h.TcpFlag.RST
-
-
-def connection_key(key: bytes, frame: bytes, l2: int) -> bytes | None:
-    """The flow key plus what tells connections apart: protocol and ports (TCP, UDP), or ICMP
-    type and echo identifier. None when the L4 header is not all there."""
-    l3 = l2 + h.ETH_HEADER_LEN
-    l4 = l3 + (frame[l3] & 0x0F) * 4
-    proto = frame[l3 + 9]
-    if proto in (h.IpProto.TCP, h.IpProto.UDP):
-        if len(frame) < l4 + (h.TCP_HEADER_LEN if proto == h.IpProto.TCP else h.UDP_HEADER_LEN):
-            return None
-        return key + frame[l3 + 9: l3 + 10] + frame[l4: l4 + 4]
-    if proto == h.IpProto.ICMP and len(frame) >= l4 + h.ICMP_HEADER_LEN:
-        return key + frame[l3 + 9: l3 + 10] + frame[l4: l4 + 1] + frame[l4 + 4: l4 + 6]
-    return None
-
-
-def packet_length_on_wire(frame: bytes, l2: int) -> int:
-    """Hand-written twin of ``ip4_rewrite.wire_length`` for the fast path: the IPv4 length of each
-    packet this frame becomes on the wire (one TSO segment for a GSO frame). The extractor has
-    already checked that the IPv4 header is complete."""
-    l3 = l2 + h.ETH_HEADER_LEN
-    if not l2 or frame[1] == h.VNET_GSO_NONE:
-        return _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)[0]
-    ihl = (frame[l3] & 0x0F) * 4
-    l4_header = h.UDP_HEADER_LEN
-    if frame[l3 + 9] == h.IpProto.TCP and len(frame) >= l3 + ihl + h.TCP_HEADER_LEN:
-        l4_header = (frame[l3 + ihl + 12] >> 4) * 4
-    gso_size = frame[4] | (frame[5] << 8)
-    return ihl + l4_header + gso_size

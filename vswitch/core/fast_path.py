@@ -1,0 +1,145 @@
+"""The fast path: what a flow-cache hit does to a frame, and which decisions become cache entries.
+
+The pipeline decides; this module only replays a memoised decision on a packet of the same flow,
+checking first whatever may differ from packet to packet (TTL, size, the neighbour's freshness,
+the connection's state) and declining (returning None) whenever the pipeline could decide
+differently. It reads a few header bytes directly, at offsets the flow-key extractor has already
+validated: that, like the extractor, is the hot path's one exception to declaring headers with
+construct, and the parity tests hold it to the pipeline's answers.
+"""
+from __future__ import annotations
+
+import struct
+from types import ModuleType
+
+from vswitch.core.flow_cache import CacheEntry
+from vswitch.pipeline.context import Packet
+from vswitch.pipeline.ip4_rewrite import decrement_ttl
+from vswitch.pipeline.nat_rewrite import translate
+from vswitch.tables.conntrack import ConntrackTable, Direction, TcpState, Verdict
+from vswitch.tables.neighbors import NeighborState, NeighborTimers
+from vswitch.wire import headers as h
+
+_U16 = struct.Struct("!H")
+_TCP_STATE_FLAGS = h.TcpFlag.SYN | h.TcpFlag.FIN | h.TcpFlag.RST
+
+
+def connection_key(key: bytes, frame: bytes, l2: int) -> bytes | None:
+    """The flow key plus what tells connections apart: protocol and ports (TCP, UDP), or ICMP
+    type and echo identifier. None when the L4 header is not all there."""
+    l3 = l2 + h.ETH_HEADER_LEN
+    l4 = l3 + (frame[l3] & 0x0F) * 4
+    proto = frame[l3 + 9]
+    if proto in (h.IpProto.TCP, h.IpProto.UDP):
+        if len(frame) < l4 + (h.TCP_HEADER_LEN if proto == h.IpProto.TCP else h.UDP_HEADER_LEN):
+            return None
+        return key + frame[l3 + 9: l3 + 10] + frame[l4: l4 + 4]
+    if proto == h.IpProto.ICMP and len(frame) >= l4 + h.ICMP_HEADER_LEN:
+        return key + frame[l3 + 9: l3 + 10] + frame[l4: l4 + 1] + frame[l4 + 4: l4 + 6]
+    return None
+
+
+def packet_length_on_wire(frame: bytes, l2: int) -> int:
+    """Hand-written twin of ``ip4_rewrite.wire_length``: the IPv4 length of each packet this frame
+    becomes on the wire (one TSO segment for a GSO frame)."""
+    l3 = l2 + h.ETH_HEADER_LEN
+    if not l2 or frame[1] == h.VNET_GSO_NONE:
+        return _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)[0]
+    ihl = (frame[l3] & 0x0F) * 4
+    l4_header = h.UDP_HEADER_LEN
+    if frame[l3 + 9] == h.IpProto.TCP and len(frame) >= l3 + ihl + h.TCP_HEADER_LEN:
+        l4_header = (frame[l3 + ihl + 12] >> 4) * 4
+    gso_size = frame[4] | (frame[5] << 8)
+    return ihl + l4_header + gso_size
+
+
+def memoise(pkt: Packet, key: bytes, conn_key: bytes | None,
+            generation: int) -> list[tuple[bytes, CacheEntry]]:
+    """The cache entries a pipeline run justifies: one for a plain switched or routed decision;
+    for a translated connection a per-connection marker under the flow key, and the connection's
+    own entry when its output is a single known port."""
+    if pkt.cacheable:
+        return [(key, CacheEntry(generation, pkt.dst_entry.port, pkt.src_entry, pkt.dst_entry,
+                                 pkt.rewrite, pkt.neighbor, pkt.egress_mtu))]
+    if pkt.ct is None:
+        return []
+    entries = [(key, CacheEntry(generation, -1, None, None, per_connection=True))]
+    if pkt.conn_out is None or pkt.src_entry is None:
+        return entries
+    if conn_key is None:
+        conn_key = connection_key(key, pkt.data, pkt.l2)
+    if conn_key is not None:
+        ct, direction = pkt.ct
+        target = (ct.reply if direction is Direction.ORIGINAL else ct.original).reversed()
+        entries.append((conn_key, CacheEntry(generation, pkt.conn_out, pkt.src_entry,
+                                             pkt.dst_entry, pkt.rewrite, pkt.neighbor,
+                                             pkt.egress_mtu, ct=ct, direction=direction,
+                                             target=target)))
+    return entries
+
+
+class FastPath:
+    def __init__(self, accel: ModuleType, conntrack: ConntrackTable, timers: NeighborTimers):
+        self.accel = accel
+        self.conntrack = conntrack
+        self.timers = timers
+
+    def apply(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
+        """The bytes to send for a hit on ``entry``, or None: the pipeline must see this one."""
+        if entry.ct is not None:
+            return self._connection(entry, frame, l2, now)
+        if entry.rewrite is None:
+            return frame
+        return self._routed(entry, frame, l2, now)
+
+    def _routing_allows(self, entry: CacheEntry, frame: bytes, l2: int, l3: int, ihl: int,
+                        now: float) -> bool:
+        """What ip4-input, ip4-rewrite and ip4-neighbor check that can change per packet: the
+        header checksum, the TTL, the size against the egress MTU, the neighbour's freshness."""
+        neighbor = entry.neighbor
+        return (neighbor.state is NeighborState.REACHABLE
+                and now - neighbor.confirmed < self.timers.reachable_time
+                and frame[l3 + h.IPV4_TTL_OFFSET] > 1
+                and packet_length_on_wire(frame, l2) <= entry.mtu
+                and self.accel.checksum(frame[l3: l3 + ihl]) == 0)
+
+    def _routed(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
+        l3 = l2 + h.ETH_HEADER_LEN
+        ihl = (frame[l3] & 0x0F) * 4
+        if not self._routing_allows(entry, frame, l2, l3, ihl, now):
+            return None
+        (total,) = _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)
+        return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3],
+                         decrement_ttl(frame[l3: l3 + ihl], self.accel),
+                         frame[l3 + ihl: l3 + total]))
+
+    def _connection(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
+        """A packet of a translated connection in a plain state: the conntrack update and the NAT
+        rewrite run here, as the stages would run them. SYN, FIN, RST, a TCP state other than
+        ESTABLISHED, or a dead entry go to the pipeline."""
+        ct = entry.ct
+        if not ct.alive(now):
+            return None
+        l3 = l2 + h.ETH_HEADER_LEN
+        ihl = (frame[l3] & 0x0F) * 4
+        l4 = l3 + ihl
+        flags = None
+        if frame[l3 + 9] == h.IpProto.TCP:
+            flags = ((frame[l4 + 12] & 0x01) << 8) | frame[l4 + 13]
+            if (ct.tcp_state is not TcpState.ESTABLISHED or flags & _TCP_STATE_FLAGS
+                    or not flags & h.TcpFlag.ACK):
+                return None
+        routed = entry.rewrite is not None
+        if routed and not self._routing_allows(entry, frame, l2, l3, ihl, now):
+            return None
+        (total,) = _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)
+        if self.conntrack.update(ct, entry.direction, now, flags, total) is not Verdict.ACCEPT:
+            return None
+        target = entry.target
+        partial = l2 > 0 and bool(frame[0] & h.VNET_F_NEEDS_CSUM)
+        packet = translate(frame[l3: l3 + total], src=target.src, sport=target.sport,
+                           dst=target.dst, dport=target.dport, partial=partial, accel=self.accel)
+        if not routed:
+            return b"".join((frame[:l3], packet))
+        return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3],
+                         decrement_ttl(bytes(packet[:ihl]), self.accel), packet[ihl:]))
