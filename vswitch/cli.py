@@ -9,6 +9,8 @@ and must start fast enough to be used in shell loops.
 from __future__ import annotations
 
 import argparse
+import base64
+import datetime
 import glob
 import json
 import logging
@@ -16,6 +18,9 @@ import os
 import socket
 import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from vswitch.wire.pcap import write_pcap
+from vswitch.wire.summary import summarize
 
 DEFAULT_SOCKET_DIR = "/run/vswitch"
 CONNECT_TIMEOUT = 10.0  # seconds to wait for an answer to a request that does not wait itself
@@ -493,6 +498,20 @@ def _vswitchctl_parser() -> argparse.ArgumentParser:
     trace.add_argument("--timeout", type=float, default=10.0,
                        help="seconds to wait for --count packets (default 10)")
 
+    capture = commands.add_parser("capture", parents=[common],
+                                  help="capture the next frames a port receives and sends")
+    capture.add_argument("pod", help="the port (pod name, 'host' or 'uplink')")
+    capture.add_argument("-c", "--count", type=int, default=10,
+                         help="frames to capture (default 10, at most 1000)")
+    capture.add_argument("--timeout", type=float, default=10.0,
+                         help="seconds to wait for them (default 10)")
+    capture.add_argument("--direction", choices=("rx", "tx", "both"), default="both",
+                         help="frames the port receives (rx), sends (tx) or both (default)")
+    capture.add_argument("--snaplen", type=int, default=65535,
+                         help="bytes kept of each frame (default 65535)")
+    capture.add_argument("-w", "--write", metavar="FILE",
+                         help="write a pcap file (tcpdump, Wireshark) instead of printing")
+
     for name, text in [("services", "services, their cluster IPs, ports and endpoint counts"),
                        ("endpoints", "each service port's ready backends"),
                        ("affinity", "ClientIP session affinity: client -> backend")]:
@@ -564,6 +583,30 @@ def _emit(result: Any, as_json: bool, render: Callable[[Any], str]) -> None:
         print(json.dumps(result, indent=2))
     else:
         print(render(result))
+
+
+def _cmd_capture(path: str, args: argparse.Namespace, as_json: bool) -> int:
+    payload = {"port": args.pod, "count": args.count, "timeout": args.timeout,
+               "direction": args.direction, "snaplen": args.snaplen}
+    records = request(path, "capture", payload, timeout=args.timeout + CONNECT_TIMEOUT)
+    frames = [(r["time"], r["length"], base64.b64decode(r["data"])) for r in records]
+    if args.write:
+        try:
+            with open(args.write, "wb") as out:
+                write_pcap(out, frames, args.snaplen)
+        except OSError as exc:
+            raise CtlError(f"cannot write {args.write}: {exc.strerror}") from None
+        print(f"{len(frames)} frames from {args.pod} written to {args.write}", file=sys.stderr)
+    elif as_json:
+        _emit(records, True, render_rows)
+    else:
+        for (when, length, data), record in zip(frames, records):
+            stamp = datetime.datetime.fromtimestamp(when).strftime("%H:%M:%S.%f")
+            print(f"{stamp} {record['direction']} {summarize(data, length)}")
+    if not frames:
+        print(f"no frames on {args.pod} within {args.timeout:g} s", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _cmd_exec(path: str, args: argparse.Namespace) -> int:
@@ -738,6 +781,8 @@ def vswitchctl_main(argv: Sequence[str] | None = None,
                     return EXIT_FAILURE
             _emit(result, as_json, render_traces)
             return EXIT_OK
+        if args.command == "capture":
+            return _cmd_capture(path, args, as_json)
         if args.command in ("pod", "service", "apply", "conntrack"):
             cmd, payload, render = _change_request(args)
             _emit(request(path, cmd, payload), as_json, render)

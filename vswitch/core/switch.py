@@ -27,6 +27,7 @@ from vswitch import accel as _accel
 from vswitch.core.actions import Transmit
 from vswitch.core.counters import Disposition, PortCounters, StageCounters, counter_name
 from vswitch.core import fast_path
+from vswitch.core.capture import Captures
 from vswitch.core.flow_cache import FlowCache
 from vswitch.core.ports import PortSpec
 from vswitch.core.trace import Trace
@@ -97,6 +98,7 @@ class Switch:
         # Bumped by port changes; with the tables' own generations it versions cached decisions.
         self._config_generation = 0
         self._armed: dict[int, int] = {}  # port id -> packets still to trace
+        self.captures = Captures()
         self._traces: dict[int, list[dict]] = {}
         self._fast = fast_path.FastPath(self.accel, self.conntrack, self.neighbors.timers)
         self._env = Env(fdb=self.fdb, fib=self.fib, neighbors=self.neighbors,
@@ -124,6 +126,7 @@ class Switch:
         del self._by_name[spec.name]
         del self._key_prefix[port_id]
         self._armed.pop(port_id, None)
+        self.captures.disarm(port_id)
         self.fdb.flush_port(port_id)
         self._index_segments()
         self._config_generation += 1
@@ -167,9 +170,12 @@ class Switch:
         cache = self.flow_cache.entries
         generation = self._generation()
         aging = self.fdb.aging
+        captures = self.captures.active
         for frame, key in zip(frames, keys):
             counters.rx_packets += 1
             counters.rx_bytes += len(frame) - offset
+            if captures:
+                self.captures.record(port_id, now, frame, offset, "rx")
             conn_key = None
             if key is not None:
                 key = prefix + key
@@ -245,6 +251,8 @@ class Switch:
         counters = self._port_counters[target]
         counters.tx_packets += 1
         counters.tx_bytes += len(data) - spec.l2_offset
+        if self.captures.active:
+            self.captures.record(target, self._env.now, data, spec.l2_offset, "tx")
         out.append(Transmit(target, data))
 
     def _send_generated(self, out: list[Transmit], target: int, frame: bytes) -> None:
@@ -255,6 +263,8 @@ class Switch:
         counters = self._port_counters[target]
         counters.tx_packets += 1
         counters.tx_bytes += len(frame)
+        if self.captures.active:
+            self.captures.record(target, self._env.now, data, spec.l2_offset, "tx")
         out.append(Transmit(target, data))
 
     @staticmethod
@@ -376,6 +386,16 @@ class Switch:
         port = self.port_by_name(port_name)
         self._armed.pop(port.id, None)
         self._traces.pop(port.id, None)
+
+    def arm_capture(self, port_name: str, count: int, direction: str = "both",
+                    snaplen: int = 65535) -> None:
+        self.captures.arm(self.port_by_name(port_name).id, count, direction, snaplen)
+
+    def take_capture(self, port_name: str) -> list[dict]:
+        return self.captures.take(self.port_by_name(port_name).id)
+
+    def disarm_capture(self, port_name: str) -> None:
+        self.captures.disarm(self.port_by_name(port_name).id)
 
     def _keep_trace(self, port_id: int, trace: Trace) -> None:
         kept = self._traces.setdefault(port_id, [])

@@ -26,6 +26,8 @@ namespace, which is root's business.
 """
 from __future__ import annotations
 
+import base64
+
 import json
 import logging
 import math
@@ -46,6 +48,7 @@ from vswitch.runtime.ports import RuntimeErrors
 log = logging.getLogger(__name__)
 
 MAX_LINE = 1 << 20
+MAX_CAPTURE = 1000  # frames per capture request: an answer of at most ~90 MB of base64
 TRACE_POLL_INTERVAL = 0.05
 MAX_TRACE_COUNT = 1000
 MAX_TRACE_TIMEOUT = 300.0
@@ -109,6 +112,7 @@ class ControlCommands:
             "neighbors": self.neighbors,
             "stats": self.stats,
             "trace": self.trace,
+            "capture": self.capture,
             "netns": self.netns,
             "services": self.services,
             "endpoints": self.endpoints,
@@ -240,6 +244,41 @@ class ControlCommands:
             # Stop collecting for a client that is no longer waiting.
             switch.disarm_trace(port)
         return traces[:count]
+
+    async def capture(self, args: Mapping[str, Any]) -> list[dict]:
+        """The next ``count`` frames a port receives and/or sends, base64 in the answer; the
+        client writes the pcap file. Times are wall-clock seconds."""
+        switch = self.context.switch
+        port = _require(args, "port", str, "a port name")
+        if port not in self.context.port_ids:
+            known = ", ".join(sorted(self.context.port_ids)) or "none"
+            raise ControlError(f"no port named {port!r}; ports: {known}")
+        count = args.get("count", 10)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_CAPTURE:
+            raise ControlError(f"argument 'count' must be from 1 to {MAX_CAPTURE}, not {count!r}")
+        timeout = args.get("timeout", DEFAULT_TRACE_TIMEOUT)
+        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                or not math.isfinite(timeout) or not 0 < timeout <= MAX_TRACE_TIMEOUT):
+            raise ControlError(f"argument 'timeout' must be seconds in (0, {MAX_TRACE_TIMEOUT:g}],"
+                               f" not {timeout!r}")
+        try:
+            switch.arm_capture(port, count, args.get("direction", "both"),
+                               args.get("snaplen", 65535))
+        except (TypeError, ValueError) as exc:
+            raise ControlError(str(exc)) from None
+        records: list[dict] = []
+        with trio.move_on_after(timeout):
+            while len(records) < count:
+                records.extend(switch.take_capture(port))
+                if len(records) >= count:
+                    break
+                await trio.sleep(TRACE_POLL_INTERVAL)
+        records.extend(switch.take_capture(port))
+        switch.disarm_capture(port)
+        # The core keeps monotonic time; a pcap file wants the wall clock.
+        offset = time.time() - time.monotonic()
+        return [{"time": r["time"] + offset, "direction": r["direction"], "length": r["length"],
+                 "data": base64.b64encode(r["data"]).decode("ascii")} for r in records[:count]]
 
     async def netns(self, args: Mapping[str, Any]) -> dict:
         pod = self._pod(_require(args, "pod", str, "a pod name"))

@@ -54,8 +54,12 @@ from pyroute2 import netns as pyroute2_netns
 from vswitch.model import HostPort, Pod, Segment, Topology, Uplink
 from vswitch.runtime.journal import Journal, NodeLock
 from vswitch.runtime.netlink import NetlinkSession, NetlinkWorker
-from vswitch.runtime.netns import kill_netns_processes, netns_exists, remove_netns_mount
+from vswitch.runtime.netns import (kill_netns_processes, netns_exists, remove_netns_mount,
+                                   write_netns_sysctls)
 from vswitch.runtime.tap import open_tap
+
+# Namespace-local settings of every pod (the host's sysctls are never touched).
+POD_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1"}
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,9 @@ class NodeObjects:
         fd = -1
         try:
             pyroute2_netns.create(pod.netns)
+            # Pods are IPv4-only: interfaces that arrive in the namespace (eth0) get no IPv6, so
+            # no router solicitations or MLD reports reach the switch. lo keeps ::1.
+            write_netns_sysctls(pod.netns, POD_SYSCTLS)
             fd = open_tap(pod.tap, vnet_hdr)
             session.move_link_to_netns(pod.tap, pod.netns)
             address = IPv4Interface(f"{pod.ip}/{segment.cidr.prefixlen}")

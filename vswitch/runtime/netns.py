@@ -16,8 +16,9 @@ import ctypes.util
 import errno
 import os
 import signal
+import threading
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -158,3 +159,27 @@ def remove_netns_mount(name: str) -> bool:
             return False
         raise
     return True
+
+
+def write_netns_sysctls(name: str, settings: Mapping[str, str]) -> None:
+    """Write ``/proc/sys`` values inside a pod's namespace (never the host's).
+
+    ``/proc/sys/net`` shows the namespace of the thread that opens it, so the writes run in a
+    short-lived thread that enters the namespace first; the daemon's own threads never move.
+    """
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            enter_netns(netns_path(name))
+            for key, value in settings.items():
+                with open("/proc/sys/" + key.replace(".", "/"), "w") as handle:
+                    handle.write(value)
+        except OSError as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name=f"sysctl-{name}")
+    thread.start()
+    thread.join()
+    if failures:
+        raise failures[0]
