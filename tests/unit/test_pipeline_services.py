@@ -454,3 +454,21 @@ def test_an_endpoint_that_becomes_ready_is_not_shadowed_by_earlier_refusals(acce
     switch.program(topology.pods, topology.services, 1.0)
     (delivered,) = send(switch, C, datagram, mac(C_IP), mac(GW), 1.1)
     assert delivered.port in (A, B)
+
+
+def test_external_ip_on_the_uplink_network_is_announced_and_serves_outside_clients(accel_name):
+    topology = _topology()
+    external = "192.0.2.50"
+    services = tuple(dataclasses.replace(s, external_ips=(IPv4Address(external),))
+                     if s.name == "web" else s for s in topology.services)
+    switch = _switch(accel_name, dataclasses.replace(topology, services=services))
+    (arp,) = send(switch, UPLINK, f"arp who-has {external} tell {FAR}", mac(FAR), BROADCAST_MAC)
+    assert arp.port == UPLINK
+    reply = h.ARP.parse(arp.data[10 + 14:])
+    assert reply.oper == 2 and reply.spa == ip(external) and reply.sha == mac(NODE)
+    (tx,) = send(switch, UPLINK, f"tcp {FAR}:50000 > {external}:80 flags S", mac(FAR), mac(NODE))
+    _, header, packet = packet_of(tx)
+    assert tx.port in (A, B) and header.src == ip(NODE)  # policy Cluster: SNAT to the node
+    assert ports_of(packet)[1] == 8080
+    # Not announced on pod segments, and not for addresses that are no external IP.
+    assert send(switch, UPLINK, f"arp who-has 192.0.2.51 tell {FAR}", mac(FAR), BROADCAST_MAC) == []

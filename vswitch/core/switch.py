@@ -467,6 +467,12 @@ class Switch:
         are gone are flushed at once (a fixed-port UDP client then reaches a live backend on its
         next datagram, instead of a black hole until its entry times out)."""
         result = self.services.program(services, pods)
+        uplink = self.topology.uplink
+        if uplink is not None:
+            network = uplink.address.network
+            self.nat.announced = frozenset(
+                ip.packed for service in services if not service.headless
+                for ip in service.external_ips if ip in network)
         flushed = 0
         for key, port, backend in result.removed:
             # Only this service port's connections: another service may share the backend.

@@ -6,6 +6,9 @@
 * A reply to the gateway confirms a neighbour the router asked about, and releases the packets that
   waited for it. Unsolicited replies for unknown addresses are not learned (no cache poisoning
   from gratuitous ARP).
+* On the uplink, requests for a service's external IP inside the uplink network are answered with
+  the node's MAC, so outside clients on that network reach the IP without a route (what
+  MetalLB's L2 mode or kube-proxy's IPVS dummy interface do).
 * All other ARP is ordinary L2 traffic and continues to l2-forward.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ _ANY_IP = bytes(4)
 
 class Counter(enum.Enum):
     REPLIED = "ARP requests for the gateway answered"
+    ANNOUNCED = "ARP requests on the uplink for a service's external IP, answered for the node"
     NEIGHBORS_CONFIRMED = "ARP messages that confirmed a neighbour of the router"
     RELEASED = "held packets sent after their next hop answered ARP"
     CONSUMED = "ARP replies or announcements addressed to the gateway"
@@ -36,6 +40,9 @@ def process(pkt: Packet, env: Env):
     arp = pkt.arp
     segment = env.segment_of(pkt)
     if arp.tpa != segment.gateway_ip:
+        if (arp.oper == h.ArpOp.REQUEST and segment.index == env.nat.uplink_segment
+                and arp.tpa in env.nat.announced):
+            return _announce(pkt, env, segment)
         env.count(Counter.PASSED)
         if pkt.trace is not None:
             pkt.trace.note(NAME, f"{ip_text(arp.tpa)} is not the gateway: switch it")
@@ -67,3 +74,15 @@ def process(pkt: Packet, env: Env):
                              f"{pkt.port.name}")
     actions.append(Reply(pkt.port.id, frame))
     return tuple(actions)
+
+
+def _announce(pkt: Packet, env: Env, segment):
+    arp = pkt.arp
+    body = builders.arp(oper=h.ArpOp.REPLY, sha=segment.gateway_mac, spa=arp.tpa,
+                        tha=arp.sha, tpa=arp.spa)
+    env.count(Counter.ANNOUNCED)
+    if pkt.trace is not None:
+        pkt.trace.note(NAME, f"{ip_text(arp.tpa)} is a service's external IP: reply with the "
+                             f"node's MAC {mac_text(segment.gateway_mac)}")
+    return (Reply(pkt.port.id, builders.ethernet(arp.sha, segment.gateway_mac, h.EtherType.ARP,
+                                                 body)),)

@@ -50,6 +50,8 @@ class NatContext:
         # L2 traffic between such a pair must go through conntrack, and is never cached.
         self.reply_pairs: dict[tuple[bytes, bytes], int] = {}
         self.generation = 0
+        # External IPs of services inside the uplink network: the node answers ARP for them.
+        self.announced: frozenset[bytes] = frozenset()
 
     def track_pair(self, entry) -> None:
         pair = (entry.reply.src, entry.reply.dst)
