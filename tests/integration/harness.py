@@ -80,14 +80,7 @@ def random_pod_cidr(avoid: Iterable[IPv4Network] = ()) -> IPv4Network:
     rather than tolerated. ``avoid`` adds networks the caller has already picked, so that one
     node's segments (and static routes) get distinct /24s.
     """
-    taken = _root_networks() + list(avoid)
-    subnets = TEST_SUPERNET.num_addresses // 256
-    for _ in range(64):
-        index = random.randrange(subnets)
-        candidate = IPv4Network((int(TEST_SUPERNET.network_address) + index * 256, 24))
-        if not any(candidate.overlaps(net) for net in taken):
-            return candidate
-    raise RuntimeError("no free /24 in 10.200.0.0/13: the host already uses all tried ones")
+    return _free_24(TEST_SUPERNET, avoid)
 
 
 def mac_for(ip: IPv4Address) -> str:
@@ -153,14 +146,18 @@ def random_uplink_network(avoid: Iterable[IPv4Network] = ()) -> IPv4Network:
     The far side usually sits in its own namespace, but a test may also leave it in the root
     namespace, where an overlap would send the host's own traffic into the test.
     """
+    return _free_24(UPLINK_SUPERNET, avoid)
+
+
+def _free_24(supernet: IPv4Network, avoid: Iterable[IPv4Network]) -> IPv4Network:
     taken = _root_networks() + list(avoid)
-    subnets = UPLINK_SUPERNET.num_addresses // 256
+    subnets = supernet.num_addresses // 256
     for _ in range(64):
         index = random.randrange(subnets)
-        candidate = IPv4Network((int(UPLINK_SUPERNET.network_address) + index * 256, 24))
+        candidate = IPv4Network((int(supernet.network_address) + index * 256, 24))
         if not any(candidate.overlaps(net) for net in taken):
             return candidate
-    raise RuntimeError("no free /24 in 198.18.0.0/15: the host already uses all tried ones")
+    raise RuntimeError(f"no free /24 in {supernet}: the host already uses all tried ones")
 
 
 @dataclass(frozen=True)
