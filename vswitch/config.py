@@ -81,7 +81,7 @@ FRAGMENT_KEYS = ("pods", "services")
 NODE_KEYS = ("name", "pod_cidr", "gateway", "mtu")
 HOST_PORT_KEYS = ("enabled", "address")
 DATAPLANE_KEYS = ("offloads", "fdb_aging", "mac_limit", "burst", "accel")
-CONTROL_KEYS = ("socket", "state_dir")
+CONTROL_KEYS = ("socket", "state_dir", "metrics")
 SEGMENT_KEYS = ("name", "cidr", "gateway", "mtu")
 ROUTE_KEYS = ("dst", "via")
 POD_KEYS = ("name", "ip", "segment", "mtu", "labels", "ready", "containers")
@@ -268,6 +268,20 @@ def _address_problem(ip: IPv4Address, cidr: IPv4Network, where: str | None = Non
         return f"{ip} is the network address of {cidr}"
     if ip == cidr.broadcast_address:
         return f"{ip} is the broadcast address of {cidr}"
+    return None
+
+
+def _listen_address_problem(text: str) -> str | None:
+    """A metrics listen address is HOST:PORT with an IPv4 host (127.0.0.1 keeps it local)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return f"expected HOST:PORT such as 127.0.0.1:9469, got {text!r}"
+    try:
+        IPv4Address(host)
+    except ValueError:
+        return f"{host!r} is not an IPv4 address (expected HOST:PORT such as 127.0.0.1:9469)"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"port {port!r} is not a number from 1 to 65535"
     return None
 
 
@@ -629,9 +643,12 @@ class _Reader:
                 "control.socket",
                 f"is {len(os.fsencode(socket))} bytes long; a unix socket path has at most {UNIX_PATH_MAX}",
             )
-        if socket is INVALID or state_dir is INVALID:
+        metrics = self.take(table, "control", "metrics", "a string", None)
+        if isinstance(metrics, str) and (problem := _listen_address_problem(metrics)):
+            metrics = self.fail("control.metrics", problem)
+        if socket is INVALID or state_dir is INVALID or metrics is INVALID:
             return INVALID
-        return Control(socket=socket, state_dir=state_dir)
+        return Control(socket=socket, state_dir=state_dir, metrics=metrics)
 
     # -- segments and routes ----------------------------------------------------------------
 

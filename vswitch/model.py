@@ -138,6 +138,7 @@ class Dataplane:
 class Control:
     socket: str  # path of the control socket (mode 0600)
     state_dir: str = DEFAULT_STATE_DIR  # where the journal of created kernel objects lives
+    metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: no endpoint
 
 
 @dataclass(frozen=True)

@@ -1266,3 +1266,20 @@ def test_update_service_errors(settings, path, reason) -> None:
         update_service(RUNNING.services[0], settings, RUNNING)
     assert caught.value.path == path, caught.value.errors
     assert reason in caught.value.reason
+
+
+def test_control_metrics_address():
+    from vswitch.config import ConfigError, parse_topology
+
+    base = '[node]\nname = "lab1"\npod_cidr = "10.244.1.0/24"\n'
+    assert parse_topology(base).control.metrics is None
+    topo = parse_topology(base + '[control]\nmetrics = "127.0.0.1:9469"\n', "m.toml")
+    assert topo.control.metrics == "127.0.0.1:9469"
+    for bad, reason in (("localhost:9469", "not an IPv4 address"), ("127.0.0.1", "HOST:PORT"),
+                        ("127.0.0.1:0", "port '0'"), ("127.0.0.1:http", "port 'http'")):
+        try:
+            parse_topology(base + f'[control]\nmetrics = "{bad}"\n', "m.toml")
+        except ConfigError as exc:
+            assert "m.toml: control.metrics: " in str(exc) and reason in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")

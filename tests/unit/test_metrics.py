@@ -1,0 +1,62 @@
+"""The Prometheus endpoint shows the switch's own counters, served from the event loop."""
+from __future__ import annotations
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from vswitch.runtime.metrics import SwitchCollector, exposition, serve_metrics
+from vswitch.wire import headers as h
+from vswitch.wire.addresses import mac_bytes
+from vswitch.wire.text import build_frame, parse_packet
+
+
+def _samples(text: str) -> dict:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def _traffic(switch):
+    frame = build_frame(parse_packet("icmp 10.244.1.10 > 10.244.1.11"),
+                        mac_bytes("0a:58:0a:f4:01:0a"), mac_bytes("0a:58:0a:f4:01:0b"))
+    switch.process_batch(2, [h.ZERO_VNET_HDR + frame], 0.0)
+    switch.process_batch(2, [b"\x00\x01"], 0.0)  # a truncated frame: dropped with a reason
+
+
+def test_counters_of_the_switch_become_metrics(switch):
+    _traffic(switch)
+    samples = _samples(exposition(SwitchCollector(switch.statistics, "unit")).decode())
+    assert samples[("vswitch_port_rx_packets_total", (("node", "unit"), ("port", "a")))] == 2
+    assert samples[("vswitch_port_tx_packets_total", (("node", "unit"), ("port", "b")))] == 1
+    drop = ("vswitch_port_drops_total", (("direction", "rx"), ("node", "unit"), ("port", "a"),
+                                         ("reason", "truncated-vnet")))
+    assert samples[drop] == 1
+    stage = ("vswitch_stage_events_total", (("counter", "flooded-unknown"), ("node", "unit"),
+                                            ("stage", "l2-forward")))
+    assert samples[stage] == 1
+    assert samples[("vswitch_dispositions_total", (("disposition", "dropped"), ("node", "unit")))] == 1
+    assert samples[("vswitch_fdb_entries", (("node", "unit"),))] == 1
+
+
+async def test_the_endpoint_answers_get_metrics_and_404_otherwise(switch):
+    _traffic(switch)
+    collector = SwitchCollector(switch.statistics, "unit")
+
+    async def get(port: int, path: str) -> bytes:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+        return answer
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_metrics, "127.0.0.1:0", collector)
+        answer = await get(port, "/metrics")
+        assert answer.startswith(b"HTTP/1.0 200 OK")
+        body = answer.split(b"\r\n\r\n", 1)[1].decode()
+        assert 'vswitch_port_rx_packets_total{node="unit",port="a"} 2.0' in body
+        assert (await get(port, "/")).startswith(b"HTTP/1.0 404")
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,141 @@
+"""The switch's counters for Prometheus, served by the daemon's own event loop.
+
+prometheus_client's bundled HTTP server answers from a thread of its own, which would read the
+core's tables while the packet path changes them; here a collector turns one
+``Switch.statistics()`` snapshot into metric families, and a small trio server answers
+``GET /metrics`` in the same thread that owns the switch. Every counter in ``vswitchctl stats`` has
+a metric, so a dashboard and a person at a terminal see the same numbers.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterator
+
+import trio
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger("vswitchd.metrics")
+
+MAX_REQUEST = 8192
+
+
+class SwitchCollector:
+    """A prometheus_client collector over the switch's statistics snapshot."""
+
+    def __init__(self, statistics: Callable[[], dict], node: str):
+        self._statistics = statistics
+        self._node = node
+
+    def describe(self) -> list:
+        return []  # families depend on the snapshot; registering must not call collect()
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._statistics()
+        node = self._node
+        ports = stats["ports"]
+        for name, help_text, key in (
+                ("vswitch_port_rx_packets", "frames received by the port", "rx_packets"),
+                ("vswitch_port_rx_bytes", "bytes received, without virtio-net headers", "rx_bytes"),
+                ("vswitch_port_tx_packets", "frames sent out of the port", "tx_packets"),
+                ("vswitch_port_tx_bytes", "bytes sent, without virtio-net headers", "tx_bytes")):
+            family = CounterMetricFamily(name, help_text, labels=["node", "port"])
+            for port, row in ports.items():
+                family.add_metric([node, port], row[key])
+            yield family
+        drops = CounterMetricFamily("vswitch_port_drops", "frames dropped, by port, direction and "
+                                    "reason", labels=["node", "port", "direction", "reason"])
+        for port, row in ports.items():
+            for direction in ("rx", "tx"):
+                for reason, count in row[f"{direction}_drops"].items():
+                    drops.add_metric([node, port, direction, reason], count)
+        yield drops
+        stages = CounterMetricFamily("vswitch_stage_events", "per-stage counters of the pipeline",
+                                     labels=["node", "stage", "counter"])
+        for stage, counters in stats["stages"].items():
+            for counter, count in counters.items():
+                stages.add_metric([node, stage, counter], count)
+        yield stages
+        dispositions = CounterMetricFamily("vswitch_dispositions", "where received frames ended",
+                                           labels=["node", "disposition"])
+        for disposition, count in stats["dispositions"].items():
+            dispositions.add_metric([node, disposition], count)
+        yield dispositions
+        cache = stats["flow_cache"]
+        yield _gauge("vswitch_flow_cache_entries", "flow cache entries", node, cache["entries"])
+        yield _counter("vswitch_flow_cache_hits", "flow cache hits", node, cache["hits"])
+        yield _counter("vswitch_flow_cache_misses", "flow cache misses", node, cache["misses"])
+        yield _gauge("vswitch_fdb_entries", "learned MAC addresses", node, stats["fdb"]["entries"])
+        yield _gauge("vswitch_neighbors", "next hops in the neighbour table", node,
+                     stats["neighbors"]["entries"])
+        yield _gauge("vswitch_routes", "routes in the FIB", node, stats["fib"]["routes"])
+        conntrack = stats["conntrack"]
+        yield _gauge("vswitch_conntrack_entries", "tracked connections", node, conntrack["entries"])
+        yield _gauge("vswitch_conntrack_max", "connection table size", node, conntrack["max"])
+        for key in ("created", "expired", "evictions", "drops_full", "invalid"):
+            if key in conntrack:
+                yield _counter(f"vswitch_conntrack_{key}", f"connection table: {key}", node,
+                               conntrack[key])
+        yield _gauge("vswitch_services", "programmed services", node,
+                     stats["services"]["programmed"])
+        yield _counter("vswitch_icmp_errors_rate_limited", "ICMP errors not sent: rate limit",
+                       node, stats["icmp_rate_limited"])
+
+
+def _gauge(name: str, help_text: str, node: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, help_text, labels=["node"])
+    family.add_metric([node], value)
+    return family
+
+
+def _counter(name: str, help_text: str, node: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, help_text, labels=["node"])
+    family.add_metric([node], value)
+    return family
+
+
+def exposition(collector: SwitchCollector) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)
+
+
+def _response(status: str, content_type: str, body: bytes) -> bytes:
+    head = (f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+async def _answer(stream: trio.SocketStream, collector: SwitchCollector) -> None:
+    request = b""
+    with trio.move_on_after(5):
+        while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST:
+            chunk = await stream.receive_some(1024)
+            if not chunk:
+                break
+            request += chunk
+    line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
+    if len(line) >= 2 and line[0] == "GET" and line[1].split("?")[0] == "/metrics":
+        reply = _response("200 OK", CONTENT_TYPE_LATEST, exposition(collector))
+    else:
+        reply = _response("404 Not Found", "text/plain", b"try /metrics\n")
+    try:
+        await stream.send_all(reply)
+    except trio.BrokenResourceError:
+        pass  # the scraper went away; nothing to tell it
+    finally:
+        await stream.aclose()
+
+
+async def serve_metrics(address: str, collector: SwitchCollector,
+                        task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``GET /metrics`` on HOST:PORT until cancelled; reports the bound port when ready."""
+    host, _, port = address.rpartition(":")
+    listeners = await trio.open_tcp_listeners(int(port), host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    async with trio.open_nursery() as nursery:
+        task_status.started(bound)
+        await trio.serve_listeners(lambda stream: _answer(stream, collector), listeners,
+                                   handler_nursery=nursery)
