@@ -24,6 +24,9 @@ from vswitch.wire.summary import summarize
 
 DEFAULT_SOCKET_DIR = "/run/vswitch"
 CONNECT_TIMEOUT = 10.0  # seconds to wait for an answer to a request that does not wait itself
+# A reload creates and removes namespaces, a few tens of milliseconds each, and may wait behind
+# another change for the node's lock; a file with hundreds of new pods still fits in this.
+RELOAD_TIMEOUT = 300.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 EXIT_OK = 0
@@ -460,6 +463,23 @@ def render_change(result: Any) -> str:
     return "\n".join(lines)
 
 
+def render_reload(result: Any) -> str:
+    """The daemon's one-line summary, then the names behind each count."""
+    if not isinstance(result, Mapping):
+        return str(result)
+    lines = [str(result.get("summary", "reload: done"))]
+    for kind in ("pods", "services"):
+        changes = result.get(kind)
+        if not isinstance(changes, Mapping):
+            continue
+        for what, names in changes.items():
+            if what != "unchanged" and isinstance(names, list) and names:
+                lines.append(f"{kind} {what}: {', '.join(map(str, names))}")
+    if isinstance(result.get("program"), Mapping):
+        lines.append("program: " + format_cell(result["program"]))
+    return "\n".join(lines)
+
+
 def render_traces(result: Any) -> str:
     traces = result if isinstance(result, list) else [result]
     return "\n\n".join(str(trace.get("text", json.dumps(trace, indent=2)))
@@ -562,6 +582,10 @@ def _vswitchctl_parser() -> argparse.ArgumentParser:
     apply = commands.add_parser("apply", parents=[common],
                                 help="add or replace the [[pods]] and [[services]] of a TOML file")
     apply.add_argument("file", help="a TOML file; - for stdin")
+
+    commands.add_parser("reload", parents=[common],
+                        help="make the node what its configuration file says now (as SIGHUP); "
+                             "pods and services not in the file are removed")
 
     exec_ = commands.add_parser("exec", parents=[common],
                                 help="run a command in a pod's network namespace")
@@ -783,6 +807,9 @@ def vswitchctl_main(argv: Sequence[str] | None = None,
             return EXIT_OK
         if args.command == "capture":
             return _cmd_capture(path, args, as_json)
+        if args.command == "reload":
+            _emit(request(path, "reload", timeout=RELOAD_TIMEOUT), as_json, render_reload)
+            return EXIT_OK
         if args.command in ("pod", "service", "apply", "conntrack"):
             cmd, payload, render = _change_request(args)
             _emit(request(path, cmd, payload), as_json, render)

@@ -559,3 +559,44 @@ def test_vswitchd_check_counts_services_and_shows_the_uplink(tmp_path):
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "3 pods, 2 services, uplink 192.0.2.2/24" in result.stdout
+
+
+RELOAD = {"summary": "reload: 1 pod added, 1 removed, 2 services changed",
+          "config": "/etc/vswitch/vswitchd.toml",
+          "pods": {"added": ["d"], "removed": ["b"], "replaced": [], "updated": [],
+                   "unchanged": ["a", "c"]},
+          "services": {"added": [], "removed": [], "replaced": ["default/web", "default/db"],
+                       "unchanged": []},
+          "removed_runtime_additions": {"pods": [], "services": []},
+          "program": {"generation": 4, "changed": True}}
+
+
+def test_reload_prints_the_summary_and_what_changed(tmp_path, capsys):
+    fake = FakeDaemon(str(tmp_path / "lab1.sock"), {"reload": ok(RELOAD)})
+    try:
+        code, out, err = run_ctl(capsys, "--socket", fake.path, "reload")
+        assert code == 0, err
+        assert out.splitlines() == [
+            "reload: 1 pod added, 1 removed, 2 services changed",
+            "pods added: d",
+            "pods removed: b",
+            "services replaced: default/web, default/db",
+            "program: generation=4,changed=yes",
+        ]
+        assert fake.requests == [{"cmd": "reload", "args": {}}]
+        code, out, _ = run_ctl(capsys, "--socket", fake.path, "reload", "--json")
+        assert code == 0 and json.loads(out) == RELOAD
+    finally:
+        fake.stop()
+
+
+def test_a_refused_reload_prints_the_error_and_exits_1(tmp_path, capsys):
+    error = ("reload failed: /etc/vswitch/vswitchd.toml: pods[2].ip: 10.9.9.9 is outside "
+             "node.pod_cidr")
+    fake = FakeDaemon(str(tmp_path / "lab1.sock"), {"reload": {"ok": False, "error": error}})
+    try:
+        code, out, err = run_ctl(capsys, "--socket", fake.path, "reload")
+        assert (code, out) == (1, "")
+        assert err.strip() == f"vswitchctl: {error}"
+    finally:
+        fake.stop()

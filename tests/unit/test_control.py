@@ -158,8 +158,8 @@ async def test_bad_json_is_answered_and_the_connection_stays_usable(client):
     ({"cmd": "status", "args": [1]}, "\"args\" must be a JSON object"),
     ({"cmd": "reboot"}, "unknown command 'reboot'; known: affinity, apply, capture, conntrack, "
                         "conntrack_flush, endpoints, fdb, neighbors, netns, pod_add, pod_del, "
-                        "pod_ready, pods, ports, routes, service_add, service_del, service_set, "
-                        "services, stats, status"),
+                        "pod_ready, pods, ports, reload, routes, service_add, service_del, "
+                        "service_set, services, stats, status"),
     ({"cmd": "netns"}, "missing argument 'pod'"),
     ({"cmd": "netns", "args": {"pod": "zz"}}, "no pod named 'zz'; pods: a"),
     ({"cmd": "trace", "args": {"packet": "udp"}}, "missing argument 'port'"),
@@ -318,7 +318,8 @@ async def test_runtime_changes_need_a_running_node(socket_path):
                              supervisor=NullSupervisor(), netns_path=str, port_ids={})
     commands = ControlCommands(context)
     for cmd, args in [("pod_add", {"pod": {"name": "x"}}), ("pod_del", {"name": "a"}),
-                      ("service_del", {"name": "web"}), ("apply", {"toml": ""})]:
+                      ("service_del", {"name": "web"}), ("apply", {"toml": ""}),
+                      ("reload", {})]:
         answer = await answer_of(commands, cmd, args)
         assert answer == {"ok": False, "error": "this daemon does not accept runtime changes"}
 

@@ -20,7 +20,8 @@ Commands run in the daemon's trio thread, between batches, so they read the swit
 Commands that change the node (``pod_add``, ``service_set``, ``apply`` ...) validate their input
 with the config loader's own rules against the node as it is now, and change nothing unless all
 of it is valid; they then run one at a time under the node's lock, and answer with what changed
-and the core's summary of the re-programming.
+and the core's summary of the re-programming. ``reload`` re-reads the daemon's configuration
+file and makes the node match it, exactly as SIGHUP does; its answer is the summary of the changes.
 The socket is mode 0600: whoever can talk to it can trace any pod's traffic and enter any pod's
 namespace, which is root's business.
 """
@@ -126,6 +127,7 @@ class ControlCommands:
             "service_del": self.service_del,
             "service_set": self.service_set,
             "apply": self.apply,
+            "reload": self.reload,
         }
 
     @property
@@ -402,6 +404,15 @@ class ControlCommands:
         async with node.lock:
             fragment = _validated(config.parse_fragment, text, source, node.topology)
             return await node.apply(fragment.pods, fragment.services)
+
+
+    async def reload(self, args: Mapping[str, Any]) -> dict:
+        """What SIGHUP does, with the outcome as the answer: the daemon's configuration file
+        becomes the node's desired state, or nothing changes and the error says why."""
+        result = await self._node().reload()
+        if not result.ok:
+            raise ControlError(result.message)
+        return result.details
 
 
 def _validated(parse: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -19,11 +19,27 @@ step is complete before the next one begins:
 7. only then log "ready" and send ``READY=1`` to systemd, so that "ready" means every pod can
    already talk and vswitchctl already answers.
 
-It runs until SIGTERM or SIGINT (SIGHUP is acknowledged but reload does not exist yet). Shutdown is
-cancellation: every task ends, the container supervisor stops its processes, the control server
-removes its socket; then, shielded from cancellation, the daemon closes the TAP fds and tears the
-kernel objects down. The signal receiver is installed before anything is created, so a SIGTERM
-during start-up also takes the clean path instead of the default of dying on the spot.
+It runs until SIGTERM or SIGINT. SIGHUP (systemd's ``ExecReload``) asks for a reload of the
+configuration file, which a task started after step 7 carries out; see ``NodeRuntime.reload``.
+Shutdown is cancellation: every task ends, the container supervisor stops its processes, the
+control server removes its socket; then, shielded from cancellation, the daemon closes the TAP fds
+and tears the kernel objects down. The signal receiver is installed before anything is created,
+so a SIGTERM during start-up also takes the clean path instead of the default of dying on the
+spot.
+
+Reload
+------
+The file is the desired state. A reload reads and validates all of it first, and changes nothing
+unless it is valid and differs from the running node only in what can change while the node runs,
+its pods and services; everything else (node, segments, routes, host port, uplink, cluster,
+dataplane, control) is built once at start-up, so a change there is refused and needs a restart.
+The difference is then applied with the same building blocks as the control socket's runtime
+changes, under the same lock: pods that disappeared are removed (also those added at runtime with
+``vswitchctl``: they are not in the file), changed pods are created again, pods whose labels or
+readiness alone changed are updated in place (those only steer service programming), services are
+added, replaced and removed, and the core is programmed once at the end. SIGHUPs that arrive
+during a reload are coalesced into one more reload afterwards, so the last version of the file
+always wins and two reloads never interleave.
 
 Every piece of I/O is injected (kernel, ports, container supervisor, switch), so a test can run this
 very function with memory ports and no root; see ``vswitch.runtime.memory_port``.
@@ -38,10 +54,11 @@ import os
 import signal
 import time
 from ipaddress import IPv4Network
-from typing import Any, AsyncContextManager, Callable, Iterator
+from typing import Any, AsyncContextManager, Awaitable, Callable, Iterator, Sequence
 
 import trio
 
+from vswitch import config
 from vswitch.core.ports import PortKind, PortSpec
 from vswitch.model import DEFAULT_SEGMENT, Pod, Service, Topology
 from vswitch.runtime import sdnotify
@@ -168,15 +185,95 @@ async def run_timer(switch: Any, ports: dict[int, Port], errors: RuntimeErrors, 
         transmit(switch, ports, txs)
 
 
-async def watch_signals(signals: Any, cancel_scope: trio.CancelScope, log: logging.Logger) -> None:
+async def watch_signals(signals: Any, cancel_scope: trio.CancelScope, log: logging.Logger,
+                        reloads: ReloadRequests) -> None:
     async for signum in signals:
         if signum == signal.SIGHUP:
-            log.warning("received SIGHUP: reload is not supported yet; restart vswitchd to apply a "
-                        "changed configuration")
+            # Only noted here: a reload may take a while, and SIGTERM must not wait behind it.
+            log.info("received SIGHUP: reloading the configuration")
+            reloads.request()
             continue
         log.info("received %s, shutting down", signal.Signals(signum).name)
         cancel_scope.cancel()
         return
+
+
+class ReloadRequests:
+    """Reloads asked for (by SIGHUP) and not yet started, coalesced into at most one.
+
+    A request that arrives while a reload runs sets a fresh event, so exactly one more reload
+    follows, which reads the file as it is by then; any number of requests in between make no more
+    than that one, and reloads never overlap.
+    """
+
+    def __init__(self) -> None:
+        self._pending = trio.Event()
+
+    def request(self) -> None:
+        self._pending.set()
+
+    async def serve(self, reload: Callable[[], Awaitable[Any]], *,
+                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._pending.wait()
+            self._pending = trio.Event()
+            await reload()
+
+
+# What must be equal between the running node and a reloaded file, section by section: these are
+# built once at start-up (kernel objects, the core's tables, the control socket), so a change in
+# any of them needs a restart. The cluster is compared with the loader's defaults filled in.
+RESTART_SECTIONS: tuple[tuple[str, Callable[[Topology], Any]], ...] = (
+    ("node", lambda t: t.node),
+    ("segments", lambda t: t.all_segments()),
+    ("routes", lambda t: t.routes),
+    ("host_port", lambda t: t.host_port),
+    ("uplink", lambda t: t.uplink),
+    ("cluster", config.runtime_cluster),
+    ("dataplane", lambda t: t.dataplane),
+    ("control", lambda t: t.control),
+)
+
+
+def restart_differences(running: Topology, desired: Topology) -> list[str]:
+    """What differs between ``running`` and ``desired`` outside pods and services, one entry per
+    key (``node.mtu: 1500 -> 1400``) or per section when it is a list (``segments``)."""
+    differences = []
+    for section, part in RESTART_SECTIONS:
+        old, new = part(running), part(desired)
+        if old == new:
+            continue
+        if (dataclasses.is_dataclass(old) and type(old) is type(new)
+                and not isinstance(old, type)):
+            for field in dataclasses.fields(old):
+                before, after = getattr(old, field.name), getattr(new, field.name)
+                if before != after:
+                    differences.append(f"{section}.{field.name}: {before} -> {after}")
+        elif old is None or new is None:
+            differences.append(f"{section}: {'added' if old is None else 'removed'}")
+        else:
+            differences.append(section)
+    return differences
+
+
+def _counted(noun: str, counts: Sequence[tuple[int, str]]) -> list[str]:
+    """``[(1, "added"), (0, "removed"), (2, "replaced")]`` as ``["1 pod added", "2 replaced"]``."""
+    parts: list[str] = []
+    for count, verb in counts:
+        if count:
+            parts.append(f"{count} {noun}{'s' * (count != 1)} {verb}" if not parts
+                         else f"{count} {verb}")
+    return parts
+
+
+@dataclasses.dataclass(frozen=True)
+class ReloadResult:
+    """How a reload ended. ``ok`` false: nothing was changed, and ``message`` says why."""
+
+    ok: bool
+    message: str
+    details: dict = dataclasses.field(default_factory=dict)
 
 
 class _TaskHandle:
@@ -212,8 +309,14 @@ class NodeRuntime:
     """
 
     def __init__(self, topology: Topology, *, kernel: Any, switch: Any, supervisor: Any,
-                 port_factory: PortFactory, errors: RuntimeErrors, log: logging.Logger) -> None:
+                 port_factory: PortFactory, errors: RuntimeErrors, log: logging.Logger,
+                 config_path: str = "") -> None:
         self.topology = topology
+        # What the configuration file said when it was last (re)loaded, to tell the pods and
+        # services a reload removes because they were added at runtime from those it removes
+        # because the file no longer has them.
+        self.declared = topology
+        self.config_path = config_path or topology.source
         self.kernel = kernel
         self.switch = switch
         self.supervisor = supervisor
@@ -319,9 +422,16 @@ class NodeRuntime:
         return pod
 
     def set_ready(self, name: str, ready: bool) -> Pod:
-        pod = dataclasses.replace(self.topology.pod(name), ready=ready)
+        return self.update_pod(dataclasses.replace(self.topology.pod(name), ready=ready))
+
+    def update_pod(self, pod: Pod) -> Pod:
+        """Replace the running pod of the same name in the desired state only. Not programmed.
+
+        For changes that leave the namespace, TAP and containers as they are (labels, readiness):
+        those only decide which services the pod backs, which ``program`` applies.
+        """
         self.topology = dataclasses.replace(
-            self.topology, pods=tuple(pod if p.name == name else p for p in self.topology.pods))
+            self.topology, pods=tuple(pod if p.name == pod.name else p for p in self.topology.pods))
         return pod
 
     def put_services(self, services: tuple[Service, ...]) -> None:
@@ -369,6 +479,132 @@ class NodeRuntime:
             "program": self.program(),
         }
 
+    # -- reload ---------------------------------------------------------------------------------
+
+    async def reload(self) -> ReloadResult:
+        """Make the node what its configuration file says, or change nothing and say why.
+
+        Takes ``lock`` itself, and reads the file only once it holds it, so that of two reloads
+        the later one always sees the later file. A file that does not validate, or that changes
+        anything besides pods and services, is refused as a whole; the reason is logged and
+        returned. Failures of the kernel part-way through are raised, as for ``apply``.
+        """
+        path = self.config_path
+        async with self.lock:
+            try:
+                # Parsing a large file takes a while; the ports keep forwarding meanwhile.
+                desired = await trio.to_thread.run_sync(config.load_topology, path)
+            except config.ConfigError as exc:
+                message = f"reload failed: {exc}"
+                self.log.error("%s; nothing was changed", message)
+                return ReloadResult(False, message)
+            differences = restart_differences(self.topology, desired)
+            if differences:
+                message = (f"reload refused: {path} changes {', '.join(differences)}, which "
+                           "cannot change while the node runs and need a restart "
+                           "(systemctl restart vswitchd); nothing was changed")
+                self.log.error("%s", message)
+                return ReloadResult(False, message)
+            details = await self._reconcile(desired)
+        self.log.info("%s", details["summary"])
+        return ReloadResult(True, details["summary"], details)
+
+    async def _reconcile(self, desired: Topology) -> dict:
+        """Turn the running pods and services into ``desired``'s; the caller holds ``lock``.
+
+        Removals come first, so that a pod may take the address or name another one gave up in
+        the same file; a changed pod is removed with them and created again afterwards. The core
+        is programmed once at the end, also when a kernel failure stops the reload part-way, so
+        that it always serves what the node really has.
+        """
+        current = {pod.name: pod for pod in self.topology.pods}
+        wanted = {pod.name: pod for pod in desired.pods}
+        declared_pods = {pod.name for pod in self.declared.pods}
+        declared_services = {service.key for service in self.declared.services}
+        removed = [name for name in current if name not in wanted]
+        added = [name for name in wanted if name not in current]
+        updated, replaced, unchanged = [], [], []
+        for name, pod in wanted.items():
+            old = current.get(name)
+            if old is None:
+                continue
+            if old == pod:
+                unchanged.append(name)
+            elif dataclasses.replace(old, labels=pod.labels, ready=pod.ready) == pod:
+                updated.append(name)
+            else:
+                replaced.append(name)
+        existing = {service.key: service for service in self.topology.services}
+        services = {service.key: service for service in desired.services}
+        services_removed = [key for key in existing if key not in services]
+        services_changed = tuple(s for key, s in services.items() if existing.get(key) != s)
+        runtime_pods = [name for name in removed if name not in declared_pods]
+        runtime_services = [key for key in services_removed if key not in declared_services]
+        for name in runtime_pods:
+            self.log.warning("reload: removing pod %s, which was added at runtime and is not in "
+                             "%s (the file is the desired state)", name, self.config_path)
+        for key in runtime_services:
+            self.log.warning("reload: removing service %s, which was added at runtime and is not "
+                             "in %s (the file is the desired state)", key, self.config_path)
+        try:
+            for name in removed + replaced:
+                await self.remove_pod(name)
+            for name in updated:
+                self.update_pod(wanted[name])
+            create = set(added) | set(replaced)
+            for name in wanted:
+                if name in create:
+                    await self.add_pod(wanted[name])
+            for key in services_removed:
+                self.remove_service(key)
+            self.put_services(services_changed)
+            # Listed in the file's order, as a restart would list them.
+            order = {name: index for index, name in enumerate(wanted)}
+            keys = {key: index for index, key in enumerate(services)}
+            self.topology = dataclasses.replace(
+                self.topology,
+                pods=tuple(sorted(self.topology.pods, key=lambda p: order[p.name])),
+                services=tuple(sorted(self.topology.services, key=lambda s: keys[s.key])))
+            self.declared = desired
+        finally:
+            program = self.program()
+        services_added = [s.key for s in services_changed if s.key not in existing]
+        services_replaced = [s.key for s in services_changed if s.key in existing]
+        parts = (_counted("pod", [(len(added), "added"), (len(removed), "removed"),
+                                  (len(replaced), "replaced"), (len(updated), "updated in place")])
+                 + _counted("service", [(len(services_added), "added"),
+                                        (len(services_removed), "removed"),
+                                        (len(services_replaced), "changed")]))
+        summary = "reload: " + (", ".join(parts) if parts else "no changes")
+        if runtime_pods or runtime_services:
+            summary += (f" (removed as added at runtime, not in the file: "
+                        f"{', '.join(runtime_pods + runtime_services)})")
+        return {
+            "summary": summary,
+            "config": self.config_path,
+            "pods": {"added": added, "removed": removed, "replaced": replaced,
+                     "updated": updated, "unchanged": unchanged},
+            "services": {"added": services_added, "removed": services_removed,
+                         "replaced": services_replaced,
+                         "unchanged": [key for key, service in services.items()
+                                       if existing.get(key) == service]},
+            "removed_runtime_additions": {"pods": runtime_pods, "services": runtime_services},
+            "program": program,
+        }
+
+    async def reload_logged(self) -> None:
+        """``reload`` for a signal, which has nobody to answer: every outcome goes to the log, and
+        a failure part-way costs this reload, not the daemon."""
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            await self.reload()
+        except Exception:
+            self.log.error("reload failed part-way; the node runs what was applied until then",
+                           exc_info=True)
+        finally:
+            sdnotify.notify(f"READY=1\nSTATUS=node {self.topology.node.name}, "
+                            f"{len(self.topology.pods)} pods")
+
 
 async def run_daemon(topology: Topology, *,
                      kernel_factory: KernelFactory | None = None,
@@ -401,12 +637,15 @@ async def run_daemon(topology: Topology, *,
     with signal_receiver as signals:
         async with kernel_factory(topology) as kernel:
             node = NodeRuntime(topology, kernel=kernel, switch=switch, supervisor=supervisor,
-                               port_factory=port_factory, errors=errors, log=log)
+                               port_factory=port_factory, errors=errors, log=log,
+                               config_path=config_path)
+            reloads = ReloadRequests()
             try:
                 async with trio.open_nursery() as nursery:
                     node.bind(nursery)
                     if signals is not None:
-                        nursery.start_soon(watch_signals, signals, nursery.cancel_scope, log)
+                        nursery.start_soon(watch_signals, signals, nursery.cancel_scope, log,
+                                           reloads)
 
                     # The kernel logs each object it removes; this line makes the count easy to
                     # find after a crash.
@@ -446,6 +685,9 @@ async def run_daemon(topology: Topology, *,
                     sdnotify.notify(f"READY=1\nSTATUS=node {topology.node.name}, "
                                     f"{len(topology.pods)} pods")
                     task_status.started(context)
+                    # Started last, so that a SIGHUP during start-up waits for a complete node
+                    # that systemd knows is ready, and is then carried out.
+                    await nursery.start(reloads.serve, node.reload_logged)
                     await trio.sleep_forever()
             finally:
                 with trio.CancelScope(shield=True):
