@@ -6,6 +6,7 @@ has its own tests. One test at the end runs the real core when it is available.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ import pytest
 import trio
 import trio.testing
 
+from vswitch import accel
+from vswitch.core import switch as switch_module
 from vswitch.core.actions import Transmit
 from vswitch.core.ports import PortKind, PortSpec
 from vswitch.model import (Container, Control, Dataplane, HostPort, Node, Pod, Segment,
@@ -385,9 +388,6 @@ def test_sdnotify_abstract_address_and_absence():
 
 
 async def test_real_core_forwards_between_pods(tmp_path):
-    switch_module = pytest.importorskip("vswitch.core.switch")
-    from vswitch import accel
-
     def real_switch(topology):
         return switch_module.Switch(topology, accel=accel.load("pure"))
 
@@ -554,8 +554,6 @@ async def test_without_host_port_no_host_routes_are_added(tmp_path):
 async def test_real_core_routes_between_segments(tmp_path):
     """With the real core, a frame from pod a to pod b (on another segment) is routed: it leaves
     towards b with the blue gateway's MAC as source and the TTL lowered by one."""
-    switch_module = pytest.importorskip("vswitch.core.switch")
-    from vswitch import accel
 
     topology = make_routed_topology(tmp_path, host_port=False)
     switch = switch_module.Switch(topology, accel=accel.load("pure"))
@@ -806,8 +804,6 @@ async def test_the_uplink_is_a_port_after_the_host_port(tmp_path):
 
 
 async def test_real_core_programs_services_at_runtime(tmp_path):
-    switch_module = pytest.importorskip("vswitch.core.switch")
-    from vswitch import accel
 
     if not hasattr(switch_module.Switch, "program"):
         pytest.skip("the core has no service table yet")
@@ -1126,3 +1122,29 @@ async def test_hangups_during_a_reload_make_one_more_reload_afterwards(tmp_path)
             assert len(programmed(harness)) == count + 3
             assert kernel.most_active == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_metrics_endpoint_serves_the_running_switch(tmp_path):
+    import socket as socketlib
+
+    with socketlib.socket() as probe:  # a free port on loopback for the endpoint
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = make_topology(tmp_path)
+    topology = dataclasses.replace(base, control=dataclasses.replace(
+        base.control, metrics=f"127.0.0.1:{port}"))
+    harness = Harness(topology, switch_factory=lambda t: switch_module.Switch(
+        t, accel=accel.load("pure")))
+    async with trio.open_nursery() as nursery:
+        await harness.start(nursery)
+        a, b = harness.topology.pods
+        harness.ports.ports["a"].inject(udp_frame(a, b))
+        with trio.fail_after(5):
+            await harness.ports.ports["b"].receive()
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+        assert b'vswitch_port_rx_packets_total{node="t1",port="a"} 1.0' in answer
+        nursery.cancel_scope.cancel()

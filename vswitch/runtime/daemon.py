@@ -64,6 +64,7 @@ from vswitch.model import DEFAULT_SEGMENT, Pod, Service, Topology
 from vswitch.runtime import sdnotify
 from vswitch.runtime.control import (ControlCommands, ControlContext, prepare_socket_path,
                                      serve_control)
+from vswitch.runtime.metrics import SwitchCollector, serve_metrics
 from vswitch.runtime.ports import Port, PortFactory, RuntimeErrors, transmit
 
 module_log = logging.getLogger("vswitchd")
@@ -678,6 +679,9 @@ async def run_daemon(topology: Topology, *,
                         netns_path=netns_path or _system_netns_path, port_ids=node.port_ids,
                         config_path=config_path, errors=errors, node=node)
                     await nursery.start(serve_control, socket_path, ControlCommands(context))
+                    if topology.control.metrics:
+                        await nursery.start(serve_metrics, topology.control.metrics,
+                                            SwitchCollector(switch.statistics, topology.node.name))
 
                     log.info("vswitchd ready: node %s, %d pods, control socket %s (accel %s)",
                              topology.node.name, len(topology.pods), socket_path,

@@ -117,7 +117,11 @@ async def _answer(stream: trio.SocketStream, collector: SwitchCollector) -> None
             request += chunk
     line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
     if len(line) >= 2 and line[0] == "GET" and line[1].split("?")[0] == "/metrics":
-        reply = _response("200 OK", CONTENT_TYPE_LATEST, exposition(collector))
+        try:
+            reply = _response("200 OK", CONTENT_TYPE_LATEST, exposition(collector))
+        except Exception:  # a bug in a collector must cost one scrape, not the daemon
+            log.exception("metrics: collecting failed")
+            reply = _response("500 Internal Server Error", "text/plain", b"collecting failed\n")
     else:
         reply = _response("404 Not Found", "text/plain", b"try /metrics\n")
     try:
