@@ -556,10 +556,6 @@ async def test_real_core_routes_between_segments(tmp_path):
     towards b with the blue gateway's MAC as source and the TTL lowered by one."""
 
     topology = make_routed_topology(tmp_path, host_port=False)
-    switch = switch_module.Switch(topology, accel=accel.load("pure"))
-    if not hasattr(switch, "routes_info"):
-        pytest.skip("the core has no router yet")
-
     harness = Harness(topology, switch_factory=lambda t: switch_module.Switch(
         t, accel=accel.load("pure")))
     harness.kernel = RoutingKernel()
@@ -804,9 +800,6 @@ async def test_the_uplink_is_a_port_after_the_host_port(tmp_path):
 
 
 async def test_real_core_programs_services_at_runtime(tmp_path):
-
-    if not hasattr(switch_module.Switch, "program"):
-        pytest.skip("the core has no service table yet")
     harness = Harness(make_topology(tmp_path),
                       switch_factory=lambda t: switch_module.Switch(t, accel=accel.load("pure")))
     path = harness.topology.control.socket
