@@ -16,6 +16,9 @@ Rules:
 * Pods without an ``ip`` get one deterministically (see ``allocation_order``), so the same file
   always yields the same addresses, MACs and kernel names, and a restart after a crash finds exactly
   what an earlier run created.
+* A reload passes the running topology along (``previous``): a pod, service or node port that
+  stays and has no explicit address keeps the one it runs with, if still valid and free, and
+  only the rest are allocated around it. Explicit addresses of the file win over kept ones.
 * Checks that depend on another value (a gateway inside the pod CIDR, say) run only when that value
   is itself valid; its own error already explains the problem, and a cascade would bury it.
 * A node has one or more segments (pod networks): ``default`` is made of ``[node] pod_cidr``, and
@@ -156,8 +159,11 @@ class ConfigError(Exception):
         )
 
 
-def load_topology(path: str | os.PathLike[str]) -> Topology:
-    """Read and validate a topology file; ``Topology.source`` is ``path`` as given."""
+def load_topology(path: str | os.PathLike[str], previous: Topology | None = None) -> Topology:
+    """Read and validate a topology file; ``Topology.source`` is ``path`` as given.
+
+    ``previous`` is the topology the node runs (on a reload): see ``parse_topology``.
+    """
     source = os.fsdecode(path)
     try:
         with open(path, "rb") as stream:
@@ -168,17 +174,25 @@ def load_topology(path: str | os.PathLike[str]) -> Topology:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(source, "", f"the file is not valid UTF-8 (byte {exc.start})") from None
-    return parse_topology(text, source)
+    return parse_topology(text, source, previous)
 
 
-def parse_topology(text: str, source: str = "<string>") -> Topology:
-    """Validate a topology given as TOML text; ``source`` names it in messages and in the model."""
+def parse_topology(text: str, source: str = "<string>",
+                   previous: Topology | None = None) -> Topology:
+    """Validate a topology given as TOML text; ``source`` names it in messages and in the model.
+
+    With ``previous`` (the topology the node runs), a pod, service or node port the file leaves
+    without an explicit address keeps the one it has in ``previous`` while that is still valid
+    and free, and only the rest are allocated. Kubernetes never renumbers a running pod or
+    service, and a reload that did would delete and re-create pods merely because an earlier
+    entry of the file went away. Without ``previous`` the file alone decides, as at start-up.
+    """
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from None
     reader = _Reader()
-    topology = reader.read(document, source)
+    topology = reader.read(document, source, previous)
     if reader.errors or topology is None:
         raise ConfigError.collected(source, reader.errors or [("", "invalid topology")])
     return topology
@@ -469,8 +483,11 @@ class _Reader:
 
     # -- the document -----------------------------------------------------------------------
 
-    def read(self, document: Mapping[str, Any], source: str) -> Topology | None:
+    def read(self, document: Mapping[str, Any], source: str,
+             previous: Topology | None = None) -> Topology | None:
         self.check_keys(document, "", TOP_LEVEL_KEYS)
+        previous_pods = {pod.name: pod for pod in previous.pods} if previous else {}
+        previous_services = {s.key: s for s in previous.services} if previous else {}
 
         name, cidr, gateway, mtu = self.read_node(document)
         enabled, host_address = self.read_host_port(document, cidr, gateway)
@@ -484,11 +501,12 @@ class _Reader:
         segment_drafts = self.check_segment_overlaps([default, *self.read_segments(document, mtu)])
         routes = self.read_routes(document, segment_drafts)
         drafts = self.read_pods(document)
-        pod_ips = self.check_pod_addresses(drafts, segment_drafts)
+        pod_ips = self.check_pod_addresses(drafts, segment_drafts, previous_pods)
         cluster = self.read_cluster(document, segment_drafts)
         uplink = self.read_uplink(document, name, mtu, cluster, segment_drafts)
         context = _ServiceContext.of(cluster, uplink, segment_drafts, host_address)
-        services = self.check_services(self.read_services(document, context), context)
+        services = self.check_services(self.read_services(document, context), context,
+                                       previous=previous_services)
 
         if self.errors:
             return None
@@ -990,12 +1008,16 @@ class _Reader:
         return ports if valid else INVALID
 
     def check_pod_addresses(
-        self, drafts: Sequence[_PodDraft], segments: Sequence[_SegmentDraft]
+        self, drafts: Sequence[_PodDraft], segments: Sequence[_SegmentDraft],
+        previous: Mapping[str, Pod] | None = None,
     ) -> list[IPv4Address | _Marker]:
         """Resolve each pod's segment, check explicit addresses, allocate the rest.
 
         One entry per draft. Each segment allocates on its own, in file order, from its own CIDR.
+        ``previous`` maps the names of pods that run already to their running version: such a
+        pod without an explicit address keeps its running one while it is valid and free.
         """
+        previous = previous or {}
         by_name = {s.name: s for s in segments if isinstance(s.name, str)}
         # A segment whose name is wrong cannot be found; its pods would only repeat that error.
         all_named = len(by_name) == len(segments)
@@ -1042,11 +1064,26 @@ class _Reader:
                         explicit[ip] = path
                 result[index] = INVALID if ip is None else ip
 
-            reserved = set(taken) | set(explicit)
+            # Kept addresses are placed after every explicit one, so that the file wins a clash
+            # (the running pod then moves), and before any allocation, so that no pod listed
+            # earlier in the file takes the address of one that stays.
+            kept: dict[IPv4Address, int] = {}
+            for index in members[id(segment)]:
+                draft = drafts[index]
+                old = previous.get(draft.name) if isinstance(draft.name, str) else None
+                if (draft.ip is None and old is not None and old.segment == name
+                        and _address_problem(old.ip, cidr) is None
+                        and old.ip not in taken and old.ip not in explicit
+                        and old.ip not in kept):
+                    kept[old.ip] = index
+                    result[index] = old.ip
+
+            reserved = set(taken) | set(explicit) | set(kept)
+            kept_indices = set(kept.values())
             candidates = (a for a in allocation_order(cidr) if a not in reserved)
             for index in members[id(segment)]:
                 draft = drafts[index]
-                if draft.ip is not None:
+                if draft.ip is not None or index in kept_indices:
                     continue
                 address = next(candidates, None)
                 if address is None:
@@ -1111,7 +1148,8 @@ class _Reader:
         """Check pods against a running node: its segments, and the pods that stay.
 
         A pod that replaces one of the same name keeps that pod's address unless it asks for
-        another, so re-applying an unchanged pod is no change at all.
+        another (or another pod of the change asks for it explicitly), so re-applying an
+        unchanged pod is no change at all.
         """
         existing = {pod.name: pod for pod in topology.pods}
         named = {draft.name for draft in drafts if isinstance(draft.name, str)}
@@ -1130,14 +1168,7 @@ class _Reader:
                              if pod.segment == segment.name})
             segments.append(_SegmentDraft(path, segment.name, segment.cidr, segment.gateway,
                                           segment.mtu, MappingProxyType(reserved)))
-        drafts = [
-            dataclasses.replace(draft, ip=existing[draft.name].ip)
-            if (replace and draft.ip is None and isinstance(draft.name, str)
-                and draft.name in existing and existing[draft.name].segment == draft.segment)
-            else draft
-            for draft in drafts
-        ]
-        ips = self.check_pod_addresses(drafts, segments)
+        ips = self.check_pod_addresses(drafts, segments, existing if replace else None)
         if self.errors:
             return []
         pods = [self.build_pod(topology.node.name, draft, ip) for draft, ip in zip(drafts, ips)]
@@ -1570,11 +1601,13 @@ class _Reader:
         if cluster is None:
             return [INVALID if ip is None else ip for ip in result]
         # A replaced service keeps its address when it still may, so that re-applying a file
-        # does not move it under its clients.
+        # does not move it under its clients. This runs after every explicit address is placed
+        # (the file wins a clash) and before any allocation (no earlier entry takes it).
         for index, draft in enumerate(drafts):
             old = previous.get(draft.key or "")
             if (result[index] is None and old is not None and old.cluster_ip is not None
-                    and old.cluster_ip not in taken and old.cluster_ip in cluster.service_cidr):
+                    and old.cluster_ip not in taken
+                    and _address_problem(old.cluster_ip, cluster.service_cidr) is None):
                 result[index] = old.cluster_ip
                 taken[old.cluster_ip] = draft.path
         candidates = (a for a in allocation_order(cluster.service_cidr) if a not in taken)
@@ -1592,7 +1625,12 @@ class _Reader:
     def allocate_node_ports(self, drafts: Sequence["_ServiceDraft"], kept: Sequence[model.Service],
                             previous: Mapping[str, model.Service]) -> list[Any]:
         """Node ports are unique per protocol across all services; missing ones are allocated
-        from the bottom of the range, in file order, after every explicit one is placed."""
+        from the bottom of the range, in file order, after every explicit one is placed.
+
+        A port of a service in ``previous`` keeps its running node port while that is free, as
+        cluster IPs do; those are placed before any allocation, so that a port listed earlier in
+        the file cannot take the node port of one that stays.
+        """
         taken: dict[tuple[str, int], str] = {}
         for service in kept:
             for port in service.ports:
@@ -1610,28 +1648,34 @@ class _Reader:
                                   f"by {taken[binding]}")
                     else:
                         taken[binding] = port.path
+        chosen: dict[str, int] = {}  # port path -> the running node port it keeps
+        for draft in drafts:
+            old = previous.get(draft.key or "")
+            if old is None or draft.type != "NodePort" or not isinstance(draft.ports, list):
+                continue
+            for port in draft.ports:
+                reuse = _previous_node_port(old, port) if port.node_port is None else None
+                if reuse is not None and (port.protocol, reuse) not in taken:
+                    chosen[port.path] = reuse
+                    taken[port.protocol, reuse] = port.path
         low, high = model.NODE_PORT_RANGE
         result: list[Any] = []
         for draft in drafts:
             if not isinstance(draft.ports, list):
                 result.append(INVALID)
                 continue
-            old = previous.get(draft.key or "")
-            old_ports = {(p.protocol, p.port): p.node_port for p in old.ports} if old else {}
             ports: list[model.ServicePort] = []
             for port in draft.ports:
                 node_port = port.node_port
                 if node_port is None and draft.type == "NodePort":
-                    reuse = old_ports.get((port.protocol, port.number))
-                    if reuse is not None and (port.protocol, reuse) not in taken:
-                        node_port = reuse
-                    else:
+                    node_port = chosen.get(port.path)
+                    if node_port is None:
                         node_port = next((n for n in range(low, high + 1)
                                           if (port.protocol, n) not in taken), None)
                         if node_port is None:
                             self.fail(port.path, f"no free {port.protocol} node port left")
                             break
-                    taken[port.protocol, node_port] = port.path
+                        taken[port.protocol, node_port] = port.path
                 ports.append(model.ServicePort(name=port.name, protocol=port.protocol,
                                                port=port.number, target_port=port.target_port,
                                                node_port=node_port))
@@ -1640,6 +1684,22 @@ class _Reader:
                 continue
             result.append(INVALID)
         return result
+
+
+def _previous_node_port(old: model.Service, port: "_PortDraft") -> int | None:
+    """The node port ``old`` gave the port ``port`` stands for, if it had one.
+
+    A port is the same one when its name and protocol match, as Kubernetes matches them: the
+    port number may change under a node port that clients outside know. A port whose name
+    changed is still recognised by protocol and number.
+    """
+    by_name = next((p for p in old.ports if (p.name, p.protocol) == (port.name, port.protocol)),
+                   None)
+    if by_name is not None and by_name.node_port is not None:
+        return by_name.node_port
+    by_number = next((p for p in old.ports
+                      if (p.protocol, p.port) == (port.protocol, port.number)), None)
+    return by_number.node_port if by_number is not None else None
 
 
 def _covering_network(networks: Sequence[IPv4Network]) -> IPv4Network | _Marker:

@@ -1283,3 +1283,126 @@ def test_control_metrics_address():
             assert "m.toml: control.metrics: " in str(exc) and reason in str(exc)
         else:
             raise AssertionError(f"{bad!r} was accepted")
+
+
+# -- reloading: what stays keeps its addresses -------------------------------------------------
+
+
+def reloaded(before: str, after: str) -> tuple:
+    """``after`` parsed alone (as at start-up) and with ``before`` as the running topology."""
+    return parse_topology(after), parse_topology(after, previous=parse_topology(before))
+
+
+def ips(topology) -> dict[str, str]:
+    return {pod.name: str(pod.ip) for pod in topology.pods}
+
+
+def test_removing_the_first_pod_keeps_the_others_addresses_only_with_previous() -> None:
+    before = NODE + pods_toml('name = "a"', 'name = "b"', 'name = "c"')
+    fresh, kept = reloaded(before, NODE + pods_toml('name = "b"', 'name = "c"'))
+    assert ips(parse_topology(before)) == {"a": "10.244.1.10", "b": "10.244.1.11", "c": "10.244.1.12"}
+    assert ips(fresh) == {"b": "10.244.1.10", "c": "10.244.1.11"}
+    assert ips(kept) == {"b": "10.244.1.11", "c": "10.244.1.12"}
+    assert kept.pods == parse_topology(before).pods[1:]  # same MACs and kernel names as well
+
+
+def test_a_new_pod_listed_first_does_not_take_the_address_of_one_that_stays() -> None:
+    before = NODE + pods_toml('name = "a"', 'name = "b"', 'name = "c"')
+    fresh, kept = reloaded(before, NODE + pods_toml('name = "n"', 'name = "c"'))
+    assert ips(fresh) == {"n": "10.244.1.10", "c": "10.244.1.11"}
+    # n gets the first free address, which a gave up; c stays where it runs.
+    assert ips(kept) == {"n": "10.244.1.10", "c": "10.244.1.12"}
+
+
+def test_an_explicit_address_wins_over_a_kept_one_and_the_running_pod_moves() -> None:
+    before = NODE + pods_toml('name = "a"', 'name = "b"', 'name = "c"')
+    after = NODE + pods_toml('name = "b"', 'name = "c"', 'name = "d"\nip = "10.244.1.11"')
+    _, kept = reloaded(before, after)
+    assert ips(kept) == {"b": "10.244.1.10", "c": "10.244.1.12", "d": "10.244.1.11"}
+
+
+def test_a_kept_address_that_became_reserved_or_changed_segment_is_reallocated() -> None:
+    before = NODE + pods_toml('name = "a"', 'name = "b"', 'name = "c"')
+    # The host port now sits on b's address, and c moves to another segment.
+    after = (NODE + '[host_port]\naddress = "10.244.1.11"\n'
+             + '[[segments]]\nname = "blue"\ncidr = "10.245.1.0/24"\n'
+             + pods_toml('name = "a"', 'name = "b"', 'name = "c"\nsegment = "blue"'))
+    _, kept = reloaded(before, after)
+    assert ips(kept) == {"a": "10.244.1.10", "b": "10.244.1.12", "c": "10.245.1.10"}
+
+
+def test_reloading_the_same_file_with_previous_changes_nothing() -> None:
+    text = (NODE + UPLINK + pods_toml(*(f'name = "p{i}"' for i in range(5)))
+            + service('name = "a"', 'type = "NodePort"', PORT) + service('name = "b"', PORT))
+    assert parse_topology(text, previous=parse_topology(text)) == parse_topology(text)
+
+
+def node_port_service(name: str, *extra: str) -> str:
+    return service(f'name = "{name}"', 'type = "NodePort"', *extra,
+                   'ports = [ { name = "http", port = 80 } ]')
+
+
+def addresses(topology) -> dict[str, tuple[str, int]]:
+    return {s.name: (str(s.cluster_ip), s.ports[0].node_port) for s in topology.services}
+
+
+def test_services_that_stay_keep_their_cluster_ips_and_node_ports() -> None:
+    before = NODE + UPLINK + "".join(node_port_service(n) for n in ("a", "b", "c"))
+    after = NODE + UPLINK + node_port_service("b") + node_port_service("c")
+    fresh, kept = reloaded(before, after)
+    assert addresses(parse_topology(before)) == {
+        "a": ("10.96.0.10", 30000), "b": ("10.96.0.11", 30001), "c": ("10.96.0.12", 30002)}
+    assert addresses(fresh) == {"b": ("10.96.0.10", 30000), "c": ("10.96.0.11", 30001)}
+    assert addresses(kept) == {"b": ("10.96.0.11", 30001), "c": ("10.96.0.12", 30002)}
+    assert kept.services == parse_topology(before).services[1:]
+
+
+def test_a_new_service_listed_first_does_not_take_what_a_staying_one_has() -> None:
+    before = NODE + UPLINK + "".join(node_port_service(n) for n in ("a", "b"))
+    after = NODE + UPLINK + node_port_service("n") + node_port_service("b")
+    _, kept = reloaded(before, after)
+    assert addresses(kept) == {"n": ("10.96.0.10", 30000), "b": ("10.96.0.11", 30001)}
+
+
+def test_explicit_cluster_ip_and_node_port_win_and_the_running_service_moves() -> None:
+    before = NODE + UPLINK + "".join(node_port_service(n) for n in ("a", "b", "c"))
+    after = (NODE + UPLINK + node_port_service("b") + node_port_service("c")
+             + service('name = "d"', 'type = "NodePort"', 'cluster_ip = "10.96.0.11"',
+                       'ports = [ { port = 81, node_port = 30002 } ]'))
+    _, kept = reloaded(before, after)
+    # d takes b's cluster IP and c's node port; each of them moves only what it lost.
+    assert addresses(kept) == {"b": ("10.96.0.10", 30001), "c": ("10.96.0.12", 30000),
+                               "d": ("10.96.0.11", 30002)}
+
+
+def test_a_node_port_follows_its_port_name_and_protocol_not_its_number() -> None:
+    before = NODE + UPLINK + service(
+        'name = "s"', 'type = "NodePort"',
+        'ports = [ { name = "http", port = 80 }, { name = "dns", port = 53, protocol = "udp" } ]')
+    after = NODE + UPLINK + service(
+        'name = "s"', 'type = "NodePort"',
+        'ports = [ { name = "web", port = 443 }, { name = "http", port = 8080 }, '
+        '{ name = "dns", port = 53, protocol = "udp" } ]')
+    fresh, kept = reloaded(before, after)
+    assert [(p.name, p.node_port) for p in parse_topology(before).services[0].ports] == [
+        ("http", 30000), ("dns", 30000)]
+    assert [(p.name, p.node_port) for p in fresh.services[0].ports] == [
+        ("web", 30000), ("http", 30001), ("dns", 30000)]
+    assert [(p.name, p.node_port) for p in kept.services[0].ports] == [
+        ("web", 30001), ("http", 30000), ("dns", 30000)]
+
+
+def test_a_service_that_stops_being_a_node_port_gives_its_node_ports_up() -> None:
+    before = NODE + UPLINK + node_port_service("a") + node_port_service("b")
+    after = NODE + UPLINK + service('name = "a"', PORT) + node_port_service("n")
+    _, kept = reloaded(before, after)
+    assert [p.node_port for p in kept.services[0].ports] == [None]
+    assert addresses(kept) == {"a": ("10.96.0.10", None), "n": ("10.96.0.11", 30000)}
+
+
+def test_an_applied_pod_whose_address_another_entry_asks_for_moves() -> None:
+    # The same rule as on a reload: the explicit address wins, the re-applied pod is reallocated.
+    text = '[[pods]]\nname = "web-1"\n[[pods]]\nname = "x"\nip = "10.244.1.10"\n'
+    web1, x = parse_fragment(text, "f.toml", RUNNING).pods
+    assert RUNNING.pod("web-1").ip == IPv4Address("10.244.1.10")
+    assert (web1.ip, x.ip) == (IPv4Address("10.244.1.12"), IPv4Address("10.244.1.10"))

@@ -976,6 +976,50 @@ async def test_sighup_reloads_the_file(tmp_path, caplog):
             nursery.cancel_scope.cancel()
 
 
+def unaddressed(*names: str) -> str:
+    """Pods and services without explicit addresses: the loader allocates them in file order."""
+    pods = "".join(f'\n[[pods]]\nname = "{name}"\n' for name in names)
+    services = "".join(service_toml(f"svc-{name}", f'app = "{name}"') for name in names)
+    return pods + services
+
+
+async def test_a_reload_does_not_renumber_pods_and_services_that_stay(tmp_path):
+    harness, path = file_harness(tmp_path, unaddressed("a", "b", "c"))
+    socket_path = harness.topology.control.socket
+    async with trio.open_nursery() as nursery:
+        context = await harness.start(nursery, config_path=str(path))
+        before = {pod.name: pod for pod in context.current().pods}
+        services_before = {s.key: s for s in context.current().services}
+        assert str(before["b"].ip) == "10.244.1.11" and str(before["c"].ip) == "10.244.1.12"
+        ports_before = dict(context.port_ids)
+        calls = len(harness.kernel.calls)
+
+        # Read on its own, the new file would give b .10 and c .11; they run, so they stay.
+        node_file(tmp_path, unaddressed("b", "c"))
+        answer = await ask(socket_path, "reload")
+        assert answer["ok"], answer
+        result = answer["result"]
+        assert result["pods"] == {"added": [], "removed": ["a"], "replaced": [], "updated": [],
+                                  "unchanged": ["b", "c"]}
+        assert result["services"]["replaced"] == []
+        assert result["services"]["unchanged"] == ["default/svc-b", "default/svc-c"]
+        assert harness.kernel.calls[calls:] == ["delete_pod a"]
+        assert (context.port_ids["b"], context.port_ids["c"]) == (ports_before["b"],
+                                                                  ports_before["c"])
+        after = context.current()
+        assert {pod.name: pod for pod in after.pods} == {"b": before["b"], "c": before["c"]}
+        assert [s.cluster_ip for s in after.services] == [
+            services_before["default/svc-b"].cluster_ip,
+            services_before["default/svc-c"].cluster_ip]
+
+        # A new pod gets the address a gave up, not one of those that run.
+        node_file(tmp_path, unaddressed("n", "b", "c"))
+        result = (await ask(socket_path, "reload"))["result"]
+        assert result["pods"]["added"] == ["n"] and result["pods"]["unchanged"] == ["b", "c"]
+        assert str(context.current().pod("n").ip) == "10.244.1.10"
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("how", ["sighup", "control"])
 async def test_a_bad_file_changes_nothing_and_names_the_key(tmp_path, caplog, how):
     harness, path = file_harness(tmp_path)

@@ -493,8 +493,11 @@ class NodeRuntime:
         path = self.config_path
         async with self.lock:
             try:
-                # Parsing a large file takes a while; the ports keep forwarding meanwhile.
-                desired = await trio.to_thread.run_sync(config.load_topology, path)
+                # Parsing a large file takes a while; the ports keep forwarding meanwhile. The
+                # running topology goes along so that pods and services that stay keep their
+                # addresses and node ports instead of being renumbered in file order.
+                desired = await trio.to_thread.run_sync(config.load_topology, path,
+                                                        self.topology)
             except config.ConfigError as exc:
                 message = f"reload failed: {exc}"
                 self.log.error("%s; nothing was changed", message)
