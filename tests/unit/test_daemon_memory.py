@@ -1185,3 +1185,34 @@ async def test_metrics_endpoint_serves_the_running_switch(tmp_path):
             answer += chunk
         assert b'vswitch_port_rx_packets_total{node="t1",port="a"} 1.0' in answer
         nursery.cancel_scope.cancel()
+
+
+async def test_a_tap_port_takes_the_answer_of_the_port_it_just_wrote_to(tmp_path):
+    """The kernel behind a TAP often answers inside our write; the writer reads that answer at
+    once instead of waiting for the event loop to wake the other port's task."""
+    from vswitch.runtime.ports import RuntimeErrors, TapPort
+
+    topology = make_topology(tmp_path, host_port=False)
+    a, b = topology.pods
+    switch = FakeSwitch(topology)
+    ports, peers = {}, {}
+    for port_id, pod in ((1, a), (2, b)):
+        spec = PortSpec(port_id, pod.name, PortKind.POD, pod.mac, pod.ip, False)
+        switch.add_port(spec)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        ports[port_id] = TapPort(spec, ours.detach(), 64)
+        peers[pod.name] = theirs
+    try:
+        answer = udp_frame(b, a, b"pong")
+        peers["b"].send(answer)  # queued on b's "TAP" as the write to b returns
+        ports[1]._drain_answers(switch, ports, [Transmit(2, b"ping")], RuntimeErrors())
+        assert peers["a"].recv(65536) == answer  # forwarded without b's task ever running
+        ports[1]._drain_answers(switch, ports, [Transmit(1, b"to itself")], RuntimeErrors())
+        assert switch.rx == {1: 0, 2: 1}  # a port never drains itself
+    finally:
+        for port in ports.values():
+            port.close()
+        for peer in peers.values():
+            peer.close()
