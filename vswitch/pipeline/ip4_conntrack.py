@@ -13,7 +13,6 @@ import enum
 
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
-from vswitch.tables.conntrack import Verdict
 
 NAME = "ip4-conntrack"
 NEXT = ("ip4-service", "ip4-local", "ip4-lookup")
@@ -27,39 +26,29 @@ class Counter(enum.Enum):
 
 
 def process(pkt: Packet, env: Env):
-    flow = tracked_flows.flow_of(pkt)
-    if flow is not None:
-        hit = env.conntrack.lookup(flow, env.now)
-        if hit is not None:
-            entry, direction = hit
-            if env.commit:
-                verdict = env.conntrack.update(entry, direction, env.now, pkt.tcp_flags,
-                                               pkt.ip.total_length)
-                if verdict is Verdict.INVALID:
-                    if pkt.trace is not None:
-                        pkt.trace.note(NAME, f"{flow.describe()} is invalid in state "
-                                             f"{entry.tcp_state.name}")
-                    return env.drop(pkt, Counter.INVALID)
-            tracked_flows.apply(pkt, env, entry, direction)
-            env.count(Counter.TRACKED)
-            if pkt.trace is not None:
-                state = entry.tcp_state.name if flow.proto == 6 else (
-                    "replied" if entry.replied else "unreplied")
-                pkt.trace.note(NAME, f"{flow.describe()}: {direction.name.lower()} direction of "
-                                     f"[{entry.original.describe()}] ({state}); leaves as "
-                                     f"{tracked_flows.flow_of(pkt).describe()}")
-            return tracked_flows.after_translation(pkt, env)
-    else:
-        quoted = tracked_flows.quoted_flow(pkt)
-        if quoted is not None:
-            hit = env.conntrack.lookup(quoted.reversed(), env.now)
-            if hit is not None:
-                entry, direction = hit
-                tracked_flows.apply_related(pkt, env, entry, direction)
-                env.count(Counter.RELATED)
-                if pkt.trace is not None:
-                    pkt.trace.note(NAME, f"ICMP error about [{entry.original.describe()}]: "
-                                         f"translated inside and out")
-                return tracked_flows.after_translation(pkt, env)
-    env.count(Counter.UNTRACKED)
-    return "ip4-service"
+    found = tracked_flows.find(pkt, env)
+    if found is None:
+        env.count(Counter.UNTRACKED)
+        return "ip4-service"
+    entry, direction, related = found
+    if related:
+        tracked_flows.apply_related(pkt, env, entry, direction)
+        env.count(Counter.RELATED)
+        if pkt.trace is not None:
+            pkt.trace.note(NAME, f"ICMP error about [{entry.original.describe()}]: "
+                                 f"translated inside and out")
+        return tracked_flows.after_translation(pkt, env)
+    flow = pkt.flow
+    if not tracked_flows.advance(pkt, env, entry, direction):
+        if pkt.trace is not None:
+            pkt.trace.note(NAME, f"{flow.describe()} is invalid in state {entry.tcp_state.name}")
+        return env.drop(pkt, Counter.INVALID)
+    tracked_flows.apply(pkt, env, entry, direction)
+    env.count(Counter.TRACKED)
+    if pkt.trace is not None:
+        state = entry.tcp_state.name if flow.proto == 6 else (
+            "replied" if entry.replied else "unreplied")
+        pkt.trace.note(NAME, f"{flow.describe()}: {direction.name.lower()} direction of "
+                             f"[{entry.original.describe()}] ({state}); leaves as "
+                             f"{tracked_flows.flow_of(pkt).describe()}")
+    return tracked_flows.after_translation(pkt, env)

@@ -13,7 +13,6 @@ import enum
 from vswitch.core.verdict import Forward
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
-from vswitch.tables.conntrack import Verdict
 
 NAME = "l2-conntrack"
 NEXT = ()
@@ -28,29 +27,19 @@ class Counter(enum.Enum):
 
 def process(pkt: Packet, env: Env):
     port = pkt.l2_out
-    flow = tracked_flows.flow_of(pkt)
-    hit = env.conntrack.lookup(flow, env.now) if flow is not None else None
-    related = False
-    if hit is None and flow is None:
-        quoted = tracked_flows.quoted_flow(pkt)
-        if quoted is not None:
-            hit = env.conntrack.lookup(quoted.reversed(), env.now)
-            related = hit is not None
-    if hit is None:
+    found = tracked_flows.find(pkt, env)
+    if found is None:
         env.count(Counter.PLAIN)
         if pkt.trace is not None:
             pkt.trace.note(NAME, "no translated connection: switched as it is")
         return (Forward((port,)),)
-    entry, direction = hit
+    entry, direction, related = found
     if related:
         tracked_flows.apply_related(pkt, env, entry, direction)
         env.count(Counter.RELATED)
     else:
-        if env.commit:
-            verdict = env.conntrack.update(entry, direction, env.now, pkt.tcp_flags,
-                                           pkt.ip.total_length)
-            if verdict is Verdict.INVALID:
-                return env.drop(pkt, Counter.INVALID)
+        if not tracked_flows.advance(pkt, env, entry, direction):
+            return env.drop(pkt, Counter.INVALID)
         tracked_flows.apply(pkt, env, entry, direction)
         env.count(Counter.TRANSLATED)
     if pkt.trace is not None:

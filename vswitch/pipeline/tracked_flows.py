@@ -11,7 +11,7 @@ import struct
 
 from vswitch.pipeline.context import Env, Packet
 from vswitch.pipeline.nat_rewrite import translate, translate_icmp_error
-from vswitch.tables.conntrack import Direction, Entry, FlowTuple
+from vswitch.tables.conntrack import Direction, Entry, FlowTuple, Verdict
 from vswitch.wire import headers as h
 
 _ECHO_TYPES = (h.IcmpType.ECHO_REQUEST, h.IcmpType.ECHO_REPLY)
@@ -69,6 +69,30 @@ def quoted_flow(pkt: Packet) -> FlowTuple | None:
         return None
     flow, _ = _tuple_of(quoted)
     return flow
+
+
+def find(pkt: Packet, env: Env) -> tuple[Entry, Direction, bool] | None:
+    """The tracked connection of the packet, or, for an ICMP error, of the packet it quotes
+    (then the last element, ``related``, is True)."""
+    flow = flow_of(pkt)
+    if flow is not None:
+        hit = env.conntrack.lookup(flow, env.now)
+        return None if hit is None else (hit[0], hit[1], False)
+    quoted = quoted_flow(pkt)
+    if quoted is not None:
+        hit = env.conntrack.lookup(quoted.reversed(), env.now)
+        if hit is not None:
+            return hit[0], hit[1], True
+    return None
+
+
+def advance(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> bool:
+    """Account the packet to its connection (TCP state, timeouts, counters); False when the
+    state machine calls it invalid. A dry run changes nothing and judges nothing."""
+    if not env.commit:
+        return True
+    verdict = env.conntrack.update(entry, direction, env.now, pkt.tcp_flags, pkt.ip.total_length)
+    return verdict is Verdict.ACCEPT
 
 
 def _partial(pkt: Packet) -> bool:
