@@ -472,3 +472,14 @@ def test_external_ip_on_the_uplink_network_is_announced_and_serves_outside_clien
     assert ports_of(packet)[1] == 8080
     # Not announced on pod segments, and not for addresses that are no external IP.
     assert send(switch, UPLINK, f"arp who-has 192.0.2.51 tell {FAR}", mac(FAR), BROADCAST_MAC) == []
+
+
+def test_dry_run_trace_follows_the_backend_affinity_holds(accel_name):
+    topology = _topology()
+    services = tuple(dataclasses.replace(s, session_affinity="ClientIP") if s.name == "web" else s
+                     for s in topology.services)
+    switch = _switch(accel_name, dataclasses.replace(topology, services=services))
+    (first,) = connect(switch, C, C_IP, VIP)
+    backend = {A: A_IP, B: B_IP}[first.port]
+    text = switch.trace("c", f"tcp {C_IP}:41234 > {VIP}:80 flags S", 1.0)["text"]
+    assert f"ClientIP affinity holds {C_IP} to {backend}:8080" in text

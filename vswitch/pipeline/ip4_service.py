@@ -106,7 +106,8 @@ def process(pkt: Packet, env: Env):
         backend = env.services.choose(match, client_ip=flow.src, flow_hash=flow_hash,
                                       now=env.now, from_outside=from_outside)
     else:
-        backend = env.services.candidates(match, from_outside)[0]
+        pinned = env.services.pinned(match, flow.src, env.now, from_outside)
+        backend = pinned or env.services.candidates(match, from_outside)[0]
     snat = None
     nat = env.nat
     if backend.ip == flow.src and nat.hairpin_address is not None:
@@ -124,9 +125,13 @@ def process(pkt: Packet, env: Env):
         snat = (snat_ip, port)
     if not env.commit:
         if trace is not None:
-            trace.note(NAME, f"would DNAT to a backend chosen by {service.load_balancer}"
-                             f"{' with ClientIP affinity' if service.session_affinity == 'ClientIP' else ''}"
-                             f"; this trace follows {backend.name}")
+            if pinned is not None:
+                trace.note(NAME, f"ClientIP affinity holds {ip_text(flow.src)} to {backend.name}: "
+                                 f"would DNAT there")
+            else:
+                trace.note(NAME, f"would DNAT to a backend chosen by {service.load_balancer}"
+                                 f"{' with ClientIP affinity' if service.session_affinity == 'ClientIP' else ''}"
+                                 f"; this trace follows {backend.name}")
         entry = _dry_entry(env, flow, backend, snat)
         tracked_flows.apply(pkt, env, entry, Direction.ORIGINAL)
         return _next(pkt, env)

@@ -391,6 +391,18 @@ class ServiceTable:
             return "no-local-endpoints"
         return None
 
+    def pinned(self, match: ServiceMatch, client_ip: bytes, now: float,
+               from_outside: bool) -> Backend | None:
+        """The backend ClientIP affinity holds for this client, if any; changes nothing (for
+        dry-run traces)."""
+        if not _is(match.service.session_affinity, "clientip"):
+            return None
+        entries = self._affinity.get(port_key(match.service, match.port))
+        entry = entries.get(client_ip) if entries is not None else None
+        if entry is None or now >= entry.expires:
+            return None
+        return entry.backend if entry.backend in self.candidates(match, from_outside) else None
+
     def choose(self, match: ServiceMatch, *, client_ip: bytes, flow_hash: int, now: float,
                from_outside: bool) -> Backend | None:
         local_only = self.local_only(match, from_outside)
