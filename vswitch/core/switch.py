@@ -9,8 +9,12 @@ Theory of operation
   memoised. The pipeline is the source of truth; the cache only remembers its answers.
 * Frames are forwarded as they were read, virtio-net header included, so 64 KB TSO segments and
   partial checksums pass between offload-capable ports untouched.
-* Every received frame gets exactly one disposition (cache hit, forwarded, local, dropped), so the
-  dispositions add up to what the ports received.
+* Every received frame gets exactly one disposition (cache hit, forwarded, local, queued for ARP,
+  dropped), so the dispositions add up to what the ports received.
+* The tables the stages consult live here: the FDB, the FIB and neighbour table of the router, the
+  connection table and the service table. ``program`` re-programs services from the desired state;
+  ``handle_timer`` ages every table and retries ARP. Each table's changes bump a generation, and
+  their sum versions the flow cache (see ``fast_path`` for what a hit does).
 * A trace runs the same stages with notes switched on: either a dry run on a packet built from text
   (tables untouched, counters not counted), or the next N real packets of a port.
 """
