@@ -483,3 +483,49 @@ def test_dry_run_trace_follows_the_backend_affinity_holds(accel_name):
     backend = {A: A_IP, B: B_IP}[first.port]
     text = switch.trace("c", f"tcp {C_IP}:41234 > {VIP}:80 flags S", 1.0)["text"]
     assert f"ClientIP affinity holds {C_IP} to {backend}:8080" in text
+
+
+def _fragments(packet: bytes, mtu: int) -> list[bytes]:
+    """The fragments a sender's kernel would make (the router's own fragmenter needs only an
+    accel implementation from its environment)."""
+    from types import SimpleNamespace
+
+    from vswitch.pipeline.ip4_rewrite import fragment
+
+    return fragment(packet, mtu, SimpleNamespace(accel=pure))
+
+
+def _reassemble(packets: list[bytes]) -> bytes:
+    pieces = sorted(((h.IPV4.parse(p[:20]).fragment_offset * 8, p[20:]) for p in packets))
+    return b"".join(body for _, body in pieces)
+
+
+def test_every_fragment_of_a_datagram_follows_its_connection(switch):
+    payload = bytes(range(256)) * 12
+    udp = builders.udp(src=ip(C_IP), dst=ip(DNS_VIP), src_port=5000, dst_port=53, payload=payload)
+    datagram = builders.ipv4(src=ip(C_IP), dst=ip(DNS_VIP), protocol=17, payload=udp,
+                             identification=0x4242)
+    outs = []
+    for piece in _fragments(datagram, 1400):
+        outs += switch.process_batch(C, [VNET + builders.ethernet(mac(GW), mac(C_IP), 0x0800, piece)], 0.0)
+    assert len(outs) == 3 and len({t.port for t in outs}) == 1  # one backend for all of them
+    backend = {A: A_IP, B: B_IP}[outs[0].port]
+    packets = [packet_of(t)[2] for t in outs]
+    for packet in packets:
+        assert packet[16:20] == ip(backend) and pure.checksum(packet[:20]) == 0
+    segment = _reassemble(packets)
+    assert struct.unpack_from("!HH", segment) == (5000, 5353)
+    assert pure.sum16(segment, pure.pseudo_header_sum(ip(C_IP), ip(backend), 17, len(segment))) == 0xFFFF
+    # The backend's fragmented answer, switched straight to the client, is translated whole too.
+    answer = builders.udp(src=ip(backend), dst=ip(C_IP), src_port=5353, dst_port=5000, payload=payload)
+    reply = builders.ipv4(src=ip(backend), dst=ip(C_IP), protocol=17, payload=answer,
+                          identification=0x5151)
+    backs = []
+    for piece in _fragments(reply, 1400):
+        backs += switch.process_batch(outs[0].port, [VNET + builders.ethernet(
+            mac(C_IP), mac(backend), 0x0800, piece)], 0.1)
+    assert [t.port for t in backs] == [C, C, C]
+    back_packets = [packet_of(t)[2] for t in backs]
+    assert all(p[12:16] == ip(DNS_VIP) and pure.checksum(p[:20]) == 0 for p in back_packets)
+    segment = _reassemble(back_packets)
+    assert pure.sum16(segment, pure.pseudo_header_sum(ip(DNS_VIP), ip(C_IP), 17, len(segment))) == 0xFFFF

@@ -289,6 +289,7 @@ class Switch:
         for entry in self.conntrack.expire(now):
             self.nat.untrack_pair(entry)
         self._resync_reply_pairs()
+        self.nat.expire_fragments(now)
         self.services.expire(now)
         env = self._env
         env.now = now

@@ -52,6 +52,14 @@ class NatContext:
         self.generation = 0
         # External IPs of services inside the uplink network: the node answers ARP for them.
         self.announced: frozenset[bytes] = frozenset()
+        # Fragmented datagrams of translated connections: the first fragment carries the ports
+        # and finds the connection; later fragments (same addresses, protocol and IP id) follow
+        # it here. Key: (proto, src, dst, id) as received; value: (entry, direction, expires).
+        self.fragments: dict[tuple[int, bytes, bytes, int], tuple[Any, Any, float]] = {}
+
+    def expire_fragments(self, now: float) -> None:
+        for key in [k for k, (_, _, expires) in self.fragments.items() if expires <= now]:
+            del self.fragments[key]
 
     def track_pair(self, entry) -> None:
         pair = (entry.reply.src, entry.reply.dst)

@@ -53,14 +53,20 @@ def _update_address(buf: bytearray, csum_at: int, old: int, new: int, accel: Mod
 def translate(packet: bytes | bytearray, *, src: bytes | None = None, sport: int | None = None,
               dst: bytes | None = None, dport: int | None = None, partial: bool = False,
               accel: ModuleType) -> bytearray:
-    """Rewrite the addresses and ports of a TCP, UDP or ICMP echo packet.
+    """Rewrite the addresses and ports of a TCP, UDP or ICMP echo packet (or of a fragment of
+    one: a non-first fragment gets its addresses rewritten only).
 
     For ICMP echo, ``sport``/``dport`` is the identifier (conntrack keys echo flows by it).
     ``partial`` says the L4 checksum is a virtio-net partial checksum.
     """
     buf = bytearray(packet)
     ihl = (buf[0] & 0x0F) * 4
-    proto = buf[9]
+    # A non-first fragment carries no L4 header: only its addresses (and the IPv4 header
+    # checksum) change; the L4 checksum, in the first fragment, already covers the new addresses.
+    if _U16.unpack_from(buf, h.IPV4_FLAGS_FRAGMENT_OFFSET)[0] & 0x1FFF:
+        proto = -1
+    else:
+        proto = buf[9]
     l4 = ihl
     l4_csum = L4_CHECKSUM_OFFSET.get(proto)
     has_l4_csum = l4_csum is not None and len(buf) >= l4 + l4_csum + 2

@@ -71,13 +71,28 @@ def quoted_flow(pkt: Packet) -> FlowTuple | None:
     return flow
 
 
+FRAGMENT_TIMEOUT = 30.0  # seconds a datagram's later fragments may follow its first (ipfrag_time)
+MAX_FRAGMENTED_DATAGRAMS = 4096
+
+
+def _fragment_key(pkt: Packet) -> tuple[int, bytes, bytes, int]:
+    ip = pkt.ip
+    return ip.protocol, ip.src, ip.dst, ip.identification
+
+
 def find(pkt: Packet, env: Env) -> tuple[Entry, Direction, bool] | None:
     """The tracked connection of the packet, or, for an ICMP error, of the packet it quotes
-    (then the last element, ``related``, is True)."""
+    (then the last element, ``related``, is True). A later fragment of a datagram whose first
+    fragment was translated belongs to that first fragment's connection."""
     flow = flow_of(pkt)
     if flow is not None:
         hit = env.conntrack.lookup(flow, env.now)
         return None if hit is None else (hit[0], hit[1], False)
+    if pkt.ip.fragment_offset:
+        followed = env.nat.fragments.get(_fragment_key(pkt))
+        if followed is not None and followed[2] > env.now and followed[0].alive(env.now):
+            return followed[0], followed[1], False
+        return None
     quoted = quoted_flow(pkt)
     if quoted is not None:
         hit = env.conntrack.lookup(quoted.reversed(), env.now)
@@ -88,8 +103,9 @@ def find(pkt: Packet, env: Env) -> tuple[Entry, Direction, bool] | None:
 
 def advance(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> bool:
     """Account the packet to its connection (TCP state, timeouts, counters); False when the
-    state machine calls it invalid. A dry run changes nothing and judges nothing."""
-    if not env.commit:
+    state machine calls it invalid. A dry run changes nothing and judges nothing; a later
+    fragment has no flags to judge and follows its first fragment's verdict."""
+    if not env.commit or pkt.ip.fragment_offset:
         return True
     verdict = env.conntrack.update(entry, direction, env.now, pkt.tcp_flags, pkt.ip.total_length)
     return verdict is Verdict.ACCEPT
@@ -105,6 +121,14 @@ def _target(entry: Entry, direction: Direction) -> FlowTuple:
 
 
 def apply(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> None:
+    ip = pkt.ip
+    if ip.mf and not ip.fragment_offset and env.commit:
+        fragments = env.nat.fragments
+        if len(fragments) >= MAX_FRAGMENTED_DATAGRAMS:
+            env.nat.expire_fragments(env.now)
+            if len(fragments) >= MAX_FRAGMENTED_DATAGRAMS:
+                fragments.clear()
+        fragments[_fragment_key(pkt)] = (entry, direction, env.now + FRAGMENT_TIMEOUT)
     target = _target(entry, direction)
     packet = translate(current_packet(pkt), src=target.src, sport=target.sport, dst=target.dst,
                        dport=target.dport, partial=_partial(pkt), accel=env.accel)
