@@ -657,10 +657,10 @@ def cleanup_node(daemon: Daemon) -> Leftovers:
 # Programs that run inside pods. Each prints one JSON document on stdout.
 # --------------------------------------------------------------------------------------------
 
-PING_SCRIPT = textwrap.dedent(
+# The internet checksum, for the programs below that build or check raw packets. They run inside
+# pods with nothing but the standard library, so it is spliced into their source.
+CHECKSUM_FUNCTION = textwrap.dedent(
     r'''
-    import json, os, select, socket, struct, sys, time
-
     def checksum(data):
         if len(data) % 2:
             data += b"\0"
@@ -668,6 +668,19 @@ PING_SCRIPT = textwrap.dedent(
         while total >> 16:
             total = (total & 0xFFFF) + (total >> 16)
         return ~total & 0xFFFF
+    '''
+).strip()
+
+
+def with_checksum(script: str) -> str:
+    return script.replace("__CHECKSUM__", CHECKSUM_FUNCTION)
+
+
+PING_SCRIPT = with_checksum(textwrap.dedent(
+    r'''
+    import json, os, select, socket, struct, sys, time
+
+    __CHECKSUM__
 
     timeout = float(sys.argv[1])
     targets = sys.argv[2:]
@@ -695,7 +708,7 @@ PING_SCRIPT = textwrap.dedent(
         results[target] = rtt
     print(json.dumps(results))
     '''
-)
+))
 
 TCP_SINK_SCRIPT = textwrap.dedent(
     r'''
@@ -787,19 +800,13 @@ UDP_SOURCE_SCRIPT = textwrap.dedent(
 
 # Sends Ethernet frames through AF_PACKET, so the pod's kernel does not get a say in the source
 # address: that is how a compromised pod would try to impersonate another one.
-RAW_UDP_SCRIPT = textwrap.dedent(
+RAW_UDP_SCRIPT = with_checksum(textwrap.dedent(
     r'''
     import json, socket, struct, sys
     ifname, src_mac, dst_mac, src_ip, dst_ip = sys.argv[1:6]
     port, count = int(sys.argv[6]), int(sys.argv[7])
 
-    def checksum(data):
-        if len(data) % 2:
-            data += b"\0"
-        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-        while total >> 16:
-            total = (total & 0xFFFF) + (total >> 16)
-        return ~total & 0xFFFF
+    __CHECKSUM__
 
     def mac(text):
         return bytes(int(part, 16) for part in text.split(":"))
@@ -816,7 +823,7 @@ RAW_UDP_SCRIPT = textwrap.dedent(
         sock.send(frame)
     print(json.dumps({"sent": count, "frame_bytes": len(frame)}))
     '''
-)
+))
 
 
 def ping_from_root(targets: Sequence[str], timeout: float = 2.0) -> dict[str, float | None]:

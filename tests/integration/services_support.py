@@ -428,6 +428,16 @@ class Answer:
         return cls(name, peer_ip, int(peer_port), proto, int(port))
 
 
+def finish_stream(held: subprocess.Popen) -> dict:
+    """Tell a STREAM client held open with its stdin to finish, and return its JSON report."""
+    assert held.stdin is not None
+    held.stdin.write("go\n")
+    held.stdin.flush()
+    out, err = held.communicate(timeout=30)
+    assert held.returncode == 0, err
+    return jsonlib.loads(out.splitlines()[-1])
+
+
 def parse_answers(result: Mapping[str, Any]) -> list[Answer]:
     """Every request must have been answered; the errors are shown if not."""
     failed = [(i, e) for i, e in enumerate(result["errors"]) if e is not None]

@@ -31,6 +31,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from harness import (
+    with_checksum,
     PYTHON,
     TCP_SINK_SCRIPT,
     TCP_SOURCE_SCRIPT,
@@ -106,17 +107,11 @@ def gateway_of(daemon: Daemon, pod: str) -> str:
 
 # One ICMP echo over a raw socket, reporting either the reply (with the TTL it arrived with) or
 # the ICMP error that quotes our echo, with the error's own checksum checked.
-ICMP_PROBE_SCRIPT = textwrap.dedent(
+ICMP_PROBE_SCRIPT = with_checksum(textwrap.dedent(
     r'''
     import json, os, select, socket, struct, sys, time
 
-    def checksum(data):
-        if len(data) % 2:
-            data += b"\0"
-        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-        while total >> 16:
-            total = (total & 0xFFFF) + (total >> 16)
-        return ~total & 0xFFFF
+    __CHECKSUM__
 
     timeout, target = float(sys.argv[1]), sys.argv[2]
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -150,7 +145,7 @@ ICMP_PROBE_SCRIPT = textwrap.dedent(
                                    "quoted_ttl": inner[8]}
     print(json.dumps(result))
     '''
-)
+))
 
 # A UDP datagram with TTL 1, and the ICMP error the kernel queues for the socket (IP_RECVERR):
 # struct sock_extended_err {u32 ee_errno; u8 ee_origin, ee_type, ee_code, ee_pad; u32 ee_info,

@@ -40,6 +40,7 @@ from services_support import (
     ServiceNodeSpec,
     ServicePodSpec,
     make_service_node,
+    finish_stream,
     parse_answers,
     service_port,
     write_server_script,
@@ -361,14 +362,9 @@ def test_ctl_conntrack_shows_states_after_traffic(node: ServiceNode) -> None:
         trace = node.ctl("trace", "client", f"tcp {node.ip('client')}:{sport} > {address}:7000 "
                                             "flags A", json=False)
         assert "ESTABLISHED" in trace, trace
-        assert held.stdin is not None
-        held.stdin.write("go\n")
-        held.stdin.flush()
-        out, err = held.communicate(timeout=30)
+        result = finish_stream(held)
     finally:
         terminate(held)
-    assert held.returncode == 0, err
-    result = json.loads(out.splitlines()[-1])
     assert result["sink"]["sha256"] == result["sha256"]
     states = {row["state"] for row in node.conntrack(service="web", dport="7000")}
     assert states and states <= {"TIME_WAIT", "CLOSE"}, states
@@ -448,14 +444,9 @@ def test_a_full_conntrack_table_evicts_unreplied_entries_and_counts(
         assert stats["evictions"] == stats["created"] - limit > 0, stats
         assert stats["drops_full"] == 0, stats
         assert stats["tcp_states"]["ESTABLISHED"] == 1, stats
-        assert held.stdin is not None
-        held.stdin.write("go\n")
-        held.stdin.flush()
-        out, err = held.communicate(timeout=30)
+        result = finish_stream(held)
     finally:
         terminate(held)
-    assert held.returncode == 0, err
-    result = json.loads(out.splitlines()[-1])
     assert result["sink"] == {"bytes": result["sent"], "sha256": result["sha256"]}
     assert node.requests("client", "tcp", address, 80, 3)[0].name == "echo"
     assert node.requests("client", "udp", address, 53, 3)[0].name == "echo"
