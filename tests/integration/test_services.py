@@ -65,7 +65,8 @@ def web_services(spec: ServiceNodeSpec) -> tuple[dict, ...]:
          "ports": [service_port("http", "tcp", 80, 8080),
                    service_port("admin", "tcp", 81, "admin"),
                    service_port("dns-tcp", "tcp", 53, 5300),
-                   service_port("dns-udp", "udp", 53, 5301)]},
+                   service_port("dns-udp", "udp", 53, 5301),
+                   service_port("closed", "tcp", 82, 5999)]},  # nothing listens on 5999
         {"name": "empty", "selector": {"app": "nobody"},
          "ports": [service_port("http", "tcp", 80, 8080), service_port("dns", "udp", 53, 8080)]},
         {"name": "sticky", "cluster_ip": spec.cluster_ip(13), "selector": web,
@@ -183,6 +184,18 @@ def test_no_endpoints_refuses_tcp_and_udp_within_a_second(node: ServiceNode) -> 
         result = node.run_in("client", REFUSAL, proto, row["cluster_ip"], port, 3)
         assert result["error"] == "ECONNREFUSED", (proto, result)
         assert result["elapsed"] < 1.0, (proto, result)
+
+
+def test_a_backend_that_refuses_leaves_no_connection_behind(node: ServiceNode) -> None:
+    """The backend's kernel answers the SYN with a RST: the client sees the refusal at once and,
+    as with Linux conntrack, the entry of a connection whose only answer was a RST is gone."""
+    address = vip(node, "multi")
+    for _ in range(3):
+        result = node.run_in("client", REFUSAL, "tcp", address, 82, 3)
+        assert result["error"] == "ECONNREFUSED" and result["elapsed"] < 1.0, result
+    assert node.conntrack(service="multi", dport="82") == []
+    stats = node.conntrack_stats()
+    assert stats["aborted"] >= 3, stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +389,9 @@ def test_ctl_conntrack_shows_states_after_traffic(node: ServiceNode) -> None:
 
 def test_trace_names_the_service_and_the_endpoint_choice(node: ServiceNode) -> None:
     address = vip(node, "web")
-    packet = f"tcp {node.ip('client')}:40000 > {address}:80 flags S"
+    # A source port outside the kernel's ephemeral range (32768-60999), so no earlier connection
+    # of the client's own can hold this tuple.
+    packet = f"tcp {node.ip('client')}:61000 > {address}:80 flags S"
     document = node.ctl("trace", "client", packet)
     notes = [stage["note"] for stage in document["stages"] if stage["stage"] == "ip4-service"]
     backends = [f"{node.ip(pod)}:8080" for pod in ("web-1", "web-2")]

@@ -136,11 +136,27 @@ def test_tcp_rst_closes_with_the_short_timeout(table, direction, flags):
     assert table.next_deadline() == 60.0
 
 
-def test_rst_during_handshake_closes(table):
+@pytest.mark.parametrize("direction", [ORIG, REPLY])
+def test_rst_before_any_reply_ends_the_entry_at_once(table, direction):
+    """The kernel's "if only reply is a RST ... delete the conntrack immediately": a refused or
+    abandoned connection leaves nothing behind, and the client's next SYN starts afresh."""
+    entry = table.create(WEB, 0.0, dnat=TO_WEB_BACKEND)
+    table.update(entry, ORIG, 0.0, SYN)
+    assert table.update(entry, direction, 1.0, RSTACK) is Verdict.ACCEPT
+    assert entry.tcp_state is TcpState.CLOSE and entry.expires == 1.0
+    assert table.lookup(WEB, 1.0) is None and not entry.alive(1.0)
+    assert table.statistics()["aborted"] == 1
+    again = table.create(WEB, 1.5, dnat=(BACKEND2, 8080))
+    assert again is not None and table.lookup(WEB, 1.5) == (again, ORIG)
+
+
+def test_rst_after_a_reply_keeps_close_for_its_timeout(table):
     entry = table.create(WEB, 0.0)
     table.update(entry, ORIG, 0.0, SYN)
-    assert table.update(entry, REPLY, 1.0, RSTACK) is Verdict.ACCEPT
+    table.update(entry, REPLY, 0.5, SYNACK)
+    assert table.update(entry, ORIG, 1.0, RST) is Verdict.ACCEPT
     assert entry.tcp_state is TcpState.CLOSE and entry.expires == 11.0
+    assert table.statistics()["aborted"] == 0
 
 
 def _to_syn_sent(table, entry):
@@ -228,30 +244,39 @@ def test_retransmitted_syn_does_not_extend_an_unanswered_entry(table):
     assert table.lookup(WEB, 120.0) is None
 
 
-def test_new_syn_in_time_wait_reopens_the_entry(table):
+def test_new_syn_in_time_wait_removes_the_entry_for_a_new_connection(table):
     entry = handshake(table, dnat=TO_WEB_BACKEND)
     _to_time_wait(table, entry)
     assert entry.tcp_state is TcpState.TIME_WAIT
-    assert table.update(entry, ORIG, 40.0, SYN, 60) is Verdict.ACCEPT
-    assert entry.tcp_state is TcpState.SYN_SENT
-    assert entry.expires == 160.0
-    assert not entry.replied and not entry.assured
-    assert entry.packets == [1, 0] and entry.created == 40.0
-    assert entry.dnat == TO_WEB_BACKEND
+    assert table.reopens(entry, ORIG, SYN) and not table.reopens(entry, REPLY, SYN)
+    assert not table.reopens(entry, ORIG, ACK)
+    assert table.update(entry, ORIG, 40.0, SYN, 60) is Verdict.REOPEN
+    # As the kernel's nf_ct_kill + NF_REPEAT: the old entry is gone, the tuple is free.
+    assert entry not in table.entries() and table.lookup(WEB, 40.0) is None
     stats = table.statistics()
-    assert stats["reopened"] == 1 and stats["unreplied"] == 1
-    assert stats["tcp_states"]["SYN_SENT"] == 1 and stats["tcp_states"]["TIME_WAIT"] == 0
-    # The re-opened connection completes its handshake like a new one.
-    table.update(entry, REPLY, 41.0, SYNACK)
-    table.update(entry, ORIG, 41.0, ACK)
-    assert entry.tcp_state is TcpState.ESTABLISHED and entry.assured
+    assert stats["reopened"] == 1 and stats["entries"] == 0
+    assert stats["tcp_states"]["TIME_WAIT"] == 0
+    # The new connection may take another endpoint; it completes its handshake like any other.
+    fresh = table.create(WEB, 40.0, dnat=(BACKEND2, 8080))
+    assert fresh is not None and fresh.dnat == (BACKEND2, 8080)
+    assert table.update(fresh, ORIG, 40.0, SYN) is Verdict.ACCEPT
+    table.update(fresh, REPLY, 41.0, SYNACK)
+    table.update(fresh, ORIG, 41.0, ACK)
+    assert fresh.tcp_state is TcpState.ESTABLISHED and fresh.assured
 
 
-def test_new_syn_after_reset_reopens_the_entry(table):
+def test_new_syn_after_reset_removes_the_entry(table):
     entry = table.create(WEB, 0.0)
     _to_close(table, entry)
-    assert table.update(entry, ORIG, 1.0, SYN) is Verdict.ACCEPT
-    assert entry.tcp_state is TcpState.SYN_SENT and entry.expires == 121.0
+    assert table.update(entry, ORIG, 1.0, SYN) is Verdict.REOPEN
+    assert table.lookup(WEB, 1.0) is None and table.statistics()["entries"] == 0
+
+
+def test_syn_from_the_server_side_of_a_closed_connection_is_invalid(table):
+    entry = handshake(table, dnat=TO_WEB_BACKEND)
+    _to_time_wait(table, entry)
+    assert table.update(entry, REPLY, 40.0, SYN) is Verdict.INVALID
+    assert entry.tcp_state is TcpState.TIME_WAIT and table.lookup(WEB, 40.0) == (entry, ORIG)
 
 
 def test_simultaneous_open_reaches_established(table):
@@ -299,18 +324,24 @@ def test_tcp_invariants_under_arbitrary_packets(packets):
     entry = table.create(WEB, 0.0)
     table.update(entry, ORIG, 0.0, SYN)
     seen_reply = False
-    reopened = 0
     for i, (direction, flags) in enumerate(packets, start=1):
         now = float(i)
         before = snapshot(entry)
+        replied_before = entry.replied
+        predicted = table.reopens(entry, direction, flags)
         verdict = table.update(entry, direction, now, flags)
+        assert predicted is (verdict is Verdict.REOPEN)
+        if verdict is Verdict.REOPEN:
+            # The old entry is gone; the pipeline starts a new connection on the same tuple.
+            assert before[0] in (TcpState.TIME_WAIT, TcpState.CLOSE) and direction is ORIG
+            assert table.statistics()["entries"] == 0
+            entry = table.create(WEB, now)
+            table.update(entry, ORIG, now, flags)
+            seen_reply = False
         stats = table.statistics()
         if verdict is Verdict.INVALID:
             assert snapshot(entry) == before
-        elif stats["reopened"] > reopened:
-            # A new connection on the old tuple: it starts unanswered.
-            reopened = stats["reopened"]
-            seen_reply = False
+        elif verdict is Verdict.REOPEN:
             assert entry.tcp_state is TcpState.SYN_SENT and entry.expires == now + 120
         elif direction is REPLY:
             seen_reply = True
@@ -318,7 +349,9 @@ def test_tcp_invariants_under_arbitrary_packets(packets):
         assert entry.tcp_state is not TcpState.NONE
         assert entry.expires <= now + 86400
         if verdict is Verdict.ACCEPT and flags & RST:
-            assert entry.tcp_state is TcpState.CLOSE and entry.expires == now + 10
+            # Before any reply the entry dies at once; after one, CLOSE holds it for 10 s.
+            assert entry.tcp_state is TcpState.CLOSE
+            assert entry.expires == (now + 10 if replied_before else now)
         counted = {name: n for name, n in stats["tcp_states"].items() if n}
         assert counted == {entry.tcp_state.name: 1}
         assert stats["unreplied"] == (0 if entry.replied else 1)
@@ -494,27 +527,6 @@ def test_full_table_reclaims_dead_entries_before_evicting():
     assert dead not in table.entries()
     stats = table.statistics()
     assert stats["evictions"] == 0 and stats["expired"] == 1 and stats["reclaimed"] == 1
-
-
-def test_eviction_of_a_reopened_entry_uses_its_new_age():
-    table = ConntrackTable(max_entries=2)
-    old = handshake(table, WEB, 0.0)
-    newer = table.create(udp_flow(0), 1.0)
-    _to_time_wait(table, old)
-    table.update(old, ORIG, 2.0, SYN)  # re-opened: unreplied again, and younger than `newer`
-    table.create(udp_flow(1), 3.0)
-    assert newer not in table.entries() and old in table.entries()
-
-
-def test_eviction_of_an_unanswered_reopened_entry_uses_its_new_age():
-    table = ConntrackTable(max_entries=2)
-    old = table.create(WEB, 0.0)
-    table.update(old, ORIG, 0.0, SYN)
-    newer = table.create(udp_flow(0), 1.0)
-    table.update(old, ORIG, 2.0, RST)  # the client gives up before any answer ...
-    table.update(old, ORIG, 3.0, SYN)  # ... and tries again on the same port
-    table.create(udp_flow(1), 4.0)
-    assert newer not in table.entries() and old in table.entries()
 
 
 def test_same_original_twice_is_a_clash(table):

@@ -327,6 +327,50 @@ def test_trace_shows_service_backend_and_conntrack(switch):
     assert "original direction of [tcp 10.244.1.50:40000 > 10.96.0.10:80]" in again["text"]
 
 
+def _closed_connection(switch, sport=40000):
+    """A connection to the web service, opened and closed by both sides: TIME_WAIT."""
+    (tx,) = connect(switch, C, C_IP, VIP, sport=sport)
+    backend = {A: A_IP, B: B_IP}[tx.port]
+    reply = f"tcp {backend}:8080 > {C_IP}:{sport} flags"
+    send(switch, tx.port, f"{reply} SA", mac(backend), mac(C_IP), 0.1)
+    connect(switch, C, C_IP, VIP, sport=sport, flags="A", now=0.2)
+    connect(switch, C, C_IP, VIP, sport=sport, flags="FA", now=0.3)
+    send(switch, tx.port, f"{reply} FA", mac(backend), mac(C_IP), 0.4)
+    connect(switch, C, C_IP, VIP, sport=sport, flags="A", now=0.5)
+    (row,) = switch.conntrack_info(0.5)
+    assert row["state"] == "TIME_WAIT"
+    return row
+
+
+def test_a_syn_on_the_tuple_of_a_closed_connection_is_a_new_connection(switch):
+    """As the kernel (nf_ct_kill + NF_REPEAT): the old entry goes and the SYN meets the service
+    stage again, so a client that reuses its port gets a fresh endpoint choice."""
+    _closed_connection(switch)
+    trace = switch.trace("c", f"tcp {C_IP}:40000 > {VIP}:80 flags S", 1.0)["text"]
+    assert "opens a new connection on the tuple of [tcp 10.244.1.50:40000 > 10.96.0.10:80]" \
+        " (TIME_WAIT)" in trace, trace
+    assert "is cluster-ip of service default/web port http" in trace, trace
+    assert switch.conntrack_info(1.0)[0]["state"] == "TIME_WAIT"  # the trace changed nothing
+    (tx,) = connect(switch, C, C_IP, VIP, now=1.0)
+    assert tx.port in (A, B) and ports_of(packet_of(tx)[2]) == (40000, 8080)
+    (row,) = switch.conntrack_info(1.0)
+    assert row["state"] == "SYN_SENT" and not row["replied"] and row["age"] == 0.0
+    assert switch.conntrack.statistics()["reopened"] == 1
+    counters = switch.statistics()["stages"]["ip4-conntrack"]
+    assert counters[next(k for k in counters if k.lower() == "reopened")] == 1, counters
+
+
+def test_reopened_connections_spread_over_the_ready_backends(switch):
+    """Reusing a port after TIME_WAIT is not pinned to the old backend (no affinity here)."""
+    seen = set()
+    for n in range(40):
+        _closed_connection(switch)
+        (tx,) = connect(switch, C, C_IP, VIP, now=1.0)
+        seen.add(tx.port)
+        switch.conntrack_flush()
+    assert seen == {A, B}
+
+
 def test_conntrack_filters_and_flush(switch):
     connect(switch, C, C_IP, VIP)
     send(switch, C, f"udp {C_IP}:5000 > {DNS_VIP}:53", mac(C_IP), mac(GW))

@@ -561,7 +561,9 @@ class Switch:
 
     def conntrack_info(self, now: float, filters: dict[str, str] | None = None) -> list[dict]:
         matches = self._conntrack_filter(filters or {})
-        rows = [e.as_dict(now) for e in self.conntrack.entries() if matches(e)]
+        # Entries past their deadline (a refused connection ends at once) wait for the timer to
+        # remove them; lookups no longer find them, so neither does a listing.
+        rows = [e.as_dict(now) for e in self.conntrack.entries() if e.alive(now) and matches(e)]
         return rows
 
     def conntrack_flush(self, filters: dict[str, str] | None = None) -> int:

@@ -4,7 +4,9 @@ A packet of a known connection is translated as its entry says (DNAT of a servic
 hairpin, NodePort or masquerade, or the reverse for replies) and its TCP state advanced. A TCP
 packet the state machine calls invalid is dropped and counted, never forwarded untranslated: an
 untranslated reply is what makes a client answer with RST ("connection reset by peer"). An ICMP
-error about a tracked connection is translated inside and out. Anything else goes on to the
+error about a tracked connection is translated inside and out. A SYN on the tuple of a closed
+connection (TIME_WAIT, CLOSE) removes the old entry and goes on as a new connection, as in the
+kernel, so it gets a fresh endpoint choice. Anything else goes on to the
 service stage, which decides whether it opens a new translated connection.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import enum
 
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
+from vswitch.tables.conntrack import Verdict
 
 NAME = "ip4-conntrack"
 NEXT = ("ip4-service", "ip4-local", "ip4-lookup")
@@ -22,6 +25,7 @@ class Counter(enum.Enum):
     TRACKED = "packets of a tracked connection, translated"
     RELATED = "ICMP errors about a tracked connection, translated inside and out"
     INVALID = "TCP packets invalid for their connection's state: dropped"
+    REOPENED = "SYNs on the tuple of a closed connection: old entry removed, looked at as new"
     UNTRACKED = "packets of no tracked connection"
 
 
@@ -39,10 +43,19 @@ def process(pkt: Packet, env: Env):
                                  f"translated inside and out")
         return tracked_flows.after_translation(pkt, env)
     flow = pkt.flow
-    if not tracked_flows.advance(pkt, env, entry, direction):
+    state = entry.tcp_state.name
+    verdict = tracked_flows.advance(pkt, env, entry, direction)
+    if verdict is Verdict.INVALID:
         if pkt.trace is not None:
-            pkt.trace.note(NAME, f"{flow.describe()} is invalid in state {entry.tcp_state.name}")
+            pkt.trace.note(NAME, f"{flow.describe()} is invalid in state {state}")
         return env.drop(pkt, Counter.INVALID)
+    if verdict is Verdict.REOPEN:
+        env.count(Counter.REOPENED)
+        if pkt.trace is not None:
+            pkt.trace.note(NAME, f"{flow.describe()} opens a new connection on the tuple of "
+                                 f"[{entry.original.describe()}] ({state}): the old entry is "
+                                 f"removed and the packet is looked at as new")
+        return "ip4-service"
     tracked_flows.apply(pkt, env, entry, direction)
     env.count(Counter.TRACKED)
     if pkt.trace is not None:

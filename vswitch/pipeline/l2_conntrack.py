@@ -13,6 +13,7 @@ import enum
 from vswitch.core.verdict import Forward
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
+from vswitch.tables.conntrack import Verdict
 
 NAME = "l2-conntrack"
 NEXT = ()
@@ -38,8 +39,16 @@ def process(pkt: Packet, env: Env):
         tracked_flows.apply_related(pkt, env, entry, direction)
         env.count(Counter.RELATED)
     else:
-        if not tracked_flows.advance(pkt, env, entry, direction):
+        verdict = tracked_flows.advance(pkt, env, entry, direction)
+        if verdict is Verdict.INVALID:
             return env.drop(pkt, Counter.INVALID)
+        if verdict is Verdict.REOPEN:
+            # The closed connection's entry is gone; this SYN belongs to no translated one.
+            env.count(Counter.PLAIN)
+            if pkt.trace is not None:
+                pkt.trace.note(NAME, "a SYN on the tuple of a closed translated connection: "
+                                     "its entry is removed, the packet switched as it is")
+            return (Forward((port,)),)
         tracked_flows.apply(pkt, env, entry, direction)
         env.count(Counter.TRANSLATED)
     if pkt.trace is not None:

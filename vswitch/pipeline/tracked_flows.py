@@ -101,14 +101,20 @@ def find(pkt: Packet, env: Env) -> tuple[Entry, Direction, bool] | None:
     return None
 
 
-def advance(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> bool:
-    """Account the packet to its connection (TCP state, timeouts, counters); False when the
-    state machine calls it invalid. A dry run changes nothing and judges nothing; a later
-    fragment has no flags to judge and follows its first fragment's verdict."""
-    if not env.commit or pkt.ip.fragment_offset:
-        return True
+def advance(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> Verdict:
+    """Account the packet to its connection (TCP state, timeouts, counters). INVALID: drop it;
+    REOPEN: the entry is gone and the packet opens a new connection. A dry run changes nothing
+    and judges nothing but the reopening, which decides the path a trace shows; a later fragment
+    has no flags to judge and follows its first fragment's verdict."""
+    if pkt.ip.fragment_offset:
+        return Verdict.ACCEPT
+    if not env.commit:
+        return (Verdict.REOPEN if env.conntrack.reopens(entry, direction, pkt.tcp_flags)
+                else Verdict.ACCEPT)
     verdict = env.conntrack.update(entry, direction, env.now, pkt.tcp_flags, pkt.ip.total_length)
-    return verdict is Verdict.ACCEPT
+    if verdict is Verdict.REOPEN:
+        env.nat.untrack_pair(entry)
+    return verdict
 
 
 def _partial(pkt: Packet) -> bool:

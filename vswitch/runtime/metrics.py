@@ -73,7 +73,8 @@ class SwitchCollector:
         conntrack = stats["conntrack"]
         yield _gauge("vswitch_conntrack_entries", "tracked connections", node, conntrack["entries"])
         yield _gauge("vswitch_conntrack_max", "connection table size", node, conntrack["max"])
-        for key in ("created", "expired", "evictions", "drops_full", "invalid"):
+        for key in ("created", "expired", "evictions", "drops_full", "invalid", "reopened",
+                    "aborted", "flushed", "clashes"):
             if key in conntrack:
                 yield _counter(f"vswitch_conntrack_{key}", f"connection table: {key}", node,
                                conntrack[key])

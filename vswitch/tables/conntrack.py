@@ -30,17 +30,20 @@ Theory of operation
   FIN and ACK segments stay in CLOSE, as in the kernel: they are the tail of the dead connection.
 * Also as in Linux: a retransmitted SYN does not extend an unanswered entry (a client that keeps
   retrying must not keep a stale translation alive); a SYN from the client in TIME_WAIT or CLOSE
-  re-opens the entry as a new connection (SYN_SENT, unreplied, counters reset) keeping its
-  translation; ASSURED is set when the handshake's last ACK completes an answered connection
-  (UDP: at the first reply; ICMP: never).
+  removes the entry and returns REOPEN, so that the packet is looked at again as the first of a
+  new connection, exactly as the kernel's ``nf_ct_kill`` + ``NF_REPEAT`` does: a client that
+  reuses its port gets a fresh endpoint choice (subject to affinity), never the old translation
+  to an endpoint that may have stopped being ready since. A RST before any reply (the server
+  refused, or the client gave up) ends the entry at once, counted as ``aborted``, instead of
+  holding it in CLOSE. ASSURED is set when the handshake's last ACK completes an answered
+  connection (UDP: at the first reply; ICMP: never).
   Simultaneous open goes through SYN_SENT2, a state the kernel has and the Kubernetes semantics
   never mention.
 * Known simplifications: there is no sequence-number window tracking (the kernel's
   ``tcp_in_window``), so an old segment that happens to carry valid flags is accepted, and the
   kernel's shorter "unacknowledged data" and "retransmission" timeouts never apply. A SYN from the
   server's side in TIME_WAIT (the kernel would delete the entry and start a new one in the other
-  direction) is INVALID here. A RST before any reply moves to CLOSE (10 s) where the kernel deletes
-  the entry outright. UDP is extended to 120 s at the first reply, where kernels since 5.x wait
+  direction) is INVALID here. UDP is extended to 120 s at the first reply, where kernels since 5.x wait
   until the stream has lasted 2 s. ICMP echo is keyed by identifier alone, without the message
   type, so a ping from B to A that happens to use the identifier of a running ping from A to B is
   taken for its reply.
@@ -137,6 +140,9 @@ class TcpState(enum.Enum):
 class Verdict(enum.Enum):
     ACCEPT = "accept"
     INVALID = "invalid"
+    #: The packet opens a new connection on the tuple of a closed one: the old entry is gone and
+    #: the packet must be looked at as the first of a new connection (a new endpoint choice).
+    REOPEN = "reopen"
 
 
 @dataclass(frozen=True)
@@ -341,7 +347,7 @@ class ConntrackTable:
         self._protocols: dict[int, int] = {}
         self._counts = {name: 0 for name in (
             "created", "expired", "evictions", "drops_full", "clashes", "invalid", "ignored",
-            "reopened", "flushed", "removed", "reclaimed")}
+            "reopened", "aborted", "flushed", "removed", "reclaimed")}
 
     def __len__(self) -> int:
         return len(self._by_original)
@@ -372,6 +378,16 @@ class ConntrackTable:
         (Linux's ``nf_conntrack_tcp_loose``) would forward packets of a flow whose translation is
         unknown, which is how kube-proxy's spurious resets came about."""
         return flags & (_SYN | _ACK | _RST | _FIN) == _SYN
+
+    @staticmethod
+    def reopens(entry: Entry, direction: Direction, tcp_flags: int | None) -> bool:
+        """Whether ``update`` would answer REOPEN for this packet; changes nothing, so that a
+        dry-run trace can tell the truth about a SYN on the tuple of a closed connection."""
+        if entry.original.proto != _TCP or tcp_flags is None or direction.value != 0:
+            return False
+        cls = _CLASS_OF_FLAGS.get(tcp_flags & _CLASSIFIED)
+        return (cls is not None and entry.tcp_state in (TcpState.TIME_WAIT, TcpState.CLOSE)
+                and _TCP_TABLE[0][cls][entry.tcp_state.value] is TcpState.SYN_SENT)
 
     @staticmethod
     def reply_tuple(original: FlowTuple, dnat: tuple[bytes, int] | None = None,
@@ -547,8 +563,9 @@ class ConntrackTable:
                 # start a new entry with the roles swapped, which a translated entry cannot express.
                 self._counts["invalid"] += 1
                 return Verdict.INVALID
-            self._reopen(entry, now, length)
-            return Verdict.ACCEPT
+            self._discard(entry)
+            self._counts["reopened"] += 1
+            return Verdict.REOPEN
 
         if new is TcpState.SYN_SENT2:
             entry._simultaneous_open = True
@@ -571,6 +588,13 @@ class ConntrackTable:
         if d == 0 and not was_replied and cls == _SYN_CLASS and old is TcpState.SYN_SENT:
             # A retransmitted SYN must not keep an unanswered translation alive indefinitely.
             return Verdict.ACCEPT
+        if cls == _RST_CLASS and not was_replied:
+            # As the kernel: a connection whose only answer is a RST, or that its client aborts
+            # before any answer, never existed; its entry dies now (the RST itself is still
+            # translated by the caller) and the tuple is free for the client's next attempt.
+            self._counts["aborted"] += 1
+            self._set_expires(entry, now)
+            return Verdict.ACCEPT
         # A RST always leads to CLOSE, so its short timeout is CLOSE's.
         self._set_expires(entry, now + self._tcp_timeout[new.value])
         return Verdict.ACCEPT
@@ -583,25 +607,6 @@ class ConntrackTable:
     def _mark_replied(self, entry: Entry) -> None:
         entry.replied = True
         self._unreplied.pop(entry, None)
-
-    def _reopen(self, entry: Entry, now: float, length: int) -> None:
-        """A new connection on the tuple of a closed one: it starts from scratch, keeping the
-        translation (the endpoint it pointed at is still there, or flush_endpoint would have
-        removed the entry)."""
-        self._tcp_states[entry.tcp_state] -= 1
-        self._tcp_states[TcpState.SYN_SENT] += 1
-        entry.tcp_state = TcpState.SYN_SENT
-        entry.replied = False
-        entry.assured = False
-        entry._simultaneous_open = False
-        entry.created = now
-        entry.packets = [0, 0]
-        entry.bytes = [0, 0]
-        self._unreplied[entry] = None
-        self._unreplied.move_to_end(entry)
-        self._count(entry, 0, now, length)
-        self._set_expires(entry, now + self.timeouts.syn_sent)
-        self._counts["reopened"] += 1
 
     # -- removal and time ------------------------------------------------------------------------
 
