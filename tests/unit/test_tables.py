@@ -3,6 +3,7 @@ the edges (slot reuse, a full table) against both implementations."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from vswitch import accel as accel_impls
 from vswitch.tables.fdb import Fdb, LearnResult
@@ -48,3 +49,33 @@ def test_neighbour_table_full_refuses_a_new_next_hop(accel):
     results = [table.resolve(0, bytes([10, 0, 0, i]), f"packet {i}", 0.0)[0] for i in range(64)]
     assert ResolveResult.FULL in results
     assert len(table) == results.count(ResolveResult.PROBE)
+
+
+# -- FDB aging: the lazy heap against a scan of the table ---------------------------------------
+
+_FDB_STEPS = st.lists(st.tuples(
+    st.sampled_from(["learn", "expire", "flush"]),
+    st.integers(0, 5),      # MAC
+    st.integers(1, 3),      # port
+    st.floats(0, 40),       # time advance
+), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_FDB_STEPS)
+def test_fdb_aging_heap_equals_a_scan(steps):
+    fdb = Fdb(aging=30, mac_limit=100)
+    now = 0.0
+    for action, mac_index, port, advance in steps:
+        now += advance
+        mac = bytes([2, 0, 0, 0, 0, mac_index])
+        if action == "learn":
+            fdb.learn(0, mac, port, now)
+        elif action == "flush":
+            fdb.flush_port(port)
+        else:
+            alive_before = {e.mac for e in fdb.entries() if now - e.last_seen < fdb.aging}
+            fdb.expire(now)
+            assert {e.mac for e in fdb.entries()} == alive_before
+        expected = min((e.last_seen + fdb.aging for e in fdb.entries()), default=None)
+        assert fdb.next_expiry() == expected

@@ -11,6 +11,10 @@ Theory of operation
   once, so correctness never waits for the timer; ``expire`` only reclaims memory.
 * A port may hold at most ``mac_limit`` learned MACs; a frame that would exceed it is not learned
   and the caller drops it (a flooding attack must not evict everyone else's entries).
+* Aging runs off a heap of deadlines that is lazy about refreshes: learning an existing MAC only
+  moves ``last_seen`` forward, so a heap item can only be early, never late. When an early item
+  reaches the top it is pushed again at the entry's real deadline. ``expire`` and ``next_expiry``
+  cost O(log n) per entry that ages or is refreshed, not a scan of the table every tick.
 * ``generation`` changes whenever an existing decision could change: a move, an expiry, a flush.
   The flow cache keys its entries to it. Learning a brand-new MAC does not bump it: no cached
   decision ever depended on that MAC being unknown, because floods are not cached.
@@ -18,6 +22,8 @@ Theory of operation
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -62,6 +68,9 @@ class Fdb:
         self.generation = 0
         self._entries: ObjectTable[FdbEntry] = ObjectTable(accel, 8, capacity)
         self._per_port: dict[int, int] = {}
+        # (deadline when pushed, tie-breaker, entry); see "Aging" in the module docstring.
+        self._heap: list[tuple[float, int, FdbEntry]] = []
+        self._seq = itertools.count()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -85,6 +94,7 @@ class Fdb:
             if not self._entries.put(_key(segment, mac), entry):
                 return LearnResult.LIMIT, None
             self._per_port[port] = self._per_port.get(port, 0) + 1
+            heapq.heappush(self._heap, (now + self.aging, next(self._seq), entry))
             return LearnResult.NEW, entry
         if entry.port != port:
             if self._per_port.get(port, 0) >= self.mac_limit:
@@ -108,10 +118,30 @@ class Fdb:
         return LearnResult.MOVED if entry is not None else LearnResult.NEW
 
     def expire(self, now: float) -> int:
-        stale = [e for e in self._entries.values() if now - e.last_seen >= self.aging]
-        for entry in stale:
+        removed = 0
+        while True:
+            deadline = self._settle_top()
+            if deadline is None or deadline > now:
+                return removed
+            _, _, entry = heapq.heappop(self._heap)
             self._remove(entry)
-        return len(stale)
+            removed += 1
+
+    def _settle_top(self) -> float | None:
+        """The true earliest deadline, after discarding items of removed entries and re-pushing
+        early ones at their entries' real deadlines."""
+        heap = self._heap
+        while heap:
+            deadline, _, entry = heap[0]
+            if self._entries.get(_key(entry.segment, entry.mac)) is not entry:
+                heapq.heappop(heap)  # removed (aged, flushed) since it was pushed
+                continue
+            actual = entry.last_seen + self.aging
+            if actual != deadline:
+                heapq.heapreplace(heap, (actual, next(self._seq), entry))
+                continue
+            return deadline
+        return None
 
     def flush_port(self, port: int) -> int:
         gone = [e for e in self._entries.values() if e.port == port]
@@ -120,9 +150,7 @@ class Fdb:
         return len(gone)
 
     def next_expiry(self) -> float | None:
-        if not self._entries:
-            return None
-        return min(e.last_seen for e in self._entries.values()) + self.aging
+        return self._settle_top()
 
     def entries(self) -> list[FdbEntry]:
         return list(self._entries.values())
@@ -137,3 +165,8 @@ class Fdb:
         self._entries.pop(_key(entry.segment, entry.mac))
         self._per_port[entry.port] -= 1
         self.generation += 1
+        if len(self._heap) > 2 * len(self._entries) + 64:
+            # Flushes leave items of removed entries behind; drop them before they pile up.
+            self._heap = [(e.last_seen + self.aging, next(self._seq), e)
+                          for e in self._entries.values()]
+            heapq.heapify(self._heap)
