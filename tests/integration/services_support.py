@@ -283,6 +283,53 @@ REQUESTS = textwrap.dedent(
     '''
 )
 
+# One UDP datagram of ``size`` payload bytes to host:port, sent as two IP fragments in reverse
+# order (the later one first) through a raw socket, as a reordering network would deliver it.
+# Arguments: host, port, size. Prints {"answer": line or None, "sport": source port}.
+REORDERED_UDP = textwrap.dedent(
+    r'''
+    import json, os, random, socket, struct, sys
+    host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+    def checksum(data):
+        if len(data) % 2:
+            data += b"\0"
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return ~total & 0xFFFF
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("0.0.0.0", 0))
+    receiver.settimeout(5)
+    sport = receiver.getsockname()[1]
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect((host, port))
+    src = probe.getsockname()[0]
+    probe.close()
+    length = 8 + size
+    udp = struct.pack("!HHHH", sport, port, length, 0) + os.urandom(size)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(host) + struct.pack("!BBH", 0, 17, length)
+    udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    ident = random.randrange(1, 65536)
+
+    def fragment(body, offset, more):
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), ident,
+                             (0x2000 if more else 0) | offset // 8, 64, 17, 0,
+                             socket.inet_aton(src), socket.inet_aton(host))
+        return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + body
+
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    raw.sendto(fragment(udp[1480:], 1480, False), (host, 0))
+    raw.sendto(fragment(udp[:1480], 0, True), (host, 0))
+    try:
+        answer = receiver.recv(2048).decode().strip()
+    except socket.timeout:
+        answer = None
+    print(json.dumps({"answer": answer, "sport": sport}))
+    '''
+)
+
 # One attempt that must be refused: a TCP connect, or a datagram on a connected UDP socket
 # followed by a receive (the kernel reports an ICMP port unreachable as ECONNREFUSED there).
 # Arguments: proto, host, port, timeout. Prints {"error": "ECONNREFUSED" | ..., "elapsed": s}.

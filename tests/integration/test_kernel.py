@@ -17,6 +17,7 @@ import socket
 import struct
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from types import MappingProxyType
@@ -642,9 +643,14 @@ def assert_leftovers_then_return_pids(topo: Topology) -> list[int]:
 
     entries = read_journal(topo.control.state_dir, topo.node.name)
     assert set(entries.netns) == {p.netns for p in topo.pods}
-    # PR_SET_PDEATHSIG killed the shell; its children survive in the namespace until cleanup.
+    # PR_SET_PDEATHSIG kills the shell; its children survive in the namespace until cleanup. The
+    # signal is delivered asynchronously, so the shell may take a moment to go.
+    deadline = time.monotonic() + 10.0
     orphans = pids_in_netns(topo.pods[0].netns)
-    assert len(orphans) == 2
+    while len(orphans) != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        orphans = pids_in_netns(topo.pods[0].netns)
+    assert len(orphans) == 2, orphans
     return orphans
 
 

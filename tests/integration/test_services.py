@@ -33,6 +33,7 @@ from services_support import (
     FLOOD_UDP,
     HAIRPIN_ADDRESS,
     REFUSAL,
+    REORDERED_UDP,
     REQUESTS,
     STREAM,
     Answer,
@@ -165,6 +166,20 @@ def test_multiport_and_tcp_and_udp_on_one_port_reach_their_own_targets(node: Ser
         ("tcp", 53): ("tcp", 5300),
         ("udp", 53): ("udp", 5301),
     }
+
+
+def test_a_datagram_whose_fragments_arrive_in_reverse_order_reaches_its_backend(
+        node: ServiceNode) -> None:
+    """The later fragment comes first and carries no port: it waits in the switch until the
+    first fragment has chosen the backend, then follows it. The backend's kernel reassembles the
+    datagram (it would drop a fragment with the wrong addresses) and answers the client."""
+    held_before = node.ctl("stats")["fragments_held"]["held"]
+    result = node.run_in("client", REORDERED_UDP, vip(node, "multi"), 53, 2400)
+    assert result["answer"] is not None, result
+    name, peer, served = result["answer"].split()
+    assert (name, peer, served) == ("web-3", f"{node.ip('client')}:{result['sport']}", "udp:5301")
+    stats = node.ctl("stats")["fragments_held"]
+    assert stats["held"] == held_before + 1 and stats["waiting_frames"] == 0, stats
 
 
 def test_hairpin_a_backend_reaches_its_own_service(node: ServiceNode) -> None:

@@ -573,3 +573,106 @@ def test_every_fragment_of_a_datagram_follows_its_connection(switch):
     assert all(p[12:16] == ip(DNS_VIP) and pure.checksum(p[:20]) == 0 for p in back_packets)
     segment = _reassemble(back_packets)
     assert pure.sum16(segment, pure.pseudo_header_sum(ip(DNS_VIP), ip(C_IP), 17, len(segment))) == 0xFFFF
+
+
+def _send_pieces(switch, port, pieces, src_mac, dst_mac, now=0.0):
+    outs = []
+    for piece in pieces:
+        outs += switch.process_batch(port, [VNET + builders.ethernet(dst_mac, src_mac, 0x0800, piece)],
+                                     now)
+    return outs
+
+
+def _udp_datagram(src, dst, sport, dport, ident, size=3072):
+    payload = bytes(range(256)) * (size // 256)
+    udp = builders.udp(src=ip(src), dst=ip(dst), src_port=sport, dst_port=dport, payload=payload)
+    return builders.ipv4(src=ip(src), dst=ip(dst), protocol=17, payload=udp, identification=ident)
+
+
+def _stage(switch, name):
+    counters = switch.statistics()["stages"][name]
+    return {key.lower(): value for key, value in counters.items()}
+
+
+def test_later_fragments_that_come_first_wait_for_their_first(switch):
+    """Reordered on the way: the last fragments arrive before the one with the ports. They are
+    held, then follow the first fragment's translation; nothing leaves untranslated."""
+    pieces = _fragments(_udp_datagram(C_IP, DNS_VIP, 5000, 53, 0x6161), 1400)
+    assert len(pieces) == 3
+    early = _send_pieces(switch, C, pieces[:0:-1], mac(C_IP), mac(GW))  # last, then middle
+    assert early == []
+    assert _stage(switch, "ip4-conntrack")["fragment-held"] == 2
+    assert switch.statistics()["fragments_held"]["waiting_frames"] == 2
+    outs = _send_pieces(switch, C, pieces[:1], mac(C_IP), mac(GW), 0.1)
+    assert len(outs) == 3 and len({t.port for t in outs}) == 1
+    backend = {A: A_IP, B: B_IP}[outs[0].port]
+    packets = [packet_of(t)[2] for t in outs]
+    assert all(p[16:20] == ip(backend) and pure.checksum(p[:20]) == 0 for p in packets)
+    segment = _reassemble(packets)
+    assert struct.unpack_from("!HH", segment) == (5000, 5353)
+    assert pure.sum16(segment, pure.pseudo_header_sum(ip(C_IP), ip(backend), 17, len(segment))) == 0xFFFF
+    assert switch.statistics()["fragments_held"]["waiting_frames"] == 0
+
+
+def test_reordered_fragments_of_a_backend_reply_are_held_and_translated(switch):
+    (first,) = _send_pieces(switch, C, [_udp_datagram(C_IP, DNS_VIP, 5000, 53, 1, size=256)],
+                            mac(C_IP), mac(GW))
+    backend = {A: A_IP, B: B_IP}[first.port]
+    pieces = _fragments(_udp_datagram(backend, C_IP, 5353, 5000, 0x7272), 1400)
+    held = _send_pieces(switch, first.port, pieces[1:], mac(backend), mac(C_IP), 0.1)
+    assert held == []  # switched replies too: never untranslated to the client
+    backs = _send_pieces(switch, first.port, pieces[:1], mac(backend), mac(C_IP), 0.2)
+    assert [t.port for t in backs] == [C, C, C]
+    assert all(packet_of(t)[2][12:16] == ip(DNS_VIP) for t in backs)
+
+
+def test_held_fragments_whose_first_never_comes_expire_and_are_counted(switch):
+    pieces = _fragments(_udp_datagram(C_IP, DNS_VIP, 5000, 53, 0x6262), 1400)
+    assert _send_pieces(switch, C, pieces[1:], mac(C_IP), mac(GW)) == []
+    assert switch.next_deadline() <= 5.0
+    switch.handle_timer(5.0)
+    assert _stage(switch, "ip4-conntrack")["fragment-hold-expired"] == 2
+    assert switch.statistics()["fragments_held"]["waiting_frames"] == 0
+    # The first fragment, too late, goes alone; the others are not resurrected.
+    assert len(_send_pieces(switch, C, pieces[:1], mac(C_IP), mac(GW), 6.0)) == 1
+
+
+def test_in_order_fragments_of_plain_traffic_are_never_held(switch):
+    """Pod to pod, no translation: every fragment is forwarded as it arrives."""
+    pieces = _fragments(_udp_datagram(C_IP, A_IP, 5000, 9999, 0x6363), 1400)
+    outs = _send_pieces(switch, C, pieces, mac(C_IP), mac(A_IP))
+    assert [t.port for t in outs] == [A, A, A]
+    assert _stage(switch, "ip4-conntrack").get("fragment-held", 0) == 0
+
+
+def test_egress_fragments_out_of_order_are_masqueraded_whole(switch):
+    pieces = _fragments(_udp_datagram(C_IP, "203.0.113.9", 5000, 53, 0x6464), 1400)
+    assert _send_pieces(switch, C, pieces[1:], mac(C_IP), mac(GW)) == []
+    outs = _send_pieces(switch, C, pieces[:1], mac(C_IP), mac(GW), 0.1)
+    assert [t.port for t in outs] == [UPLINK] * 3
+    assert all(packet_of(t)[2][12:16] == ip(NODE) for t in outs)
+
+
+def test_later_fragments_of_a_dropped_first_fragment_are_dropped(switch):
+    """An established connection; the backend's next segment, fragmented, carries no TCP flags
+    at all (invalid): its first fragment is dropped, and so are the rest, never untranslated."""
+    (tx,) = connect(switch, C, C_IP, VIP)
+    backend = {A: A_IP, B: B_IP}[tx.port]
+    send(switch, tx.port, f"tcp {backend}:8080 > {C_IP}:40000 flags SA", mac(backend), mac(C_IP), 0.1)
+    connect(switch, C, C_IP, VIP, flags="A", now=0.2)
+    segment = bytearray(builders.tcp(src=ip(backend), dst=ip(C_IP), src_port=8080, dst_port=40000,
+                                     seq=1, ack=1, flags=0x10, payload=bytes(3000)))
+    segment[13] = 0  # no flags
+    bad = builders.ipv4(src=ip(backend), dst=ip(C_IP), protocol=6, payload=bytes(segment),
+                        identification=0x6565)
+    pieces = _fragments(bad, 1400)
+    assert _send_pieces(switch, tx.port, pieces, mac(backend), mac(C_IP), 0.3) == []
+    assert _stage(switch, "l2-conntrack")["invalid"] == 1
+    assert _stage(switch, "ip4-conntrack")["fragment-of-dropped"] == 2
+
+
+def test_trace_of_an_early_fragment_says_it_would_wait(switch):
+    text = switch.trace("c", f"udp {C_IP}:5000 > {DNS_VIP}:53 len 100 ipid 77 frag 1480",
+                        0.0)["text"]
+    assert "later fragment (id 77) before its first: would be held" in text, text
+    assert switch.statistics()["fragments_held"]["waiting_frames"] == 0  # a dry run holds nothing

@@ -51,10 +51,23 @@ def test_trace_of_unknown_destination_floods(switch):
 
 @pytest.mark.parametrize("bad", ["", "icmp 10.244.1.10", "tcp 10.244.1.10 > 10.244.1.11",
                                  "icmp 10.244.1.10 > 300.1.1.1", "gre 1.1.1.1 > 2.2.2.2",
-                                 "icmp 10.244.1.10 > 10.244.1.11 ttl 900", "udp 1.1.1.1:1 > 2.2.2.2:2 flags S"])
+                                 "icmp 10.244.1.10 > 10.244.1.11 ttl 900", "udp 1.1.1.1:1 > 2.2.2.2:2 flags S",
+                                 "udp 1.1.1.1:1 > 2.2.2.2:2 frag 13", "udp 1.1.1.1:1 > 2.2.2.2:2 ipid 70000"])
 def test_bad_packet_text_is_a_clear_error(switch, bad):
     with pytest.raises(PacketSyntaxError):
         switch.trace("a", bad, 0.0)
+
+
+def test_fragment_options_build_the_fragment_they_name():
+    from vswitch.accel import pure
+    from vswitch.wire import headers as h
+    from vswitch.wire.text import build_frame, parse_packet
+
+    frame = build_frame(parse_packet("udp 10.0.0.1:1 > 10.0.0.2:2 len 40 ipid 513 mf frag 1480 df"),
+                        bytes(6), bytes(6))
+    ip = h.IPV4.parse(frame[14:34])
+    assert (ip.identification, ip.mf, ip.df, ip.fragment_offset) == (513, True, True, 185)
+    assert pure.checksum(frame[14:34]) == 0
 
 
 def test_unknown_port_is_a_clear_error(switch):

@@ -37,7 +37,7 @@ from vswitch.core.ports import PortSpec
 from vswitch.core.trace import Trace
 from vswitch.core.verdict import Drop, Forward, Hold, Reply
 from vswitch.model import DEFAULT_CONNTRACK_MAX, Topology, mac_for_ip
-from vswitch.pipeline import graph, ip4_icmp_error, ip4_neighbor, routed_frames
+from vswitch.pipeline import graph, ip4_conntrack, ip4_icmp_error, ip4_neighbor, routed_frames
 from vswitch.pipeline.context import Env, NatContext, Packet, SegmentInfo
 from vswitch.tables.conntrack import ConntrackTable
 from vswitch.tables.fdb import Fdb
@@ -204,6 +204,8 @@ class Switch:
                 self._armed[port_id] = armed
             pkt = Packet(port, frame, offset, trace)
             self._slow_path(pkt, counters, out)
+            if env.nat.released:
+                self._run_released(out)
             if key is not None and self.flow_cache.capacity:
                 for cache_key, cache_entry in fast_path.memoise(pkt, key, conn_key,
                                                                  self._generation()):
@@ -233,6 +235,17 @@ class Switch:
         self.dispositions[disposition] += 1
         if pkt.trace is not None:
             pkt.trace.actions.extend(self._describe_actions(actions))
+
+    def _run_released(self, out: list[Transmit]) -> None:
+        """Later fragments held until their first fragment passed: their turn, in arrival order,
+        as if they had just been received on their port."""
+        released = self._env.nat.released
+        while released:
+            port_id, frame = released.pop(0)
+            port = self.ports.get(port_id)
+            if port is not None:
+                self._slow_path(Packet(port, frame, port.l2_offset, None),
+                                self._port_counters[port_id], out)
 
     def _forward(self, out: list[Transmit], in_port: PortSpec, action: Forward,
                  received: bytes) -> None:
@@ -290,6 +303,9 @@ class Switch:
             self.nat.untrack_pair(entry)
         self._resync_reply_pairs()
         self.nat.expire_fragments(now)
+        expired = self.nat.held.expire(now)
+        if expired:
+            self._env.count(ip4_conntrack.Counter.FRAGMENT_HOLD_EXPIRED, expired)
         self.services.expire(now)
         env = self._env
         env.now = now
@@ -314,7 +330,8 @@ class Switch:
 
     def next_deadline(self) -> float:
         deadlines = [d for d in (self.fdb.next_expiry(), self.neighbors.next_deadline(),
-                                 self.conntrack.next_deadline(), self.services.next_deadline())
+                                 self.conntrack.next_deadline(), self.services.next_deadline(),
+                                 self.nat.held.next_deadline())
                      if d is not None]
         return min(deadlines, default=math.inf)
 
@@ -424,6 +441,7 @@ class Switch:
             "neighbors": {"entries": len(self.neighbors), "generation": self.neighbors.generation,
                           "queue_overflow_drops": self.neighbors.overflow_drops},
             "icmp_rate_limited": self.icmp_limiter.limited,
+            "fragments_held": self.nat.held.statistics(),
             "conntrack": self.conntrack.statistics(),
             "services": {"programmed": len(self.services), "generation": self.services.generation,
                          "affinity_entries": self.services.affinity_count()},

@@ -16,7 +16,8 @@ class Forward:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """The packet waits in a neighbour queue until its next hop's MAC is known."""
+    """The packet waits: in a neighbour queue until its next hop's MAC is known, or, a later
+    fragment that came first, until its datagram's first fragment has passed."""
 
 
 @dataclass(frozen=True, slots=True)

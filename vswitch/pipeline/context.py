@@ -15,6 +15,7 @@ from vswitch.core.verdict import Drop
 from vswitch.tables.conntrack import ConntrackTable
 from vswitch.tables.fdb import Fdb, FdbEntry
 from vswitch.tables.fib import Fib, Route
+from vswitch.tables.fragment_hold import FragmentHold
 from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
 from vswitch.tables.neighbors import Neighbor, NeighborTable
 from vswitch.tables.services import ServiceTable
@@ -55,7 +56,12 @@ class NatContext:
         # Fragmented datagrams of translated connections: the first fragment carries the ports
         # and finds the connection; later fragments (same addresses, protocol and IP id) follow
         # it here. Key: (proto, src, dst, id) as received; value: (entry, direction, expires).
+        # The entry is None when the first fragment went untranslated (the direction None) or
+        # was dropped (the direction ``tracked_flows.DROPPED``).
         self.fragments: dict[tuple[int, bytes, bytes, int], tuple[Any, Any, float]] = {}
+        # Later fragments that came before their first, and those released for another run.
+        self.held = FragmentHold()
+        self.released: list[tuple[int, bytes]] = []
 
     def expire_fragments(self, now: float) -> None:
         for key in [k for k, (_, _, expires) in self.fragments.items() if expires <= now]:

@@ -6,13 +6,16 @@ packet the state machine calls invalid is dropped and counted, never forwarded u
 untranslated reply is what makes a client answer with RST ("connection reset by peer"). An ICMP
 error about a tracked connection is translated inside and out. A SYN on the tuple of a closed
 connection (TIME_WAIT, CLOSE) removes the old entry and goes on as a new connection, as in the
-kernel, so it gets a fresh endpoint choice. Anything else goes on to the
+kernel, so it gets a fresh endpoint choice. A later fragment that may belong to a translated
+connection and arrives before its first fragment is held until the first has passed (see
+``tables.fragment_hold``). Anything else goes on to the
 service stage, which decides whether it opens a new translated connection.
 """
 from __future__ import annotations
 
 import enum
 
+from vswitch.core.verdict import Hold
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.conntrack import Verdict
@@ -27,11 +30,38 @@ class Counter(enum.Enum):
     INVALID = "TCP packets invalid for their connection's state: dropped"
     REOPENED = "SYNs on the tuple of a closed connection: old entry removed, looked at as new"
     UNTRACKED = "packets of no tracked connection"
+    FRAGMENT_HELD = "later fragments that came before their first: held until it passes"
+    FRAGMENT_HOLD_FULL = "later fragments that came before their first, not held: no room"
+    FRAGMENT_HOLD_EXPIRED = "held fragments whose first fragment never came: dropped"
+    FRAGMENT_OF_DROPPED = "later fragments of a datagram whose first fragment was dropped"
+
+
+def hold_or_drop(pkt: Packet, env: Env, fragment: str, stage: str):
+    """Hold a later fragment until its first passes, or drop it with its dropped first."""
+    ip = pkt.ip
+    if fragment == "drop":
+        return env.drop(pkt, Counter.FRAGMENT_OF_DROPPED)
+    if not env.commit:
+        if pkt.trace is not None:
+            pkt.trace.note(stage, f"a later fragment (id {ip.identification}) before its first: "
+                                  f"would be held until the first fragment passes")
+        return (Hold(),)
+    key = (ip.protocol, ip.src, ip.dst, ip.identification)
+    if not env.nat.held.hold(key, pkt.port.id, pkt.data, env.now):
+        return env.drop(pkt, Counter.FRAGMENT_HOLD_FULL)
+    env.count(Counter.FRAGMENT_HELD)
+    if pkt.trace is not None:
+        pkt.trace.note(stage, f"a later fragment (id {ip.identification}) before its first: "
+                              f"held until the first fragment passes")
+    return (Hold(),)
 
 
 def process(pkt: Packet, env: Env):
     found = tracked_flows.find(pkt, env)
     if found is None:
+        fragment = tracked_flows.untracked_fragment(pkt, env)
+        if fragment is not None:
+            return hold_or_drop(pkt, env, fragment, NAME)
         env.count(Counter.UNTRACKED)
         return "ip4-service"
     entry, direction, related = found
@@ -48,6 +78,7 @@ def process(pkt: Packet, env: Env):
     if verdict is Verdict.INVALID:
         if pkt.trace is not None:
             pkt.trace.note(NAME, f"{flow.describe()} is invalid in state {state}")
+        tracked_flows.dropped_first_fragment(pkt, env)
         return env.drop(pkt, Counter.INVALID)
     if verdict is Verdict.REOPEN:
         env.count(Counter.REOPENED)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 
 from vswitch.core.verdict import Forward
-from vswitch.pipeline import tracked_flows
+from vswitch.pipeline import ip4_conntrack, tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.conntrack import Verdict
 
@@ -30,6 +30,9 @@ def process(pkt: Packet, env: Env):
     port = pkt.l2_out
     found = tracked_flows.find(pkt, env)
     if found is None:
+        fragment = tracked_flows.untracked_fragment(pkt, env)
+        if fragment is not None:
+            return ip4_conntrack.hold_or_drop(pkt, env, fragment, NAME)
         env.count(Counter.PLAIN)
         if pkt.trace is not None:
             pkt.trace.note(NAME, "no translated connection: switched as it is")
@@ -41,6 +44,7 @@ def process(pkt: Packet, env: Env):
     else:
         verdict = tracked_flows.advance(pkt, env, entry, direction)
         if verdict is Verdict.INVALID:
+            tracked_flows.dropped_first_fragment(pkt, env)
             return env.drop(pkt, Counter.INVALID)
         if verdict is Verdict.REOPEN:
             # The closed connection's entry is gone; this SYN belongs to no translated one.

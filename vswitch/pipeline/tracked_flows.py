@@ -8,6 +8,7 @@ stages route the translated packet while ICMP errors still quote what the sender
 from __future__ import annotations
 
 import struct
+from ipaddress import IPv4Address
 
 from vswitch.pipeline.context import Env, Packet
 from vswitch.pipeline.nat_rewrite import translate, translate_icmp_error
@@ -80,6 +81,11 @@ def _fragment_key(pkt: Packet) -> tuple[int, bytes, bytes, int]:
     return ip.protocol, ip.src, ip.dst, ip.identification
 
 
+#: The direction recorded for a datagram whose first fragment was dropped: its later fragments
+#: are dropped too (an untranslated later fragment must never leave).
+DROPPED = "dropped"
+
+
 def find(pkt: Packet, env: Env) -> tuple[Entry, Direction, bool] | None:
     """The tracked connection of the packet, or, for an ICMP error, of the packet it quotes
     (then the last element, ``related``, is True). A later fragment of a datagram whose first
@@ -90,7 +96,8 @@ def find(pkt: Packet, env: Env) -> tuple[Entry, Direction, bool] | None:
         return None if hit is None else (hit[0], hit[1], False)
     if pkt.ip.fragment_offset:
         followed = env.nat.fragments.get(_fragment_key(pkt))
-        if followed is not None and followed[2] > env.now and followed[0].alive(env.now):
+        if (followed is not None and followed[0] is not None and followed[2] > env.now
+                and followed[0].alive(env.now)):
             return followed[0], followed[1], False
         return None
     quoted = quoted_flow(pkt)
@@ -99,6 +106,66 @@ def find(pkt: Packet, env: Env) -> tuple[Entry, Direction, bool] | None:
         if hit is not None:
             return hit[0], hit[1], True
     return None
+
+
+def _may_need_translation(pkt: Packet, env: Env) -> bool:
+    """Whether a fragment could belong to a translated connection, judged on addresses alone
+    (a later fragment has no ports). Saying yes wrongly costs a short wait, never a loss: the
+    fragment is held only until its first fragment has passed."""
+    ip, nat = pkt.ip, env.nat
+    if ip.dst == nat.node_address or ip.dst == nat.hairpin_address:
+        return True
+    if (ip.src, ip.dst) in nat.reply_pairs or env.services.is_frontend_address(ip.protocol, ip.dst):
+        return True
+    cidr = nat.cluster_cidr
+    return (cidr is not None and nat.node_address is not None
+            and IPv4Address(ip.src) in cidr and IPv4Address(ip.dst) not in cidr)
+
+
+def untracked_fragment(pkt: Packet, env: Env) -> str | None:
+    """What to do with a fragment that ``find`` did not place: None (go on untranslated),
+    "hold" (a later fragment that arrived before its first; see ``tables.fragment_hold``) or
+    "drop" (its first fragment was dropped). A first fragment that may need translation is
+    recorded as passing untranslated, which a translation later in the pipeline overrides, and
+    releases whatever fragments of its datagram are held."""
+    ip = pkt.ip
+    if not (ip.mf or ip.fragment_offset) or not _may_need_translation(pkt, env):
+        return None
+    key = _fragment_key(pkt)
+    nat = env.nat
+    known = nat.fragments.get(key)
+    if known is not None and known[2] <= env.now:
+        known = None
+    if not ip.fragment_offset:
+        if env.commit and known is None:
+            _record(env, key, None, None)
+        return None
+    if known is None:
+        return "hold"
+    return "drop" if known[1] == DROPPED else None
+
+
+def dropped_first_fragment(pkt: Packet, env: Env) -> None:
+    """The caller drops this packet; if it is a first fragment, its later ones must follow."""
+    ip = pkt.ip
+    if env.commit and ip.mf and not ip.fragment_offset:
+        key = _fragment_key(pkt)
+        _record(env, key, None, DROPPED)
+
+
+def _record(env: Env, key: tuple[int, bytes, bytes, int], entry: Entry | None,
+            direction: Direction | str | None) -> None:
+    """Remember how a datagram's first fragment went, and release the later fragments held
+    for it: the switch runs them through the pipeline once the current packet is done."""
+    fragments = env.nat.fragments
+    if len(fragments) >= MAX_FRAGMENTED_DATAGRAMS:
+        env.nat.expire_fragments(env.now)
+        if len(fragments) >= MAX_FRAGMENTED_DATAGRAMS:
+            fragments.clear()
+    fragments[key] = (entry, direction, env.now + FRAGMENT_TIMEOUT)
+    released = env.nat.held.release(key)
+    if released:
+        env.nat.released.extend(released)
 
 
 def advance(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> Verdict:
@@ -129,12 +196,7 @@ def _target(entry: Entry, direction: Direction) -> FlowTuple:
 def apply(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> None:
     ip = pkt.ip
     if ip.mf and not ip.fragment_offset and env.commit:
-        fragments = env.nat.fragments
-        if len(fragments) >= MAX_FRAGMENTED_DATAGRAMS:
-            env.nat.expire_fragments(env.now)
-            if len(fragments) >= MAX_FRAGMENTED_DATAGRAMS:
-                fragments.clear()
-        fragments[_fragment_key(pkt)] = (entry, direction, env.now + FRAGMENT_TIMEOUT)
+        _record(env, _fragment_key(pkt), entry, direction)
     target = _target(entry, direction)
     packet = translate(current_packet(pkt), src=target.src, sport=target.sport, dst=target.dst,
                        dport=target.dport, partial=_partial(pkt), accel=env.accel)

@@ -150,6 +150,8 @@ class ServiceTable:
         self._services: dict[str, Service] = {}
         self._ports: dict[PortKey, _PortState] = {}
         self._frontends: dict[FrontendKey, ServiceMatch] = {}
+        # (protocol, address) of every frontend: what a fragment without ports can be matched on.
+        self._frontend_addresses: frozenset[tuple[int, bytes]] = frozenset()
         # Affinity entries are grouped per service port, so that dropping a service's entries, or
         # those of one removed backend, never scans other services' clients.
         self._affinity: dict[PortKey, dict[bytes, _Affinity]] = {}
@@ -269,6 +271,7 @@ class ServiceTable:
         self._services = new_services
         self._ports = new_ports
         self._frontends = frontends
+        self._frontend_addresses = frozenset((proto, ip) for proto, ip, _ in frontends)
         if changed:
             self.generation += 1
         return ProgramResult(removed, added, self.generation, removed_frontends, added_frontends,
@@ -368,6 +371,11 @@ class ServiceTable:
 
     def match(self, proto: int, dst_ip: bytes, dst_port: int) -> ServiceMatch | None:
         return self._frontends.get((proto, dst_ip, dst_port))
+
+    def is_frontend_address(self, proto: int, dst_ip: bytes) -> bool:
+        """Whether some service listens on ``dst_ip`` for ``proto``, on any port: a later
+        fragment carries no port, and this is all that can be known about it."""
+        return (proto, dst_ip) in self._frontend_addresses
 
     @staticmethod
     def local_only(match: ServiceMatch, from_outside: bool) -> bool:

@@ -10,7 +10,9 @@ Written the way tcpdump prints packets, so that what a user reads in a capture c
     arp reply 10.244.1.10 is-at 0a:58:0a:f4:01:0a to 10.244.1.1
 
 Options after the addresses: ``ttl N``, ``df``, ``len N`` (payload bytes), ``vlan N`` (adds an 802.1Q
-tag), ``src-mac MAC``, ``dst-mac MAC``. Unset MACs are filled in by the caller, which knows the
+tag), ``src-mac MAC``, ``dst-mac MAC``; for fragments, ``ipid N`` (the IP identification), ``mf``
+(more fragments) and ``frag N`` (the fragment's byte offset, a multiple of 8; a later fragment
+carries no L4 header, so its ports are ignored). Unset MACs are filled in by the caller, which knows the
 topology.
 """
 from __future__ import annotations
@@ -44,6 +46,9 @@ class PacketSpec:
     arp_mac: bytes | None = None  # the "is-at" MAC of an ARP reply
     ttl: int = 64
     df: bool = False
+    ip_id: int = 0
+    mf: bool = False
+    frag_offset: int = 0
     payload_len: int = 0
     vlan: int | None = None
     src_mac: bytes | None = None
@@ -134,8 +139,8 @@ def parse_packet(text: str) -> PacketSpec:
     i = 0
     while i < len(rest):
         word = rest[i]
-        if word == "df":
-            spec = replace(spec, df=True)
+        if word in ("df", "mf"):
+            spec = replace(spec, **{word: True})
             i += 1
             continue
         if word in ("echo-request", "echo-reply") and spec.kind == "icmp":
@@ -148,6 +153,13 @@ def parse_packet(text: str) -> PacketSpec:
         value = rest[i + 1]
         if word == "ttl":
             spec = replace(spec, ttl=_int(value, "ttl", 0, 255))
+        elif word == "ipid":
+            spec = replace(spec, ip_id=_int(value, "ipid", 0, 65535))
+        elif word == "frag":
+            offset = _int(value, "frag", 0, 65528)
+            if offset % 8:
+                raise PacketSyntaxError(f"frag {offset}: a fragment offset is a multiple of 8")
+            spec = replace(spec, frag_offset=offset)
         elif word == "len":
             spec = replace(spec, payload_len=_int(value, "len", 0, 9000))
         elif word == "vlan":
@@ -203,7 +215,11 @@ def build_frame(spec: PacketSpec, src_mac: bytes, dst_mac: bytes,
                               flags=spec.tcp_flags, payload=payload, seq=1000, accel=accel)
             proto = h.IpProto.TCP
         body = builders.ipv4(src=src, dst=dst, protocol=proto, payload=l4, ttl=spec.ttl,
-                             df=spec.df, accel=accel)
+                             identification=spec.ip_id, df=spec.df, accel=accel)
+        if spec.mf or spec.frag_offset:
+            field = (0x4000 if spec.df else 0) | (0x2000 if spec.mf else 0) | spec.frag_offset // 8
+            header = body[:6] + struct.pack("!HBBH", field, body[8], body[9], 0) + body[12:20]
+            body = header[:10] + accel.checksum(header).to_bytes(2, "big") + header[12:] + body[20:]
         ethertype = h.EtherType.IPV4
     if spec.vlan is not None:
         tag = struct.pack("!HH", spec.vlan, ethertype)
