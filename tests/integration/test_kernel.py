@@ -606,6 +606,7 @@ CRASHING_DAEMON = textwrap.dedent("""
     spec.loader.exec_module(module)
     from vswitch.runtime.containers import ContainerSupervisor
     from vswitch.runtime.kernel import Kernel
+    from vswitch.runtime.netns import pids_in_netns
 
     topo = module.build_topology(sys.argv[2], ipaddress.IPv4Network(sys.argv[3]), sys.argv[4],
         containers={"p0": (module.container("sh", "sh", "-c", "sleep 300 & sleep 301"),)})
@@ -617,7 +618,11 @@ CRASHING_DAEMON = textwrap.dedent("""
             await kernel.create_host_port()
             async with trio.open_nursery() as nursery:
                 await nursery.start(ContainerSupervisor(logging.getLogger("pods")).run, topo.pods[0])
-                await trio.sleep(0.3)  # let sh start its children
+                # Let sh start both children (the shell and two sleeps in the namespace).
+                for _ in range(200):
+                    if len(pids_in_netns(topo.pods[0].netns)) >= 3:
+                        break
+                    await trio.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGKILL)
 
     trio.run(main)
