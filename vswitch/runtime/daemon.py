@@ -73,6 +73,10 @@ module_log = logging.getLogger("vswitchd")
 # The timer wakes at least this often even when the core has nothing scheduled, so that a deadline
 # the core computes from state changed by packets is never missed by more than this.
 MAX_TIMER_SLEEP = 1.0
+# The shortest sleep between two timer runs. Lookups treat anything past its deadline as gone at
+# once, so the timer only reclaims memory and paces ARP retries; waking at most every 10 ms keeps
+# its cost bounded when many entries expire at scattered times.
+TIMER_GRANULARITY = 0.01
 
 KernelFactory = Callable[[Topology], AsyncContextManager[Any]]
 
@@ -178,7 +182,8 @@ async def run_timer(switch: Any, ports: dict[int, Port], errors: RuntimeErrors, 
             deadline = now + MAX_TIMER_SLEEP
         # The core's clock is time.monotonic(); trio's clock has its own offset, so the deadline is
         # converted into a relative sleep rather than passed to trio.sleep_until.
-        await trio.sleep(max(0.0, deadline - now) if math.isfinite(deadline) else MAX_TIMER_SLEEP)
+        await trio.sleep(max(TIMER_GRANULARITY, deadline - now) if math.isfinite(deadline)
+                         else MAX_TIMER_SLEEP)
         try:
             txs = switch.handle_timer(time.monotonic())
         except Exception:
