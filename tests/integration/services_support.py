@@ -42,6 +42,7 @@ from harness import (
     netns_inode,
     pids_in_netns,
     random_pod_cidr,
+    with_checksum,
 )
 
 HAIRPIN_ADDRESS = "169.254.169.5"  # the config's default [cluster] hairpin_address
@@ -286,19 +287,13 @@ REQUESTS = textwrap.dedent(
 # One UDP datagram of ``size`` payload bytes to host:port, sent as two IP fragments in reverse
 # order (the later one first) through a raw socket, as a reordering network would deliver it.
 # Arguments: host, port, size. Prints {"answer": line or None, "sport": source port}.
-REORDERED_UDP = textwrap.dedent(
+REORDERED_UDP = with_checksum(textwrap.dedent(
     r'''
     import json, os, random, socket, struct, sys
+
+    __CHECKSUM__
+
     host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-
-    def checksum(data):
-        if len(data) % 2:
-            data += b"\0"
-        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-        while total >> 16:
-            total = (total & 0xFFFF) + (total >> 16)
-        return ~total & 0xFFFF
-
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver.bind(("0.0.0.0", 0))
     receiver.settimeout(5)
@@ -328,7 +323,7 @@ REORDERED_UDP = textwrap.dedent(
         answer = None
     print(json.dumps({"answer": answer, "sport": sport}))
     '''
-)
+))
 
 # One attempt that must be refused: a TCP connect, or a datagram on a connected UDP socket
 # followed by a receive (the kernel reports an ICMP port unreachable as ECONNREFUSED there).
