@@ -300,6 +300,29 @@ def test_the_node_address_answers_ping_from_outside(switch):
     assert tx.port == UPLINK and packet_of(tx)[1].src == ip(NODE)
 
 
+def test_a_ping_to_the_node_is_not_taken_for_the_reply_of_a_masqueraded_ping(switch):
+    """Echo entries are keyed by identifier. The remote end pinging the node with the identifier
+    of a pod's masqueraded ping sends a *request*: the node answers it itself, and the pod sees
+    nothing; the real echo reply still reaches the pod."""
+    remote = "198.51.100.7"
+    (out,) = send(switch, C, f"icmp {C_IP} > {remote} id 7", mac(C_IP), mac(GW))
+    ident = struct.unpack_from("!H", packet_of(out)[2], 24)[0]
+    (answer,) = send(switch, UPLINK, f"icmp {remote} > {NODE} id {ident}", mac(FAR), mac(NODE), 0.1)
+    assert answer.port == UPLINK
+    _, header, packet = packet_of(answer)
+    assert header.src == ip(NODE) and packet[20] == h.IcmpType.ECHO_REPLY
+    (reply,) = send(switch, UPLINK, f"icmp {remote} > {NODE} echo-reply id {ident}", mac(FAR),
+                    mac(NODE), 0.2)
+    assert reply.port == C and packet_of(reply)[1].dst == ip(C_IP)
+    assert struct.unpack_from("!H", packet_of(reply)[2], 24)[0] == 7
+
+
+def test_an_untracked_echo_reply_from_a_pod_is_not_masqueraded(switch):
+    assert send(switch, C, f"icmp {C_IP} > 198.51.100.7 echo-reply id 9", mac(C_IP), mac(GW)) == []
+    assert _stage(switch, "ip4-masquerade")["echo-reply-untracked"] == 1
+    assert switch.conntrack_info(0.0) == []
+
+
 # -- the flow cache never bypasses a translation ---------------------------------------------
 
 def test_a_cached_plain_flow_does_not_leak_untranslated_replies(accel_name):

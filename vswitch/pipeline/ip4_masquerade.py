@@ -24,6 +24,7 @@ class Counter(enum.Enum):
     NEW_CONNECTIONS = "new connections from pods to outside the cluster, masqueraded"
     UNTRACKABLE = "packets to outside the cluster with no port to translate: dropped"
     INVALID = "TCP packets other than SYN without a tracked connection: dropped"
+    ECHO_REPLY_UNTRACKED = "ICMP echo replies to outside that answer no tracked echo request"
     TABLE_FULL = "new connections refused because the connection table is full of live entries"
     NO_PORT = "no free source port on the node address for this remote"
 
@@ -41,6 +42,9 @@ def process(pkt: Packet, env: Env):
         return env.drop(pkt, Counter.UNTRACKABLE)
     if flow.proto == h.IpProto.TCP and not ConntrackTable.new_tcp_allowed(pkt.tcp_flags):
         return env.drop(pkt, Counter.INVALID)
+    if (flow.proto == h.IpProto.ICMP
+            and tracked_flows.current_packet(pkt)[pkt.ip.ihl * 4] != h.IcmpType.ECHO_REQUEST):
+        return env.drop(pkt, Counter.ECHO_REPLY_UNTRACKED)
     node = env.nat.node_address
     low = 1 if flow.proto == h.IpProto.ICMP else 1024
     port = env.conntrack.allocate_port(flow.proto, node, flow.dst, flow.dport,

@@ -16,6 +16,12 @@ from vswitch.tables.conntrack import Direction, Entry, FlowTuple, Verdict
 from vswitch.wire import headers as h
 
 _ECHO_TYPES = (h.IcmpType.ECHO_REQUEST, h.IcmpType.ECHO_REPLY)
+_ECHO_TYPE_OF = {Direction.ORIGINAL: h.IcmpType.ECHO_REQUEST, Direction.REPLY: h.IcmpType.ECHO_REPLY}
+
+
+def _echo_type(pkt: Packet) -> int:
+    packet = current_packet(pkt)
+    return packet[pkt.ip.ihl * 4]
 RELATED_ICMP_TYPES = (h.IcmpType.DEST_UNREACHABLE, h.IcmpType.TIME_EXCEEDED, 12)
 
 
@@ -93,7 +99,14 @@ def find(pkt: Packet, env: Env) -> tuple[Entry, Direction, bool] | None:
     flow = flow_of(pkt)
     if flow is not None:
         hit = env.conntrack.lookup(flow, env.now)
-        return None if hit is None else (hit[0], hit[1], False)
+        if hit is None:
+            return None
+        if flow.proto == h.IpProto.ICMP and _echo_type(pkt) != _ECHO_TYPE_OF[hit[1]]:
+            # Echo entries are keyed by identifier; the type tells a request that happens to
+            # carry the identifier of a translated ping (someone pinging the node itself) from
+            # that ping's reply, as the kernel's (type, code, id) tuple does.
+            return None
+        return hit[0], hit[1], False
     if pkt.ip.fragment_offset:
         followed = env.nat.fragments.get(_fragment_key(pkt))
         if (followed is not None and followed[0] is not None and followed[2] > env.now

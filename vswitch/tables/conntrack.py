@@ -44,9 +44,9 @@ Theory of operation
   kernel's shorter "unacknowledged data" and "retransmission" timeouts never apply. A SYN from the
   server's side in TIME_WAIT (the kernel would delete the entry and start a new one in the other
   direction) is INVALID here. UDP is extended to 120 s at the first reply, where kernels since 5.x wait
-  until the stream has lasted 2 s. ICMP echo is keyed by identifier alone, without the message
-  type, so a ping from B to A that happens to use the identifier of a running ping from A to B is
-  taken for its reply.
+  until the stream has lasted 2 s. ICMP echo is keyed by identifier alone; the pipeline
+  adds the kernel's distinction by type (a request only matches an entry's original direction, a
+  reply only its reply direction).
 * The table is bounded. When it is full, ``create`` first reclaims dead entries, then evicts the
   oldest *unreplied* entries (counted as evictions): a SYN flood or a scan can only push out its
   own kind, never an answered connection. When every entry has been answered, the new connection
