@@ -26,6 +26,20 @@ uint16_t vs_pseudo_header_sum(const uint8_t *src_ip, const uint8_t *dst_ip, uint
 uint16_t vs_l4_checksum(const uint8_t *src_ip, const uint8_t *dst_ip, int proto,
                         const uint8_t *segment, size_t len);
 
+/* ---- NAT rewrite (RFC 1624 incremental checksums) ----------------------------------------- */
+
+enum vs_nat_status {
+    VS_NAT_OK = 0,
+    VS_NAT_SHORT = -1,   /* fewer than 20 bytes */
+    VS_NAT_BAD_IHL = -2, /* IHL < 5 */
+};
+
+/* Rewrites the IPv4 packet of len bytes in place: src_ip/dst_ip (4 bytes each, NULL: keep), the
+ * TCP/UDP ports or the ICMP echo identifier (sport, else dport; -1: keep). partial says the L4
+ * checksum field holds a virtio-net partial checksum (a pseudo-header sum). */
+int vs_nat_rewrite(uint8_t *packet, size_t len, const uint8_t *src_ip, const uint8_t *dst_ip,
+                   int32_t sport, int32_t dport, int partial);
+
 /* ---- Exact-match hash table (robin-hood open addressing, backward-shift delete) ---------- */
 
 #define VS_EXACT_MAX_KEY 255u

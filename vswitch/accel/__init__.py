@@ -8,6 +8,7 @@ Both implementations expose the same names with the same signatures and results:
 
 - ``sum16``, ``checksum``, ``checksum_update16``, ``checksum_update32``, ``pseudo_header_sum``,
   ``l4_checksum``, ``udp_checksum`` -- Internet checksums (RFC 1071, RFC 1624);
+- ``nat_rewrite`` -- a NAT rewrite of addresses and ports in place, checksums kept right;
 - ``hash_key`` -- the seeded hash the exact-match table uses;
 - ``Lpm4`` -- IPv4 longest-prefix match (DIR-16-8-8);
 - ``ExactTable`` -- exact match on fixed-size byte keys (robin hood);

@@ -74,6 +74,28 @@ def checksum_update32(old_csum: int, old_value: int, new_value: int) -> int:
     return lib.vs_checksum_update32(old_csum, old_value, new_value)
 
 
+def nat_rewrite(packet: bytearray, src: bytes | None = None, sport: int | None = None,
+                dst: bytes | None = None, dport: int | None = None,
+                partial: bool = False) -> None:
+    if src is not None:
+        src = require_ip4("src", src)
+    if dst is not None:
+        dst = require_ip4("dst", dst)
+    if sport is not None:
+        require_range("sport", sport, 0, 0xFFFF)
+    if dport is not None:
+        require_range("dport", dport, 0, 0xFFFF)
+    status = lib.vs_nat_rewrite(ffi.from_buffer("uint8_t[]", packet, require_writable=True),
+                                len(packet), ffi.NULL if src is None else src,
+                                ffi.NULL if dst is None else dst,
+                                -1 if sport is None else sport, -1 if dport is None else dport,
+                                1 if partial else 0)
+    if status == lib.VS_NAT_SHORT:
+        raise ValueError(f"an IPv4 packet needs 20 bytes, got {len(packet)}")
+    if status == lib.VS_NAT_BAD_IHL:
+        raise ValueError(f"IHL {packet[0] & 0x0F} is below 5")
+
+
 def pseudo_header_sum(src_ip: bytes, dst_ip: bytes, proto: int, length: int) -> int:
     src_ip = require_ip4("src_ip", src_ip)
     dst_ip = require_ip4("dst_ip", dst_ip)

@@ -133,6 +133,97 @@ def udp_checksum(src_ip: bytes, dst_ip: bytes, segment: bytes) -> int:
     return l4_checksum(src_ip, dst_ip, 17, segment) or 0xFFFF
 
 
+# ---- NAT rewrite ------------------------------------------------------------------------------
+
+_L4_CHECKSUM_AT = {6: 16, 17: 6, 1: 2}
+
+
+def _u16(buf: bytearray, at: int) -> int:
+    return (buf[at] << 8) | buf[at + 1]
+
+
+def _put16(buf: bytearray, at: int, value: int) -> None:
+    buf[at] = value >> 8
+    buf[at + 1] = value & 0xFF
+
+
+def _update32_at(buf: bytearray, at: int, old: int, new: int, partial: bool) -> None:
+    csum = _u16(buf, at)
+    if partial:
+        # The field holds a folded sum S (not inverted): S' = S - old + new = ~update(~S, old, new).
+        csum = ~checksum_update32(~csum & 0xFFFF, old, new) & 0xFFFF
+    else:
+        csum = checksum_update32(csum, old, new)
+    _put16(buf, at, csum)
+
+
+def nat_rewrite(packet: bytearray, src: bytes | None = None, sport: int | None = None,
+                dst: bytes | None = None, dport: int | None = None,
+                partial: bool = False) -> None:
+    """Rewrite an IPv4 packet's addresses and ports (or ICMP echo identifier) in place, keeping
+    every checksum right incrementally (RFC 1624).
+
+    * Addresses are in the IPv4 header checksum and, through the pseudo-header, in the TCP/UDP
+      checksum; ICMP has no pseudo-header. Ports and the echo identifier are in the L4 checksum.
+    * A non-first fragment carries no L4 header: only its addresses (and the header checksum)
+      change; the L4 checksum, in the first fragment, already covers them.
+    * A UDP checksum of zero means "none" and stays zero; a computed zero is sent as 0xFFFF.
+    * ``partial``: the L4 field is a virtio-net partial checksum (the pseudo-header *sum*, which
+      the receiver completes over the data): an address change updates that sum the other way
+      round, and a port change must not touch it, since the ports are data the receiver sums.
+    For ICMP echo, ``sport`` (else ``dport``) is the new identifier. ValueError when the packet is
+    shorter than 20 bytes or its IHL is below 5; the packet is then unchanged.
+    """
+    if len(packet) < 20:
+        raise ValueError(f"an IPv4 packet needs 20 bytes, got {len(packet)}")
+    l4 = (packet[0] & 0x0F) * 4
+    if l4 < 20:
+        raise ValueError(f"IHL {l4 // 4} is below 5")
+    for name, address in (("src", src), ("dst", dst)):
+        if address is not None:
+            require_ip4(name, address)
+    for name, port in (("sport", sport), ("dport", dport)):
+        if port is not None:
+            require_range(name, port, 0, 0xFFFF)
+    size = len(packet)
+    proto = -1 if _u16(packet, 6) & 0x1FFF else packet[9]
+    csum_at = _L4_CHECKSUM_AT.get(proto)
+    has_l4_csum = csum_at is not None and size >= l4 + csum_at + 2
+    udp_no_csum = proto == 17 and has_l4_csum and not partial and _u16(packet, l4 + 6) == 0
+    for at, new in ((12, src), (16, dst)):
+        if new is None:
+            continue
+        old_value = int.from_bytes(packet[at: at + 4], "big")
+        new_value = int.from_bytes(new, "big")
+        if old_value == new_value:
+            continue
+        packet[at: at + 4] = new
+        _update32_at(packet, 10, old_value, new_value, False)
+        if has_l4_csum and proto != 1 and not udp_no_csum:
+            _update32_at(packet, l4 + csum_at, old_value, new_value, partial)
+    if proto in (6, 17):
+        for offset, new in ((0, sport), (2, dport)):
+            if new is None or size < l4 + offset + 2:
+                continue
+            old = _u16(packet, l4 + offset)
+            if old == new:
+                continue
+            _put16(packet, l4 + offset, new)
+            if has_l4_csum and not partial and not udp_no_csum:
+                _put16(packet, l4 + csum_at,
+                       checksum_update16(_u16(packet, l4 + csum_at), old, new))
+    elif proto == 1:
+        new_id = sport if sport is not None else dport
+        if new_id is not None and size >= l4 + 6:
+            old = _u16(packet, l4 + 4)
+            if old != new_id:
+                _put16(packet, l4 + 4, new_id)
+                _put16(packet, l4 + 2, checksum_update16(_u16(packet, l4 + 2), old, new_id))
+    if proto == 17 and has_l4_csum and not partial and not udp_no_csum:
+        if _u16(packet, l4 + 6) == 0:
+            _put16(packet, l4 + 6, 0xFFFF)
+
+
 # ---- Exact-match table ----------------------------------------------------------------------
 
 _K1 = 0x9E3779B97F4A7C15

@@ -15,13 +15,18 @@ from types import ModuleType
 from vswitch.core.flow_cache import CacheEntry
 from vswitch.pipeline.context import Packet
 from vswitch.pipeline.ip4_rewrite import decrement_ttl
-from vswitch.pipeline.nat_rewrite import translate
 from vswitch.tables.conntrack import ConntrackTable, Direction, TcpState, Verdict
 from vswitch.tables.neighbors import NeighborState, NeighborTimers
 from vswitch.wire import headers as h
 
 _U16 = struct.Struct("!H")
-_TCP_STATE_FLAGS = h.TcpFlag.SYN | h.TcpFlag.FIN | h.TcpFlag.RST
+# Plain ints: the enum types' own operators cost a Python call per use on the hot path.
+_TCP_STATE_FLAGS = int(h.TcpFlag.SYN | h.TcpFlag.FIN | h.TcpFlag.RST)
+_ACK = int(h.TcpFlag.ACK)
+_TCP = int(h.IpProto.TCP)
+_NEEDS_CSUM = int(h.VNET_F_NEEDS_CSUM)
+_TTL_AT = h.IPV4_TTL_OFFSET
+_CSUM_AT = h.IPV4_CHECKSUM_OFFSET
 
 
 def connection_key(key: bytes, frame: bytes, l2: int) -> bytes | None:
@@ -124,10 +129,10 @@ class FastPath:
         ihl = (frame[l3] & 0x0F) * 4
         l4 = l3 + ihl
         flags = None
-        if frame[l3 + 9] == h.IpProto.TCP:
+        if frame[l3 + 9] == _TCP:
             flags = ((frame[l4 + 12] & 0x01) << 8) | frame[l4 + 13]
             if (ct.tcp_state is not TcpState.ESTABLISHED or flags & _TCP_STATE_FLAGS
-                    or not flags & h.TcpFlag.ACK):
+                    or not flags & _ACK):
                 return None
         routed = entry.rewrite is not None
         if routed and not self._routing_allows(entry, frame, l2, l3, ihl, now):
@@ -136,10 +141,15 @@ class FastPath:
         if self.conntrack.update(ct, entry.direction, now, flags, total) is not Verdict.ACCEPT:
             return None
         target = entry.target
-        partial = l2 > 0 and bool(frame[0] & h.VNET_F_NEEDS_CSUM)
-        packet = translate(frame[l3: l3 + total], src=target.src, sport=target.sport,
-                           dst=target.dst, dport=target.dport, partial=partial, accel=self.accel)
+        packet = bytearray(frame[l3: l3 + total])
+        self.accel.nat_rewrite(packet, src=target.src, sport=target.sport, dst=target.dst,
+                               dport=target.dport, partial=l2 > 0 and bool(frame[0] & _NEEDS_CSUM))
         if not routed:
             return b"".join((frame[:l3], packet))
-        return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3],
-                         decrement_ttl(bytes(packet[:ihl]), self.accel), packet[ihl:]))
+        # TTL one lower, header checksum updated incrementally (what decrement_ttl does).
+        ttl, proto = packet[_TTL_AT], packet[_TTL_AT + 1]
+        csum = self.accel.checksum_update16((packet[_CSUM_AT] << 8) | packet[_CSUM_AT + 1],
+                                            (ttl << 8) | proto, ((ttl - 1) << 8) | proto)
+        packet[_TTL_AT] = ttl - 1
+        packet[_CSUM_AT], packet[_CSUM_AT + 1] = csum >> 8, csum & 0xFF
+        return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3], packet))

@@ -54,55 +54,14 @@ def translate(packet: bytes | bytearray, *, src: bytes | None = None, sport: int
               dst: bytes | None = None, dport: int | None = None, partial: bool = False,
               accel: ModuleType) -> bytearray:
     """Rewrite the addresses and ports of a TCP, UDP or ICMP echo packet (or of a fragment of
-    one: a non-first fragment gets its addresses rewritten only).
+    one: a non-first fragment gets its addresses rewritten only), as a new bytearray.
 
     For ICMP echo, ``sport``/``dport`` is the identifier (conntrack keys echo flows by it).
-    ``partial`` says the L4 checksum is a virtio-net partial checksum.
+    ``partial`` says the L4 checksum is a virtio-net partial checksum. The work is one call into
+    the accel module (``nat_rewrite``; its pure twin spells out the rules above).
     """
     buf = bytearray(packet)
-    ihl = (buf[0] & 0x0F) * 4
-    # A non-first fragment carries no L4 header: only its addresses (and the IPv4 header
-    # checksum) change; the L4 checksum, in the first fragment, already covers the new addresses.
-    if _U16.unpack_from(buf, h.IPV4_FLAGS_FRAGMENT_OFFSET)[0] & 0x1FFF:
-        proto = -1
-    else:
-        proto = buf[9]
-    l4 = ihl
-    l4_csum = L4_CHECKSUM_OFFSET.get(proto)
-    has_l4_csum = l4_csum is not None and len(buf) >= l4 + l4_csum + 2
-    udp_no_csum = proto == h.IpProto.UDP and has_l4_csum and not partial and \
-        _U16.unpack_from(buf, l4 + l4_csum)[0] == 0
-    for offset, new in ((SRC_OFFSET, src), (DST_OFFSET, dst)):
-        if new is None:
-            continue
-        (old,) = _U32.unpack_from(buf, offset)
-        (value,) = _U32.unpack(new)
-        if old == value:
-            continue
-        buf[offset: offset + 4] = new
-        _update_address(buf, h.IPV4_CHECKSUM_OFFSET, old, value, accel)
-        if has_l4_csum and proto != h.IpProto.ICMP and not udp_no_csum:
-            _update_address(buf, l4 + l4_csum, old, value, accel, partial)
-    if proto in (h.IpProto.TCP, h.IpProto.UDP):
-        for offset, new in ((0, sport), (2, dport)):
-            if new is None or len(buf) < l4 + offset + 2:
-                continue
-            (old,) = _U16.unpack_from(buf, l4 + offset)
-            if old == new:
-                continue
-            _U16.pack_into(buf, l4 + offset, new)
-            if has_l4_csum and not partial and not udp_no_csum:
-                _update_word(buf, l4 + l4_csum, old, new, accel)
-    elif proto == h.IpProto.ICMP:
-        new_id = sport if sport is not None else dport
-        if new_id is not None and len(buf) >= l4 + 6:
-            (old,) = _U16.unpack_from(buf, l4 + 4)
-            if old != new_id:
-                _U16.pack_into(buf, l4 + 4, new_id)
-                _update_word(buf, l4 + 2, old, new_id, accel)
-    if udp_no_csum is False and proto == h.IpProto.UDP and has_l4_csum and not partial:
-        if _U16.unpack_from(buf, l4 + l4_csum)[0] == 0:
-            _U16.pack_into(buf, l4 + l4_csum, 0xFFFF)
+    accel.nat_rewrite(buf, src=src, sport=sport, dst=dst, dport=dport, partial=partial)
     return buf
 
 
