@@ -104,6 +104,29 @@ def flow_rate(impl: ModuleType, frames: list[bytes], seconds: float) -> float:
     return rate(lambda: extractor.extract(frames, 10), len(frames), seconds)
 
 
+def nat_packet(rng: random.Random, size: int) -> bytes:
+    """A UDP datagram of ``size`` bytes with valid checksums, as a client pod sends it."""
+    src, dst = bytes([10, 244, 1, 50]), bytes([10, 96, 0, 10])
+    payload = rng.randbytes(size - 28)
+    udp = struct.pack("!HHHH", 40000, 53, 8 + len(payload), 0) + payload
+    pure = accel_api.load("pure")
+    udp = udp[:6] + struct.pack("!H", pure.udp_checksum(src, dst, udp)) + udp[8:]
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst)
+    return header[:10] + struct.pack("!H", pure.checksum(header)) + header[12:] + udp
+
+
+def nat_rate(impl: ModuleType, packet: bytes, seconds: float) -> float:
+    """DNAT to a backend and back, as the per-connection fast path does for each packet."""
+    backend, vip = bytes([10, 244, 1, 10]), bytes([10, 96, 0, 10])
+
+    def both_ways() -> None:
+        buf = bytearray(packet)
+        impl.nat_rewrite(buf, dst=backend, dport=8080)
+        impl.nat_rewrite(buf, dst=vip, dport=53)
+
+    return rate(both_ways, 2, seconds)
+
+
 def run(seconds: float) -> tuple[list[Result], dict]:
     native, pure = accel_api.load("native"), accel_api.load("pure")
     rng = random.Random(2024)
@@ -131,6 +154,10 @@ def run(seconds: float) -> tuple[list[Result], dict]:
         frames = flow_frames(rng, size)
         results.append(Result(f"flow keys, {size} B frames, batch {BURST}", "frames/s",
                               flow_rate(native, frames, seconds), flow_rate(pure, frames, seconds)))
+
+    packet = nat_packet(rng, 64)
+    results.append(Result("NAT rewrite (DNAT), 64 B UDP datagram", "packets/s",
+                          nat_rate(native, packet, seconds), nat_rate(pure, packet, seconds)))
 
     extra = {
         "lpm_groups": stats.groups,

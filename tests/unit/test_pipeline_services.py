@@ -634,7 +634,11 @@ def test_later_fragments_that_come_first_wait_for_their_first(switch):
     segment = _reassemble(packets)
     assert struct.unpack_from("!HH", segment) == (5000, 5353)
     assert pure.sum16(segment, pure.pseudo_header_sum(ip(C_IP), ip(backend), 17, len(segment))) == 0xFFFF
-    assert switch.statistics()["fragments_held"]["waiting_frames"] == 0
+    stats = switch.statistics()
+    assert stats["fragments_held"]["waiting_frames"] == 0
+    # Each frame has one disposition: the held ones stay "queued" when they are released.
+    assert stats["dispositions"]["queued"] == 2
+    assert sum(stats["dispositions"].values()) == sum(p["rx_packets"] for p in stats["ports"].values())
 
 
 def test_reordered_fragments_of_a_backend_reply_are_held_and_translated(switch):

@@ -22,6 +22,11 @@ TEMPLATES = [
     (A, f"arp who-has {GW} tell {A_IP}", A_IP, GW),
     (UPLINK, f"tcp {FAR}:50000 > {NODE}:30080 flags S", FAR, NODE),
     (UPLINK, f"icmp {FAR} > {NODE}", FAR, NODE),
+    # Fragments, later ones before or after their first: held, released, expired.
+    (C, f"udp {C_IP}:5000 > {DNS_VIP}:53 len 40 ipid 5 mf", C_IP, GW),
+    (C, f"udp {C_IP}:5000 > {DNS_VIP}:53 len 40 ipid 5 frag 48", C_IP, GW),
+    (UPLINK, f"udp {FAR}:53 > {NODE}:5000 len 40 ipid 6 frag 48", FAR, NODE),
+    (A, f"udp {A_IP}:8080 > {C_IP}:5000 len 40 ipid 7 frag 48", A_IP, C_IP),
 ]
 
 mutation = st.tuples(st.integers(0, 200), st.integers(0, 255))

@@ -21,7 +21,9 @@ class Disposition(enum.Enum):
     CACHE_HIT = "forwarded by the flow cache without running the pipeline"
     FORWARDED = "forwarded by the pipeline (a flow-cache miss)"
     LOCAL = "consumed by the switch itself (ARP or ICMP for the gateway)"
-    QUEUED = "held until the next hop's MAC is resolved (then sent, or dropped: see ip4-neighbor)"
+    QUEUED = ("held until the next hop's MAC is resolved, or, a later fragment that came first, "
+              "until its first fragment passes (then sent, or dropped: see ip4-neighbor, "
+              "ip4-conntrack)")
     DROPPED = "dropped; the stage counters and the port's drop reasons say why"
 
 

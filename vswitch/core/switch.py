@@ -216,7 +216,10 @@ class Switch:
             del self._armed[port_id]
         return out
 
-    def _slow_path(self, pkt: Packet, counters: PortCounters, out: list[Transmit]) -> None:
+    def _slow_path(self, pkt: Packet, counters: PortCounters, out: list[Transmit],
+                   released: bool = False) -> None:
+        """Run the pipeline on one packet and carry out its actions. A ``released`` packet (a
+        held fragment's second run) already has its disposition, QUEUED, from its first."""
         actions = graph.run(pkt, self._env)
         port = pkt.port
         disposition = Disposition.LOCAL
@@ -232,7 +235,8 @@ class Switch:
             elif isinstance(action, Drop):
                 disposition = Disposition.DROPPED
                 counters.rx_drops[action.reason] += 1
-        self.dispositions[disposition] += 1
+        if not released:
+            self.dispositions[disposition] += 1
         if pkt.trace is not None:
             pkt.trace.actions.extend(self._describe_actions(actions))
 
@@ -245,7 +249,7 @@ class Switch:
             port = self.ports.get(port_id)
             if port is not None:
                 self._slow_path(Packet(port, frame, port.l2_offset, None),
-                                self._port_counters[port_id], out)
+                                self._port_counters[port_id], out, released=True)
 
     def _forward(self, out: list[Transmit], in_port: PortSpec, action: Forward,
                  received: bytes) -> None:
