@@ -195,7 +195,6 @@ INVALID_CASES = [
     (_to_close, ORIG, SYNACK, "a SYN-ACK from the client after a reset"),
     (_to_close, REPLY, SYN, "a SYN from the server after a reset"),
     (_to_time_wait, ORIG, SYNACK, "a SYN-ACK from the client after the close"),
-    (_to_time_wait, REPLY, SYN, "the server re-opening: roles would swap"),
 ]
 
 
@@ -248,7 +247,7 @@ def test_new_syn_in_time_wait_removes_the_entry_for_a_new_connection(table):
     entry = handshake(table, dnat=TO_WEB_BACKEND)
     _to_time_wait(table, entry)
     assert entry.tcp_state is TcpState.TIME_WAIT
-    assert table.reopens(entry, ORIG, SYN) and not table.reopens(entry, REPLY, SYN)
+    assert table.reopens(entry, ORIG, SYN) and table.reopens(entry, REPLY, SYN)
     assert not table.reopens(entry, ORIG, ACK)
     assert table.update(entry, ORIG, 40.0, SYN, 60) is Verdict.REOPEN
     # As the kernel's nf_ct_kill + NF_REPEAT: the old entry is gone, the tuple is free.
@@ -272,11 +271,22 @@ def test_new_syn_after_reset_removes_the_entry(table):
     assert table.lookup(WEB, 1.0) is None and table.statistics()["entries"] == 0
 
 
-def test_syn_from_the_server_side_of_a_closed_connection_is_invalid(table):
+def test_syn_from_the_server_side_in_time_wait_ends_the_entry(table):
+    """The kernel kills the entry and looks again: the server's SYN starts a connection of its
+    own, the other way round, untranslated."""
     entry = handshake(table, dnat=TO_WEB_BACKEND)
     _to_time_wait(table, entry)
-    assert table.update(entry, REPLY, 40.0, SYN) is Verdict.INVALID
-    assert entry.tcp_state is TcpState.TIME_WAIT and table.lookup(WEB, 40.0) == (entry, ORIG)
+    assert table.reopens(entry, REPLY, SYN)
+    assert table.update(entry, REPLY, 40.0, SYN) is Verdict.REOPEN
+    assert table.lookup(WEB, 40.0) is None and table.statistics()["entries"] == 0
+
+
+def test_syn_from_the_server_side_after_a_reset_is_invalid(table):
+    entry = handshake(table, dnat=TO_WEB_BACKEND)
+    table.update(entry, ORIG, 1.0, RST)
+    assert not table.reopens(entry, REPLY, SYN)
+    assert table.update(entry, REPLY, 2.0, SYN) is Verdict.INVALID
+    assert table.lookup(WEB, 2.0) == (entry, ORIG)
 
 
 def test_simultaneous_open_reaches_established(table):
@@ -333,8 +343,11 @@ def test_tcp_invariants_under_arbitrary_packets(packets):
         assert predicted is (verdict is Verdict.REOPEN)
         if verdict is Verdict.REOPEN:
             # The old entry is gone; the pipeline starts a new connection on the same tuple.
-            assert before[0] in (TcpState.TIME_WAIT, TcpState.CLOSE) and direction is ORIG
+            assert before[0] in (TcpState.TIME_WAIT, TcpState.CLOSE)
             assert table.statistics()["entries"] == 0
+            if direction is REPLY:
+                assert before[0] is TcpState.TIME_WAIT  # the server's side: a reversed connection
+                break
             entry = table.create(WEB, now)
             table.update(entry, ORIG, now, flags)
             seen_reply = False

@@ -383,6 +383,19 @@ def test_a_syn_on_the_tuple_of_a_closed_connection_is_a_new_connection(switch):
     assert counters[next(k for k in counters if k.lower() == "reopened")] == 1, counters
 
 
+def test_a_syn_from_the_server_side_after_time_wait_is_its_own_connection(switch):
+    """The backend opens a connection back to the client's port: as in the kernel, the closed
+    entry goes and the SYN is a plain packet from the backend, not a translated reply."""
+    backend = _closed_connection(switch)["reply"]["src"]
+    backend_port = {A_IP: A, B_IP: B}[backend]
+    (out,) = send(switch, backend_port, f"tcp {backend}:8080 > {C_IP}:40000 flags S",
+                  mac(backend), mac(C_IP), 1.0)
+    assert out.port == C
+    _, header, packet = packet_of(out)
+    assert header.src == ip(backend) and ports_of(packet) == (8080, 40000)  # untranslated
+    assert switch.conntrack_info(1.0) == []
+
+
 def test_reopened_connections_spread_over_the_ready_backends(switch):
     """Reusing a port after TIME_WAIT is not pinned to the old backend (no affinity here)."""
     seen = set()

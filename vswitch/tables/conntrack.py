@@ -30,6 +30,7 @@ Theory of operation
   FIN and ACK segments stay in CLOSE, as in the kernel: they are the tail of the dead connection.
 * Also as in Linux: a retransmitted SYN does not extend an unanswered entry (a client that keeps
   retrying must not keep a stale translation alive); a SYN from the client in TIME_WAIT or CLOSE
+  (or from the server in TIME_WAIT, which then starts a connection of its own the other way)
   removes the entry and returns REOPEN, so that the packet is looked at again as the first of a
   new connection, exactly as the kernel's ``nf_ct_kill`` + ``NF_REPEAT`` does: a client that
   reuses its port gets a fresh endpoint choice (subject to affinity), never the old translation
@@ -41,9 +42,7 @@ Theory of operation
   never mention.
 * Known simplifications: there is no sequence-number window tracking (the kernel's
   ``tcp_in_window``), so an old segment that happens to carry valid flags is accepted, and the
-  kernel's shorter "unacknowledged data" and "retransmission" timeouts never apply. A SYN from the
-  server's side in TIME_WAIT (the kernel would delete the entry and start a new one in the other
-  direction) is INVALID here. UDP is extended to 120 s at the first reply, where kernels since 5.x wait
+  kernel's shorter "unacknowledged data" and "retransmission" timeouts never apply. UDP is extended to 120 s at the first reply, where kernels since 5.x wait
   until the stream has lasted 2 s. ICMP echo is keyed by identifier alone; the pipeline
   adds the kernel's distinction by type (a request only matches an entry's original direction, a
   reply only its reply direction).
@@ -383,11 +382,11 @@ class ConntrackTable:
     def reopens(entry: Entry, direction: Direction, tcp_flags: int | None) -> bool:
         """Whether ``update`` would answer REOPEN for this packet; changes nothing, so that a
         dry-run trace can tell the truth about a SYN on the tuple of a closed connection."""
-        if entry.original.proto != _TCP or tcp_flags is None or direction.value != 0:
+        if entry.original.proto != _TCP or tcp_flags is None:
             return False
         cls = _CLASS_OF_FLAGS.get(tcp_flags & _CLASSIFIED)
         return (cls is not None and entry.tcp_state in (TcpState.TIME_WAIT, TcpState.CLOSE)
-                and _TCP_TABLE[0][cls][entry.tcp_state.value] is TcpState.SYN_SENT)
+                and _TCP_TABLE[direction.value][cls][entry.tcp_state.value] is TcpState.SYN_SENT)
 
     @staticmethod
     def reply_tuple(original: FlowTuple, dnat: tuple[bytes, int] | None = None,
@@ -558,11 +557,9 @@ class ConntrackTable:
         assert isinstance(new, TcpState)
 
         if new is TcpState.SYN_SENT and old in (TcpState.TIME_WAIT, TcpState.CLOSE):
-            if d == 1:
-                # The server side opening a connection back on the same ports: the kernel would
-                # start a new entry with the roles swapped, which a translated entry cannot express.
-                self._counts["invalid"] += 1
-                return Verdict.INVALID
+            # Either side opening a new connection on the closed one's ports (the table allows
+            # the server's side only from TIME_WAIT): the entry goes, and the caller treats the
+            # SYN as the first packet of whatever connection it now starts.
             self._discard(entry)
             self._counts["reopened"] += 1
             return Verdict.REOPEN
