@@ -46,8 +46,7 @@ def hold_or_drop(pkt: Packet, env: Env, fragment: str, stage: str):
             pkt.trace.note(stage, f"a later fragment (id {ip.identification}) before its first: "
                                   f"would be held until the first fragment passes")
         return (Hold(),)
-    key = (ip.protocol, ip.src, ip.dst, ip.identification)
-    if not env.nat.held.hold(key, pkt.port.id, pkt.data, env.now):
+    if not env.nat.held.hold(tracked_flows.fragment_key(pkt), pkt.port.id, pkt.data, env.now):
         return env.drop(pkt, Counter.FRAGMENT_HOLD_FULL)
     env.count(Counter.FRAGMENT_HELD)
     if pkt.trace is not None:

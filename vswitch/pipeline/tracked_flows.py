@@ -17,11 +17,6 @@ from vswitch.wire import headers as h
 
 _ECHO_TYPES = (h.IcmpType.ECHO_REQUEST, h.IcmpType.ECHO_REPLY)
 _ECHO_TYPE_OF = {Direction.ORIGINAL: h.IcmpType.ECHO_REQUEST, Direction.REPLY: h.IcmpType.ECHO_REPLY}
-
-
-def _echo_type(pkt: Packet) -> int:
-    packet = current_packet(pkt)
-    return packet[pkt.ip.ihl * 4]
 RELATED_ICMP_TYPES = (h.IcmpType.DEST_UNREACHABLE, h.IcmpType.TIME_EXCEEDED, 12)
 
 
@@ -29,6 +24,10 @@ def current_packet(pkt: Packet) -> bytes:
     if pkt.ip_packet is not None:
         return pkt.ip_packet
     return pkt.data[pkt.l3: pkt.l3 + pkt.ip.total_length]
+
+
+def _echo_type(pkt: Packet) -> int:
+    return current_packet(pkt)[pkt.ip.ihl * 4]
 
 
 def _tuple_of(packet: bytes) -> tuple[FlowTuple | None, int | None]:
@@ -82,7 +81,8 @@ FRAGMENT_TIMEOUT = 30.0  # seconds a datagram's later fragments may follow its f
 MAX_FRAGMENTED_DATAGRAMS = 4096
 
 
-def _fragment_key(pkt: Packet) -> tuple[int, bytes, bytes, int]:
+def fragment_key(pkt: Packet) -> tuple[int, bytes, bytes, int]:
+    """What ties a datagram's fragments together: protocol, addresses and IP id, as received."""
     ip = pkt.ip
     return ip.protocol, ip.src, ip.dst, ip.identification
 
@@ -108,7 +108,7 @@ def find(pkt: Packet, env: Env) -> tuple[Entry, Direction, bool] | None:
             return None
         return hit[0], hit[1], False
     if pkt.ip.fragment_offset:
-        followed = env.nat.fragments.get(_fragment_key(pkt))
+        followed = env.nat.fragments.get(fragment_key(pkt))
         if (followed is not None and followed[0] is not None and followed[2] > env.now
                 and followed[0].alive(env.now)):
             return followed[0], followed[1], False
@@ -144,7 +144,7 @@ def untracked_fragment(pkt: Packet, env: Env) -> str | None:
     ip = pkt.ip
     if not (ip.mf or ip.fragment_offset) or not _may_need_translation(pkt, env):
         return None
-    key = _fragment_key(pkt)
+    key = fragment_key(pkt)
     nat = env.nat
     known = nat.fragments.get(key)
     if known is not None and known[2] <= env.now:
@@ -162,7 +162,7 @@ def dropped_first_fragment(pkt: Packet, env: Env) -> None:
     """The caller drops this packet; if it is a first fragment, its later ones must follow."""
     ip = pkt.ip
     if env.commit and ip.mf and not ip.fragment_offset:
-        key = _fragment_key(pkt)
+        key = fragment_key(pkt)
         _record(env, key, None, DROPPED)
 
 
@@ -209,7 +209,7 @@ def _target(entry: Entry, direction: Direction) -> FlowTuple:
 def apply(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> None:
     ip = pkt.ip
     if ip.mf and not ip.fragment_offset and env.commit:
-        _record(env, _fragment_key(pkt), entry, direction)
+        _record(env, fragment_key(pkt), entry, direction)
     target = _target(entry, direction)
     packet = translate(current_packet(pkt), src=target.src, sport=target.sport, dst=target.dst,
                        dport=target.dport, partial=_partial(pkt), accel=env.accel)
