@@ -79,3 +79,23 @@ def test_fdb_aging_heap_equals_a_scan(steps):
             assert {e.mac for e in fdb.entries()} == alive_before
         expected = min((e.last_seen + fdb.aging for e in fdb.entries()), default=None)
         assert fdb.next_expiry() == expected
+
+
+# -- held fragments ---------------------------------------------------------------------------
+
+def test_fragment_hold_is_bounded_per_datagram_and_in_total():
+    from vswitch.tables.fragment_hold import FragmentHold
+
+    hold = FragmentHold(timeout=5.0, max_frames=4, max_per_datagram=3)
+    one, two = (17, b"a" * 4, b"b" * 4, 1), (17, b"a" * 4, b"b" * 4, 2)
+    assert all(hold.hold(one, 1, bytes([i]), 0.0) for i in range(3))
+    assert not hold.hold(one, 1, b"x", 0.0)  # a fourth fragment of the same datagram
+    assert hold.hold(two, 2, b"y", 1.0)
+    assert not hold.hold(two, 2, b"z", 1.0)  # four frames in all
+    assert hold.statistics() == {"waiting_datagrams": 2, "waiting_frames": 4, "held": 4,
+                                 "released": 0, "expired": 0, "refused": 2}
+    assert hold.release(one) == [(1, b"\x00"), (1, b"\x01"), (1, b"\x02")]  # arrival order
+    assert hold.release(one) == []
+    assert hold.next_deadline() == 6.0  # the datagram's first held fragment sets it
+    assert hold.expire(5.9) == 0 and hold.expire(6.0) == 1
+    assert len(hold) == 0 and hold.statistics()["expired"] == 1
