@@ -736,9 +736,12 @@ TCP_SINK_SCRIPT = textwrap.dedent(
     '''
 )
 
+# Sends ``size`` random bytes, reads the receiver's answer; also reports the path MTU the
+# sender's kernel settled on for the connection (IP_MTU), which the PMTU test checks.
 TCP_SOURCE_SCRIPT = textwrap.dedent(
     r'''
     import hashlib, json, os, socket, sys
+    IP_MTU = 14
     host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     data = os.urandom(size)
     conn = socket.create_connection((host, port), timeout=30)
@@ -750,9 +753,10 @@ TCP_SOURCE_SCRIPT = textwrap.dedent(
         if not chunk:
             break
         answer += chunk
+    path_mtu = conn.getsockopt(socket.IPPROTO_IP, IP_MTU)
     conn.close()
     print(json.dumps({"bytes": size, "sha256": hashlib.sha256(data).hexdigest(),
-                      "answer": answer.decode()}))
+                      "answer": answer.decode(), "path_mtu": path_mtu}))
     '''
 )
 

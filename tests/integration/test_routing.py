@@ -178,29 +178,6 @@ UDP_TTL_PROBE_SCRIPT = textwrap.dedent(
     '''
 )
 
-# TCP_SOURCE_SCRIPT plus the path MTU the sender's kernel settled on for the connection.
-PMTU_SOURCE_SCRIPT = textwrap.dedent(
-    r'''
-    import hashlib, json, os, socket, sys
-    IP_MTU = 14
-    host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    data = os.urandom(size)
-    conn = socket.create_connection((host, port), timeout=30)
-    conn.sendall(data)
-    conn.shutdown(socket.SHUT_WR)
-    answer = b""
-    while True:
-        chunk = conn.recv(64)
-        if not chunk:
-            break
-        answer += chunk
-    path_mtu = conn.getsockopt(socket.IPPROTO_IP, IP_MTU)
-    conn.close()
-    print(json.dumps({"bytes": size, "sha256": hashlib.sha256(data).hexdigest(),
-                      "answer": answer.decode(), "path_mtu": path_mtu}))
-    '''
-)
-
 # Frames arriving on eth0 from one IPv4 source, captured with AF_PACKET before the pod's IP stack
 # judges them. PACKET_AUXDATA tells whether the L4 checksum is complete: a frame the sender handed
 # over with a partial checksum (checksum offload through the TAPs) arrives still partial, and
@@ -261,14 +238,14 @@ def finish_capture(capture: subprocess.Popen) -> list[dict]:
     return json.loads(out)
 
 
-def tcp_transfer(daemon: Daemon, sender: str, receiver: str, size: int,
-                 script: str = TCP_SOURCE_SCRIPT) -> tuple[dict, dict]:
+def tcp_transfer(daemon: Daemon, sender: str, receiver: str, size: int) -> tuple[dict, dict]:
     port = random.randrange(20000, 60000)  # pods have their own port space
     server = daemon.popen_in(receiver, PYTHON, "-c", TCP_SINK_SCRIPT, str(port),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert read_line(server) == "listening"
-        sent = daemon.python_in(sender, script, ip_of(daemon, receiver), str(port), str(size))
+        sent = daemon.python_in(sender, TCP_SOURCE_SCRIPT, ip_of(daemon, receiver), str(port),
+                                str(size))
         out, err = server.communicate(timeout=60)
     finally:
         terminate(server)
@@ -379,7 +356,7 @@ def test_path_mtu_discovery_across_a_smaller_mtu(routed: Daemon) -> None:
     """bravo advertises an MSS for 1500-byte packets, but its segment carries 1400: the transfer
     completes only because alpha's kernel learns 1400 from the router's Fragmentation Needed."""
     before = stage_counters(routed)
-    sent, got = tcp_transfer(routed, "alpha", "bravo", PMTU_BYTES, script=PMTU_SOURCE_SCRIPT)
+    sent, got = tcp_transfer(routed, "alpha", "bravo", PMTU_BYTES)
     assert got["sha256"] == sent["sha256"] and got["bytes"] == PMTU_BYTES
     assert sent["path_mtu"] <= BLUE_MTU
     after = stage_counters(routed)

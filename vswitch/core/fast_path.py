@@ -14,7 +14,7 @@ from types import ModuleType
 
 from vswitch.core.flow_cache import CacheEntry
 from vswitch.pipeline.context import Packet
-from vswitch.pipeline.ip4_rewrite import decrement_ttl
+from vswitch.pipeline.ip4_rewrite import decrement_ttl, lower_ttl
 from vswitch.tables.conntrack import ConntrackTable, Direction, TcpState, Verdict
 from vswitch.tables.neighbors import NeighborState, NeighborTimers
 from vswitch.wire import headers as h
@@ -25,8 +25,6 @@ _TCP_STATE_FLAGS = int(h.TcpFlag.SYN | h.TcpFlag.FIN | h.TcpFlag.RST)
 _ACK = int(h.TcpFlag.ACK)
 _TCP = int(h.IpProto.TCP)
 _NEEDS_CSUM = int(h.VNET_F_NEEDS_CSUM)
-_TTL_AT = h.IPV4_TTL_OFFSET
-_CSUM_AT = h.IPV4_CHECKSUM_OFFSET
 
 
 def connection_key(key: bytes, frame: bytes, l2: int) -> bytes | None:
@@ -146,10 +144,5 @@ class FastPath:
                                dport=target.dport, partial=l2 > 0 and bool(frame[0] & _NEEDS_CSUM))
         if not routed:
             return b"".join((frame[:l3], packet))
-        # TTL one lower, header checksum updated incrementally (what decrement_ttl does).
-        ttl, proto = packet[_TTL_AT], packet[_TTL_AT + 1]
-        csum = self.accel.checksum_update16((packet[_CSUM_AT] << 8) | packet[_CSUM_AT + 1],
-                                            (ttl << 8) | proto, ((ttl - 1) << 8) | proto)
-        packet[_TTL_AT] = ttl - 1
-        packet[_CSUM_AT], packet[_CSUM_AT + 1] = csum >> 8, csum & 0xFF
+        lower_ttl(packet, self.accel)
         return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3], packet))

@@ -48,13 +48,21 @@ def wire_length(pkt: Packet) -> int:
     return ip.ihl * 4 + l4_header + vnet.gso_size
 
 
+def lower_ttl(packet: bytearray, accel) -> None:
+    """TTL one lower, in place, and the header checksum updated incrementally."""
+    at, csum_at = h.IPV4_TTL_OFFSET, h.IPV4_CHECKSUM_OFFSET
+    ttl, proto = packet[at], packet[at + 1]
+    csum = accel.checksum_update16((packet[csum_at] << 8) | packet[csum_at + 1],
+                                   (ttl << 8) | proto, ((ttl - 1) << 8) | proto)
+    packet[at] = ttl - 1
+    packet[csum_at], packet[csum_at + 1] = csum >> 8, csum & 0xFF
+
+
 def decrement_ttl(header: bytes, accel) -> bytes:
     """The IPv4 header with TTL one lower and its checksum updated incrementally."""
-    ttl, proto = header[h.IPV4_TTL_OFFSET], header[h.IPV4_TTL_OFFSET + 1]
-    (old_csum,) = struct.unpack_from("!H", header, h.IPV4_CHECKSUM_OFFSET)
-    new_csum = accel.checksum_update16(old_csum, (ttl << 8) | proto, ((ttl - 1) << 8) | proto)
-    return b"".join((header[: h.IPV4_TTL_OFFSET], bytes((ttl - 1, proto)),
-                     new_csum.to_bytes(2, "big"), header[h.IPV4_CHECKSUM_OFFSET + 2:]))
+    lowered = bytearray(header)
+    lower_ttl(lowered, accel)
+    return bytes(lowered)
 
 
 def _completed_l4_checksum(pkt: Packet, packet: bytes, env: Env) -> bytes:

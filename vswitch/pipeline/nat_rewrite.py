@@ -22,32 +22,6 @@ from types import ModuleType
 from vswitch.wire import headers as h
 
 _U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-
-SRC_OFFSET = 12
-DST_OFFSET = 16
-L4_CHECKSUM_OFFSET = {h.IpProto.TCP: 16, h.IpProto.UDP: 6, h.IpProto.ICMP: 2}
-
-
-def _update_word(buf: bytearray, csum_at: int, old: int, new: int, accel: ModuleType,
-                 partial: bool = False) -> None:
-    (csum,) = _U16.unpack_from(buf, csum_at)
-    if partial:
-        # The field holds a folded sum S (not inverted): S' = S - old + new = ~update(~S, old, new).
-        csum = ~accel.checksum_update16(~csum & 0xFFFF, old, new) & 0xFFFF
-    else:
-        csum = accel.checksum_update16(csum, old, new)
-    _U16.pack_into(buf, csum_at, csum)
-
-
-def _update_address(buf: bytearray, csum_at: int, old: int, new: int, accel: ModuleType,
-                    partial: bool = False) -> None:
-    (csum,) = _U16.unpack_from(buf, csum_at)
-    if partial:
-        csum = ~accel.checksum_update32(~csum & 0xFFFF, old, new) & 0xFFFF
-    else:
-        csum = accel.checksum_update32(csum, old, new)
-    _U16.pack_into(buf, csum_at, csum)
 
 
 def translate(packet: bytes | bytearray, *, src: bytes | None = None, sport: int | None = None,
@@ -76,46 +50,14 @@ def translate_icmp_error(packet: bytes | bytearray, *, outer_src: bytes | None =
     total = _U16.unpack_from(buf, h.IPV4_TOTAL_LENGTH_OFFSET)[0]
     icmp = ihl
     inner = icmp + h.ICMP_HEADER_LEN
-    quoted = bytes(buf[inner:total])
-    if len(quoted) >= h.IPV4_MIN_HEADER_LEN:
-        inner_ihl = (quoted[0] & 0x0F) * 4
-        # The quote is cut short: translate addresses in the header and the ports if present,
-        # updating only checksums whose field was quoted.
-        fixed = bytearray(quoted)
-        for offset, new in ((SRC_OFFSET, inner_src), (DST_OFFSET, inner_dst)):
-            if new is None:
-                continue
-            (old,) = _U32.unpack_from(fixed, offset)
-            (value,) = _U32.unpack(new)
-            fixed[offset: offset + 4] = new
-            _update_address(fixed, h.IPV4_CHECKSUM_OFFSET, old, value, accel)
-            proto = fixed[9]
-            at = L4_CHECKSUM_OFFSET.get(proto)
-            if proto != h.IpProto.ICMP and at is not None and len(fixed) >= inner_ihl + at + 2:
-                if not (proto == h.IpProto.UDP and _U16.unpack_from(fixed, inner_ihl + at)[0] == 0):
-                    _update_address(fixed, inner_ihl + at, old, value, accel)
-        proto = fixed[9]
-        at = L4_CHECKSUM_OFFSET.get(proto)
-        for offset, new in ((0, inner_sport), (2, inner_dport)):
-            if new is None or len(fixed) < inner_ihl + offset + 2:
-                continue
-            if proto == h.IpProto.ICMP:
-                offset = 4  # the echo identifier
-                if len(fixed) < inner_ihl + 6:
-                    continue
-            (old,) = _U16.unpack_from(fixed, inner_ihl + offset)
-            _U16.pack_into(fixed, inner_ihl + offset, new)
-            if at is not None and len(fixed) >= inner_ihl + at + 2:
-                if not (proto == h.IpProto.UDP and _U16.unpack_from(fixed, inner_ihl + at)[0] == 0):
-                    _update_word(fixed, inner_ihl + at, old, new, accel)
-        buf[inner:total] = fixed
-    for offset, new in ((SRC_OFFSET, outer_src), (DST_OFFSET, outer_dst)):
-        if new is None:
-            continue
-        (old,) = _U32.unpack_from(buf, offset)
-        (value,) = _U32.unpack(new)
-        buf[offset: offset + 4] = new
-        _update_address(buf, h.IPV4_CHECKSUM_OFFSET, old, value, accel)
+    quoted = bytearray(buf[inner:total])
+    if len(quoted) >= h.IPV4_MIN_HEADER_LEN and quoted[0] & 0x0F >= 5:
+        # The quote is usually cut short: the rewrite changes the ports when they were quoted and
+        # updates only the checksums whose field was quoted.
+        accel.nat_rewrite(quoted, src=inner_src, sport=inner_sport, dst=inner_dst,
+                          dport=inner_dport)
+        buf[inner:total] = quoted
+    accel.nat_rewrite(buf, src=outer_src, dst=outer_dst)  # ICMP: the header checksum only
     _U16.pack_into(buf, icmp + 2, 0)
     _U16.pack_into(buf, icmp + 2, accel.checksum(bytes(buf[icmp:total])))
     return buf
