@@ -94,6 +94,24 @@ def test_repeated_flow_hits_the_cache_and_a_mac_move_invalidates_it(topology, ac
     assert [t.port for t in switch.process_batch(2, [a_to_b], 3.0)] == [TRUNK]
 
 
+def test_a_mac_move_earlier_in_the_same_burst_invalidates_the_cache(topology, accel_name):
+    """A burst [B->A, X->B] from the trunk while X->B is cached as "to port 3": the first frame moves
+    B's MAC to the trunk, so the second must not follow the entry cached before the move."""
+    switch = _with_trunk(make_switch(topology, accel_name))
+    b_to_a = _frame("10.244.1.11", "10.244.1.10", "udp", _mac("10.244.1.10"), None)
+    x_to_b = _frame("10.244.1.77", "10.244.1.11", "udp", _mac("10.244.1.11"), None)
+    a_to_b = _frame("10.244.1.10", "10.244.1.11", "udp", _mac("10.244.1.11"), None)
+    switch.process_batch(2, [a_to_b], 0.0)  # A is learned on port 2
+    switch.process_batch(3, [b_to_a], 0.0)  # and B on port 3
+    assert [t.port for t in switch.process_batch(TRUNK, [x_to_b] * 2, 1.0)] == [3, 3]
+    assert switch.statistics()["dispositions"]["cache-hit"] == 1
+    # B's MAC is now behind the trunk, where X->B came from: a switch never sends a frame back
+    # out of the port it arrived on.
+    sent = switch.process_batch(TRUNK, [b_to_a, x_to_b], 2.0)
+    assert [t.port for t in sent] == [2]
+    assert switch.statistics()["dispositions"]["cache-hit"] == 1
+
+
 def test_cache_hits_keep_the_sender_mac_alive(topology, accel_name):
     short = dataclasses.replace(topology, dataplane=dataclasses.replace(topology.dataplane,
                                                                         fdb_aging=5.0))

@@ -206,9 +206,12 @@ class Switch:
             self._slow_path(pkt, counters, out)
             if env.nat.released:
                 self._run_released(out)
+            # The slow path may have changed a table (a MAC moved, a neighbour answered, a NAT
+            # pair appeared): later frames of this burst must compare against the new generation.
+            # Only the slow path changes generations, so cache hits need not re-read it.
+            generation = self._generation()
             if key is not None and self.flow_cache.capacity:
-                for cache_key, cache_entry in fast_path.memoise(pkt, key, conn_key,
-                                                                 self._generation()):
+                for cache_key, cache_entry in fast_path.memoise(pkt, key, conn_key, generation):
                     self.flow_cache.install(cache_key, cache_entry)
             if trace is not None:
                 self._keep_trace(port_id, trace)
