@@ -10,6 +10,7 @@ import dataclasses
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.presentation import fdb_rows, neighbor_rows
 from vswitch.wire import headers as h
 from vswitch.wire.addresses import BROADCAST_MAC, mac_bytes
 from vswitch.wire.text import build_frame, parse_packet
@@ -74,7 +75,7 @@ def test_fast_path_equals_slow_path(topology, accel_name, events):
         if delay == 2.5:  # the timer runs now and then, not before every burst
             cached.handle_timer(now)
             uncached.handle_timer(now)
-    assert cached.fdb_info(now) == uncached.fdb_info(now)
+    assert fdb_rows(cached, now) == fdb_rows(uncached, now)
     assert uncached.statistics()["dispositions"]["cache-hit"] == 0
     for s in (cached.statistics(), uncached.statistics()):
         rx = sum(p["rx_packets"] for p in s["ports"].values())
@@ -167,4 +168,4 @@ def test_fast_path_equals_slow_path_for_routed_traffic(accel_name, events):
         if delay >= 1.0:
             assert ([(t.port, t.data) for t in cached.handle_timer(now)]
                     == [(t.port, t.data) for t in uncached.handle_timer(now)])
-    assert cached.neighbors_info(now) == uncached.neighbors_info(now)
+    assert neighbor_rows(cached, now) == neighbor_rows(uncached, now)

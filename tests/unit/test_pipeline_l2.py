@@ -8,6 +8,7 @@ import pytest
 
 from vswitch.accel import pure
 from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.presentation import fdb_rows
 from vswitch.wire import builders, headers as h
 from vswitch.wire.addresses import BROADCAST_MAC, mac_bytes
 from vswitch.wire.text import build_frame, parse_packet
@@ -38,7 +39,7 @@ def test_unknown_unicast_floods_to_every_other_port_and_learns_the_source(switch
     txs = switch.process_batch(A, [frame("icmp 10.244.1.10 > 10.244.1.11", A_MAC, B_MAC)], 0.0)
     assert ports_of(txs) == [HOST, B, C]
     assert all(t.data == txs[0].data for t in txs)
-    assert [(r["mac"], r["port"]) for r in switch.fdb_info(0.0)] == [("0a:58:0a:f4:01:0a", "a")]
+    assert [(r["mac"], r["port"]) for r in fdb_rows(switch, 0.0)] == [("0a:58:0a:f4:01:0a", "a")]
     assert stats(switch)["stages"]["l2-forward"]["flooded-unknown"] == 1
 
 
@@ -62,10 +63,10 @@ def test_fdb_entries_age_out_with_the_injected_clock(switch):
     assert ports_of(switch.process_batch(A, [to_b], 300.0)) == [HOST, B, C]
     assert switch.next_deadline() == pytest.approx(300.0)  # B's stale entry, not yet swept
     switch.handle_timer(300.0)
-    assert [r["mac"] for r in switch.fdb_info(300.0)] == ["0a:58:0a:f4:01:0a"]
+    assert [r["mac"] for r in fdb_rows(switch, 300.0)] == ["0a:58:0a:f4:01:0a"]
     assert switch.next_deadline() == pytest.approx(600.0)  # A's entry, refreshed at 300
     switch.handle_timer(600.0)
-    assert switch.fdb_info(600.0) == []
+    assert fdb_rows(switch, 600.0) == []
 
 
 def test_aging_time_comes_from_the_topology(topology):
@@ -86,9 +87,9 @@ def test_a_mac_that_moves_follows_the_station(topology):
                          port_security=False)
     switch.add_port(open_port)
     switch.process_batch(B, [frame("icmp 10.244.1.11 > 10.244.1.10", B_MAC, A_MAC)], 0.0)
-    assert switch.fdb_info(0.0)[0]["port"] == "b"
+    assert fdb_rows(switch, 0.0)[0]["port"] == "b"
     switch.process_batch(9, [frame("icmp 10.244.1.11 > 10.244.1.10", B_MAC, A_MAC)], 1.0)
-    assert switch.fdb_info(1.0)[0]["port"] == "trunk"
+    assert fdb_rows(switch, 1.0)[0]["port"] == "trunk"
     assert stats(switch)["stages"]["l2-learn"]["moved"] == 1
 
 
@@ -173,7 +174,7 @@ def test_a_pod_cannot_send_as_someone_else(switch, text, src_mac, reason):
     s = stats(switch)
     assert s["ports"]["a"]["rx_drops"] == {reason: 1}
     assert s["stages"]["port-security"][reason] == 1
-    assert switch.fdb_info(0.0) == []  # nothing learned from a spoofed frame
+    assert fdb_rows(switch, 0.0) == []  # nothing learned from a spoofed frame
 
 
 def test_arp_probe_from_unconfigured_address_is_allowed(switch):
@@ -220,7 +221,7 @@ def test_malformed_frames_are_counted_and_dropped(switch, case):
     assert s["stages"]["eth-input"][reason] == 1
     assert s["ports"]["a"]["rx_drops"] == {reason: 1}
     assert s["dispositions"]["dropped"] == 1
-    assert switch.fdb_info(0.0) == []
+    assert fdb_rows(switch, 0.0) == []
 
 
 def test_ethernet_padding_is_not_a_length_error(switch):

@@ -12,6 +12,7 @@ from vswitch import accel as accel_impls
 from vswitch.accel import pure
 from vswitch.config import parse_topology
 from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.presentation import neighbor_rows
 from vswitch.core.switch import Switch
 from vswitch.model import Segment, StaticRoute, mac_for_ip
 from vswitch.wire import builders, headers as h
@@ -81,7 +82,7 @@ def ip_of(data: bytes):
 
 def test_unsolicited_arp_reply_is_not_learned(routed):
     resolve_d(routed)
-    assert routed.neighbors_info(0.0) == []
+    assert neighbor_rows(routed, 0.0) == []
 
 
 def test_first_packet_waits_for_arp_then_goes_out_with_ttl_decremented(routed):
@@ -99,7 +100,7 @@ def test_first_packet_waits_for_arp_then_goes_out_with_ttl_decremented(routed):
     packet = h.IPV4.parse(frame[14:])
     assert packet.ttl == 63 and packet.src == ip(A_IP) and packet.dst == ip(D_IP)
     assert pure.checksum(frame[14:34]) == 0
-    assert routed.neighbors_info(0.1)[0] | {"age_s": 0} == {
+    assert neighbor_rows(routed, 0.1)[0] | {"age_s": 0} == {
         "segment": "blue", "ip": D_IP, "mac": mac_for_ip(IPv4Address(D_IP)), "state": "reachable",
         "age_s": 0, "queued": 0}
 
@@ -293,7 +294,7 @@ def test_unanswered_arp_is_retried_then_senders_get_host_unreachable(routed):
     (error,) = routed.handle_timer(3.0)
     _expect_icmp_error(error, to_port=A, to_ip=A_IP, icmp_type=3, code=1, rest=bytes(4),
                        original_frame=original)
-    assert routed.neighbors_info(3.0) == []
+    assert neighbor_rows(routed, 3.0) == []
     assert stats(routed)["stages"]["ip4-neighbor"]["resolution-failed"] == 1
 
 
@@ -315,4 +316,4 @@ def test_trace_names_the_route_and_why_it_won(routed):
     assert "matches 10.245.1.0/24 connected (segment blue" in text
     assert "longest of the matching prefixes 10.245.1.0/24, 10.0.0.0/8" in text
     assert result["actions"] == ["hold until the next hop answers ARP"]
-    assert routed.neighbors_info(0.0) == []  # a dry run resolves nothing
+    assert neighbor_rows(routed, 0.0) == []  # a dry run resolves nothing

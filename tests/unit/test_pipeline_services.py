@@ -13,6 +13,7 @@ import pytest
 from vswitch import accel as accel_impls
 from vswitch.accel import pure
 from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.presentation import conntrack_rows
 from vswitch.core.switch import Switch
 from vswitch.model import (Cluster, Container, Pod, Service, ServicePort, Topology, Uplink,
                            kernel_name, mac_for_ip, netns_name)
@@ -123,7 +124,7 @@ def test_clusterip_connection_is_dnated_and_the_backend_sees_the_client(switch):
     assert ports_of(packet) == (40000, 8080)  # the named port "http" resolved per pod
     assert frame[:6] == mac(backend) and frame[6:12] == mac(GW)
     assert_checksums(packet)
-    (row,) = switch.conntrack_info(0.0)
+    (row,) = conntrack_rows(switch, 0.0)
     assert row["description"] == f"tcp {C_IP}:40000 > {VIP}:80"
 
 
@@ -150,7 +151,7 @@ def test_established_connection_stays_on_its_backend_and_state_advances(switch):
     for n in range(5):
         (again,) = connect(switch, C, C_IP, VIP, flags="A", now=0.2 + n)
         assert again.port == tx.port
-    (row,) = switch.conntrack_info(5.0)
+    (row,) = conntrack_rows(switch, 5.0)
     assert row["state"] == "ESTABLISHED"
 
 
@@ -168,7 +169,7 @@ def test_no_ready_endpoint_tcp_gets_rst_at_once(switch):
     assert (tcp.src_port, tcp.dst_port) == (80, 41000)
     assert tcp.flags == h.TcpFlag.RST | h.TcpFlag.ACK and tcp.ack == 1001  # the SYN's seq + 1
     assert_checksums(packet)
-    assert switch.conntrack_info(0.0) == []
+    assert conntrack_rows(switch, 0.0) == []
 
 
 def test_no_ready_endpoint_udp_gets_port_unreachable(switch):
@@ -320,7 +321,7 @@ def test_a_ping_to_the_node_is_not_taken_for_the_reply_of_a_masqueraded_ping(swi
 def test_an_untracked_echo_reply_from_a_pod_is_not_masqueraded(switch):
     assert send(switch, C, f"icmp {C_IP} > 198.51.100.7 echo-reply id 9", mac(C_IP), mac(GW)) == []
     assert _stage(switch, "ip4-masquerade")["echo-reply-untracked"] == 1
-    assert switch.conntrack_info(0.0) == []
+    assert conntrack_rows(switch, 0.0) == []
 
 
 # -- the flow cache never bypasses a translation ---------------------------------------------
@@ -344,7 +345,7 @@ def test_trace_shows_service_backend_and_conntrack(switch):
     text = result["text"]
     assert "is cluster-ip of service default/web port http; 2 ready backend(s)" in text
     assert "would DNAT to a backend chosen by random" in text
-    assert switch.conntrack_info(0.0) == []
+    assert conntrack_rows(switch, 0.0) == []
     connect(switch, C, C_IP, VIP)
     again = switch.trace("c", f"tcp {C_IP}:40000 > {VIP}:80 flags A", 0.5)
     assert "original direction of [tcp 10.244.1.50:40000 > 10.96.0.10:80]" in again["text"]
@@ -360,7 +361,7 @@ def _closed_connection(switch, sport=40000):
     connect(switch, C, C_IP, VIP, sport=sport, flags="FA", now=0.3)
     send(switch, tx.port, f"{reply} FA", mac(backend), mac(C_IP), 0.4)
     connect(switch, C, C_IP, VIP, sport=sport, flags="A", now=0.5)
-    (row,) = switch.conntrack_info(0.5)
+    (row,) = conntrack_rows(switch, 0.5)
     assert row["state"] == "TIME_WAIT"
     return row
 
@@ -373,10 +374,10 @@ def test_a_syn_on_the_tuple_of_a_closed_connection_is_a_new_connection(switch):
     assert "opens a new connection on the tuple of [tcp 10.244.1.50:40000 > 10.96.0.10:80]" \
         " (TIME_WAIT)" in trace, trace
     assert "is cluster-ip of service default/web port http" in trace, trace
-    assert switch.conntrack_info(1.0)[0]["state"] == "TIME_WAIT"  # the trace changed nothing
+    assert conntrack_rows(switch, 1.0)[0]["state"] == "TIME_WAIT"  # the trace changed nothing
     (tx,) = connect(switch, C, C_IP, VIP, now=1.0)
     assert tx.port in (A, B) and ports_of(packet_of(tx)[2]) == (40000, 8080)
-    (row,) = switch.conntrack_info(1.0)
+    (row,) = conntrack_rows(switch, 1.0)
     assert row["state"] == "SYN_SENT" and not row["replied"] and row["age"] == 0.0
     assert switch.conntrack.statistics()["reopened"] == 1
     counters = switch.statistics()["stages"]["ip4-conntrack"]
@@ -393,7 +394,7 @@ def test_a_syn_from_the_server_side_after_time_wait_is_its_own_connection(switch
     assert out.port == C
     _, header, packet = packet_of(out)
     assert header.src == ip(backend) and ports_of(packet) == (8080, 40000)  # untranslated
-    assert switch.conntrack_info(1.0) == []
+    assert conntrack_rows(switch, 1.0) == []
 
 
 def test_reopened_connections_spread_over_the_ready_backends(switch):
@@ -410,12 +411,12 @@ def test_reopened_connections_spread_over_the_ready_backends(switch):
 def test_conntrack_filters_and_flush(switch):
     connect(switch, C, C_IP, VIP)
     send(switch, C, f"udp {C_IP}:5000 > {DNS_VIP}:53", mac(C_IP), mac(GW))
-    assert len(switch.conntrack_info(0.0, {"proto": "udp"})) == 1
-    assert len(switch.conntrack_info(0.0, {"service": "web"})) == 1
+    assert len(conntrack_rows(switch, 0.0, {"proto": "udp"})) == 1
+    assert len(conntrack_rows(switch, 0.0, {"service": "web"})) == 1
     with pytest.raises(ValueError, match="unknown conntrack filter"):
-        switch.conntrack_info(0.0, {"colour": "red"})
+        conntrack_rows(switch, 0.0, {"colour": "red"})
     assert switch.conntrack_flush({"proto": "tcp"}) == 1
-    assert len(switch.conntrack_info(0.0)) == 1
+    assert len(conntrack_rows(switch, 0.0)) == 1
 
 
 # -- the per-connection fast path equals the pipeline ----------------------------------------
@@ -494,7 +495,7 @@ def test_fast_path_equals_slow_path_for_translated_connections(accel_name, steps
         if delay >= 3.0:
             assert ([(t.port, t.data) for t in cached.handle_timer(now)]
                     == [(t.port, t.data) for t in plain.handle_timer(now)])
-    assert cached.conntrack_info(now) == plain.conntrack_info(now)
+    assert conntrack_rows(cached, now) == conntrack_rows(plain, now)
 
 
 def test_established_connection_packets_take_the_fast_path(accel_name):
@@ -514,7 +515,7 @@ def test_established_connection_packets_take_the_fast_path(accel_name):
     # The SYN and SYN-ACK installed the connection entries. The client's first ACK completes the
     # handshake in the pipeline (SYN_RECV is not a plain state); every later packet hits.
     assert switch.statistics()["dispositions"]["cache-hit"] - hits == 7
-    (row,) = switch.conntrack_info(1.0)
+    (row,) = conntrack_rows(switch, 1.0)
     assert row["state"] == "ESTABLISHED"
 
 
@@ -530,7 +531,7 @@ def test_an_endpoint_that_becomes_ready_is_not_shadowed_by_earlier_refusals(acce
     for n in range(3):
         (refusal,) = send(switch, C, datagram, mac(C_IP), mac(GW), 0.1 * n)
         assert refusal.port == C and packet_of(refusal)[2][20] == 3  # port unreachable
-    assert switch.conntrack_info(1.0) == []
+    assert conntrack_rows(switch, 1.0) == []
     switch.program(topology.pods, topology.services, 1.0)
     (delivered,) = send(switch, C, datagram, mac(C_IP), mac(GW), 1.1)
     assert delivered.port in (A, B)

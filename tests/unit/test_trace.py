@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from vswitch.core.presentation import fdb_rows
 from vswitch.wire import headers as h
 from vswitch.wire.addresses import mac_bytes
 from vswitch.wire.text import PacketSyntaxError, build_frame, parse_packet
@@ -18,7 +19,7 @@ def _send(switch, port, text, src, dst, now=0.0):
 def test_dry_run_trace_explains_a_unicast_decision_and_changes_nothing(switch):
     _send(switch, B, "icmp 10.244.1.11 > 10.244.1.10", B_MAC, A_MAC)
     before = switch.statistics()
-    fdb_before = switch.fdb_info(1.0)
+    fdb_before = fdb_rows(switch, 1.0)
     result = switch.trace("a", "icmp 10.244.1.10 > 10.244.1.11", 1.0)
     assert [s["stage"] for s in result["stages"]][-4:] == ["eth-input", "port-security",
                                                          "l2-learn", "l2-forward"]
@@ -27,7 +28,7 @@ def test_dry_run_trace_explains_a_unicast_decision_and_changes_nothing(switch):
     assert "found in the FDB on port b" in result["text"]
     after = switch.statistics()
     assert after["stages"] == before["stages"] and after["dispositions"] == before["dispositions"]
-    assert switch.fdb_info(1.0) == fdb_before
+    assert fdb_rows(switch, 1.0) == fdb_before
 
 
 def test_trace_names_the_reason_of_a_drop(switch):

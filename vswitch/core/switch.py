@@ -32,6 +32,7 @@ from vswitch.core.actions import Transmit
 from vswitch.core.counters import Disposition, PortCounters, StageCounters, counter_name
 from vswitch.core import fast_path
 from vswitch.core.capture import Captures
+from vswitch.core.conntrack_filter import entry_filter
 from vswitch.core.flow_cache import FlowCache
 from vswitch.core.ports import PortSpec
 from vswitch.core.trace import Trace
@@ -46,7 +47,7 @@ from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
 from vswitch.tables.neighbors import NeighborTable
 from vswitch.tables.services import ServiceTable
 from vswitch.wire import headers as h
-from vswitch.wire.addresses import BROADCAST_MAC, ip_text, mac_bytes, mac_text
+from vswitch.wire.addresses import BROADCAST_MAC, mac_bytes, mac_text
 from vswitch.wire.text import build_frame, parse_packet
 
 _PENDING_TRACE_LIMIT = 1000
@@ -457,39 +458,6 @@ class Switch:
                              "dispositions": {counter_name(d): d.value for d in Disposition}},
         }
 
-    def ports_info(self) -> list[dict]:
-        rows = []
-        for pid, spec in sorted(self.ports.items()):
-            c = self._port_counters[pid]
-            rows.append({
-                "id": pid, "name": spec.name, "kind": spec.kind.value, "device": spec.device,
-                "mac": spec.mac, "ip": str(spec.ip), "mtu": spec.mtu, "vnet_hdr": spec.vnet_hdr,
-                "port_security": spec.port_security, "macs_learned": self.fdb.count_on_port(pid),
-                "segment": self.segments[spec.segment].name,
-                "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
-                "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
-                "rx_dropped": sum(c.rx_drops.values()), "tx_dropped": sum(c.tx_drops.values()),
-            })
-        return rows
-
-    def fdb_info(self, now: float) -> list[dict]:
-        rows = []
-        for entry in sorted(self.fdb.entries(), key=lambda e: (e.segment, e.port, e.mac)):
-            age = now - entry.last_seen
-            rows.append({"mac": mac_text(entry.mac), "segment": self.segments[entry.segment].name,
-                         "port": self._port_label(entry.port),
-                         "port_id": entry.port, "age_s": round(age, 3),
-                         "expires_in_s": round(self.fdb.aging - age, 3),
-                         "ip": self._ip_of_mac(entry.mac)})
-        return rows
-
-    def _ip_of_mac(self, mac: bytes) -> str | None:
-        for spec in self.ports.values():
-            if spec.mac_bytes == mac:
-                return str(spec.ip)
-        return None
-
-
     # -- services and connection tracking ---------------------------------------------------------
 
     def program(self, pods, services, now: float) -> dict:
@@ -549,64 +517,7 @@ class Switch:
         self.nat.reply_pairs.clear()
         self.nat.reply_pairs.update(pairs)
 
-    def services_info(self) -> list[dict]:
-        return self.services.services_info()
-
-    def endpoints_info(self) -> list[dict]:
-        return self.services.endpoints_info()
-
-    def affinity_info(self, now: float) -> list[dict]:
-        return self.services.affinity_info(now)
-
-    def _conntrack_filter(self, filters: dict[str, str]):
-        known = {"proto", "src", "dst", "sport", "dport", "service", "state", "kind"}
-        unknown = set(filters) - known
-        if unknown:
-            raise ValueError(f"unknown conntrack filter {', '.join(sorted(unknown))}; "
-                             f"use {', '.join(sorted(known))}")
-        names = {1: "icmp", 6: "tcp", 17: "udp"}
-
-        def matches(entry) -> bool:
-            o = entry.original
-            values = {"proto": names.get(o.proto, str(o.proto)), "src": ip_text(o.src),
-                      "dst": ip_text(o.dst), "sport": str(o.sport), "dport": str(o.dport),
-                      "service": str(entry.labels.get("service", "")),
-                      "state": entry.tcp_state.name if o.proto == 6 else
-                      ("REPLIED" if entry.replied else "UNREPLIED"),
-                      "kind": str(entry.labels.get("kind", ""))}
-            for key, wanted in filters.items():
-                value = values[key]
-                if key == "service" and "/" not in wanted:
-                    value = value.split("/", 1)[-1]
-                if value.lower() != str(wanted).lower():
-                    return False
-            return True
-
-        return matches
-
-    def conntrack_info(self, now: float, filters: dict[str, str] | None = None) -> list[dict]:
-        matches = self._conntrack_filter(filters or {})
-        # Entries past their deadline (a refused connection ends at once) wait for the timer to
-        # remove them; lookups no longer find them, so neither does a listing.
-        rows = [e.as_dict(now) for e in self.conntrack.entries() if e.alive(now) and matches(e)]
-        return rows
-
     def conntrack_flush(self, filters: dict[str, str] | None = None) -> int:
-        count = self._flush(self._conntrack_filter(filters or {}))
+        count = self._flush(entry_filter(filters or {}))
         self._config_generation += 1
         return count
-
-    def routes_info(self) -> list[dict]:
-        return [{"prefix": str(r.prefix), "kind": r.kind.value,
-                 "segment": self.segments[r.segment].name,
-                 "via": str(r.via) if r.via is not None else None, "origin": r.origin}
-                for r in self.fib.routes()]
-
-    def neighbors_info(self, now: float) -> list[dict]:
-        rows = []
-        for entry in sorted(self.neighbors.entries(), key=lambda e: (e.segment, e.ip)):
-            rows.append({"segment": self.segments[entry.segment].name, "ip": ip_text(entry.ip),
-                         "mac": mac_text(entry.mac) if entry.mac is not None else None,
-                         "state": entry.state.value,
-                         "age_s": round(now - entry.confirmed, 3), "queued": len(entry.queue)})
-        return rows
