@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from vswitch import cli
+from vswitch.control.rendering import format_table
 
 PODS = [
     {"name": "web-1", "ip": "10.244.1.2", "segment": "default", "mtu": 1500,
@@ -398,7 +399,7 @@ def test_module_entry_point_names_the_programs():
 
 
 def test_format_table_handles_missing_cells_and_nested_values():
-    text = cli.format_table([{"a": 1, "b": {"x": 1}}, {"a": 22, "c": None}])
+    text = format_table([{"a": 1, "b": {"x": 1}}, {"a": 22, "c": None}])
     assert text.splitlines() == [" A  B    C", " 1  x=1  -", "22  -    -"]
 
 

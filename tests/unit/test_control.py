@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from vswitch.core import presentation
 from vswitch.model import (Control, Dataplane, HostPort, Node, Pod, Segment, Topology,
                            mac_for_ip)
 from vswitch.runtime.control import (MAX_LINE, ControlCommands, ControlContext, ControlSocketBusy,
@@ -79,20 +80,29 @@ class TraceSwitch:
             raise RuntimeError("counter table corrupted")
         return {"ports": {}, "stages": {}, "dispositions": {}}
 
-    def ports_info(self) -> list[dict]:
+    def port_rows(self) -> list[dict]:
         return []
 
-    def fdb_info(self, now: float) -> list[dict]:
+    def fdb_rows(self, now: float) -> list[dict]:
         return []
 
-    def routes_info(self) -> list[dict]:
+    def route_rows(self) -> list[dict]:
         return [{"prefix": "10.244.1.0/24", "kind": "connected", "segment": "default",
                  "via": None, "origin": "node.pod_cidr"}]
 
-    def neighbors_info(self, now: float) -> list[dict]:
+    def neighbor_rows(self, now: float) -> list[dict]:
         self.neighbor_times.append(now)
         return [{"segment": "default", "ip": IPv4Address("10.244.1.10"), "mac": "0a:58:0a:f4:01:0a",
                  "state": "reachable", "age_s": 0.5, "queued": 0}]
+
+
+@pytest.fixture(autouse=True)
+def rows_from_the_fake_switch(monkeypatch):
+    """The commands read the switch's tables through vswitch.core.presentation; the fake switches
+    here answer those reads themselves, so that a test sees what a command asked for."""
+    for name in ("port_rows", "fdb_rows", "route_rows", "neighbor_rows", "conntrack_rows"):
+        monkeypatch.setattr(presentation, name,
+                            lambda switch, *args, _name=name: getattr(switch, _name)(*args))
 
 
 class Client:
@@ -306,7 +316,7 @@ class ServiceSwitch(TraceSwitch):
         super().__init__()
         self.filters: list[dict] = []
 
-    def conntrack_info(self, now: float, filters: dict) -> list[dict]:
+    def conntrack_rows(self, now: float, filters: dict) -> list[dict]:
         self.filters.append(filters)
         if "colour" in filters:
             raise ValueError("unknown conntrack filter colour; use dport, dst, proto")
