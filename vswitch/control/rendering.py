@@ -6,7 +6,7 @@ columns a command prefers, so that a field added to an answer shows up without a
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 def format_cell(value: Any) -> str:
@@ -74,7 +74,7 @@ def columns(rows: Sequence[Mapping[str, Any]], preferred: Sequence[str]) -> list
     return [(key, key.upper()) for key in keys]
 
 
-def table_of(preferred: Sequence[str]):
+def table_of(preferred: Sequence[str]) -> Callable[[Sequence[Mapping[str, Any]]], str]:
     """A renderer of rows with ``preferred`` columns first; "(none)" when there are no rows."""
 
     def render(result: Sequence[Mapping[str, Any]]) -> str:
