@@ -38,6 +38,7 @@ SERVICE = Group("service", "add, remove or change services")
 
 
 def _config() -> ModuleType:
+    """The config loader, whose rules validate every change (see the module docstring)."""
     from vswitch import config
 
     return config

@@ -62,7 +62,8 @@ def format_table(rows: Sequence[Mapping[str, Any]],
 
 def format_pairs(pairs: Mapping[str, Any]) -> str:
     width = max((len(key) for key in pairs), default=0)
-    return "\n".join(f"{key + ':':<{width + 1}} {format_cell(value)}" for key, value in pairs.items())
+    return "\n".join(f"{key + ':':<{width + 1}} {format_cell(value)}"
+                     for key, value in pairs.items())
 
 
 def columns(rows: Sequence[Mapping[str, Any]], preferred: Sequence[str]) -> list[tuple[str, str]]:
