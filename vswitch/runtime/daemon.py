@@ -43,6 +43,13 @@ always wins and two reloads never interleave.
 
 Every piece of I/O is injected (kernel, ports, container supervisor, switch), so a test can run this
 very function with memory ports and no root; see ``vswitch.runtime.memory_port``.
+
+Time
+----
+The shell reads time from trio's clock only (``trio.current_time()``): the ``now`` it hands the
+core with packets, timers and programs, and the deadlines the timer sleeps until. A test can so run
+the daemon under a mock clock, and the core's deadlines need no conversion. The system's clock is
+used where an outside party compares with it: systemd's ``MONOTONIC_USEC`` here.
 """
 from __future__ import annotations
 
