@@ -13,7 +13,7 @@ import json
 import struct
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import trio
 
@@ -153,10 +153,11 @@ class Harness:
         self.kernel = NullKernel()
         self.supervisor = NullSupervisor()
         self.ports = MemoryPortFactory(capacity)
-        self.switch = None
+        # Any: the tests read what the real core or the RecordingSwitch exposes beyond SwitchCore.
+        self.switch: Any = None
         self._switch_factory = switch_factory
 
-    def make_switch(self, topology: Topology):
+    def make_switch(self, topology: Topology) -> SwitchCore:
         self.switch = self._switch_factory(topology)
         return self.switch
 
