@@ -3,7 +3,8 @@
 The integration tests treat ``vswitchd`` and ``vswitchctl`` as a user would: as processes started
 from a TOML file, talked to over the control socket. This module holds what every such test needs:
 unique names, a topology writer, a :class:`Daemon` wrapper that owns one ``vswitchd`` process, the
-small Python programs that run inside pods (ping, TCP and UDP peers), and the leak check.
+paths of the Python programs that run inside pods (ping, TCP and UDP peers, in
+tests/programs), and the leak check.
 
 Rules that keep the suite safe on a shared machine:
 
@@ -26,7 +27,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -574,8 +574,9 @@ class Daemon:
         return subprocess.Popen(["nsenter", f"--net={path}", *cmd], **kwargs)
 
     def python_in(self, pod: str, script: str, *args: str, timeout: float = 60.0) -> Any:
-        """Run a Python program in the pod via ``vswitchctl exec``; its stdout is JSON."""
-        result = self.exec(pod, PYTHON, "-c", script, *args, timeout=timeout)
+        """Run a program of tests/programs (its path, from ``program``) in the pod via
+        ``vswitchctl exec``; its stdout is JSON."""
+        result = self.exec(pod, PYTHON, script, *args, timeout=timeout)
         return jsonlib.loads(result.stdout)
 
     # ---- bookkeeping for cleanup --------------------------------------------------------------
@@ -654,186 +655,33 @@ def cleanup_node(daemon: Daemon) -> Leftovers:
 
 
 # --------------------------------------------------------------------------------------------
-# Programs that run inside pods. Each prints one JSON document on stdout.
+# Programs that run inside pods: files under tests/programs, each run as ``python3 PATH ARGS``;
+# each file's docstring gives its arguments and output (mostly one JSON document on stdout).
 # --------------------------------------------------------------------------------------------
 
-# The internet checksum, for the programs below that build or check raw packets. They run inside
-# pods with nothing but the standard library, so it is spliced into their source.
-CHECKSUM_FUNCTION = textwrap.dedent(
-    r'''
-    def checksum(data):
-        if len(data) % 2:
-            data += b"\0"
-        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-        while total >> 16:
-            total = (total & 0xFFFF) + (total >> 16)
-        return ~total & 0xFFFF
-    '''
-).strip()
+PROGRAMS_DIR = Path(__file__).resolve().parent.parent / "programs"
 
 
-def with_checksum(script: str) -> str:
-    return script.replace("__CHECKSUM__", CHECKSUM_FUNCTION)
+def program(name: str) -> str:
+    """The absolute path of ``tests/programs/NAME.py``, so that it runs from any directory."""
+    path = PROGRAMS_DIR / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no program {path}")
+    return str(path)
 
 
-PING_SCRIPT = with_checksum(textwrap.dedent(
-    r'''
-    import json, os, select, socket, struct, sys, time
-
-    __CHECKSUM__
-
-    timeout = float(sys.argv[1])
-    targets = sys.argv[2:]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    ident = os.getpid() & 0xFFFF
-    results = {}
-    for seq, target in enumerate(targets, start=1):
-        payload = b"vswitch-ping-%05d" % seq
-        header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-        packet = struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq) + payload
-        start = time.perf_counter()
-        sock.sendto(packet, (target, 0))
-        deadline = start + timeout
-        rtt = None
-        while rtt is None:
-            left = deadline - time.perf_counter()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
-                break
-            data, (source, _) = sock.recvfrom(4096)
-            ihl = (data[0] & 0x0F) * 4
-            kind, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if kind == 0 and rid == ident and rseq == seq and source == target:
-                if data[ihl + 8:] == payload:
-                    rtt = (time.perf_counter() - start) * 1e6
-        results[target] = rtt
-    print(json.dumps(results))
-    '''
-))
-
-TCP_SINK_SCRIPT = textwrap.dedent(
-    r'''
-    import hashlib, json, socket, sys
-    port = int(sys.argv[1])
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", port))
-    server.listen(1)
-    server.settimeout(30)
-    print("listening", flush=True)
-    conn, peer = server.accept()
-    conn.settimeout(30)
-    digest = hashlib.sha256()
-    count = 0
-    while True:
-        chunk = conn.recv(1 << 16)
-        if not chunk:
-            break
-        digest.update(chunk)
-        count += len(chunk)
-    conn.sendall(b"done")
-    conn.close()
-    print(json.dumps({"peer": peer[0], "bytes": count, "sha256": digest.hexdigest()}), flush=True)
-    '''
-)
-
-# Sends ``size`` random bytes, reads the receiver's answer; also reports the path MTU the
-# sender's kernel settled on for the connection (IP_MTU), which the PMTU test checks.
-TCP_SOURCE_SCRIPT = textwrap.dedent(
-    r'''
-    import hashlib, json, os, socket, sys
-    IP_MTU = 14
-    host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    data = os.urandom(size)
-    conn = socket.create_connection((host, port), timeout=30)
-    conn.sendall(data)
-    conn.shutdown(socket.SHUT_WR)
-    answer = b""
-    while True:
-        chunk = conn.recv(64)
-        if not chunk:
-            break
-        answer += chunk
-    path_mtu = conn.getsockopt(socket.IPPROTO_IP, IP_MTU)
-    conn.close()
-    print(json.dumps({"bytes": size, "sha256": hashlib.sha256(data).hexdigest(),
-                      "answer": answer.decode(), "path_mtu": path_mtu}))
-    '''
-)
-
-UDP_SINK_SCRIPT = textwrap.dedent(
-    r'''
-    import json, socket, sys
-    port, expected = int(sys.argv[1]), int(sys.argv[2])
-    first_wait, idle = float(sys.argv[3]), float(sys.argv[4])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    sock.bind(("0.0.0.0", port))
-    print("listening", flush=True)
-    received, peers, intact, strangers = [], set(), True, []
-    sock.settimeout(first_wait)
-    while len(received) < expected:
-        try:
-            data, peer = sock.recvfrom(4096)
-        except socket.timeout:
-            break
-        sock.settimeout(idle)
-        peers.add(peer[0])
-        if not data[:6].isdigit():
-            strangers.append(data[:32].decode(errors="replace"))
-            continue
-        seq = int(data[:6])
-        intact = intact and data == b"%06d" % seq + bytes((seq + i) & 0xFF for i in range(200))
-        received.append(seq)
-    print(json.dumps({"received": received, "peers": sorted(peers), "intact": intact,
-                      "strangers": strangers}), flush=True)
-    '''
-)
-
-UDP_SOURCE_SCRIPT = textwrap.dedent(
-    r'''
-    import json, socket, sys, time
-    host, port, count, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-    first = int(sys.argv[5]) if len(sys.argv) > 5 else 0
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for seq in range(first, first + count):
-        sock.sendto(b"%06d" % seq + bytes((seq + i) & 0xFF for i in range(200)), (host, port))
-        time.sleep(gap)
-    print(json.dumps({"sent": count}))
-    '''
-)
-
-# Sends Ethernet frames through AF_PACKET, so the pod's kernel does not get a say in the source
-# address: that is how a compromised pod would try to impersonate another one.
-RAW_UDP_SCRIPT = with_checksum(textwrap.dedent(
-    r'''
-    import json, socket, struct, sys
-    ifname, src_mac, dst_mac, src_ip, dst_ip = sys.argv[1:6]
-    port, count = int(sys.argv[6]), int(sys.argv[7])
-
-    __CHECKSUM__
-
-    def mac(text):
-        return bytes(int(part, 16) for part in text.split(":"))
-
-    payload = b"spoofed"
-    udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0x4000, 64, 17, 0,
-                     socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
-    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-    frame = mac(dst_mac) + mac(src_mac) + b"\x08\x00" + ip + udp
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-    sock.bind((ifname, 0))
-    for _ in range(count):
-        sock.send(frame)
-    print(json.dumps({"sent": count, "frame_bytes": len(frame)}))
-    '''
-))
+PING_SCRIPT = program("ping")
+TCP_SINK_SCRIPT = program("tcp_sink")
+TCP_SOURCE_SCRIPT = program("tcp_source")
+UDP_SINK_SCRIPT = program("udp_sink")
+UDP_SOURCE_SCRIPT = program("udp_source")
+RAW_UDP_SCRIPT = program("raw_udp")
 
 
 def ping_from_root(targets: Sequence[str], timeout: float = 2.0) -> dict[str, float | None]:
     """Ping from the test process's own namespace (the root namespace, i.e. the node)."""
     result = subprocess.run(
-        [PYTHON, "-c", PING_SCRIPT, str(timeout), *targets],
+        [PYTHON, PING_SCRIPT, str(timeout), *targets],
         capture_output=True,
         text=True,
         timeout=timeout * len(targets) + 30,

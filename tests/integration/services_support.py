@@ -22,7 +22,6 @@ import json as jsonlib
 import os
 import signal
 import subprocess
-import textwrap
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -41,8 +40,8 @@ from harness import (
     make_node_spec,
     netns_inode,
     pids_in_netns,
+    program,
     random_pod_cidr,
-    with_checksum,
 )
 
 HAIRPIN_ADDRESS = "169.254.169.5"  # the config's default [cluster] hairpin_address
@@ -173,283 +172,15 @@ def make_service_node(workdir: Path, *, uplink: bool = True,
 # Programs
 # --------------------------------------------------------------------------------------------
 
-# The server every backend pod runs as its container. Arguments: its name, then one listener per
-# argument: ``tcp:P`` answers one line and closes; ``udp:P`` answers each datagram with one line;
-# ``sink:P`` (TCP) greets with one line, reads to EOF, then answers with the byte count and the
-# SHA-256 of what arrived; ``mute:P`` (UDP) receives and never answers, so its flows stay
-# unreplied in conntrack.
-ECHO_SERVER = textwrap.dedent(
-    r'''
-    import hashlib, json, socket, sys, threading
-
-    name = sys.argv[1]
-
-    def line(peer, proto, port):
-        return f"{name} {peer[0]}:{peer[1]} {proto}:{port}\n".encode()
-
-    def tcp_answer(conn, peer, port):
-        with conn:
-            conn.sendall(line(peer, "tcp", port))
-
-    def sink(conn, peer, port):
-        with conn:
-            conn.settimeout(120)
-            conn.sendall(line(peer, "sink", port))
-            digest, count = hashlib.sha256(), 0
-            while True:
-                chunk = conn.recv(1 << 16)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                count += len(chunk)
-            try:
-                conn.sendall(json.dumps({"bytes": count, "sha256": digest.hexdigest()}).encode())
-            except (BrokenPipeError, ConnectionResetError):
-                return  # a readiness probe reads the greeting and hangs up; it wants no report
-
-    def serve_tcp(port, handler):
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("0.0.0.0", port))
-        server.listen(128)
-        while True:
-            conn, peer = server.accept()
-            threading.Thread(target=handler, args=(conn, peer, port), daemon=True).start()
-
-    def serve_udp(port, answer):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind(("0.0.0.0", port))
-        while True:
-            data, peer = sock.recvfrom(2048)
-            if answer:
-                sock.sendto(line(peer, "udp", port), peer)
-
-    threads = []
-    for spec in sys.argv[2:]:
-        kind, port = spec.split(":")
-        port = int(port)
-        target, args = {
-            "tcp": (serve_tcp, (port, tcp_answer)),
-            "sink": (serve_tcp, (port, sink)),
-            "udp": (serve_udp, (port, True)),
-            "mute": (serve_udp, (port, False)),
-        }[kind]
-        threads.append(threading.Thread(target=target, args=args, daemon=True))
-    for thread in threads:
-        thread.start()
-    print(f"{name} serving {' '.join(sys.argv[2:])}", flush=True)
-    for thread in threads:
-        thread.join()
-    '''
-)
-
-# Requests to host:port, each on a new socket (so each is a new flow with its own source port).
-# Arguments: proto, host, port, count, timeout, [fixed source port or 0], [pause between requests].
-# Prints {"answers": [...], "errors": [...]}, one entry per request in order (None in the other list).
-REQUESTS = textwrap.dedent(
-    r'''
-    import errno, json, socket, sys, time
-    proto, host, port, count, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-    sport = int(sys.argv[6]) if len(sys.argv) > 6 else 0
-    pause = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
-    answers, errors = [], []
-    for _ in range(count):
-        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-        sock = socket.socket(socket.AF_INET, kind)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.settimeout(timeout)
-        try:
-            if sport:
-                sock.bind(("0.0.0.0", sport))
-            sock.connect((host, port))
-            if proto == "udp":
-                sock.send(b"hello")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(512)
-                if not chunk:
-                    break
-                data += chunk
-            answers.append(data.decode().strip())
-            errors.append(None)
-        except OSError as exc:
-            answers.append(None)
-            errors.append(errno.errorcode.get(exc.errno, type(exc).__name__) if exc.errno else type(exc).__name__)
-        finally:
-            sock.close()
-        if pause:
-            time.sleep(pause)
-    print(json.dumps({"answers": answers, "errors": errors}))
-    '''
-)
-
-# One UDP datagram of ``size`` payload bytes to host:port, sent as two IP fragments in reverse
-# order (the later one first) through a raw socket, as a reordering network would deliver it.
-# Arguments: host, port, size. Prints {"answer": line or None, "sport": source port}.
-REORDERED_UDP = with_checksum(textwrap.dedent(
-    r'''
-    import json, os, random, socket, struct, sys
-
-    __CHECKSUM__
-
-    host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.bind(("0.0.0.0", 0))
-    receiver.settimeout(5)
-    sport = receiver.getsockname()[1]
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.connect((host, port))
-    src = probe.getsockname()[0]
-    probe.close()
-    length = 8 + size
-    udp = struct.pack("!HHHH", sport, port, length, 0) + os.urandom(size)
-    pseudo = socket.inet_aton(src) + socket.inet_aton(host) + struct.pack("!BBH", 0, 17, length)
-    udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
-    ident = random.randrange(1, 65536)
-
-    def fragment(body, offset, more):
-        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), ident,
-                             (0x2000 if more else 0) | offset // 8, 64, 17, 0,
-                             socket.inet_aton(src), socket.inet_aton(host))
-        return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + body
-
-    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    raw.sendto(fragment(udp[1480:], 1480, False), (host, 0))
-    raw.sendto(fragment(udp[:1480], 0, True), (host, 0))
-    try:
-        answer = receiver.recv(2048).decode().strip()
-    except socket.timeout:
-        answer = None
-    print(json.dumps({"answer": answer, "sport": sport}))
-    '''
-))
-
-# One attempt that must be refused: a TCP connect, or a datagram on a connected UDP socket
-# followed by a receive (the kernel reports an ICMP port unreachable as ECONNREFUSED there).
-# Arguments: proto, host, port, timeout. Prints {"error": "ECONNREFUSED" | ..., "elapsed": s}.
-REFUSAL = textwrap.dedent(
-    r'''
-    import errno, json, socket, sys, time
-    proto, host, port, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
-    sock.settimeout(timeout)
-    start = time.monotonic()
-    error, answer = None, None
-    try:
-        sock.connect((host, port))
-        if proto == "udp":
-            sock.send(b"anyone?")
-        answer = sock.recv(512).decode()
-    except socket.timeout:
-        error = "timeout"
-    except OSError as exc:
-        error = errno.errorcode.get(exc.errno, str(exc.errno))
-    print(json.dumps({"error": error, "answer": answer, "elapsed": time.monotonic() - start}))
-    '''
-)
-
-# A TCP stream to a ``sink`` listener: prints the greeting as its first line, then sends random
-# data for ``duration`` seconds in 16 KB writes, closes its side and prints JSON with what it sent
-# and what the sink reported. With duration < 0 the connection is held idle until a line arrives
-# on stdin, and then 1 MB is sent: a connection kept open while the test inspects or disturbs
-# the node, which must still carry data afterwards.
-STREAM = textwrap.dedent(
-    r'''
-    import hashlib, json, os, socket, sys, time
-    host, port, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    conn = socket.create_connection((host, port), timeout=30)
-    greeting = b""
-    while not greeting.endswith(b"\n"):
-        chunk = conn.recv(1)
-        if not chunk:
-            break
-        greeting += chunk
-    print(greeting.decode().strip(), flush=True)
-    digest, sent = hashlib.sha256(), 0
-    if duration < 0:
-        sys.stdin.readline()
-        for _ in range(64):
-            block = os.urandom(16384)
-            conn.sendall(block)
-            digest.update(block)
-            sent += len(block)
-    else:
-        end = time.monotonic() + duration
-        while time.monotonic() < end:
-            block = os.urandom(16384)
-            conn.sendall(block)
-            digest.update(block)
-            sent += len(block)
-            time.sleep(0.002)
-    conn.shutdown(socket.SHUT_WR)
-    answer = b""
-    while True:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        answer += chunk
-    conn.close()
-    print(json.dumps({"sent": sent, "sha256": digest.hexdigest(), "sink": json.loads(answer)}), flush=True)
-    '''
-)
-
-# A long-running UDP client with one fixed source port, as a DNS resolver or a metrics collector is:
-# one unconnected socket (so ICMP errors do not end it), a datagram every ``interval``, each
-# answer logged with the wall-clock time it arrived. It stops at a line on stdin, or after
-# ``duration`` seconds at the latest. Arguments: host, port, source port, duration, interval.
-FIXED_PORT_UDP = textwrap.dedent(
-    r'''
-    import json, select, socket, sys, time
-    host, port, sport, duration, interval = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("0.0.0.0", sport))
-    print("started", flush=True)
-    events, sent, stop = [], 0, False
-    end = time.monotonic() + duration
-    while time.monotonic() < end and not stop:
-        sock.sendto(b"tick", (host, port))
-        sent += 1
-        deadline = time.monotonic() + interval
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            ready = select.select([sock, sys.stdin], [], [], left)[0]
-            if sys.stdin in ready:
-                sys.stdin.readline()
-                stop = True
-                break
-            if not ready:
-                break
-            try:
-                data = sock.recv(512)
-            except OSError:
-                continue
-            events.append([time.time(), data.decode().strip()])
-    print(json.dumps({"sent": sent, "events": events}), flush=True)
-    '''
-)
-
-# One datagram from each of ``count`` source ports (20000 upwards, one socket at a time, so the
-# file-descriptor limit plays no part): ``count`` distinct flows. Paced at about 2,000 flows per
-# second: each first packet takes the switch's slow path, and a burst faster than that would
-# overflow the pod's transmit queue, so fewer flows would reach the switch than were sent.
-FLOOD_UDP = textwrap.dedent(
-    r'''
-    import json, socket, sys, time
-    host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    ports = set()
-    for sport in range(20000, 20000 + count):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("0.0.0.0", sport))
-        ports.add(sock.getsockname()[1])
-        sock.sendto(b"flow", (host, port))
-        sock.close()
-        time.sleep(0.0005)
-    print(json.dumps({"flows": len(ports)}))
-    '''
-)
+# The programs of tests/programs these tests run in pods and in the internet namespace; each
+# file's docstring gives its arguments and output.
+ECHO_SERVER = program("echo_server")
+REQUESTS = program("requests")
+REORDERED_UDP = program("reordered_udp")
+REFUSAL = program("refusal")
+STREAM = program("stream")
+FIXED_PORT_UDP = program("fixed_port_udp")
+FLOOD_UDP = program("flood_udp")
 
 
 @dataclass(frozen=True)
@@ -496,7 +227,7 @@ class ServiceNode:
     """A daemon for a :class:`ServiceNodeSpec`, the server script, and the internet namespace's
     processes; :meth:`close` removes all of it (and reports what the daemon itself left)."""
 
-    def __init__(self, daemon: Daemon, server_script: Path):
+    def __init__(self, daemon: Daemon, server_script: str = ECHO_SERVER):
         self.daemon = daemon
         self.server_script = server_script
         self.internet_procs: list[subprocess.Popen] = []
@@ -555,7 +286,7 @@ class ServiceNode:
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
         kwargs.setdefault("text", True)
-        return self.daemon.popen_in(pod, PYTHON, "-c", script, *map(str, args), **kwargs)
+        return self.daemon.popen_in(pod, PYTHON, script, *map(str, args), **kwargs)
 
     def requests(self, pod: str, proto: str, host: str, port: int, count: int,
                  timeout: float = 5.0, sport: int = 0, pause: float = 0.0) -> list[Answer]:
@@ -568,7 +299,7 @@ class ServiceNode:
         return ["nsenter", f"--net={NETNS_DIR / self.spec.uplink_netns}", *argv]
 
     def run_in_internet(self, script: str, *args: Any, timeout: float = 60.0) -> Any:
-        done = subprocess.run(self.internet_argv(PYTHON, "-c", script, *map(str, args)),
+        done = subprocess.run(self.internet_argv(PYTHON, script, *map(str, args)),
                               capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
         assert done.returncode == 0, f"in the internet namespace: {done.stderr}"
@@ -634,12 +365,6 @@ class ServiceNode:
                 except FileNotFoundError:
                     pass
         return problems
-
-
-def write_server_script(workdir: Path) -> Path:
-    path = workdir / "echo_server.py"
-    path.write_text(ECHO_SERVER)
-    return path
 
 
 def service_port(name: str, proto: str, port: int, target: int | str,

@@ -23,6 +23,7 @@ from harness import (
     PodSpec,
     node_namespaces,
     processes_with_argument,
+    program,
     tun_devices,
 )
 
@@ -32,7 +33,7 @@ SETTLE_TIMEOUT = 5.0  # the kernel removes namespaces asynchronously after their
 
 
 def sleeper(marker: str) -> tuple[str, tuple[str, ...]]:
-    return ("sleeper", (PYTHON, "-c", "import time; time.sleep(600)", marker))
+    return ("sleeper", (PYTHON, program("sleeper"), marker))
 
 
 def marker_of(daemon: Daemon) -> str:

@@ -16,7 +16,6 @@ import signal
 import socket
 import struct
 import sys
-import textwrap
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -27,6 +26,8 @@ import trio
 
 from vswitch.model import (Container, Control, Dataplane, HostPort, Node, Pod, Topology,
                            first_host, kernel_name, last_host, mac_for_ip, netns_name)
+
+from harness import program
 
 pytestmark = pytest.mark.integration
 
@@ -404,9 +405,8 @@ async def test_container_runs_in_the_pod_namespace_and_its_output_is_logged(node
     from vswitch.runtime.kernel import Kernel
 
     log, messages = pod_log
-    script = ("import os; print('netns', os.stat('/proc/self/ns/net').st_ino, "
-              "os.environ['POD_NAME'], os.environ['POD_IP'], os.environ['GREETING'], os.getcwd())")
-    topo = node.topology(containers={"p0": (container("probe", sys.executable, "-c", script,
+    topo = node.topology(containers={"p0": (container("probe", sys.executable,
+                                                        program("container_probe"),
                                                         GREETING="hi"),)})
     pod = topo.pods[0]
     async with Kernel.open(topo) as kernel:
@@ -458,23 +458,9 @@ async def test_two_containers_of_a_pod_talk_over_localhost(node, pod_log):
 
     log, messages = pod_log
     port = random.randrange(20000, 60000)
-    server = textwrap.dedent(f"""
-        import socket
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", {port})); s.listen(1); print("listening", flush=True)
-        c, _ = s.accept(); c.sendall(b"echo:" + c.recv(100)); c.close()
-    """)
-    client = textwrap.dedent(f"""
-        import socket, time
-        for _ in range(100):
-            try:
-                c = socket.create_connection(("127.0.0.1", {port})); break
-            except ConnectionRefusedError:
-                time.sleep(0.05)
-        c.sendall(b"hello"); print("got", c.recv(100).decode(), flush=True)
-    """)
-    topo = node.topology(containers={"p1": (container("server", sys.executable, "-c", server),
-                                            container("client", sys.executable, "-c", client))})
+    topo = node.topology(containers={"p1": (
+        container("server", sys.executable, program("localhost_server"), str(port)),
+        container("client", sys.executable, program("localhost_client"), str(port)))})
     pod = topo.pods[1]
     async with Kernel.open(topo) as kernel:
         fd = await kernel.create_pod(pod)
@@ -597,42 +583,10 @@ async def test_delete_pod_stops_supervised_containers_still_running(node, pod_lo
 # ---------------------------------------------------------------------------------------------
 # Crashes: a daemon killed with SIGKILL, then cleaned up by the next run or by `clean`.
 
-CRASHING_DAEMON = textwrap.dedent("""
-    import importlib.util, ipaddress, logging, os, signal, sys
-    import trio
-    spec = importlib.util.spec_from_file_location("test_kernel_topology", sys.argv[1])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    from vswitch.runtime.containers import ContainerSupervisor
-    from vswitch.runtime.kernel import Kernel
-    from vswitch.runtime.netns import pids_in_netns
-
-    topo = module.build_topology(sys.argv[2], ipaddress.IPv4Network(sys.argv[3]), sys.argv[4],
-        containers={"p0": (module.container("sh", "sh", "-c", "sleep 300 & sleep 301"),)})
-
-    async def main():
-        async with Kernel.open(topo) as kernel:
-            for pod in topo.pods:
-                await kernel.create_pod(pod)
-            await kernel.create_host_port()
-            async with trio.open_nursery() as nursery:
-                await nursery.start(ContainerSupervisor(logging.getLogger("pods")).run, topo.pods[0])
-                # Let sh start both children (the shell and two sleeps in the namespace).
-                for _ in range(200):
-                    if len(pids_in_netns(topo.pods[0].netns)) >= 3:
-                        break
-                    await trio.sleep(0.05)
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    trio.run(main)
-""")
-
-
 async def crash_a_daemon(node: NodeUnderTest) -> Topology:
     """Run a daemon of ``node`` in a child process that SIGKILLs itself mid-run."""
     result = await trio.run_process(
-        [sys.executable, "-c", CRASHING_DAEMON, __file__, node.name, str(node.pod_cidr),
+        [sys.executable, program("crashing_kernel"), __file__, node.name, str(node.pod_cidr),
          node.state_dir], capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()
     topo = node.topology()

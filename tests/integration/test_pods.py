@@ -31,6 +31,7 @@ from harness import (
     flatten_numbers,
     mac_for,
     ping_from_root,
+    program,
     read_line,
     terminate,
 )
@@ -144,7 +145,7 @@ def test_ping_to_an_unused_address_gets_no_reply(shared_daemon: Daemon) -> None:
 def test_tcp_transfer_arrives_intact(shared_daemon: Daemon, sender: str, receiver: str) -> None:
     port = free_port()
     server = shared_daemon.popen_in(
-        receiver, PYTHON, "-c", TCP_SINK_SCRIPT, str(port),
+        receiver, PYTHON, TCP_SINK_SCRIPT, str(port),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -176,7 +177,7 @@ def test_udp_datagrams_all_arrive(shared_daemon: Daemon) -> None:
     receiver_ip = ip_of(shared_daemon, "charlie")
     assert ping(shared_daemon, "bravo", receiver_ip)[receiver_ip] is not None
     sink = shared_daemon.popen_in(
-        "charlie", PYTHON, "-c", UDP_SINK_SCRIPT, str(port), str(UDP_DATAGRAMS), "10", "2",
+        "charlie", PYTHON, UDP_SINK_SCRIPT, str(port), str(UDP_DATAGRAMS), "10", "2",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -200,7 +201,7 @@ def test_host_reaches_a_pod_by_ping_and_tcp(shared_daemon: Daemon) -> None:
     assert ping_from_root([target])[target] is not None
     port = free_port()
     server = shared_daemon.popen_in(
-        "bravo", PYTHON, "-c", TCP_SINK_SCRIPT, str(port),
+        "bravo", PYTHON, TCP_SINK_SCRIPT, str(port),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     payload = os.urandom(1 << 20)
@@ -223,22 +224,11 @@ def test_processes_of_a_pod_share_localhost(shared_daemon: Daemon) -> None:
 
     The server may still be starting when the daemon reports ready, hence the retry loop.
     """
-    script = (
-        "import sys, time, urllib.request\n"
-        "for attempt in range(50):\n"
-        "    try:\n"
-        "        body = urllib.request.urlopen('http://127.0.0.1:8080/index.html', timeout=2).read()\n"
-        "        break\n"
-        "    except OSError:\n"
-        "        time.sleep(0.2)\n"
-        "else:\n"
-        "    sys.exit('nothing answered on 127.0.0.1:8080')\n"
-        "sys.stdout.write(body.decode())\n"
-    )
-    result = shared_daemon.exec("alpha", PYTHON, "-c", script)
+    fetch = program("localhost_fetch")
+    result = shared_daemon.exec("alpha", PYTHON, fetch, "50")
     assert result.stdout == "vswitch localhost test\n"
     # The same address from another pod is that pod's own loopback, where nothing listens.
-    other = shared_daemon.exec("bravo", PYTHON, "-c", script.replace("range(50)", "range(1)"),
+    other = shared_daemon.exec("bravo", PYTHON, fetch, "1",
                                check=False)
     assert other.returncode != 0
 
@@ -379,7 +369,7 @@ def test_spoofed_source_ip_is_dropped_and_counted(shared_daemon: Daemon) -> None
     receiver = str(ips["charlie"])
     assert ping(shared_daemon, "alpha", receiver)[receiver] is not None
     sink = shared_daemon.popen_in(
-        "charlie", PYTHON, "-c", UDP_SINK_SCRIPT, str(port), "1", "10", "1",
+        "charlie", PYTHON, UDP_SINK_SCRIPT, str(port), "1", "10", "1",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     before = flatten_numbers(stats(shared_daemon))

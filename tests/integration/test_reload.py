@@ -21,6 +21,7 @@ from harness import (
     expected_devices,
     node_namespaces,
     processes_with_argument,
+    program,
 )
 
 pytestmark = pytest.mark.integration
@@ -79,7 +80,7 @@ def all_ping(daemon: Daemon) -> None:
 
 
 def sleeper(marker: str) -> tuple[str, tuple[str, ...]]:
-    return ("sleeper", (PYTHON, "-c", "import time; time.sleep(600)", marker))
+    return ("sleeper", (PYTHON, program("sleeper"), marker))
 
 
 def test_sighup_adds_a_pod_and_removes_another(make_daemon) -> None:

@@ -22,7 +22,6 @@ import random
 import socket
 import struct
 import subprocess
-import textwrap
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,7 +30,6 @@ import pytest
 from pyroute2 import IPRoute
 
 from harness import (
-    with_checksum,
     PYTHON,
     TCP_SINK_SCRIPT,
     TCP_SOURCE_SCRIPT,
@@ -45,6 +43,7 @@ from harness import (
     flatten_numbers,
     mac_for,
     make_node_spec,
+    program,
     random_pod_cidr,
     read_line,
     terminate,
@@ -101,115 +100,10 @@ def gateway_of(daemon: Daemon, pod: str) -> str:
     return str(daemon.spec.segment_gateway(daemon.spec.pod_segment(pod)))
 
 
-# ---------------------------------------------------------------------------------------------
-# Programs that run inside pods; each prints one JSON document.
-# ---------------------------------------------------------------------------------------------
-
-# One ICMP echo over a raw socket, reporting either the reply (with the TTL it arrived with) or
-# the ICMP error that quotes our echo, with the error's own checksum checked.
-ICMP_PROBE_SCRIPT = with_checksum(textwrap.dedent(
-    r'''
-    import json, os, select, socket, struct, sys, time
-
-    __CHECKSUM__
-
-    timeout, target = float(sys.argv[1]), sys.argv[2]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    ident, seq = os.getpid() & 0xFFFF, 1
-    payload = b"vswitch-routing-probe"
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    packet = struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq) + payload
-    start = time.monotonic()
-    sock.sendto(packet, (target, 0))
-    result = {"reply": None, "error": None}
-    while result["reply"] is None and result["error"] is None:
-        left = start + timeout - time.monotonic()
-        if left <= 0 or not select.select([sock], [], [], left)[0]:
-            break
-        data, (source, _) = sock.recvfrom(65535)
-        ihl = (data[0] & 0x0F) * 4
-        kind, code = data[ihl], data[ihl + 1]
-        elapsed_ms = (time.monotonic() - start) * 1000
-        if kind == 0 and source == target:
-            rid, rseq = struct.unpack("!HH", data[ihl + 4:ihl + 8])
-            if (rid, rseq) == (ident, seq) and data[ihl + 8:] == payload:
-                result["reply"] = {"ttl": data[8], "elapsed_ms": elapsed_ms}
-        elif kind in (3, 11, 12):
-            inner = data[ihl + 8:]
-            inner_ihl = (inner[0] & 0x0F) * 4
-            quoted_id = struct.unpack("!H", inner[inner_ihl + 4:inner_ihl + 6])[0]
-            if inner[9] == 1 and socket.inet_ntoa(inner[16:20]) == target and quoted_id == ident:
-                result["error"] = {"type": kind, "code": code, "source": source,
-                                   "elapsed_ms": elapsed_ms,
-                                   "icmp_checksum_ok": checksum(data[ihl:]) == 0,
-                                   "quoted_ttl": inner[8]}
-    print(json.dumps(result))
-    '''
-))
-
-# A UDP datagram with TTL 1, and the ICMP error the kernel queues for the socket (IP_RECVERR):
-# struct sock_extended_err {u32 ee_errno; u8 ee_origin, ee_type, ee_code, ee_pad; u32 ee_info,
-# ee_data;} followed by the offender's sockaddr_in.
-UDP_TTL_PROBE_SCRIPT = textwrap.dedent(
-    r'''
-    import json, socket, struct, sys, time
-    host, port, ttl, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-    IP_RECVERR = 11
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-    sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-    sock.connect((host, port))
-    start = time.monotonic()
-    sock.send(b"vswitch ttl probe")
-    found = None
-    while found is None and time.monotonic() - start < timeout:
-        try:
-            _, ancillary, _, _ = sock.recvmsg(2048, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            time.sleep(0.005)
-            continue
-        for level, kind, data in ancillary:
-            if level == socket.IPPROTO_IP and kind == IP_RECVERR:
-                errno_, origin, etype, code, _, info, _ = struct.unpack_from("=IBBBBII", data)
-                offender = socket.inet_ntoa(data[16 + 4:16 + 8])
-                found = {"errno": errno_, "origin": origin, "type": etype, "code": code,
-                         "offender": offender, "elapsed_ms": (time.monotonic() - start) * 1000}
-    print(json.dumps(found))
-    '''
-)
-
-# Frames arriving on eth0 from one IPv4 source, captured with AF_PACKET before the pod's IP stack
-# judges them. PACKET_AUXDATA tells whether the L4 checksum is complete: a frame the sender handed
-# over with a partial checksum (checksum offload through the TAPs) arrives still partial, and
-# TP_STATUS_CSUMNOTREADY marks it. Large frames are reported by their headers only.
-CAPTURE_SCRIPT = textwrap.dedent(
-    r'''
-    import json, select, socket, struct, sys, time
-    source, limit, first_wait, idle = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-    SOL_PACKET, PACKET_AUXDATA = 263, 8
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    sock.bind(("eth0", 0))
-    sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-    wanted = socket.inet_aton(source)
-    print("listening", flush=True)
-    frames, wait = [], first_wait
-    while len(frames) < limit:
-        if not select.select([sock], [], [], wait)[0]:
-            break
-        data, ancillary, _, address = sock.recvmsg(1 << 17, 256)
-        if address[2] == 4 or data[26:30] != wanted:
-            continue
-        wait = idle
-        status = 0
-        for level, kind, aux in ancillary:
-            if level == SOL_PACKET and kind == PACKET_AUXDATA:
-                status = struct.unpack_from("I", aux)[0]
-        frames.append({"length": len(data), "status": status,
-                       "hex": (data if len(data) <= 1600 else data[:128]).hex()})
-    print(json.dumps(frames), flush=True)
-    '''
-)
+# Programs of tests/programs that run inside pods; each file's docstring gives its arguments.
+ICMP_PROBE_SCRIPT = program("icmp_probe")
+UDP_TTL_PROBE_SCRIPT = program("udp_ttl_probe")
+CAPTURE_SCRIPT = program("capture_frames")
 
 
 def probe_icmp(daemon: Daemon, pod: str, target: str, timeout: float = 1.0) -> dict[str, Any]:
@@ -218,7 +112,7 @@ def probe_icmp(daemon: Daemon, pod: str, target: str, timeout: float = 1.0) -> d
 
 def start_capture(daemon: Daemon, pod: str, source: str, limit: int,
                   first_wait: float = 15.0, idle: float = 1.5) -> subprocess.Popen:
-    capture = daemon.popen_in(pod, PYTHON, "-c", CAPTURE_SCRIPT, source, str(limit),
+    capture = daemon.popen_in(pod, PYTHON, CAPTURE_SCRIPT, source, str(limit),
                               str(first_wait), str(idle),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -240,7 +134,7 @@ def finish_capture(capture: subprocess.Popen) -> list[dict]:
 
 def tcp_transfer(daemon: Daemon, sender: str, receiver: str, size: int) -> tuple[dict, dict]:
     port = random.randrange(20000, 60000)  # pods have their own port space
-    server = daemon.popen_in(receiver, PYTHON, "-c", TCP_SINK_SCRIPT, str(port),
+    server = daemon.popen_in(receiver, PYTHON, TCP_SINK_SCRIPT, str(port),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert read_line(server) == "listening"
@@ -527,7 +421,7 @@ def test_trace_across_segments_names_the_route(routed: Daemon) -> None:
 def test_the_host_reaches_the_other_segment(routed: Daemon) -> None:
     """The daemon routes the blue segment into the host port, so the node reaches blue's pods
     through the router as well: the reply has crossed it once."""
-    result = subprocess.run([PYTHON, "-c", ICMP_PROBE_SCRIPT, "2", ip_of(routed, "charlie")],
+    result = subprocess.run([PYTHON, ICMP_PROBE_SCRIPT, "2", ip_of(routed, "charlie")],
                             capture_output=True, text=True, timeout=30, check=True)
     reply = json.loads(result.stdout)["reply"]
     assert reply is not None and reply["ttl"] == 63

@@ -44,7 +44,6 @@ from services_support import (
     finish_stream,
     parse_answers,
     service_port,
-    write_server_script,
 )
 
 pytestmark = pytest.mark.integration
@@ -93,7 +92,7 @@ def node(netns_environment: None,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceNode]:
     workdir = tmp_path_factory.mktemp("services-node")
     spec = make_service_node(workdir)
-    service_node = ServiceNode(Daemon(spec, workdir), write_server_script(workdir))
+    service_node = ServiceNode(Daemon(spec, workdir))
     server = service_node.server_command
     web = ("tcp:8080", "udp:8080", "sink:7000")
     pods = (
@@ -428,8 +427,7 @@ def small_table(netns_environment: None, tmp_path: Path) -> Iterator[ServiceNode
     from vswitch.config import CONNTRACK_MAX_MIN
 
     spec = make_service_node(tmp_path, uplink=False, conntrack_max=CONNTRACK_MAX_MIN)
-    script = write_server_script(tmp_path)
-    node = ServiceNode(Daemon(spec, tmp_path), script)
+    node = ServiceNode(Daemon(spec, tmp_path))
     node.daemon.update_spec(
         pods=(
             ServicePodSpec("echo", labels={"app": "echo"}, containers=(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
+from ipaddress import IPv4Network
 
 import pytest
 from pyroute2 import IPRoute, netns
@@ -24,7 +23,7 @@ def far_side_name() -> str:
 
 def ping_from(namespace: str, *targets: str, timeout: float = 2.0) -> dict:
     result = subprocess.run(
-        ["nsenter", f"--net={NETNS_DIR / namespace}", PYTHON, "-c", PING_SCRIPT, str(timeout),
+        ["nsenter", f"--net={NETNS_DIR / namespace}", PYTHON, PING_SCRIPT, str(timeout),
          *targets], capture_output=True, text=True, timeout=60, check=True)
     return json.loads(result.stdout)
 
@@ -82,7 +81,7 @@ def test_uplink_far_side_is_created_answered_and_removed(make_daemon, far_side):
         assert rtts[str(uplink.address)] is not None, daemon.log()
         # Pods are not reachable from there: the far side has no route to them at all.
         unrouted = subprocess.run(
-            ["nsenter", f"--net={NETNS_DIR / far_side}", PYTHON, "-c", PING_SCRIPT, "0.5",
+            ["nsenter", f"--net={NETNS_DIR / far_side}", PYTHON, PING_SCRIPT, "0.5",
              str(daemon.spec.pod_ips()["alpha"])], capture_output=True, text=True, timeout=60)
         assert unrouted.returncode != 0 and "Network is unreachable" in unrouted.stderr
 

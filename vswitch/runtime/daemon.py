@@ -43,6 +43,13 @@ always wins and two reloads never interleave.
 
 Every piece of I/O is injected (kernel, ports, container supervisor, switch), so a test can run this
 very function with memory ports and no root; see ``vswitch.runtime.memory_port``.
+
+Time
+----
+The shell reads time from trio's clock only (``trio.current_time()``): the ``now`` it hands the
+core with packets, timers and programs, and the deadlines the timer sleeps until. A test can so run
+the daemon under a mock clock, and the core's deadlines need no conversion. The system's clock is
+used where an outside party compares with it: systemd's ``MONOTONIC_USEC`` here.
 """
 from __future__ import annotations
 
@@ -67,6 +74,7 @@ from vswitch.runtime.control import (ControlCommands, ControlContext, prepare_so
                                      serve_control)
 from vswitch.runtime.metrics import SwitchCollector, serve_metrics
 from vswitch.runtime.ports import Port, PortFactory, RuntimeErrors, transmit
+from vswitch.runtime.switch_core import SwitchCore
 
 module_log = logging.getLogger("vswitchd")
 
@@ -89,7 +97,7 @@ def _system_kernel_factory() -> KernelFactory:
     return Kernel.open
 
 
-def _system_switch(topology: Topology) -> Any:
+def _system_switch(topology: Topology) -> SwitchCore:
     from vswitch import accel
     from vswitch.core.switch import Switch
 
@@ -169,23 +177,22 @@ def host_route_destinations(topology: Topology) -> list[IPv4Network]:
     return destinations
 
 
-async def run_timer(switch: Any, ports: dict[int, Port], errors: RuntimeErrors, *,
+async def run_timer(switch: SwitchCore, ports: dict[int, Port], errors: RuntimeErrors, *,
                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Drive the core's timers (FDB aging and the like) at the deadlines it asks for."""
     task_status.started()
     while True:
-        now = time.monotonic()
+        now = trio.current_time()
         try:
             deadline = min(switch.next_deadline(), now + MAX_TIMER_SLEEP)
         except Exception:
             errors.core("core failed computing its next deadline", exc_info=True)
             deadline = now + MAX_TIMER_SLEEP
-        # The core's clock is time.monotonic(); trio's clock has its own offset, so the deadline is
-        # converted into a relative sleep rather than passed to trio.sleep_until.
-        await trio.sleep(max(TIMER_GRANULARITY, deadline - now) if math.isfinite(deadline)
-                         else MAX_TIMER_SLEEP)
+        # The core's deadlines are on trio's clock, the one the shell hands it as ``now``.
+        await trio.sleep_until(max(now + TIMER_GRANULARITY, deadline) if math.isfinite(deadline)
+                               else now + MAX_TIMER_SLEEP)
         try:
-            txs = switch.handle_timer(time.monotonic())
+            txs = switch.handle_timer(trio.current_time())
         except Exception:
             errors.core("core failed handling its timers", exc_info=True)
             continue
@@ -315,7 +322,7 @@ class NodeRuntime:
     change starts (``vswitch.config``), so a bad request changes nothing.
     """
 
-    def __init__(self, topology: Topology, *, kernel: Any, switch: Any, supervisor: Any,
+    def __init__(self, topology: Topology, *, kernel: Any, switch: SwitchCore, supervisor: Any,
                  port_factory: PortFactory, errors: RuntimeErrors, log: logging.Logger,
                  config_path: str = "") -> None:
         self.topology = topology
@@ -380,7 +387,8 @@ class NodeRuntime:
 
     def program(self) -> dict:
         """Hand the desired pods and services to the core; its JSON-able summary comes back."""
-        result = self.switch.program(self.topology.pods, self.topology.services, time.monotonic())
+        result = self.switch.program(self.topology.pods, self.topology.services,
+                                     trio.current_time())
         self.log.info("programmed %d services for %d pods: %s", len(self.topology.services),
                       len(self.topology.pods), result)
         return result
@@ -605,7 +613,10 @@ class NodeRuntime:
     async def reload_logged(self) -> None:
         """``reload`` for a signal, which has nobody to answer: every outcome goes to the log, and
         a failure part-way costs this reload, not the daemon."""
-        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        # systemd compares this with its own CLOCK_MONOTONIC, so it is the system's clock, not
+        # trio's.
+        system_monotonic_usec = time.monotonic_ns() // 1000
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={system_monotonic_usec}")
         try:
             await self.reload()
         except Exception:
@@ -619,7 +630,7 @@ class NodeRuntime:
 async def run_daemon(topology: Topology, *,
                      kernel_factory: KernelFactory | None = None,
                      port_factory: PortFactory | None = None,
-                     switch_factory: Callable[[Topology], Any] | None = None,
+                     switch_factory: Callable[[Topology], SwitchCore] | None = None,
                      supervisor_factory: Callable[[Topology], Any] | None = None,
                      netns_path: Callable[[str], str] | None = None,
                      config_path: str = "",

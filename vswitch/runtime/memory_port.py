@@ -19,6 +19,7 @@ import trio
 from vswitch.core.ports import PortSpec
 from vswitch.model import Dataplane, Pod, Topology
 from vswitch.runtime.ports import Port, RuntimeErrors, process
+from vswitch.runtime.switch_core import SwitchCore
 
 DEFAULT_CAPACITY = 256
 
@@ -67,7 +68,7 @@ class MemoryPort:
             return False
         return True
 
-    async def run(self, switch: Any, ports: Mapping[int, Port], errors: RuntimeErrors, *,
+    async def run(self, switch: SwitchCore, ports: Mapping[int, Port], errors: RuntimeErrors, *,
                   task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:

@@ -31,6 +31,7 @@ import trio
 from vswitch.core.actions import Transmit
 from vswitch.core.ports import PortSpec
 from vswitch.model import Dataplane
+from vswitch.runtime.switch_core import SwitchCore
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Port(Protocol):
     def write(self, data: bytes) -> bool:
         """Queue or write one frame without blocking; False if it had to be dropped."""
 
-    async def run(self, switch: Any, ports: Mapping[int, "Port"], errors: "RuntimeErrors", *,
+    async def run(self, switch: SwitchCore, ports: Mapping[int, "Port"], errors: "RuntimeErrors", *,
                   task_status: Any) -> None:
         """Feed frames from this port into ``switch`` until cancelled."""
 
@@ -79,6 +80,8 @@ class RateLimitedLog:
 
     def __call__(self, message: str, *args: object, exc_info: bool = False) -> None:
         self.count += 1
+        # The system's clock, not trio's: this paces what reaches the journal in real time, and
+        # may run outside a trio run.
         now = time.monotonic()
         if now - self._last < self._interval:
             self._suppressed += 1
@@ -100,7 +103,7 @@ class RuntimeErrors:
         return {"core": self.core.count, "read": self.read.count}
 
 
-def transmit(switch: Any, ports: Mapping[int, Port], txs: Iterable[Transmit]) -> None:
+def transmit(switch: SwitchCore, ports: Mapping[int, Port], txs: Iterable[Transmit]) -> None:
     """Write every Transmit to its port; a frame that cannot be written is a counted drop."""
     for tx in txs:
         port = ports.get(tx.port)
@@ -110,12 +113,12 @@ def transmit(switch: Any, ports: Mapping[int, Port], txs: Iterable[Transmit]) ->
             switch.note_tx_drop(tx.port, "tx-busy")
 
 
-def process(switch: Any, ports: Mapping[int, Port], port_id: int, frames: list[bytes],
+def process(switch: SwitchCore, ports: Mapping[int, Port], port_id: int, frames: list[bytes],
             errors: RuntimeErrors) -> list[Transmit]:
     """One batch through the core and out to the ports, guarded so that a core bug costs a batch.
     Returns what was transmitted."""
     try:
-        txs = switch.process_batch(port_id, frames, time.monotonic())
+        txs = switch.process_batch(port_id, frames, trio.current_time())
     except Exception:
         errors.core("core failed on a batch of %d frames from port %d; batch dropped",
                     len(frames), port_id, exc_info=True)
@@ -149,7 +152,7 @@ class TapPort:
             self._write_errors("write to %s failed: %s", self.spec.name, exc)
             return False
 
-    async def run(self, switch: Any, ports: Mapping[int, Port], errors: RuntimeErrors, *,
+    async def run(self, switch: SwitchCore, ports: Mapping[int, Port], errors: RuntimeErrors, *,
                   task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         empty_wakeups = 0
@@ -173,7 +176,7 @@ class TapPort:
                 errors.read("%s is readable but yields no frames (device gone?)", self.spec.name)
                 await trio.sleep(READ_ERROR_BACKOFF)
 
-    def _drain_answers(self, switch: Any, ports: Mapping[int, Port], sent: list[Transmit],
+    def _drain_answers(self, switch: SwitchCore, ports: Mapping[int, Port], sent: list[Transmit],
                        errors: RuntimeErrors) -> None:
         """Read, right away, the ports this batch was written to.
 

@@ -1,0 +1,23 @@
+"""Send SIZE random bytes over TCP, close the sending side and read the receiver's answer.
+
+Usage: tcp_source.py HOST PORT SIZE
+Prints one JSON object: bytes sent, their SHA-256, the answer, and the path MTU the kernel
+settled on for the connection (IP_MTU), which the PMTU test checks.
+"""
+import hashlib, json, os, socket, sys
+IP_MTU = 14
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = os.urandom(size)
+conn = socket.create_connection((host, port), timeout=30)
+conn.sendall(data)
+conn.shutdown(socket.SHUT_WR)
+answer = b""
+while True:
+    chunk = conn.recv(64)
+    if not chunk:
+        break
+    answer += chunk
+path_mtu = conn.getsockopt(socket.IPPROTO_IP, IP_MTU)
+conn.close()
+print(json.dumps({"bytes": size, "sha256": hashlib.sha256(data).hexdigest(),
+                  "answer": answer.decode(), "path_mtu": path_mtu}))

@@ -1,0 +1,52 @@
+"""Fixtures for the daemon tests: a log a test can wait on instead of polling or sleeping."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+
+
+class LogWatch(logging.Handler):
+    """Collects the daemon's log messages and wakes the test when one arrives.
+
+    Lines may be logged from worker threads (a reload parses its file in one), so the wake-up is
+    handed to the trio thread through its token instead of setting the event directly.
+    """
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+        self._token = token
+        self._changed = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self._token.run_sync_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def count(self, text: str) -> int:
+        return sum(text in message for message in self.messages)
+
+    async def wait_for(self, text: str, times: int = 1, timeout: float = 5.0) -> None:
+        """Until ``text`` has been logged ``times`` times in all."""
+        with trio.fail_after(timeout):
+            while self.count(text) < times:
+                await self._changed.wait()
+
+
+@pytest.fixture
+async def log_watch():
+    logger = logging.getLogger("vswitchd")
+    watch = LogWatch(trio.lowlevel.current_trio_token())
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(watch)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)
