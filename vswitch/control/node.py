@@ -66,7 +66,7 @@ async def ports(ctx: ControlContext, args: Args) -> list[dict]:
 
 @command("fdb", render_rows, Verb("fdb", "learned MAC addresses"))
 async def fdb(ctx: ControlContext, args: Args) -> list[dict]:
-    return presentation.fdb_rows(ctx.switch, time.monotonic())
+    return presentation.fdb_rows(ctx.switch, ctx.now())
 
 
 @command("routes", table_of(("prefix", "kind", "segment", "via", "origin")),
@@ -78,7 +78,7 @@ async def routes(ctx: ControlContext, args: Args) -> list[dict]:
 @command("neighbors", table_of(("segment", "ip", "mac", "state", "age_s", "queued")),
          Verb("neighbors", "next hops the router resolved (or is resolving) by ARP"))
 async def neighbors(ctx: ControlContext, args: Args) -> list[dict]:
-    return presentation.neighbor_rows(ctx.switch, time.monotonic())
+    return presentation.neighbor_rows(ctx.switch, ctx.now())
 
 
 def _nonzero(mapping: Mapping[str, Any]) -> dict[str, Any]:

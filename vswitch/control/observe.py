@@ -103,7 +103,7 @@ async def trace(ctx: ControlContext, args: Args) -> Any:
                                "'count' (trace real packets), not both")
         packet = require(args, "packet", str, "a packet description")
         try:
-            return switch.trace(port, packet, time.monotonic())
+            return switch.trace(port, packet, ctx.now())
         except ValueError as exc:
             raise ControlError(f"bad packet: {exc}") from None
     if "count" not in args:
@@ -180,8 +180,8 @@ async def capture(ctx: ControlContext, args: Args) -> list[dict]:
     records = await collect(lambda: switch.take_capture(port), count, timeout)
     records.extend(switch.take_capture(port))
     switch.disarm_capture(port)
-    # The core keeps monotonic time; a pcap file wants the wall clock.
-    offset = time.time() - time.monotonic()
+    # The core keeps trio's clock; a pcap file wants the wall clock.
+    offset = time.time() - ctx.now()
     return [{"time": r["time"] + offset, "direction": r["direction"], "length": r["length"],
              "data": base64.b64encode(r["data"]).decode("ascii")} for r in records[:count]]
 

@@ -76,7 +76,7 @@ async def endpoints(ctx: ControlContext, args: Args) -> list[dict]:
          table_of(("service", "protocol", "port", "client", "backend", "pod", "expires_in")),
          Verb("affinity", "ClientIP session affinity: client -> backend"))
 async def affinity(ctx: ControlContext, args: Args) -> list[dict]:
-    return presentation.affinity_rows(ctx.switch, time.monotonic())
+    return presentation.affinity_rows(ctx.switch, ctx.now())
 
 
 # -- connection tracking --------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def _run_conntrack(session: Session, args: argparse.Namespace) -> int:
 async def conntrack(ctx: ControlContext, args: Args) -> list[dict]:
     filters = _filters(args)
     try:
-        return presentation.conntrack_rows(ctx.switch, time.monotonic(), filters)
+        return presentation.conntrack_rows(ctx.switch, ctx.now(), filters)
     except ValueError as exc:
         raise ControlError(str(exc)) from None
 

@@ -72,6 +72,12 @@ class ControlContext:
     def current(self) -> Topology:
         return self.node.topology if self.node is not None else self.topology
 
+    @staticmethod
+    def now() -> float:
+        """The core's time: the shell hands the switch trio's clock, so questions about ages and
+        deadlines must be asked on it too (``started`` and uptime stay on the system clock)."""
+        return trio.current_time()
+
 
 class ControlCommands:
     """The commands of ``vswitch.control``, served by name against one running daemon."""

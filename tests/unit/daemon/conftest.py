@@ -6,6 +6,10 @@ import logging
 import pytest
 import trio
 
+from vswitch.core import presentation
+
+from .support import RecordingSwitch
+
 
 class LogWatch(logging.Handler):
     """Collects the daemon's log messages and wakes the test when one arrives.
@@ -50,3 +54,16 @@ async def log_watch():
     finally:
         logger.removeHandler(watch)
         logger.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def rows_from_the_recording_switch(monkeypatch):
+    """The control commands read the switch's tables through vswitch.core.presentation; a
+    RecordingSwitch answers those reads itself, a real Switch goes through presentation."""
+    for name in ("port_rows", "fdb_rows", "route_rows", "neighbor_rows", "service_rows"):
+        def rows(switch, *args, _name=name, _real=getattr(presentation, name)):
+            if isinstance(switch, RecordingSwitch):
+                return getattr(switch, _name)(*args)
+            return _real(switch, *args)
+
+        monkeypatch.setattr(presentation, name, rows)

@@ -125,21 +125,21 @@ class RecordingSwitch(SwitchCore):
 
     # What the control socket's read-only commands ask; fixed rows.
 
-    def ports_info(self) -> list[dict]:
+    def port_rows(self) -> list[dict]:
         return [{"id": i, "name": s.name, "kind": s.kind.value} for i, s in self.ports.items()]
 
-    def fdb_info(self, now: float) -> list[dict]:
+    def fdb_rows(self, now: float) -> list[dict]:
         return []
 
-    def routes_info(self) -> list[dict]:
+    def route_rows(self) -> list[dict]:
         return [{"prefix": "10.244.1.0/24", "kind": "connected", "segment": "default",
                  "via": None, "origin": "node.pod_cidr"}]
 
-    def neighbors_info(self, now: float) -> list[dict]:
+    def neighbor_rows(self, now: float) -> list[dict]:
         return [{"segment": "default", "ip": "10.244.1.10", "mac": "0a:58:0a:f4:01:0a",
                  "state": "reachable", "age_s": 0.0, "queued": 0}]
 
-    def services_info(self) -> list[dict]:
+    def service_rows(self) -> list[dict]:
         return [{"name": "web", "namespace": "default"}]
 
 
