@@ -208,9 +208,9 @@ def allocate_node_ports(
     """
     taken: dict[tuple[str, int], str] = {}
     for service in kept:
-        for port in service.ports:
-            if port.node_port is not None:
-                taken[port.protocol, port.node_port] = f"service {service.key}"
+        for running in service.ports:
+            if running.node_port is not None:
+                taken[running.protocol, running.node_port] = f"service {service.key}"
     for draft in drafts:
         if isinstance(draft.ports, Marker):
             continue

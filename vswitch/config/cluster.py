@@ -46,22 +46,23 @@ def read_cluster(reader: Reader, document: Mapping[str, Any],
     if table is INVALID:
         return INVALID
     reader.check_keys(table, "cluster", CLUSTER_KEYS)
-    networks = [s for s in segments if isinstance(s.cidr, IPv4Network)]
+    networks = [(s.cidr_path, s.cidr) for s in segments if isinstance(s.cidr, IPv4Network)]
     all_known = len(networks) == len(segments)
 
     cidr = reader.take(table, "cluster", "cidr", "a string", None)
     if isinstance(cidr, str):
         cidr = reader.parse_cidr(cidr, "cluster.cidr")
         if isinstance(cidr, IPv4Network):
-            outside = next((s for s in networks if not s.cidr.subnet_of(cidr)), None)
+            outside = next(((label, network) for label, network in networks
+                            if not network.subnet_of(cidr)), None)
             if outside is not None:
                 cidr = reader.fail(
                     "cluster.cidr",
-                    f"{cidr} does not contain {outside.cidr_path} {outside.cidr}; the cluster "
+                    f"{cidr} does not contain {outside[0]} {outside[1]}; the cluster "
                     "CIDR must hold every pod address of the node",
                 )
     elif cidr is None:
-        cidr = covering_network([s.cidr for s in networks]) if all_known else INVALID
+        cidr = covering_network([network for _, network in networks]) if all_known else INVALID
     # A default CIDR only promises to cover the segments; on a node whose segments lie far
     # apart it is wide, so the service CIDR and the hairpin address are checked against the
     # segments themselves then, not against the whole default.
@@ -73,11 +74,12 @@ def read_cluster(reader: Reader, document: Mapping[str, Any],
     elif isinstance(service_cidr, str):
         service_cidr = reader.parse_cidr(service_cidr, "cluster.service_cidr")
     if isinstance(service_cidr, IPv4Network):
-        clash = next((s for s in networks if s.cidr.overlaps(service_cidr)), None)
+        clash = next(((label, network) for label, network in networks
+                      if network.overlaps(service_cidr)), None)
         if clash is not None:
             service_cidr = reader.fail(
                 "cluster.service_cidr",
-                f"{service_cidr} overlaps {clash.cidr_path} {clash.cidr}; cluster IPs must "
+                f"{service_cidr} overlaps {clash[0]} {clash[1]}; cluster IPs must "
                 "not be pod addresses",
             )
         elif isinstance(explicit, IPv4Network) and explicit.overlaps(service_cidr):
@@ -89,10 +91,13 @@ def read_cluster(reader: Reader, document: Mapping[str, Any],
 
     hairpin = reader.take_address(table, "cluster", "hairpin_address")
     if hairpin is None:
-        hairpin = model.Cluster.__dataclass_fields__["hairpin_address"].default
+        # The model's default is the only copy.
+        default = model.Cluster.__dataclass_fields__["hairpin_address"].default
+        assert isinstance(default, IPv4Address)
+        hairpin = default
     if isinstance(hairpin, IPv4Address):
         checks = [(explicit, "cluster.cidr"), (service_cidr, "cluster.service_cidr")]
-        checks += [(s.cidr, s.cidr_path) for s in networks]
+        checks += [(network, label) for label, network in networks]
         for network, label in checks:
             if isinstance(network, IPv4Network) and hairpin in network:
                 hairpin = reader.fail(
@@ -108,5 +113,7 @@ def read_cluster(reader: Reader, document: Mapping[str, Any],
     values = (cidr, service_cidr, hairpin, conntrack_max)
     if INVALID in values:
         return INVALID
+    assert isinstance(cidr, IPv4Network) and isinstance(service_cidr, IPv4Network)
+    assert isinstance(hairpin, IPv4Address) and isinstance(conntrack_max, int)
     return model.Cluster(cidr=cidr, service_cidr=service_cidr, hairpin_address=hairpin,
                          conntrack_max=conntrack_max)

@@ -18,7 +18,8 @@ PORT_KEYS = ("name", "port", "protocol")
 PROTOCOLS = ("tcp", "udp")
 
 
-def read_containers(reader: Reader, pod: Mapping[str, Any], pod_path: str) -> tuple[Container, ...]:
+def read_containers(reader: Reader, pod: Mapping[str, Any],
+                    pod_path: str) -> tuple[Container, ...]:
     containers: list[Container] = []
     names: dict[str, str] = {}
     port_names: dict[str, str] = {}
@@ -42,8 +43,8 @@ def read_containers(reader: Reader, pod: Mapping[str, Any], pod_path: str) -> tu
         env = read_env(reader, entry, path)
         ports = read_ports(reader, entry, path, port_names, bindings)
 
-        if isinstance(name, str) and INVALID not in (command, env, ports):
-            assert isinstance(env, dict) and isinstance(ports, dict)
+        if (isinstance(name, str) and isinstance(command, tuple) and isinstance(env, dict)
+                and isinstance(ports, dict)):
             containers.append(
                 Container(
                     name=name,
@@ -55,7 +56,8 @@ def read_containers(reader: Reader, pod: Mapping[str, Any], pod_path: str) -> tu
     return tuple(containers)
 
 
-def read_command(reader: Reader, container: Mapping[str, Any], path: str) -> tuple[str, ...] | Marker:
+def read_command(reader: Reader, container: Mapping[str, Any],
+                 path: str) -> tuple[str, ...] | Marker:
     raw = reader.take(container, path, "command", "an array", REQUIRED)
     if raw is INVALID:
         return INVALID
@@ -79,7 +81,7 @@ def read_command(reader: Reader, container: Mapping[str, Any], path: str) -> tup
 def read_env(reader: Reader, container: Mapping[str, Any], path: str) -> dict[str, str] | Marker:
     """The environment table; a wrong entry is reported but does not make the table INVALID."""
     env = reader.take_str_map(container, path, "env")
-    if env is not INVALID:
+    if isinstance(env, dict):
         env_path = key_path(path, "env")
         for key, value in env.items():
             if not key or "=" in key or "\0" in key:
@@ -144,5 +146,6 @@ def read_ports(
         if len(reader.errors) != errors_before:
             valid = False
             continue
+        assert isinstance(name, str) and isinstance(protocol, str) and isinstance(number, int)
         ports[name] = (protocol, number)
     return ports if valid else INVALID

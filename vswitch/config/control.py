@@ -46,7 +46,8 @@ def read_control(reader: Reader, document: Mapping[str, Any],
     if isinstance(socket, str) and len(os.fsencode(socket)) > UNIX_PATH_MAX:
         socket = reader.fail(
             "control.socket",
-            f"is {len(os.fsencode(socket))} bytes long; a unix socket path has at most {UNIX_PATH_MAX}",
+            f"is {len(os.fsencode(socket))} bytes long; a unix socket path has at most "
+            f"{UNIX_PATH_MAX}",
         )
     metrics = reader.take(table, "control", "metrics", "a string", None)
     if isinstance(metrics, str) and (problem := listen_address_problem(metrics)):

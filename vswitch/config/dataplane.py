@@ -38,6 +38,7 @@ def read_dataplane(reader: Reader, document: Mapping[str, Any]) -> Dataplane | M
     values = (offloads, aging, mac_limit, burst, accel)
     if INVALID in values:
         return INVALID
+    assert isinstance(mac_limit, int) and isinstance(burst, int)
     return Dataplane(
         offloads=offloads, fdb_aging=float(aging), mac_limit=mac_limit, burst=burst, accel=accel
     )

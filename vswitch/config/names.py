@@ -17,7 +17,9 @@ NETNS_NAME_MAX = 255  # a file name under /run/netns
 POD_NETNS_PREFIX = "vsw-"
 
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?\Z")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*\Z")
+_DNS_SUBDOMAIN = re.compile(
+    r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*\Z"
+)
 _LABEL_NAME = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
 _PORT_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?\Z")
 
@@ -38,11 +40,12 @@ def dns_label_problem(name: str, limit: int) -> str | None:
 def label_key_problem(key: str) -> str | None:
     prefix, _, name = key.rpartition("/")
     if "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
-        return f"label key {key!r} has an invalid prefix; it must be a DNS subdomain like 'example.com'"
+        return (f"label key {key!r} has an invalid prefix; it must be a DNS subdomain like "
+                "'example.com'")
     if not name or len(name) > DNS_LABEL_MAX or not _LABEL_NAME.match(name):
         return (
-            f"label key {key!r} is invalid: the name part must be 1-63 characters of letters, digits, "
-            "'-', '_' and '.', starting and ending with a letter or digit"
+            f"label key {key!r} is invalid: the name part must be 1-63 characters of letters, "
+            "digits, '-', '_' and '.', starting and ending with a letter or digit"
         )
     return None
 

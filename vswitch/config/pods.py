@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from vswitch import model
 from vswitch.config.containers import read_containers
 from vswitch.config.names import dns_label_problem, label_key_problem, label_value_problem
-from vswitch.config.reader import INVALID, REQUIRED, Marker, Reader, key_path
+from vswitch.config.reader import REQUIRED, Marker, Reader, key_path
 from vswitch.model import Container, Pod
 
 POD_NAME_MAX = 40
@@ -72,7 +72,7 @@ def read_pod(reader: Reader, table: Mapping[str, Any], path: str) -> PodDraft:
     mtu = reader.take_mtu(table, path, None)
 
     labels = reader.take_str_map(table, path, "labels")
-    if labels is INVALID:
+    if not isinstance(labels, dict):
         labels = {}
     labels_path = key_path(path, "labels")
     for key, value in labels.items():

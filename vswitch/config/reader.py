@@ -29,7 +29,8 @@ from vswitch.config.addresses import address_problem
 from vswitch.config.errors import ConfigError
 
 MTU_MIN = 576  # the smallest datagram every IPv4 host must accept (RFC 791)
-MTU_MAX = 9000  # a TAP frame carries the vnet header on top of the MTU; 9000 stays clear of 64 KiB reads
+# A TAP frame carries the vnet header on top of the MTU; 9000 stays clear of 64 KiB reads.
+MTU_MAX = 9000
 PREFIX_MIN = 8
 PREFIX_MAX = 30  # a /31 or /32 has no room for a gateway and a pod
 # Sections planned for a later version; named apart from typos.
@@ -122,10 +123,11 @@ class Reader:
                 continue
             hint = difflib.get_close_matches(key, allowed, n=1)
             suggestion = f"did you mean '{hint[0]}'? " if hint else ""
-            self.fail(key_path(base, key), f"unknown key; {suggestion}allowed here: {', '.join(allowed)}")
+            self.fail(key_path(base, key),
+                      f"unknown key; {suggestion}allowed here: {', '.join(allowed)}")
 
     def take(self, table: Mapping[str, Any], base: str, key: str, kind: str, default: Any) -> Any:
-        """``table[key]`` if it has the right TOML type; ``default`` if absent; INVALID otherwise."""
+        """``table[key]`` if of the right TOML type; ``default`` if absent; INVALID otherwise."""
         path = key_path(base, key)
         if key not in table:
             if default is REQUIRED:
@@ -183,8 +185,9 @@ class Reader:
         if isinstance(value, str) and value not in choices:
             hint = next((c for c in choices if c.lower() == value.lower()), None)
             suggestion = f" (did you mean {hint!r}?)" if hint else ""
-            return self.fail(key_path(base, key), f"must be one of {', '.join(map(repr, choices))}, "
-                                                  f"got {value!r}{suggestion}")
+            return self.fail(key_path(base, key),
+                             f"must be one of {', '.join(map(repr, choices))}, "
+                             f"got {value!r}{suggestion}")
         return value
 
     def take_address(
@@ -239,7 +242,8 @@ class Reader:
             return self.fail(path, f"expected an absolute path, got {value!r}")
         return value
 
-    def take_str_map(self, table: Mapping[str, Any], base: str, key: str) -> dict[str, str] | Marker:
+    def take_str_map(self, table: Mapping[str, Any], base: str,
+                     key: str) -> dict[str, str] | Marker:
         """A table of strings to strings (labels, env); keys are checked by the caller."""
         raw = self.take(table, base, key, "a table", {})
         if raw is INVALID:

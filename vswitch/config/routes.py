@@ -23,7 +23,7 @@ def read_routes(
 ) -> list[StaticRoute]:
     routes: list[StaticRoute] = []
     first_use: dict[IPv4Network, str] = {}
-    networks = [s for s in segments if isinstance(s.cidr, IPv4Network)]
+    networks = [(s, s.cidr) for s in segments if isinstance(s.cidr, IPv4Network)]
     # Without every segment's CIDR the next hop's segment cannot be told; the CIDR's own
     # error explains the problem.
     all_known = len(networks) == len(segments)
@@ -35,7 +35,7 @@ def read_routes(
         if isinstance(dst, str):
             dst = reader.parse_cidr(dst, dst_path, 0, 32)
         if isinstance(dst, IPv4Network):
-            inside = next((s for s in networks if dst.subnet_of(s.cidr)), None)
+            inside = next((s for s, cidr in networks if dst.subnet_of(cidr)), None)
             if inside is not None:
                 dst = reader.fail(
                     dst_path,
@@ -48,17 +48,17 @@ def read_routes(
                 first_use[dst] = dst_path
 
         via = reader.take(entry, path, "via", "a string", REQUIRED)
-        segment: SegmentDraft | None = None
+        segment: tuple[SegmentDraft, IPv4Network] | None = None
         if isinstance(via, str):
             try:
                 via = IPv4Address(via)
             except ValueError:
                 via = reader.fail(via_path, f"{via!r} is not an IPv4 address")
         if isinstance(via, IPv4Address):
-            segment = next((s for s in networks if via in s.cidr), None)
+            segment = next(((s, cidr) for s, cidr in networks if via in cidr), None)
             if segment is None:
                 if all_known:
-                    listed = ", ".join(f"{s.cidr_path} {s.cidr}" for s in networks)
+                    listed = ", ".join(f"{s.cidr_path} {cidr}" for s, cidr in networks)
                     via = reader.fail(
                         via_path,
                         f"{via} is on none of the node's segments ({listed}); "
@@ -72,9 +72,9 @@ def read_routes(
                     f"{via} is {gateways[via].gateway_path}, the router itself; "
                     "the next hop must be another host",
                 )
-            elif problem := address_problem(via, segment.cidr, segment.cidr_path):
+            elif problem := address_problem(via, segment[1], segment[0].cidr_path):
                 via = reader.fail(via_path, problem)
         if (isinstance(dst, IPv4Network) and isinstance(via, IPv4Address)
-                and segment is not None and isinstance(segment.name, str)):
-            routes.append(StaticRoute(dst=dst, via=via, segment=segment.name))
+                and segment is not None and isinstance(segment[0].name, str)):
+            routes.append(StaticRoute(dst=dst, via=via, segment=segment[0].name))
     return routes

@@ -50,7 +50,10 @@ class ServiceContext:
                       topology.host_port.address.ip)
 
     def external_ip_problem(self, address: IPv4Address) -> str | None:
-        """External IPs are addresses outside clients use; a pod's or the node's would be hijacked."""
+        """Why ``address`` cannot be an external IP, or None.
+
+        External IPs are addresses outside clients use; a pod's or the node's would be hijacked.
+        """
         if address in self.node_addresses:
             return f"{address} is {self.node_addresses[address]}"
         for label, cidr in self.segments:

@@ -86,6 +86,28 @@ class ServiceDraft:
                                self.internal_traffic_policy, self.external_ips,
                                self.load_balancer)
 
+    def build(self, cluster_ip: IPv4Address | None,
+              ports: tuple[model.ServicePort, ...]) -> model.Service:
+        """The service of a ``valid`` draft, with its allocated cluster IP and node ports."""
+        # The asserts only narrow types: ``valid`` has checked every field.
+        assert isinstance(self.name, str) and isinstance(self.namespace, str)
+        assert isinstance(self.type, str) and isinstance(self.session_affinity, str)
+        assert isinstance(self.external_traffic_policy, str)
+        assert isinstance(self.internal_traffic_policy, str)
+        assert isinstance(self.load_balancer, str) and isinstance(self.affinity_timeout, int)
+        assert isinstance(self.endpoints, tuple) and isinstance(self.external_ips, tuple)
+        assert not isinstance(self.selector, Marker)
+        return model.Service(
+            name=self.name, namespace=self.namespace, cluster_ip=cluster_ip,
+            type=self.type, ports=ports,
+            selector=(MappingProxyType(dict(self.selector))
+                      if self.selector is not None else None),
+            endpoints=self.endpoints, session_affinity=self.session_affinity,
+            affinity_timeout=self.affinity_timeout,
+            external_traffic_policy=self.external_traffic_policy,
+            internal_traffic_policy=self.internal_traffic_policy,
+            external_ips=self.external_ips, load_balancer=self.load_balancer)
+
 
 def read_services(reader: Reader, document: Mapping[str, Any],
                   context: ServiceContext) -> list[ServiceDraft]:
@@ -166,10 +188,11 @@ def read_service(reader: Reader, table: Mapping[str, Any], path: str,
     return ServiceDraft(
         path=path, name=name, namespace=namespace, cluster_ip=cluster_ip, headless=headless,
         type=type_, ports=ports, selector=selector,
-        endpoints=INVALID if endpoints is INVALID else tuple(a for _, a in endpoints),
+        endpoints=tuple(a for _, a in endpoints) if isinstance(endpoints, list) else INVALID,
         session_affinity=affinity, affinity_timeout=timeout,
         external_traffic_policy=external_policy, internal_traffic_policy=internal_policy,
-        external_ips=INVALID if external_ips is INVALID else tuple(a for _, a in external_ips),
+        external_ips=(tuple(a for _, a in external_ips) if isinstance(external_ips, list)
+                      else INVALID),
         load_balancer=load_balancer,
     )
 
@@ -209,8 +232,9 @@ def read_service_ports(reader: Reader, table: Mapping[str, Any], path: str, type
         number = reader.take_int(entry, port_path, "port", REQUIRED, 1, 65535)
         if isinstance(number, int) and isinstance(protocol, str):
             if (protocol, number) in bindings:
-                reader.fail(key_path(port_path, "port"), f"{protocol} port {number} is already "
-                                                         f"declared at {bindings[protocol, number]}")
+                reader.fail(key_path(port_path, "port"),
+                            f"{protocol} port {number} is already declared at "
+                            f"{bindings[protocol, number]}")
             else:
                 bindings[protocol, number] = key_path(port_path, "port")
         target: Any = entry.get("target_port", number)
@@ -231,6 +255,8 @@ def read_service_ports(reader: Reader, table: Mapping[str, Any], path: str, type
         if len(reader.errors) != errors_before:
             valid = False
             continue
+        assert isinstance(protocol, str) and isinstance(number, int)
+        assert node_port is None or isinstance(node_port, int)
         drafts.append(ServicePortDraft(port_path, name, protocol, number, target, node_port))
     return tuple(drafts) if valid else INVALID
 
@@ -255,7 +281,8 @@ def check_services(reader: Reader, drafts: Sequence[ServiceDraft], context: Serv
         if key is None:
             continue
         if key in seen:
-            reader.fail(key_path(draft.path, "name"), f"duplicate service {key} (first at {seen[key]})")
+            reader.fail(key_path(draft.path, "name"),
+                        f"duplicate service {key} (first at {seen[key]})")
         elif key in kept_keys and not replace:
             reader.fail(key_path(draft.path, "name"), f"service {key} already exists; change it "
                                                       "with `vswitchctl service set` or `apply`")
@@ -266,16 +293,6 @@ def check_services(reader: Reader, drafts: Sequence[ServiceDraft], context: Serv
     node_ports = allocate_node_ports(reader, drafts, kept, previous)
     services: list[model.Service] = []
     for draft, cluster_ip, ports in zip(drafts, cluster_ips, node_ports):
-        if not draft.valid or cluster_ip is INVALID or ports is INVALID:
-            continue
-        services.append(model.Service(
-            name=draft.name, namespace=draft.namespace, cluster_ip=cluster_ip,
-            type=draft.type, ports=ports,
-            selector=(MappingProxyType(dict(draft.selector))
-                      if draft.selector is not None else None),
-            endpoints=draft.endpoints, session_affinity=draft.session_affinity,
-            affinity_timeout=draft.affinity_timeout,
-            external_traffic_policy=draft.external_traffic_policy,
-            internal_traffic_policy=draft.internal_traffic_policy,
-            external_ips=draft.external_ips, load_balancer=draft.load_balancer))
+        if draft.valid and not isinstance(cluster_ip, Marker) and not isinstance(ports, Marker):
+            services.append(draft.build(cluster_ip, ports))
     return services
