@@ -805,6 +805,14 @@ def test_a_misnamed_segment_does_not_cascade_into_unknown_segment_errors() -> No
     assert [path for path, _ in errors_of(text)] == ["segments[0].name"]
 
 
+def test_a_misnamed_segment_is_not_offered_as_the_home_of_a_pod_address() -> None:
+    # The hint names the segment a stray address belongs to; a segment without a valid name
+    # cannot be named, and its own error already explains it.
+    text = NODE + BLUE.replace('"blue"', '"Blue"') + pods_toml('name = "a"\nip = "10.245.1.20"')
+    assert [path for path, _ in errors_of(text)] == ["segments[0].name", "pods[0].ip"]
+    assert errors_of(text)[1][1] == "10.245.1.20 is outside node.pod_cidr 10.244.1.0/24"
+
+
 def test_exhausted_segment_names_the_segment() -> None:
     text = NODE + BLUE.replace("10.245.1.0/24", "10.245.1.0/30") + pods_toml(
         'name = "a"\nsegment = "blue"', 'name = "b"\nsegment = "blue"')

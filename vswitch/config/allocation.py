@@ -95,7 +95,7 @@ def allocate_pod_addresses(
                 if problem := address_problem(ip, cidr, label):
                     home = next((s for s in segments if isinstance(s.cidr, IPv4Network)
                                  and ip in s.cidr and s is not segment), None)
-                    if home is not None and ip not in cidr:
+                    if home is not None and isinstance(home.name, str) and ip not in cidr:
                         problem += (f" (it is in segment {home.name}; set "
                                     f"{key_path(draft.path, 'segment')} = \"{home.name}\")")
                     ip = reader.fail(path, problem)
