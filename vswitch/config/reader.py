@@ -103,7 +103,11 @@ def key_path(base: str, key: str) -> str:
 
 
 class Reader:
-    """Reads one document; an instance lives for a single parse and holds only its error list."""
+    """The error sink of one parse, with typed accessors; it holds nothing but the error list.
+
+    An instance lives for a single document (or runtime change); the section modules read
+    through it and ``errors`` decides at the end whether anything is built.
+    """
 
     def __init__(self) -> None:
         self.errors: list[tuple[str, str]] = []
