@@ -30,21 +30,26 @@ name = "lab1"
 pod_cidr = "10.244.1.0/24"
 """
 
+
 def errors_of(text: str) -> list[tuple[str, str]]:
     with pytest.raises(ConfigError) as caught:
         parse_topology(text, "test.toml")
     return caught.value.errors
+
 
 def only_error(text: str) -> tuple[str, str]:
     errors = errors_of(text)
     assert len(errors) == 1, errors
     return errors[0]
 
+
 def pod_ips(text: str) -> dict[str, str]:
     return {pod.name: str(pod.ip) for pod in parse_topology(text).pods}
 
+
 def pods_toml(*entries: str) -> str:
     return "".join(f"[[pods]]\n{entry}\n" for entry in entries)
+
 
 BLUE = """\
 [[segments]]
@@ -52,8 +57,10 @@ name = "blue"
 cidr = "10.245.1.0/24"
 """
 
+
 def route(dst: str, via: str) -> str:
     return f'[[routes]]\ndst = "{dst}"\nvia = "{via}"\n'
+
 
 SERVICES_EXAMPLE = NODE + """\
 [cluster]
@@ -76,13 +83,18 @@ ports = [ { name = "http", protocol = "tcp", port = 80, target_port = 8080, node
 
 UPLINK = '[uplink]\naddress = "192.0.2.2/24"\ngateway = "192.0.2.1"\n'
 
+
 def service(*lines: str) -> str:
     return "\n[[services]]\n" + "\n".join(lines) + "\n"
 
+
+# The running node that runtime changes and reloads are checked against.
 RUNNING = parse_topology(NODE + UPLINK + '[[pods]]\nname = "web-1"\nlabels = { app = "web" }\n'
                          '[[pods]]\nname = "client"\nip = "10.244.1.11"\n'
-                         + service('name = "web"', 'selector = { app = "web" }', 'type = "NodePort"',
+                         + service('name = "web"', 'selector = { app = "web" }',
+                                   'type = "NodePort"',
                                    'ports = [ { name = "http", port = 80, target_port = 8080 } ]'))
 
 SVC = 'name = "s"'
+
 PORT = 'ports = [ { port = 80 } ]'
