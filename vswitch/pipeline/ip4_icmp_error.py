@@ -89,7 +89,7 @@ def build_error(env: Env, *, in_port: PortSpec, eth_src: bytes, original: bytes,
 def process(pkt: Packet, env: Env):
     icmp_type, code, rest = pkt.icmp_error
     note = (lambda text: pkt.trace.note(NAME, text)) if pkt.trace is not None else None
-    original = pkt.data[pkt.l3: pkt.l3 + pkt.ip.total_length]
+    original = pkt.data[pkt.l3_offset: pkt.l3_offset + pkt.ip.total_length]
     frame = build_error(env, in_port=pkt.port, eth_src=pkt.eth.src, original=original,
                         icmp_type=icmp_type, code=code, rest=rest, note=note)
     if frame is None:

@@ -43,7 +43,7 @@ def wire_length(pkt: Packet) -> int:
     vnet = pkt.vnet
     if vnet is None or vnet.gso_type == h.VNET_GSO_NONE:
         return ip.total_length
-    l4 = pkt.l3 + ip.ihl * 4
+    l4 = pkt.l3_offset + ip.ihl * 4
     l4_header = h.UDP_HEADER_LEN
     if ip.protocol == h.IpProto.TCP and len(pkt.data) >= l4 + h.TCP_HEADER_LEN:
         l4_header = h.TCP.parse(pkt.data[l4: l4 + h.TCP_HEADER_LEN]).data_offset * 4
