@@ -59,7 +59,9 @@ def build_error(env: Env, *, in_port: PortSpec, eth_src: bytes, original: bytes,
     """The Ethernet frame of the error, or None when it must not (or may not yet) be sent.
 
     ``original`` is the offending IPv4 packet from its header on (as received). ``note`` receives
-    a sentence for a trace. Counts what it decides.
+    a sentence for a trace. Counts what it decides, under this stage. Besides ``process``, the
+    switch's timer asks it for the packets whose next hop never answered ARP (host unreachable);
+    other stages hand over to this stage through the graph instead (``pkt.icmp_error``).
     """
     why = _suppressed(original)
     if why is not None:
