@@ -5,8 +5,9 @@ A stage's ``process(pkt, env)`` returns either the name of the next stage or a t
 stages it may hand over to in ``NEXT``, and ``run`` refuses a hand-over that was not declared, so
 the graph printed by ``describe`` is the graph that runs.
 
-This module is the only one that imports stage modules. What several stages share lives in
-helper modules of the pipeline package, which have no ``NAME`` and count nothing of their own:
+This module is the one place that wires stages: a stage module imports helper modules, never
+another stage. What several stages share lives in helper modules of the pipeline package, which
+have no ``NAME`` and count nothing of their own:
 ``context`` (packet and environment), ``routed_frames`` (frames the router sends),
 ``tracked_flows`` and ``nat_rewrite`` (connections and their translation), ``ttl``.
 """
