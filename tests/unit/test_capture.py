@@ -21,37 +21,37 @@ def _frame(text, src, dst):
 
 
 def test_capture_keeps_received_and_sent_frames_without_the_virtio_header(switch):
-    switch.arm_capture("b", 2)
+    switch.tracer.arm_capture("b", 2)
     ping = _frame("icmp 10.244.1.10 > 10.244.1.11", A_MAC, B_MAC)
     switch.process_batch(A, [h.ZERO_VNET_HDR + ping], 1.0)  # flooded: b sends it out
     reply = _frame("icmp 10.244.1.11 > 10.244.1.10 echo-reply", B_MAC, A_MAC)
     switch.process_batch(B, [h.ZERO_VNET_HDR + reply], 2.0)  # b receives it
     switch.process_batch(B, [h.ZERO_VNET_HDR + reply], 3.0)  # past the count: not kept
-    records = switch.take_capture("b")
+    records = switch.tracer.take_capture("b")
     assert [(r["direction"], r["time"], r["data"], r["length"]) for r in records] == [
         ("tx", 1.0, ping, len(ping)), ("rx", 2.0, reply, len(reply))]
-    assert switch.take_capture("b") == []
+    assert switch.tracer.take_capture("b") == []
 
 
 @pytest.mark.parametrize("direction, expected", [("rx", ["rx"]), ("tx", ["tx"])])
 def test_capture_direction_and_snaplen(switch, direction, expected):
-    switch.arm_capture("b", 5, direction, snaplen=64)
+    switch.tracer.arm_capture("b", 5, direction, snaplen=64)
     big = _frame("udp 10.244.1.10:1 > 10.244.1.11:2 len 500", A_MAC, B_MAC)
     switch.process_batch(A, [h.ZERO_VNET_HDR + big], 1.0)
     back = _frame("udp 10.244.1.11:2 > 10.244.1.10:1 len 500", B_MAC, A_MAC)
     switch.process_batch(B, [h.ZERO_VNET_HDR + back], 1.0)
-    records = switch.take_capture("b")
+    records = switch.tracer.take_capture("b")
     assert [r["direction"] for r in records] == expected
     assert all(len(r["data"]) == 64 and r["length"] == len(big) for r in records)
 
 
 def test_capture_arguments_are_checked(switch):
     with pytest.raises(ValueError, match="direction"):
-        switch.arm_capture("a", 1, "sideways")
+        switch.tracer.arm_capture("a", 1, "sideways")
     with pytest.raises(ValueError, match="count"):
-        switch.arm_capture("a", 0)
+        switch.tracer.arm_capture("a", 0)
     with pytest.raises(ValueError, match="no port named"):
-        switch.arm_capture("zz", 1)
+        switch.tracer.arm_capture("zz", 1)
 
 
 def test_pcap_round_trip_and_header_bytes():

@@ -58,20 +58,21 @@ class TraceSwitch:
         self.disarmed: list[str] = []
         self.fail_stats = False
         self.neighbor_times: list[float] = []
+        self.tracer = self  # the commands reach traces through switch.tracer
 
-    def trace(self, port_name: str, packet: str, now: float) -> dict:
+    def dry_run(self, port_name: str, packet: str, now: float) -> dict:
         if not packet.startswith("udp"):
             raise ValueError(f"unknown packet kind {packet.split()[0]!r}")
         return {"text": f"trace of {packet} on {port_name}"}
 
-    def arm_trace(self, port_name: str, count: int) -> None:
+    def arm(self, port_name: str, count: int) -> None:
         self.armed[port_name] = count
 
-    def take_traces(self, port_name: str) -> list[dict]:
+    def take(self, port_name: str) -> list[dict]:
         taken, self.pending[port_name] = self.pending.get(port_name, []), []
         return taken
 
-    def disarm_trace(self, port_name: str) -> None:
+    def disarm(self, port_name: str) -> None:
         self.disarmed.append(port_name)
 
     def statistics(self) -> dict:

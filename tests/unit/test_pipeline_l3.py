@@ -311,7 +311,7 @@ def test_stale_neighbour_keeps_forwarding_and_is_reprobed(routed):
 def test_trace_names_the_route_and_why_it_won(routed):
     routed.fib.add(dataclasses.replace(routed.fib.routes()[-1], prefix=IPv4Network("10.0.0.0/8"),
                                        origin="test"))
-    result = routed.trace("a", f"icmp {A_IP} > {D_IP}", 0.0)
+    result = routed.tracer.dry_run("a", f"icmp {A_IP} > {D_IP}", 0.0)
     text = result["text"]
     assert "matches 10.245.1.0/24 connected (segment blue" in text
     assert "longest of the matching prefixes 10.245.1.0/24, 10.0.0.0/8" in text

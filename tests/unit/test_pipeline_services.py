@@ -341,13 +341,13 @@ def test_a_cached_plain_flow_does_not_leak_untranslated_replies(accel_name):
 
 
 def test_trace_shows_service_backend_and_conntrack(switch):
-    result = switch.trace("c", f"tcp {C_IP}:40000 > {VIP}:80 flags S", 0.0)
+    result = switch.tracer.dry_run("c", f"tcp {C_IP}:40000 > {VIP}:80 flags S", 0.0)
     text = result["text"]
     assert "is cluster-ip of service default/web port http; 2 ready backend(s)" in text
     assert "would DNAT to a backend chosen by random" in text
     assert conntrack_rows(switch, 0.0) == []
     connect(switch, C, C_IP, VIP)
-    again = switch.trace("c", f"tcp {C_IP}:40000 > {VIP}:80 flags A", 0.5)
+    again = switch.tracer.dry_run("c", f"tcp {C_IP}:40000 > {VIP}:80 flags A", 0.5)
     assert "original direction of [tcp 10.244.1.50:40000 > 10.96.0.10:80]" in again["text"]
 
 
@@ -370,7 +370,7 @@ def test_a_syn_on_the_tuple_of_a_closed_connection_is_a_new_connection(switch):
     """As the kernel (nf_ct_kill + NF_REPEAT): the old entry goes and the SYN meets the service
     stage again, so a client that reuses its port gets a fresh endpoint choice."""
     _closed_connection(switch)
-    trace = switch.trace("c", f"tcp {C_IP}:40000 > {VIP}:80 flags S", 1.0)["text"]
+    trace = switch.tracer.dry_run("c", f"tcp {C_IP}:40000 > {VIP}:80 flags S", 1.0)["text"]
     assert "opens a new connection on the tuple of [tcp 10.244.1.50:40000 > 10.96.0.10:80]" \
         " (TIME_WAIT)" in trace, trace
     assert "is cluster-ip of service default/web port http" in trace, trace
@@ -562,7 +562,7 @@ def test_dry_run_trace_follows_the_backend_affinity_holds(accel_name):
     switch = _switch(accel_name, dataclasses.replace(topology, services=services))
     (first,) = connect(switch, C, C_IP, VIP)
     backend = {A: A_IP, B: B_IP}[first.port]
-    text = switch.trace("c", f"tcp {C_IP}:41234 > {VIP}:80 flags S", 1.0)["text"]
+    text = switch.tracer.dry_run("c", f"tcp {C_IP}:41234 > {VIP}:80 flags S", 1.0)["text"]
     assert f"ClientIP affinity holds {C_IP} to {backend}:8080" in text
 
 
@@ -713,7 +713,7 @@ def test_later_fragments_of_a_dropped_first_fragment_are_dropped(switch):
 
 
 def test_trace_of_an_early_fragment_says_it_would_wait(switch):
-    text = switch.trace("c", f"udp {C_IP}:5000 > {DNS_VIP}:53 len 100 ipid 77 frag 1480",
+    text = switch.tracer.dry_run("c", f"udp {C_IP}:5000 > {DNS_VIP}:53 len 100 ipid 77 frag 1480",
                         0.0)["text"]
     assert "later fragment (id 77) before its first: would be held" in text, text
     assert switch.statistics()["fragments_held"]["waiting_frames"] == 0  # a dry run holds nothing

@@ -20,7 +20,7 @@ def test_dry_run_trace_explains_a_unicast_decision_and_changes_nothing(switch):
     _send(switch, B, "icmp 10.244.1.11 > 10.244.1.10", B_MAC, A_MAC)
     before = switch.statistics()
     fdb_before = fdb_rows(switch, 1.0)
-    result = switch.trace("a", "icmp 10.244.1.10 > 10.244.1.11", 1.0)
+    result = switch.tracer.dry_run("a", "icmp 10.244.1.10 > 10.244.1.11", 1.0)
     assert [s["stage"] for s in result["stages"]][-4:] == ["eth-input", "port-security",
                                                          "l2-learn", "l2-forward"]
     assert result["actions"] == ["output b"]
@@ -32,21 +32,21 @@ def test_dry_run_trace_explains_a_unicast_decision_and_changes_nothing(switch):
 
 
 def test_trace_names_the_reason_of_a_drop(switch):
-    result = switch.trace("a", "icmp 10.244.1.11 > 10.244.1.10", 0.0)
+    result = switch.tracer.dry_run("a", "icmp 10.244.1.11 > 10.244.1.10", 0.0)
     assert result["actions"] == ["drop (port-security: spoofed-ip)"]
     assert "IPv4 source 10.244.1.11 is not 10.244.1.10" in result["text"]
 
 
 def test_trace_of_arp_and_ping_to_the_gateway(switch):
-    arp = switch.trace("a", "arp who-has 10.244.1.1 tell 10.244.1.10", 0.0)
+    arp = switch.tracer.dry_run("a", "arp who-has 10.244.1.1 tell 10.244.1.10", 0.0)
     assert arp["actions"] == ["reply out of a"]
-    ping = switch.trace("a", "icmp 10.244.1.10 > 10.244.1.1", 0.0)
+    ping = switch.tracer.dry_run("a", "icmp 10.244.1.10 > 10.244.1.1", 0.0)
     assert ping["actions"] == ["reply out of a"]
     assert "echo request to 10.244.1.1: reply to 10.244.1.10" in ping["text"]
 
 
 def test_trace_of_unknown_destination_floods(switch):
-    result = switch.trace("c", "udp 10.244.1.50:5000 > 10.244.1.11:53", 0.0)
+    result = switch.tracer.dry_run("c", "udp 10.244.1.50:5000 > 10.244.1.11:53", 0.0)
     assert result["actions"] == ["output a, b, host"]
 
 
@@ -56,7 +56,7 @@ def test_trace_of_unknown_destination_floods(switch):
                                  "udp 1.1.1.1:1 > 2.2.2.2:2 frag 13", "udp 1.1.1.1:1 > 2.2.2.2:2 ipid 70000"])
 def test_bad_packet_text_is_a_clear_error(switch, bad):
     with pytest.raises(PacketSyntaxError):
-        switch.trace("a", bad, 0.0)
+        switch.tracer.dry_run("a", bad, 0.0)
 
 
 def test_fragment_options_build_the_fragment_they_name():
@@ -73,18 +73,18 @@ def test_fragment_options_build_the_fragment_they_name():
 
 def test_unknown_port_is_a_clear_error(switch):
     with pytest.raises(ValueError, match="no port named 'zz'"):
-        switch.trace("zz", "icmp 10.244.1.10 > 10.244.1.11", 0.0)
+        switch.tracer.dry_run("zz", "icmp 10.244.1.10 > 10.244.1.11", 0.0)
 
 
 def test_live_trace_follows_the_next_packets_of_a_port(switch):
     _send(switch, B, "icmp 10.244.1.11 > 10.244.1.10", B_MAC, A_MAC)
     _send(switch, A, "icmp 10.244.1.10 > 10.244.1.11", A_MAC, B_MAC)  # installs a cache entry
-    switch.arm_trace("a", 2)
+    switch.tracer.arm("a", 2)
     for _ in range(3):
         _send(switch, A, "icmp 10.244.1.10 > 10.244.1.11", A_MAC, B_MAC, 1.0)
-    traces = switch.take_traces("a")
+    traces = switch.tracer.take("a")
     assert len(traces) == 2
     assert all(t["actions"] == ["output b"] and not t["dry_run"] for t in traces)
-    assert switch.take_traces("a") == []
+    assert switch.tracer.take("a") == []
     # The third packet, past the armed count, went back to the fast path.
     assert switch.statistics()["dispositions"]["cache-hit"] == 1

@@ -103,7 +103,7 @@ async def trace(ctx: ControlContext, args: Args) -> Any:
                                "'count' (trace real packets), not both")
         packet = require(args, "packet", str, "a packet description")
         try:
-            return switch.trace(port, packet, ctx.now())
+            return switch.tracer.dry_run(port, packet, ctx.now())
         except ValueError as exc:
             raise ControlError(f"bad packet: {exc}") from None
     if "count" not in args:
@@ -112,11 +112,11 @@ async def trace(ctx: ControlContext, args: Args) -> Any:
     if not 1 <= count <= MAX_TRACE_COUNT:
         raise ControlError(f"argument 'count' must be from 1 to {MAX_TRACE_COUNT}, not {count}")
     timeout = _timeout(args)
-    switch.arm_trace(port, count)
-    traces = await collect(lambda: switch.take_traces(port), count, timeout)
+    switch.tracer.arm(port, count)
+    traces = await collect(lambda: switch.tracer.take(port), count, timeout)
     if len(traces) < count:
         # Stop collecting for a client that is no longer waiting.
-        switch.disarm_trace(port)
+        switch.tracer.disarm(port)
     return traces[:count]
 
 
@@ -174,12 +174,12 @@ async def capture(ctx: ControlContext, args: Args) -> list[dict]:
         raise ControlError(f"argument 'count' must be from 1 to {MAX_CAPTURE}, not {count!r}")
     timeout = _timeout(args)
     try:
-        switch.arm_capture(port, count, args.get("direction", "both"), args.get("snaplen", 65535))
+        switch.tracer.arm_capture(port, count, args.get("direction", "both"), args.get("snaplen", 65535))
     except (TypeError, ValueError) as exc:
         raise ControlError(str(exc)) from None
-    records = await collect(lambda: switch.take_capture(port), count, timeout)
-    records.extend(switch.take_capture(port))
-    switch.disarm_capture(port)
+    records = await collect(lambda: switch.tracer.take_capture(port), count, timeout)
+    records.extend(switch.tracer.take_capture(port))
+    switch.tracer.disarm_capture(port)
     # The core keeps trio's clock; a pcap file wants the wall clock.
     offset = time.time() - ctx.now()
     return [{"time": r["time"] + offset, "direction": r["direction"], "length": r["length"],

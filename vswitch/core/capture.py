@@ -46,12 +46,14 @@ class Captures:
             del self.active[port_id]
         return taken
 
-    def record(self, port_id: int, now: float, data: bytes, l2: int, direction: str) -> None:
+    def record(self, port_id: int, now: float, data: bytes, l2_offset: int,
+               direction: str) -> None:
         capture = self.active.get(port_id)
         if capture is None or capture.remaining == 0:
             return
         if not (capture.rx if direction == "rx" else capture.tx):
             return
         capture.remaining -= 1
-        capture.records.append({"time": now, "direction": direction, "length": len(data) - l2,
-                                "data": bytes(data[l2: l2 + capture.snaplen])})
+        capture.records.append({"time": now, "direction": direction,
+                                "length": len(data) - l2_offset,
+                                "data": bytes(data[l2_offset: l2_offset + capture.snaplen])})

@@ -14,7 +14,7 @@ from types import ModuleType
 
 from vswitch.core.flow_cache import CacheEntry
 from vswitch.pipeline.context import Packet
-from vswitch.pipeline.ip4_rewrite import decrement_ttl, lower_ttl
+from vswitch.pipeline.ttl import decrement_ttl, lower_ttl
 from vswitch.tables.conntrack import ConntrackTable, Direction, TcpState, Verdict
 from vswitch.tables.neighbors import NeighborState, NeighborTimers
 from vswitch.wire import headers as h
@@ -67,14 +67,14 @@ def memoise(pkt: Packet, key: bytes, conn_key: bytes | None,
     if pkt.ct is None:
         return []
     entries = [(key, CacheEntry(generation, -1, None, None, per_connection=True))]
-    if pkt.conn_out is None or pkt.src_entry is None:
+    if pkt.conn_out_port is None or pkt.src_entry is None:
         return entries
     if conn_key is None:
-        conn_key = connection_key(key, pkt.data, pkt.l2)
+        conn_key = connection_key(key, pkt.data, pkt.l2_offset)
     if conn_key is not None:
         ct, direction = pkt.ct
         target = (ct.reply if direction is Direction.ORIGINAL else ct.original).reversed()
-        entries.append((conn_key, CacheEntry(generation, pkt.conn_out, pkt.src_entry,
+        entries.append((conn_key, CacheEntry(generation, pkt.conn_out_port, pkt.src_entry,
                                              pkt.dst_entry, pkt.rewrite, pkt.neighbor,
                                              pkt.egress_mtu, ct=ct, direction=direction,
                                              target=target)))

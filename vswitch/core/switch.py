@@ -16,13 +16,15 @@ Theory of operation
   ``handle_timer`` ages every table and retries ARP. Each table's changes bump a generation, and
   their sum versions the flow cache (see ``fast_path`` for what a hit does).
 * A trace runs the same stages with notes switched on: either a dry run on a packet built from text
-  (tables untouched, counters not counted), or the next N real packets of a port.
+  (tables untouched, counters not counted), or the next N real packets of a port. Traces and
+  captures are ``self.tracer`` (``core.tracing``); the frames a decision emits, with their tx
+  counters, capture and virtio-net framing, are ``self.egress``'s (``core.egress``).
 """
 from __future__ import annotations
 
 import math
 import random
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from collections import Counter as _Tally
 from types import ModuleType
 from typing import Sequence
@@ -31,13 +33,13 @@ from vswitch import accel as _accel
 from vswitch.core.actions import Transmit
 from vswitch.core.counters import Disposition, PortCounters, StageCounters, counter_name
 from vswitch.core import fast_path
-from vswitch.core.capture import Captures
 from vswitch.core.conntrack_filter import entry_filter
+from vswitch.core.egress import Egress
 from vswitch.core.flow_cache import FlowCache
 from vswitch.core.ports import PortSpec
-from vswitch.core.trace import Trace
+from vswitch.core.tracing import Tracer
 from vswitch.core.verdict import Drop, Forward, Hold, Reply
-from vswitch.model import DEFAULT_CONNTRACK_MAX, Topology, mac_for_ip
+from vswitch.model import DEFAULT_CONNTRACK_MAX, Topology
 from vswitch.pipeline import graph, ip4_conntrack, ip4_icmp_error, ip4_neighbor, routed_frames
 from vswitch.pipeline.context import Env, NatContext, Packet, SegmentInfo
 from vswitch.tables.conntrack import ConntrackTable
@@ -47,10 +49,7 @@ from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
 from vswitch.tables.neighbors import NeighborTable
 from vswitch.tables.services import ServiceTable
 from vswitch.wire import headers as h
-from vswitch.wire.addresses import BROADCAST_MAC, mac_bytes, mac_text
-from vswitch.wire.text import build_frame, parse_packet
-
-_PENDING_TRACE_LIMIT = 1000
+from vswitch.wire.addresses import mac_bytes
 
 
 class Switch:
@@ -102,14 +101,13 @@ class Switch:
         self.unknown_port_frames = 0
         # Bumped by port changes; with the tables' own generations it versions cached decisions.
         self._config_generation = 0
-        self._armed: dict[int, int] = {}  # port id -> packets still to trace
-        self.captures = Captures()
-        self._traces: dict[int, list[dict]] = {}
         self._fast = fast_path.FastPath(self.accel, self.conntrack, self.neighbors.timers)
         self._env = Env(fdb=self.fdb, fib=self.fib, neighbors=self.neighbors,
                         icmp_limiter=self.icmp_limiter, ports=self.ports, segments=self.segments,
                         segment_ports=self._segment_ports, accel=self.accel,
                         counters=self.counters, nat=self.nat)
+        self.tracer = Tracer(self._env, self.port_by_name)
+        self.egress = Egress(self._env, self._port_counters, self.tracer.captures)
         self.program(topology.pods, topology.services, 0.0)
 
     # -- ports ------------------------------------------------------------------------------
@@ -130,8 +128,7 @@ class Switch:
         spec = self.ports.pop(port_id)
         del self._by_name[spec.name]
         del self._key_prefix[port_id]
-        self._armed.pop(port_id, None)
-        self.captures.disarm(port_id)
+        self.tracer.forget_port(port_id)
         self.fdb.flush_port(port_id)
         self._index_segments()
         self._config_generation += 1
@@ -169,18 +166,20 @@ class Switch:
         offset = port.l2_offset
         env = self._env
         env.now = now
-        armed = self._armed.get(port_id, 0)
+        tracer = self.tracer
+        armed = tracer.armed.get(port_id, 0)
         keys = self._extractor.extract(frames, offset) if not armed else [None] * len(frames)
         prefix = self._key_prefix[port_id]
         cache = self.flow_cache.entries
         generation = self._generation()
         aging = self.fdb.aging
-        captures = self.captures.active
+        captures = tracer.captures.active
+        send = self.egress.send
         for frame, key in zip(frames, keys):
             counters.rx_packets += 1
             counters.rx_bytes += len(frame) - offset
             if captures:
-                self.captures.record(port_id, now, frame, offset, "rx")
+                tracer.captures.record(port_id, now, frame, offset, "rx")
             conn_key = None
             if key is not None:
                 key = prefix + key
@@ -195,14 +194,13 @@ class Switch:
                         entry.src.last_seen = now
                         self.flow_cache.hits += 1
                         self.dispositions[Disposition.CACHE_HIT] += 1
-                        self._send(out, port, entry.out_port, data)
+                        send(out, port, entry.out_port, data)
                         continue
                 self.flow_cache.misses += 1
             trace = None
             if armed:
-                trace = Trace(port=port.name, summary=f"live packet, {len(frame) - offset} bytes")
                 armed -= 1
-                self._armed[port_id] = armed
+                trace = tracer.start(port, len(frame) - offset)
             pkt = Packet(port, frame, offset, trace)
             self._slow_path(pkt, counters, out)
             if env.nat.released:
@@ -215,9 +213,7 @@ class Switch:
                 for cache_key, cache_entry in fast_path.memoise(pkt, key, conn_key, generation):
                     self.flow_cache.install(cache_key, cache_entry)
             if trace is not None:
-                self._keep_trace(port_id, trace)
-        if port_id in self._armed and not self._armed[port_id]:
-            del self._armed[port_id]
+                tracer.keep(port_id, trace)
         return out
 
     def _slow_path(self, pkt: Packet, counters: PortCounters, out: list[Transmit],
@@ -231,9 +227,9 @@ class Switch:
             if isinstance(action, Forward):
                 if disposition is Disposition.LOCAL:
                     disposition = Disposition.FORWARDED
-                self._forward(out, port, action, pkt.data)
+                self.egress.forward(out, port, action, pkt.data)
             elif isinstance(action, Reply):
-                self._send_generated(out, action.port, action.frame)
+                self.egress.send_generated(out, action.port, action.frame)
             elif isinstance(action, Hold):
                 disposition = Disposition.QUEUED
             elif isinstance(action, Drop):
@@ -242,7 +238,7 @@ class Switch:
         if not released:
             self.dispositions[disposition] += 1
         if pkt.trace is not None:
-            pkt.trace.actions.extend(self._describe_actions(actions))
+            pkt.trace.actions.extend(self.tracer.describe_actions(actions))
 
     def _run_released(self, out: list[Transmit]) -> None:
         """Later fragments held until their first fragment passed: their turn, in arrival order,
@@ -254,54 +250,6 @@ class Switch:
             if port is not None:
                 self._slow_path(Packet(port, frame, port.l2_offset, None),
                                 self._port_counters[port_id], out, released=True)
-
-    def _forward(self, out: list[Transmit], in_port: PortSpec, action: Forward,
-                 received: bytes) -> None:
-        data = received if action.data is None else action.data
-        framing = in_port if action.framing is None else action.framing
-        for target in action.ports:
-            self._send(out, framing, target, data)
-
-    def _send(self, out: list[Transmit], in_port: PortSpec, target: int, data: bytes) -> None:
-        """Forward a received buffer, converting the virtio-net framing only if the ports differ."""
-        spec = self.ports.get(target)
-        if spec is None:
-            return
-        if spec.vnet_hdr != in_port.vnet_hdr:
-            converted = self._convert_framing(data, in_port, spec)
-            if converted is None:
-                self._port_counters[target].tx_drops["offload-unsupported"] += 1
-                return
-            data = converted
-        counters = self._port_counters[target]
-        counters.tx_packets += 1
-        counters.tx_bytes += len(data) - spec.l2_offset
-        if self.captures.active:
-            self.captures.record(target, self._env.now, data, spec.l2_offset, "tx")
-        out.append(Transmit(target, data))
-
-    def _send_generated(self, out: list[Transmit], target: int, frame: bytes) -> None:
-        spec = self.ports.get(target)
-        if spec is None:
-            return
-        data = h.ZERO_VNET_HDR + frame if spec.vnet_hdr else frame
-        counters = self._port_counters[target]
-        counters.tx_packets += 1
-        counters.tx_bytes += len(frame)
-        if self.captures.active:
-            self.captures.record(target, self._env.now, data, spec.l2_offset, "tx")
-        out.append(Transmit(target, data))
-
-    @staticmethod
-    def _convert_framing(data: bytes, src: PortSpec, dst: PortSpec) -> bytes | None:
-        if dst.vnet_hdr:
-            return h.ZERO_VNET_HDR + data
-        vnet = h.VIRTIO_NET_HDR.parse(data[: src.l2_offset])
-        if vnet.gso_type != h.VNET_GSO_NONE or vnet.flags & h.VNET_F_NEEDS_CSUM:
-            # Segmenting or completing checksums in software is not implemented: a port without
-            # offloads cannot take this frame.
-            return None
-        return data[src.l2_offset:]
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -323,7 +271,7 @@ class Switch:
             self.counters.add(ip4_neighbor.Counter.ARP_REQUESTS)
             for reply in routed_frames.broadcast_arp_request(env, self.segments[entry.segment],
                                                              entry.ip):
-                self._send_generated(out, reply.port, reply.frame)
+                self.egress.send_generated(out, reply.port, reply.frame)
         for entry, held in failed:
             for item in held:
                 self.counters.add(ip4_neighbor.Counter.RESOLUTION_FAILED)
@@ -333,7 +281,7 @@ class Switch:
                     env, in_port=item.in_port, eth_src=item.eth_src, original=item.quote,
                     icmp_type=h.IcmpType.DEST_UNREACHABLE, code=1, rest=bytes(4))
                 if frame is not None:
-                    self._send_generated(out, item.in_port.id, frame)
+                    self.egress.send_generated(out, item.in_port.id, frame)
         return out
 
     def next_deadline(self) -> float:
@@ -351,86 +299,6 @@ class Switch:
         # The frame was counted as sent when the core emitted it; the runtime could not write it.
         counters.tx_packets -= 1
         counters.tx_drops[reason] += 1
-
-    # -- traces -----------------------------------------------------------------------------
-
-    def trace(self, port_name: str, packet: str, now: float) -> dict:
-        """A dry run of the pipeline on a packet described in text, as if ``port_name`` sent it."""
-        port = self.port_by_name(port_name)
-        spec = parse_packet(packet)
-        frame = build_frame(spec, port.mac_bytes, self._guess_dst_mac(port, spec.dst), self.accel)
-        data = h.ZERO_VNET_HDR + frame if port.vnet_hdr else frame
-        trace = Trace(port=port.name, summary=packet, dry_run=True)
-        self._env.now = now
-        env = self._env.dry_run_copy(StageCounters(graph.STAGE_COUNTERS))
-        pkt = Packet(port, data, port.l2_offset, trace)
-        if spec.dst_mac is None and spec.kind != "arp":
-            trace.note("trace", f"destination MAC {mac_text(frame[:6])} chosen for "
-                                f"{spec.dst} (set it with dst-mac)")
-        actions = graph.run(pkt, env)
-        trace.actions.extend(self._describe_actions(actions))
-        return trace.as_dict()
-
-    def _guess_dst_mac(self, port: PortSpec, addr: IPv4Address) -> bytes:
-        """The MAC a real sender on the port's segment would have resolved for ``addr``."""
-        segment = self.segments[port.segment]
-        if addr not in segment.cidr or addr.packed == segment.gateway_ip:
-            return segment.gateway_mac
-        if addr == segment.cidr.broadcast_address:
-            return BROADCAST_MAC
-        return mac_bytes(mac_for_ip(addr))
-
-    def _describe_actions(self, actions) -> list[str]:
-        words = []
-        for action in actions:
-            if isinstance(action, Forward):
-                words.append("output " + ", ".join(self._port_label(p) for p in action.ports))
-            elif isinstance(action, Reply):
-                words.append(f"reply out of {self._port_label(action.port)}")
-            elif isinstance(action, Drop):
-                words.append(f"drop ({action.stage}: {action.reason})")
-            elif isinstance(action, Hold):
-                words.append("hold until the next hop answers ARP")
-        if not actions:
-            words.append("consumed by the switch")
-        return words
-
-    def _port_label(self, port_id: int) -> str:
-        spec = self.ports.get(port_id)
-        return spec.name if spec is not None else f"#{port_id}"
-
-    def arm_trace(self, port_name: str, count: int) -> None:
-        if count < 1:
-            raise ValueError("count must be at least 1")
-        port = self.port_by_name(port_name)
-        self._armed[port.id] = count
-        self._traces[port.id] = []
-
-    def take_traces(self, port_name: str) -> list[dict]:
-        port = self.port_by_name(port_name)
-        taken = self._traces.get(port.id, [])
-        self._traces[port.id] = []
-        return taken
-
-    def disarm_trace(self, port_name: str) -> None:
-        port = self.port_by_name(port_name)
-        self._armed.pop(port.id, None)
-        self._traces.pop(port.id, None)
-
-    def arm_capture(self, port_name: str, count: int, direction: str = "both",
-                    snaplen: int = 65535) -> None:
-        self.captures.arm(self.port_by_name(port_name).id, count, direction, snaplen)
-
-    def take_capture(self, port_name: str) -> list[dict]:
-        return self.captures.take(self.port_by_name(port_name).id)
-
-    def disarm_capture(self, port_name: str) -> None:
-        self.captures.disarm(self.port_by_name(port_name).id)
-
-    def _keep_trace(self, port_id: int, trace: Trace) -> None:
-        kept = self._traces.setdefault(port_id, [])
-        if len(kept) < _PENDING_TRACE_LIMIT:
-            kept.append(trace.as_dict())
 
     # -- observability ----------------------------------------------------------------------
 

@@ -86,20 +86,22 @@ class NatContext:
 class Packet:
     """One received frame and what the stages have learned about it so far.
 
-    ``data`` is the buffer exactly as read from the port; ``l2`` is where the Ethernet header starts
-    (after the virtio-net header, if the port has one). Parsed headers are construct Containers.
+    ``data`` is the buffer exactly as read from the port; ``l2_offset`` is where the Ethernet header
+    starts in it (after the virtio-net header, if the port has one), ``l3_offset`` where the
+    Ethernet payload starts. Fields that name a port hold its id and end in ``_port``. Parsed
+    headers are construct Containers.
     """
 
-    __slots__ = ("port", "data", "l2", "vnet", "eth", "l3", "arp", "ip", "trace",
+    __slots__ = ("port", "data", "l2_offset", "vnet", "eth", "l3_offset", "arp", "ip", "trace",
                  "cacheable", "src_entry", "dst_entry", "route", "neighbor", "egress_mtu",
                  "icmp_error", "pending_drop", "out_packets", "rewrite", "ip_packet", "ct",
-                 "flow", "flow_checked", "tcp_flags", "l2_out", "conn_out")
+                 "flow", "flow_checked", "tcp_flags", "l2_out_port", "conn_out_port")
 
-    def __init__(self, port: PortSpec, data: bytes, l2: int, trace: Trace | None = None):
+    def __init__(self, port: PortSpec, data: bytes, l2_offset: int, trace: Trace | None = None):
         self.port = port
         self.data = data
-        self.l2 = l2
-        self.l3 = l2 + 14
+        self.l2_offset = l2_offset
+        self.l3_offset = l2_offset + 14
         self.vnet: Any = None
         self.eth: Any = None
         self.arp: Any = None
@@ -124,18 +126,18 @@ class Packet:
         self.flow: Any = None  # its FlowTuple, once computed
         self.flow_checked = False
         self.tcp_flags: int | None = None
-        self.l2_out: int | None = None  # the port l2-forward chose, for l2-conntrack
+        self.l2_out_port: int | None = None  # the port l2-forward chose, for l2-conntrack
         # Set when a translated packet's decision may be cached per connection: the output port.
-        self.conn_out: int | None = None
+        self.conn_out_port: int | None = None
 
     @property
     def frame(self) -> bytes:
         """The Ethernet frame without the virtio-net header (a copy; for slow-path use only)."""
-        return self.data[self.l2:]
+        return self.data[self.l2_offset:]
 
     @property
     def vnet_bytes(self) -> bytes:
-        return self.data[: self.l2]
+        return self.data[: self.l2_offset]
 
 
 class Env:

@@ -33,28 +33,29 @@ class Counter(enum.Enum):
 def process(pkt: Packet, env: Env):
     env.count(Counter.FRAMES)
     data, trace = pkt.data, pkt.trace
-    if pkt.l2:
-        if len(data) < pkt.l2:
+    l2, l3 = pkt.l2_offset, pkt.l3_offset
+    if l2:
+        if len(data) < l2:
             return env.drop(pkt, Counter.TRUNCATED_VNET)
-        pkt.vnet = h.VIRTIO_NET_HDR.parse(data[: pkt.l2])
+        pkt.vnet = h.VIRTIO_NET_HDR.parse(data[: l2])
         if trace is not None and (pkt.vnet.flags or pkt.vnet.gso_type):
             v = pkt.vnet
             trace.note(NAME, f"virtio-net header: flags {v.flags:#x} gso_type {v.gso_type} "
                              f"gso_size {v.gso_size} csum_start {v.csum_start}")
-    if len(data) - pkt.l2 < h.ETH_HEADER_LEN:
+    if len(data) - l2 < h.ETH_HEADER_LEN:
         return env.drop(pkt, Counter.RUNT)
-    eth = pkt.eth = h.ETHERNET.parse(data[pkt.l2: pkt.l3])
+    eth = pkt.eth = h.ETHERNET.parse(data[l2: l3])
     ethertype = eth.ethertype
     if trace is not None:
         trace.note(NAME, f"Ethernet {mac_text(eth.src)} > {mac_text(eth.dst)}, "
-                         f"ethertype {ethertype:#06x}, {len(data) - pkt.l2} bytes")
+                         f"ethertype {ethertype:#06x}, {len(data) - l2} bytes")
     if ethertype in (h.EtherType.VLAN, h.EtherType.QINQ):
         return env.drop(pkt, Counter.VLAN_TAGGED)
-    available = len(data) - pkt.l3
+    available = len(data) - l3
     if ethertype == h.EtherType.ARP:
         if available < h.ARP_LEN:
             return env.drop(pkt, Counter.MALFORMED_ARP)
-        arp = h.ARP.parse(data[pkt.l3: pkt.l3 + h.ARP_LEN])
+        arp = h.ARP.parse(data[l3: l3 + h.ARP_LEN])
         if (arp.htype, arp.ptype, arp.hlen, arp.plen) != (1, h.EtherType.IPV4, 6, 4):
             return env.drop(pkt, Counter.MALFORMED_ARP)
         pkt.arp = arp
@@ -69,7 +70,7 @@ def process(pkt: Packet, env: Env):
         return env.drop(pkt, Counter.UNSUPPORTED_ETHERTYPE)
     if available < h.IPV4_MIN_HEADER_LEN:
         return env.drop(pkt, Counter.TRUNCATED_IPV4)
-    ip = h.IPV4.parse(data[pkt.l3: pkt.l3 + h.IPV4_MIN_HEADER_LEN])
+    ip = h.IPV4.parse(data[l3: l3 + h.IPV4_MIN_HEADER_LEN])
     if ip.version != 4:
         return env.drop(pkt, Counter.BAD_IP_VERSION)
     header_len = ip.ihl * 4

@@ -2,8 +2,14 @@
 
 A stage's ``process(pkt, env)`` returns either the name of the next stage or a tuple of actions
 (the verdict). Stages never call each other; ``run`` follows the names. Every stage declares the
-stages it may hand over to in ``NEXT``, and ``run`` refuses a hand-over that was not declared, so the
-graph printed by ``describe`` is the graph that runs.
+stages it may hand over to in ``NEXT``, and ``run`` refuses a hand-over that was not declared, so
+the graph printed by ``describe`` is the graph that runs.
+
+This module is the one place that wires stages: a stage module imports helper modules, never
+another stage. What several stages share lives in helper modules of the pipeline package, which
+have no ``NAME`` and count nothing of their own:
+``context`` (packet and environment), ``routed_frames`` (frames the router sends),
+``tracked_flows`` and ``nat_rewrite`` (connections and their translation), ``ttl``.
 """
 from __future__ import annotations
 

@@ -59,7 +59,9 @@ def build_error(env: Env, *, in_port: PortSpec, eth_src: bytes, original: bytes,
     """The Ethernet frame of the error, or None when it must not (or may not yet) be sent.
 
     ``original`` is the offending IPv4 packet from its header on (as received). ``note`` receives
-    a sentence for a trace. Counts what it decides.
+    a sentence for a trace. Counts what it decides, under this stage. Besides ``process``, the
+    switch's timer asks it for the packets whose next hop never answered ARP (host unreachable);
+    other stages hand over to this stage through the graph instead (``pkt.icmp_error``).
     """
     why = _suppressed(original)
     if why is not None:
@@ -89,7 +91,7 @@ def build_error(env: Env, *, in_port: PortSpec, eth_src: bytes, original: bytes,
 def process(pkt: Packet, env: Env):
     icmp_type, code, rest = pkt.icmp_error
     note = (lambda text: pkt.trace.note(NAME, text)) if pkt.trace is not None else None
-    original = pkt.data[pkt.l3: pkt.l3 + pkt.ip.total_length]
+    original = pkt.data[pkt.l3_offset: pkt.l3_offset + pkt.ip.total_length]
     frame = build_error(env, in_port=pkt.port, eth_src=pkt.eth.src, original=original,
                         icmp_type=icmp_type, code=code, rest=rest, note=note)
     if frame is None:

@@ -31,7 +31,7 @@ def _not_routable(addr: bytes, env: Env) -> bool:
 def process(pkt: Packet, env: Env):
     env.count(Counter.PACKETS)
     ip = pkt.ip
-    header = pkt.data[pkt.l3: pkt.l3 + ip.ihl * 4]
+    header = pkt.data[pkt.l3_offset: pkt.l3_offset + ip.ihl * 4]
     if env.accel.checksum(header) != 0:
         return env.drop(pkt, Counter.BAD_CHECKSUM)
     if _not_routable(ip.dst, env) or _not_routable(ip.src, env):

@@ -1,13 +1,15 @@
 """ip4-lookup: longest-prefix match in the FIB picks the egress segment and next hop.
 
 No route means ICMP Destination Unreachable (network) goes back at once, so a client learns in
-milliseconds, not after a timeout, that the address is unreachable.
+milliseconds, not after a timeout, that the address is unreachable. A packet routed out of the
+uplink from a pod (a source inside the cluster CIDR) that no earlier stage translated goes to
+ip4-masquerade, which gives it the node's address; every other routed packet goes to ip4-rewrite.
 """
 from __future__ import annotations
 
 import enum
+from ipaddress import IPv4Address
 
-from vswitch.pipeline import ip4_masquerade
 from vswitch.pipeline.context import Env, Packet
 from vswitch.wire import headers as h
 from vswitch.wire.addresses import ip_text
@@ -19,6 +21,13 @@ NEXT = ("ip4-rewrite", "ip4-masquerade", "ip4-icmp-error")
 class Counter(enum.Enum):
     ROUTED = "packets with a route"
     NO_ROUTE = "no route to the destination: ICMP network unreachable"
+
+
+def _leaves_masqueraded(pkt: Packet, env: Env) -> bool:
+    nat = env.nat
+    return (pkt.ct is None and nat.uplink_segment is not None and nat.node_address is not None
+            and pkt.route.segment == nat.uplink_segment and nat.cluster_cidr is not None
+            and IPv4Address(pkt.ip.src) in nat.cluster_cidr)
 
 
 def process(pkt: Packet, env: Env):
@@ -37,6 +46,6 @@ def process(pkt: Packet, env: Env):
         segment = env.segments[route.segment].name
         pkt.trace.note(NAME, f"{ip_text(pkt.ip.dst)} matches {route.describe()} "
                              f"(segment {segment}, from {route.origin}){why}")
-    if ip4_masquerade.applies(pkt, env):
+    if _leaves_masqueraded(pkt, env):
         return "ip4-masquerade"
     return "ip4-rewrite"

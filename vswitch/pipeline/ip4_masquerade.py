@@ -1,14 +1,13 @@
 """ip4-masquerade: pod traffic leaving the cluster through the uplink takes the node's address.
 
-Applies to packets routed out of the uplink whose source is a pod (inside the cluster CIDR) and
-that no earlier stage translated. The source port (or echo identifier) is kept when no other
-connection to the same remote uses it, otherwise a free one is allocated, so replies always map
-back to exactly one connection. Replies are translated back by ip4-conntrack.
+ip4-lookup hands over the packets routed out of the uplink whose source is a pod (inside the
+cluster CIDR) and that no earlier stage translated. The source port (or echo identifier) is kept
+when no other connection to the same remote uses it, otherwise a free one is allocated, so replies
+always map back to exactly one connection. Replies are translated back by ip4-conntrack.
 """
 from __future__ import annotations
 
 import enum
-from ipaddress import IPv4Address
 
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
@@ -27,13 +26,6 @@ class Counter(enum.Enum):
     ECHO_REPLY_UNTRACKED = "ICMP echo replies to outside that answer no tracked echo request"
     TABLE_FULL = "new connections refused because the connection table is full of live entries"
     NO_PORT = "no free source port on the node address for this remote"
-
-
-def applies(pkt: Packet, env: Env) -> bool:
-    nat = env.nat
-    return (pkt.ct is None and nat.uplink_segment is not None and nat.node_address is not None
-            and pkt.route.segment == nat.uplink_segment and nat.cluster_cidr is not None
-            and IPv4Address(pkt.ip.src) in nat.cluster_cidr)
 
 
 def process(pkt: Packet, env: Env):

@@ -40,7 +40,7 @@ def process(pkt: Packet, env: Env):
     trace = pkt.trace
     fragmented = len(pkt.out_packets) > 1
     vnet = pkt.vnet_bytes
-    if fragmented and pkt.l2:
+    if fragmented and pkt.l2_offset:
         vnet = h.ZERO_VNET_HDR  # fragments carry complete checksums and are not GSO
     if entry is None:
         if trace is not None:
@@ -49,7 +49,7 @@ def process(pkt: Packet, env: Env):
         if not env.commit:
             return (Hold(),)
         actions: list = [Hold()]
-        quote = pkt.data[pkt.l3: pkt.l3 + pkt.ip.ihl * 4 + 8]
+        quote = pkt.data[pkt.l3_offset: pkt.l3_offset + pkt.ip.ihl * 4 + 8]
         for packet in pkt.out_packets:
             held = routed_frames.HeldPacket(pkt.port, vnet, packet, pkt.eth.src, quote,
                                             segment.index, next_hop)
@@ -85,7 +85,7 @@ def process(pkt: Packet, env: Env):
         pkt.neighbor = entry
         pkt.rewrite = entry.mac + segment.gateway_mac
         if pkt.ct is not None:
-            pkt.conn_out = fdb_entry.port
+            pkt.conn_out_port = fdb_entry.port
         elif (pkt.ip.src, pkt.ip.dst) not in env.nat.reply_pairs:
             pkt.cacheable = True
     return tuple(actions)

@@ -10,8 +10,8 @@
   (``VIRTIO_NET_HDR_F_NEEDS_CSUM``) is completed first, because the receiver cannot complete it
   over fragments. A GSO frame without DF whose segments do not fit is dropped and counted (the
   senders that produce GSO frames set DF).
-* TTL is decremented and the header checksum updated incrementally (RFC 1624) through the native
-  module; a partial L4 checksum is unaffected, since TTL is not in the pseudo-header.
+* TTL is decremented and the header checksum updated incrementally (``pipeline.ttl``, which the
+  fast path shares).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import struct
 
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
+from vswitch.pipeline.ttl import decrement_ttl
 from vswitch.wire import headers as h
 
 NAME = "ip4-rewrite"
@@ -41,28 +42,11 @@ def wire_length(pkt: Packet) -> int:
     vnet = pkt.vnet
     if vnet is None or vnet.gso_type == h.VNET_GSO_NONE:
         return ip.total_length
-    l4 = pkt.l3 + ip.ihl * 4
+    l4 = pkt.l3_offset + ip.ihl * 4
     l4_header = h.UDP_HEADER_LEN
     if ip.protocol == h.IpProto.TCP and len(pkt.data) >= l4 + h.TCP_HEADER_LEN:
         l4_header = h.TCP.parse(pkt.data[l4: l4 + h.TCP_HEADER_LEN]).data_offset * 4
     return ip.ihl * 4 + l4_header + vnet.gso_size
-
-
-def lower_ttl(packet: bytearray, accel) -> None:
-    """TTL one lower, in place, and the header checksum updated incrementally."""
-    at, csum_at = h.IPV4_TTL_OFFSET, h.IPV4_CHECKSUM_OFFSET
-    ttl, proto = packet[at], packet[at + 1]
-    csum = accel.checksum_update16((packet[csum_at] << 8) | packet[csum_at + 1],
-                                   (ttl << 8) | proto, ((ttl - 1) << 8) | proto)
-    packet[at] = ttl - 1
-    packet[csum_at], packet[csum_at + 1] = csum >> 8, csum & 0xFF
-
-
-def decrement_ttl(header: bytes, accel) -> bytes:
-    """The IPv4 header with TTL one lower and its checksum updated incrementally."""
-    lowered = bytearray(header)
-    lower_ttl(lowered, accel)
-    return bytes(lowered)
 
 
 def _completed_l4_checksum(pkt: Packet, packet: bytes, env: Env) -> bytes:

@@ -22,7 +22,7 @@ import struct
 
 from vswitch.core.ports import PortKind
 from vswitch.core.verdict import Reply
-from vswitch.pipeline import ip4_icmp_error, tracked_flows
+from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.conntrack import ConntrackTable, Direction, Entry, TcpState
 from vswitch.tables.services import FrontendKind
@@ -30,7 +30,7 @@ from vswitch.wire import builders, headers as h
 from vswitch.wire.addresses import ip_text
 
 NAME = "ip4-service"
-NEXT = ("ip4-local", "ip4-lookup")
+NEXT = ("ip4-local", "ip4-lookup", "ip4-icmp-error")
 
 
 class Counter(enum.Enum):
@@ -65,13 +65,9 @@ def _refuse(pkt: Packet, env: Env, flow):
         if pkt.trace is not None:
             pkt.trace.note(NAME, "no ready endpoint: refuse with TCP RST")
         return (drop, Reply(pkt.port.id, _rst_for(pkt, env)))
-    drop = env.drop_verdict(pkt, Counter.REFUSED_UDP)
-    note = (lambda text: pkt.trace.note(NAME, text)) if pkt.trace is not None else None
-    frame = ip4_icmp_error.build_error(
-        env, in_port=pkt.port, eth_src=pkt.eth.src,
-        original=pkt.data[pkt.l3: pkt.l3 + pkt.ip.total_length],
-        icmp_type=h.IcmpType.DEST_UNREACHABLE, code=3, rest=bytes(4), note=note)
-    return (drop,) if frame is None else (drop, Reply(pkt.port.id, frame))
+    pkt.pending_drop = env.drop_verdict(pkt, Counter.REFUSED_UDP)
+    pkt.icmp_error = (h.IcmpType.DEST_UNREACHABLE, 3, bytes(4))
+    return "ip4-icmp-error"
 
 
 def _next(pkt: Packet, env: Env) -> str:

@@ -27,7 +27,7 @@ class Counter(enum.Enum):
 
 
 def process(pkt: Packet, env: Env):
-    port = pkt.l2_out
+    port = pkt.l2_out_port
     found = tracked_flows.find(pkt, env)
     if found is None:
         fragment = tracked_flows.untracked_fragment(pkt, env)
@@ -58,7 +58,7 @@ def process(pkt: Packet, env: Env):
     if pkt.trace is not None:
         pkt.trace.note(NAME, f"{direction.name.lower()} direction of [{entry.original.describe()}]:"
                              f" leaves as {tracked_flows.flow_of(pkt).describe()}")
-    data = pkt.data[: pkt.l3] + pkt.ip_packet
+    data = pkt.data[: pkt.l3_offset] + pkt.ip_packet
     if not related and pkt.src_entry is not None and pkt.dst_entry is not None:
-        pkt.conn_out = port
+        pkt.conn_out_port = port
     return (Forward((port,), data),)

@@ -63,7 +63,7 @@ def process(pkt: Packet, env: Env):
     env.count(Counter.UNICAST)
     pkt.dst_entry = entry
     if pkt.ip is not None and (pkt.ip.src, pkt.ip.dst) in env.nat.reply_pairs:
-        pkt.l2_out = entry.port
+        pkt.l2_out_port = entry.port
         if pkt.trace is not None:
             pkt.trace.note(NAME, f"{mac_text(dst)} is on port {env.port_name(entry.port)}; "
                                  f"translated connections use this address pair")

@@ -23,7 +23,7 @@ RELATED_ICMP_TYPES = (h.IcmpType.DEST_UNREACHABLE, h.IcmpType.TIME_EXCEEDED, 12)
 def current_packet(pkt: Packet) -> bytes:
     if pkt.ip_packet is not None:
         return pkt.ip_packet
-    return pkt.data[pkt.l3: pkt.l3 + pkt.ip.total_length]
+    return pkt.data[pkt.l3_offset: pkt.l3_offset + pkt.ip.total_length]
 
 
 def _echo_type(pkt: Packet) -> int:
