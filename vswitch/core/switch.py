@@ -76,9 +76,13 @@ class Switch:
             self.fib.add(Route(static.dst, RouteKind.STATIC, topology.segment_index(static.segment),
                                static.via, origin=f"routes[{index}]"))
         cluster = topology.cluster
-        self.conntrack = ConntrackTable(cluster.conntrack_max if cluster else DEFAULT_CONNTRACK_MAX)
+        # The seed makes a run reproducible; the daemon passes a random one. Each table that needs
+        # randomness gets its own stream derived from it, so that one table's use of it never
+        # shifts another's.
+        self.conntrack = ConntrackTable(
+            cluster.conntrack_max if cluster else DEFAULT_CONNTRACK_MAX,
+            port_salt=random.Random(f"{rng_seed}/conntrack").getrandbits(64))
         node_address = uplink.address.ip.packed if uplink is not None else None
-        # The seed makes a run reproducible; the daemon passes a random one.
         self.services = ServiceTable(random.Random(rng_seed),
                                      [node_address] if node_address else [])
         self.nat = NatContext(

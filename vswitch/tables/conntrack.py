@@ -64,9 +64,10 @@ rebuilt when they outnumber the live ones.
 from __future__ import annotations
 
 import enum
+import hashlib
 import heapq
 import itertools
-import os
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +88,10 @@ _URG = int(TcpFlag.URG)
 _CLASSIFIED = _FIN | _SYN | _RST | _ACK | _URG
 
 _PROTO_NAMES = {_TCP: "tcp", _UDP: "udp", _ICMP: "icmp"}
+
+# What a port scan's start is hashed from: protocol, SNAT address, remote address and port, and
+# the port the client wanted. A keyed blake2b rather than ``hash()``, which is salted per process.
+_SCAN_FLOW = struct.Struct("!B4s4sHH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +328,8 @@ def _jsonable(value: Any) -> Any:
 # -- the table -----------------------------------------------------------------------------------
 
 class ConntrackTable:
-    def __init__(self, max_entries: int = 262144, timeouts: Timeouts = Timeouts()):
+    def __init__(self, max_entries: int = 262144, timeouts: Timeouts = Timeouts(), *,
+                 port_salt: int = 0):
         if max_entries < 1:
             raise ValueError(f"max_entries must be positive, not {max_entries}")
         self.max_entries = max_entries
@@ -339,9 +345,10 @@ class ConntrackTable:
         self._by_endpoint: dict[bytes, set[Entry]] = {}
         self._heap: list[tuple[float, int, Entry]] = []
         self._seq = itertools.count()
-        # Per-table secret for the start of a port scan, so that ports are not predictable from
-        # outside (Linux hashes with a boot-time secret for the same reason).
-        self._port_salt = int.from_bytes(os.urandom(8), "big")
+        # Secret key of the hash that starts a port scan, so that ports are not predictable from
+        # outside (Linux hashes with a boot-time secret for the same reason). The caller draws it
+        # from its seeded source: the daemon's seed is random, a test's is fixed and reproducible.
+        self._port_key = (port_salt % 2**64).to_bytes(8, "big")
         self._tcp_states: dict[TcpState, int] = {state: 0 for state in TcpState}
         self._protocols: dict[int, int] = {}
         self._counts = {name: 0 for name in (
@@ -492,7 +499,9 @@ class ConntrackTable:
         if low <= preferred <= high and free(preferred):
             return preferred
         span = high - low + 1
-        start = hash((self._port_salt, proto, src_ip, remote_ip, remote_port, preferred)) % span
+        flow = _SCAN_FLOW.pack(proto, src_ip, remote_ip, remote_port, preferred)
+        digest = hashlib.blake2b(flow, digest_size=8, key=self._port_key).digest()
+        start = int.from_bytes(digest, "big") % span
         for i in range(span):
             port = low + (start + i) % span
             if free(port):
