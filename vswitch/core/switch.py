@@ -90,7 +90,6 @@ class Switch:
             cluster_cidr=cluster.cidr if cluster else topology.node.pod_cidr,
             hairpin_address=cluster.hairpin_address.packed if cluster else None,
             uplink_segment=topology.uplink_segment_index(), node_address=node_address)
-        self._conntrack_evictions = 0
         self.neighbors = NeighborTable(accel=self.accel)
         self.icmp_limiter = IcmpRateLimiter()
         self.flow_cache = FlowCache(flow_cache_capacity)
@@ -310,9 +309,7 @@ class Switch:
 
     def handle_timer(self, now: float) -> list[Transmit]:
         self.fdb.expire(now)
-        for entry in self.conntrack.expire(now):
-            self.nat.untrack_pair(entry)
-        self._resync_reply_pairs()
+        self.conntrack.expire(now)
         self.nat.expire_fragments(now)
         expired = self.nat.held.expire(now)
         if expired:
@@ -511,10 +508,10 @@ class Switch:
         for key, port, backend in result.removed:
             # Only this service port's connections: another service may share the backend.
             proto = 6 if port.protocol.lower() == "tcp" else 17
-            flushed += self._flush(lambda e: e.dnat == (backend.ip, backend.port)
-                                   and e.original.proto == proto
-                                   and e.labels.get("service") == key
-                                   and e.labels.get("port") == port.name)
+            flushed += self.conntrack.flush_endpoint(
+                backend.ip, backend.port, proto,
+                where=lambda e: e.labels.get("service") == key
+                and e.labels.get("port") == port.name)
         for proto, ip, port in result.removed_frontends:
             flushed += self._flush(lambda e: e.dnat is not None and e.original.proto == proto
                                    and e.original.dst == ip and e.original.dport == port)
@@ -525,33 +522,7 @@ class Switch:
                 "flushed_connections": flushed, "conflicts": list(result.conflicts)}
 
     def _flush(self, predicate) -> int:
-        gone = []
-
-        def collect(entry) -> bool:
-            if predicate(entry):
-                gone.append(entry)
-                return True
-            return False
-
-        count = self.conntrack.flush(collect)
-        for entry in gone:
-            self.nat.untrack_pair(entry)
-        return count
-
-    def _resync_reply_pairs(self) -> None:
-        """Entries that ``create`` evicted or reclaimed left their address pairs counted; recount."""
-        stats = self.conntrack.statistics()
-        evictions = stats["evictions"] + stats["reclaimed"]  # entries removed inside ``create``
-        if evictions == self._conntrack_evictions:
-            return
-        self._conntrack_evictions = evictions
-        pairs: dict = {}
-        for entry in self.conntrack.entries():
-            if entry.dnat is not None or entry.snat is not None:
-                pair = (entry.reply.src, entry.reply.dst)
-                pairs[pair] = pairs.get(pair, 0) + 1
-        self.nat.reply_pairs.clear()
-        self.nat.reply_pairs.update(pairs)
+        return self.conntrack.flush(predicate)
 
     def services_info(self) -> list[dict]:
         return self.services.services_info()

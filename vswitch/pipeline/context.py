@@ -6,13 +6,13 @@ import random
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from types import ModuleType
-from typing import Any
+from typing import Any, Mapping
 
 from vswitch.core.counters import StageCounters, counter_name
 from vswitch.core.ports import PortSpec
 from vswitch.core.trace import Trace
 from vswitch.core.verdict import Drop
-from vswitch.tables.conntrack import ConntrackTable
+from vswitch.tables.conntrack import ConntrackTable, Entry
 from vswitch.tables.fdb import Fdb, FdbEntry
 from vswitch.tables.fib import Fib, Route
 from vswitch.tables.fragment_hold import FragmentHold
@@ -47,10 +47,6 @@ class NatContext:
         self.hairpin_address = hairpin_address
         self.uplink_segment = uplink_segment
         self.node_address = node_address
-        # (source, destination) address pairs that replies of translated connections carry:
-        # L2 traffic between such a pair must go through conntrack, and is never cached.
-        self.reply_pairs: dict[tuple[bytes, bytes], int] = {}
-        self.generation = 0
         # External IPs of services inside the uplink network: the node answers ARP for them.
         self.announced: frozenset[bytes] = frozenset()
         # Fragmented datagrams of translated connections: the first fragment carries the ports
@@ -67,20 +63,21 @@ class NatContext:
         for key in [k for k, (_, _, expires) in self.fragments.items() if expires <= now]:
             del self.fragments[key]
 
-    def track_pair(self, entry) -> None:
-        pair = (entry.reply.src, entry.reply.dst)
-        count = self.reply_pairs.get(pair, 0)
-        if not count:
-            self.generation += 1  # cached decisions about this pair may now be wrong
-        self.reply_pairs[pair] = count + 1
+    @property
+    def reply_pairs(self) -> Mapping[tuple[bytes, bytes], int]:
+        """(source, destination) address pairs that replies of translated connections carry:
+        L2 traffic between such a pair must go through conntrack, and is never cached. The
+        connection table keeps them as its entries come and go."""
+        return self.conntrack.reply_pairs
 
-    def untrack_pair(self, entry) -> None:
-        pair = (entry.reply.src, entry.reply.dst)
-        count = self.reply_pairs.get(pair, 0)
-        if count <= 1:
-            self.reply_pairs.pop(pair, None)
-        else:
-            self.reply_pairs[pair] = count - 1
+    @property
+    def generation(self) -> int:
+        """Grows when a reply pair appears (see ``ConntrackTable.generation``)."""
+        return self.conntrack.generation
+
+    def track_pair(self, entry: Entry) -> None:
+        """Nothing to do: the connection table counts the pair when it creates the entry. Kept
+        only while ip4-masquerade still calls it; remove both together."""
 
 
 class Packet:

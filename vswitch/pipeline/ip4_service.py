@@ -141,7 +141,6 @@ def process(pkt: Packet, env: Env):
     if entry is None:
         return env.drop(pkt, Counter.TABLE_FULL)
     env.conntrack.update(entry, Direction.ORIGINAL, env.now, pkt.tcp_flags, pkt.ip.total_length)
-    nat.track_pair(entry)
     env.count(Counter.NEW_CONNECTIONS)
     if counter is not None:
         env.count(counter)

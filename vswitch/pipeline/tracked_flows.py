@@ -191,10 +191,7 @@ def advance(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> Verdic
     if not env.commit:
         return (Verdict.REOPEN if env.conntrack.reopens(entry, direction, pkt.tcp_flags)
                 else Verdict.ACCEPT)
-    verdict = env.conntrack.update(entry, direction, env.now, pkt.tcp_flags, pkt.ip.total_length)
-    if verdict is Verdict.REOPEN:
-        env.nat.untrack_pair(entry)
-    return verdict
+    return env.conntrack.update(entry, direction, env.now, pkt.tcp_flags, pkt.ip.total_length)
 
 
 def _partial(pkt: Packet) -> bool:

@@ -55,6 +55,13 @@ Theory of operation
   address: when a backend goes away, a long-running UDP client with a fixed source port must be
   sent to a new backend at its next datagram, not black-holed until an idle timeout that its own
   traffic keeps renewing (kube-proxy's stale-UDP-conntrack bug).
+* ``reply_pairs`` holds the (source, destination) address pair that the replies of each
+  translated connection carry, counted: switched traffic between such a pair must go through
+  conntrack (a backend answering a client of its own segment). ``generation`` grows when a pair
+  appears, because cached decisions about traffic between that pair are then wrong.
+* The table alone keeps its indexes (tuples, unreplied entries, endpoints, reply pairs, deadlines)
+  right: every way an entry goes (expiry, eviction, reclaiming, reopening, flush, removal) passes
+  through one ``_discard``, so nothing outside ever has to resync them.
 
 Deadlines are kept in a heap with lazy deletion: refreshing an entry that only moves its deadline
 later costs nothing, the heap item is moved when it reaches the top. Only a deadline that moves
@@ -69,7 +76,7 @@ import heapq
 import itertools
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -341,8 +348,12 @@ class ConntrackTable:
         self._by_reply: dict[FlowTuple, Entry] = {}
         # Entries that have not seen a reply, oldest first: the eviction candidates.
         self._unreplied: OrderedDict[Entry, None] = OrderedDict()
-        # Entries by the address of their DNAT target, for flush_endpoint.
-        self._by_endpoint: dict[bytes, set[Entry]] = {}
+        # Entries by the address of their DNAT target, for flush_endpoint. Dicts, not sets, so
+        # that a flush removes entries in an order that does not depend on memory addresses.
+        self._by_endpoint: dict[bytes, dict[Entry, None]] = {}
+        # (reply source, reply destination) of translated entries -> how many entries carry it.
+        self._reply_pairs: dict[tuple[bytes, bytes], int] = {}
+        self.generation = 0
         self._heap: list[tuple[float, int, Entry]] = []
         self._seq = itertools.count()
         # Secret key of the hash that starts a port scan, so that ports are not predictable from
@@ -357,6 +368,11 @@ class ConntrackTable:
 
     def __len__(self) -> int:
         return len(self._by_original)
+
+    @property
+    def reply_pairs(self) -> Mapping[tuple[bytes, bytes], int]:
+        """The address pairs replies of translated connections carry; read-only for callers."""
+        return self._reply_pairs
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -425,7 +441,7 @@ class ConntrackTable:
 
         Creating may remove other entries, which the caller never sees: evicted ones (counted in
         ``evictions``) and dead ones whose tuples or room it takes (counted in ``reclaimed``, and
-        in ``expired``). Whoever keeps state derived from entries resyncs when either changes."""
+        in ``expired``)."""
         reply = self.reply_tuple(original, dnat, snat)
         for t in (original, reply):
             holder = self._holder(t)
@@ -468,7 +484,13 @@ class ConntrackTable:
         self._by_reply[reply] = entry
         self._unreplied[entry] = None
         if dnat is not None:
-            self._by_endpoint.setdefault(dnat[0], set()).add(entry)
+            self._by_endpoint.setdefault(dnat[0], {})[entry] = None
+        if dnat is not None or snat is not None:
+            pair = (reply.src, reply.dst)
+            count = self._reply_pairs.get(pair, 0)
+            if not count:
+                self.generation += 1  # cached decisions about this pair may now be wrong
+            self._reply_pairs[pair] = count + 1
         if proto == _TCP:
             self._tcp_states[state] += 1
         self._protocols[proto] = self._protocols.get(proto, 0) + 1
@@ -649,15 +671,18 @@ class ConntrackTable:
         self._counts["flushed"] += len(victims)
         return len(victims)
 
-    def flush_endpoint(self, ip: bytes, port: int | None = None, proto: int | None = None) -> int:
+    def flush_endpoint(self, ip: bytes, port: int | None = None, proto: int | None = None,
+                       where: Callable[[Entry], bool] | None = None) -> int:
         """Remove the entries translated to endpoint ``ip`` (optionally only its ``port`` and
-        ``proto``), so that the flows they carried pick a live endpoint at their next packet."""
+        ``proto``, and only those ``where`` accepts), so that the flows they carried pick a live
+        endpoint at their next packet. Costs the endpoint's entries, not the table's."""
         candidates = self._by_endpoint.get(ip)
         if not candidates:
             return 0
         victims = [e for e in candidates
                    if (port is None or e.dnat is not None and e.dnat[1] == port)
-                   and (proto is None or e.original.proto == proto)]
+                   and (proto is None or e.original.proto == proto)
+                   and (where is None or where(e))]
         for entry in victims:
             self._discard(entry)
         self._counts["flushed"] += len(victims)
@@ -686,9 +711,16 @@ class ConntrackTable:
         if entry.dnat is not None:
             group = self._by_endpoint.get(entry.dnat[0])
             if group is not None:
-                group.discard(entry)
+                group.pop(entry, None)
                 if not group:
                     del self._by_endpoint[entry.dnat[0]]
+        if entry.dnat is not None or entry.snat is not None:
+            pair = (entry.reply.src, entry.reply.dst)
+            count = self._reply_pairs.get(pair, 0)
+            if count <= 1:
+                self._reply_pairs.pop(pair, None)
+            else:
+                self._reply_pairs[pair] = count - 1
         proto = entry.original.proto
         if proto == _TCP:
             self._tcp_states[entry.tcp_state] -= 1
