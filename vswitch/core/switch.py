@@ -207,8 +207,7 @@ class Switch:
                 self._armed[port_id] = armed
             pkt = Packet(port, frame, offset, trace)
             self._slow_path(pkt, counters, out)
-            if env.nat.released:
-                self._run_released(out)
+            self._run_released(out)
             # The slow path may have changed a table (a MAC moved, a neighbour answered, a NAT
             # pair appeared): later frames of this burst must compare against the new generation.
             # Only the slow path changes generations, so cache hits need not re-read it.
@@ -247,15 +246,17 @@ class Switch:
             pkt.trace.actions.extend(self._describe_actions(actions))
 
     def _run_released(self, out: list[Transmit]) -> None:
-        """Later fragments held until their first fragment passed: their turn, in arrival order,
-        as if they had just been received on their port."""
-        released = self._env.nat.released
+        """Later fragments held until their first fragment passed (the fragment table's output
+        after a packet): their turn, in arrival order, as if just received on their port."""
+        fragments = self.nat.fragments
+        released = fragments.take_released()
         while released:
-            port_id, frame = released.pop(0)
-            port = self.ports.get(port_id)
-            if port is not None:
-                self._slow_path(Packet(port, frame, port.l2_offset, None),
-                                self._port_counters[port_id], out, released=True)
+            for port_id, frame in released:
+                port = self.ports.get(port_id)
+                if port is not None:
+                    self._slow_path(Packet(port, frame, port.l2_offset, None),
+                                    self._port_counters[port_id], out, released=True)
+            released = fragments.take_released()
 
     def _forward(self, out: list[Transmit], in_port: PortSpec, action: Forward,
                  received: bytes) -> None:
@@ -310,8 +311,7 @@ class Switch:
     def handle_timer(self, now: float) -> list[Transmit]:
         self.fdb.expire(now)
         self.conntrack.expire(now)
-        self.nat.expire_fragments(now)
-        expired = self.nat.held.expire(now)
+        expired = self.nat.fragments.expire(now)
         if expired:
             self._env.count(ip4_conntrack.Counter.FRAGMENT_HOLD_EXPIRED, expired)
         self.services.expire(now)
@@ -339,7 +339,7 @@ class Switch:
     def next_deadline(self) -> float:
         deadlines = [d for d in (self.fdb.next_expiry(), self.neighbors.next_deadline(),
                                  self.conntrack.next_deadline(), self.services.next_deadline(),
-                                 self.nat.held.next_deadline())
+                                 self.nat.fragments.next_deadline())
                      if d is not None]
         return min(deadlines, default=math.inf)
 
@@ -449,7 +449,7 @@ class Switch:
             "neighbors": {"entries": len(self.neighbors), "generation": self.neighbors.generation,
                           "queue_overflow_drops": self.neighbors.overflow_drops},
             "icmp_rate_limited": self.icmp_limiter.limited,
-            "fragments_held": self.nat.held.statistics(),
+            "fragments_held": self.nat.fragments.statistics(),
             "conntrack": self.conntrack.statistics(),
             "services": {"programmed": len(self.services), "generation": self.services.generation,
                          "affinity_entries": self.services.affinity_count()},

@@ -15,7 +15,7 @@ from vswitch.core.verdict import Drop
 from vswitch.tables.conntrack import ConntrackTable, Entry
 from vswitch.tables.fdb import Fdb, FdbEntry
 from vswitch.tables.fib import Fib, Route
-from vswitch.tables.fragment_hold import FragmentHold
+from vswitch.tables.fragments import FragmentTable
 from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
 from vswitch.tables.neighbors import Neighbor, NeighborTable
 from vswitch.tables.services import ServiceTable
@@ -49,19 +49,9 @@ class NatContext:
         self.node_address = node_address
         # External IPs of services inside the uplink network: the node answers ARP for them.
         self.announced: frozenset[bytes] = frozenset()
-        # Fragmented datagrams of translated connections: the first fragment carries the ports
-        # and finds the connection; later fragments (same addresses, protocol and IP id) follow
-        # it here. Key: (proto, src, dst, id) as received; value: (entry, direction, expires).
-        # The entry is None when the first fragment went untranslated (the direction None) or
-        # was dropped (the direction ``tracked_flows.DROPPED``).
-        self.fragments: dict[tuple[int, bytes, bytes, int], tuple[Any, Any, float]] = {}
-        # Later fragments that came before their first, and those released for another run.
-        self.held = FragmentHold()
-        self.released: list[tuple[int, bytes]] = []
-
-    def expire_fragments(self, now: float) -> None:
-        for key in [k for k, (_, _, expires) in self.fragments.items() if expires <= now]:
-            del self.fragments[key]
+        # Fragmented datagrams of translated connections: how each first fragment went, and the
+        # later fragments held until it comes.
+        self.fragments = FragmentTable()
 
     @property
     def reply_pairs(self) -> Mapping[tuple[bytes, bytes], int]:
