@@ -768,7 +768,7 @@ def test_next_deadline_and_expire_match_brute_force(operations):
         for state in TcpState:
             if state is not TcpState.NONE:
                 assert stats["tcp_states"][state.name] == sum(1 for e in tcp_live if e.tcp_state is state)
-        assert len(table._heap) <= 2 * len(live) + 65
+        assert len(table._deadlines._heap) <= 2 * len(live) + 65
         # The table alone keeps its reply pairs right, whichever way entries went.
         pairs: dict = {}
         for entry in live:
@@ -798,7 +798,7 @@ def test_heap_stays_bounded_under_churn():
         now += 11.0
         assert len(table.expire(now)) == 200
         assert len(table) == 0
-        assert len(table._heap) <= 64 + 2 * len(table)
+        assert len(table._deadlines._heap) <= 64 + 2 * len(table)
 
 
 # -- presentation ---------------------------------------------------------------------------------

@@ -431,7 +431,7 @@ def test_the_expiry_heap_stays_bounded_under_refreshes():
     for i in range(5000):
         t.choose(match, client_ip=ip(f"10.244.3.{i % 5 + 1}"), flow_hash=0, now=i * 0.001,
                  from_outside=False)
-    assert len(t._expiry_heap) <= 2 * 5 + 64
+    assert len(t._deadlines._heap) <= 2 * 5 + 64
     assert t.next_deadline() == pytest.approx(4.995 + 10)
 
 

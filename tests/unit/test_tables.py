@@ -117,3 +117,44 @@ def test_first_fragment_outcomes_expire_and_are_bounded():
     assert table.outcome(keys[1], 31.0) is not None and table.outcome(keys[2], 31.0) is not None
     table.record(keys[0], FirstFragment.UNTRANSLATED, 32.0)  # full of live ones: starts over
     assert table.outcome(keys[1], 32.0) is None and table.outcome(keys[0], 32.0) is not None
+
+
+# -- the deadline heap ------------------------------------------------------------------------
+
+_DEADLINE_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("set"), st.integers(0, 7), st.integers(0, 60), st.booleans()),
+    st.tuples(st.just("discard"), st.integers(0, 7)),
+    st.tuples(st.just("pop_due"), st.integers(0, 60)),
+), max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_DEADLINE_STEPS)
+def test_deadline_heap_equals_a_scan(steps):
+    """Owners keep the true deadlines; moving one later may skip ``schedule``, moving one earlier
+    (or adding a key) may not. Whatever the mix, the heap answers what a scan of them would."""
+    from vswitch.tables.deadlines import DeadlineHeap
+
+    deadlines: dict[int, float] = {}
+    heap = DeadlineHeap(deadlines.__getitem__)
+    for step in steps:
+        if step[0] == "set":
+            _, key, deadline, tell = step
+            earlier = key not in deadlines or deadline < deadlines[key]
+            deadlines[key] = float(deadline)
+            if earlier or tell:
+                heap.schedule(key, float(deadline))
+        elif step[0] == "discard":
+            deadlines.pop(step[1], None)
+            heap.discard(step[1])
+        else:
+            now = float(step[1])
+            due = sorted((d, k) for k, d in deadlines.items() if d <= now)
+            popped = heap.pop_due(now)
+            assert sorted(popped) == sorted(k for _, k in due)
+            assert [deadlines[k] for k in popped] == [d for d, _ in due]  # earliest first
+            for key in popped:
+                del deadlines[key]
+        assert heap.next_deadline() == min(deadlines.values(), default=None)
+        assert len(heap) == len(deadlines)
+        assert len(heap._heap) <= 2 * len(deadlines) + 65

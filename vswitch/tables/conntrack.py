@@ -63,23 +63,22 @@ Theory of operation
   right: every way an entry goes (expiry, eviction, reclaiming, reopening, flush, removal) passes
   through one ``_discard``, so nothing outside ever has to resync them.
 
-Deadlines are kept in a heap with lazy deletion: refreshing an entry that only moves its deadline
-later costs nothing, the heap item is moved when it reaches the top. Only a deadline that moves
-*earlier* (RST, FIN) pushes a new item; superseded items are skipped when popped, and the heap is
-rebuilt when they outnumber the live ones.
+Deadlines are kept in a ``DeadlineHeap`` (lazy deletion): refreshing an entry that only moves its
+deadline later costs nothing, the heap item is moved when it reaches the top. Only a deadline
+that moves *earlier* (RST, FIN) is scheduled again.
 """
 from __future__ import annotations
 
 import enum
 import hashlib
-import heapq
-import itertools
+import operator
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vswitch.tables.deadlines import DeadlineHeap
 from vswitch.wire.addresses import ip_text
 from vswitch.wire.headers import IpProto, TcpFlag
 
@@ -259,7 +258,7 @@ class Entry:
 
     __slots__ = ("original", "reply", "dnat", "snat", "tcp_state", "replied", "assured",
                  "created", "last_seen", "expires", "labels", "packets", "bytes",
-                 "_heap_at", "_heap_seq", "_in_table", "_simultaneous_open")
+                 "_in_table", "_simultaneous_open")
 
     def __init__(self, original: FlowTuple, reply: FlowTuple, dnat: tuple[bytes, int] | None,
                  snat: tuple[bytes, int] | None, now: float, expires: float,
@@ -277,8 +276,6 @@ class Entry:
         self.labels = labels
         self.packets = [0, 0]
         self.bytes = [0, 0]
-        self._heap_at = float("inf")
-        self._heap_seq = -1
         self._in_table = False
         self._simultaneous_open = False
 
@@ -354,8 +351,7 @@ class ConntrackTable:
         # (reply source, reply destination) of translated entries -> how many entries carry it.
         self._reply_pairs: dict[tuple[bytes, bytes], int] = {}
         self.generation = 0
-        self._heap: list[tuple[float, int, Entry]] = []
-        self._seq = itertools.count()
+        self._deadlines: DeadlineHeap[Entry] = DeadlineHeap(operator.attrgetter("expires"))
         # Secret key of the hash that starts a port scan, so that ports are not predictable from
         # outside (Linux hashes with a boot-time secret for the same reason). The caller draws it
         # from its seeded source: the daemon's seed is random, a test's is fixed and reproducible.
@@ -494,7 +490,7 @@ class ConntrackTable:
         if proto == _TCP:
             self._tcp_states[state] += 1
         self._protocols[proto] = self._protocols.get(proto, 0) + 1
-        self._push(entry)
+        self._deadlines.schedule(entry, entry.expires)
         self._counts["created"] += 1
         return entry
 
@@ -571,7 +567,7 @@ class ConntrackTable:
             entry.bytes[d] += length
             entry.last_seen = now
             expires = now + self._established_timeout
-            if expires < entry._heap_at:
+            if expires < entry.expires:
                 self._set_expires(entry, expires)
             else:
                 entry.expires = expires
@@ -645,21 +641,15 @@ class ConntrackTable:
 
     def expire(self, now: float) -> list[Entry]:
         """Remove and return every entry whose deadline has come (``now >= expires``)."""
-        gone: list[Entry] = []
-        while True:
-            deadline = self._settle_top()
-            if deadline is None or deadline > now:
-                break
-            # _discard may rebuild the heap, so it is never held in a local across iterations.
-            _, _, entry = heapq.heappop(self._heap)
+        gone = self._deadlines.pop_due(now)
+        for entry in gone:
             self._discard(entry)
-            gone.append(entry)
         self._counts["expired"] += len(gone)
         return gone
 
     def next_deadline(self) -> float | None:
         """The earliest ``expires`` of any entry in the table, or None when it is empty."""
-        return self._settle_top()
+        return self._deadlines.next_deadline()
 
     def flush(self, predicate: Callable[[Entry], bool] | None = None) -> int:
         if predicate is None:
@@ -704,7 +694,7 @@ class ConntrackTable:
 
     def _discard(self, entry: Entry) -> None:
         entry._in_table = False
-        entry._heap_seq = -1  # its heap items are now stale and will be skipped
+        self._deadlines.discard(entry)
         del self._by_original[entry.original]
         del self._by_reply[entry.reply]
         self._unreplied.pop(entry, None)
@@ -725,47 +715,8 @@ class ConntrackTable:
         if proto == _TCP:
             self._tcp_states[entry.tcp_state] -= 1
         self._protocols[proto] -= 1
-        if len(self._heap) > 2 * len(self._by_original) + 64:
-            self._rebuild_heap()
-
-    def _push(self, entry: Entry) -> None:
-        seq = next(self._seq)
-        heapq.heappush(self._heap, (entry.expires, seq, entry))
-        entry._heap_at = entry.expires
-        entry._heap_seq = seq
 
     def _set_expires(self, entry: Entry, expires: float) -> None:
-        # Invariant: a live entry has exactly one current heap item, at or before its deadline.
-        # A later deadline keeps the item (it is moved when it surfaces); an earlier one needs a
-        # new item, and the old one goes stale.
+        # A later deadline needs nothing from the heap (its item moves when it surfaces).
         entry.expires = expires
-        if expires < entry._heap_at:
-            self._push(entry)
-            if len(self._heap) > 2 * len(self._by_original) + 64:
-                self._rebuild_heap()
-
-    def _settle_top(self) -> float | None:
-        """Drop stale items and move postponed ones until the top is an exact deadline."""
-        heap = self._heap
-        while heap:
-            at, seq, entry = heap[0]
-            if seq != entry._heap_seq:
-                heapq.heappop(heap)
-            elif entry.expires > at:
-                seq = next(self._seq)
-                heapq.heapreplace(heap, (entry.expires, seq, entry))
-                entry._heap_at = entry.expires
-                entry._heap_seq = seq
-            else:
-                return at
-        return None
-
-    def _rebuild_heap(self) -> None:
-        heap = []
-        for entry in self._by_original.values():
-            seq = next(self._seq)
-            heap.append((entry.expires, seq, entry))
-            entry._heap_at = entry.expires
-            entry._heap_seq = seq
-        heapq.heapify(heap)
-        self._heap = heap
+        self._deadlines.schedule(entry, expires)

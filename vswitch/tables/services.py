@@ -44,7 +44,6 @@ Theory of operation
 from __future__ import annotations
 
 import enum
-import heapq
 import random
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -52,6 +51,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from vswitch.model import Pod, Service, ServicePort
 from vswitch.tables import maglev
+from vswitch.tables.deadlines import DeadlineHeap
 
 PROTOCOL_NUMBERS: Mapping[str, int] = {"tcp": 6, "udp": 17, "sctp": 132}
 NODE_PORT_TYPES = ("nodeport", "loadbalancer")
@@ -155,13 +155,9 @@ class ServiceTable:
         # Affinity entries are grouped per service port, so that dropping a service's entries, or
         # those of one removed backend, never scans other services' clients.
         self._affinity: dict[PortKey, dict[bytes, _Affinity]] = {}
-        # (expires, sequence, port key, client) for every expiry ever set; an item whose entry is
-        # gone or was refreshed since is skipped when it reaches the top.
-        self._expiry_heap: list[tuple[float, int, PortKey, bytes]] = []
-        self._expiry_sequence = 0
-        # The heap is rebuilt from the live entries when it outgrows this, which keeps refreshes
-        # amortised O(log n) without letting outdated items pile up.
-        self._heap_limit = 64
+        # When each (port key, client) entry expires; a refresh only moves ``expires`` later.
+        self._deadlines: DeadlineHeap[tuple[PortKey, bytes]] = DeadlineHeap(
+            lambda pinned: self._affinity[pinned[0]][pinned[1]].expires)
         # (port key, local only) -> (candidates the table was built for, table).
         self._maglev: dict[tuple[PortKey, bool], tuple[tuple[Backend, ...], list[int]]] = {}
         self._maglev_size: dict[PortKey, int] = {}
@@ -349,13 +345,15 @@ class ServiceTable:
         for key in list(self._affinity):
             state = new_ports.get(key)
             if state is None or not _is(state.service.session_affinity, "clientip"):
-                del self._affinity[key]
+                for client in self._affinity.pop(key):
+                    self._deadlines.discard((key, client))
                 continue
             entries = self._affinity[key]
             gone = gone_backends.get(key)
             if gone:
                 for client in [c for c, e in entries.items() if e.backend in gone]:
                     del entries[client]
+                    self._deadlines.discard((key, client))
             old = self._ports.get(key)
             if old is not None and old.service.affinity_timeout != state.service.affinity_timeout:
                 # A shorter timeout applies to existing entries at once: it is measured from the
@@ -363,7 +361,7 @@ class ServiceTable:
                 timeout = state.service.affinity_timeout
                 for client, entry in entries.items():
                     entry.expires = entry.last_used + timeout
-                    self._push_expiry(entry.expires, key, client)
+                    self._deadlines.schedule((key, client), entry.expires)
             if not entries:
                 del self._affinity[key]
 
@@ -426,9 +424,8 @@ class ServiceTable:
         entry = entries.get(client_ip) if entries is not None else None
         expires = now + service.affinity_timeout
         if entry is not None and now < entry.expires and entry.backend in candidates:
-            entry.expires = expires
+            entry.expires = expires  # later: the deadline heap needs no word of it
             entry.last_used = now
-            self._push_expiry(expires, key, client_ip)
             return entry.backend
         backend = self._pick(match, candidates, flow_hash, local_only)
         # A match from before the last ``program`` may name a port that is gone; pinning a client
@@ -437,7 +434,7 @@ class ServiceTable:
             if entries is None:
                 entries = self._affinity[key] = {}
             entries[client_ip] = _Affinity(backend, expires, now)
-            self._push_expiry(expires, key, client_ip)
+            self._deadlines.schedule((key, client_ip), expires)
         return backend
 
     def _pick(self, match: ServiceMatch, candidates: tuple[Backend, ...], flow_hash: int,
@@ -468,51 +465,18 @@ class ServiceTable:
 
     # -- timers --------------------------------------------------------------------------------
 
-    def _push_expiry(self, expires: float, key: PortKey, client: bytes) -> None:
-        self._expiry_sequence += 1
-        heapq.heappush(self._expiry_heap, (expires, self._expiry_sequence, key, client))
-        if len(self._expiry_heap) > self._heap_limit:
-            self._rebuild_heap()
-
-    def _rebuild_heap(self) -> None:
-        heap = []
-        for key, entries in self._affinity.items():
-            for client, entry in entries.items():
-                self._expiry_sequence += 1
-                heap.append((entry.expires, self._expiry_sequence, key, client))
-        heapq.heapify(heap)
-        self._expiry_heap = heap
-        self._heap_limit = 2 * len(heap) + 64
-
-    def _live_top(self) -> tuple[float, int, PortKey, bytes] | None:
-        """The heap's earliest item that still describes an entry, popping the outdated ones."""
-        heap = self._expiry_heap
-        while heap:
-            expires, _, key, client = heap[0]
-            entry = self._affinity.get(key, {}).get(client)
-            if entry is not None and entry.expires == expires:
-                return heap[0]
-            heapq.heappop(heap)
-        return None
-
     def expire(self, now: float) -> int:
         """Drops affinity entries that expired; ``choose`` already ignores them, this reclaims."""
-        dropped = 0
-        while True:
-            top = self._live_top()
-            if top is None or top[0] > now:
-                return dropped
-            heapq.heappop(self._expiry_heap)
-            _, _, key, client = top
+        due = self._deadlines.pop_due(now)
+        for key, client in due:
             entries = self._affinity[key]
             del entries[client]
             if not entries:
                 del self._affinity[key]
-            dropped += 1
+        return len(due)
 
     def next_deadline(self) -> float | None:
-        top = self._live_top()
-        return top[0] if top is not None else None
+        return self._deadlines.next_deadline()
 
     def affinity_count(self) -> int:
         return sum(len(entries) for entries in self._affinity.values())
