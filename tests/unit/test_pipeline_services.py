@@ -350,6 +350,16 @@ def test_trace_shows_service_backend_and_conntrack(switch):
     assert "original direction of [tcp 10.244.1.50:40000 > 10.96.0.10:80]" in again["text"]
 
 
+def test_a_dry_run_follows_the_backend_the_packet_then_really_gets(switch):
+    """One backend-choice path: the trace commits nothing, so the real packet that follows gets
+    the backend the trace showed."""
+    for sport in range(40000, 40010):
+        text = switch.trace("c", f"tcp {C_IP}:{sport} > {VIP}:80 flags S", 0.0)["text"]
+        (tx,) = connect(switch, C, C_IP, VIP, sport=sport)
+        backend = {A: A_IP, B: B_IP}[tx.port]
+        assert f"this trace follows {backend}:8080" in text
+
+
 def _closed_connection(switch, sport=40000):
     """A connection to the web service, opened and closed by both sides: TIME_WAIT."""
     (tx,) = connect(switch, C, C_IP, VIP, sport=sport)

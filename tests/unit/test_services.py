@@ -626,3 +626,24 @@ def test_match_cost_does_not_grow_with_the_number_of_services():
 
     small, large = cost(10), cost(10_000)
     assert large < 3 * small, (small, large)
+
+
+@pytest.mark.parametrize("load_balancer", ["random", "maglev"])
+def test_an_uncommitted_choice_is_the_real_one_and_changes_nothing(load_balancer):
+    """A dry-run trace asks ``choose`` without committing: it must answer what the next real
+    choice will be, and leave the generator, affinity and Maglev tables as they were."""
+    t = table()
+    t.program([affinity_service(load_balancer=load_balancer)], web_pods(5))
+    match = t.match(TCP, ip(VIP), 80)
+    for flow_hash in range(20):
+        client = ip(f"10.244.3.{flow_hash + 1}")
+        preview = t.choose(match, client_ip=client, flow_hash=flow_hash, now=1.0,
+                           from_outside=False, commit=False)
+        assert t.affinity_count() == flow_hash and not t._maglev
+        assert t.choose(match, client_ip=client, flow_hash=flow_hash, now=1.0,
+                        from_outside=False) == preview
+        t._maglev.clear()
+    pinned = t.pinned(match, ip("10.244.3.1"), 2.0, False)
+    assert t.choose(match, client_ip=ip("10.244.3.1"), flow_hash=99, now=2.0, from_outside=False,
+                    commit=False) == pinned is not None
+    assert t.next_deadline() == pytest.approx(1.0 + 10800)  # not refreshed by the preview

@@ -100,14 +100,12 @@ def process(pkt: Packet, env: Env):
         return _refuse(pkt, env, flow)
     if why == "no-local-endpoints":
         return env.drop(pkt, Counter.NO_LOCAL_ENDPOINT)
-    if env.commit:
-        flow_hash = env.accel.hash_key(struct.pack("!B4sH4sH", flow.proto, flow.src, flow.sport,
-                                                   flow.dst, flow.dport), 0)
-        backend = env.services.choose(match, client_ip=flow.src, flow_hash=flow_hash,
-                                      now=env.now, from_outside=from_outside)
-    else:
-        pinned = env.services.pinned(match, flow.src, env.now, from_outside)
-        backend = pinned or env.services.candidates(match, from_outside)[0]
+    # A dry run takes the same choice without committing it: the trace follows the backend this
+    # packet would really get.
+    flow_hash = env.accel.hash_key(struct.pack("!B4sH4sH", flow.proto, flow.src, flow.sport,
+                                               flow.dst, flow.dport), 0)
+    backend = env.services.choose(match, client_ip=flow.src, flow_hash=flow_hash, now=env.now,
+                                  from_outside=from_outside, commit=env.commit)
     snat = None
     nat = env.nat
     if backend.ip == flow.src and nat.hairpin_address is not None:
@@ -125,7 +123,7 @@ def process(pkt: Packet, env: Env):
         snat = (snat_ip, port)
     if not env.commit:
         if trace is not None:
-            if pinned is not None:
+            if env.services.pinned(match, flow.src, env.now, from_outside) is backend:
                 trace.note(NAME, f"ClientIP affinity holds {ip_text(flow.src)} to {backend.name}: "
                                  f"would DNAT there")
             else:

@@ -399,18 +399,28 @@ class ServiceTable:
 
     def pinned(self, match: ServiceMatch, client_ip: bytes, now: float,
                from_outside: bool) -> Backend | None:
-        """The backend ClientIP affinity holds for this client, if any; changes nothing (for
-        dry-run traces)."""
+        """The backend ClientIP affinity holds for this client, if any; changes nothing (a
+        trace says so when affinity made the choice)."""
         if not _is(match.service.session_affinity, "clientip"):
             return None
-        entries = self._affinity.get(port_key(match.service, match.port))
+        held = self._held(port_key(match.service, match.port), client_ip, now,
+                          self.candidates(match, from_outside))
+        return held.backend if held is not None else None
+
+    def _held(self, key: PortKey, client_ip: bytes, now: float,
+              candidates: tuple[Backend, ...]) -> _Affinity | None:
+        """The client's live affinity entry, if its backend is still a candidate."""
+        entries = self._affinity.get(key)
         entry = entries.get(client_ip) if entries is not None else None
-        if entry is None or now >= entry.expires:
+        if entry is None or now >= entry.expires or entry.backend not in candidates:
             return None
-        return entry.backend if entry.backend in self.candidates(match, from_outside) else None
+        return entry
 
     def choose(self, match: ServiceMatch, *, client_ip: bytes, flow_hash: int, now: float,
-               from_outside: bool) -> Backend | None:
+               from_outside: bool, commit: bool = True) -> Backend | None:
+        """The backend of a new connection. Without ``commit`` (a dry-run trace) the answer is
+        the one a real packet would get now, but nothing changes: no affinity is pinned or
+        refreshed, the random generator does not advance, no Maglev table is kept."""
         local_only = self.local_only(match, from_outside)
         candidates = (tuple(b for b in match.backends if b.local) if local_only
                       else match.backends)
@@ -418,19 +428,20 @@ class ServiceTable:
             return None
         service = match.service
         if not _is(service.session_affinity, "clientip"):
-            return self._pick(match, candidates, flow_hash, local_only)
+            return self._pick(match, candidates, flow_hash, local_only, commit)
         key = port_key(service, match.port)
-        entries = self._affinity.get(key)
-        entry = entries.get(client_ip) if entries is not None else None
+        entry = self._held(key, client_ip, now, candidates)
         expires = now + service.affinity_timeout
-        if entry is not None and now < entry.expires and entry.backend in candidates:
-            entry.expires = expires  # later: the deadline heap needs no word of it
-            entry.last_used = now
+        if entry is not None:
+            if commit:
+                entry.expires = expires  # later: the deadline heap needs no word of it
+                entry.last_used = now
             return entry.backend
-        backend = self._pick(match, candidates, flow_hash, local_only)
+        backend = self._pick(match, candidates, flow_hash, local_only, commit)
         # A match from before the last ``program`` may name a port that is gone; pinning a client
         # to it would only leave an entry nobody can reach.
-        if key in self._ports:
+        if commit and key in self._ports:
+            entries = self._affinity.get(key)
             if entries is None:
                 entries = self._affinity[key] = {}
             entries[client_ip] = _Affinity(backend, expires, now)
@@ -438,28 +449,34 @@ class ServiceTable:
         return backend
 
     def _pick(self, match: ServiceMatch, candidates: tuple[Backend, ...], flow_hash: int,
-              local_only: bool) -> Backend:
+              local_only: bool, commit: bool) -> Backend:
         if len(candidates) == 1:
             return candidates[0]
         if not _is(match.service.load_balancer, "maglev"):
-            return self.rng.choice(candidates)
+            if commit:
+                return self.rng.choice(candidates)
+            state = self.rng.getstate()
+            try:
+                return self.rng.choice(candidates)
+            finally:
+                self.rng.setstate(state)
         key = port_key(match.service, match.port)
         cached = self._maglev.get((key, local_only))
         if cached is None or cached[0] != candidates:
             cached = (candidates, maglev.build_table([b.name for b in candidates],
-                                                     self._table_size(key, match)))
+                                                     self._table_size(key, match, commit)))
             # A match from before the last ``program`` may name a port that is gone; its table
             # would never be dropped.
-            if key in self._ports:
+            if commit and key in self._ports:
                 self._maglev[(key, local_only)] = cached
         table = cached[1]
         return candidates[table[flow_hash % len(table)]]
 
-    def _table_size(self, key: PortKey, match: ServiceMatch) -> int:
+    def _table_size(self, key: PortKey, match: ServiceMatch, commit: bool) -> int:
         size = self._maglev_size.get(key)
         if size is None or maglev.table_size(len(match.backends)) > size:
             size = maglev.table_size(2 * len(match.backends))
-            if key in self._ports:
+            if commit and key in self._ports:
                 self._maglev_size[key] = size
         return size
 
