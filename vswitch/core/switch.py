@@ -12,8 +12,8 @@ Theory of operation
 * Every received frame gets exactly one disposition (cache hit, forwarded, local, queued for ARP,
   dropped), so the dispositions add up to what the ports received.
 * The tables the stages consult live here: the FDB, the FIB and neighbour table of the router, the
-  connection table and the service table. ``program`` re-programs services from the desired state;
-  ``handle_timer`` ages every table and retries ARP. Each table's changes bump a generation, and
+  connection table and the service table. ``programming`` (``core.programming``) re-programs
+  services from the desired state; ``handle_timer`` ages every table and retries ARP. Each table's changes bump a generation, and
   their sum versions the flow cache (see ``fast_path`` for what a hit does).
 * A trace runs the same stages with notes switched on: either a dry run on a packet built from text
   (tables untouched, counters not counted), or the next N real packets of a port.
@@ -34,6 +34,7 @@ from vswitch.core import fast_path
 from vswitch.core.capture import Captures
 from vswitch.core.flow_cache import FlowCache
 from vswitch.core.ports import PortSpec
+from vswitch.core.programming import TableProgramming
 from vswitch.core.trace import Trace
 from vswitch.core.verdict import Drop, Forward, Hold, Reply
 from vswitch.model import DEFAULT_CONNTRACK_MAX, Topology, mac_for_ip
@@ -112,7 +113,8 @@ class Switch:
                         icmp_limiter=self.icmp_limiter, ports=self.ports, segments=self.segments,
                         segment_ports=self._segment_ports, accel=self.accel,
                         counters=self.counters, nat=self.nat)
-        self.program(topology.pods, topology.services, 0.0)
+        self.programming = TableProgramming(self.nat, topology.uplink, self._conntrack_filter)
+        self.programming.program(topology.pods, topology.services, 0.0)
 
     # -- ports ------------------------------------------------------------------------------
 
@@ -159,7 +161,7 @@ class Switch:
     def _generation(self) -> int:
         # Each part only ever grows, so the sum changes whenever any of them does.
         return (self.fdb.generation + self.fib.generation + self.neighbors.generation
-                + self.nat.generation + self._config_generation)
+                + self.nat.generation + self.programming.generation + self._config_generation)
 
     def process_batch(self, port_id: int, frames: Sequence[bytes], now: float) -> list[Transmit]:
         out: list[Transmit] = []
@@ -493,36 +495,13 @@ class Switch:
 
     # -- services and connection tracking ---------------------------------------------------------
 
+    # The runtime's names for table programming, which lives in ``self.programming``; they go
+    # once the daemon and the control socket call ``programming`` themselves.
     def program(self, pods, services, now: float) -> dict:
-        """Re-program services from the desired state; connections to backends or frontends that
-        are gone are flushed at once (a fixed-port UDP client then reaches a live backend on its
-        next datagram, instead of a black hole until its entry times out)."""
-        result = self.services.program(services, pods)
-        uplink = self.topology.uplink
-        if uplink is not None:
-            network = uplink.address.network
-            self.nat.announced = frozenset(
-                ip.packed for service in services if not service.headless
-                for ip in service.external_ips if ip in network)
-        flushed = 0
-        for key, port, backend in result.removed:
-            # Only this service port's connections: another service may share the backend.
-            proto = 6 if port.protocol.lower() == "tcp" else 17
-            flushed += self.conntrack.flush_endpoint(
-                backend.ip, backend.port, proto,
-                where=lambda e: e.labels.get("service") == key
-                and e.labels.get("port") == port.name)
-        for proto, ip, port in result.removed_frontends:
-            flushed += self._flush(lambda e: e.dnat is not None and e.original.proto == proto
-                                   and e.original.dst == ip and e.original.dport == port)
-        if result.changed:
-            self._config_generation += 1
-        return {"generation": result.generation, "changed": result.changed,
-                "removed_endpoints": len(result.removed), "added_endpoints": len(result.added),
-                "flushed_connections": flushed, "conflicts": list(result.conflicts)}
+        return self.programming.program(pods, services, now)
 
-    def _flush(self, predicate) -> int:
-        return self.conntrack.flush(predicate)
+    def conntrack_flush(self, filters: dict[str, str] | None = None) -> int:
+        return self.programming.conntrack_flush(filters)
 
     def services_info(self) -> list[dict]:
         return self.services.services_info()
@@ -565,11 +544,6 @@ class Switch:
         # remove them; lookups no longer find them, so neither does a listing.
         rows = [e.as_dict(now) for e in self.conntrack.entries() if e.alive(now) and matches(e)]
         return rows
-
-    def conntrack_flush(self, filters: dict[str, str] | None = None) -> int:
-        count = self._flush(self._conntrack_filter(filters or {}))
-        self._config_generation += 1
-        return count
 
     def routes_info(self) -> list[dict]:
         return [{"prefix": str(r.prefix), "kind": r.kind.value,
