@@ -66,6 +66,10 @@ Theory of operation
 Deadlines are kept in a ``DeadlineHeap`` (lazy deletion): refreshing an entry that only moves its
 deadline later costs nothing, the heap item is moved when it reaches the top. Only a deadline
 that moves *earlier* (RST, FIN) is scheduled again.
+
+This module is longer than the core's usual 400 lines: the TCP transition table, the entry and the
+table that keeps its indexes consistent are one invariant ("a tuple belongs to at most one live
+entry, and every index agrees"), and each is read beside the others when that is in question.
 """
 from __future__ import annotations
 
@@ -718,5 +722,7 @@ class ConntrackTable:
 
     def _set_expires(self, entry: Entry, expires: float) -> None:
         # A later deadline needs nothing from the heap (its item moves when it surfaces).
+        earlier = expires < entry.expires
         entry.expires = expires
-        self._deadlines.schedule(entry, expires)
+        if earlier:
+            self._deadlines.schedule(entry, expires)

@@ -40,6 +40,10 @@ Theory of operation
   chosen once for twice the current backends and changes only when the backends outgrow it
   (more than one per 100 slots); a shrinking set keeps the larger table, which only improves
   balance. The local-only table of a service port uses the same size.
+
+This module is longer than the core's usual 400 lines: programming, the per-connection choice and
+affinity share the per-port state and must be read together; the ``*_info`` rows at the end are
+the table's own view of that state for ``vswitchctl``.
 """
 from __future__ import annotations
 
