@@ -12,7 +12,7 @@ from types import MappingProxyType
 import pytest
 
 from vswitch.model import Container, Pod, Service, ServicePort, mac_for_ip
-from vswitch.tables.services import Backend, FrontendKind, ServiceTable
+from vswitch.tables.services import Backend, FrontendKind, NoBackend, ServiceTable
 
 TCP, UDP = 6, 17
 VIP = "10.96.0.10"
@@ -250,16 +250,16 @@ def test_why_none_tells_refuse_from_drop():
     t.program([svc], [])
     cluster, node = t.match(TCP, ip(VIP), 80), t.match(TCP, ip(NODE), 30080)
     assert t.choose(cluster, client_ip=ip(CLIENT), flow_hash=1, now=0.0, from_outside=False) is None
-    assert t.why_none(cluster, False) == "no-local-endpoints"
+    assert t.why_none(cluster, False) is NoBackend.NO_LOCAL_ENDPOINTS
     assert t.choose(node, client_ip=ip(CLIENT), flow_hash=1, now=0.0, from_outside=True) is None
-    assert t.why_none(node, True) == "no-local-endpoints"
+    assert t.why_none(node, True) is NoBackend.NO_LOCAL_ENDPOINTS
     assert t.why_none(node, False) is None
 
     t.program([service(selector={"app": "web"})], web_pods(ready=False))
     empty = t.match(TCP, ip(VIP), 80)
     assert empty.backends == ()
     assert t.choose(empty, client_ip=ip(CLIENT), flow_hash=1, now=0.0, from_outside=False) is None
-    assert t.why_none(empty, False) == "no-endpoints"
+    assert t.why_none(empty, False) is NoBackend.NO_ENDPOINTS
 
 
 # -- choice and affinity ----------------------------------------------------------------------

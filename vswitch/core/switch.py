@@ -13,8 +13,9 @@ Theory of operation
   dropped), so the dispositions add up to what the ports received.
 * The tables the stages consult live here: the FDB, the FIB and neighbour table of the router, the
   connection table and the service table. ``programming`` (``core.programming``) re-programs
-  services from the desired state; ``handle_timer`` ages every table and retries ARP. Each table's changes bump a generation, and
-  their sum versions the flow cache (see ``fast_path`` for what a hit does).
+  services from the desired state; ``handle_timer`` ages every table and retries ARP. Each
+  table's changes bump a generation, and their sum versions the flow cache (see ``fast_path``
+  for what a hit does).
 * A trace runs the same stages with notes switched on: either a dry run on a packet built from text
   (tables untouched, counters not counted), or the next N real packets of a port.
 """

@@ -25,7 +25,7 @@ from vswitch.core.verdict import Reply
 from vswitch.pipeline import ip4_icmp_error, tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.conntrack import ConntrackTable, Direction, Entry, TcpState
-from vswitch.tables.services import FrontendKind
+from vswitch.tables.services import FrontendKind, NoBackend
 from vswitch.wire import builders, headers as h
 from vswitch.wire.addresses import ip_text
 
@@ -96,9 +96,9 @@ def process(pkt: Packet, env: Env):
         return env.drop(pkt, Counter.INVALID)
     from_outside = pkt.port.kind is PortKind.UPLINK
     why = env.services.why_none(match, from_outside)
-    if why == "no-endpoints":
+    if why is NoBackend.NO_ENDPOINTS:
         return _refuse(pkt, env, flow)
-    if why == "no-local-endpoints":
+    if why is NoBackend.NO_LOCAL_ENDPOINTS:
         return env.drop(pkt, Counter.NO_LOCAL_ENDPOINT)
     # A dry run takes the same choice without committing it: the trace follows the backend this
     # packet would really get.

@@ -28,6 +28,7 @@ Theory of operation
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vswitch.tables.conntrack import Direction, Entry
@@ -130,9 +131,11 @@ class FragmentTable:
         self.held += 1
         return True
 
-    def take_released(self) -> list[tuple[int, bytes]]:
+    def take_released(self) -> Sequence[tuple[int, bytes]]:
         """The frames released since the last call, (ingress port id, frame) in arrival order,
         forgotten here: the caller runs them through the pipeline again."""
+        if not self._released:
+            return ()  # the common case, asked after every packet: allocate nothing
         released, self._released = self._released, []
         return released
 

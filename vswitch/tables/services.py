@@ -79,6 +79,13 @@ class Backend:
         return f"{IPv4Address(self.ip)}:{self.port}"
 
 
+class NoBackend(enum.Enum):
+    """Why a new connection has no backend, which decides what the caller does with it."""
+
+    NO_ENDPOINTS = "no ready endpoint at all: the connection is refused"
+    NO_LOCAL_ENDPOINTS = "Local traffic policy and no endpoint on this node: dropped"
+
+
 class FrontendKind(enum.Enum):
     CLUSTER_IP = "cluster-ip"
     EXTERNAL_IP = "external-ip"
@@ -392,13 +399,12 @@ class ServiceTable:
             return tuple(b for b in match.backends if b.local)
         return match.backends
 
-    def why_none(self, match: ServiceMatch, from_outside: bool) -> str | None:
-        """Why ``choose`` found no backend: "no-endpoints" (the caller refuses the connection) or
-        "no-local-endpoints" (the caller drops it); None when there are candidates."""
+    def why_none(self, match: ServiceMatch, from_outside: bool) -> NoBackend | None:
+        """Why ``choose`` would find no backend; None when there are candidates."""
         if not match.backends:
-            return "no-endpoints"
+            return NoBackend.NO_ENDPOINTS
         if not self.candidates(match, from_outside):
-            return "no-local-endpoints"
+            return NoBackend.NO_LOCAL_ENDPOINTS
         return None
 
     def pinned(self, match: ServiceMatch, client_ip: bytes, now: float,
