@@ -21,9 +21,10 @@ Theory of operation
   ``take_released`` hands them over, in arrival order, to be run through the pipeline again as if
   just received. The switch asks after every packet it runs, so nothing is released behind its
   back and nothing waits longer than the packet that released it.
-* Time is passed in; ``expire`` reclaims what is due and ``next_deadline`` is the earliest held
-  datagram's deadline (an expired outcome is already ignored by ``outcome``, so reclaiming it can
-  wait for the next timer).
+* Time is passed in; ``expire`` reclaims what is due, through a ``DeadlineHeap`` each for
+  outcomes and held datagrams, and ``next_deadline`` is the earliest held datagram's deadline (an
+  expired outcome is already ignored by ``outcome``, so reclaiming it can wait for the next
+  timer).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vswitch.tables.conntrack import Direction, Entry
+from vswitch.tables.deadlines import DeadlineHeap
 
 FragmentKey = tuple[int, bytes, bytes, int]  # protocol, source, destination, IP id as received
 
@@ -75,7 +77,10 @@ class FragmentTable:
         self.max_frames = max_frames
         self.max_per_datagram = max_per_datagram
         self._outcomes: dict[FragmentKey, Outcome] = {}
+        self._outcome_deadlines = self._outcome_heap()
         self._waiting: dict[FragmentKey, _Waiting] = {}
+        self._hold_deadlines: DeadlineHeap[FragmentKey] = DeadlineHeap(
+            lambda key: self._waiting[key].expires)
         self._released: list[tuple[int, bytes]] = []
         self._frames = 0
         self.held = 0       # frames ever held
@@ -106,9 +111,13 @@ class FragmentTable:
             self._expire_outcomes(now)
             if len(outcomes) >= self.max_datagrams:
                 outcomes.clear()
-        outcomes[key] = Outcome(kind, now + self.outcome_timeout, entry, direction)
+                self._outcome_deadlines = self._outcome_heap()
+        expires = now + self.outcome_timeout
+        outcomes[key] = Outcome(kind, expires, entry, direction)
+        self._outcome_deadlines.schedule(key, expires)
         waiting = self._waiting.pop(key, None)
         if waiting is not None:
+            self._hold_deadlines.discard(key)
             self._frames -= len(waiting.frames)
             self.released += len(waiting.frames)
             self._released.extend(waiting.frames)
@@ -126,7 +135,9 @@ class FragmentTable:
             self.refused += 1
             return False
         waiting.frames.append((port_id, bytes(frame)))
-        self._waiting[key] = waiting
+        if key not in self._waiting:
+            self._waiting[key] = waiting
+            self._hold_deadlines.schedule(key, waiting.expires)
         self._frames += 1
         self.held += 1
         return True
@@ -145,20 +156,22 @@ class FragmentTable:
         """Forget expired outcomes and drop the frames of datagrams whose first fragment did not
         come in time; returns how many frames were dropped."""
         self._expire_outcomes(now)
-        gone = [key for key, waiting in self._waiting.items() if waiting.expires <= now]
         dropped = 0
-        for key in gone:
+        for key in self._hold_deadlines.pop_due(now):
             dropped += len(self._waiting.pop(key).frames)
         self._frames -= dropped
         self.expired += dropped
         return dropped
 
     def _expire_outcomes(self, now: float) -> None:
-        for key in [k for k, known in self._outcomes.items() if known.expires <= now]:
+        for key in self._outcome_deadlines.pop_due(now):
             del self._outcomes[key]
 
+    def _outcome_heap(self) -> DeadlineHeap[FragmentKey]:
+        return DeadlineHeap(lambda key: self._outcomes[key].expires)
+
     def next_deadline(self) -> float | None:
-        return min((w.expires for w in self._waiting.values()), default=None)
+        return self._hold_deadlines.next_deadline()
 
     def statistics(self) -> dict[str, int]:
         return {"waiting_datagrams": len(self._waiting), "waiting_frames": self._frames,
