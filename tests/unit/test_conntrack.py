@@ -664,7 +664,10 @@ def test_flush_endpoint_may_narrow_by_a_predicate(table):
     web = table.create(WEB, 0.0, dnat=TO_WEB_BACKEND, labels={"service": "web"})
     other = table.create(FlowTuple(TCP, CLIENT, 40001, VIP, 81), 0.0, dnat=TO_WEB_BACKEND,
                          labels={"service": "other"})
-    assert table.flush_endpoint(BACKEND, 8080, TCP, where=lambda e: e.labels["service"] == "web") == 1
+    def only_web(entry):
+        return entry.labels["service"] == "web"
+
+    assert table.flush_endpoint(BACKEND, 8080, TCP, where=only_web) == 1
     assert table.entries() == [other] and not web.alive(0.0)
 
 
