@@ -75,7 +75,7 @@ class DeadlineHeap(Generic[K]):
     def pop_due(self, now: float) -> list[K]:
         """The keys whose deadline has come (``deadline <= now``), earliest first, no longer
         tracked here: the caller removes them from its table."""
-        due = []
+        due: list[K] = []
         while True:
             at = self.next_deadline()
             if at is None or at > now:
