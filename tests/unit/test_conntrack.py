@@ -660,6 +660,31 @@ def test_flush_with_and_without_predicate(table):
     assert table.statistics()["unreplied"] == 0
 
 
+def test_flush_endpoint_may_narrow_by_a_predicate(table):
+    web = table.create(WEB, 0.0, dnat=TO_WEB_BACKEND, labels={"service": "web"})
+    other = table.create(FlowTuple(TCP, CLIENT, 40001, VIP, 81), 0.0, dnat=TO_WEB_BACKEND,
+                         labels={"service": "other"})
+    def only_web(entry):
+        return entry.labels["service"] == "web"
+
+    assert table.flush_endpoint(BACKEND, 8080, TCP, where=only_web) == 1
+    assert table.entries() == [other] and not web.alive(0.0)
+
+
+def test_reply_pairs_follow_entries_through_eviction_and_reopening():
+    table = ConntrackTable(max_entries=1)
+    first = table.create(WEB, 0.0, dnat=TO_WEB_BACKEND)
+    assert dict(table.reply_pairs) == {(BACKEND, CLIENT): 1} and table.generation == 1
+    # The unreplied entry is evicted for a new one: its pair goes with it, inside ``create``.
+    second = table.create(FlowTuple(TCP, CLIENT, 40001, VIP, 80), 0.0, dnat=(BACKEND2, 8080))
+    assert table.statistics()["evictions"] == 1 and not first.alive(0.0)
+    assert dict(table.reply_pairs) == {(BACKEND2, CLIENT): 1} and table.generation == 2
+    _to_time_wait(table, second)
+    assert second.tcp_state is TcpState.TIME_WAIT
+    assert table.update(second, ORIG, 2.0, SYN) is Verdict.REOPEN
+    assert dict(table.reply_pairs) == {} and table.generation == 2
+
+
 def test_removed_entries_are_gone_everywhere(table):
     entry = table.create(WEB, 0.0, dnat=TO_WEB_BACKEND)
     table.remove(entry)
@@ -697,13 +722,18 @@ def test_next_deadline_and_expire_match_brute_force(operations):
     table = ConntrackTable(max_entries=12)
     now = 0.0
     flows = {}
+    previous_pairs, previous_generation = set(), table.generation
     for op in operations:
         kind = op[0]
         if kind == "create":
             _, n, proto, nat = op
             port = 30000 + n
             flow = FlowTuple(proto, CLIENT, port, VIP, port if proto == ICMP else 80)
-            entry = table.create(flow, now, dnat=(BACKEND if n % 2 else BACKEND2, 8080) if nat else None)
+            if nat:
+                translation = {"dnat": (BACKEND if n % 2 else BACKEND2, 8080)}
+            else:
+                translation = {"snat": (NODE, port)} if n % 3 == 0 else {}
+            entry = table.create(flow, now, **translation)
             if entry is not None:
                 flows[n] = entry
                 if proto == TCP:
@@ -741,7 +771,17 @@ def test_next_deadline_and_expire_match_brute_force(operations):
         for state in TcpState:
             if state is not TcpState.NONE:
                 assert stats["tcp_states"][state.name] == sum(1 for e in tcp_live if e.tcp_state is state)
-        assert len(table._heap) <= 2 * len(live) + 65
+        assert len(table._deadlines._heap) <= 2 * len(live) + 65
+        # The table alone keeps its reply pairs right, whichever way entries went.
+        pairs: dict = {}
+        for entry in live:
+            if entry.dnat is not None or entry.snat is not None:
+                pair = (entry.reply.src, entry.reply.dst)
+                pairs[pair] = pairs.get(pair, 0) + 1
+        assert dict(table.reply_pairs) == pairs
+        if set(pairs) - previous_pairs:
+            assert table.generation > previous_generation
+        previous_pairs, previous_generation = set(pairs), table.generation
 
 
 def test_heap_stays_bounded_under_churn():
@@ -761,7 +801,7 @@ def test_heap_stays_bounded_under_churn():
         now += 11.0
         assert len(table.expire(now)) == 200
         assert len(table) == 0
-        assert len(table._heap) <= 64 + 2 * len(table)
+        assert len(table._deadlines._heap) <= 64 + 2 * len(table)
 
 
 # -- presentation ---------------------------------------------------------------------------------

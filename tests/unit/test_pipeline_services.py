@@ -229,7 +229,7 @@ def test_removed_endpoint_flushes_its_connections_and_udp_moves_on(accel_name):
     gone = {A: "a", B: "b"}[first.port]
     survivor = B if first.port == A else A
     pods = tuple(dataclasses.replace(p, ready=False) if p.name == gone else p for p in topology.pods)
-    summary = switch.program(pods, topology.services, 1.0)
+    summary = switch.programming.program(pods, topology.services, 1.0)
     assert summary["flushed_connections"] == 1
     (second,) = send(switch, C, datagram, mac(C_IP), mac(GW), 1.1)
     assert second.port == survivor  # same client port, new backend: no black hole
@@ -244,7 +244,7 @@ def test_surviving_connections_are_untouched_by_churn(accel_name):
     send(switch, tx.port, f"tcp {backend}:8080 > {C_IP}:40000 flags SA", mac(backend), mac(C_IP), 0.1)
     pods = tuple(dataclasses.replace(p, ready=False) if p.name not in (kept, "c") else p
                  for p in topology.pods)
-    switch.program(pods, topology.services, 1.0)
+    switch.programming.program(pods, topology.services, 1.0)
     (again,) = connect(switch, C, C_IP, VIP, flags="A", now=1.1)
     assert again.port == tx.port
 
@@ -351,6 +351,16 @@ def test_trace_shows_service_backend_and_conntrack(switch):
     assert "original direction of [tcp 10.244.1.50:40000 > 10.96.0.10:80]" in again["text"]
 
 
+def test_a_dry_run_follows_the_backend_the_packet_then_really_gets(switch):
+    """One backend-choice path: the trace commits nothing, so the real packet that follows gets
+    the backend the trace showed."""
+    for sport in range(40000, 40010):
+        text = switch.tracer.dry_run("c", f"tcp {C_IP}:{sport} > {VIP}:80 flags S", 0.0)["text"]
+        (tx,) = connect(switch, C, C_IP, VIP, sport=sport)
+        backend = {A: A_IP, B: B_IP}[tx.port]
+        assert f"this trace follows {backend}:8080" in text
+
+
 def _closed_connection(switch, sport=40000):
     """A connection to the web service, opened and closed by both sides: TIME_WAIT."""
     (tx,) = connect(switch, C, C_IP, VIP, sport=sport)
@@ -404,7 +414,7 @@ def test_reopened_connections_spread_over_the_ready_backends(switch):
         _closed_connection(switch)
         (tx,) = connect(switch, C, C_IP, VIP, now=1.0)
         seen.add(tx.port)
-        switch.conntrack_flush()
+        switch.programming.conntrack_flush()
     assert seen == {A, B}
 
 
@@ -415,7 +425,7 @@ def test_conntrack_filters_and_flush(switch):
     assert len(conntrack_rows(switch, 0.0, {"service": "web"})) == 1
     with pytest.raises(ValueError, match="unknown conntrack filter"):
         conntrack_rows(switch, 0.0, {"colour": "red"})
-    assert switch.conntrack_flush({"proto": "tcp"}) == 1
+    assert switch.programming.conntrack_flush({"proto": "tcp"}) == 1
     assert len(conntrack_rows(switch, 0.0)) == 1
 
 
@@ -532,7 +542,7 @@ def test_an_endpoint_that_becomes_ready_is_not_shadowed_by_earlier_refusals(acce
         (refusal,) = send(switch, C, datagram, mac(C_IP), mac(GW), 0.1 * n)
         assert refusal.port == C and packet_of(refusal)[2][20] == 3  # port unreachable
     assert conntrack_rows(switch, 1.0) == []
-    switch.program(topology.pods, topology.services, 1.0)
+    switch.programming.program(topology.pods, topology.services, 1.0)
     (delivered,) = send(switch, C, datagram, mac(C_IP), mac(GW), 1.1)
     assert delivered.port in (A, B)
 

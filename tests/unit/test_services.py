@@ -12,7 +12,7 @@ from types import MappingProxyType
 import pytest
 
 from vswitch.model import Container, Pod, Service, ServicePort, mac_for_ip
-from vswitch.tables.services import Backend, FrontendKind, ServiceTable
+from vswitch.tables.services import Backend, FrontendKind, NoBackend, ServiceTable
 
 TCP, UDP = 6, 17
 VIP = "10.96.0.10"
@@ -250,16 +250,16 @@ def test_why_none_tells_refuse_from_drop():
     t.program([svc], [])
     cluster, node = t.match(TCP, ip(VIP), 80), t.match(TCP, ip(NODE), 30080)
     assert t.choose(cluster, client_ip=ip(CLIENT), flow_hash=1, now=0.0, from_outside=False) is None
-    assert t.why_none(cluster, False) == "no-local-endpoints"
+    assert t.why_none(cluster, False) is NoBackend.NO_LOCAL_ENDPOINTS
     assert t.choose(node, client_ip=ip(CLIENT), flow_hash=1, now=0.0, from_outside=True) is None
-    assert t.why_none(node, True) == "no-local-endpoints"
+    assert t.why_none(node, True) is NoBackend.NO_LOCAL_ENDPOINTS
     assert t.why_none(node, False) is None
 
     t.program([service(selector={"app": "web"})], web_pods(ready=False))
     empty = t.match(TCP, ip(VIP), 80)
     assert empty.backends == ()
     assert t.choose(empty, client_ip=ip(CLIENT), flow_hash=1, now=0.0, from_outside=False) is None
-    assert t.why_none(empty, False) == "no-endpoints"
+    assert t.why_none(empty, False) is NoBackend.NO_ENDPOINTS
 
 
 # -- choice and affinity ----------------------------------------------------------------------
@@ -431,7 +431,7 @@ def test_the_expiry_heap_stays_bounded_under_refreshes():
     for i in range(5000):
         t.choose(match, client_ip=ip(f"10.244.3.{i % 5 + 1}"), flow_hash=0, now=i * 0.001,
                  from_outside=False)
-    assert len(t._expiry_heap) <= 2 * 5 + 64
+    assert len(t._deadlines._heap) <= 2 * 5 + 64
     assert t.next_deadline() == pytest.approx(4.995 + 10)
 
 
@@ -626,3 +626,24 @@ def test_match_cost_does_not_grow_with_the_number_of_services():
 
     small, large = cost(10), cost(10_000)
     assert large < 3 * small, (small, large)
+
+
+@pytest.mark.parametrize("load_balancer", ["random", "maglev"])
+def test_an_uncommitted_choice_is_the_real_one_and_changes_nothing(load_balancer):
+    """A dry-run trace asks ``choose`` without committing: it must answer what the next real
+    choice will be, and leave the generator, affinity and Maglev tables as they were."""
+    t = table()
+    t.program([affinity_service(load_balancer=load_balancer)], web_pods(5))
+    match = t.match(TCP, ip(VIP), 80)
+    for flow_hash in range(20):
+        client = ip(f"10.244.3.{flow_hash + 1}")
+        preview = t.choose(match, client_ip=client, flow_hash=flow_hash, now=1.0,
+                           from_outside=False, commit=False)
+        assert t.affinity_count() == flow_hash and not t._maglev
+        assert t.choose(match, client_ip=client, flow_hash=flow_hash, now=1.0,
+                        from_outside=False) == preview
+        t._maglev.clear()
+    pinned = t.pinned(match, ip("10.244.3.1"), 2.0, False)
+    assert t.choose(match, client_ip=ip("10.244.3.1"), flow_hash=99, now=2.0, from_outside=False,
+                    commit=False) == pinned is not None
+    assert t.next_deadline() == pytest.approx(1.0 + 10800)  # not refreshed by the preview

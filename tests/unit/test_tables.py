@@ -84,9 +84,9 @@ def test_fdb_aging_heap_equals_a_scan(steps):
 # -- held fragments ---------------------------------------------------------------------------
 
 def test_fragment_hold_is_bounded_per_datagram_and_in_total():
-    from vswitch.tables.fragment_hold import FragmentHold
+    from vswitch.tables.fragments import FirstFragment, FragmentTable
 
-    hold = FragmentHold(timeout=5.0, max_frames=4, max_per_datagram=3)
+    hold = FragmentTable(hold_timeout=5.0, max_frames=4, max_per_datagram=3)
     one, two = (17, b"a" * 4, b"b" * 4, 1), (17, b"a" * 4, b"b" * 4, 2)
     assert all(hold.hold(one, 1, bytes([i]), 0.0) for i in range(3))
     assert not hold.hold(one, 1, b"x", 0.0)  # a fourth fragment of the same datagram
@@ -94,8 +94,67 @@ def test_fragment_hold_is_bounded_per_datagram_and_in_total():
     assert not hold.hold(two, 2, b"z", 1.0)  # four frames in all
     assert hold.statistics() == {"waiting_datagrams": 2, "waiting_frames": 4, "held": 4,
                                  "released": 0, "expired": 0, "refused": 2}
-    assert hold.release(one) == [(1, b"\x00"), (1, b"\x01"), (1, b"\x02")]  # arrival order
-    assert hold.release(one) == []
+    assert not hold.take_released()
+    hold.record(one, FirstFragment.UNTRANSLATED, 1.0)  # its first fragment came: released
+    assert list(hold.take_released()) == [(1, b"\x00"), (1, b"\x01"), (1, b"\x02")]  # arrival order
+    hold.record(one, FirstFragment.UNTRANSLATED, 1.0)
+    assert not hold.take_released()
     assert hold.next_deadline() == 6.0  # the datagram's first held fragment sets it
     assert hold.expire(5.9) == 0 and hold.expire(6.0) == 1
     assert len(hold) == 0 and hold.statistics()["expired"] == 1
+
+
+def test_first_fragment_outcomes_expire_and_are_bounded():
+    from vswitch.tables.fragments import FirstFragment, FragmentTable
+
+    table = FragmentTable(outcome_timeout=30.0, max_datagrams=2)
+    keys = [(17, b"a" * 4, b"b" * 4, n) for n in range(3)]
+    table.record(keys[0], FirstFragment.DROPPED, 0.0)
+    assert table.outcome(keys[0], 29.9).kind is FirstFragment.DROPPED
+    assert table.outcome(keys[0], 30.0) is None  # later fragments no longer follow it
+    table.record(keys[1], FirstFragment.UNTRANSLATED, 10.0)
+    table.record(keys[2], FirstFragment.UNTRANSLATED, 31.0)  # full: the expired one goes first
+    assert table.outcome(keys[1], 31.0) is not None and table.outcome(keys[2], 31.0) is not None
+    table.record(keys[0], FirstFragment.UNTRANSLATED, 32.0)  # full of live ones: starts over
+    assert table.outcome(keys[1], 32.0) is None and table.outcome(keys[0], 32.0) is not None
+
+
+# -- the deadline heap ------------------------------------------------------------------------
+
+_DEADLINE_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("set"), st.integers(0, 7), st.integers(0, 60), st.booleans()),
+    st.tuples(st.just("discard"), st.integers(0, 7)),
+    st.tuples(st.just("pop_due"), st.integers(0, 60)),
+), max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_DEADLINE_STEPS)
+def test_deadline_heap_equals_a_scan(steps):
+    """Owners keep the true deadlines; moving one later may skip ``schedule``, moving one earlier
+    (or adding a key) may not. Whatever the mix, the heap answers what a scan of them would."""
+    from vswitch.tables.deadlines import DeadlineHeap
+
+    deadlines: dict[int, float] = {}
+    heap = DeadlineHeap(deadlines.__getitem__)
+    for step in steps:
+        if step[0] == "set":
+            _, key, deadline, tell = step
+            earlier = key not in deadlines or deadline < deadlines[key]
+            deadlines[key] = float(deadline)
+            if earlier or tell:
+                heap.schedule(key, float(deadline))
+        elif step[0] == "discard":
+            deadlines.pop(step[1], None)
+            heap.discard(step[1])
+        else:
+            now = float(step[1])
+            due = sorted((d, k) for k, d in deadlines.items() if d <= now)
+            popped = heap.pop_due(now)
+            assert sorted(popped) == sorted(k for _, k in due)
+            assert [deadlines[k] for k in popped] == [d for d, _ in due]  # earliest first
+            for key in popped:
+                del deadlines[key]
+        assert heap.next_deadline() == min(deadlines.values(), default=None)
+        assert len(heap) == len(deadlines)
+        assert len(heap._heap) <= 2 * len(deadlines) + 65

@@ -7,7 +7,6 @@ so vswitchctl only splits ``KEY=VALUE`` words.
 from __future__ import annotations
 
 import argparse
-import time
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from vswitch.control.client import EXIT_OK, Session, key_values
@@ -148,7 +147,7 @@ async def conntrack(ctx: ControlContext, args: Args) -> list[dict]:
 async def conntrack_flush(ctx: ControlContext, args: Args) -> dict:
     filters = _filters(args)
     try:
-        return {"flushed": ctx.switch.conntrack_flush(filters)}
+        return {"flushed": ctx.switch.programming.conntrack_flush(filters)}
     except ValueError as exc:
         raise ControlError(str(exc)) from None
 

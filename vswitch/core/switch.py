@@ -12,9 +12,10 @@ Theory of operation
 * Every received frame gets exactly one disposition (cache hit, forwarded, local, queued for ARP,
   dropped), so the dispositions add up to what the ports received.
 * The tables the stages consult live here: the FDB, the FIB and neighbour table of the router, the
-  connection table and the service table. ``program`` re-programs services from the desired state;
-  ``handle_timer`` ages every table and retries ARP. Each table's changes bump a generation, and
-  their sum versions the flow cache (see ``fast_path`` for what a hit does).
+  connection table and the service table. ``programming`` (``core.programming``) re-programs
+  services from the desired state; ``handle_timer`` ages every table and retries ARP. Each
+  table's changes bump a generation, and their sum versions the flow cache (see ``fast_path``
+  for what a hit does).
 * A trace runs the same stages with notes switched on: either a dry run on a packet built from text
   (tables untouched, counters not counted), or the next N real packets of a port. Traces and
   captures are ``self.tracer`` (``core.tracing``); the frames a decision emits, with their tx
@@ -37,6 +38,7 @@ from vswitch.core.conntrack_filter import entry_filter
 from vswitch.core.egress import Egress
 from vswitch.core.flow_cache import FlowCache
 from vswitch.core.ports import PortSpec
+from vswitch.core.programming import TableProgramming
 from vswitch.core.tracing import Tracer
 from vswitch.core.verdict import Drop, Forward, Hold, Reply
 from vswitch.model import DEFAULT_CONNTRACK_MAX, Topology
@@ -76,9 +78,13 @@ class Switch:
             self.fib.add(Route(static.dst, RouteKind.STATIC, topology.segment_index(static.segment),
                                static.via, origin=f"routes[{index}]"))
         cluster = topology.cluster
-        self.conntrack = ConntrackTable(cluster.conntrack_max if cluster else DEFAULT_CONNTRACK_MAX)
+        # The seed makes a run reproducible; the daemon passes a random one. Each table that needs
+        # randomness gets its own stream derived from it, so that one table's use of it never
+        # shifts another's.
+        self.conntrack = ConntrackTable(
+            cluster.conntrack_max if cluster else DEFAULT_CONNTRACK_MAX,
+            port_salt=random.Random(f"{rng_seed}/conntrack").getrandbits(64))
         node_address = uplink.address.ip.packed if uplink is not None else None
-        # The seed makes a run reproducible; the daemon passes a random one.
         self.services = ServiceTable(random.Random(rng_seed),
                                      [node_address] if node_address else [])
         self.nat = NatContext(
@@ -86,7 +92,6 @@ class Switch:
             cluster_cidr=cluster.cidr if cluster else topology.node.pod_cidr,
             hairpin_address=cluster.hairpin_address.packed if cluster else None,
             uplink_segment=topology.uplink_segment_index(), node_address=node_address)
-        self._conntrack_evictions = 0
         self.neighbors = NeighborTable(accel=self.accel)
         self.icmp_limiter = IcmpRateLimiter()
         self.flow_cache = FlowCache(flow_cache_capacity)
@@ -108,7 +113,8 @@ class Switch:
                         counters=self.counters, nat=self.nat)
         self.tracer = Tracer(self._env, self.port_by_name)
         self.egress = Egress(self._env, self._port_counters, self.tracer.captures)
-        self.program(topology.pods, topology.services, 0.0)
+        self.programming = TableProgramming(self.nat, topology.uplink, entry_filter)
+        self.programming.program(topology.pods, topology.services, 0.0)
 
     # -- ports ------------------------------------------------------------------------------
 
@@ -154,7 +160,7 @@ class Switch:
     def _generation(self) -> int:
         # Each part only ever grows, so the sum changes whenever any of them does.
         return (self.fdb.generation + self.fib.generation + self.neighbors.generation
-                + self.nat.generation + self._config_generation)
+                + self.nat.generation + self.programming.generation + self._config_generation)
 
     def process_batch(self, port_id: int, frames: Sequence[bytes], now: float) -> list[Transmit]:
         out: list[Transmit] = []
@@ -203,8 +209,7 @@ class Switch:
                 trace = tracer.start(port, len(frame) - offset)
             pkt = Packet(port, frame, offset, trace)
             self._slow_path(pkt, counters, out)
-            if env.nat.released:
-                self._run_released(out)
+            self._run_released(out)
             # The slow path may have changed a table (a MAC moved, a neighbour answered, a NAT
             # pair appeared): later frames of this burst must compare against the new generation.
             # Only the slow path changes generations, so cache hits need not re-read it.
@@ -241,25 +246,24 @@ class Switch:
             pkt.trace.actions.extend(self.tracer.describe_actions(actions))
 
     def _run_released(self, out: list[Transmit]) -> None:
-        """Later fragments held until their first fragment passed: their turn, in arrival order,
-        as if they had just been received on their port."""
-        released = self._env.nat.released
+        """Later fragments held until their first fragment passed (the fragment table's output
+        after a packet): their turn, in arrival order, as if just received on their port."""
+        fragments = self.nat.fragments
+        released = fragments.take_released()
         while released:
-            port_id, frame = released.pop(0)
-            port = self.ports.get(port_id)
-            if port is not None:
-                self._slow_path(Packet(port, frame, port.l2_offset, None),
-                                self._port_counters[port_id], out, released=True)
+            for port_id, frame in released:
+                port = self.ports.get(port_id)
+                if port is not None:
+                    self._slow_path(Packet(port, frame, port.l2_offset, None),
+                                    self._port_counters[port_id], out, released=True)
+            released = fragments.take_released()
 
     # -- timers -----------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> list[Transmit]:
         self.fdb.expire(now)
-        for entry in self.conntrack.expire(now):
-            self.nat.untrack_pair(entry)
-        self._resync_reply_pairs()
-        self.nat.expire_fragments(now)
-        expired = self.nat.held.expire(now)
+        self.conntrack.expire(now)
+        expired = self.nat.fragments.expire(now)
         if expired:
             self._env.count(ip4_conntrack.Counter.FRAGMENT_HOLD_EXPIRED, expired)
         self.services.expire(now)
@@ -287,7 +291,7 @@ class Switch:
     def next_deadline(self) -> float:
         deadlines = [d for d in (self.fdb.next_expiry(), self.neighbors.next_deadline(),
                                  self.conntrack.next_deadline(), self.services.next_deadline(),
-                                 self.nat.held.next_deadline())
+                                 self.nat.fragments.next_deadline())
                      if d is not None]
         return min(deadlines, default=math.inf)
 
@@ -317,7 +321,7 @@ class Switch:
             "neighbors": {"entries": len(self.neighbors), "generation": self.neighbors.generation,
                           "queue_overflow_drops": self.neighbors.overflow_drops},
             "icmp_rate_limited": self.icmp_limiter.limited,
-            "fragments_held": self.nat.held.statistics(),
+            "fragments_held": self.nat.fragments.statistics(),
             "conntrack": self.conntrack.statistics(),
             "services": {"programmed": len(self.services), "generation": self.services.generation,
                          "affinity_entries": self.services.affinity_count()},
@@ -327,65 +331,3 @@ class Switch:
         }
 
     # -- services and connection tracking ---------------------------------------------------------
-
-    def program(self, pods, services, now: float) -> dict:
-        """Re-program services from the desired state; connections to backends or frontends that
-        are gone are flushed at once (a fixed-port UDP client then reaches a live backend on its
-        next datagram, instead of a black hole until its entry times out)."""
-        result = self.services.program(services, pods)
-        uplink = self.topology.uplink
-        if uplink is not None:
-            network = uplink.address.network
-            self.nat.announced = frozenset(
-                ip.packed for service in services if not service.headless
-                for ip in service.external_ips if ip in network)
-        flushed = 0
-        for key, port, backend in result.removed:
-            # Only this service port's connections: another service may share the backend.
-            proto = 6 if port.protocol.lower() == "tcp" else 17
-            flushed += self._flush(lambda e: e.dnat == (backend.ip, backend.port)
-                                   and e.original.proto == proto
-                                   and e.labels.get("service") == key
-                                   and e.labels.get("port") == port.name)
-        for proto, ip, port in result.removed_frontends:
-            flushed += self._flush(lambda e: e.dnat is not None and e.original.proto == proto
-                                   and e.original.dst == ip and e.original.dport == port)
-        if result.changed:
-            self._config_generation += 1
-        return {"generation": result.generation, "changed": result.changed,
-                "removed_endpoints": len(result.removed), "added_endpoints": len(result.added),
-                "flushed_connections": flushed, "conflicts": list(result.conflicts)}
-
-    def _flush(self, predicate) -> int:
-        gone = []
-
-        def collect(entry) -> bool:
-            if predicate(entry):
-                gone.append(entry)
-                return True
-            return False
-
-        count = self.conntrack.flush(collect)
-        for entry in gone:
-            self.nat.untrack_pair(entry)
-        return count
-
-    def _resync_reply_pairs(self) -> None:
-        """Entries that ``create`` evicted or reclaimed left their address pairs counted; recount."""
-        stats = self.conntrack.statistics()
-        evictions = stats["evictions"] + stats["reclaimed"]  # entries removed inside ``create``
-        if evictions == self._conntrack_evictions:
-            return
-        self._conntrack_evictions = evictions
-        pairs: dict = {}
-        for entry in self.conntrack.entries():
-            if entry.dnat is not None or entry.snat is not None:
-                pair = (entry.reply.src, entry.reply.dst)
-                pairs[pair] = pairs.get(pair, 0) + 1
-        self.nat.reply_pairs.clear()
-        self.nat.reply_pairs.update(pairs)
-
-    def conntrack_flush(self, filters: dict[str, str] | None = None) -> int:
-        count = self._flush(entry_filter(filters or {}))
-        self._config_generation += 1
-        return count

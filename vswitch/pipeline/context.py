@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from types import ModuleType
-from typing import Any
+from typing import Any, Mapping
 
 from vswitch.core.counters import StageCounters, counter_name
 from vswitch.core.ports import PortSpec
@@ -15,7 +15,7 @@ from vswitch.core.verdict import Drop
 from vswitch.tables.conntrack import ConntrackTable
 from vswitch.tables.fdb import Fdb, FdbEntry
 from vswitch.tables.fib import Fib, Route
-from vswitch.tables.fragment_hold import FragmentHold
+from vswitch.tables.fragments import FragmentTable
 from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
 from vswitch.tables.neighbors import Neighbor, NeighborTable
 from vswitch.tables.services import ServiceTable
@@ -47,40 +47,23 @@ class NatContext:
         self.hairpin_address = hairpin_address
         self.uplink_segment = uplink_segment
         self.node_address = node_address
-        # (source, destination) address pairs that replies of translated connections carry:
-        # L2 traffic between such a pair must go through conntrack, and is never cached.
-        self.reply_pairs: dict[tuple[bytes, bytes], int] = {}
-        self.generation = 0
         # External IPs of services inside the uplink network: the node answers ARP for them.
         self.announced: frozenset[bytes] = frozenset()
-        # Fragmented datagrams of translated connections: the first fragment carries the ports
-        # and finds the connection; later fragments (same addresses, protocol and IP id) follow
-        # it here. Key: (proto, src, dst, id) as received; value: (entry, direction, expires).
-        # The entry is None when the first fragment went untranslated (the direction None) or
-        # was dropped (the direction ``tracked_flows.DROPPED``).
-        self.fragments: dict[tuple[int, bytes, bytes, int], tuple[Any, Any, float]] = {}
-        # Later fragments that came before their first, and those released for another run.
-        self.held = FragmentHold()
-        self.released: list[tuple[int, bytes]] = []
+        # Fragmented datagrams of translated connections: how each first fragment went, and the
+        # later fragments held until it comes.
+        self.fragments = FragmentTable()
 
-    def expire_fragments(self, now: float) -> None:
-        for key in [k for k, (_, _, expires) in self.fragments.items() if expires <= now]:
-            del self.fragments[key]
+    @property
+    def reply_pairs(self) -> Mapping[tuple[bytes, bytes], int]:
+        """(source, destination) address pairs that replies of translated connections carry:
+        L2 traffic between such a pair must go through conntrack, and is never cached. The
+        connection table keeps them as its entries come and go."""
+        return self.conntrack.reply_pairs
 
-    def track_pair(self, entry) -> None:
-        pair = (entry.reply.src, entry.reply.dst)
-        count = self.reply_pairs.get(pair, 0)
-        if not count:
-            self.generation += 1  # cached decisions about this pair may now be wrong
-        self.reply_pairs[pair] = count + 1
-
-    def untrack_pair(self, entry) -> None:
-        pair = (entry.reply.src, entry.reply.dst)
-        count = self.reply_pairs.get(pair, 0)
-        if count <= 1:
-            self.reply_pairs.pop(pair, None)
-        else:
-            self.reply_pairs[pair] = count - 1
+    @property
+    def generation(self) -> int:
+        """Grows when a reply pair appears (see ``ConntrackTable.generation``)."""
+        return self.conntrack.generation
 
 
 class Packet:

@@ -8,7 +8,7 @@ error about a tracked connection is translated inside and out. A SYN on the tupl
 connection (TIME_WAIT, CLOSE) removes the old entry and goes on as a new connection, as in the
 kernel, so it gets a fresh endpoint choice. A later fragment that may belong to a translated
 connection and arrives before its first fragment is held until the first has passed (see
-``tables.fragment_hold``). Anything else goes on to the
+``tables.fragments``). Anything else goes on to the
 service stage, which decides whether it opens a new translated connection.
 """
 from __future__ import annotations
@@ -36,17 +36,18 @@ class Counter(enum.Enum):
     FRAGMENT_OF_DROPPED = "later fragments of a datagram whose first fragment was dropped"
 
 
-def hold_or_drop(pkt: Packet, env: Env, fragment: str, stage: str):
+def hold_or_drop(pkt: Packet, env: Env, fragment: tracked_flows.FragmentAction, stage: str):
     """Hold a later fragment until its first passes, or drop it with its dropped first."""
     ip = pkt.ip
-    if fragment == "drop":
+    if fragment is tracked_flows.FragmentAction.DROP:
         return env.drop(pkt, Counter.FRAGMENT_OF_DROPPED)
     if not env.commit:
         if pkt.trace is not None:
             pkt.trace.note(stage, f"a later fragment (id {ip.identification}) before its first: "
                                   f"would be held until the first fragment passes")
         return (Hold(),)
-    if not env.nat.held.hold(tracked_flows.fragment_key(pkt), pkt.port.id, pkt.data, env.now):
+    if not env.nat.fragments.hold(tracked_flows.fragment_key(pkt), pkt.port.id, pkt.data,
+                                  env.now):
         return env.drop(pkt, Counter.FRAGMENT_HOLD_FULL)
     env.count(Counter.FRAGMENT_HELD)
     if pkt.trace is not None:
@@ -59,7 +60,7 @@ def process(pkt: Packet, env: Env):
     found = tracked_flows.find(pkt, env)
     if found is None:
         fragment = tracked_flows.untracked_fragment(pkt, env)
-        if fragment is not None:
+        if fragment is not tracked_flows.FragmentAction.PASS:
             return hold_or_drop(pkt, env, fragment, NAME)
         env.count(Counter.UNTRACKED)
         return "ip4-service"

@@ -52,7 +52,6 @@ def process(pkt: Packet, env: Env):
     if entry is None:
         return env.drop(pkt, Counter.TABLE_FULL)
     env.conntrack.update(entry, Direction.ORIGINAL, env.now, pkt.tcp_flags, pkt.ip.total_length)
-    env.nat.track_pair(entry)
     env.count(Counter.NEW_CONNECTIONS)
     tracked_flows.apply(pkt, env, entry, Direction.ORIGINAL)
     if pkt.trace is not None:

@@ -25,7 +25,7 @@ from vswitch.core.verdict import Reply
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.conntrack import ConntrackTable, Direction, Entry, TcpState
-from vswitch.tables.services import FrontendKind
+from vswitch.tables.services import FrontendKind, NoBackend
 from vswitch.wire import builders, headers as h
 from vswitch.wire.addresses import ip_text
 
@@ -92,18 +92,16 @@ def process(pkt: Packet, env: Env):
         return env.drop(pkt, Counter.INVALID)
     from_outside = pkt.port.kind is PortKind.UPLINK
     why = env.services.why_none(match, from_outside)
-    if why == "no-endpoints":
+    if why is NoBackend.NO_ENDPOINTS:
         return _refuse(pkt, env, flow)
-    if why == "no-local-endpoints":
+    if why is NoBackend.NO_LOCAL_ENDPOINTS:
         return env.drop(pkt, Counter.NO_LOCAL_ENDPOINT)
-    if env.commit:
-        flow_hash = env.accel.hash_key(struct.pack("!B4sH4sH", flow.proto, flow.src, flow.sport,
-                                                   flow.dst, flow.dport), 0)
-        backend = env.services.choose(match, client_ip=flow.src, flow_hash=flow_hash,
-                                      now=env.now, from_outside=from_outside)
-    else:
-        pinned = env.services.pinned(match, flow.src, env.now, from_outside)
-        backend = pinned or env.services.candidates(match, from_outside)[0]
+    # A dry run takes the same choice without committing it: the trace follows the backend this
+    # packet would really get.
+    flow_hash = env.accel.hash_key(struct.pack("!B4sH4sH", flow.proto, flow.src, flow.sport,
+                                               flow.dst, flow.dport), 0)
+    backend = env.services.choose(match, client_ip=flow.src, flow_hash=flow_hash, now=env.now,
+                                  from_outside=from_outside, commit=env.commit)
     snat = None
     nat = env.nat
     if backend.ip == flow.src and nat.hairpin_address is not None:
@@ -121,7 +119,7 @@ def process(pkt: Packet, env: Env):
         snat = (snat_ip, port)
     if not env.commit:
         if trace is not None:
-            if pinned is not None:
+            if env.services.pinned(match, flow.src, env.now, from_outside) is backend:
                 trace.note(NAME, f"ClientIP affinity holds {ip_text(flow.src)} to {backend.name}: "
                                  f"would DNAT there")
             else:
@@ -137,7 +135,6 @@ def process(pkt: Packet, env: Env):
     if entry is None:
         return env.drop(pkt, Counter.TABLE_FULL)
     env.conntrack.update(entry, Direction.ORIGINAL, env.now, pkt.tcp_flags, pkt.ip.total_length)
-    nat.track_pair(entry)
     env.count(Counter.NEW_CONNECTIONS)
     if counter is not None:
         env.count(counter)

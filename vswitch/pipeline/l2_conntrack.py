@@ -31,7 +31,7 @@ def process(pkt: Packet, env: Env):
     found = tracked_flows.find(pkt, env)
     if found is None:
         fragment = tracked_flows.untracked_fragment(pkt, env)
-        if fragment is not None:
+        if fragment is not tracked_flows.FragmentAction.PASS:
             return ip4_conntrack.hold_or_drop(pkt, env, fragment, NAME)
         env.count(Counter.PLAIN)
         if pkt.trace is not None:

@@ -7,12 +7,14 @@ stages route the translated packet while ICMP errors still quote what the sender
 """
 from __future__ import annotations
 
+import enum
 import struct
 from ipaddress import IPv4Address
 
 from vswitch.pipeline.context import Env, Packet
 from vswitch.pipeline.nat_rewrite import translate, translate_icmp_error
 from vswitch.tables.conntrack import Direction, Entry, FlowTuple, Verdict
+from vswitch.tables.fragments import FirstFragment
 from vswitch.wire import headers as h
 
 _ECHO_TYPES = (h.IcmpType.ECHO_REQUEST, h.IcmpType.ECHO_REPLY)
@@ -77,19 +79,18 @@ def quoted_flow(pkt: Packet) -> FlowTuple | None:
     return flow
 
 
-FRAGMENT_TIMEOUT = 30.0  # seconds a datagram's later fragments may follow its first (ipfrag_time)
-MAX_FRAGMENTED_DATAGRAMS = 4096
+class FragmentAction(enum.Enum):
+    """What to do with a fragment that ``find`` did not place."""
+
+    PASS = "go on untranslated"
+    HOLD = "a later fragment before its first: hold it until the first passes"
+    DROP = "a later fragment of a dropped first fragment: drop it"
 
 
 def fragment_key(pkt: Packet) -> tuple[int, bytes, bytes, int]:
     """What ties a datagram's fragments together: protocol, addresses and IP id, as received."""
     ip = pkt.ip
     return ip.protocol, ip.src, ip.dst, ip.identification
-
-
-#: The direction recorded for a datagram whose first fragment was dropped: its later fragments
-#: are dropped too (an untranslated later fragment must never leave).
-DROPPED = "dropped"
 
 
 def find(pkt: Packet, env: Env) -> tuple[Entry, Direction, bool] | None:
@@ -108,10 +109,10 @@ def find(pkt: Packet, env: Env) -> tuple[Entry, Direction, bool] | None:
             return None
         return hit[0], hit[1], False
     if pkt.ip.fragment_offset:
-        followed = env.nat.fragments.get(fragment_key(pkt))
-        if (followed is not None and followed[0] is not None and followed[2] > env.now
-                and followed[0].alive(env.now)):
-            return followed[0], followed[1], False
+        followed = env.nat.fragments.outcome(fragment_key(pkt), env.now)
+        if (followed is not None and followed.entry is not None
+                and followed.entry.alive(env.now)):
+            return followed.entry, followed.direction, False
         return None
     quoted = quoted_flow(pkt)
     if quoted is not None:
@@ -135,50 +136,31 @@ def _may_need_translation(pkt: Packet, env: Env) -> bool:
             and IPv4Address(ip.src) in cidr and IPv4Address(ip.dst) not in cidr)
 
 
-def untracked_fragment(pkt: Packet, env: Env) -> str | None:
-    """What to do with a fragment that ``find`` did not place: None (go on untranslated),
-    "hold" (a later fragment that arrived before its first; see ``tables.fragment_hold``) or
-    "drop" (its first fragment was dropped). A first fragment that may need translation is
-    recorded as passing untranslated, which a translation later in the pipeline overrides, and
-    releases whatever fragments of its datagram are held."""
+def untracked_fragment(pkt: Packet, env: Env) -> FragmentAction:
+    """What to do with a fragment that ``find`` did not place (see ``tables.fragments``). A
+    first fragment that may need translation is recorded as passing untranslated, which a
+    translation later in the pipeline overrides, and releases whatever fragments of its datagram
+    are held: the switch runs them through the pipeline once the current packet is done."""
     ip = pkt.ip
     if not (ip.mf or ip.fragment_offset) or not _may_need_translation(pkt, env):
-        return None
+        return FragmentAction.PASS
     key = fragment_key(pkt)
-    nat = env.nat
-    known = nat.fragments.get(key)
-    if known is not None and known[2] <= env.now:
-        known = None
+    fragments = env.nat.fragments
+    known = fragments.outcome(key, env.now)
     if not ip.fragment_offset:
         if env.commit and known is None:
-            _record(env, key, None, None)
-        return None
+            fragments.record(key, FirstFragment.UNTRANSLATED, env.now)
+        return FragmentAction.PASS
     if known is None:
-        return "hold"
-    return "drop" if known[1] == DROPPED else None
+        return FragmentAction.HOLD
+    return FragmentAction.DROP if known.kind is FirstFragment.DROPPED else FragmentAction.PASS
 
 
 def dropped_first_fragment(pkt: Packet, env: Env) -> None:
     """The caller drops this packet; if it is a first fragment, its later ones must follow."""
     ip = pkt.ip
     if env.commit and ip.mf and not ip.fragment_offset:
-        key = fragment_key(pkt)
-        _record(env, key, None, DROPPED)
-
-
-def _record(env: Env, key: tuple[int, bytes, bytes, int], entry: Entry | None,
-            direction: Direction | str | None) -> None:
-    """Remember how a datagram's first fragment went, and release the later fragments held
-    for it: the switch runs them through the pipeline once the current packet is done."""
-    fragments = env.nat.fragments
-    if len(fragments) >= MAX_FRAGMENTED_DATAGRAMS:
-        env.nat.expire_fragments(env.now)
-        if len(fragments) >= MAX_FRAGMENTED_DATAGRAMS:
-            fragments.clear()
-    fragments[key] = (entry, direction, env.now + FRAGMENT_TIMEOUT)
-    released = env.nat.held.release(key)
-    if released:
-        env.nat.released.extend(released)
+        env.nat.fragments.record(fragment_key(pkt), FirstFragment.DROPPED, env.now)
 
 
 def advance(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> Verdict:
@@ -191,10 +173,7 @@ def advance(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> Verdic
     if not env.commit:
         return (Verdict.REOPEN if env.conntrack.reopens(entry, direction, pkt.tcp_flags)
                 else Verdict.ACCEPT)
-    verdict = env.conntrack.update(entry, direction, env.now, pkt.tcp_flags, pkt.ip.total_length)
-    if verdict is Verdict.REOPEN:
-        env.nat.untrack_pair(entry)
-    return verdict
+    return env.conntrack.update(entry, direction, env.now, pkt.tcp_flags, pkt.ip.total_length)
 
 
 def _partial(pkt: Packet) -> bool:
@@ -209,7 +188,8 @@ def _target(entry: Entry, direction: Direction) -> FlowTuple:
 def apply(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> None:
     ip = pkt.ip
     if ip.mf and not ip.fragment_offset and env.commit:
-        _record(env, fragment_key(pkt), entry, direction)
+        env.nat.fragments.record(fragment_key(pkt), FirstFragment.TRANSLATED, env.now, entry,
+                                 direction)
     target = _target(entry, direction)
     packet = translate(current_packet(pkt), src=target.src, sport=target.sport, dst=target.dst,
                        dport=target.dport, partial=_partial(pkt), accel=env.accel)

@@ -387,7 +387,7 @@ class NodeRuntime:
 
     def program(self) -> dict:
         """Hand the desired pods and services to the core; its JSON-able summary comes back."""
-        result = self.switch.program(self.topology.pods, self.topology.services,
+        result = self.switch.programming.program(self.topology.pods, self.topology.services,
                                      trio.current_time())
         self.log.info("programmed %d services for %d pods: %s", len(self.topology.services),
                       len(self.topology.pods), result)

@@ -17,10 +17,18 @@ from vswitch.core.ports import PortSpec
 from vswitch.model import Pod, Service
 
 
+class TableProgrammer(Protocol):
+    """The part of the core that programs its tables from the desired state."""
+
+    def program(self, pods: Sequence[Pod], services: Sequence[Service], now: float) -> dict:
+        """Make the service table serve ``services`` backed by ``pods``; a JSON-able summary."""
+
+
 class SwitchCore(Protocol):
     """The core as the runtime drives it: ports, batches, timers, programming, counters."""
 
     accel_name: str
+    programming: TableProgrammer
 
     def add_port(self, spec: PortSpec) -> None:
         """Register a port; raises (and changes nothing) if its id, name or segment is bad."""
@@ -39,9 +47,6 @@ class SwitchCore(Protocol):
 
     def note_tx_drop(self, port_id: int, reason: str) -> None:
         """Count a frame the shell could not write to ``port_id``."""
-
-    def program(self, pods: Sequence[Pod], services: Sequence[Service], now: float) -> dict:
-        """Make the service table serve ``services`` backed by ``pods``; a JSON-able summary."""
 
     def statistics(self) -> dict:
         """Counters per port and stage, for ``vswitchctl stats`` and the metrics endpoint."""

@@ -55,23 +55,34 @@ Theory of operation
   address: when a backend goes away, a long-running UDP client with a fixed source port must be
   sent to a new backend at its next datagram, not black-holed until an idle timeout that its own
   traffic keeps renewing (kube-proxy's stale-UDP-conntrack bug).
+* ``reply_pairs`` holds the (source, destination) address pair that the replies of each
+  translated connection carry, counted: switched traffic between such a pair must go through
+  conntrack (a backend answering a client of its own segment). ``generation`` grows when a pair
+  appears, because cached decisions about traffic between that pair are then wrong.
+* The table alone keeps its indexes (tuples, unreplied entries, endpoints, reply pairs, deadlines)
+  right: every way an entry goes (expiry, eviction, reclaiming, reopening, flush, removal) passes
+  through one ``_discard``, so nothing outside ever has to resync them.
 
-Deadlines are kept in a heap with lazy deletion: refreshing an entry that only moves its deadline
-later costs nothing, the heap item is moved when it reaches the top. Only a deadline that moves
-*earlier* (RST, FIN) pushes a new item; superseded items are skipped when popped, and the heap is
-rebuilt when they outnumber the live ones.
+Deadlines are kept in a ``DeadlineHeap`` (lazy deletion): refreshing an entry that only moves its
+deadline later costs nothing, the heap item is moved when it reaches the top. Only a deadline
+that moves *earlier* (RST, FIN) is scheduled again.
+
+This module is longer than the core's usual 400 lines: the TCP transition table, the entry and the
+table that keeps its indexes consistent are one invariant ("a tuple belongs to at most one live
+entry, and every index agrees"), and each is read beside the others when that is in question.
 """
 from __future__ import annotations
 
 import enum
-import heapq
-import itertools
-import os
+import hashlib
+import operator
+import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vswitch.tables.deadlines import DeadlineHeap
 from vswitch.wire.addresses import ip_text
 from vswitch.wire.headers import IpProto, TcpFlag
 
@@ -87,6 +98,10 @@ _URG = int(TcpFlag.URG)
 _CLASSIFIED = _FIN | _SYN | _RST | _ACK | _URG
 
 _PROTO_NAMES = {_TCP: "tcp", _UDP: "udp", _ICMP: "icmp"}
+
+# What a port scan's start is hashed from: protocol, SNAT address, remote address and port, and
+# the port the client wanted. A keyed blake2b rather than ``hash()``, which is salted per process.
+_SCAN_FLOW = struct.Struct("!B4s4sHH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +262,7 @@ class Entry:
 
     __slots__ = ("original", "reply", "dnat", "snat", "tcp_state", "replied", "assured",
                  "created", "last_seen", "expires", "labels", "packets", "bytes",
-                 "_heap_at", "_heap_seq", "_in_table", "_simultaneous_open")
+                 "_in_table", "_simultaneous_open")
 
     def __init__(self, original: FlowTuple, reply: FlowTuple, dnat: tuple[bytes, int] | None,
                  snat: tuple[bytes, int] | None, now: float, expires: float,
@@ -265,8 +280,6 @@ class Entry:
         self.labels = labels
         self.packets = [0, 0]
         self.bytes = [0, 0]
-        self._heap_at = float("inf")
-        self._heap_seq = -1
         self._in_table = False
         self._simultaneous_open = False
 
@@ -323,7 +336,8 @@ def _jsonable(value: Any) -> Any:
 # -- the table -----------------------------------------------------------------------------------
 
 class ConntrackTable:
-    def __init__(self, max_entries: int = 262144, timeouts: Timeouts = Timeouts()):
+    def __init__(self, max_entries: int = 262144, timeouts: Timeouts = Timeouts(), *,
+                 port_salt: int = 0):
         if max_entries < 1:
             raise ValueError(f"max_entries must be positive, not {max_entries}")
         self.max_entries = max_entries
@@ -335,13 +349,17 @@ class ConntrackTable:
         self._by_reply: dict[FlowTuple, Entry] = {}
         # Entries that have not seen a reply, oldest first: the eviction candidates.
         self._unreplied: OrderedDict[Entry, None] = OrderedDict()
-        # Entries by the address of their DNAT target, for flush_endpoint.
-        self._by_endpoint: dict[bytes, set[Entry]] = {}
-        self._heap: list[tuple[float, int, Entry]] = []
-        self._seq = itertools.count()
-        # Per-table secret for the start of a port scan, so that ports are not predictable from
-        # outside (Linux hashes with a boot-time secret for the same reason).
-        self._port_salt = int.from_bytes(os.urandom(8), "big")
+        # Entries by the address of their DNAT target, for flush_endpoint. Dicts, not sets, so
+        # that a flush removes entries in an order that does not depend on memory addresses.
+        self._by_endpoint: dict[bytes, dict[Entry, None]] = {}
+        # (reply source, reply destination) of translated entries -> how many entries carry it.
+        self._reply_pairs: dict[tuple[bytes, bytes], int] = {}
+        self.generation = 0
+        self._deadlines: DeadlineHeap[Entry] = DeadlineHeap(operator.attrgetter("expires"))
+        # Secret key of the hash that starts a port scan, so that ports are not predictable from
+        # outside (Linux hashes with a boot-time secret for the same reason). The caller draws it
+        # from its seeded source: the daemon's seed is random, a test's is fixed and reproducible.
+        self._port_key = (port_salt % 2**64).to_bytes(8, "big")
         self._tcp_states: dict[TcpState, int] = {state: 0 for state in TcpState}
         self._protocols: dict[int, int] = {}
         self._counts = {name: 0 for name in (
@@ -350,6 +368,11 @@ class ConntrackTable:
 
     def __len__(self) -> int:
         return len(self._by_original)
+
+    @property
+    def reply_pairs(self) -> Mapping[tuple[bytes, bytes], int]:
+        """The address pairs replies of translated connections carry; read-only for callers."""
+        return self._reply_pairs
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -418,7 +441,7 @@ class ConntrackTable:
 
         Creating may remove other entries, which the caller never sees: evicted ones (counted in
         ``evictions``) and dead ones whose tuples or room it takes (counted in ``reclaimed``, and
-        in ``expired``). Whoever keeps state derived from entries resyncs when either changes."""
+        in ``expired``)."""
         reply = self.reply_tuple(original, dnat, snat)
         for t in (original, reply):
             holder = self._holder(t)
@@ -461,11 +484,17 @@ class ConntrackTable:
         self._by_reply[reply] = entry
         self._unreplied[entry] = None
         if dnat is not None:
-            self._by_endpoint.setdefault(dnat[0], set()).add(entry)
+            self._by_endpoint.setdefault(dnat[0], {})[entry] = None
+        if dnat is not None or snat is not None:
+            pair = (reply.src, reply.dst)
+            count = self._reply_pairs.get(pair, 0)
+            if not count:
+                self.generation += 1  # cached decisions about this pair may now be wrong
+            self._reply_pairs[pair] = count + 1
         if proto == _TCP:
             self._tcp_states[state] += 1
         self._protocols[proto] = self._protocols.get(proto, 0) + 1
-        self._push(entry)
+        self._deadlines.schedule(entry, entry.expires)
         self._counts["created"] += 1
         return entry
 
@@ -492,7 +521,9 @@ class ConntrackTable:
         if low <= preferred <= high and free(preferred):
             return preferred
         span = high - low + 1
-        start = hash((self._port_salt, proto, src_ip, remote_ip, remote_port, preferred)) % span
+        flow = _SCAN_FLOW.pack(proto, src_ip, remote_ip, remote_port, preferred)
+        digest = hashlib.blake2b(flow, digest_size=8, key=self._port_key).digest()
+        start = int.from_bytes(digest, "big") % span
         for i in range(span):
             port = low + (start + i) % span
             if free(port):
@@ -540,7 +571,7 @@ class ConntrackTable:
             entry.bytes[d] += length
             entry.last_seen = now
             expires = now + self._established_timeout
-            if expires < entry._heap_at:
+            if expires < entry.expires:
                 self._set_expires(entry, expires)
             else:
                 entry.expires = expires
@@ -614,21 +645,15 @@ class ConntrackTable:
 
     def expire(self, now: float) -> list[Entry]:
         """Remove and return every entry whose deadline has come (``now >= expires``)."""
-        gone: list[Entry] = []
-        while True:
-            deadline = self._settle_top()
-            if deadline is None or deadline > now:
-                break
-            # _discard may rebuild the heap, so it is never held in a local across iterations.
-            _, _, entry = heapq.heappop(self._heap)
+        gone = self._deadlines.pop_due(now)
+        for entry in gone:
             self._discard(entry)
-            gone.append(entry)
         self._counts["expired"] += len(gone)
         return gone
 
     def next_deadline(self) -> float | None:
         """The earliest ``expires`` of any entry in the table, or None when it is empty."""
-        return self._settle_top()
+        return self._deadlines.next_deadline()
 
     def flush(self, predicate: Callable[[Entry], bool] | None = None) -> int:
         if predicate is None:
@@ -640,15 +665,18 @@ class ConntrackTable:
         self._counts["flushed"] += len(victims)
         return len(victims)
 
-    def flush_endpoint(self, ip: bytes, port: int | None = None, proto: int | None = None) -> int:
+    def flush_endpoint(self, ip: bytes, port: int | None = None, proto: int | None = None,
+                       where: Callable[[Entry], bool] | None = None) -> int:
         """Remove the entries translated to endpoint ``ip`` (optionally only its ``port`` and
-        ``proto``), so that the flows they carried pick a live endpoint at their next packet."""
+        ``proto``, and only those ``where`` accepts), so that the flows they carried pick a live
+        endpoint at their next packet. Costs the endpoint's entries, not the table's."""
         candidates = self._by_endpoint.get(ip)
         if not candidates:
             return 0
         victims = [e for e in candidates
                    if (port is None or e.dnat is not None and e.dnat[1] == port)
-                   and (proto is None or e.original.proto == proto)]
+                   and (proto is None or e.original.proto == proto)
+                   and (where is None or where(e))]
         for entry in victims:
             self._discard(entry)
         self._counts["flushed"] += len(victims)
@@ -670,61 +698,31 @@ class ConntrackTable:
 
     def _discard(self, entry: Entry) -> None:
         entry._in_table = False
-        entry._heap_seq = -1  # its heap items are now stale and will be skipped
+        self._deadlines.discard(entry)
         del self._by_original[entry.original]
         del self._by_reply[entry.reply]
         self._unreplied.pop(entry, None)
         if entry.dnat is not None:
             group = self._by_endpoint.get(entry.dnat[0])
             if group is not None:
-                group.discard(entry)
+                group.pop(entry, None)
                 if not group:
                     del self._by_endpoint[entry.dnat[0]]
+        if entry.dnat is not None or entry.snat is not None:
+            pair = (entry.reply.src, entry.reply.dst)
+            count = self._reply_pairs.get(pair, 0)
+            if count <= 1:
+                self._reply_pairs.pop(pair, None)
+            else:
+                self._reply_pairs[pair] = count - 1
         proto = entry.original.proto
         if proto == _TCP:
             self._tcp_states[entry.tcp_state] -= 1
         self._protocols[proto] -= 1
-        if len(self._heap) > 2 * len(self._by_original) + 64:
-            self._rebuild_heap()
-
-    def _push(self, entry: Entry) -> None:
-        seq = next(self._seq)
-        heapq.heappush(self._heap, (entry.expires, seq, entry))
-        entry._heap_at = entry.expires
-        entry._heap_seq = seq
 
     def _set_expires(self, entry: Entry, expires: float) -> None:
-        # Invariant: a live entry has exactly one current heap item, at or before its deadline.
-        # A later deadline keeps the item (it is moved when it surfaces); an earlier one needs a
-        # new item, and the old one goes stale.
+        # A later deadline needs nothing from the heap (its item moves when it surfaces).
+        earlier = expires < entry.expires
         entry.expires = expires
-        if expires < entry._heap_at:
-            self._push(entry)
-            if len(self._heap) > 2 * len(self._by_original) + 64:
-                self._rebuild_heap()
-
-    def _settle_top(self) -> float | None:
-        """Drop stale items and move postponed ones until the top is an exact deadline."""
-        heap = self._heap
-        while heap:
-            at, seq, entry = heap[0]
-            if seq != entry._heap_seq:
-                heapq.heappop(heap)
-            elif entry.expires > at:
-                seq = next(self._seq)
-                heapq.heapreplace(heap, (entry.expires, seq, entry))
-                entry._heap_at = entry.expires
-                entry._heap_seq = seq
-            else:
-                return at
-        return None
-
-    def _rebuild_heap(self) -> None:
-        heap = []
-        for entry in self._by_original.values():
-            seq = next(self._seq)
-            heap.append((entry.expires, seq, entry))
-            entry._heap_at = entry.expires
-            entry._heap_seq = seq
-        heapq.heapify(heap)
-        self._heap = heap
+        if earlier:
+            self._deadlines.schedule(entry, expires)

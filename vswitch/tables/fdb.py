@@ -11,9 +11,9 @@ Theory of operation
   once, so correctness never waits for the timer; ``expire`` only reclaims memory.
 * A port may hold at most ``mac_limit`` learned MACs; a frame that would exceed it is not learned
   and the caller drops it (a flooding attack must not evict everyone else's entries).
-* Aging runs off a heap of deadlines that is lazy about refreshes: learning an existing MAC only
+* Aging runs off a ``DeadlineHeap``, which is lazy about refreshes: learning an existing MAC only
   moves ``last_seen`` forward, so a heap item can only be early, never late. When an early item
-  reaches the top it is pushed again at the entry's real deadline. ``expire`` and ``next_expiry``
+  reaches the top it is moved to the entry's real deadline. ``expire`` and ``next_expiry``
   cost O(log n) per entry that ages or is refreshed, not a scan of the table every tick.
 * ``generation`` changes whenever an existing decision could change: a move, an expiry, a flush.
   The flow cache keys its entries to it. Learning a brand-new MAC does not bump it: no cached
@@ -22,12 +22,11 @@ Theory of operation
 from __future__ import annotations
 
 import enum
-import heapq
-import itertools
 from dataclasses import dataclass
 from types import ModuleType
 
 from vswitch.accel import pure as _pure
+from vswitch.tables.deadlines import DeadlineHeap
 from vswitch.tables.object_table import ObjectTable
 
 
@@ -68,9 +67,8 @@ class Fdb:
         self.generation = 0
         self._entries: ObjectTable[FdbEntry] = ObjectTable(accel, 8, capacity)
         self._per_port: dict[int, int] = {}
-        # (deadline when pushed, tie-breaker, entry); see "Aging" in the module docstring.
-        self._heap: list[tuple[float, int, FdbEntry]] = []
-        self._seq = itertools.count()
+        self._deadlines: DeadlineHeap[FdbEntry] = DeadlineHeap(
+            lambda entry: entry.last_seen + self.aging)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -94,7 +92,7 @@ class Fdb:
             if not self._entries.put(_key(segment, mac), entry):
                 return LearnResult.LIMIT, None
             self._per_port[port] = self._per_port.get(port, 0) + 1
-            heapq.heappush(self._heap, (now + self.aging, next(self._seq), entry))
+            self._deadlines.schedule(entry, now + self.aging)
             return LearnResult.NEW, entry
         if entry.port != port:
             if self._per_port.get(port, 0) >= self.mac_limit:
@@ -119,29 +117,15 @@ class Fdb:
 
     def expire(self, now: float) -> int:
         removed = 0
-        while True:
-            deadline = self._settle_top()
-            if deadline is None or deadline > now:
-                return removed
-            _, _, entry = heapq.heappop(self._heap)
+        for entry in self._deadlines.pop_due(now):
+            if now - entry.last_seen < self.aging:
+                # ``last_seen + aging <= now`` and yet ``lookup`` still finds it: float rounding.
+                # ``lookup`` decides; the entry goes at the next tick.
+                self._deadlines.schedule(entry, entry.last_seen + self.aging)
+                continue
             self._remove(entry)
             removed += 1
-
-    def _settle_top(self) -> float | None:
-        """The true earliest deadline, after discarding items of removed entries and re-pushing
-        early ones at their entries' real deadlines."""
-        heap = self._heap
-        while heap:
-            deadline, _, entry = heap[0]
-            if self._entries.get(_key(entry.segment, entry.mac)) is not entry:
-                heapq.heappop(heap)  # removed (aged, flushed) since it was pushed
-                continue
-            actual = entry.last_seen + self.aging
-            if actual != deadline:
-                heapq.heapreplace(heap, (actual, next(self._seq), entry))
-                continue
-            return deadline
-        return None
+        return removed
 
     def flush_port(self, port: int) -> int:
         gone = [e for e in self._entries.values() if e.port == port]
@@ -150,7 +134,7 @@ class Fdb:
         return len(gone)
 
     def next_expiry(self) -> float | None:
-        return self._settle_top()
+        return self._deadlines.next_deadline()
 
     def entries(self) -> list[FdbEntry]:
         return list(self._entries.values())
@@ -165,8 +149,4 @@ class Fdb:
         self._entries.pop(_key(entry.segment, entry.mac))
         self._per_port[entry.port] -= 1
         self.generation += 1
-        if len(self._heap) > 2 * len(self._entries) + 64:
-            # Flushes leave items of removed entries behind; drop them before they pile up.
-            self._heap = [(e.last_seen + self.aging, next(self._seq), e)
-                          for e in self._entries.values()]
-            heapq.heapify(self._heap)
+        self._deadlines.discard(entry)

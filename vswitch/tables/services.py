@@ -40,11 +40,14 @@ Theory of operation
   chosen once for twice the current backends and changes only when the backends outgrow it
   (more than one per 100 slots); a shrinking set keeps the larger table, which only improves
   balance. The local-only table of a service port uses the same size.
+
+This module is longer than the core's usual 400 lines: programming, the per-connection choice and
+affinity share the per-port state and must be read together; the ``*_info`` rows at the end are
+the table's own view of that state for ``vswitchctl``.
 """
 from __future__ import annotations
 
 import enum
-import heapq
 import random
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -52,6 +55,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from vswitch.model import Pod, Service, ServicePort
 from vswitch.tables import maglev
+from vswitch.tables.deadlines import DeadlineHeap
 
 PROTOCOL_NUMBERS: Mapping[str, int] = {"tcp": 6, "udp": 17, "sctp": 132}
 NODE_PORT_TYPES = ("nodeport", "loadbalancer")
@@ -73,6 +77,13 @@ class Backend:
     def name(self) -> str:
         """The backend's stable name ("10.244.1.10:8080"), which seeds its Maglev permutation."""
         return f"{IPv4Address(self.ip)}:{self.port}"
+
+
+class NoBackend(enum.Enum):
+    """Why a new connection has no backend, which decides what the caller does with it."""
+
+    NO_ENDPOINTS = "no ready endpoint at all: the connection is refused"
+    NO_LOCAL_ENDPOINTS = "Local traffic policy and no endpoint on this node: dropped"
 
 
 class FrontendKind(enum.Enum):
@@ -155,13 +166,9 @@ class ServiceTable:
         # Affinity entries are grouped per service port, so that dropping a service's entries, or
         # those of one removed backend, never scans other services' clients.
         self._affinity: dict[PortKey, dict[bytes, _Affinity]] = {}
-        # (expires, sequence, port key, client) for every expiry ever set; an item whose entry is
-        # gone or was refreshed since is skipped when it reaches the top.
-        self._expiry_heap: list[tuple[float, int, PortKey, bytes]] = []
-        self._expiry_sequence = 0
-        # The heap is rebuilt from the live entries when it outgrows this, which keeps refreshes
-        # amortised O(log n) without letting outdated items pile up.
-        self._heap_limit = 64
+        # When each (port key, client) entry expires; a refresh only moves ``expires`` later.
+        self._deadlines: DeadlineHeap[tuple[PortKey, bytes]] = DeadlineHeap(
+            lambda pinned: self._affinity[pinned[0]][pinned[1]].expires)
         # (port key, local only) -> (candidates the table was built for, table).
         self._maglev: dict[tuple[PortKey, bool], tuple[tuple[Backend, ...], list[int]]] = {}
         self._maglev_size: dict[PortKey, int] = {}
@@ -349,13 +356,15 @@ class ServiceTable:
         for key in list(self._affinity):
             state = new_ports.get(key)
             if state is None or not _is(state.service.session_affinity, "clientip"):
-                del self._affinity[key]
+                for client in self._affinity.pop(key):
+                    self._deadlines.discard((key, client))
                 continue
             entries = self._affinity[key]
             gone = gone_backends.get(key)
             if gone:
                 for client in [c for c, e in entries.items() if e.backend in gone]:
                     del entries[client]
+                    self._deadlines.discard((key, client))
             old = self._ports.get(key)
             if old is not None and old.service.affinity_timeout != state.service.affinity_timeout:
                 # A shorter timeout applies to existing entries at once: it is measured from the
@@ -363,7 +372,7 @@ class ServiceTable:
                 timeout = state.service.affinity_timeout
                 for client, entry in entries.items():
                     entry.expires = entry.last_used + timeout
-                    self._push_expiry(entry.expires, key, client)
+                    self._deadlines.schedule((key, client), entry.expires)
             if not entries:
                 del self._affinity[key]
 
@@ -390,29 +399,38 @@ class ServiceTable:
             return tuple(b for b in match.backends if b.local)
         return match.backends
 
-    def why_none(self, match: ServiceMatch, from_outside: bool) -> str | None:
-        """Why ``choose`` found no backend: "no-endpoints" (the caller refuses the connection) or
-        "no-local-endpoints" (the caller drops it); None when there are candidates."""
+    def why_none(self, match: ServiceMatch, from_outside: bool) -> NoBackend | None:
+        """Why ``choose`` would find no backend; None when there are candidates."""
         if not match.backends:
-            return "no-endpoints"
+            return NoBackend.NO_ENDPOINTS
         if not self.candidates(match, from_outside):
-            return "no-local-endpoints"
+            return NoBackend.NO_LOCAL_ENDPOINTS
         return None
 
     def pinned(self, match: ServiceMatch, client_ip: bytes, now: float,
                from_outside: bool) -> Backend | None:
-        """The backend ClientIP affinity holds for this client, if any; changes nothing (for
-        dry-run traces)."""
+        """The backend ClientIP affinity holds for this client, if any; changes nothing (a
+        trace says so when affinity made the choice)."""
         if not _is(match.service.session_affinity, "clientip"):
             return None
-        entries = self._affinity.get(port_key(match.service, match.port))
+        held = self._held(port_key(match.service, match.port), client_ip, now,
+                          self.candidates(match, from_outside))
+        return held.backend if held is not None else None
+
+    def _held(self, key: PortKey, client_ip: bytes, now: float,
+              candidates: tuple[Backend, ...]) -> _Affinity | None:
+        """The client's live affinity entry, if its backend is still a candidate."""
+        entries = self._affinity.get(key)
         entry = entries.get(client_ip) if entries is not None else None
-        if entry is None or now >= entry.expires:
+        if entry is None or now >= entry.expires or entry.backend not in candidates:
             return None
-        return entry.backend if entry.backend in self.candidates(match, from_outside) else None
+        return entry
 
     def choose(self, match: ServiceMatch, *, client_ip: bytes, flow_hash: int, now: float,
-               from_outside: bool) -> Backend | None:
+               from_outside: bool, commit: bool = True) -> Backend | None:
+        """The backend of a new connection. Without ``commit`` (a dry-run trace) the answer is
+        the one a real packet would get now, but nothing changes: no affinity is pinned or
+        refreshed, the random generator does not advance, no Maglev table is kept."""
         local_only = self.local_only(match, from_outside)
         candidates = (tuple(b for b in match.backends if b.local) if local_only
                       else match.backends)
@@ -420,99 +438,72 @@ class ServiceTable:
             return None
         service = match.service
         if not _is(service.session_affinity, "clientip"):
-            return self._pick(match, candidates, flow_hash, local_only)
+            return self._pick(match, candidates, flow_hash, local_only, commit)
         key = port_key(service, match.port)
-        entries = self._affinity.get(key)
-        entry = entries.get(client_ip) if entries is not None else None
+        entry = self._held(key, client_ip, now, candidates)
         expires = now + service.affinity_timeout
-        if entry is not None and now < entry.expires and entry.backend in candidates:
-            entry.expires = expires
-            entry.last_used = now
-            self._push_expiry(expires, key, client_ip)
+        if entry is not None:
+            if commit:
+                entry.expires = expires  # later: the deadline heap needs no word of it
+                entry.last_used = now
             return entry.backend
-        backend = self._pick(match, candidates, flow_hash, local_only)
+        backend = self._pick(match, candidates, flow_hash, local_only, commit)
         # A match from before the last ``program`` may name a port that is gone; pinning a client
         # to it would only leave an entry nobody can reach.
-        if key in self._ports:
+        if commit and key in self._ports:
+            entries = self._affinity.get(key)
             if entries is None:
                 entries = self._affinity[key] = {}
             entries[client_ip] = _Affinity(backend, expires, now)
-            self._push_expiry(expires, key, client_ip)
+            self._deadlines.schedule((key, client_ip), expires)
         return backend
 
     def _pick(self, match: ServiceMatch, candidates: tuple[Backend, ...], flow_hash: int,
-              local_only: bool) -> Backend:
+              local_only: bool, commit: bool) -> Backend:
         if len(candidates) == 1:
             return candidates[0]
         if not _is(match.service.load_balancer, "maglev"):
-            return self.rng.choice(candidates)
+            if commit:
+                return self.rng.choice(candidates)
+            state = self.rng.getstate()
+            try:
+                return self.rng.choice(candidates)
+            finally:
+                self.rng.setstate(state)
         key = port_key(match.service, match.port)
         cached = self._maglev.get((key, local_only))
         if cached is None or cached[0] != candidates:
             cached = (candidates, maglev.build_table([b.name for b in candidates],
-                                                     self._table_size(key, match)))
+                                                     self._table_size(key, match, commit)))
             # A match from before the last ``program`` may name a port that is gone; its table
             # would never be dropped.
-            if key in self._ports:
+            if commit and key in self._ports:
                 self._maglev[(key, local_only)] = cached
         table = cached[1]
         return candidates[table[flow_hash % len(table)]]
 
-    def _table_size(self, key: PortKey, match: ServiceMatch) -> int:
+    def _table_size(self, key: PortKey, match: ServiceMatch, commit: bool) -> int:
         size = self._maglev_size.get(key)
         if size is None or maglev.table_size(len(match.backends)) > size:
             size = maglev.table_size(2 * len(match.backends))
-            if key in self._ports:
+            if commit and key in self._ports:
                 self._maglev_size[key] = size
         return size
 
     # -- timers --------------------------------------------------------------------------------
 
-    def _push_expiry(self, expires: float, key: PortKey, client: bytes) -> None:
-        self._expiry_sequence += 1
-        heapq.heappush(self._expiry_heap, (expires, self._expiry_sequence, key, client))
-        if len(self._expiry_heap) > self._heap_limit:
-            self._rebuild_heap()
-
-    def _rebuild_heap(self) -> None:
-        heap = []
-        for key, entries in self._affinity.items():
-            for client, entry in entries.items():
-                self._expiry_sequence += 1
-                heap.append((entry.expires, self._expiry_sequence, key, client))
-        heapq.heapify(heap)
-        self._expiry_heap = heap
-        self._heap_limit = 2 * len(heap) + 64
-
-    def _live_top(self) -> tuple[float, int, PortKey, bytes] | None:
-        """The heap's earliest item that still describes an entry, popping the outdated ones."""
-        heap = self._expiry_heap
-        while heap:
-            expires, _, key, client = heap[0]
-            entry = self._affinity.get(key, {}).get(client)
-            if entry is not None and entry.expires == expires:
-                return heap[0]
-            heapq.heappop(heap)
-        return None
-
     def expire(self, now: float) -> int:
         """Drops affinity entries that expired; ``choose`` already ignores them, this reclaims."""
-        dropped = 0
-        while True:
-            top = self._live_top()
-            if top is None or top[0] > now:
-                return dropped
-            heapq.heappop(self._expiry_heap)
-            _, _, key, client = top
+        due = self._deadlines.pop_due(now)
+        for key, client in due:
             entries = self._affinity[key]
             del entries[client]
             if not entries:
                 del self._affinity[key]
-            dropped += 1
+        return len(due)
 
     def next_deadline(self) -> float | None:
-        top = self._live_top()
-        return top[0] if top is not None else None
+        return self._deadlines.next_deadline()
 
     def affinity_count(self) -> int:
         return sum(len(entries) for entries in self._affinity.values())

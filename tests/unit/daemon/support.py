@@ -74,6 +74,7 @@ class RecordingSwitch(SwitchCore):
 
     def __init__(self, topology: Topology) -> None:
         self.ports: dict[int, PortSpec] = {}  # named like Switch.ports
+        self.programming = self  # it records programming itself
         self.rx: dict[int, int] = {}
         self.tx_drops: list[tuple[int, str]] = []
         self.timer_frames: list[Transmit] = []
