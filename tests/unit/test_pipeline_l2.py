@@ -291,3 +291,29 @@ def test_frames_lose_or_gain_the_virtio_header_between_unlike_ports(topology):
     switch.process_batch(A, [frame("icmp 10.244.1.10 > 10.244.1.99", A_MAC, BROADCAST_MAC)], 0.0)
     txs = switch.process_batch(9, [plain], 0.0)
     assert [(t.port, t.data) for t in txs] == [(A, VNET + plain)]
+
+
+def test_stages_import_no_other_stage():
+    """The graph is the one place that wires stages: a stage module may import helper modules of
+    the pipeline (which declare no NAME), never another stage, so no stage calls another's code
+    or counts into another's counters."""
+    import ast
+    from pathlib import Path
+
+    from vswitch.pipeline import graph
+
+    stage_modules = {m.__name__ for m in graph.STAGES.values()}
+    assert len(stage_modules) == len(graph.STAGES) >= 15
+    breaches = []
+    for module in graph.STAGES.values():
+        tree = ast.parse(Path(module.__file__).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            breaches += [f"{module.__name__} imports {n}" for n in names
+                         if n in stage_modules and n != module.__name__]
+    assert breaches == []

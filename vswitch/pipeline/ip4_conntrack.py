@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import enum
 
-from vswitch.core.verdict import Hold
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.conntrack import Verdict
@@ -36,32 +35,14 @@ class Counter(enum.Enum):
     FRAGMENT_OF_DROPPED = "later fragments of a datagram whose first fragment was dropped"
 
 
-def hold_or_drop(pkt: Packet, env: Env, fragment: tracked_flows.FragmentAction, stage: str):
-    """Hold a later fragment until its first passes, or drop it with its dropped first."""
-    ip = pkt.ip
-    if fragment is tracked_flows.FragmentAction.DROP:
-        return env.drop(pkt, Counter.FRAGMENT_OF_DROPPED)
-    if not env.commit:
-        if pkt.trace is not None:
-            pkt.trace.note(stage, f"a later fragment (id {ip.identification}) before its first: "
-                                  f"would be held until the first fragment passes")
-        return (Hold(),)
-    if not env.nat.fragments.hold(tracked_flows.fragment_key(pkt), pkt.port.id, pkt.data,
-                                  env.now):
-        return env.drop(pkt, Counter.FRAGMENT_HOLD_FULL)
-    env.count(Counter.FRAGMENT_HELD)
-    if pkt.trace is not None:
-        pkt.trace.note(stage, f"a later fragment (id {ip.identification}) before its first: "
-                              f"held until the first fragment passes")
-    return (Hold(),)
-
-
 def process(pkt: Packet, env: Env):
     found = tracked_flows.find(pkt, env)
     if found is None:
         fragment = tracked_flows.untracked_fragment(pkt, env)
         if fragment is not tracked_flows.FragmentAction.PASS:
-            return hold_or_drop(pkt, env, fragment, NAME)
+            return tracked_flows.hold_or_drop(pkt, env, fragment, NAME, Counter.FRAGMENT_HELD,
+                                              Counter.FRAGMENT_HOLD_FULL,
+                                              Counter.FRAGMENT_OF_DROPPED)
         env.count(Counter.UNTRACKED)
         return "ip4-service"
     entry, direction, related = found

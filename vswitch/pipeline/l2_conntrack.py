@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 
 from vswitch.core.verdict import Forward
-from vswitch.pipeline import ip4_conntrack, tracked_flows
+from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.conntrack import Verdict
 
@@ -24,6 +24,9 @@ class Counter(enum.Enum):
     RELATED = "switched ICMP errors about translated connections, translated"
     PLAIN = "switched packets between such a pair that belong to no translated connection"
     INVALID = "TCP packets invalid for their connection's state: dropped"
+    FRAGMENT_HELD = "switched later fragments that came before their first: held until it passes"
+    FRAGMENT_HOLD_FULL = "switched later fragments that came before their first, not held: no room"
+    FRAGMENT_OF_DROPPED = "switched later fragments of a datagram whose first fragment was dropped"
 
 
 def process(pkt: Packet, env: Env):
@@ -32,7 +35,9 @@ def process(pkt: Packet, env: Env):
     if found is None:
         fragment = tracked_flows.untracked_fragment(pkt, env)
         if fragment is not tracked_flows.FragmentAction.PASS:
-            return ip4_conntrack.hold_or_drop(pkt, env, fragment, NAME)
+            return tracked_flows.hold_or_drop(pkt, env, fragment, NAME, Counter.FRAGMENT_HELD,
+                                              Counter.FRAGMENT_HOLD_FULL,
+                                              Counter.FRAGMENT_OF_DROPPED)
         env.count(Counter.PLAIN)
         if pkt.trace is not None:
             pkt.trace.note(NAME, "no translated connection: switched as it is")

@@ -11,6 +11,7 @@ import enum
 import struct
 from ipaddress import IPv4Address
 
+from vswitch.core.verdict import Hold
 from vswitch.pipeline.context import Env, Packet
 from vswitch.pipeline.nat_rewrite import translate, translate_icmp_error
 from vswitch.tables.conntrack import Direction, Entry, FlowTuple, Verdict
@@ -85,6 +86,28 @@ class FragmentAction(enum.Enum):
     PASS = "go on untranslated"
     HOLD = "a later fragment before its first: hold it until the first passes"
     DROP = "a later fragment of a dropped first fragment: drop it"
+
+
+def hold_or_drop(pkt: Packet, env: Env, action: FragmentAction, stage: str,
+                 held: enum.Enum, no_room: enum.Enum, of_dropped: enum.Enum):
+    """Carry out a HOLD or DROP from ``untracked_fragment`` for the calling ``stage``, which passes
+    its own counters: park the frame in the fragment table (it runs again once its first
+    fragment has passed), or drop it with its dropped first fragment."""
+    if action is FragmentAction.DROP:
+        return env.drop(pkt, of_dropped)
+    ident = pkt.ip.identification
+    if not env.commit:
+        if pkt.trace is not None:
+            pkt.trace.note(stage, f"a later fragment (id {ident}) before its first: "
+                                  f"would be held until the first fragment passes")
+        return (Hold(),)
+    if not env.nat.fragments.hold(fragment_key(pkt), pkt.port.id, pkt.data, env.now):
+        return env.drop(pkt, no_room)
+    env.count(held)
+    if pkt.trace is not None:
+        pkt.trace.note(stage, f"a later fragment (id {ident}) before its first: "
+                              f"held until the first fragment passes")
+    return (Hold(),)
 
 
 def fragment_key(pkt: Packet) -> tuple[int, bytes, bytes, int]:
