@@ -26,7 +26,7 @@ from types import MappingProxyType
 
 from vswitch import accel
 from vswitch.config import parse_topology
-from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.core.switch import Switch
 from vswitch.model import Cluster, Service, ServicePort, Uplink, mac_for_ip
 from vswitch.wire import headers as h

@@ -5,7 +5,7 @@ import pytest
 
 from vswitch import accel as accel_impls
 from vswitch.config import parse_topology
-from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.core.switch import Switch
 
 TOPOLOGY = """

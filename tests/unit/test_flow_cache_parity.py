@@ -9,7 +9,7 @@ import dataclasses
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.core.presentation import fdb_rows, neighbor_rows
 from vswitch.wire import headers as h
 from vswitch.wire.addresses import BROADCAST_MAC, mac_bytes

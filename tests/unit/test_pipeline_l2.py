@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from vswitch.accel import pure
-from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.core.presentation import fdb_rows
 from vswitch.wire import builders, headers as h
 from vswitch.wire.addresses import BROADCAST_MAC, mac_bytes

@@ -11,7 +11,7 @@ import pytest
 from vswitch import accel as accel_impls
 from vswitch.accel import pure
 from vswitch.config import parse_topology
-from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.core.presentation import neighbor_rows
 from vswitch.core.switch import Switch
 from vswitch.model import Segment, StaticRoute, mac_for_ip

@@ -12,7 +12,7 @@ import pytest
 
 from vswitch import accel as accel_impls
 from vswitch.accel import pure
-from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.core.presentation import conntrack_rows
 from vswitch.core.switch import Switch
 from vswitch.model import (Cluster, Container, Pod, Service, ServicePort, Topology, Uplink,

@@ -197,7 +197,7 @@ def traffic_digest(seed: int) -> str:
     from tests.unit.test_pipeline_services import (
         A, A_IP, B, B_IP, BROADCAST_MAC, C, C_IP, FAR, GW, NODE, UPLINK, VIP, _topology, mac, send)
     from vswitch import accel as accel_impls
-    from vswitch.core.ports import PortKind, PortSpec
+    from vswitch.core.port_spec import PortKind, PortSpec
     from vswitch.core.switch import Switch
     from vswitch.model import mac_for_ip
     from ipaddress import IPv4Address

@@ -1,16 +1,37 @@
-"""What the core asks the runtime to do, as plain values. The core never performs I/O itself."""
+"""The decisions a pipeline run ends in. Stages return them; the switch turns them into Transmits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
-class Transmit:
-    """Write ``data`` to port ``port``: exactly the bytes for the port's file descriptor.
+class Forward:
+    """Send a frame framed like the ingress port's (virtio-net header included when it has one)
+    out of these ports: the received frame itself, or ``data`` when a stage rewrote it."""
 
-    For a port opened with a virtio-net header, ``data`` starts with that header; the core adds or
-    keeps it, the runtime writes the buffer as it is.
-    """
+    ports: tuple[int, ...]
+    data: bytes | None = None
+    framing: object = None  # the PortSpec whose framing ``data`` follows; None: the ingress port's
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The packet waits: in a neighbour queue until its next hop's MAC is known, or, a later
+    fragment that came first, until its datagram's first fragment has passed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send a frame the switch made itself (an ARP or ICMP answer), without virtio-net header."""
 
     port: int
-    data: bytes
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    stage: str
+    reason: str  # the counter's kebab-case name, e.g. "spoofed-ip"
+
+
+Action = Forward | Reply | Drop | Hold

@@ -17,11 +17,11 @@ Theory of operation
 """
 from __future__ import annotations
 
-from vswitch.core.actions import Transmit
+from vswitch.core.transmit import Transmit
 from vswitch.core.capture import Captures
 from vswitch.core.counters import PortCounters
-from vswitch.core.ports import PortSpec
-from vswitch.core.verdict import Forward
+from vswitch.core.port_spec import PortSpec
+from vswitch.core.actions import Forward
 from vswitch.pipeline.context import Env
 from vswitch.wire import headers as h
 

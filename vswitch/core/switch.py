@@ -31,16 +31,16 @@ from types import ModuleType
 from typing import Sequence
 
 from vswitch import accel as _accel
-from vswitch.core.actions import Transmit
+from vswitch.core.transmit import Transmit
 from vswitch.core.counters import Disposition, PortCounters, StageCounters, counter_name
 from vswitch.core import fast_path
 from vswitch.core.conntrack_filter import entry_filter
 from vswitch.core.egress import Egress
 from vswitch.core.flow_cache import FlowCache
-from vswitch.core.ports import PortSpec
+from vswitch.core.port_spec import PortSpec
 from vswitch.core.programming import TableProgramming
 from vswitch.core.tracing import Tracer
-from vswitch.core.verdict import Drop, Forward, Hold, Reply
+from vswitch.core.actions import Drop, Forward, Hold, Reply
 from vswitch.model import DEFAULT_CONNTRACK_MAX, Topology
 from vswitch.pipeline import graph, ip4_conntrack, ip4_icmp_error, ip4_neighbor, routed_frames
 from vswitch.pipeline.context import Env, NatContext, Packet, SegmentInfo

@@ -23,9 +23,9 @@ from ipaddress import IPv4Address
 
 from vswitch.core.capture import Captures
 from vswitch.core.counters import StageCounters
-from vswitch.core.ports import PortSpec
+from vswitch.core.port_spec import PortSpec
 from vswitch.core.trace import Trace
-from vswitch.core.verdict import Action, Drop, Forward, Hold, Reply
+from vswitch.core.actions import Action, Drop, Forward, Hold, Reply
 from vswitch.model import mac_for_ip
 from vswitch.pipeline import graph
 from vswitch.pipeline.context import Env, Packet

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 
-from vswitch.core.verdict import Reply
+from vswitch.core.actions import Reply
 from vswitch.pipeline import routed_frames
 from vswitch.pipeline.context import Env, Packet
 from vswitch.wire import builders, headers as h

@@ -9,9 +9,9 @@ from types import ModuleType
 from typing import Any, Mapping
 
 from vswitch.core.counters import StageCounters, counter_name
-from vswitch.core.ports import PortSpec
+from vswitch.core.port_spec import PortSpec
 from vswitch.core.trace import Trace
-from vswitch.core.verdict import Drop
+from vswitch.core.actions import Drop
 from vswitch.tables.conntrack import ConntrackTable
 from vswitch.tables.fdb import Fdb, FdbEntry
 from vswitch.tables.fib import Fib, Route
@@ -166,9 +166,9 @@ class Env:
         self.counters.add(member, n)
 
     def drop(self, pkt: Packet, member: enum.Enum) -> tuple[Drop]:
-        return (self.drop_verdict(pkt, member),)
+        return (self.drop_action(pkt, member),)
 
-    def drop_verdict(self, pkt: Packet, member: enum.Enum) -> Drop:
+    def drop_action(self, pkt: Packet, member: enum.Enum) -> Drop:
         self.counters.add(member)
         stage = self.counters.stage_of(member)
         if pkt.trace is not None:

@@ -1,7 +1,7 @@
 """The stage graph, declared in one place.
 
 A stage's ``process(pkt, env)`` returns either the name of the next stage or a tuple of actions
-(the verdict). Stages never call each other; ``run`` follows the names. Every stage declares the
+(``core.actions``: forward, reply, hold, drop). Stages never call each other; ``run`` follows the names. Every stage declares the
 stages it may hand over to in ``NEXT``, and ``run`` refuses a hand-over that was not declared, so
 the graph printed by ``describe`` is the graph that runs.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from types import ModuleType
 
-from vswitch.core.verdict import Action
+from vswitch.core.actions import Action
 from vswitch.pipeline import (arp_responder, eth_input, ip4_conntrack, ip4_icmp_error, ip4_input,
                                ip4_local, ip4_lookup, ip4_masquerade, ip4_neighbor, ip4_rewrite,
                                ip4_service, l2_conntrack, l2_forward, l2_learn, port_security)

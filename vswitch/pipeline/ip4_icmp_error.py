@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import enum
 
-from vswitch.core.ports import PortSpec
-from vswitch.core.verdict import Reply
+from vswitch.core.port_spec import PortSpec
+from vswitch.core.actions import Reply
 from vswitch.pipeline.context import Env, Packet
 from vswitch.wire import builders, headers as h
 from vswitch.wire.addresses import ip_text

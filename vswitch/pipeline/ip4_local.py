@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-from vswitch.core.verdict import Reply
+from vswitch.core.actions import Reply
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.wire import builders, headers as h
@@ -32,7 +32,7 @@ def process(pkt: Packet, env: Env):
     if ip.mf or ip.fragment_offset:
         return env.drop(pkt, Counter.FRAGMENT)
     if ip.protocol == h.IpProto.UDP:
-        pkt.pending_drop = env.drop_verdict(pkt, Counter.UDP_NO_LISTENER)
+        pkt.pending_drop = env.drop_action(pkt, Counter.UDP_NO_LISTENER)
         pkt.icmp_error = (h.IcmpType.DEST_UNREACHABLE, 3, bytes(4))
         return "ip4-icmp-error"
     if ip.protocol != h.IpProto.ICMP:

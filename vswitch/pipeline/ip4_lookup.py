@@ -34,7 +34,7 @@ def process(pkt: Packet, env: Env):
     dst = int.from_bytes(pkt.ip.dst, "big")
     route = env.fib.lookup(dst)
     if route is None:
-        pkt.pending_drop = env.drop_verdict(pkt, Counter.NO_ROUTE)
+        pkt.pending_drop = env.drop_action(pkt, Counter.NO_ROUTE)
         pkt.icmp_error = (h.IcmpType.DEST_UNREACHABLE, 0, bytes(4))
         return "ip4-icmp-error"
     env.count(Counter.ROUTED)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-from vswitch.core.verdict import Hold
+from vswitch.core.actions import Hold
 from vswitch.pipeline import routed_frames
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.neighbors import NeighborState, ResolveResult

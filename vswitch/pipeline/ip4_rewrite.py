@@ -96,7 +96,7 @@ def fragment(packet: bytes, mtu: int, env: Env) -> list[bytes]:
 def process(pkt: Packet, env: Env):
     ip = pkt.ip
     if ip.ttl <= 1:
-        pkt.pending_drop = env.drop_verdict(pkt, Counter.TTL_EXPIRED)
+        pkt.pending_drop = env.drop_action(pkt, Counter.TTL_EXPIRED)
         pkt.icmp_error = (h.IcmpType.TIME_EXCEEDED, 0, bytes(4))
         return "ip4-icmp-error"
     segment = env.segments[pkt.route.segment]
@@ -109,7 +109,7 @@ def process(pkt: Packet, env: Env):
     if size <= mtu:
         pkt.out_packets = [packet]
     elif ip.df:
-        pkt.pending_drop = env.drop_verdict(pkt, Counter.FRAG_NEEDED)
+        pkt.pending_drop = env.drop_action(pkt, Counter.FRAG_NEEDED)
         pkt.icmp_error = (h.IcmpType.DEST_UNREACHABLE, 4, struct.pack("!HH", 0, mtu))
         if pkt.trace is not None:
             pkt.trace.note(NAME, f"{size}-byte packets with DF do not fit MTU {mtu} of segment "

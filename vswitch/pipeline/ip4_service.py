@@ -20,8 +20,8 @@ from __future__ import annotations
 import enum
 import struct
 
-from vswitch.core.ports import PortKind
-from vswitch.core.verdict import Reply
+from vswitch.core.port_spec import PortKind
+from vswitch.core.actions import Reply
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.conntrack import ConntrackTable, Direction, Entry, TcpState
@@ -61,11 +61,11 @@ def _rst_for(pkt: Packet, env: Env) -> bytes:
 
 def _refuse(pkt: Packet, env: Env, flow):
     if flow.proto == h.IpProto.TCP:
-        drop = env.drop_verdict(pkt, Counter.REFUSED_TCP)
+        drop = env.drop_action(pkt, Counter.REFUSED_TCP)
         if pkt.trace is not None:
             pkt.trace.note(NAME, "no ready endpoint: refuse with TCP RST")
         return (drop, Reply(pkt.port.id, _rst_for(pkt, env)))
-    pkt.pending_drop = env.drop_verdict(pkt, Counter.REFUSED_UDP)
+    pkt.pending_drop = env.drop_action(pkt, Counter.REFUSED_UDP)
     pkt.icmp_error = (h.IcmpType.DEST_UNREACHABLE, 3, bytes(4))
     return "ip4-icmp-error"
 

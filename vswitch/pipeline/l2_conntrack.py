@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-from vswitch.core.verdict import Forward
+from vswitch.core.actions import Forward
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.conntrack import Verdict

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 
-from vswitch.core.verdict import Forward
+from vswitch.core.actions import Forward
 from vswitch.pipeline.context import Env, Packet
 from vswitch.wire.addresses import is_multicast_mac, mac_text
 

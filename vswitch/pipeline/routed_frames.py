@@ -8,8 +8,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from vswitch.core.ports import PortSpec
-from vswitch.core.verdict import Forward, Reply
+from vswitch.core.port_spec import PortSpec
+from vswitch.core.actions import Forward, Reply
 from vswitch.pipeline.context import Env, SegmentInfo
 from vswitch.wire import builders, headers as h
 from vswitch.wire.addresses import BROADCAST_MAC, ZERO_MAC

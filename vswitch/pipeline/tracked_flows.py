@@ -11,7 +11,7 @@ import enum
 import struct
 from ipaddress import IPv4Address
 
-from vswitch.core.verdict import Hold
+from vswitch.core.actions import Hold
 from vswitch.pipeline.context import Env, Packet
 from vswitch.pipeline.nat_rewrite import translate, translate_icmp_error
 from vswitch.tables.conntrack import Direction, Entry, FlowTuple, Verdict

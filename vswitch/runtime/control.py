@@ -41,7 +41,7 @@ import trio
 from vswitch.control import COMMANDS
 from vswitch.control.command import Command, ControlError
 from vswitch.model import Topology
-from vswitch.runtime.ports import RuntimeErrors
+from vswitch.runtime.port_io import RuntimeErrors
 
 log = logging.getLogger(__name__)
 

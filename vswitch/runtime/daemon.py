@@ -67,13 +67,13 @@ from typing import Any, AsyncContextManager, Awaitable, Callable, Iterator, Sequ
 import trio
 
 from vswitch import config
-from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.model import DEFAULT_SEGMENT, Pod, Service, Topology
 from vswitch.runtime import sdnotify
 from vswitch.runtime.control import (ControlCommands, ControlContext, prepare_socket_path,
                                      serve_control)
 from vswitch.runtime.metrics import SwitchCollector, serve_metrics
-from vswitch.runtime.ports import Port, PortFactory, RuntimeErrors, transmit
+from vswitch.runtime.port_io import Port, PortFactory, RuntimeErrors, transmit
 from vswitch.runtime.switch_core import SwitchCore
 
 module_log = logging.getLogger("vswitchd")
@@ -120,7 +120,7 @@ def _system_netns_path(name: str) -> str:
 
 
 def _system_port_factory() -> PortFactory:
-    from vswitch.runtime.ports import tap_port_factory
+    from vswitch.runtime.port_io import tap_port_factory
 
     return tap_port_factory
 

@@ -16,9 +16,9 @@ from typing import Any, AsyncIterator, Mapping
 
 import trio
 
-from vswitch.core.ports import PortSpec
+from vswitch.core.port_spec import PortSpec
 from vswitch.model import Dataplane, Pod, Topology
-from vswitch.runtime.ports import Port, RuntimeErrors, process
+from vswitch.runtime.port_io import Port, RuntimeErrors, process
 from vswitch.runtime.switch_core import SwitchCore
 
 DEFAULT_CAPACITY = 256

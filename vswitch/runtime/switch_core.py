@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-from vswitch.core.actions import Transmit
-from vswitch.core.ports import PortSpec
+from vswitch.core.transmit import Transmit
+from vswitch.core.port_spec import PortSpec
 from vswitch.model import Pod, Service
 
 

@@ -16,7 +16,7 @@ import fcntl
 import os
 import struct
 
-from vswitch.core.ports import VNET_HDR_LEN
+from vswitch.core.port_spec import VNET_HDR_LEN
 from vswitch.model import IFNAMSIZ
 
 TUNSETIFF = 0x400454CA

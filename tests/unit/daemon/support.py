@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 import trio
 
 from vswitch import accel
-from vswitch.core.actions import Transmit
-from vswitch.core.ports import PortSpec
+from vswitch.core.transmit import Transmit
+from vswitch.core.port_spec import PortSpec
 from vswitch.core.switch import Switch
 from vswitch.model import (Container, Control, Dataplane, HostPort, Node, Pod, Service, Topology,
                            mac_for_ip)

@@ -9,7 +9,7 @@ from ipaddress import IPv4Address
 
 import trio
 
-from vswitch.core.ports import PortKind
+from vswitch.core.port_spec import PortKind
 from vswitch.model import Pod, mac_for_ip
 
 from .support import (Harness, RecordingSwitch, ask, mac_bytes, make_topology, programmed,

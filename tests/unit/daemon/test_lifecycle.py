@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, IPv4Interface
 import pytest
 import trio
 
-from vswitch.core.ports import PortKind, PortSpec
+from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.model import Topology, Uplink, mac_for_ip
 from vswitch.runtime import sdnotify
 from vswitch.runtime.control import ControlSocketBusy

@@ -8,9 +8,9 @@ import pytest
 import trio
 import trio.testing
 
-from vswitch.core.actions import Transmit
-from vswitch.core.ports import PortKind, PortSpec
-from vswitch.runtime.ports import RuntimeErrors, TapPort
+from vswitch.core.transmit import Transmit
+from vswitch.core.port_spec import PortKind, PortSpec
+from vswitch.runtime.port_io import RuntimeErrors, TapPort
 
 from .support import POISON, Harness, RecordingSwitch, ask, mac_bytes, make_topology, udp_frame
 

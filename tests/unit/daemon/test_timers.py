@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from vswitch.core.actions import Transmit
+from vswitch.core.transmit import Transmit
 
 from .support import Harness, RecordingSwitch, make_topology
 

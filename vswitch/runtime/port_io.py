@@ -28,8 +28,8 @@ from typing import Any, Iterable, Mapping, Protocol
 
 import trio
 
-from vswitch.core.actions import Transmit
-from vswitch.core.ports import PortSpec
+from vswitch.core.transmit import Transmit
+from vswitch.core.port_spec import PortSpec
 from vswitch.model import Dataplane
 from vswitch.runtime.switch_core import SwitchCore
 
