@@ -1,9 +1,9 @@
 """The stage graph, declared in one place.
 
 A stage's ``process(pkt, env)`` returns either the name of the next stage or a tuple of actions
-(``core.actions``: forward, reply, hold, drop). Stages never call each other; ``run`` follows the names. Every stage declares the
-stages it may hand over to in ``NEXT``, and ``run`` refuses a hand-over that was not declared, so
-the graph printed by ``describe`` is the graph that runs.
+(``core.actions``: forward, reply, hold, drop). Stages never call each other; ``run`` follows
+the names. Every stage declares the stages it may hand over to in ``NEXT``, and ``run`` refuses
+a hand-over that was not declared, so the graph printed by ``describe`` is the graph that runs.
 
 This module is the one place that wires stages: a stage module imports helper modules, never
 another stage. What several stages share lives in helper modules of the pipeline package, which
