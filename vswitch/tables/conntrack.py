@@ -60,10 +60,11 @@ Deadlines are kept in a ``DeadlineHeap`` (lazy deletion): refreshing an entry th
 deadline later costs nothing, the heap item is moved when it reaches the top. Only a deadline
 that moves *earlier* (RST, FIN) is scheduled again.
 
-This module is longer than the core's usual 400 lines: the entry and the table that keeps its
-indexes consistent are one invariant ("a tuple belongs to at most one live entry, and every index
-agrees"), and each is read beside the other when that is in question. What can be read alone
-lives apart: the TCP state machine in ``tcp_states.py``, the port scan's hash in ``nat_ports.py``.
+This module is longer than the core's usual 400 lines: the table class alone is about that long,
+and the entry and the table that keeps its indexes consistent are one invariant ("a tuple belongs
+to at most one live entry, and every index agrees"), each read beside the other when that is in
+question. What can be read alone lives apart: the TCP state machine in ``tcp_states.py``, the
+port scan's hash in ``nat_ports.py``.
 """
 from __future__ import annotations
 
@@ -504,7 +505,8 @@ class ConntrackTable:
             entry._simultaneous_open = True
         elif (new is TcpState.SYN_RECV and d == 1 and cls == ACK_CLASS
               and entry._simultaneous_open):
-            # Both sides sent SYN and SYN-ACK; the table alone cannot tell that this ACK completes it.
+            # Both sides sent SYN and SYN-ACK; the table alone cannot tell that this ACK
+            # completes it.
             new = TcpState.ESTABLISHED
 
         was_replied = entry.replied

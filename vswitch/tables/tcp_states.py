@@ -7,13 +7,14 @@ Theory of operation
   kernel's ``tcp_conntracks`` table cell for cell. This module only says what a packet would do;
   the connection tracker (``conntrack.py``) applies it to an entry.
 * Cells the kernel marks *invalid* (a SYN-ACK from the client, a FIN before the handshake, a SYN
-  from the server mid-connection, ...) and flag combinations the kernel's ``tcp_error`` rejects
-  (SYN+FIN, FIN without ACK, no flags) are None: the caller drops and counts them, so a stray
-  packet is never forwarded untranslated. Cells the kernel *ignores* (a SYN inside an established
-  connection, a retransmitted SYN-ACK) are ``IGNORE``: accepted, counted and forwarded without
-  changing the state or extending the timeout, since the end points may know better than the
-  middle and will answer with a RST if not. After a RST, FIN and ACK segments stay in CLOSE, as in
-  the kernel: they are the tail of the dead connection.
+  from the server mid-connection, ...) are None, and flag combinations the kernel's ``tcp_error``
+  rejects (SYN+FIN, FIN without ACK, no flags) have no class in ``CLASS_OF_FLAGS``: the caller
+  drops and counts such packets, so a stray packet is never forwarded untranslated. Cells the
+  kernel *ignores* (a SYN inside an established connection, a retransmitted SYN-ACK) are
+  ``IGNORE``: accepted, counted and forwarded without changing the state or extending the
+  timeout, since the end points may know better than the middle and will answer with a RST if
+  not. After a RST, FIN and ACK segments stay in CLOSE, as in the kernel: they are the tail of the
+  dead connection.
 * Simultaneous open goes through SYN_SENT2, a state the kernel has and the Kubernetes semantics
   never mention; the table alone cannot tell that the last ACK of a simultaneous open completes
   it, so the tracker remembers that it went through SYN_SENT2.
