@@ -18,16 +18,11 @@ Theory of operation
   UDP 30 s until the first reply and 120 s after it, ICMP echo 30 s, other protocols 600 s.
   Defaults are Linux's nf_conntrack values except ESTABLISHED, which is kube-proxy's 24 h rather
   than Linux's 5 days.
-* TCP follows the transition table of Linux's ``nf_conntrack_proto_tcp.c``: the next state is
-  indexed by direction, by the packet's flag class (SYN, SYN-ACK, FIN, ACK, RST, none) and by the
-  current state. Cells the kernel marks *invalid* (a SYN-ACK from the client, a FIN before the
-  handshake, a SYN from the server mid-connection, ...) and flag combinations the kernel's
-  ``tcp_error`` rejects (SYN+FIN, FIN without ACK, no flags) return INVALID and change nothing:
-  the caller drops and counts them, so a stray packet is never forwarded untranslated. Cells the
-  kernel *ignores* (a SYN inside an established connection, a retransmitted SYN-ACK) are
-  accepted, counted and forwarded without changing the state or extending the timeout, since the
-  end points may know better than the middle and will answer with a RST if not. After a RST,
-  FIN and ACK segments stay in CLOSE, as in the kernel: they are the tail of the dead connection.
+* TCP follows the transition table of Linux's ``nf_conntrack_proto_tcp.c`` (see ``tcp_states.py``,
+  which also says what is left out). A packet whose cell is invalid, or whose flags the kernel
+  rejects outright, gets INVALID and changes nothing: the caller drops and counts it. A packet
+  whose cell the kernel ignores is accepted and counted (``ignored``) without changing the state
+  or extending the timeout.
 * Also as in Linux: a retransmitted SYN does not extend an unanswered entry (a client that keeps
   retrying must not keep a stale translation alive); a SYN from the client in TIME_WAIT or CLOSE
   (or from the server in TIME_WAIT, which then starts a connection of its own the other way)
@@ -38,14 +33,12 @@ Theory of operation
   refused, or the client gave up) ends the entry at once, counted as ``aborted``, instead of
   holding it in CLOSE. ASSURED is set when the handshake's last ACK completes an answered
   connection (UDP: at the first reply; ICMP: never).
-  Simultaneous open goes through SYN_SENT2, a state the kernel has and the Kubernetes semantics
-  never mention.
-* Known simplifications: there is no sequence-number window tracking (the kernel's
-  ``tcp_in_window``), so an old segment that happens to carry valid flags is accepted, and the
-  kernel's shorter "unacknowledged data" and "retransmission" timeouts never apply. UDP is extended to 120 s at the first reply, where kernels since 5.x wait
-  until the stream has lasted 2 s. ICMP echo is keyed by identifier alone; the pipeline
+* Known simplifications: UDP is extended to 120 s at the first reply, where kernels since 5.x
+  wait until the stream has lasted 2 s. ICMP echo is keyed by identifier alone; the pipeline
   adds the kernel's distinction by type (a request only matches an entry's original direction, a
   reply only its reply direction).
+* SNAT ports are chosen by ``allocate_port``: the client's own port when it is free, else the
+  first free one of a scan that starts at a keyed hash of the flow (see ``nat_ports.py``).
 * The table is bounded. When it is full, ``create`` first reclaims dead entries, then evicts the
   oldest *unreplied* entries (counted as evictions): a SYN flood or a scan can only push out its
   own kind, never an answered connection. When every entry has been answered, the new connection
@@ -67,41 +60,46 @@ Deadlines are kept in a ``DeadlineHeap`` (lazy deletion): refreshing an entry th
 deadline later costs nothing, the heap item is moved when it reaches the top. Only a deadline
 that moves *earlier* (RST, FIN) is scheduled again.
 
-This module is longer than the core's usual 400 lines: the TCP transition table, the entry and the
-table that keeps its indexes consistent are one invariant ("a tuple belongs to at most one live
-entry, and every index agrees"), and each is read beside the others when that is in question.
+This module is longer than the core's usual 400 lines: the table class alone is about that long,
+and the entry and the table that keeps its indexes consistent are one invariant ("a tuple belongs
+to at most one live entry, and every index agrees"), each read beside the other when that is in
+question. What can be read alone lives apart: the TCP state machine in ``tcp_states.py``, the
+port scan's hash in ``nat_ports.py``.
 """
 from __future__ import annotations
 
 import enum
-import hashlib
 import operator
-import struct
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from vswitch.tables.deadlines import DeadlineHeap
+from vswitch.tables.nat_ports import scan_key, scan_start
+from vswitch.tables.tcp_states import (
+    ACK,
+    ACK_CLASS,
+    CLASS_OF_FLAGS,
+    CLASSIFIED,
+    FIN,
+    IGNORE,
+    RST,
+    RST_CLASS,
+    SYN,
+    SYN_CLASS,
+    TIMEOUT_FIELD,
+    TRANSITIONS,
+    TcpState,
+)
 from vswitch.wire.addresses import ip_text
-from vswitch.wire.headers import IpProto, TcpFlag
+from vswitch.wire.headers import IpProto
 
 _TCP = int(IpProto.TCP)
 _UDP = int(IpProto.UDP)
 _ICMP = int(IpProto.ICMP)
 
-_FIN = int(TcpFlag.FIN)
-_SYN = int(TcpFlag.SYN)
-_RST = int(TcpFlag.RST)
-_ACK = int(TcpFlag.ACK)
-_URG = int(TcpFlag.URG)
-_CLASSIFIED = _FIN | _SYN | _RST | _ACK | _URG
-
 _PROTO_NAMES = {_TCP: "tcp", _UDP: "udp", _ICMP: "icmp"}
-
-# What a port scan's start is hashed from: protocol, SNAT address, remote address and port, and
-# the port the client wanted. A keyed blake2b rather than ``hash()``, which is salted per process.
-_SCAN_FLOW = struct.Struct("!B4s4sHH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,21 +134,6 @@ class Direction(enum.Enum):
     REPLY = 1
 
 
-class TcpState(enum.Enum):
-    """The values are Linux's ``enum tcp_conntrack`` numbers, which index the transition table."""
-
-    NONE = 0
-    SYN_SENT = 1
-    SYN_RECV = 2
-    ESTABLISHED = 3
-    FIN_WAIT = 4
-    CLOSE_WAIT = 5
-    LAST_ACK = 6
-    TIME_WAIT = 7
-    CLOSE = 8
-    SYN_SENT2 = 9  # simultaneous open: a SYN seen from each side
-
-
 class Verdict(enum.Enum):
     ACCEPT = "accept"
     INVALID = "invalid"
@@ -178,81 +161,7 @@ class Timeouts:
     generic: float = 600.0  # any other IP protocol (nf_conntrack_generic_timeout)
 
     def tcp(self, state: TcpState) -> float:
-        return getattr(self, _TCP_TIMEOUT_FIELD[state])
-
-
-# NONE never lasts: an entry is created in SYN_SENT. It is mapped so that every state has a timeout.
-_TCP_TIMEOUT_FIELD = {
-    TcpState.NONE: "syn_sent", TcpState.SYN_SENT: "syn_sent", TcpState.SYN_RECV: "syn_recv",
-    TcpState.ESTABLISHED: "established", TcpState.FIN_WAIT: "fin_wait",
-    TcpState.CLOSE_WAIT: "close_wait", TcpState.LAST_ACK: "last_ack",
-    TcpState.TIME_WAIT: "time_wait", TcpState.CLOSE: "close", TcpState.SYN_SENT2: "syn_sent2",
-}
-
-
-# -- the TCP transition table (Linux tcp_conntracks[2][6][TCP_CONNTRACK_MAX]) ---------------------
-
-class _Ignore:
-    """Marks a table cell whose packet is accepted but changes nothing."""
-
-
-_IGNORE = _Ignore()
-
-_SYN_CLASS, _SYNACK_CLASS, _FIN_CLASS, _ACK_CLASS, _RST_CLASS, _NONE_CLASS = range(6)
-
-
-def _flag_class(flags: int) -> int:
-    """Linux's get_conntrack_index: RST wins, then SYN (with or without ACK), FIN, ACK."""
-    if flags & _RST:
-        return _RST_CLASS
-    if flags & _SYN:
-        return _SYNACK_CLASS if flags & _ACK else _SYN_CLASS
-    if flags & _FIN:
-        return _FIN_CLASS
-    if flags & _ACK:
-        return _ACK_CLASS
-    return _NONE_CLASS
-
-
-# The flag combinations Linux's tcp_error accepts at all (its tcp_valid_flags), with their class;
-# PSH, ECE and CWR do not matter. Anything else (SYN+FIN, SYN+RST, FIN without ACK, no flags) is
-# invalid in every state. One dict lookup answers both questions per packet.
-_CLASS_OF_FLAGS: dict[int, int] = {
-    flags: _flag_class(flags) for flags in (
-        _SYN, _SYN | _URG, _SYN | _ACK, _RST, _RST | _ACK,
-        _FIN | _ACK, _FIN | _ACK | _URG, _ACK, _ACK | _URG)
-}
-
-
-def _row(*cells: TcpState | _Ignore | None) -> tuple[TcpState | _Ignore | None, ...]:
-    assert len(cells) == len(TcpState)
-    return cells
-
-
-_NO, _SS, _SR, _ES, _FW, _CW, _LA, _TW, _CL, _S2 = TcpState
-_IV = None  # invalid
-_IG = _IGNORE
-
-# Columns, in TcpState value order:
-#            NONE SYN_SENT SYN_RECV ESTABL FIN_WAIT CLOSE_WAIT LAST_ACK TIME_WAIT CLOSE SYN_SENT2
-_TCP_TABLE: tuple[tuple[tuple[TcpState | _Ignore | None, ...], ...], ...] = (
-    (  # ORIGINAL direction: packets from the client
-        _row(_SS, _SS, _IG, _IG, _IG, _IG, _IG, _SS, _SS, _S2),  # SYN
-        _row(_IV, _IV, _SR, _IV, _IV, _IV, _IV, _IV, _IV, _SR),  # SYN-ACK
-        _row(_IV, _IV, _FW, _FW, _LA, _LA, _LA, _TW, _CL, _IV),  # FIN
-        _row(_ES, _IV, _ES, _ES, _CW, _CW, _TW, _TW, _CL, _IV),  # ACK
-        _row(_IV, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL),  # RST
-        _row(_IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV),  # none
-    ),
-    (  # REPLY direction: packets from the server (or the translated endpoint)
-        _row(_IV, _S2, _IV, _IV, _IV, _IV, _IV, _SS, _IV, _S2),  # SYN
-        _row(_IV, _SR, _IG, _IG, _IG, _IG, _IG, _IG, _IG, _SR),  # SYN-ACK
-        _row(_IV, _IV, _FW, _FW, _LA, _LA, _LA, _TW, _CL, _IV),  # FIN
-        _row(_IV, _IG, _SR, _ES, _CW, _CW, _TW, _TW, _CL, _IG),  # ACK
-        _row(_IV, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL),  # RST
-        _row(_IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV, _IV),  # none
-    ),
-)
+        return getattr(self, TIMEOUT_FIELD[state])
 
 
 # -- entries -------------------------------------------------------------------------------------
@@ -356,10 +265,9 @@ class ConntrackTable:
         self._reply_pairs: dict[tuple[bytes, bytes], int] = {}
         self.generation = 0
         self._deadlines: DeadlineHeap[Entry] = DeadlineHeap(operator.attrgetter("expires"))
-        # Secret key of the hash that starts a port scan, so that ports are not predictable from
-        # outside (Linux hashes with a boot-time secret for the same reason). The caller draws it
+        # Secret key of the hash that starts a port scan (see nat_ports.py). The caller draws it
         # from its seeded source: the daemon's seed is random, a test's is fixed and reproducible.
-        self._port_key = (port_salt % 2**64).to_bytes(8, "big")
+        self._port_key = scan_key(port_salt)
         self._tcp_states: dict[TcpState, int] = {state: 0 for state in TcpState}
         self._protocols: dict[int, int] = {}
         self._counts = {name: 0 for name in (
@@ -399,7 +307,7 @@ class ConntrackTable:
         """Only a bare SYN may start a TCP connection: picking up a connection from a stray ACK
         (Linux's ``nf_conntrack_tcp_loose``) would forward packets of a flow whose translation is
         unknown, which is how kube-proxy's spurious resets came about."""
-        return flags & (_SYN | _ACK | _RST | _FIN) == _SYN
+        return flags & (SYN | ACK | RST | FIN) == SYN
 
     @staticmethod
     def reopens(entry: Entry, direction: Direction, tcp_flags: int | None) -> bool:
@@ -407,9 +315,9 @@ class ConntrackTable:
         dry-run trace can tell the truth about a SYN on the tuple of a closed connection."""
         if entry.original.proto != _TCP or tcp_flags is None:
             return False
-        cls = _CLASS_OF_FLAGS.get(tcp_flags & _CLASSIFIED)
+        cls = CLASS_OF_FLAGS.get(tcp_flags & CLASSIFIED)
         return (cls is not None and entry.tcp_state in (TcpState.TIME_WAIT, TcpState.CLOSE)
-                and _TCP_TABLE[direction.value][cls][entry.tcp_state.value] is TcpState.SYN_SENT)
+                and TRANSITIONS[direction.value][cls][entry.tcp_state.value] is TcpState.SYN_SENT)
 
     @staticmethod
     def reply_tuple(original: FlowTuple, dnat: tuple[bytes, int] | None = None,
@@ -521,9 +429,7 @@ class ConntrackTable:
         if low <= preferred <= high and free(preferred):
             return preferred
         span = high - low + 1
-        flow = _SCAN_FLOW.pack(proto, src_ip, remote_ip, remote_port, preferred)
-        digest = hashlib.blake2b(flow, digest_size=8, key=self._port_key).digest()
-        start = int.from_bytes(digest, "big") % span
+        start = scan_start(self._port_key, proto, src_ip, remote_ip, remote_port, preferred, span)
         for i in range(span):
             port = low + (start + i) % span
             if free(port):
@@ -559,12 +465,12 @@ class ConntrackTable:
 
         if tcp_flags is None:
             raise ValueError("a TCP packet needs its flags to be tracked")
-        cls = _CLASS_OF_FLAGS.get(tcp_flags & _CLASSIFIED)
+        cls = CLASS_OF_FLAGS.get(tcp_flags & CLASSIFIED)
         if cls is None:
             self._counts["invalid"] += 1
             return Verdict.INVALID
         old = entry.tcp_state
-        new = _TCP_TABLE[d][cls][old.value]
+        new = TRANSITIONS[d][cls][old.value]
         if new is old is TcpState.ESTABLISHED and entry.assured:
             # The common case, a segment of an established connection: only the clock moves.
             entry.packets[d] += 1
@@ -579,7 +485,7 @@ class ConntrackTable:
         if new is None:
             self._counts["invalid"] += 1
             return Verdict.INVALID
-        if new is _IGNORE:
+        if new is IGNORE:
             self._counts["ignored"] += 1
             if d == 1 and not entry.replied:
                 self._mark_replied(entry)
@@ -597,9 +503,10 @@ class ConntrackTable:
 
         if new is TcpState.SYN_SENT2:
             entry._simultaneous_open = True
-        elif (new is TcpState.SYN_RECV and d == 1 and cls == _ACK_CLASS
+        elif (new is TcpState.SYN_RECV and d == 1 and cls == ACK_CLASS
               and entry._simultaneous_open):
-            # Both sides sent SYN and SYN-ACK; the table alone cannot tell that this ACK completes it.
+            # Both sides sent SYN and SYN-ACK; the table alone cannot tell that this ACK
+            # completes it.
             new = TcpState.ESTABLISHED
 
         was_replied = entry.replied
@@ -613,10 +520,10 @@ class ConntrackTable:
             self._tcp_states[new] += 1
             entry.tcp_state = new
         self._count(entry, d, now, length)
-        if d == 0 and not was_replied and cls == _SYN_CLASS and old is TcpState.SYN_SENT:
+        if d == 0 and not was_replied and cls == SYN_CLASS and old is TcpState.SYN_SENT:
             # A retransmitted SYN must not keep an unanswered translation alive indefinitely.
             return Verdict.ACCEPT
-        if cls == _RST_CLASS and not was_replied:
+        if cls == RST_CLASS and not was_replied:
             # As the kernel: a connection whose only answer is a RST, or that its client aborts
             # before any answer, never existed; its entry dies now (the RST itself is still
             # translated by the caller) and the tuple is free for the client's next attempt.

@@ -3,19 +3,12 @@ choice of a backend for a new connection.
 
 Theory of operation
 -------------------
-* A *frontend* is a (protocol, address, port) a client may send to: a service's cluster IP and
-  port, each of its external IPs with the same port, and, for NodePort services, each node address
-  with the node port. All frontends of every service live in one dict, so ``match`` costs the same
-  with ten services as with ten thousand (kube-proxy's iptables mode walks a chain per service).
-* A *service port* is identified by (service key, protocol, port), as Kubernetes requires those to
-  be unique within a service. Its backends are the ready pods whose labels include every pair of
-  the selector, each at the target port; a named target port is looked up per pod among its
-  containers' named ports, and a pod that lacks the name (or has it for another protocol) is not a
-  backend of that port. A service without a selector (an empty one counts as none, as it does once
-  Kubernetes has stored it) uses its explicit endpoints instead, which are
-  always considered ready: whoever declared them vouches for them, as for a Kubernetes Endpoints
-  object written by hand. Backends are sorted by (ip, port), so that the order is the same whatever
-  order pods arrive in, which makes seeded random choices reproducible.
+* A *frontend* is a (protocol, address, port) a client may send to (a cluster IP, an external IP
+  or a node address with its port); a *service port* is (service key, protocol, port) with its
+  ready backends, sorted by (ip, port). How the desired state becomes those is
+  ``service_programming.py``; the values handed out are in ``service_types.py``. All frontends of
+  every service live in one dict, so ``match`` costs the same with ten services as with ten
+  thousand (kube-proxy's iptables mode walks a chain per service).
 * ``program`` rebuilds everything from the desired state and reports, per service port, the
   backends that went away and those that appeared: the connection tracker must flush the entries
   that point at a vanished backend at once, or a UDP client with a fixed source port keeps talking
@@ -40,110 +33,48 @@ Theory of operation
   chosen once for twice the current backends and changes only when the backends outgrow it
   (more than one per 100 slots); a shrinking set keeps the larger table, which only improves
   balance. The local-only table of a service port uses the same size.
-
-This module is longer than the core's usual 400 lines: programming, the per-connection choice and
-affinity share the per-port state and must be read together; the ``*_info`` rows at the end are
-the table's own view of that state for ``vswitchctl``.
 """
 from __future__ import annotations
 
-import enum
 import random
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address
-from typing import Callable, Iterable, Mapping, Sequence
 
-from vswitch.model import Pod, Service, ServicePort
+from vswitch.model import Pod, Service
 from vswitch.tables import maglev
 from vswitch.tables.deadlines import DeadlineHeap
+from vswitch.tables.service_programming import (
+    NODE_PORT_TYPES,
+    PROTOCOL_NUMBERS,
+    BackendChange,
+    PortState,
+    backend_changes,
+    build,
+)
+from vswitch.tables.service_types import (
+    Backend,
+    FrontendKey,
+    FrontendKind,
+    NoBackend,
+    PortKey,
+    ProgramResult,
+    ServiceMatch,
+    port_key,
+)
 
-PROTOCOL_NUMBERS: Mapping[str, int] = {"tcp": 6, "udp": 17, "sctp": 132}
-NODE_PORT_TYPES = ("nodeport", "loadbalancer")
-
-# (service key, protocol, port): what Kubernetes keeps unique among a service's ports.
-PortKey = tuple[str, str, int]
-# (IP protocol number, destination address, destination port).
-FrontendKey = tuple[int, bytes, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Backend:
-    ip: bytes  # 4-byte IPv4
-    port: int  # the resolved target port
-    pod: str | None  # the pod's name, or None for an explicit (selector-less) endpoint
-    local: bool  # on this node
-
-    @property
-    def name(self) -> str:
-        """The backend's stable name ("10.244.1.10:8080"), which seeds its Maglev permutation."""
-        return f"{IPv4Address(self.ip)}:{self.port}"
-
-
-class NoBackend(enum.Enum):
-    """Why a new connection has no backend, which decides what the caller does with it."""
-
-    NO_ENDPOINTS = "no ready endpoint at all: the connection is refused"
-    NO_LOCAL_ENDPOINTS = "Local traffic policy and no endpoint on this node: dropped"
-
-
-class FrontendKind(enum.Enum):
-    CLUSTER_IP = "cluster-ip"
-    EXTERNAL_IP = "external-ip"
-    NODE_PORT = "node-port"
-
-
-@dataclass(frozen=True)
-class ServiceMatch:
-    service: Service
-    port: ServicePort
-    kind: FrontendKind
-    backends: tuple[Backend, ...]  # the ready backends of this service port, sorted by (ip, port)
-
-    @property
-    def port_key(self) -> PortKey:
-        return port_key(self.service, self.port)
-
-
-@dataclass(frozen=True)
-class ProgramResult:
-    # Backends present before and gone now, and the reverse, with the service port they belong to
-    # (the old ServicePort for removals, the new one for additions).
-    removed: list[tuple[str, ServicePort, Backend]]
-    added: list[tuple[str, ServicePort, Backend]]
-    generation: int
-    # Frontends that no longer exist and frontends that are new: connections made through a
-    # vanished frontend are stale even when their backend survives.
-    removed_frontends: list[FrontendKey]
-    added_frontends: list[FrontendKey]
-    # Desired state that could not be programmed as written, one sentence each: a frontend taken by
-    # an earlier service, a duplicate service key or service port. The earlier one wins.
-    conflicts: list[str]
-    # Whether anything changed at all (``generation`` moved), settings included.
-    changed: bool = False
-
-
-def port_key(service: Service, port: ServicePort) -> PortKey:
-    return (service.key, port.protocol.lower(), port.port)
+# The table and the values it hands out (defined in service_types and service_programming), so
+# that callers import all of them from one place.
+__all__ = ["NODE_PORT_TYPES", "PROTOCOL_NUMBERS", "Backend", "FrontendKey", "FrontendKind",
+           "NoBackend", "PortKey", "ProgramResult", "ServiceMatch", "ServiceTable", "port_key"]
 
 
 def _is(value: str, expected: str) -> bool:
     return value.lower() == expected
 
 
-class _PortState:
-    """One programmed service port: what ``program`` compares against on the next call."""
-
-    __slots__ = ("service", "port", "backends", "matches")
-
-    def __init__(self, service: Service, port: ServicePort, backends: tuple[Backend, ...],
-                 matches: dict[FrontendKind, ServiceMatch]):
-        self.service = service
-        self.port = port
-        self.backends = backends
-        self.matches = matches
-
-
 class _Affinity:
+    """A client pinned to a backend of one service port by ClientIP affinity."""
+
     __slots__ = ("backend", "expires", "last_used")
 
     def __init__(self, backend: Backend, expires: float, last_used: float):
@@ -159,7 +90,7 @@ class ServiceTable:
         self.node_addresses: tuple[bytes, ...] = tuple(node_addresses)
         self.generation = 0
         self._services: dict[str, Service] = {}
-        self._ports: dict[PortKey, _PortState] = {}
+        self._ports: dict[PortKey, PortState] = {}
         self._frontends: dict[FrontendKey, ServiceMatch] = {}
         # (protocol, address) of every frontend: what a fragment without ports can be matched on.
         self._frontend_addresses: frozenset[tuple[int, bytes]] = frozenset()
@@ -186,85 +117,9 @@ class ServiceTable:
         """Rebuilds the table from the desired state (``pods``: every pod of this node, ready or
         not) and reports what moved. Match objects of unchanged service ports are kept, so that a
         call that changes nothing costs one pass and leaves callers' references valid."""
-        conflicts: list[str] = []
-        ready_by_label: dict[tuple[str, str], list[Pod]] = {}
-        pods_by_ip: dict[bytes, Pod] = {}
-        for pod in pods:
-            pods_by_ip.setdefault(pod.ip.packed, pod)
-            if pod.ready:
-                for pair in pod.labels.items():
-                    ready_by_label.setdefault(pair, []).append(pod)
-        named_ports: dict[str, Mapping[str, tuple[str, int]]] = {}
-
-        def pod_named_ports(pod: Pod) -> Mapping[str, tuple[str, int]]:
-            found = named_ports.get(pod.name)
-            if found is None:
-                merged: dict[str, tuple[str, int]] = {}
-                for container in pod.containers:
-                    for name, binding in container.ports.items():
-                        merged.setdefault(name, binding)
-                found = named_ports[pod.name] = merged
-            return found
-
-        def resolve(port: ServicePort, pod: Pod) -> int | None:
-            if isinstance(port.target_port, int):
-                return port.target_port
-            binding = pod_named_ports(pod).get(port.target_port)
-            if binding is None or binding[0].lower() != port.protocol.lower():
-                return None
-            return binding[1]
-
-        new_services: dict[str, Service] = {}
-        new_ports: dict[PortKey, _PortState] = {}
-        frontends: dict[FrontendKey, ServiceMatch] = {}
-        removed: list[tuple[str, ServicePort, Backend]] = []
-        added: list[tuple[str, ServicePort, Backend]] = []
-
-        for service in services:
-            if service.key in new_services:
-                conflicts.append(f"service {service.key} is defined twice; the first one is kept")
-                continue
-            new_services[service.key] = service
-            if service.headless:
-                continue
-            if service.selector:
-                members = self._select(service.selector, ready_by_label)
-                endpoints = [(pod.ip.packed, pod, pod.name) for pod in members]
-            else:
-                endpoints = []
-                for address in dict.fromkeys(service.endpoints):
-                    pod = pods_by_ip.get(address.packed)
-                    endpoints.append((address.packed, pod, None))
-            for port in service.ports:
-                key = port_key(service, port)
-                if key in new_ports:
-                    conflicts.append(f"service {service.key} declares {key[1]} port {key[2]} "
-                                     "twice; the first one is kept")
-                    continue
-                backends = self._backends(port, endpoints, resolve)
-                old = self._ports.get(key)
-                if (old is not None and (old.service is service or old.service == service)
-                        and old.port == port and old.backends == backends):
-                    matches = old.matches
-                    backends = old.backends
-                else:
-                    matches = {}
-                state = _PortState(service, port, backends, matches)
-                new_ports[key] = state
-                self._add_frontends(state, frontends, conflicts)
-
-        for key, state in new_ports.items():
-            old = self._ports.get(key)
-            if old is None:
-                added.extend((key[0], state.port, b) for b in state.backends)
-            elif old.backends != state.backends:
-                before, after = set(old.backends), set(state.backends)
-                removed.extend((key[0], old.port, b) for b in old.backends if b not in after)
-                added.extend((key[0], state.port, b) for b in state.backends if b not in before)
-        for key, old in self._ports.items():
-            if key not in new_ports:
-                removed.extend((key[0], old.port, b) for b in old.backends)
-
+        built = build(services, pods, self._ports, self.node_addresses)
+        new_services, new_ports, frontends = built.services, built.ports, built.frontends
+        removed, added = backend_changes(self._ports, new_ports)
         removed_frontends = [k for k in self._frontends if k not in frontends]
         added_frontends = [k for k in frontends if k not in self._frontends]
         changed = bool(removed or added or removed_frontends or added_frontends
@@ -282,73 +137,10 @@ class ServiceTable:
         if changed:
             self.generation += 1
         return ProgramResult(removed, added, self.generation, removed_frontends, added_frontends,
-                             conflicts, changed)
+                             built.conflicts, changed)
 
-    @staticmethod
-    def _select(selector: Mapping[str, str],
-                ready_by_label: dict[tuple[str, str], list[Pod]]) -> list[Pod]:
-        """Ready pods whose labels include every selector pair, starting from the rarest pair so
-        that a service costs what it matches, not what the node holds."""
-        smallest: list[Pod] = []
-        for index, pair in enumerate(selector.items()):
-            candidates = ready_by_label.get(pair)
-            if not candidates:
-                return []
-            if index == 0 or len(candidates) < len(smallest):
-                smallest = candidates
-        if len(selector) == 1:
-            return smallest
-        pairs = selector.items()
-        return [pod for pod in smallest if all(pod.labels.get(k) == v for k, v in pairs)]
-
-    @staticmethod
-    def _backends(port: ServicePort, endpoints: list[tuple[bytes, Pod | None, str | None]],
-                  resolve: Callable[[ServicePort, Pod], int | None]) -> tuple[Backend, ...]:
-        found: dict[tuple[bytes, int], Backend] = {}
-        for ip, pod, name in endpoints:
-            if pod is None:
-                # An explicit endpoint outside this node: only a numeric target port makes sense.
-                if not isinstance(port.target_port, int):
-                    continue
-                number = port.target_port
-            else:
-                number = resolve(port, pod)
-                if number is None:
-                    continue
-            found.setdefault((ip, number), Backend(ip, number, name, pod is not None))
-        return tuple(found[k] for k in sorted(found))
-
-    def _add_frontends(self, state: _PortState, frontends: dict[FrontendKey, ServiceMatch],
-                       conflicts: list[str]) -> None:
-        service, port = state.service, state.port
-        proto = PROTOCOL_NUMBERS.get(port.protocol.lower())
-        if proto is None:
-            conflicts.append(f"service {service.key}: unknown protocol {port.protocol!r}")
-            return
-        assert service.cluster_ip is not None
-        wanted: list[tuple[FrontendKind, bytes, int]] = [
-            (FrontendKind.CLUSTER_IP, service.cluster_ip.packed, port.port)]
-        wanted.extend((FrontendKind.EXTERNAL_IP, address.packed, port.port)
-                      for address in service.external_ips)
-        if port.node_port is not None and service.type.lower() in NODE_PORT_TYPES:
-            wanted.extend((FrontendKind.NODE_PORT, address, port.node_port)
-                          for address in self.node_addresses)
-        for kind, address, number in wanted:
-            key = (proto, address, number)
-            holder = frontends.get(key)
-            if holder is not None:
-                if holder.service.key != service.key or holder.port != port:
-                    conflicts.append(
-                        f"service {service.key}: {port.protocol} {IPv4Address(address)}:{number} "
-                        f"is already the frontend of {holder.service.key}; the first one is kept")
-                continue
-            match = state.matches.get(kind)
-            if match is None:
-                match = state.matches[kind] = ServiceMatch(service, port, kind, state.backends)
-            frontends[key] = match
-
-    def _forget_affinity(self, new_ports: dict[PortKey, _PortState],
-                         removed: list[tuple[str, ServicePort, Backend]]) -> None:
+    def _forget_affinity(self, new_ports: dict[PortKey, PortState],
+                         removed: list[BackendChange]) -> None:
         gone_backends: dict[PortKey, set[Backend]] = {}
         for service_key, port, backend in removed:
             gone_backends.setdefault((service_key, port.protocol.lower(), port.port),
