@@ -8,7 +8,11 @@ Prints "listening", then stops after LIMIT frames or when none came within FIRST
 (the first) or IDLE seconds (the later ones), and prints a JSON list of
 {"length", "status", "hex"}.
 """
-import json, select, socket, struct, sys
+import json
+import select
+import socket
+import struct
+import sys
 source, limit, first_wait, idle = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 SOL_PACKET, PACKET_AUXDATA = 263, 8
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))

@@ -5,17 +5,23 @@ Usage: crashing_kernel.py TEST_KERNEL_PY NODE POD_CIDR STATE_DIR
 TEST_KERNEL_PY is the path of tests/integration/test_kernel.py, whose build_topology and
 container helpers describe the node. Never returns: it ends by SIGKILL.
 """
-import importlib.util, ipaddress, logging, os, signal, sys
+import importlib.util
+import ipaddress
+import logging
+import os
+import signal
+import sys
 import trio
+
+from vswitch.runtime.containers import ContainerSupervisor
+from vswitch.runtime.kernel import Kernel
+from vswitch.runtime.netns import pids_in_netns
 # The test module imports its siblings (the harness), as it does under pytest.
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
 spec = importlib.util.spec_from_file_location("test_kernel_topology", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
-from vswitch.runtime.containers import ContainerSupervisor
-from vswitch.runtime.kernel import Kernel
-from vswitch.runtime.netns import pids_in_netns
 
 topo = module.build_topology(sys.argv[2], ipaddress.IPv4Network(sys.argv[3]), sys.argv[4],
     containers={"p0": (module.container("sh", "sh", "-c", "sleep 300 & sleep 301"),)})

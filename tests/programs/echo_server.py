@@ -7,7 +7,11 @@ the SHA-256 of what arrived; mute:P (UDP) receives and never answers, so its flo
 unreplied in conntrack. A line is "NAME PEER_IP:PEER_PORT PROTO:LOCAL_PORT". Prints
 "NAME serving LISTENER..." once every listener runs.
 """
-import hashlib, json, socket, sys, threading
+import hashlib
+import json
+import socket
+import sys
+import threading
 
 name = sys.argv[1]
 

@@ -6,7 +6,11 @@ Usage: fixed_port_udp.py HOST PORT SOURCE_PORT DURATION INTERVAL
 Prints "started", then stops at a line on stdin or after DURATION seconds at the latest and
 prints {"sent": N, "events": [[time, answer], ...]}.
 """
-import json, select, socket, sys, time
+import json
+import select
+import socket
+import sys
+import time
 host, port, sport, duration, interval = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.bind(("0.0.0.0", sport))

@@ -6,7 +6,10 @@ pod's transmit queue, so fewer flows would reach the switch than were sent.
 Usage: flood_udp.py HOST PORT COUNT
 Prints {"flows": number of distinct source ports used}.
 """
-import json, socket, sys, time
+import json
+import socket
+import sys
+import time
 host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ports = set()
 for sport in range(20000, 20000 + count):

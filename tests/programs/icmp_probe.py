@@ -5,7 +5,13 @@ Usage: icmp_probe.py TIMEOUT TARGET
 Prints {"reply": {"ttl", "elapsed_ms"} or null, "error": {"type", "code", "source",
 "elapsed_ms", "icmp_checksum_ok", "quoted_ttl"} or null}.
 """
-import json, os, select, socket, struct, sys, time
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import time
 
 from inet_checksum import checksum
 

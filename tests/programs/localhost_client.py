@@ -10,7 +10,9 @@ import time
 port = int(sys.argv[1])
 for _ in range(100):
     try:
-        c = socket.create_connection(("127.0.0.1", port)); break
+        c = socket.create_connection(("127.0.0.1", port))
+        break
     except ConnectionRefusedError:
         time.sleep(0.05)
-c.sendall(b"hello"); print("got", c.recv(100).decode(), flush=True)
+c.sendall(b"hello")
+print("got", c.recv(100).decode(), flush=True)

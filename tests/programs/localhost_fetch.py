@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.request
 
-for attempt in range(int(sys.argv[1])):
+for _attempt in range(int(sys.argv[1])):
     try:
         body = urllib.request.urlopen('http://127.0.0.1:8080/index.html', timeout=2).read()
         break

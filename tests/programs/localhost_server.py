@@ -7,6 +7,11 @@ import socket
 import sys
 
 port = int(sys.argv[1])
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", port)); s.listen(1); print("listening", flush=True)
-c, _ = s.accept(); c.sendall(b"echo:" + c.recv(100)); c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+c.sendall(b"echo:" + c.recv(100))
+c.close()

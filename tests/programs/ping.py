@@ -4,7 +4,13 @@ Usage: ping.py TIMEOUT TARGET...
 TIMEOUT is the wait for each reply in seconds. Prints one JSON object: target address ->
 round-trip time in microseconds, or null when no matching reply came in time.
 """
-import json, os, select, socket, struct, sys, time
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import time
 
 from inet_checksum import checksum
 

@@ -4,11 +4,16 @@ say in the source addresses: how a compromised pod would try to impersonate anot
 Usage: raw_udp.py IFNAME SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT
 Prints {"sent": COUNT, "frame_bytes": N}.
 """
-import json, socket, struct, sys
+import json
+import socket
+import struct
+import sys
+
+from inet_checksum import checksum
+
 ifname, src_mac, dst_mac, src_ip, dst_ip = sys.argv[1:6]
 port, count = int(sys.argv[6]), int(sys.argv[7])
 
-from inet_checksum import checksum
 
 def mac(text):
     return bytes(int(part, 16) for part in text.split(":"))

@@ -4,7 +4,11 @@ followed by a receive (the kernel reports an ICMP port unreachable as ECONNREFUS
 Usage: refusal.py PROTO HOST PORT TIMEOUT
 Prints {"error": "ECONNREFUSED" | "timeout" | ..., "answer": ..., "elapsed": seconds}.
 """
-import errno, json, socket, sys, time
+import errno
+import json
+import socket
+import sys
+import time
 proto, host, port, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
 sock.settimeout(timeout)

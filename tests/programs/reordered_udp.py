@@ -4,7 +4,12 @@
 Usage: reordered_udp.py HOST PORT SIZE
 Prints {"answer": the server's line or null, "sport": the source port}.
 """
-import json, os, random, socket, struct, sys
+import json
+import os
+import random
+import socket
+import struct
+import sys
 
 from inet_checksum import checksum
 

@@ -5,7 +5,11 @@ PROTO is tcp or udp; SOURCE_PORT 0 (the default) lets the kernel choose; PAUSE i
 between requests in seconds. Prints {"answers": [...], "errors": [...]}, one entry per request
 in order (null in the other list).
 """
-import errno, json, socket, sys, time
+import errno
+import json
+import socket
+import sys
+import time
 proto, host, port, count, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 sport = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 pause = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0

@@ -6,7 +6,12 @@ writes, closes its side and prints JSON with what it sent and what the sink repo
 DURATION < 0 the connection is held idle until a line arrives on stdin, and then 1 MB is sent:
 a connection kept open while the test inspects or disturbs the node.
 """
-import hashlib, json, os, socket, sys, time
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
 host, port, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 conn = socket.create_connection((host, port), timeout=30)
 greeting = b""

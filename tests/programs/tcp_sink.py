@@ -4,7 +4,10 @@ Usage: tcp_sink.py PORT
 Prints "listening" once bound, then one JSON object: the peer's address, the byte count and
 the SHA-256 of the data.
 """
-import hashlib, json, socket, sys
+import hashlib
+import json
+import socket
+import sys
 port = int(sys.argv[1])
 server = socket.socket()
 server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

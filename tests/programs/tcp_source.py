@@ -4,7 +4,11 @@ Usage: tcp_source.py HOST PORT SIZE
 Prints one JSON object: bytes sent, their SHA-256, the answer, and the path MTU the kernel
 settled on for the connection (IP_MTU), which the PMTU test checks.
 """
-import hashlib, json, os, socket, sys
+import hashlib
+import json
+import os
+import socket
+import sys
 IP_MTU = 14
 host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 data = os.urandom(size)

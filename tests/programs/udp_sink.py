@@ -5,7 +5,9 @@ Stops after EXPECTED datagrams, or when none arrives within FIRST_WAIT seconds (
 IDLE seconds (the later ones). Prints "listening" once bound, then one JSON object: sequence
 numbers received, peers, whether every payload was intact, and datagrams of other senders.
 """
-import json, socket, sys
+import json
+import socket
+import sys
 port, expected = int(sys.argv[1]), int(sys.argv[2])
 first_wait, idle = float(sys.argv[3]), float(sys.argv[4])
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -3,7 +3,10 @@
 Usage: udp_source.py HOST PORT COUNT GAP [FIRST]
 Sequence numbers start at FIRST (default 0). Prints {"sent": COUNT}.
 """
-import json, socket, sys, time
+import json
+import socket
+import sys
+import time
 host, port, count, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 first = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -5,7 +5,11 @@ u32 ee_info, ee_data;} followed by the offender's sockaddr_in.
 Usage: udp_ttl_probe.py HOST PORT TTL TIMEOUT
 Prints the error as {"errno", "origin", "type", "code", "offender", "elapsed_ms"}, or null.
 """
-import json, socket, struct, sys, time
+import json
+import socket
+import struct
+import sys
+import time
 host, port, ttl, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 IP_RECVERR = 11
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -410,7 +410,7 @@ def test_a_syn_from_the_server_side_after_time_wait_is_its_own_connection(switch
 def test_reopened_connections_spread_over_the_ready_backends(switch):
     """Reusing a port after TIME_WAIT is not pinned to the old backend (no affinity here)."""
     seen = set()
-    for n in range(40):
+    for _ in range(40):
         _closed_connection(switch)
         (tx,) = connect(switch, C, C_IP, VIP, now=1.0)
         seen.add(tx.port)
@@ -427,85 +427,6 @@ def test_conntrack_filters_and_flush(switch):
         conntrack_rows(switch, 0.0, {"colour": "red"})
     assert switch.programming.conntrack_flush({"proto": "tcp"}) == 1
     assert len(conntrack_rows(switch, 0.0)) == 1
-
-
-# -- the per-connection fast path equals the pipeline ----------------------------------------
-
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-
-_STEP = st.tuples(
-    st.integers(0, 2),  # connection
-    st.sampled_from(["syn", "synack", "ack", "data-c", "data-s", "fin-c", "fin-s", "rst-s",
-                     "udp-c", "udp-s", "egress", "egress-reply", "ping"]),
-    st.sampled_from([0.0, 0.0, 0.5, 3.0, 40.0]),
-    st.integers(1, 3),
-    st.booleans(),  # hand the L4 checksum over as partial (virtio NEEDS_CSUM), as offload does
-)
-
-
-def _partial(frame: bytes) -> bytes:
-    """The frame as a pod with checksum offload sends it: NEEDS_CSUM, the pseudo-header sum in
-    the L4 checksum field."""
-    body = bytearray(frame[10:])
-    proto = body[23]
-    if proto not in (6, 17):
-        return frame
-    at = {6: 16, 17: 6}[proto]
-    total = struct.unpack_from("!H", body, 16)[0]
-    pseudo = pure.pseudo_header_sum(bytes(body[26:30]), bytes(body[30:34]), proto, total - 20)
-    struct.pack_into("!H", body, 34 + at, pseudo)
-    vnet = h.VIRTIO_NET_HDR.build(dict(flags=h.VNET_F_NEEDS_CSUM, gso_type=0, hdr_len=0,
-                                       gso_size=0, csum_start=34, csum_offset=at))
-    return vnet + bytes(body)
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=st.lists(_STEP, min_size=1, max_size=40))
-def test_fast_path_equals_slow_path_for_translated_connections(accel_name, steps):
-    cached, plain = _switch(accel_name), _switch(accel_name, capacity=0)
-    backends: dict[int, str] = {}
-    now = 0.0
-    for conn, action, delay, copies, partial in steps:
-        now += delay
-        cport = 40000 + conn
-        backend = backends.get(conn)
-        if action in ("syn", "ack", "data-c", "fin-c"):
-            flags = {"syn": "S", "ack": "A", "data-c": "PA", "fin-c": "FA"}[action]
-            text, port, src, dst = (f"tcp {C_IP}:{cport} > {VIP}:80 flags {flags} len "
-                                    f"{20 if action == 'data-c' else 0}", C, C_IP, GW)
-        elif action in ("synack", "data-s", "fin-s", "rst-s"):
-            if backend is None:
-                continue
-            flags = {"synack": "SA", "data-s": "PA", "fin-s": "FA", "rst-s": "R"}[action]
-            text, port, src, dst = (f"tcp {backend}:8080 > {C_IP}:{cport} flags {flags}",
-                                    {A_IP: A, B_IP: B}[backend], backend, C_IP)
-        elif action == "udp-c":
-            text, port, src, dst = f"udp {C_IP}:{cport} > {DNS_VIP}:53 len 8", C, C_IP, GW
-        elif action == "udp-s":
-            if backend is None:
-                continue
-            text, port, src, dst = (f"udp {backend}:5353 > {C_IP}:{cport} len 8",
-                                    {A_IP: A, B_IP: B}[backend], backend, C_IP)
-        elif action == "egress":
-            text, port, src, dst = f"udp {C_IP}:{cport} > 198.51.100.7:53 len 8", C, C_IP, GW
-        elif action == "egress-reply":
-            text, port, src, dst = (f"udp 198.51.100.7:53 > {NODE}:{cport} len 8", UPLINK, FAR,
-                                    NODE)
-        else:
-            text, port, src, dst = f"icmp {C_IP} > 198.51.100.7 id {conn + 1}", C, C_IP, GW
-        frame = VNET + build_frame(parse_packet(text), mac(src), mac(dst))
-        if partial:
-            frame = _partial(frame)
-        got = [(t.port, t.data) for t in cached.process_batch(port, [frame] * copies, now)]
-        want = [(t.port, t.data) for t in plain.process_batch(port, [frame] * copies, now)]
-        assert got == want
-        for out_port, _ in want:
-            if action in ("syn", "udp-c") and out_port in (A, B):
-                backends[conn] = {A: A_IP, B: B_IP}[out_port]
-        if delay >= 3.0:
-            assert ([(t.port, t.data) for t in cached.handle_timer(now)]
-                    == [(t.port, t.data) for t in plain.handle_timer(now)])
-    assert conntrack_rows(cached, now) == conntrack_rows(plain, now)
 
 
 def test_established_connection_packets_take_the_fast_path(accel_name):

@@ -276,7 +276,7 @@ class Switch:
             for reply in routed_frames.broadcast_arp_request(env, self.segments[entry.segment],
                                                              entry.ip):
                 self.egress.send_generated(out, reply.port, reply.frame)
-        for entry, held in failed:
+        for _entry, held in failed:
             for item in held:
                 self.counters.add(ip4_neighbor.Counter.RESOLUTION_FAILED)
                 if item.in_port.id not in self.ports:

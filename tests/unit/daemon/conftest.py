@@ -60,10 +60,15 @@ async def log_watch():
 def rows_from_the_recording_switch(monkeypatch):
     """The control commands read the switch's tables through vswitch.core.presentation; a
     RecordingSwitch answers those reads itself, a real Switch goes through presentation."""
-    for name in ("port_rows", "fdb_rows", "route_rows", "neighbor_rows", "service_rows"):
-        def rows(switch, *args, _name=name, _real=getattr(presentation, name)):
-            if isinstance(switch, RecordingSwitch):
-                return getattr(switch, _name)(*args)
-            return _real(switch, *args)
+    def answered_by_the_fake(name: str):
+        real = getattr(presentation, name)
 
-        monkeypatch.setattr(presentation, name, rows)
+        def rows(switch, *args):
+            if isinstance(switch, RecordingSwitch):
+                return getattr(switch, name)(*args)
+            return real(switch, *args)
+
+        return rows
+
+    for name in ("port_rows", "fdb_rows", "route_rows", "neighbor_rows", "service_rows"):
+        monkeypatch.setattr(presentation, name, answered_by_the_fake(name))
