@@ -202,16 +202,16 @@ def nat_rewrite(packet: bytearray, src: bytes | None = None, sport: int | None =
         if has_l4_csum and proto != 1 and not udp_no_csum:
             _update32_at(packet, l4 + csum_at, old_value, new_value, partial)
     if proto in (6, 17):
-        for offset, new in ((0, sport), (2, dport)):
-            if new is None or size < l4 + offset + 2:
+        for offset, new_port in ((0, sport), (2, dport)):
+            if new_port is None or size < l4 + offset + 2:
                 continue
             old = _u16(packet, l4 + offset)
-            if old == new:
+            if old == new_port:
                 continue
-            _put16(packet, l4 + offset, new)
+            _put16(packet, l4 + offset, new_port)
             if has_l4_csum and not partial and not udp_no_csum:
                 _put16(packet, l4 + csum_at,
-                       checksum_update16(_u16(packet, l4 + csum_at), old, new))
+                       checksum_update16(_u16(packet, l4 + csum_at), old, new_port))
     elif proto == 1:
         new_id = sport if sport is not None else dport
         if new_id is not None and size >= l4 + 6:

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vswitch.core.port_spec import PortSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -11,7 +15,7 @@ class Forward:
 
     ports: tuple[int, ...]
     data: bytes | None = None
-    framing: object = None  # the PortSpec whose framing ``data`` follows; None: the ingress port's
+    framing: PortSpec | None = None  # the PortSpec whose framing ``data`` follows; None: the ingress port's
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from vswitch.core.port_spec import PortSpec
 from vswitch.core.actions import Forward, Reply
 from vswitch.pipeline.context import Env, SegmentInfo
+from vswitch.tables.fdb import FdbEntry
 from vswitch.wire import builders, headers as h
 from vswitch.wire.addresses import BROADCAST_MAC, ZERO_MAC
 
@@ -35,7 +36,7 @@ def ethernet_for(vnet: bytes, dst_mac: bytes, src_mac: bytes, ip_packet: bytes) 
 
 
 def deliver(env: Env, segment: int, dst_mac: bytes, data: bytes, exclude: int,
-            framing: PortSpec | None = None) -> tuple[Forward, object]:
+            framing: PortSpec | None = None) -> tuple[Forward, FdbEntry | None]:
     """Forward ``data`` to the port behind ``dst_mac`` in ``segment`` (flooding the segment if
     the FDB does not know it). Returns the action and the FDB entry it relied on (or None)."""
     entry = env.fdb.lookup(segment, dst_mac, env.now)

@@ -140,7 +140,7 @@ def parse_packet(text: str) -> PacketSpec:
     while i < len(rest):
         word = rest[i]
         if word in ("df", "mf"):
-            spec = replace(spec, **{word: True})
+            spec = replace(spec, df=True) if word == "df" else replace(spec, mf=True)
             i += 1
             continue
         if word in ("echo-request", "echo-reply") and spec.kind == "icmp":
