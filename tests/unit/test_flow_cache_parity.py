@@ -79,7 +79,7 @@ def _with_trunk(switch):
     return switch
 
 
-@settings(max_examples=100, deadline=None,
+@settings(max_examples=120, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bursts=st.lists(burst, min_size=8, max_size=30))
 def test_fast_path_equals_slow_path(topology, accel_name, bursts):
