@@ -154,7 +154,7 @@ def _desired_state(unready: str | None, with_dns: bool):
     return pods, services
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(_STEP, min_size=10, max_size=40))  # a connection's life takes a few steps
 def test_fast_path_equals_slow_path_for_translated_connections(accel_name, steps):
