@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.core.presentation import fdb_rows, neighbor_rows
@@ -83,6 +83,12 @@ def _with_trunk(switch):
 @settings(max_examples=120, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bursts=st.lists(burst, min_size=8, max_size=30))
+# Always tried: from the trunk, [X->B, B->A] twice over, the second X->B after B's MAC moved.
+@example(bursts=[(((2, "10.244.1.10"), [(None, "10.244.1.11", "udp", "unicast", None)]), 1, 0.0),
+                 (((3, "10.244.1.11"), [(None, "10.244.1.10", "udp", "unicast", None)]), 1, 0.0),
+                 (((TRUNK, None), [("10.244.1.77", "10.244.1.11", "udp", "unicast", None),
+                                   ("10.244.1.11", "10.244.1.10", "udp", "unicast", None)]),
+                  2, 1.0)])
 def test_fast_path_equals_slow_path(topology, accel_name, bursts):
     short = dataclasses.replace(topology, dataplane=dataclasses.replace(topology.dataplane,
                                                                         fdb_aging=5.0))
@@ -214,6 +220,11 @@ def _with_blue_trunk(switch):
 @settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bursts=st.lists(routed_burst, min_size=8, max_size=30))
+# Always tried: from the trunk, [.77->d, d's ARP from its second MAC] twice over.
+@example(bursts=[(((4, "10.245.1.10", "10.245.1.1"), [("arp-gateway",)]), 1, 0.0),
+                 (((TRUNK, None, "10.245.1.1"),
+                   [("10.245.1.77", False, ("udp", "10.245.1.10", 64, 100, False)),
+                    ("10.245.1.10", True, ("arp-gateway",))]), 2, 0.2)])
 def test_fast_path_equals_slow_path_for_routed_traffic(accel_name, bursts):
     from .test_pipeline_l3 import _routed_switch
 

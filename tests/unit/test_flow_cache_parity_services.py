@@ -16,7 +16,7 @@ import dataclasses
 import struct
 from ipaddress import IPv4Address
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from vswitch.accel import pure
 from vswitch.core.port_spec import PortKind, PortSpec
@@ -157,6 +157,11 @@ def _desired_state(unready: str | None, with_dns: bool):
 @settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(_STEP, min_size=10, max_size=40))  # a connection's life takes a few steps
+# Always tried: a datagram and its reply, then [datagram, the trunk as the backend, datagram].
+@example(steps=[(("send", 0, "udp-c", 1, False, None), 0.0),
+                (("send", 0, "udp-s", 1, False, None), 0.0),
+                (("send", 0, "udp-c", 2, False, B_IP), 0.0),
+                (("send", 0, "udp-c", 2, False, A_IP), 0.0)])
 def test_fast_path_equals_slow_path_for_translated_connections(accel_name, steps):
     cached = _with_trunk(_switch(accel_name))
     plain = _with_trunk(_switch(accel_name, capacity=0))
