@@ -18,6 +18,7 @@ from construct import (
     Int8ub,
     Int16ub,
     Int16ul,
+    Int24ub,
     Int32ub,
     Struct,
     this,
@@ -138,6 +139,28 @@ UDP = Struct(
     "checksum" / Int16ub,
 )
 UDP_HEADER_LEN = 8
+
+# The first four bytes of TCP and UDP alike: what a flow hash reads without caring which it is.
+L4_PORTS = Struct(
+    "src_port" / Int16ub,
+    "dst_port" / Int16ub,
+)
+L4_PORTS_LEN = 4
+
+# VXLAN (RFC 7348 section 5), after a UDP header: an 8-bit flags field in which only the I bit
+# ("the VNI is valid") is defined, 24 reserved bits, the 24-bit VXLAN Network Identifier and 8 more
+# reserved bits. The receiver's checks (Linux drops a header with any reserved bit set, although
+# the RFC says to ignore them) are in ``vswitch.wire.vxlan``.
+VXLAN = Struct(
+    "flags" / Int8ub,
+    "reserved1" / Int24ub,
+    "vni" / Int24ub,
+    "reserved2" / Int8ub,
+)
+VXLAN_HEADER_LEN = 8
+VXLAN_FLAG_VNI = 0x08  # the I bit
+VXLAN_MAX_VNI = 0xFFFFFF
+VXLAN_IANA_PORT = 4789
 
 TCP = Struct(
     "src_port" / Int16ub,

@@ -1,0 +1,213 @@
+"""VXLAN on the wire (RFC 7348), as pure functions: encapsulation, decapsulation with the reason
+for every refusal, the outer UDP source port, and the MTU an overlay leaves to pods.
+
+Theory of operation
+-------------------
+* **What we send is what Linux sends** with a ``vxlan`` device created the way flannel creates it
+  (``ip link add ... type vxlan id VNI dstport 4789 nolearning``), so a node built from kernel parts
+  and a vswitch node exchange frames both ways:
+
+  - outer Ethernet / IPv4 (no options) / UDP / VXLAN (flags 0x08, VNI in bytes 4-6) / inner frame;
+  - the outer UDP checksum is 0: Linux defaults to ``noudpcsum`` for IPv4 (RFC 7348 section 5
+    allows it), which spares summing every inner byte;
+  - DF is clear: Linux's ``df unset`` default. The overlay is sized so that the outer packet fits
+    the underlay (see ``overlay_mtu``); DF on the outer header would only turn an underlay MTU
+    mistake into silent loss, where a clear DF lets the underlay fragment and the receiver
+    reassemble. Because DF is clear, ``ident`` must differ between packets to one destination
+    (RFC 6864): the caller passes a counter;
+  - the outer TOS is 0 except for the ECN field, copied from an inner IPv4 header with CE sent as
+    ECT(0), as Linux's ``ip_tunnel_ecn_encap`` does (RFC 6040 normal mode);
+  - TTL 64, the default hop limit Linux uses when the device's ``ttl`` is unset.
+* **The source port spreads flows over ECMP paths** (RFC 7348 section 5): it is a hash of the
+  inner flow mapped into a port range, by default Linux's ``ip_local_port_range``
+  (32768-60999, both included). Linux hashes with its flow dissector and a boot-time secret; here
+  it is a blake2b of ``inner_flow_key`` keyed by the caller, never ``hash()`` (salted per process):
+  a flow keeps its port across restarts with the same key, and the sans-I/O core stays
+  reproducible. The key hides nothing important (ports only pick a path); it lets a node choose.
+* **Decapsulation refuses what Linux refuses**, each refusal a ``DropReason`` for the counters:
+  a short or malformed outer IPv4 header, a bad header checksum, fragments (the switch does not
+  reassemble; Linux would), anything not UDP to the VXLAN port, a UDP length that disagrees with
+  the packet, a wrong UDP checksum when one is present, a header without the I bit, another VNI,
+  and reserved bits set (Linux drops these although the RFC says to ignore them). Every length
+  is checked before the bytes are read: malformed input yields a reason, never an exception.
+  What is not decided here: whether the outer source is a known node, whether the inner frame
+  comes from our own VTEP MAC (Linux drops such loops), and the RFC 6040 ECN decapsulation
+  (outer CE marked onto the inner header), which Linux does and this function does not.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from vswitch.accel import pure as _pure
+from vswitch.wire import builders, headers as h
+
+# Bytes the encapsulation adds in front of an inner frame: outer Ethernet, IPv4, UDP and VXLAN.
+OUTER_HEADERS_LEN = h.ETH_HEADER_LEN + h.IPV4_MIN_HEADER_LEN + h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN
+# What an overlay takes from the underlay's MTU (which counts from the outer IPv4 header on): outer
+# IPv4, UDP, VXLAN and the inner Ethernet header, which the inner MTU does not count. Also 50.
+MTU_OVERHEAD = h.IPV4_MIN_HEADER_LEN + h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN + h.ETH_HEADER_LEN
+MIN_IPV4_MTU = 68  # RFC 791: every IPv4 link carries 68-byte datagrams unfragmented
+
+# Linux's default net.ipv4.ip_local_port_range, which its VXLAN devices draw source ports from.
+SOURCE_PORT_LOW = 32768
+SOURCE_PORT_HIGH = 60999
+
+_ECN_MASK = 0x03
+_ECN_CE = 0x03
+_ECN_ECT0 = 0x02
+_L4_WITH_PORTS = (h.IpProto.TCP, h.IpProto.UDP)
+
+
+def overlay_mtu(underlay_mtu: int) -> int:
+    """The MTU of pods' segments when their traffic to other nodes crosses VXLAN over an underlay
+    (uplink) of ``underlay_mtu``: 1500 leaves 1450, as on a flannel node."""
+    inner = underlay_mtu - MTU_OVERHEAD
+    if inner < MIN_IPV4_MTU:
+        raise ValueError(f"an underlay MTU of {underlay_mtu} leaves {inner} bytes inside VXLAN, "
+                         f"below the IPv4 minimum of {MIN_IPV4_MTU}")
+    return inner
+
+
+def _inner_ipv4(inner_frame: bytes):
+    """The parsed inner IPv4 header, or None when the frame does not carry a whole one."""
+    if len(inner_frame) < h.ETH_HEADER_LEN + h.IPV4_MIN_HEADER_LEN:
+        return None
+    if h.ETHERNET.parse(inner_frame[: h.ETH_HEADER_LEN]).ethertype != h.EtherType.IPV4:
+        return None
+    ip = h.IPV4.parse(inner_frame[h.ETH_HEADER_LEN: h.ETH_HEADER_LEN + h.IPV4_MIN_HEADER_LEN])
+    return ip if ip.version == 4 and ip.ihl >= 5 else None
+
+
+def _outer_tos(inner_frame: bytes) -> int:
+    ip = _inner_ipv4(inner_frame)
+    if ip is None:
+        return 0
+    ecn = ip.tos & _ECN_MASK
+    return _ECN_ECT0 if ecn == _ECN_CE else ecn
+
+
+def encapsulate(inner_frame: bytes, *, outer_src_mac: bytes, outer_dst_mac: bytes,
+                src_ip: bytes, dst_ip: bytes, src_port: int, dst_port: int, vni: int, ident: int,
+                ttl: int = 64, accel: ModuleType = _pure) -> bytes:
+    """The outer frame carrying ``inner_frame`` (an Ethernet frame) from our VTEP (``src_ip``,
+    ``src_port``) to a remote one (``dst_ip``, ``dst_port``) in network ``vni``.
+
+    ``ident`` is the outer IPv4 identification (a per-destination counter: DF is clear). The outer
+    IPv4 header checksum is computed with ``accel``; the UDP checksum is 0 (none)."""
+    if not 0 <= vni <= h.VXLAN_MAX_VNI:
+        raise ValueError(f"VNI {vni} is not a 24-bit number")
+    vxlan = h.VXLAN.build(dict(flags=h.VXLAN_FLAG_VNI, reserved1=0, vni=vni, reserved2=0))
+    udp = h.UDP.build(dict(src_port=src_port, dst_port=dst_port, checksum=0,
+                           length=h.UDP_HEADER_LEN + len(vxlan) + len(inner_frame)))
+    ip = builders.ipv4(src=src_ip, dst=dst_ip, protocol=h.IpProto.UDP,
+                       payload=udp + vxlan + bytes(inner_frame), ttl=ttl, identification=ident,
+                       df=False, tos=_outer_tos(inner_frame), accel=accel)
+    return builders.ethernet(outer_dst_mac, outer_src_mac, h.EtherType.IPV4, ip)
+
+
+def inner_flow_key(inner_frame: bytes) -> bytes:
+    """What identifies the inner frame's flow for ``source_port``, as Linux's flow hash sees it:
+    IPv4 addresses and protocol, plus the ports of TCP and UDP unless the packet is a fragment
+    (so all fragments of a datagram take one path); for a frame that is not IPv4, its two MAC
+    addresses and EtherType (Linux's fallback for a VXLAN device)."""
+    ip = _inner_ipv4(inner_frame)
+    if ip is None:
+        return bytes(inner_frame[: h.ETH_HEADER_LEN])
+    key = bytes([ip.protocol]) + ip.src + ip.dst
+    l4 = h.ETH_HEADER_LEN + ip.ihl * 4
+    if (ip.protocol in _L4_WITH_PORTS and not ip.mf and ip.fragment_offset == 0
+            and len(inner_frame) >= l4 + h.L4_PORTS_LEN):
+        ports = h.L4_PORTS.parse(inner_frame[l4: l4 + h.L4_PORTS_LEN])
+        key += ports.src_port.to_bytes(2, "big") + ports.dst_port.to_bytes(2, "big")
+    return key
+
+
+def source_port(flow_key: bytes, *, key: bytes = b"", low: int = SOURCE_PORT_LOW,
+                high: int = SOURCE_PORT_HIGH) -> int:
+    """The outer UDP source port, in ``low..high`` (both included), for the inner flow
+    ``flow_key`` (``inner_flow_key`` of its frames, or any bytes that identify the flow).
+
+    The same flow and ``key`` always give the same port. A 32-bit hash is mapped into the range
+    by multiplication, as Linux's ``udp_flow_src_port`` does, rather than by a modulo."""
+    if not 0 < low <= high <= 0xFFFF:
+        raise ValueError(f"not a port range: {low}-{high}")
+    digest = hashlib.blake2b(flow_key, digest_size=4, key=key).digest()
+    return low + ((int.from_bytes(digest, "big") * (high - low + 1)) >> 32)
+
+
+class DropReason(enum.Enum):
+    """Why a packet addressed to our VTEP was not decapsulated."""
+    SHORT = "shorter than its outer IPv4, UDP and VXLAN headers and an inner Ethernet header"
+    BAD_IP_HEADER = "outer IPv4 header malformed: version, header length or total length"
+    BAD_IP_CHECKSUM = "outer IPv4 header checksum is wrong"
+    FRAGMENT = "outer IPv4 packet is a fragment (not reassembled)"
+    NOT_UDP = "outer IPv4 packet is not UDP"
+    WRONG_PORT = "UDP destination port is not the VXLAN port"
+    BAD_UDP_LENGTH = "UDP length field disagrees with the outer IPv4 packet"
+    BAD_UDP_CHECKSUM = "outer UDP checksum is present and wrong"
+    NO_VNI_FLAG = "VXLAN flags without the I bit (VNI valid)"
+    WRONG_VNI = "VXLAN network identifier is not ours"
+    RESERVED_BITS = "VXLAN reserved bits or unknown flags set"
+
+
+@dataclass(frozen=True, slots=True)
+class Decapsulated:
+    """What arrived through the tunnel: the inner Ethernet frame and where it came from."""
+    inner: bytes
+    src: bytes  # outer IPv4 source: the sending node's underlay address
+    dst: bytes  # outer IPv4 destination: our VTEP address (or whichever the sender used)
+    src_port: int  # outer UDP source port (the sender's hash of the inner flow)
+    vni: int
+
+
+def decapsulate(packet: bytes, *, vni: int, port: int, offset: int = 0,
+                accel: ModuleType = _pure) -> Decapsulated | DropReason:
+    """The inner frame of a VXLAN packet whose outer IPv4 header starts at ``offset`` of
+    ``packet`` (0 for an IP packet, 14 for an untagged Ethernet frame), or why it is refused.
+
+    Bytes after the IPv4 total length (Ethernet padding) are ignored, as are bytes after the UDP
+    length. Checked in the order Linux's IPv4, UDP and VXLAN receive paths check."""
+    data = bytes(packet[offset:])
+    if len(data) < h.IPV4_MIN_HEADER_LEN:
+        return DropReason.SHORT
+    ip = h.IPV4.parse(data[: h.IPV4_MIN_HEADER_LEN])
+    header_len = ip.ihl * 4
+    if ip.version != 4 or ip.ihl < 5:
+        return DropReason.BAD_IP_HEADER
+    if header_len > len(data):
+        return DropReason.SHORT
+    if accel.checksum(data[:header_len]) != 0:
+        return DropReason.BAD_IP_CHECKSUM
+    if ip.total_length > len(data):
+        return DropReason.SHORT
+    if ip.total_length < header_len:
+        return DropReason.BAD_IP_HEADER
+    if ip.mf or ip.fragment_offset:
+        return DropReason.FRAGMENT
+    if ip.protocol != h.IpProto.UDP:
+        return DropReason.NOT_UDP
+    segment = data[header_len: ip.total_length]
+    if len(segment) < h.UDP_HEADER_LEN:
+        return DropReason.SHORT
+    udp = h.UDP.parse(segment[: h.UDP_HEADER_LEN])
+    if udp.dst_port != port:
+        return DropReason.WRONG_PORT
+    if not h.UDP_HEADER_LEN <= udp.length <= len(segment):
+        return DropReason.BAD_UDP_LENGTH
+    segment = segment[: udp.length]
+    if udp.checksum and accel.l4_checksum(ip.src, ip.dst, h.IpProto.UDP, segment) != 0:
+        return DropReason.BAD_UDP_CHECKSUM
+    if len(segment) < h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN + h.ETH_HEADER_LEN:
+        return DropReason.SHORT
+    vxlan = h.VXLAN.parse(segment[h.UDP_HEADER_LEN: h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN])
+    if not vxlan.flags & h.VXLAN_FLAG_VNI:
+        return DropReason.NO_VNI_FLAG
+    if vxlan.vni != vni:
+        return DropReason.WRONG_VNI
+    if vxlan.flags != h.VXLAN_FLAG_VNI or vxlan.reserved1 or vxlan.reserved2:
+        return DropReason.RESERVED_BITS
+    return Decapsulated(inner=segment[h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN:], src=ip.src,
+                        dst=ip.dst, src_port=udp.src_port, vni=vni)
