@@ -84,8 +84,8 @@ VXLAN_AT = UDP_AT + h.UDP_HEADER_LEN
 # -- the bytes on the wire -----------------------------------------------------------------------
 
 def test_the_encapsulation_is_byte_for_byte_what_linux_sends(accel):
-    """Outer headers as a Linux vxlan device (id 42, dstport 4789, defaults: noudpcsum, df unset,
-    ttl unset = 64, tos 0) puts them around a 47-byte inner frame; laid out by hand."""
+    """Outer headers as a Linux vxlan device (id 42, dstport 4789, noudpcsum, df unset, ttl unset
+    = 64, tos 0) puts them around a 47-byte inner frame; laid out by hand."""
     inner = udp_frame()
     assert len(inner) == 47
     expected = bytes.fromhex(
@@ -103,6 +103,34 @@ def test_the_encapsulation_is_byte_for_byte_what_linux_sends(accel):
     # By hand: 4500 + 0053 + 1234 + 4011 + c0a8 + 6401 + c0a8 + 6402 = 2e0eb, folded e0ed, ~ 1f12.
     assert expected[IP_AT + 10: IP_AT + 12] == bytes.fromhex("1f12")
     assert encap(inner, accel) == expected
+
+
+# Captured on the underlay side of a Linux 6.18 vxlan device made as flannel makes one (``ip link
+# add vx42 type vxlan id 42 dstport 4789 local 192.168.100.1 nolearning``, static FDB and neighbour
+# entries), with transmit checksum offload off on the underlay veth so that the UDP checksum is
+# final: ``ping -Q 0x03 10.244.2.5`` from 10.244.1.0 (inner TOS CE, DF set).
+LINUX_FRAME = bytes.fromhex(
+    "1e607191dfcd" "caad6bc54584" "0800"
+    "4502" "0086" "8899" "0000" "40" "11" "a877" "c0a86401" "c0a86402"  # ECT(0) for CE, no DF
+    "dc58" "12b5" "0072" "74a4"  # source port from Linux's flow hash; udpcsum is its default
+    "08000000" "00002a00"
+    "020000000a02" "020000000a01" "0800"
+    "4503005449c940004001d7f00af401000af40205"
+    "0800e78c6f36000176130f6b0000000057ea050000000000"
+    "101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f3031323334353637"
+)
+
+
+def test_a_frame_linux_sent_decapsulates_and_encapsulates_back_to_the_same_bytes(accel):
+    result = decap(LINUX_FRAME, accel)
+    assert (result.src, result.dst, result.src_port, result.vni) == (VTEP_IP, PEER_IP, 56408, 42)
+    assert result.inner == LINUX_FRAME[vxlan.OUTER_HEADERS_LEN:]
+    fields = dict(outer_src_mac=LINUX_FRAME[6:12], outer_dst_mac=LINUX_FRAME[:6], src_ip=VTEP_IP,
+                  dst_ip=PEER_IP, src_port=56408, dst_port=PORT, vni=42, ident=0x8899,
+                  accel=accel)
+    assert vxlan.encapsulate(result.inner, udp_checksum=True, **fields) == LINUX_FRAME
+    # RFC 7348's choice, the default here: the same bytes but no UDP checksum.
+    assert vxlan.encapsulate(result.inner, **fields) == patched(LINUX_FRAME, UDP_AT + 6, b"\0\0")
 
 
 def test_the_header_declaration_matches_rfc_7348():
@@ -159,6 +187,15 @@ def test_a_correct_udp_checksum_is_accepted_and_a_wrong_one_refused(accel):
     assert decap(patched(frame, UDP_AT + 6, good), accel).inner == udp_frame()
     bad = ((int.from_bytes(good, "big") + 1) & 0xFFFF or 1).to_bytes(2, "big")
     assert decap(patched(frame, UDP_AT + 6, bad), accel) is DropReason.BAD_UDP_CHECKSUM
+
+
+def test_a_partial_udp_checksum_passes_when_the_caller_says_so(accel):
+    """A frame whose virtio-net header says NEEDS_CSUM carries only the pseudo-header sum."""
+    frame = patched(encap(udp_frame()), UDP_AT + 6, b"\x12\x34")
+    assert decap(frame, accel) is DropReason.BAD_UDP_CHECKSUM
+    result = vxlan.decapsulate(frame, vni=VNI, port=PORT, offset=ETH, verify_udp_checksum=False,
+                               accel=accel)
+    assert result.inner == udp_frame()
 
 
 def _cases():
@@ -233,12 +270,13 @@ frames = st.binary(min_size=ETH, max_size=300)
 
 @PROPERTY
 @given(inner=frames, src=ip4, dst=ip4, sport=port, dport=port, vni=st.integers(0, 0xFFFFFF),
-       ident=port, ttl=st.integers(1, 255), smac=mac, dmac=mac)
+       ident=port, ttl=st.integers(1, 255), smac=mac, dmac=mac, checksum=st.booleans())
 def test_decapsulation_undoes_encapsulation(accel, inner, src, dst, sport, dport, vni, ident, ttl,
-                                            smac, dmac):
+                                            smac, dmac, checksum):
     frame = vxlan.encapsulate(inner, outer_src_mac=smac, outer_dst_mac=dmac, src_ip=src,
                               dst_ip=dst, src_port=sport, dst_port=dport, vni=vni, ident=ident,
-                              ttl=ttl, accel=accel)
+                              ttl=ttl, udp_checksum=checksum, accel=accel)
+    assert (frame[UDP_AT + 6: UDP_AT + 8] != b"\0\0") == checksum
     assert len(frame) == len(inner) + vxlan.OUTER_HEADERS_LEN
     assert frame[:ETH] == dmac + smac + b"\x08\x00"
     result = vxlan.decapsulate(frame, vni=vni, port=dport, offset=ETH, accel=accel)

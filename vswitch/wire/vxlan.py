@@ -8,22 +8,24 @@ Theory of operation
   and a vswitch node exchange frames both ways:
 
   - outer Ethernet / IPv4 (no options) / UDP / VXLAN (flags 0x08, VNI in bytes 4-6) / inner frame;
-  - the outer UDP checksum is 0: Linux defaults to ``noudpcsum`` for IPv4 (RFC 7348 section 5
-    allows it), which spares summing every inner byte;
+  - the outer UDP checksum is 0 unless asked for: RFC 7348 section 5 says it SHOULD be 0 for
+    IPv4, and it spares summing every inner byte. Current Linux differs by default: a device
+    created without the ``[no]udpcsum`` attribute (``ip link``, or flannel through its netlink
+    library) has ``udpcsum`` on, so ``udp_checksum=True`` sends the very bytes Linux sends. A
+    receiver accepts both (Linux checks a checksum only when it is not 0, as ``decapsulate`` does);
   - DF is clear: Linux's ``df unset`` default. The overlay is sized so that the outer packet fits
     the underlay (see ``overlay_mtu``); DF on the outer header would only turn an underlay MTU
-    mistake into silent loss, where a clear DF lets the underlay fragment and the receiver
-    reassemble. Because DF is clear, ``ident`` must differ between packets to one destination
+    mistake into a loss the pods never hear of, where a clear DF lets the underlay fragment. Because DF is clear, ``ident`` must differ between packets to one destination
     (RFC 6864): the caller passes a counter;
   - the outer TOS is 0 except for the ECN field, copied from an inner IPv4 header with CE sent as
     ECT(0), as Linux's ``ip_tunnel_ecn_encap`` does (RFC 6040 normal mode);
-  - TTL 64, the default hop limit Linux uses when the device's ``ttl`` is unset.
+  - TTL 64 by default, the hop limit Linux uses when the device's ``ttl`` is unset (``auto``).
 * **The source port spreads flows over ECMP paths** (RFC 7348 section 5): it is a hash of the
   inner flow mapped into a port range, by default Linux's ``ip_local_port_range``
   (32768-60999, both included). Linux hashes with its flow dissector and a boot-time secret; here
   it is a blake2b of ``inner_flow_key`` keyed by the caller, never ``hash()`` (salted per process):
   a flow keeps its port across restarts with the same key, and the sans-I/O core stays
-  reproducible. The key hides nothing important (ports only pick a path); it lets a node choose.
+  reproducible. The key need not be secret (a port only picks a path); each node may pick its own.
 * **Decapsulation refuses what Linux refuses**, each refusal a ``DropReason`` for the counters:
   a short or malformed outer IPv4 header, a bad header checksum, fragments (the switch does not
   reassemble; Linux would), anything not UDP to the VXLAN port, a UDP length that disagrees with
@@ -91,20 +93,25 @@ def _outer_tos(inner_frame: bytes) -> int:
 
 def encapsulate(inner_frame: bytes, *, outer_src_mac: bytes, outer_dst_mac: bytes,
                 src_ip: bytes, dst_ip: bytes, src_port: int, dst_port: int, vni: int, ident: int,
-                ttl: int = 64, accel: ModuleType = _pure) -> bytes:
+                ttl: int = 64, udp_checksum: bool = False, accel: ModuleType = _pure) -> bytes:
     """The outer frame carrying ``inner_frame`` (an Ethernet frame) from our VTEP (``src_ip``,
     ``src_port``) to a remote one (``dst_ip``, ``dst_port``) in network ``vni``.
 
     ``ident`` is the outer IPv4 identification (a per-destination counter: DF is clear). The outer
-    IPv4 header checksum is computed with ``accel``; the UDP checksum is 0 (none)."""
+    IPv4 header checksum is computed with ``accel``, and so is the UDP checksum with
+    ``udp_checksum``; without it the UDP checksum is 0 (none)."""
     if not 0 <= vni <= h.VXLAN_MAX_VNI:
         raise ValueError(f"VNI {vni} is not a 24-bit number")
     vxlan = h.VXLAN.build(dict(flags=h.VXLAN_FLAG_VNI, reserved1=0, vni=vni, reserved2=0))
-    udp = h.UDP.build(dict(src_port=src_port, dst_port=dst_port, checksum=0,
-                           length=h.UDP_HEADER_LEN + len(vxlan) + len(inner_frame)))
-    ip = builders.ipv4(src=src_ip, dst=dst_ip, protocol=h.IpProto.UDP,
-                       payload=udp + vxlan + bytes(inner_frame), ttl=ttl, identification=ident,
-                       df=False, tos=_outer_tos(inner_frame), accel=accel)
+    payload = vxlan + bytes(inner_frame)
+    if udp_checksum:
+        segment = builders.udp(src=src_ip, dst=dst_ip, src_port=src_port, dst_port=dst_port,
+                               payload=payload, accel=accel)
+    else:
+        segment = h.UDP.build(dict(src_port=src_port, dst_port=dst_port, checksum=0,
+                                   length=h.UDP_HEADER_LEN + len(payload))) + payload
+    ip = builders.ipv4(src=src_ip, dst=dst_ip, protocol=h.IpProto.UDP, payload=segment, ttl=ttl,
+                       identification=ident, df=False, tos=_outer_tos(inner_frame), accel=accel)
     return builders.ethernet(outer_dst_mac, outer_src_mac, h.EtherType.IPV4, ip)
 
 
@@ -164,12 +171,18 @@ class Decapsulated:
 
 
 def decapsulate(packet: bytes, *, vni: int, port: int, offset: int = 0,
+                verify_udp_checksum: bool = True,
                 accel: ModuleType = _pure) -> Decapsulated | DropReason:
     """The inner frame of a VXLAN packet whose outer IPv4 header starts at ``offset`` of
     ``packet`` (0 for an IP packet, 14 for an untagged Ethernet frame), or why it is refused.
 
     Bytes after the IPv4 total length (Ethernet padding) are ignored, as are bytes after the UDP
-    length. Checked in the order Linux's IPv4, UDP and VXLAN receive paths check."""
+    length. Checked in the order Linux's IPv4, UDP and VXLAN receive paths check.
+
+    A non-zero UDP checksum is verified unless ``verify_udp_checksum`` is False: the caller passes
+    False when the virtio-net header says the checksum is partial (``VNET_F_NEEDS_CSUM``: the
+    field holds only the pseudo-header sum, as from a local sender with checksum offload) or
+    already checked (``VNET_F_DATA_VALID``)."""
     data = bytes(packet[offset:])
     if len(data) < h.IPV4_MIN_HEADER_LEN:
         return DropReason.SHORT
@@ -198,7 +211,8 @@ def decapsulate(packet: bytes, *, vni: int, port: int, offset: int = 0,
     if not h.UDP_HEADER_LEN <= udp.length <= len(segment):
         return DropReason.BAD_UDP_LENGTH
     segment = segment[: udp.length]
-    if udp.checksum and accel.l4_checksum(ip.src, ip.dst, h.IpProto.UDP, segment) != 0:
+    if (verify_udp_checksum and udp.checksum
+            and accel.l4_checksum(ip.src, ip.dst, h.IpProto.UDP, segment) != 0):
         return DropReason.BAD_UDP_CHECKSUM
     if len(segment) < h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN + h.ETH_HEADER_LEN:
         return DropReason.SHORT
