@@ -19,7 +19,7 @@ VTEP_MAC, PEER_MAC = bytes.fromhex("020000000001"), bytes.fromhex("020000000002"
 VTEP_IP, PEER_IP = bytes([192, 168, 100, 1]), bytes([192, 168, 100, 2])
 POD_MAC, REMOTE_POD_MAC = bytes.fromhex("0a580af40105"), bytes.fromhex("0a580af40205")
 POD_IP, REMOTE_POD_IP = bytes([10, 244, 1, 5]), bytes([10, 244, 2, 5])
-VNI, PORT = 42, 4789
+VNI, PORT = 42, h.VXLAN_IANA_PORT
 ETH = h.ETH_HEADER_LEN
 
 
@@ -150,10 +150,15 @@ def test_the_outer_header_copies_the_inner_ecn_field_as_linux_does():
     assert h.IPV4.parse(encap(arp_frame())[IP_AT: IP_AT + 20]).tos == 0
 
 
-def test_encapsulation_refuses_a_vni_beyond_24_bits():
+def test_encapsulation_refuses_a_vni_beyond_24_bits_and_a_frame_beyond_one_packet():
     with pytest.raises(ValueError, match="24-bit"):
         encap(udp_frame(), vni=1 << 24)
     assert decap(encap(udp_frame(), vni=0xFFFFFF), vni=0xFFFFFF).vni == 0xFFFFFF
+    largest = bytes(vxlan.MAX_INNER_FRAME_LEN)
+    assert h.IPV4.parse(encap(largest)[IP_AT: IP_AT + 20]).total_length == 0xFFFF
+    assert decap(encap(largest)).inner == largest
+    with pytest.raises(ValueError, match="does not fit one IPv4 packet"):
+        encap(largest + b"\0")
 
 
 # -- decapsulation -------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ OUTER_HEADERS_LEN = h.ETH_HEADER_LEN + h.IPV4_MIN_HEADER_LEN + h.UDP_HEADER_LEN 
 # IPv4, UDP, VXLAN and the inner Ethernet header, which the inner MTU does not count. Also 50.
 MTU_OVERHEAD = h.IPV4_MIN_HEADER_LEN + h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN + h.ETH_HEADER_LEN
 MIN_IPV4_MTU = 68  # RFC 791: every IPv4 link carries 68-byte datagrams unfragmented
+# The largest inner frame one outer IPv4 packet holds (its total length is 16 bits). A GSO
+# super-frame beyond it has to be cut into segments before encapsulation, or handed to the kernel
+# as a UDP-tunnel GSO frame whose lengths the kernel fills in per segment.
+MAX_INNER_FRAME_LEN = 0xFFFF - h.IPV4_MIN_HEADER_LEN - h.UDP_HEADER_LEN - h.VXLAN_HEADER_LEN
 
 # Linux's default net.ipv4.ip_local_port_range, which its VXLAN devices draw source ports from.
 SOURCE_PORT_LOW = 32768
@@ -102,6 +106,9 @@ def encapsulate(inner_frame: bytes, *, outer_src_mac: bytes, outer_dst_mac: byte
     ``udp_checksum``; without it the UDP checksum is 0 (none)."""
     if not 0 <= vni <= h.VXLAN_MAX_VNI:
         raise ValueError(f"VNI {vni} is not a 24-bit number")
+    if len(inner_frame) > MAX_INNER_FRAME_LEN:
+        raise ValueError(f"an inner frame of {len(inner_frame)} bytes does not fit one IPv4 packet "
+                         f"(at most {MAX_INNER_FRAME_LEN})")
     vxlan = h.VXLAN.build(dict(flags=h.VXLAN_FLAG_VNI, reserved1=0, vni=vni, reserved2=0))
     payload = vxlan + bytes(inner_frame)
     if udp_checksum:
