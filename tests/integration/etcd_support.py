@@ -27,6 +27,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import trio
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
@@ -117,6 +119,58 @@ class EtcdServer:
         return "\n".join(text.splitlines()[-lines:])
 
 
+class CuttableProxy:
+    """A TCP relay to etcd that a test can cut and restore, to play a network partition between
+    one node and the store while the store stays up for everyone else.
+
+    Cut: every relayed connection is closed and new ones are closed as soon as accepted. Run
+    :meth:`run` in a nursery (``await nursery.start(proxy.run)``); :attr:`endpoint` is its URL.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.endpoint = ""
+        self._is_cut = False
+        self._relays: set = set()
+
+    async def run(self, *, task_status) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.endpoint = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        task_status.started()
+        await trio.serve_listeners(self._relay, listeners)
+
+    async def _relay(self, client) -> None:
+        async with client:
+            if self._is_cut:
+                return
+            async with await trio.open_tcp_stream("127.0.0.1", self.target_port) as upstream:
+                with trio.CancelScope() as relay:
+                    self._relays.add(relay)
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._pump, client, upstream, relay)
+                            nursery.start_soon(self._pump, upstream, client, relay)
+                    finally:
+                        self._relays.discard(relay)
+
+    @staticmethod
+    async def _pump(source, sink, scope) -> None:
+        try:
+            async for chunk in source:
+                await sink.send_all(chunk)
+        except trio.BrokenResourceError:
+            pass  # the other side went away: the relay is over either way
+        scope.cancel()
+
+    def cut(self) -> None:
+        self._is_cut = True
+        for scope in list(self._relays):
+            scope.cancel()
+
+    def restore(self) -> None:
+        self._is_cut = False
+
+
 def spawn_member(endpoint: str, cluster: str, name: str, pod_cidr: str, ttl: int
                  ) -> subprocess.Popen:
     """A node in its own process (see the module docstring); returns once it has registered."""
@@ -133,8 +187,6 @@ def spawn_member(endpoint: str, cluster: str, name: str, pod_cidr: str, ttl: int
 
 
 def _member_main(endpoint: str, cluster: str, name: str, pod_cidr: str, ttl: str) -> None:
-    import trio
-
     from vswitch.membership.etcd import EtcdClient
     from vswitch.membership.members import Membership
 

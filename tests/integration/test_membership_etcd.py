@@ -12,7 +12,7 @@ import random
 import secrets
 import signal
 import sys
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -22,10 +22,21 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from etcd_support import EtcdServer, etcd_problem, node_record, spawn_member  # noqa: E402
+from etcd_support import (  # noqa: E402
+    CuttableProxy,
+    EtcdServer,
+    etcd_problem,
+    node_record,
+    spawn_member,
+)
 
 from vswitch.membership.etcd import EtcdClient, WatchCompacted  # noqa: E402
-from vswitch.membership.members import ChangeKind, Membership, MembershipChange  # noqa: E402
+from vswitch.membership.members import (  # noqa: E402
+    ChangeKind,
+    Membership,
+    MembershipChange,
+    nodes_prefix,
+)
 from vswitch.membership.subnets import PoolExhausted, allocate_pod_cidr  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -196,22 +207,71 @@ async def test_etcd_down_withdraws_nothing_and_the_view_catches_up_when_it_retur
             assert charlie.view == {"alpha": node_record("alpha", "10.1.1.0/24")}
 
 
-async def test_a_compacted_watch_revision_resynchronises(etcd, cluster):
-    """Changes the watch can no longer replay are recovered by listing again."""
-    async with member(etcd.endpoint, cluster, "alpha", "10.1.1.0/24") as (alpha, alpha_changes):
-        async with EtcdClient([etcd.endpoint]) as client:
-            # A watch from a revision older than the compaction is refused with compact_revision.
-            listing = await client.list_prefix("/")
-            await client.put(f"/vswitch/{cluster}/scratch", b"x")
-            await client.compact(listing.revision + 1)
-            with pytest.raises(WatchCompacted):
-                async for _ in client.watch_prefix("/", listing.revision):
-                    pass
-        # alpha's own watch is unaffected: it watches from a newer revision.
-        async with member(etcd.endpoint, cluster, "bravo", "10.1.2.0/24"):
-            assert (await next_change(alpha_changes, 1.0)).kind is ChangeKind.JOINED
-        assert (await next_change(alpha_changes, 1.0)).kind is ChangeKind.LEFT
-        assert alpha.view == {}
+async def test_a_partitioned_node_keeps_its_view_then_catches_up_and_registers_again(etcd,
+                                                                                      cluster):
+    """Cut from the store (which stays up for the others) for longer than its lease: alpha
+    withdraws nothing meanwhile; when it is back it emits exactly what changed while it was away,
+    although the revisions it missed were compacted, and writes its record under a new lease."""
+    async with trio.open_nursery() as relays:
+        proxy = CuttableProxy(etcd.client_port)
+        await relays.start(proxy.run)
+        async with (
+            member(proxy.endpoint, cluster, "alpha", "10.1.1.0/24") as (alpha, alpha_changes),
+            member(etcd.endpoint, cluster, "charlie", "10.1.3.0/24") as (charlie, _),
+        ):
+            async with member(etcd.endpoint, cluster, "bravo", "10.1.2.0/24"):
+                seen = [await next_change(alpha_changes, 1.0) for _ in range(2)]
+                assert kinds_and_names(seen) == {(ChangeKind.JOINED, "bravo"),
+                                                 (ChangeKind.JOINED, "charlie")}
+                alpha_lease = alpha.lease
+                proxy.cut()
+            # While alpha is cut off: bravo has left, charlie moves, delta joins.
+            moved = node_record("charlie", "10.1.3.0/24", address="192.0.2.33")
+            async with EtcdClient([etcd.endpoint]) as client:
+                await client.put(nodes_prefix(cluster) + "charlie", moved.to_json(),
+                                 lease=charlie.lease)
+            async with member(etcd.endpoint, cluster, "delta", "10.1.4.0/24") as (_, delta_changes):
+                with trio.move_on_after(TTL + EXPIRY_SLACK):
+                    change = await alpha_changes.receive()
+                    pytest.fail(f"alpha changed its view while cut from etcd: {change}")
+                assert set(alpha.view) == {"bravo", "charlie"}
+                # The others saw alpha's lease expire.
+                delta_seen = []
+                while (ChangeKind.LEFT, "alpha") not in kinds_and_names(delta_seen):
+                    delta_seen.append(await next_change(delta_changes, 1.0))
+                async with EtcdClient([etcd.endpoint]) as client:
+                    await client.compact((await client.list_prefix("/")).revision)
+
+                proxy.restore()
+                with trio.fail_after(3.0):
+                    caught_up = [await alpha_changes.receive() for _ in range(3)]
+                assert caught_up == [
+                    MembershipChange(ChangeKind.LEFT, node_record("bravo", "10.1.2.0/24")),
+                    MembershipChange(ChangeKind.CHANGED, moved),
+                    MembershipChange(ChangeKind.JOINED, node_record("delta", "10.1.4.0/24")),
+                ]
+                assert alpha.lease not in (0, alpha_lease)
+                rejoined = await next_change(delta_changes, 1.0)
+                assert rejoined == MembershipChange(ChangeKind.JOINED,
+                                                    node_record("alpha", "10.1.1.0/24"))
+        relays.cancel_scope.cancel()
+
+
+async def test_a_watch_from_a_compacted_revision_is_refused(etcd, cluster):
+    """The signal membership resynchronises on: the watch raises instead of skipping changes."""
+    async with EtcdClient([etcd.endpoint]) as client:
+        prefix = nodes_prefix(cluster)
+        first = await client.put(prefix + "x", b"1")
+        await client.put(prefix + "x", b"2")
+        await client.compact(first + 1)
+        with pytest.raises(WatchCompacted) as refused:
+            async for _ in client.watch_prefix(prefix, first):
+                pass
+        assert refused.value.compact_revision == first + 1
+        async with aclosing(client.watch_prefix(prefix, first + 1)) as batches:
+            batch = await anext(batches)
+        assert [(e.deleted, e.kv.value) for e in batch] == [(False, b"2")]
+        await client.delete(prefix + "x")
 
 
 async def test_concurrent_auto_allocations_get_different_subnets(etcd, cluster):
