@@ -17,7 +17,8 @@ Conventions of the gateway that this module hides from its callers:
 Errors are split by what the caller should do about them: :class:`StoreUnavailable` (no endpoint
 answered, a connection broke, etcd has no leader: retry later, keep the last known state),
 :class:`WatchCompacted` (the revision asked for is gone: list again), and :class:`StoreError`
-(etcd refused the request: a bug or a misconfiguration, not worth retrying blindly).
+(etcd refused the request: a bug or a misconfiguration, which retrying fixes only once someone
+has fixed the cause).
 
 Several endpoints may be given; a request goes to the endpoint that answered last and moves on to
 the next one when it cannot be reached.
@@ -27,7 +28,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncGenerator, Sequence
 
 import httpx
 
@@ -180,7 +181,9 @@ class EtcdClient:
         """Create ``key`` in a transaction that fails if it exists. True if we created it."""
         return await self._put_if(key, value, lease, {"target": "CREATE", "create_revision": "0"})
 
-    async def put_if_value(self, key: str, expected: bytes, value: bytes, *, lease: int = 0) -> bool:
+    async def put_if_value(
+        self, key: str, expected: bytes, value: bytes, *, lease: int = 0
+    ) -> bool:
         """Overwrite ``key`` only if it currently holds ``expected``. True if written."""
         return await self._put_if(key, value, lease, {"target": "VALUE", "value": _b64(expected)})
 
@@ -216,7 +219,9 @@ class EtcdClient:
 
     # -- watch ---------------------------------------------------------------------------------
 
-    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
+    async def watch_prefix(
+        self, prefix: str, start_revision: int
+    ) -> AsyncGenerator[list[WatchEvent], None]:
         """Watch every key under ``prefix`` from ``start_revision`` on: batches of events.
 
         An async generator: use it in ``contextlib.aclosing`` so the stream closes with it. It
@@ -262,9 +267,4 @@ def _watch_events(message: dict[str, Any]) -> list[WatchEvent]:
         WatchEvent(deleted=event.get("type") == "DELETE", kv=_key_value(event["kv"]))
         for event in result.get("events", ())
     ]
-
-
-def lease_refresh_interval(ttl: int) -> float:
-    """How often to refresh a lease of ``ttl`` seconds: a third of it, so two refreshes may fail."""
-    return max(0.2, ttl / 3)
 

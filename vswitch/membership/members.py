@@ -51,12 +51,16 @@ from .etcd import (
     StoreUnavailable,
     WatchCompacted,
     WatchEvent,
-    lease_refresh_interval,
 )
 
 log = logging.getLogger(__name__)
 
 REVOKE_TIMEOUT = 1.0  # seconds a clean shutdown waits for etcd to revoke our lease
+
+
+def lease_refresh_interval(ttl: int) -> float:
+    """How often to refresh a lease of ``ttl`` seconds: a third of it, so two refreshes may fail."""
+    return max(0.2, ttl / 3)
 
 
 def nodes_prefix(cluster: str) -> str:
@@ -221,6 +225,9 @@ class Membership:
 
         Reports started after the first attempt, whether it reached the store or not: a node
         must come up (with static peers, or alone) even when etcd is down, and catches up later.
+        After a successful first attempt, :attr:`view` already holds the first listing when
+        ``nursery.start`` returns, and its changes follow through the channel (sent after
+        starting, so that a caller who reads the channel only once started never deadlocks).
         """
         self._task_status = task_status
         try:
@@ -269,8 +276,8 @@ class Membership:
         self._state.connected = True
         self._state.sessions += 1
         self._backoff.reset()
-        await self._emit(changes)
         self._report_started()
+        await self._emit(changes)
         if self._state.sessions > 1:
             log.info("membership: back in sync at revision %d with %d nodes",
                      listing.revision, len(view))

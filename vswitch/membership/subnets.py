@@ -33,7 +33,7 @@ def subnet_key(cluster: str, subnet: IPv4Network) -> str:
 
 
 def candidate_order(pool: IPv4Network, prefixlen: int, node: str) -> list[IPv4Network]:
-    """The pool's subnets in the order ``node`` tries them: all of them, from a name-derived start."""
+    """Every subnet of the pool, in the order ``node`` tries them (from a name-derived start)."""
     subnets = list(pool.subnets(new_prefix=prefixlen))
     start = int.from_bytes(hashlib.sha256(node.encode()).digest()[:8], "big") % len(subnets)
     return subnets[start:] + subnets[:start]
@@ -50,7 +50,7 @@ async def claim_subnet(client: EtcdClient, key: str, node: str, lease: int) -> b
 async def allocate_pod_cidr(
     client: EtcdClient, cluster: str, node: str, pool: IPv4Network, prefixlen: int, lease: int
 ) -> IPv4Network:
-    """A subnet of ``pool`` held by ``node`` under ``lease``; raises PoolExhausted if none is free."""
+    """A subnet of ``pool`` now held by ``node`` under ``lease``; PoolExhausted if none is free."""
     held = await client.list_prefix(subnets_prefix(cluster))
     taken = set()
     for kv in held.kvs:
