@@ -117,6 +117,9 @@ async def test_a_record_reaches_other_nodes_within_one_second(etcd, cluster):
             # bravo learnt of alpha from its first listing, before it reported started.
             assert bravo.view == {"alpha": node_record("alpha", "10.1.1.0/24")}
             assert alpha.view == {"bravo": node_record("bravo", "10.1.2.0/24")}
+            assert 0 < await alpha.lease_remaining("bravo") <= TTL
+            assert 0 < await alpha.lease_remaining("alpha") <= TTL
+            assert await alpha.lease_remaining("nobody") is None
 
 
 async def test_clean_shutdown_revokes_the_lease_so_peers_see_the_node_leave_at_once(etcd, cluster):

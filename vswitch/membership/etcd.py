@@ -209,6 +209,11 @@ class EtcdClient:
         answer = await self._post("/v3/lease/keepalive", {"ID": str(lease)})
         return int(answer.get("result", {}).get("TTL", 0))
 
+    async def time_to_live(self, lease: int) -> int:
+        """Seconds left on ``lease``; 0 (or less) if it no longer exists."""
+        answer = await self._post("/v3/lease/timetolive", {"ID": str(lease)})
+        return int(answer.get("TTL", 0))
+
     async def revoke_lease(self, lease: int) -> None:
         """Revoke ``lease``, deleting every key attached to it; a lease already gone is fine."""
         try:

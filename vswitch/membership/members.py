@@ -175,6 +175,7 @@ class _State:
     failures: int = 0
     last_error: str = ""
     view: dict[str, NodeRecord] = field(default_factory=dict)
+    leases: dict[str, int] = field(default_factory=dict)  # node name -> lease of its record
 
 
 class Membership:
@@ -210,7 +211,20 @@ class Membership:
 
     @property
     def lease(self) -> int:
+        """Our lease (0 before the first registration and after a clean shutdown)."""
         return self._state.lease
+
+    async def lease_remaining(self, name: str) -> int | None:
+        """Seconds left on the lease of node ``name``'s record (ours too), asked of the store:
+        None if the node is unknown or the store cannot say right now. For operators
+        (``vswitchctl nodes``), not for routing decisions."""
+        lease = self._state.lease if name == self._record.name else self._state.leases.get(name)
+        if not lease:
+            return None
+        try:
+            return await self._client.time_to_live(lease)
+        except (StoreUnavailable, StoreError):
+            return None
 
     def statistics(self) -> MembershipStatistics:
         s = self._state
@@ -266,10 +280,12 @@ class Membership:
         await self._register()
         listing = await self._client.list_prefix(self._prefix)
         view: dict[str, NodeRecord] = {}
+        self._state.leases = {}
         for kv in listing.kvs:
             record = self._parse(kv.key, kv.value)
             if record is not None:
                 view[record.name] = record
+                self._state.leases[record.name] = kv.lease
         changes = diff_views(self._state.view, view)
         self._state.view = view
         self._state.revision = listing.revision
@@ -335,8 +351,10 @@ class Membership:
             name = event.kv.key[len(self._prefix):]
             if record is None:
                 view.pop(name, None)
+                self._state.leases.pop(name, None)
             else:
                 view[record.name] = record
+                self._state.leases[record.name] = event.kv.lease
             self._state.revision = max(self._state.revision, event.kv.mod_revision)
         changes = diff_views(self._state.view, view)
         self._state.view = view
