@@ -167,10 +167,13 @@ def check_peers(reader: Reader, document: Mapping[str, Any], peers: Sequence[Pee
             elif cluster.hairpin_address in peer.pod_cidr:
                 reader.fail(cidr_path, f"{peer.pod_cidr} contains cluster.hairpin_address "
                                        f"{cluster.hairpin_address}")
+        address_ok = isinstance(peer.address, IPv4Address)
         if isinstance(peer.address, IPv4Address):
             if problem := underlay_problem(peer.address, uplink, cluster, all_pods):
                 reader.fail(key_path(peer.path, "address"), problem)
-        if isinstance(peer.address, IPv4Address) and not isinstance(peer.vtep_mac, Marker):
+                address_ok = False
+        if (address_ok and isinstance(peer.address, IPv4Address)
+                and not isinstance(peer.vtep_mac, Marker)):
             mac = peer.vtep_mac or model.mac_for_ip(peer.address)
             if mac in macs:
                 reader.fail(key_path(peer.path, "vtep_mac"),
