@@ -259,3 +259,229 @@ def test_peers_is_an_array_of_tables() -> None:
 ])
 def test_peer_errors(entry: str, path: str, reason: str) -> None:
     assert only_error(OVERLAY + CLUSTER + entry) == (path, reason)
+
+
+def test_peers_may_be_given_besides_a_store() -> None:
+    topology = parse_topology(OVERLAY + ETCD + PEER)
+    assert topology.cluster is not None and topology.cluster.store == "etcd"
+    assert [p.name for p in topology.peers] == ["lab2"]
+
+
+# -- [cluster] store ------------------------------------------------------------------------
+
+
+def test_the_etcd_store() -> None:
+    text = NODE + ('[cluster]\nstore = "etcd"\nlease_ttl = 2\netcd_endpoints = '
+                   '["http://192.0.2.10:2379", "https://etcd.example:2379/"]\n')
+    cluster = parse_topology(text).cluster
+    assert cluster is not None
+    assert (cluster.store, cluster.etcd_endpoints, cluster.lease_ttl) == (
+        "etcd", ("http://192.0.2.10:2379", "https://etcd.example:2379/"), 2)
+
+
+def test_store_defaults() -> None:
+    cluster = parse_topology(NODE).cluster
+    assert cluster is not None
+    assert (cluster.store, cluster.etcd_endpoints, cluster.lease_ttl,
+            cluster.node_prefix_length, cluster.peers) == ("static", (), 10, 24, ())
+    assert parse_topology(NODE + '[cluster]\nstore = "static"\n').cluster == cluster
+
+
+@pytest.mark.parametrize(("lines", "path", "reason"), [
+    ('store = "consul"', "cluster.store", "must be one of 'static', 'etcd', got 'consul'"),
+    ('store = "Etcd"', "cluster.store",
+     "must be one of 'static', 'etcd', got 'Etcd' (did you mean 'etcd'?)"),
+    ('store = "etcd"', "cluster.etcd_endpoints", "required key is missing"),
+    ('store = "etcd"\netcd_endpoints = []', "cluster.etcd_endpoints",
+     "needs at least one endpoint"),
+    ('etcd_endpoints = ["http://192.0.2.10:2379"]', "cluster.etcd_endpoints",
+     'only used with store = "etcd"'),
+    ('store = "etcd"\netcd_endpoints = "http://192.0.2.10:2379"', "cluster.etcd_endpoints",
+     "expected an array, got string"),
+    ('store = "etcd"\netcd_endpoints = [2379]', "cluster.etcd_endpoints[0]",
+     "expected a string, got integer"),
+    ('store = "etcd"\netcd_endpoints = ["192.0.2.10:2379"]', "cluster.etcd_endpoints[0]",
+     "'192.0.2.10:2379' must start with http:// or https://; expected a URL like "
+     "http://192.0.2.10:2379"),
+    ('store = "etcd"\netcd_endpoints = ["http://192.0.2.10"]', "cluster.etcd_endpoints[0]",
+     "'http://192.0.2.10' has no port; expected a URL like http://192.0.2.10:2379"),
+    ('store = "etcd"\netcd_endpoints = ["http://:2379"]', "cluster.etcd_endpoints[0]",
+     "'http://:2379' has no host; expected a URL like http://192.0.2.10:2379"),
+    ('store = "etcd"\netcd_endpoints = ["http://192.0.2.10:99999"]', "cluster.etcd_endpoints[0]",
+     "'http://192.0.2.10:99999' is not a valid URL (Port out of range 0-65535); expected a URL "
+     "like http://192.0.2.10:2379"),
+    ('store = "etcd"\netcd_endpoints = ["http://192.0.2.10:2379/v3"]',
+     "cluster.etcd_endpoints[0]", "'http://192.0.2.10:2379/v3' must be only scheme, host and "
+                                  "port; expected a URL like http://192.0.2.10:2379"),
+    ('store = "etcd"\netcd_endpoints = ["http://a:1", "http://a:1"]',
+     "cluster.etcd_endpoints[1]", "http://a:1 is listed twice"),
+    ('store = "etcd"\netcd_endpoints = ["http://a:1"]\nlease_ttl = 1', "cluster.lease_ttl",
+     "must be at least 2, got 1"),
+    ('store = "etcd"\netcd_endpoints = ["http://a:1"]\nlease_ttl = 2.5', "cluster.lease_ttl",
+     "expected an integer, got float"),
+    ("lease_ttl = 10", "cluster.lease_ttl", 'only used with store = "etcd"'),
+    ("node_prefix_length = 31", "cluster.node_prefix_length", "must be between 8 and 30, got 31"),
+])
+def test_store_errors(lines: str, path: str, reason: str) -> None:
+    assert only_error(NODE + "[cluster]\n" + lines + "\n") == (path, reason)
+
+
+# -- node.pod_cidr = "auto" ---------------------------------------------------------------------
+
+AUTO = '[node]\nname = "lab1"\npod_cidr = "auto"\n'
+
+
+def test_auto_validates_with_the_first_free_subnet_of_the_pool() -> None:
+    topology = parse_topology(AUTO + UPLINK + "[overlay]\n" + ETCD
+                              + peer(pod_cidr="10.244.0.0/24") + '[[pods]]\nname = "a"\n')
+    assert topology.node.pod_cidr_auto
+    assert topology.node.pod_cidr == IPv4Network("10.244.1.0/24")
+    assert topology.node.gateway == IPv4Address("10.244.1.1")
+    assert topology.host_port.address.ip == IPv4Address("10.244.1.254")
+    assert topology.pod("a").ip == IPv4Address("10.244.1.10")
+
+
+def test_auto_takes_the_leased_subnet_and_keeps_it_on_reload() -> None:
+    text = AUTO + ETCD + "node_prefix_length = 26\n"
+    leased = parse_topology(text, pod_cidr=IPv4Network("10.244.7.64/26"))
+    assert leased.node.pod_cidr == IPv4Network("10.244.7.64/26")
+    assert parse_topology(text, previous=leased).node.pod_cidr == IPv4Network("10.244.7.64/26")
+    assert parse_topology(text).node.pod_cidr == IPv4Network("10.244.0.0/26")
+    assert parse_topology(NODE, pod_cidr=IPv4Network("10.9.0.0/24")).node.pod_cidr == \
+        IPv4Network("10.244.1.0/24")
+
+
+def test_auto_refuses_a_lease_outside_the_pool() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_topology(AUTO + ETCD, pod_cidr=IPv4Network("10.245.0.0/24"))
+    assert caught.value.errors == [
+        ("node.pod_cidr", "the leased subnet 10.245.0.0/24 is not a /24 inside cluster.cidr "
+                          "10.244.0.0/16")]
+
+
+FIXED = ('cannot be given with node.pod_cidr = "auto": the subnet is leased at start-up, so no '
+         "address in it can be written down")
+
+
+@pytest.mark.parametrize(("text", "path", "reason"), [
+    (AUTO, "cluster.cidr", 'required with node.pod_cidr = "auto": the pool each node\'s subnet '
+                           "is leased from"),
+    (AUTO + CLUSTER, "node.pod_cidr", '"auto" needs a cluster store that leases the subnet: set '
+                                      '[cluster] store = "etcd"'),
+    (AUTO + ETCD + "node_prefix_length = 15\n", "cluster.node_prefix_length",
+     "/15 is larger than cluster.cidr 10.244.0.0/16"),
+    (AUTO + 'gateway = "10.244.1.1"\n' + ETCD, "node.gateway", FIXED),
+    (AUTO + '[host_port]\naddress = "10.244.1.2"\n' + ETCD, "host_port.address", FIXED),
+    (AUTO + ETCD + '[[pods]]\nname = "a"\nip = "10.244.0.20"\n', "pods[0].ip", FIXED),
+    (AUTO + ETCD + SEGMENTS, "segments",
+     f'{FIXED}; a node with node.pod_cidr = "auto" has only its leased segment'),
+    (AUTO + ETCD + '[[routes]]\ndst = "10.0.0.0/8"\nvia = "10.244.0.5"\n', "routes",
+     f'{FIXED}; a node with node.pod_cidr = "auto" has only its leased segment'),
+    (AUTO + UPLINK + "[overlay]\n" + ETCD + "node_prefix_length = 16\n"
+     + peer(pod_cidr="10.244.0.0/17"), "node.pod_cidr",
+     '"auto": no /16 of cluster.cidr 10.244.0.0/16 is left besides the peers\' pod CIDRs'),
+])
+def test_auto_errors(text: str, path: str, reason: str) -> None:
+    assert (path, reason) in errors_of(text)
+    assert errors_of(text)[0] == (path, reason)
+
+
+# -- [uplink] bridge ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ('""', "must not be empty"),
+    ('"lab-bridge-0123"', None),
+    ('"lab-bridge-01234"', "'lab-bridge-01234' is longer than 15 bytes (the kernel's IFNAMSIZ)"),
+    ('"lab/br"', "'lab/br' is not a valid interface name: no '/', ':', NUL or whitespace, and "
+                 "not '.' or '..'"),
+    ('"lab br"', "'lab br' is not a valid interface name: no '/', ':', NUL or whitespace, and "
+                 "not '.' or '..'"),
+    ('".."', "'..' is not a valid interface name: no '/', ':', NUL or whitespace, and not '.' "
+             "or '..'"),
+    ("1", "expected a string, got integer"),
+])
+def test_uplink_bridge(value: str, reason: str | None) -> None:
+    text = NODE + UPLINK + f"bridge = {value}\n"
+    if reason is None:
+        uplink = parse_topology(text).uplink
+        assert uplink is not None and uplink.bridge == value.strip('"')
+    else:
+        assert only_error(text) == ("uplink.bridge", reason)
+
+
+# -- services' endpoints on other nodes -------------------------------------------------------
+
+SERVICE = '[[services]]\nname = "web"\nports = [ { port = 80 } ]\n'
+
+
+def test_endpoints_may_be_pods_of_peers() -> None:
+    text = OVERLAY + CLUSTER + PEER + SERVICE + \
+        'endpoints = ["10.244.1.10", "10.244.2.10", "198.51.100.9"]\n'
+    assert [str(a) for a in parse_topology(text).services[0].endpoints] == [
+        "10.244.1.10", "10.244.2.10", "198.51.100.9"]
+
+
+def test_an_endpoint_in_no_nodes_pod_cidr_is_an_error() -> None:
+    assert only_error(OVERLAY + CLUSTER + PEER + SERVICE + 'endpoints = ["10.244.9.10"]\n') == (
+        "services[0].endpoints[0]",
+        "10.244.9.10 is inside cluster.cidr 10.244.0.0/16 but in no node's pod CIDR (neither a "
+        "segment of this node nor a peer's pod_cidr)")
+    # Without peers the node alone is the cluster, and endpoints are checked as they always were.
+    assert parse_topology(NODE + CLUSTER + SERVICE + 'endpoints = ["10.244.9.10"]\n').services
+
+
+def test_service_set_checks_remote_endpoints_against_the_peers() -> None:
+    running = parse_topology(OVERLAY + CLUSTER + PEER + SERVICE)
+    web = running.services[0]
+    assert update_service(web, {"endpoints": "10.244.2.10"}, running).endpoints == (
+        IPv4Address("10.244.2.10"),)
+    with pytest.raises(ConfigError) as caught:
+        update_service(web, {"endpoints": "10.244.3.10"}, running)
+    assert caught.value.errors[0][0] == "service.endpoints[0]"
+
+
+# -- reload: every new key is node-level ----------------------------------------------------------
+
+
+BASE = OVERLAY + ETCD + PEER + SERVICE
+
+
+@pytest.mark.parametrize(("old", "new", "difference"), [
+    ("[overlay]\n", "[overlay]\nvni = 2\n", "uplink.overlay"),
+    ("[overlay]\n", "[overlay]\nport = 8472\n", "uplink.overlay"),
+    ("[overlay]\n", "[overlay]\nmtu = 1400\n", "uplink.overlay"),
+    ("[overlay]\n", '[overlay]\nvtep_mac = "0a:00:00:00:00:01"\n', "uplink.overlay"),
+    ('gateway = "192.0.2.1"\n', 'gateway = "192.0.2.1"\nbridge = "br0"\n', "uplink.bridge"),
+    ('pod_cidr = "10.244.2.0/24"\n', 'pod_cidr = "10.244.3.0/24"\n', "cluster.peers"),
+    ('address = "192.0.2.3"\n', 'address = "192.0.2.4"\n', "cluster.peers"),
+    ('etcd_endpoints = ["http://192.0.2.10:2379"]\n',
+     'etcd_endpoints = ["http://192.0.2.11:2379"]\n', "cluster.etcd_endpoints"),
+    ('store = "etcd"\n', 'store = "etcd"\nlease_ttl = 20\n', "cluster.lease_ttl"),
+    ('store = "etcd"\n', 'store = "etcd"\nnode_prefix_length = 25\n',
+     "cluster.node_prefix_length"),
+])
+def test_a_reload_that_changes_a_new_key_is_refused(old: str, new: str, difference: str) -> None:
+    running = parse_topology(BASE)
+    assert BASE.count(old) == 1
+    desired = parse_topology(BASE.replace(old, new), previous=running)
+    differences = restart_differences(running, desired)
+    assert [d.split(":")[0] for d in differences if d.startswith(difference)] == [difference]
+
+
+def test_a_reload_that_adds_peers_or_the_overlay_is_refused() -> None:
+    running = parse_topology(NODE + UPLINK)
+    with_overlay = parse_topology(OVERLAY, previous=running)
+    assert {d.split(":")[0] for d in restart_differences(running, with_overlay)} >= {
+        "uplink.overlay", "node.mtu"}
+    with_peer = parse_topology(OVERLAY + PEER, previous=with_overlay)
+    assert {d.split(":")[0] for d in restart_differences(with_overlay, with_peer)} == {
+        "cluster.cidr", "cluster.peers"}
+    assert restart_differences(with_peer, parse_topology(OVERLAY + PEER + SERVICE,
+                                                         previous=with_peer)) == []
+
+
+def test_a_reload_of_an_auto_node_keeps_its_lease() -> None:
+    leased = parse_topology(AUTO + ETCD, pod_cidr=IPv4Network("10.244.5.0/24"))
+    assert restart_differences(leased, parse_topology(AUTO + ETCD + SERVICE,
+                                                      previous=leased)) == []
