@@ -161,6 +161,8 @@ class Topology:
     uplink: "Uplink | None" = None
     services: tuple["Service", ...] = ()
 
+    # The overlay and the peers are kept inside the uplink and the cluster, whose settings a
+    # reload compares as a whole: a change to them needs a restart, as to every node-level key.
     @property
     def overlay(self) -> "Overlay | None":
         """The VXLAN overlay to the other nodes; it rides on (and is kept with) the uplink."""

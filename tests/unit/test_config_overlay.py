@@ -374,9 +374,10 @@ FIXED = ('cannot be given with node.pod_cidr = "auto": the subnet is leased at s
     (AUTO + '[host_port]\naddress = "10.244.1.2"\n' + ETCD, "host_port.address", FIXED),
     (AUTO + ETCD + '[[pods]]\nname = "a"\nip = "10.244.0.20"\n', "pods[0].ip", FIXED),
     (AUTO + ETCD + SEGMENTS, "segments",
-     f'{FIXED}; a node with node.pod_cidr = "auto" has only its leased segment'),
+     'not allowed with node.pod_cidr = "auto": such a node has one segment, its leased subnet'),
     (AUTO + ETCD + '[[routes]]\ndst = "10.0.0.0/8"\nvia = "10.244.0.5"\n', "routes",
-     f'{FIXED}; a node with node.pod_cidr = "auto" has only its leased segment'),
+     'not allowed with node.pod_cidr = "auto": a next hop lies in a segment, and the leased '
+     "subnet is known only at start-up"),
     (AUTO + UPLINK + "[overlay]\n" + ETCD + "node_prefix_length = 16\n"
      + peer(pod_cidr="10.244.0.0/17"), "node.pod_cidr",
      '"auto": no /16 of cluster.cidr 10.244.0.0/16 is left besides the peers\' pod CIDRs'),

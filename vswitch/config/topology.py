@@ -148,10 +148,12 @@ def read_topology(reader: Reader, document: Mapping[str, Any], source: str,
 
 def refuse_fixed_addresses(reader: Reader, document: Mapping[str, Any]) -> None:
     """With ``node.pod_cidr = "auto"`` nothing may depend on where the leased subnet lies."""
-    for section in ("segments", "routes"):
-        if document.get(section):
-            reader.fail(section, f'{AUTO_FIXED}; a node with node.pod_cidr = "auto" has only '
-                                 "its leased segment")
+    if document.get("segments"):
+        reader.fail("segments", 'not allowed with node.pod_cidr = "auto": such a node has one '
+                                "segment, its leased subnet")
+    if document.get("routes"):
+        reader.fail("routes", 'not allowed with node.pod_cidr = "auto": a next hop lies in a '
+                              "segment, and the leased subnet is known only at start-up")
     pods = document.get("pods")
     for index, entry in enumerate(pods if isinstance(pods, list) else []):
         if isinstance(entry, dict) and "ip" in entry:
