@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from ipaddress import IPv4Network
-from typing import Any, Mapping
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Mapping, Sequence
 
 from vswitch import model
 from vswitch.config.allocation import allocate_pod_addresses
@@ -23,7 +23,7 @@ from vswitch.config.dataplane import read_dataplane
 from vswitch.config.errors import ConfigError
 from vswitch.config.node import AUTO_FIXED, read_host_port, read_node, with_cidr
 from vswitch.config.overlay import fit_to_overlay, read_overlay
-from vswitch.config.pods import build_pod, check_kernel_names, read_pods
+from vswitch.config.pods import PodDraft, build_pod, check_kernel_names, read_pods
 from vswitch.config.peers import check_peers, check_pod_cidrs, peer_networks, read_peers
 from vswitch.config.reader import INVALID, Marker, Reader, key_path, load_document
 from vswitch.config.routes import read_routes
@@ -96,7 +96,7 @@ def read_topology(reader: Reader, document: Mapping[str, Any], source: str,
         cluster = read_cluster(reader, document, [])
         node = with_cidr(node, resolve_auto_cidr(reader, document, cluster,
                                                  peer_networks(peers), pod_cidr, previous))
-        refuse_fixed_addresses(reader, document)
+        refuse_fixed_segments(reader, document)
     host_port = read_host_port(reader, document, node)
     dataplane = read_dataplane(reader, document)
     control = read_control(reader, document, node.name)
@@ -106,6 +106,8 @@ def read_topology(reader: Reader, document: Mapping[str, Any], source: str,
     peers = check_pod_cidrs(reader, peers, segment_drafts)
     routes = read_routes(reader, document, segment_drafts)
     drafts = read_pods(reader, document)
+    if node.cidr_auto:
+        drafts = refuse_pod_addresses(reader, drafts)
     pod_ips = allocate_pod_addresses(reader, drafts, segment_drafts, previous_pods)
     if not node.cidr_auto:
         cluster = read_cluster(reader, document, segment_drafts, peer_networks(peers))
@@ -122,7 +124,8 @@ def read_topology(reader: Reader, document: Mapping[str, Any], source: str,
         return None
     # Past this point every value is valid; the asserts only narrow types for the reader.
     assert isinstance(dataplane, Dataplane) and isinstance(control, Control)
-    assert isinstance(cluster, model.Cluster) and isinstance(built_peers, tuple)
+    if not isinstance(cluster, model.Cluster) or not isinstance(built_peers, tuple):
+        return None  # not reached: an invalid section has reported why
     if isinstance(uplink, model.Uplink):
         uplink = dataclasses.replace(
             uplink, overlay=overlay if isinstance(overlay, model.Overlay) else None)
@@ -146,7 +149,7 @@ def read_topology(reader: Reader, document: Mapping[str, Any], source: str,
     )
 
 
-def refuse_fixed_addresses(reader: Reader, document: Mapping[str, Any]) -> None:
+def refuse_fixed_segments(reader: Reader, document: Mapping[str, Any]) -> None:
     """With ``node.pod_cidr = "auto"`` nothing may depend on where the leased subnet lies."""
     if document.get("segments"):
         reader.fail("segments", 'not allowed with node.pod_cidr = "auto": such a node has one '
@@ -154,7 +157,14 @@ def refuse_fixed_addresses(reader: Reader, document: Mapping[str, Any]) -> None:
     if document.get("routes"):
         reader.fail("routes", 'not allowed with node.pod_cidr = "auto": a next hop lies in a '
                               "segment, and the leased subnet is known only at start-up")
-    pods = document.get("pods")
-    for index, entry in enumerate(pods if isinstance(pods, list) else []):
-        if isinstance(entry, dict) and "ip" in entry:
-            reader.fail(key_path(f"pods[{index}]", "ip"), AUTO_FIXED)
+
+
+def refuse_pod_addresses(reader: Reader, drafts: Sequence[PodDraft]) -> list[PodDraft]:
+    """The pods of a ``node.pod_cidr = "auto"`` node; an explicit ``ip`` is an error there."""
+    refused = []
+    for draft in drafts:
+        if isinstance(draft.ip, IPv4Address):
+            draft = dataclasses.replace(draft, ip=reader.fail(key_path(draft.path, "ip"),
+                                                              AUTO_FIXED))
+        refused.append(draft)
+    return refused
