@@ -138,7 +138,8 @@ def test_written_mtus_up_to_the_overlay_mtu_are_kept() -> None:
 
 def test_mtus_larger_than_the_overlay_mtu_are_errors() -> None:
     why = "larger than the overlay MTU 1450; packets of this network may cross the overlay"
-    assert errors_of(OVERLAY + SEGMENTS + "mtu = 1500\n" + '[[pods]]\nname = "a"\nmtu = 1451\n') == [
+    text = OVERLAY + SEGMENTS + "mtu = 1500\n" + '[[pods]]\nname = "a"\nmtu = 1451\n'
+    assert errors_of(text) == [
         ("segments[0].mtu", f"1500 is {why}"),
         ("pods[0].mtu", "1451 is larger than the overlay MTU 1450; the pod's packets may cross "
                         "the overlay"),
