@@ -252,12 +252,12 @@ DEFAULT_NODE_PREFIX_LENGTH = 24  # the size of the subnet ``pod_cidr = "auto"`` 
 class Overlay:
     """This node's VXLAN tunnel endpoint (VTEP): its address is the uplink's."""
 
+    # The inner source MAC of encapsulated frames; the loader's default is ``mac_for_ip`` of the
+    # uplink address, so that every node derives every other node's VTEP MAC from its address.
+    vtep_mac: str
     vni: int = DEFAULT_VNI
     port: int = DEFAULT_VXLAN_PORT  # the UDP destination port of every encapsulated packet
     mtu: int = DEFAULT_MTU - VXLAN_OVERHEAD  # the largest inner IPv4 packet
-    # The inner source MAC of encapsulated frames; by default ``mac_for_ip`` of the uplink
-    # address, so that every node derives every other node's VTEP MAC from its address alone.
-    vtep_mac: str = ""
 
 
 @dataclass(frozen=True)
