@@ -113,6 +113,10 @@ class Node:
     gateway: IPv4Address
     gateway_mac: str
     mtu: int = DEFAULT_MTU
+    # ``pod_cidr = "auto"``: the cluster store leases the subnet. Until the daemon passes the
+    # leased one to the loader (``parse_topology(..., pod_cidr=...)``), ``pod_cidr`` is a stand-in
+    # of the same size (the pool's first subnet no static peer has), which validates the file.
+    pod_cidr_auto: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,18 @@ class Topology:
     cluster: "Cluster | None" = None
     uplink: "Uplink | None" = None
     services: tuple["Service", ...] = ()
+
+    # The overlay and the peers are kept inside the uplink and the cluster, whose settings a
+    # reload compares as a whole: a change to them needs a restart, as to every node-level key.
+    @property
+    def overlay(self) -> "Overlay | None":
+        """The VXLAN overlay to the other nodes; it rides on (and is kept with) the uplink."""
+        return self.uplink.overlay if self.uplink is not None else None
+
+    @property
+    def peers(self) -> tuple["Peer", ...]:
+        """The static members of the cluster (``[[peers]]``), kept with the cluster settings."""
+        return self.cluster.peers if self.cluster is not None else ()
 
     def all_segments(self) -> tuple[Segment, ...]:
         if self.segments:
@@ -219,6 +235,41 @@ DEFAULT_CONNTRACK_MAX = 262144
 NODE_PORT_RANGE = (30000, 32767)
 
 
+# -- several nodes: the overlay between them and how they learn of one another -----------------
+
+DEFAULT_VNI = 1
+VNI_MAX = 2**24 - 1  # a VNI is 24 bits (RFC 7348)
+DEFAULT_VXLAN_PORT = 4789  # IANA's VXLAN port (RFC 7348), Linux's and flannel's default
+# Outer IPv4 (20) + UDP (8) + VXLAN (8) + the inner Ethernet header (14) on the uplink.
+VXLAN_OVERHEAD = 50
+STORE_STATIC = "static"  # membership from [[peers]] alone
+STORE_ETCD = "etcd"
+DEFAULT_LEASE_TTL = 10  # seconds
+DEFAULT_NODE_PREFIX_LENGTH = 24  # the size of the subnet ``pod_cidr = "auto"`` leases
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """This node's VXLAN tunnel endpoint (VTEP): its address is the uplink's."""
+
+    # The inner source MAC of encapsulated frames; the loader's default is ``mac_for_ip`` of the
+    # uplink address, so that every node derives every other node's VTEP MAC from its address.
+    vtep_mac: str
+    vni: int = DEFAULT_VNI
+    port: int = DEFAULT_VXLAN_PORT  # the UDP destination port of every encapsulated packet
+    mtu: int = DEFAULT_MTU - VXLAN_OVERHEAD  # the largest inner IPv4 packet
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another node of the cluster, reached through the overlay."""
+
+    name: str
+    address: IPv4Address  # its underlay address: the outer destination of its packets
+    pod_cidr: IPv4Network  # routed to it through the overlay
+    vtep_mac: str  # the inner destination MAC of frames for it
+
+
 @dataclass(frozen=True)
 class Cluster:
     cidr: IPv4Network  # every pod address of the cluster: traffic leaving it is masqueraded
@@ -227,6 +278,12 @@ class Cluster:
     # service), so that the backend's reply comes back through the switch. Link-local, as OVN's.
     hairpin_address: IPv4Address = IPv4Address("169.254.169.5")
     conntrack_max: int = DEFAULT_CONNTRACK_MAX
+    # Membership: "static" ([[peers]] only) or "etcd" (records under leases, plus [[peers]]).
+    store: str = STORE_STATIC
+    etcd_endpoints: tuple[str, ...] = ()  # "http://HOST:PORT" URLs of the etcd cluster
+    lease_ttl: int = DEFAULT_LEASE_TTL  # seconds a node's record outlives its daemon
+    node_prefix_length: int = DEFAULT_NODE_PREFIX_LENGTH  # what pod_cidr = "auto" leases
+    peers: tuple[Peer, ...] = ()  # the static members besides this node
 
 
 @dataclass(frozen=True)
@@ -240,6 +297,8 @@ class Uplink:
     mac: str  # the MAC the daemon answers with for ``address``
     far_mac: str  # the MAC of the far side's interface (the TAP, as seen inside ``netns``)
     mtu: int = DEFAULT_MTU
+    bridge: str | None = None  # a Linux bridge in ``netns`` the far side is a port of
+    overlay: Overlay | None = None  # the VXLAN overlay carried over this uplink
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ Where things are:
 * ``names``, ``addresses``: the checks of names, labels and host addresses that sections share;
 * one module per section, each reading its values into a draft or a model object: ``node``
   (with ``[host_port]``), ``dataplane``, ``control``, ``segments``, ``routes``, ``pods`` (with
-  ``containers``), ``cluster``, ``uplink``, ``services`` (with ``service_context``);
+  ``containers``), ``cluster`` (with the cluster store and ``pod_cidr = "auto"``), ``uplink``,
+  ``overlay`` (which also fits the segments' MTUs to it), ``peers``, ``services`` (with
+  ``service_context``);
 * ``allocation``: pod IPs, cluster IPs and node ports the file leaves open, kept across reloads;
 * ``topology``: a whole file (``load_topology``, ``parse_topology``);
 * ``fragments``: changes to a running node (``vswitchctl apply``, ``pod add``, ``service set``).

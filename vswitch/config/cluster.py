@@ -1,4 +1,5 @@
-"""``[cluster]``: the cluster's pod CIDR, service CIDR, hairpin address and conntrack size.
+"""``[cluster]``: the cluster's pod CIDR, service CIDR, hairpin address and conntrack size, and
+how this node learns of the others (``store``: static ``[[peers]]`` alone, or etcd).
 
 Every value has a default, so a file without the section still gets cluster settings: the
 cluster CIDR defaults to the smallest network holding every segment (``node.pod_cidr`` itself
@@ -9,13 +10,27 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from vswitch import model
-from vswitch.config.reader import INVALID, Marker, Reader
+from vswitch.config.reader import (
+    INVALID,
+    PREFIX_MAX,
+    PREFIX_MIN,
+    REQUIRED,
+    Marker,
+    Reader,
+    type_name,
+)
 from vswitch.config.segments import SegmentDraft
 from vswitch.model import Topology
 
-CLUSTER_KEYS = ("cidr", "service_cidr", "hairpin_address", "conntrack_max")
+CLUSTER_KEYS = ("cidr", "service_cidr", "hairpin_address", "conntrack_max", "store",
+                "etcd_endpoints", "lease_ttl", "node_prefix_length")
+STORES = (model.STORE_STATIC, model.STORE_ETCD)
+# A lease shorter than 2 s leaves no room for a keep-alive (sent at a third of the TTL) to
+# arrive before it expires, and the node would flap.
+LEASE_TTL_MIN = 2
 CONNTRACK_MAX_MIN = 1024
 CONNTRACK_MAX_MAX = 4194304
 
@@ -40,14 +55,65 @@ def runtime_cluster(topology: Topology) -> model.Cluster:
     return model.Cluster(cidr=covering, service_cidr=IPv4Network(model.DEFAULT_SERVICE_CIDR))
 
 
+def endpoint_url_problem(text: str) -> str | None:
+    """An etcd endpoint is ``http://HOST:PORT`` (or https), nothing more."""
+    example = "expected a URL like http://192.0.2.10:2379"
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError as exc:
+        return f"{text!r} is not a valid URL ({exc}); {example}"
+    if url.scheme not in ("http", "https"):
+        return f"{text!r} must start with http:// or https://; {example}"
+    if not url.hostname:
+        return f"{text!r} has no host; {example}"
+    if port is None:
+        return f"{text!r} has no port; {example}"
+    if url.username is not None or url.path not in ("", "/") or url.query or url.fragment:
+        return f"{text!r} must be only scheme, host and port; {example}"
+    return None
+
+
+def read_store(reader: Reader, table: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """``store``, ``etcd_endpoints`` and ``lease_ttl``: how this node learns of the others."""
+    store = reader.take_choice(table, "cluster", "store", STORES, model.STORE_STATIC)
+    endpoints = reader.take(table, "cluster", "etcd_endpoints", "an array",
+                            REQUIRED if store == model.STORE_ETCD else [])
+    if isinstance(endpoints, list):
+        if endpoints and store != model.STORE_ETCD:
+            endpoints = reader.fail("cluster.etcd_endpoints", 'only used with store = "etcd"')
+        elif store == model.STORE_ETCD and not endpoints:
+            endpoints = reader.fail("cluster.etcd_endpoints", "needs at least one endpoint")
+    if isinstance(endpoints, list):
+        seen: set[str] = set()
+        for index, item in enumerate(endpoints):
+            path = f"cluster.etcd_endpoints[{index}]"
+            if not isinstance(item, str):
+                endpoints = reader.fail(path, f"expected a string, got {type_name(item)}")
+            elif problem := endpoint_url_problem(item):
+                endpoints = reader.fail(path, problem)
+            elif item in seen:
+                endpoints = reader.fail(path, f"{item} is listed twice")
+            else:
+                seen.add(item)
+    lease_ttl = reader.take_int(table, "cluster", "lease_ttl", model.DEFAULT_LEASE_TTL,
+                                LEASE_TTL_MIN)
+    if "lease_ttl" in table and store != model.STORE_ETCD and lease_ttl is not INVALID:
+        lease_ttl = reader.fail("cluster.lease_ttl", 'only used with store = "etcd"')
+    return store, endpoints, lease_ttl
+
+
 def read_cluster(reader: Reader, document: Mapping[str, Any],
-                 segments: Sequence[SegmentDraft]) -> model.Cluster | Marker:
+                 segments: Sequence[SegmentDraft],
+                 peer_networks: Sequence[tuple[str, IPv4Network]] = ()) -> model.Cluster | Marker:
+    """``[cluster]``; the default CIDR also covers ``peer_networks`` (the peers' pod CIDRs),
+    which the peers' own checks then compare with the rest (see ``peers``)."""
     table = reader.section(document, "cluster", required=False)
     if table is INVALID:
         return INVALID
     reader.check_keys(table, "cluster", CLUSTER_KEYS)
     networks = [(s.cidr_path, s.cidr) for s in segments if isinstance(s.cidr, IPv4Network)]
-    all_known = len(networks) == len(segments)
+    all_known = len(networks) == len(segments) and bool(networks or peer_networks)
 
     cidr = reader.take(table, "cluster", "cidr", "a string", None)
     if isinstance(cidr, str):
@@ -62,7 +128,8 @@ def read_cluster(reader: Reader, document: Mapping[str, Any],
                     "CIDR must hold every pod address of the node",
                 )
     elif cidr is None:
-        cidr = covering_network([network for _, network in networks]) if all_known else INVALID
+        cidr = (covering_network([network for _, network in [*networks, *peer_networks]])
+                if all_known else INVALID)
     # A default CIDR only promises to cover the segments; on a node whose segments lie far
     # apart it is wide, so the service CIDR and the hairpin address are checked against the
     # segments themselves then, not against the whole default.
@@ -110,10 +177,58 @@ def read_cluster(reader: Reader, document: Mapping[str, Any],
     conntrack_max = reader.take_int(table, "cluster", "conntrack_max",
                                     model.DEFAULT_CONNTRACK_MAX, CONNTRACK_MAX_MIN,
                                     CONNTRACK_MAX_MAX)
-    values = (cidr, service_cidr, hairpin, conntrack_max)
+    store, endpoints, lease_ttl = read_store(reader, table)
+    prefix = reader.take_int(table, "cluster", "node_prefix_length",
+                             model.DEFAULT_NODE_PREFIX_LENGTH, PREFIX_MIN, PREFIX_MAX)
+    values = (cidr, service_cidr, hairpin, conntrack_max, store, endpoints, lease_ttl, prefix)
     if INVALID in values:
         return INVALID
     assert isinstance(cidr, IPv4Network) and isinstance(service_cidr, IPv4Network)
     assert isinstance(hairpin, IPv4Address) and isinstance(conntrack_max, int)
+    assert isinstance(store, str) and isinstance(endpoints, list)
+    assert isinstance(lease_ttl, int) and isinstance(prefix, int)
     return model.Cluster(cidr=cidr, service_cidr=service_cidr, hairpin_address=hairpin,
-                         conntrack_max=conntrack_max)
+                         conntrack_max=conntrack_max, store=store,
+                         etcd_endpoints=tuple(endpoints), lease_ttl=lease_ttl,
+                         node_prefix_length=prefix)
+
+
+def resolve_auto_cidr(reader: Reader, document: Mapping[str, Any],
+                      cluster: model.Cluster | Marker,
+                      peer_networks: Sequence[tuple[str, IPv4Network]],
+                      assigned: IPv4Network | None,
+                      previous: Topology | None) -> IPv4Network | Marker:
+    """The subnet of ``node.pod_cidr = "auto"``: leased from ``cluster.cidr`` by the store.
+
+    ``assigned`` is the lease the daemon got; on a reload the running one is kept. Without
+    either (``vswitchd --check``, or before the lease) it is a stand-in of the leased size: the
+    first subnet of the pool that no static peer has. Everything that depends on where the
+    subnet lies is refused with "auto", so the stand-in validates exactly what a lease would.
+    """
+    table = document.get("cluster")
+    if not (isinstance(table, dict) and "cidr" in table):
+        return reader.fail("cluster.cidr", 'required with node.pod_cidr = "auto": the pool '
+                                           "each node's subnet is leased from")
+    if not isinstance(cluster, model.Cluster):
+        return INVALID
+    if cluster.store == model.STORE_STATIC:
+        return reader.fail("node.pod_cidr", '"auto" needs a cluster store that leases the '
+                                            'subnet: set [cluster] store = "etcd"')
+    pool, prefix = cluster.cidr, cluster.node_prefix_length
+    if prefix < pool.prefixlen:
+        return reader.fail("cluster.node_prefix_length",
+                           f"/{prefix} is larger than cluster.cidr {pool}")
+    if assigned is None and previous is not None and previous.node.pod_cidr_auto:
+        assigned = previous.node.pod_cidr
+    if assigned is not None:
+        if assigned.prefixlen != prefix or not assigned.subnet_of(pool):
+            return reader.fail("node.pod_cidr", f"the leased subnet {assigned} is not a /{prefix} "
+                                                f"inside cluster.cidr {pool}")
+        return assigned
+    taken = [network for _, network in peer_networks] + [cluster.service_cidr]
+    free = next((subnet for subnet in pool.subnets(new_prefix=prefix)
+                 if not any(subnet.overlaps(network) for network in taken)), None)
+    if free is None:
+        return reader.fail("node.pod_cidr", f'"auto": no /{prefix} of cluster.cidr {pool} is '
+                                            "left besides the peers' pod CIDRs")
+    return free

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 from vswitch import model
 from vswitch.config.allocation import allocate_pod_addresses
 from vswitch.config.errors import ConfigError
+from vswitch.config.overlay import check_pod_mtu
 from vswitch.config.pods import PodDraft, build_pod, read_pod, read_pods
 from vswitch.config.reader import Reader, key_path, load_document, type_name
 from vswitch.config.segments import running_segments
@@ -99,6 +100,8 @@ def check_runtime_pods(reader: Reader, drafts: Sequence[PodDraft], topology: Top
         for draft in drafts:
             if isinstance(draft.name, str) and draft.name in existing:
                 reader.fail(key_path(draft.path, "name"), f"pod {draft.name!r} already exists")
+    for draft in drafts:
+        check_pod_mtu(reader, draft, topology.overlay)
     kept = [pod for pod in topology.pods if pod.name not in named]
     segments = running_segments(topology, kept)
     ips = allocate_pod_addresses(reader, drafts, segments, existing if replace else None)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 
+from vswitch.model import IFNAMSIZ
+
 DNS_LABEL_MAX = 63
 NETNS_NAME_MAX = 255  # a file name under /run/netns
 # Pod namespaces are "vsw-<node>-<pod>"; a far side named like one could be taken for a pod's
@@ -82,4 +84,16 @@ def netns_name_problem(name: str) -> str | None:
     if name.startswith(POD_NETNS_PREFIX):
         return (f"{name!r} starts with {POD_NETNS_PREFIX!r}, which vswitchd uses for pod "
                 "namespaces; choose another name")
+    return None
+
+
+def interface_name_problem(name: str) -> str | None:
+    """A Linux interface name, as the kernel's ``dev_valid_name`` accepts it."""
+    if not name:
+        return "must not be empty"
+    if len(os.fsencode(name)) > IFNAMSIZ:
+        return f"{name!r} is longer than {IFNAMSIZ} bytes (the kernel's IFNAMSIZ)"
+    if name in (".", "..") or any(ch in name for ch in "/:\0") or any(ch.isspace() for ch in name):
+        return (f"{name!r} is not a valid interface name: no '/', ':', NUL or whitespace, "
+                "and not '.' or '..'")
     return None

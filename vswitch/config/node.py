@@ -6,6 +6,7 @@ address stays reserved while the port is disabled, so that enabling it later doe
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Mapping
@@ -18,6 +19,9 @@ from vswitch.model import HostPort, Node
 
 NODE_NAME_MAX = 20  # keeps namespace names and the host port's kernel name readable
 NODE_KEYS = ("name", "pod_cidr", "gateway", "mtu")
+AUTO = "auto"  # node.pod_cidr = "auto": the cluster store leases the subnet
+AUTO_FIXED = ('cannot be given with node.pod_cidr = "auto": the subnet is leased at start-up, '
+              "so no address in it can be written down")
 HOST_PORT_KEYS = ("enabled", "address")
 
 
@@ -29,12 +33,15 @@ class NodeDraft:
     cidr: IPv4Network | Marker
     gateway: IPv4Address | Marker
     mtu: int | Marker
+    mtu_given: bool = False  # the file sets node.mtu; otherwise an overlay lowers the default
+    cidr_auto: bool = False  # pod_cidr = "auto": ``cidr`` is resolved with [cluster] (see auto)
 
     def build(self) -> Node:
         assert isinstance(self.name, str) and isinstance(self.cidr, IPv4Network)
         assert isinstance(self.gateway, IPv4Address) and isinstance(self.mtu, int)
         return Node(name=self.name, pod_cidr=self.cidr, gateway=self.gateway,
-                    gateway_mac=model.mac_for_ip(self.gateway), mtu=self.mtu)
+                    gateway_mac=model.mac_for_ip(self.gateway), mtu=self.mtu,
+                    pod_cidr_auto=self.cidr_auto)
 
 
 @dataclass(frozen=True)
@@ -65,11 +72,18 @@ def read_node(reader: Reader, document: Mapping[str, Any]) -> NodeDraft:
         name = reader.fail("node.name", problem)
 
     cidr = reader.take(table, "node", "pod_cidr", "a string", REQUIRED)
-    if isinstance(cidr, str):
+    auto = cidr == AUTO
+    if auto:
+        cidr = INVALID  # resolved by ``auto.resolve_auto_cidr`` once [cluster] is read
+    elif isinstance(cidr, str):
         cidr = reader.parse_cidr(cidr, "node.pod_cidr")
 
     gateway = reader.take_address(table, "node", "gateway")
-    if gateway is None:
+    if auto:
+        if gateway is not None:
+            reader.fail("node.gateway", AUTO_FIXED)
+        gateway = INVALID
+    elif gateway is None:
         gateway = model.first_host(cidr) if isinstance(cidr, IPv4Network) else INVALID
     elif isinstance(gateway, IPv4Address) and isinstance(cidr, IPv4Network):
         if problem := address_problem(gateway, cidr):
@@ -77,7 +91,13 @@ def read_node(reader: Reader, document: Mapping[str, Any]) -> NodeDraft:
 
     mtu = reader.take_mtu(table, "node", model.DEFAULT_MTU)
     assert mtu is not None
-    return NodeDraft(name, cidr, gateway, mtu)
+    return NodeDraft(name, cidr, gateway, mtu, mtu_given="mtu" in table, cidr_auto=auto)
+
+
+def with_cidr(node: NodeDraft, cidr: IPv4Network | Marker) -> NodeDraft:
+    """The node of ``pod_cidr = "auto"`` with its subnet, the gateway at its first address."""
+    gateway = model.first_host(cidr) if isinstance(cidr, IPv4Network) else INVALID
+    return dataclasses.replace(node, cidr=cidr, gateway=gateway)
 
 
 def read_host_port(reader: Reader, document: Mapping[str, Any], node: NodeDraft) -> HostPortDraft:
@@ -99,6 +119,8 @@ def read_host_port(reader: Reader, document: Mapping[str, Any], node: NodeDraft)
                 f"defaults to the last usable address {address}, which is node.gateway; "
                 "set host_port.address to another address",
             ))
+    elif node.cidr_auto:
+        return HostPortDraft(enabled, reader.fail(path, AUTO_FIXED))
     elif isinstance(address, IPv4Address):
         if problem := address_problem(address, cidr):
             return HostPortDraft(enabled, reader.fail(path, problem))

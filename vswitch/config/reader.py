@@ -34,7 +34,7 @@ MTU_MAX = 9000
 PREFIX_MIN = 8
 PREFIX_MAX = 30  # a /31 or /32 has no room for a gateway and a pod
 # Sections planned for a later version; named apart from typos.
-RESERVED_SECTIONS = ("peers", "networks")
+RESERVED_SECTIONS = ("networks",)
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
 

@@ -38,6 +38,7 @@ class SegmentDraft:
     gateway: IPv4Address | Marker
     mtu: int | Marker
     reserved: Mapping[IPv4Address, str]
+    mtu_given: bool = False  # the file sets this segment's mtu; otherwise it is inherited
 
     @property
     def valid(self) -> bool:
@@ -64,7 +65,7 @@ def default_segment(node: NodeDraft, host_port: HostPortDraft) -> SegmentDraft:
                 ((node.gateway, "node.gateway"), (host_port.address, "host_port.address"))
                 if isinstance(address, IPv4Address)}
     return SegmentDraft("node", model.DEFAULT_SEGMENT, node.cidr, node.gateway, node.mtu,
-                        MappingProxyType(reserved))
+                        MappingProxyType(reserved), node.mtu_given)
 
 
 def running_segments(topology: Topology, kept: Iterable[Pod] = ()) -> list[SegmentDraft]:
@@ -126,7 +127,8 @@ def read_segments(reader: Reader, document: Mapping[str, Any],
         mtu = reader.take_mtu(entry, path, node_mtu)
         assert mtu is not None
         reserved = {gateway: key_path(path, "gateway")} if isinstance(gateway, IPv4Address) else {}
-        drafts.append(SegmentDraft(path, name, cidr, gateway, mtu, MappingProxyType(reserved)))
+        drafts.append(SegmentDraft(path, name, cidr, gateway, mtu, MappingProxyType(reserved),
+                                   "mtu" in entry))
     return drafts
 
 

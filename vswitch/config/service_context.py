@@ -27,11 +27,14 @@ class ServiceContext:
     uplink: model.Uplink | None | Marker
     segments: tuple[tuple[str, IPv4Network], ...]
     node_addresses: Mapping[IPv4Address, str]
+    # The pod CIDRs of the static peers, with the key that gives each (or the peer's name).
+    peers: tuple[tuple[str, IPv4Network], ...] = ()
 
     @classmethod
     def of(cls, cluster: model.Cluster | Marker, uplink: model.Uplink | None | Marker,
            segments: Sequence[SegmentDraft],
-           host_address: IPv4Address | Marker) -> ServiceContext:
+           host_address: IPv4Address | Marker,
+           peers: Sequence[tuple[str, IPv4Network]] = ()) -> ServiceContext:
         addresses: dict[IPv4Address, str] = {}
         if isinstance(host_address, IPv4Address):
             addresses[host_address] = "host_port.address"
@@ -42,12 +45,33 @@ class ServiceContext:
                    uplink=uplink,
                    segments=tuple((s.cidr_path, s.cidr) for s in segments
                                   if isinstance(s.cidr, IPv4Network)),
-                   node_addresses=MappingProxyType(addresses))
+                   node_addresses=MappingProxyType(addresses), peers=tuple(peers))
 
     @classmethod
     def of_topology(cls, topology: Topology) -> ServiceContext:
         return cls.of(runtime_cluster(topology), topology.uplink, running_segments(topology),
-                      topology.host_port.address.ip)
+                      topology.host_port.address.ip,
+                      [(f"peer {peer.name}", peer.pod_cidr) for peer in topology.peers])
+
+    def endpoint_problem(self, address: IPv4Address) -> str | None:
+        """Why ``address`` cannot be an explicit endpoint, or None.
+
+        With peers, a pod address (inside the cluster CIDR) must belong to some node: a local
+        segment or a peer's pod CIDR; the overlay has nowhere to send any other. Addresses
+        outside the cluster (hosts) stay allowed, as without peers.
+        """
+        cluster = self.cluster
+        if cluster is None:
+            return None
+        if address in cluster.service_cidr:
+            return (f"{address} is inside cluster.service_cidr {cluster.service_cidr}; an "
+                    "endpoint is a pod or host address")
+        if not self.peers or address not in cluster.cidr:
+            return None
+        if any(address in cidr for _, cidr in (*self.segments, *self.peers)):
+            return None
+        return (f"{address} is inside cluster.cidr {cluster.cidr} but in no node's pod CIDR "
+                "(neither a segment of this node nor a peer's pod_cidr)")
 
     def external_ip_problem(self, address: IPv4Address) -> str | None:
         """Why ``address`` cannot be an external IP, or None.

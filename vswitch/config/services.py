@@ -163,12 +163,10 @@ def read_service(reader: Reader, table: Mapping[str, Any], path: str,
     if "selector" in table and "endpoints" in table:
         endpoints = reader.fail(key_path(path, "endpoints"), "give either a selector or explicit "
                                                              "endpoints, not both")
-    elif isinstance(endpoints, list) and cluster is not None:
+    elif isinstance(endpoints, list):
         for item_path, address in endpoints:
-            if address in cluster.service_cidr:
-                endpoints = reader.fail(item_path, f"{address} is inside cluster.service_cidr "
-                                                   f"{cluster.service_cidr}; an endpoint is a "
-                                                   "pod or host address")
+            if problem := context.endpoint_problem(address):
+                endpoints = reader.fail(item_path, problem)
                 break
 
     affinity = reader.take_choice(table, path, "session_affinity", SESSION_AFFINITIES, "None")

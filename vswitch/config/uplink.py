@@ -1,7 +1,9 @@
 """``[uplink]``: the node's link to the outside world, with its address, gateway and far side.
 
 The uplink network is the outside world: no pod, service or hairpin address may lie in it. The
-far side may live in a named network namespace, which must not look like a pod's.
+far side may live in a named network namespace, which must not look like a pod's, and may be a
+port of a Linux bridge there (``bridge``), which makes several nodes on one host share one L2
+underlay.
 """
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ from typing import Any, Mapping, Sequence
 
 from vswitch import model
 from vswitch.config.addresses import address_problem
-from vswitch.config.names import netns_name_problem
+from vswitch.config.names import interface_name_problem, netns_name_problem
 from vswitch.config.reader import INVALID, REQUIRED, Marker, Reader
 from vswitch.config.segments import SegmentDraft
 
-UPLINK_KEYS = ("address", "gateway", "netns", "mtu")
+UPLINK_KEYS = ("address", "gateway", "netns", "mtu", "bridge")
 
 
 def read_uplink(reader: Reader, document: Mapping[str, Any], node_name: str | Marker,
@@ -50,15 +52,19 @@ def read_uplink(reader: Reader, document: Mapping[str, Any], node_name: str | Ma
     if isinstance(netns, str) and (problem := netns_name_problem(netns)):
         netns = reader.fail("uplink.netns", problem)
 
+    bridge = reader.take(table, "uplink", "bridge", "a string", None)
+    if isinstance(bridge, str) and (problem := interface_name_problem(bridge)):
+        bridge = reader.fail("uplink.bridge", problem)
+
     mtu = reader.take_mtu(table, "uplink", node_mtu)
-    if INVALID in (address, gateway, netns, mtu) or not isinstance(node_name, str):
+    if INVALID in (address, gateway, netns, mtu, bridge) or not isinstance(node_name, str):
         return INVALID
     assert isinstance(address, IPv4Interface) and isinstance(gateway, IPv4Address)
     assert isinstance(mtu, int)
     return model.Uplink(address=address, gateway=gateway, netns=netns,
                         name=model.kernel_name("vsu", node_name),
                         mac=model.mac_for_ip(address.ip), far_mac=model.mac_for_ip(gateway),
-                        mtu=mtu)
+                        mtu=mtu, bridge=bridge)
 
 
 def check_uplink_network(reader: Reader, address: IPv4Interface, cluster: model.Cluster | Marker,
