@@ -46,6 +46,26 @@ def _leaf_exceptions(exc: BaseException) -> Iterable[BaseException]:
         yield exc
 
 
+def _cross_node_keys(topology) -> list[str]:
+    """The keys of a topology that ask for forwarding across nodes. The loader validates them
+    (``--check``), but the daemon does not carry them out yet, so it refuses them instead of
+    running a node that silently ignores its peers."""
+    from vswitch.model import STORE_STATIC
+
+    keys = []
+    if topology.overlay is not None:
+        keys.append("overlay")
+    if topology.peers:
+        keys.append("peers")
+    if topology.cluster is not None and topology.cluster.store != STORE_STATIC:
+        keys.append("cluster.store")
+    if topology.node.pod_cidr_auto:
+        keys.append("node.pod_cidr")
+    if topology.uplink is not None and topology.uplink.bridge is not None:
+        keys.append("uplink.bridge")
+    return keys
+
+
 def vswitchd_main(argv: Sequence[str] | None = None) -> int:
     args = _vswitchd_parser().parse_args(argv)
     from vswitch.config import ConfigError, load_topology
@@ -67,8 +87,18 @@ def vswitchd_main(argv: Sequence[str] | None = None) -> int:
             parts.append(f"{count} service{'s' * (count != 1)}")
         if topology.uplink is not None:
             parts.append(f"uplink {topology.uplink.address}")
+        if topology.overlay is not None:
+            peers = len(topology.peers)
+            parts.append(f"overlay VNI {topology.overlay.vni}, "
+                         f"{peers} static peer{'s' * (peers != 1)}")
         print(f"{path}: ok ({', '.join(parts)})")
         return EXIT_OK
+    cross_node = _cross_node_keys(topology)
+    if cross_node:
+        print(f"vswitchd: {path}: {', '.join(cross_node)}: forwarding across nodes is not in "
+              f"this version of vswitchd yet (vswitchd --check validates such a file)",
+              file=sys.stderr)
+        return EXIT_CONFIG
 
     if os.geteuid() != 0:
         print("vswitchd: must run as root: it creates network namespaces and TAP devices "

@@ -385,6 +385,24 @@ def test_vswitchd_with_a_bad_config_creates_nothing(tmp_path, capsys, monkeypatc
     assert "node.mtu" in capsys.readouterr().err
 
 
+def test_vswitchd_checks_but_does_not_run_a_cross_node_topology(capsys, monkeypatch):
+    """The overlay example validates; the daemon refuses it instead of ignoring its peers."""
+    import vswitch.runtime.daemon as daemon_module
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[2] / "config" / "overlay-static.toml")
+    assert cli.vswitchd_main(["--check", example]) == 0
+    assert "overlay VNI" in capsys.readouterr().out
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the daemon started a topology it cannot forward")
+
+    monkeypatch.setattr(daemon_module, "run_daemon", must_not_run)
+    assert cli.vswitchd_main(["--config", example]) == 2
+    err = capsys.readouterr().err
+    assert "overlay, peers" in err and "forwarding across nodes is not in" in err
+
+
 def test_vswitchd_refuses_to_run_without_root(tmp_path, capsys, monkeypatch):
     path = tmp_path / "good.toml"
     path.write_text(GOOD_CONFIG)

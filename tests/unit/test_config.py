@@ -359,7 +359,7 @@ def test_unknown_keys_are_errors_with_their_path(text: str, path: str, hint: str
         assert f"did you mean {hint}?" in reason
 
 
-@pytest.mark.parametrize("section", ["peers", "networks"])
+@pytest.mark.parametrize("section", ["networks"])
 def test_reserved_sections_are_rejected(section: str) -> None:
     assert only_error(NODE + f"[{section}]\nx = 1\n") == (
         section,
