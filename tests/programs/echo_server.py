@@ -7,11 +7,12 @@ the SHA-256 of what arrived; mute:P (UDP) receives and never answers, so its flo
 unreplied in conntrack. A line is "NAME PEER_IP:PEER_PORT PROTO:LOCAL_PORT". Prints
 "NAME serving LISTENER..." once every listener runs.
 """
-import hashlib
 import json
 import socket
 import sys
 import threading
+
+from stream_io import digest_to_end
 
 name = sys.argv[1]
 
@@ -26,15 +27,9 @@ def sink(conn, peer, port):
     with conn:
         conn.settimeout(120)
         conn.sendall(line(peer, "sink", port))
-        digest, count = hashlib.sha256(), 0
-        while True:
-            chunk = conn.recv(1 << 16)
-            if not chunk:
-                break
-            digest.update(chunk)
-            count += len(chunk)
+        count, sha256 = digest_to_end(conn)
         try:
-            conn.sendall(json.dumps({"bytes": count, "sha256": digest.hexdigest()}).encode())
+            conn.sendall(json.dumps({"bytes": count, "sha256": sha256}).encode())
         except (BrokenPipeError, ConnectionResetError):
             return  # a readiness probe reads the greeting and hangs up; it wants no report
 

@@ -12,6 +12,8 @@ import os
 import socket
 import sys
 import time
+
+from stream_io import read_to_end
 host, port, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 conn = socket.create_connection((host, port), timeout=30)
 greeting = b""
@@ -38,11 +40,6 @@ else:
         sent += len(block)
         time.sleep(0.002)
 conn.shutdown(socket.SHUT_WR)
-answer = b""
-while True:
-    chunk = conn.recv(4096)
-    if not chunk:
-        break
-    answer += chunk
+answer = read_to_end(conn)
 conn.close()
 print(json.dumps({"sent": sent, "sha256": digest.hexdigest(), "sink": json.loads(answer)}), flush=True)

@@ -4,10 +4,11 @@ Usage: tcp_sink.py PORT
 Prints "listening" once bound, then one JSON object: the peer's address, the byte count and
 the SHA-256 of the data.
 """
-import hashlib
 import json
 import socket
 import sys
+
+from stream_io import digest_to_end
 port = int(sys.argv[1])
 server = socket.socket()
 server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -17,14 +18,7 @@ server.settimeout(30)
 print("listening", flush=True)
 conn, peer = server.accept()
 conn.settimeout(30)
-digest = hashlib.sha256()
-count = 0
-while True:
-    chunk = conn.recv(1 << 16)
-    if not chunk:
-        break
-    digest.update(chunk)
-    count += len(chunk)
+count, sha256 = digest_to_end(conn)
 conn.sendall(b"done")
 conn.close()
-print(json.dumps({"peer": peer[0], "bytes": count, "sha256": digest.hexdigest()}), flush=True)
+print(json.dumps({"peer": peer[0], "bytes": count, "sha256": sha256}), flush=True)

@@ -9,18 +9,15 @@ import json
 import os
 import socket
 import sys
+
+from stream_io import read_to_end
 IP_MTU = 14
 host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 data = os.urandom(size)
 conn = socket.create_connection((host, port), timeout=30)
 conn.sendall(data)
 conn.shutdown(socket.SHUT_WR)
-answer = b""
-while True:
-    chunk = conn.recv(64)
-    if not chunk:
-        break
-    answer += chunk
+answer = read_to_end(conn, 64)
 path_mtu = conn.getsockopt(socket.IPPROTO_IP, IP_MTU)
 conn.close()
 print(json.dumps({"bytes": size, "sha256": hashlib.sha256(data).hexdigest(),
