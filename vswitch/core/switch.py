@@ -49,6 +49,7 @@ from vswitch.tables.fdb import Fdb
 from vswitch.tables.fib import Fib, Route, RouteKind
 from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
 from vswitch.tables.neighbors import NeighborTable
+from vswitch.tables.overlay import OverlayTable, local_vtep, static_nodes
 from vswitch.tables.services import ServiceTable
 from vswitch.wire import headers as h
 from vswitch.wire.addresses import mac_bytes
@@ -92,6 +93,10 @@ class Switch:
             cluster_cidr=cluster.cidr if cluster else topology.node.pod_cidr,
             hairpin_address=cluster.hairpin_address.packed if cluster else None,
             uplink_segment=topology.uplink_segment_index(), node_address=node_address)
+        self.overlay = OverlayTable(self.fib, local_vtep(topology),
+                                    topology.uplink_segment_index(),
+                                    [seg.cidr for seg in self.segments])
+        self.overlay.set_nodes(static_nodes(topology))
         self.neighbors = NeighborTable(accel=self.accel)
         self.icmp_limiter = IcmpRateLimiter()
         self.flow_cache = FlowCache(flow_cache_capacity)
@@ -110,7 +115,7 @@ class Switch:
         self._env = Env(fdb=self.fdb, fib=self.fib, neighbors=self.neighbors,
                         icmp_limiter=self.icmp_limiter, ports=self.ports, segments=self.segments,
                         segment_ports=self._segment_ports, accel=self.accel,
-                        counters=self.counters, nat=self.nat)
+                        counters=self.counters, nat=self.nat, overlay=self.overlay)
         self.tracer = Tracer(self._env, self.port_by_name)
         self.egress = Egress(self._env, self._port_counters, self.tracer.captures)
         self.programming = TableProgramming(self.nat, topology.uplink, entry_filter)

@@ -18,6 +18,7 @@ from vswitch.tables.fib import Fib, Route
 from vswitch.tables.fragments import FragmentTable
 from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
 from vswitch.tables.neighbors import Neighbor, NeighborTable
+from vswitch.tables.overlay import OverlayTable
 from vswitch.tables.services import ServiceTable
 
 
@@ -78,7 +79,8 @@ class Packet:
     __slots__ = ("port", "data", "l2_offset", "vnet", "eth", "l3_offset", "arp", "ip", "trace",
                  "cacheable", "src_entry", "dst_entry", "route", "neighbor", "egress_mtu",
                  "icmp_error", "pending_drop", "out_packets", "rewrite", "ip_packet", "ct",
-                 "flow", "flow_checked", "tcp_flags", "l2_out_port", "conn_out_port")
+                 "flow", "flow_checked", "tcp_flags", "l2_out_port", "conn_out_port", "overlay",
+                 "out_vnet")
 
     def __init__(self, port: PortSpec, data: bytes, l2_offset: int, trace: Trace | None = None):
         self.port = port
@@ -112,6 +114,11 @@ class Packet:
         self.l2_out_port: int | None = None  # the port l2-forward chose, for l2-conntrack
         # Set when a translated packet's decision may be cached per connection: the output port.
         self.conn_out_port: int | None = None
+        # Set by the overlay stages: the remote node a packet is encapsulated for or was
+        # decapsulated from. Such a packet's decision is never cached by the flow key of the
+        # frame as received (the frame leaves in another frame).
+        self.overlay: Any = None
+        self.out_vnet: bytes | None = None  # the virtio-net header of what leaves, if not data's
 
     @property
     def frame(self) -> bytes:
@@ -131,7 +138,7 @@ class Env:
                  icmp_limiter: IcmpRateLimiter, ports: dict[int, PortSpec],
                  segments: list[SegmentInfo], segment_ports: dict[int, tuple[int, ...]],
                  accel: ModuleType, counters: StageCounters, commit: bool = True,
-                 nat: NatContext | None = None):
+                 nat: NatContext | None = None, overlay: OverlayTable | None = None):
         self.fdb = fdb
         self.fib = fib
         self.neighbors = neighbors
@@ -144,6 +151,7 @@ class Env:
         self.counters = counters
         self.commit = commit
         self.nat = nat if nat is not None else NatContext()
+        self.overlay = overlay if overlay is not None else OverlayTable(fib, None, None)
         self.now = 0.0
 
     @property
@@ -158,7 +166,7 @@ class Env:
         env = Env(fdb=self.fdb, fib=self.fib, neighbors=self.neighbors,
                   icmp_limiter=self.icmp_limiter, ports=self.ports, segments=self.segments,
                   segment_ports=self.segment_ports, accel=self.accel, counters=counters,
-                  commit=False, nat=self.nat)
+                  commit=False, nat=self.nat, overlay=self.overlay)
         env.now = self.now
         return env
 

@@ -2,18 +2,21 @@
 
 It verifies the header checksum (a router must not forward a corrupted header) and refuses to
 route what must never be routed: broadcast and multicast destinations, and sources that are not a
-unicast host address. Everything else goes to connection tracking first, even packets for the
-node's own addresses: a NodePort connection or a reply to a masqueraded one is addressed to the
-node and must be translated before anyone decides it is local.
+unicast host address. UDP for the overlay port of the node's own VTEP address that came in on the uplink
+is VXLAN from another node: vxlan-decap opens it, and its inner packet comes back here. Everything
+else goes to connection tracking first, even packets for the node's own addresses: a NodePort
+connection or a reply to a masqueraded one is addressed to the node and must be translated before
+anyone decides it is local.
 """
 from __future__ import annotations
 
 import enum
 
 from vswitch.pipeline.context import Env, Packet
+from vswitch.wire import headers as h
 
 NAME = "ip4-input"
-NEXT = ("ip4-conntrack",)
+NEXT = ("ip4-conntrack", "vxlan-decap")
 
 
 class Counter(enum.Enum):
@@ -36,4 +39,18 @@ def process(pkt: Packet, env: Env):
         return env.drop(pkt, Counter.BAD_CHECKSUM)
     if _not_routable(ip.dst, env) or _not_routable(ip.src, env):
         return env.drop(pkt, Counter.NOT_ROUTABLE)
+    if _is_tunnelled(pkt, env):
+        return "vxlan-decap"
     return "ip4-conntrack"
+
+
+def _is_tunnelled(pkt: Packet, env: Env) -> bool:
+    vtep = env.overlay.vtep
+    ip = pkt.ip
+    if (vtep is None or ip.protocol != h.IpProto.UDP or ip.dst != vtep.address
+            or pkt.port.segment != env.overlay.uplink_segment or ip.fragment_offset):
+        return False
+    ports = pkt.l3_offset + ip.ihl * 4
+    if ports + h.L4_PORTS_LEN > pkt.l3_offset + ip.total_length:
+        return False
+    return int.from_bytes(pkt.data[ports + 2: ports + 4], "big") == vtep.port

@@ -3,7 +3,8 @@
 No route means ICMP Destination Unreachable (network) goes back at once, so a client learns in
 milliseconds, not after a timeout, that the address is unreachable. A packet routed out of the
 uplink from a pod (a source inside the cluster CIDR) that no earlier stage translated goes to
-ip4-masquerade, which gives it the node's address; every other routed packet goes to ip4-rewrite.
+ip4-masquerade, which gives it the node's address; every other routed packet goes to ip4-rewrite,
+including those for another node's pods (an overlay route), which are never masqueraded.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import enum
 from ipaddress import IPv4Address
 
 from vswitch.pipeline.context import Env, Packet
+from vswitch.tables.fib import RouteKind
 from vswitch.wire import headers as h
 from vswitch.wire.addresses import ip_text
 
@@ -26,7 +28,7 @@ class Counter(enum.Enum):
 def _leaves_masqueraded(pkt: Packet, env: Env) -> bool:
     nat = env.nat
     return (pkt.ct is None and nat.uplink_segment is not None and nat.node_address is not None
-            and pkt.route.segment == nat.uplink_segment and nat.cluster_cidr is not None
+            and pkt.route.segment == nat.uplink_segment and pkt.route.kind is not RouteKind.OVERLAY and nat.cluster_cidr is not None
             and IPv4Address(pkt.ip.src) in nat.cluster_cidr)
 
 

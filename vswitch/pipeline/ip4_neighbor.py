@@ -5,7 +5,8 @@ segment's gateway while the packet waits in a bounded per-neighbour queue (see
 ``vswitch.tables.neighbors``); a stale entry keeps forwarding and is re-probed. The frame's source
 MAC is the egress segment's gateway MAC, so the receiver sees the router as its previous hop.
 A decision is cacheable when it is a single packet to a reachable neighbour whose port is known,
-of no translated connection and between addresses no translated connection's replies use.
+of no translated connection and between addresses no translated connection's replies use, and
+neither encapsulated nor decapsulated (the cache keys on the frame as received).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def process(pkt: Packet, env: Env):
     entry = env.neighbors.usable(segment.index, next_hop)
     trace = pkt.trace
     fragmented = len(pkt.out_packets) > 1
-    vnet = pkt.vnet_bytes
+    vnet = pkt.out_vnet if pkt.out_vnet is not None else pkt.vnet_bytes
     if fragmented and pkt.l2_offset:
         vnet = h.ZERO_VNET_HDR  # fragments carry complete checksums and are not GSO
     if entry is None:
@@ -79,7 +80,7 @@ def process(pkt: Packet, env: Env):
         trace.note(NAME, f"next hop {ip_text(next_hop)} is-at {mac_text(entry.mac)} "
                          f"({entry.state.value}); source MAC {mac_text(segment.gateway_mac)}; "
                          f"out of {where}")
-    if (not fragmented and fdb_entry is not None and entry.state is NeighborState.REACHABLE
+    if (not fragmented and pkt.overlay is None and fdb_entry is not None and entry.state is NeighborState.REACHABLE
             and pkt.src_entry is not None and not actions[:-1]):
         pkt.dst_entry = fdb_entry
         pkt.neighbor = entry

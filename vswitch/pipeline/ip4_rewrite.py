@@ -10,6 +10,8 @@
   (``VIRTIO_NET_HDR_F_NEEDS_CSUM``) is completed first, because the receiver cannot complete it
   over fragments. A GSO frame without DF whose segments do not fit is dropped and counted (the
   senders that produce GSO frames set DF).
+* A packet for another node's pods (an overlay route) is measured against the overlay's MTU and
+  goes on to vxlan-encap.
 * TTL is decremented and the header checksum updated incrementally (``pipeline.ttl``, which the
   fast path shares).
 """
@@ -21,10 +23,11 @@ import struct
 from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.pipeline.ttl import decrement_ttl
+from vswitch.tables.fib import RouteKind
 from vswitch.wire import headers as h
 
 NAME = "ip4-rewrite"
-NEXT = ("ip4-neighbor", "ip4-icmp-error")
+NEXT = ("ip4-neighbor", "vxlan-encap", "ip4-icmp-error")
 
 
 class Counter(enum.Enum):
@@ -100,7 +103,9 @@ def process(pkt: Packet, env: Env):
         pkt.icmp_error = (h.IcmpType.TIME_EXCEEDED, 0, bytes(4))
         return "ip4-icmp-error"
     segment = env.segments[pkt.route.segment]
-    mtu = segment.mtu
+    overlay = pkt.route.kind is RouteKind.OVERLAY
+    mtu = env.overlay.vtep.mtu if overlay else segment.mtu
+    where = "the overlay" if overlay else f"segment {segment.name}"
     size = wire_length(pkt)
     header_len = ip.ihl * 4
     current = tracked_flows.current_packet(pkt)  # after NAT; without Ethernet padding
@@ -112,8 +117,7 @@ def process(pkt: Packet, env: Env):
         pkt.pending_drop = env.drop_action(pkt, Counter.FRAG_NEEDED)
         pkt.icmp_error = (h.IcmpType.DEST_UNREACHABLE, 4, struct.pack("!HH", 0, mtu))
         if pkt.trace is not None:
-            pkt.trace.note(NAME, f"{size}-byte packets with DF do not fit MTU {mtu} of segment "
-                                 f"{segment.name}")
+            pkt.trace.note(NAME, f"{size}-byte packets with DF do not fit MTU {mtu} of {where}")
         return "ip4-icmp-error"
     elif pkt.vnet is not None and pkt.vnet.gso_type != h.VNET_GSO_NONE:
         return env.drop(pkt, Counter.GSO_TOO_BIG)
@@ -122,11 +126,11 @@ def process(pkt: Packet, env: Env):
         env.count(Counter.FRAGMENTED)
         env.count(Counter.FRAGMENTS, len(pkt.out_packets))
         if pkt.trace is not None:
-            pkt.trace.note(NAME, f"{size} bytes exceed MTU {mtu} of segment {segment.name}: "
+            pkt.trace.note(NAME, f"{size} bytes exceed MTU {mtu} of {where}: "
                                  f"{len(pkt.out_packets)} fragments")
     env.count(Counter.FORWARDED)
     if pkt.trace is not None:
         pkt.trace.note(NAME, f"TTL {ip.ttl} -> {ip.ttl - 1}, header checksum updated; "
                              f"{size} bytes fit MTU {mtu}" if size <= mtu else
                              f"TTL {ip.ttl} -> {ip.ttl - 1}")
-    return "ip4-neighbor"
+    return "vxlan-encap" if overlay else "ip4-neighbor"

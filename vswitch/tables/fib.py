@@ -8,6 +8,9 @@ Theory of operation
 * A *connected* route says "the destination is on this segment": its next hop is the destination
   itself. A *static* route names a gateway (``via``) on a connected segment; it is resolved to that
   segment when it is added, so a lookup is one LPM step.
+* An *overlay* route sends a remote node's pod CIDR through the VXLAN tunnel: ``via`` is the node's
+  underlay address, the outer destination; ``segment`` is the uplink's, which carries the outer
+  packet (see ``tables.overlay``).
 * Adding a route with the prefix of an existing one replaces it (the last writer wins, as with
   ``ip route replace``). Every change bumps ``generation`` so cached forwarding decisions expire.
 """
@@ -22,6 +25,7 @@ from types import ModuleType
 class RouteKind(enum.Enum):
     CONNECTED = "connected"
     STATIC = "static"
+    OVERLAY = "overlay"  # a remote node's pod CIDR: encapsulated to ``via``, its underlay address
 
 
 @dataclass(frozen=True)

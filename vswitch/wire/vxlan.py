@@ -99,7 +99,19 @@ def encapsulate(inner_frame: bytes, *, outer_src_mac: bytes, outer_dst_mac: byte
                 src_ip: bytes, dst_ip: bytes, src_port: int, dst_port: int, vni: int, ident: int,
                 ttl: int = 64, udp_checksum: bool = False, accel: ModuleType = _pure) -> bytes:
     """The outer frame carrying ``inner_frame`` (an Ethernet frame) from our VTEP (``src_ip``,
-    ``src_port``) to a remote one (``dst_ip``, ``dst_port``) in network ``vni``.
+    ``src_port``) to a remote one (``dst_ip``, ``dst_port``) in network ``vni``: the packet of
+    ``encapsulate_packet`` in an Ethernet header."""
+    packet = encapsulate_packet(inner_frame, src_ip=src_ip, dst_ip=dst_ip, src_port=src_port,
+                                dst_port=dst_port, vni=vni, ident=ident, ttl=ttl,
+                                udp_checksum=udp_checksum, accel=accel)
+    return builders.ethernet(outer_dst_mac, outer_src_mac, h.EtherType.IPV4, packet)
+
+
+def encapsulate_packet(inner_frame: bytes, *, src_ip: bytes, dst_ip: bytes, src_port: int,
+                       dst_port: int, vni: int, ident: int, ttl: int = 64,
+                       udp_checksum: bool = False, accel: ModuleType = _pure) -> bytes:
+    """The outer IPv4 packet carrying ``inner_frame``; a router puts it into Ethernet towards
+    its next hop.
 
     ``ident`` is the outer IPv4 identification (a per-destination counter: DF is clear). The outer
     IPv4 header checksum is computed with ``accel``, and so is the UDP checksum with
@@ -117,9 +129,9 @@ def encapsulate(inner_frame: bytes, *, outer_src_mac: bytes, outer_dst_mac: byte
     else:
         segment = h.UDP.build(dict(src_port=src_port, dst_port=dst_port, checksum=0,
                                    length=h.UDP_HEADER_LEN + len(payload))) + payload
-    ip = builders.ipv4(src=src_ip, dst=dst_ip, protocol=h.IpProto.UDP, payload=segment, ttl=ttl,
-                       identification=ident, df=False, tos=_outer_tos(inner_frame), accel=accel)
-    return builders.ethernet(outer_dst_mac, outer_src_mac, h.EtherType.IPV4, ip)
+    return builders.ipv4(src=src_ip, dst=dst_ip, protocol=h.IpProto.UDP, payload=segment,
+                         ttl=ttl, identification=ident, df=False, tos=_outer_tos(inner_frame),
+                         accel=accel)
 
 
 def inner_flow_key(inner_frame: bytes) -> bytes:

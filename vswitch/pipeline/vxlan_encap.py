@@ -1,0 +1,97 @@
+"""vxlan-encap: a routed packet for another node's pod leaves inside VXLAN (RFC 7348).
+
+The packet has been routed like any other (ip4-rewrite lowered its TTL and checked it against the
+overlay MTU). Here it becomes an inner Ethernet frame from our VTEP MAC to the remote node's VTEP
+MAC, as a flannel node's kernel builds it, inside outer IPv4/UDP/VXLAN from our uplink address to
+the node's underlay address (``wire.vxlan``: outer UDP source port hashed from the inner flow, so
+flows spread over ECMP paths; DF clear; outer ECN from the inner header). The outer packet then
+goes to ip4-neighbor as a packet routed out of the uplink: to the node itself when it is on the
+uplink's network, else to the route that covers its address (the uplink gateway), resolved by ARP.
+
+A partial checksum (virtio-net ``NEEDS_CSUM``) stays partial: its start moves by the outer headers,
+and the kernel on the far side completes it. A GSO super-frame cannot cross the tunnel as one
+frame through a 10-byte virtio-net header; it is dropped and counted here, so ports whose traffic
+crosses the overlay run without TSO until the uplink hands them to the kernel as UDP-tunnel GSO.
+"""
+from __future__ import annotations
+
+import enum
+import struct
+from ipaddress import IPv4Network
+
+from vswitch.pipeline.context import Env, Packet
+from vswitch.tables.fib import Route, RouteKind
+from vswitch.wire import headers as h, vxlan
+from vswitch.wire.addresses import ip_text
+
+NAME = "vxlan-encap"
+NEXT = ("ip4-neighbor",)
+
+_ETHERTYPE_IPV4 = struct.pack("!H", h.EtherType.IPV4)
+_CSUM_START_OFFSET = 6  # of struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start
+
+
+class Counter(enum.Enum):
+    ENCAPSULATED = "packets encapsulated for another node"
+    NO_UNDERLAY_ROUTE = "the remote node's underlay address has no route outside the overlay"
+    GSO_UNSUPPORTED = "GSO super-frames for another node (the uplink has no UDP-tunnel GSO)"
+
+
+def _outer_vnet(pkt: Packet) -> bytes | None:
+    """The virtio-net header for the encapsulated frame in the ingress port's framing, or None
+    when the frame cannot cross the tunnel as it is."""
+    vnet = pkt.vnet_bytes
+    if not vnet or len(pkt.out_packets) > 1:
+        return h.ZERO_VNET_HDR if vnet else b""
+    parsed = pkt.vnet
+    if parsed.gso_type != h.VNET_GSO_NONE:
+        return None
+    if not parsed.flags & h.VNET_F_NEEDS_CSUM:
+        return vnet
+    shifted = bytearray(vnet)
+    struct.pack_into("<H", shifted, _CSUM_START_OFFSET, parsed.csum_start + vxlan.OUTER_HEADERS_LEN)
+    return bytes(shifted)
+
+
+def _underlay_route(env: Env, address) -> Route | None:
+    """The route the outer packet takes: to the node itself when it is on a connected network,
+    else through that route's gateway. An overlay route never carries the overlay."""
+    route = env.fib.lookup(int(address))
+    if route is None or route.kind is RouteKind.OVERLAY:
+        return None
+    return Route(IPv4Network(f"{address}/32"), route.kind, route.segment,
+                 route.via if route.via is not None else address, origin=route.origin)
+
+
+def process(pkt: Packet, env: Env):
+    overlay = env.overlay
+    vtep = overlay.vtep
+    node_address = pkt.route.via
+    node = overlay.by_address(node_address.packed)
+    vtep_mac = overlay.vtep_mac_of(node_address.packed)
+    underlay = _underlay_route(env, node_address)
+    if vtep is None or node is None or vtep_mac is None or underlay is None:
+        return env.drop(pkt, Counter.NO_UNDERLAY_ROUTE)
+    vnet = _outer_vnet(pkt)
+    if vnet is None:
+        return env.drop(pkt, Counter.GSO_UNSUPPORTED)
+    outer = []
+    first_port = 0
+    for packet in pkt.out_packets:
+        inner = b"".join((vtep_mac, vtep.vtep_mac, _ETHERTYPE_IPV4, packet))
+        src_port = vxlan.source_port(vxlan.inner_flow_key(inner), key=vtep.source_port_key)
+        first_port = first_port or src_port
+        outer.append(vxlan.encapsulate_packet(
+            inner, src_ip=vtep.address, dst_ip=node_address.packed, src_port=src_port,
+            dst_port=vtep.port, vni=vtep.vni, ident=overlay.next_ident() if env.commit else 0,
+            accel=env.accel))
+    env.count(Counter.ENCAPSULATED, len(outer))
+    if pkt.trace is not None:
+        pkt.trace.note(NAME, f"to node {node.name}: outer {ip_text(vtep.address)}:{first_port} > "
+                             f"{node_address}:{vtep.port} VNI {vtep.vni}, inner MAC "
+                             f"{node.vtep_mac}; next hop {underlay.via} ({underlay.origin})")
+    pkt.overlay = node
+    pkt.out_vnet = vnet
+    pkt.out_packets = outer
+    pkt.route = underlay
+    return "ip4-neighbor"
