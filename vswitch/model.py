@@ -83,6 +83,31 @@ class Pod:
     segment: str = DEFAULT_SEGMENT  # the L2 segment (pod network) the pod is attached to
     mtu: int | None = None  # eth0's MTU; None: the segment's
 
+    def named_ports(self) -> Mapping[str, tuple[str, int]]:
+        """Its containers' named ports (the first container naming a port wins)."""
+        merged: dict[str, tuple[str, int]] = {}
+        for container in self.containers:
+            for name, binding in container.ports.items():
+                merged.setdefault(name, binding)
+        return merged
+
+
+@dataclass(frozen=True)
+class RemotePod:
+    """A pod of another node, as that node's record in the cluster store describes it: what
+    selecting service endpoints needs (address, labels, named ports, readiness), nothing of how
+    to build it. The overlay routes its address to its node."""
+
+    node: str
+    name: str
+    ip: IPv4Address
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    ports: Mapping[str, tuple[str, int]] = field(default_factory=lambda: MappingProxyType({}))
+    ready: bool = True
+
+    def named_ports(self) -> Mapping[str, tuple[str, int]]:
+        return self.ports
+
 
 @dataclass(frozen=True)
 class Segment:

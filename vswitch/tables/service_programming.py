@@ -70,7 +70,7 @@ class Programmed:
 def build(services: Sequence[Service], pods: Sequence[Pod], old_ports: Mapping[PortKey, PortState],
           node_addresses: Sequence[bytes]) -> Programmed:
     """The service ports and frontends of ``services`` (``pods``: every pod of this node, ready or
-    not). ``old_ports`` are the ones programmed before, whose match objects are kept when
+    not, and the ready pods of other nodes as ``RemotePod``s). ``old_ports`` are the ones programmed before, whose match objects are kept when
     nothing about their service port changed."""
     conflicts: list[str] = []
     ready_by_label: dict[tuple[str, str], list[Pod]] = {}
@@ -80,16 +80,12 @@ def build(services: Sequence[Service], pods: Sequence[Pod], old_ports: Mapping[P
         if pod.ready:
             for pair in pod.labels.items():
                 ready_by_label.setdefault(pair, []).append(pod)
-    named_ports: dict[str, Mapping[str, tuple[str, int]]] = {}
+    named_ports: dict[bytes, Mapping[str, tuple[str, int]]] = {}
 
     def pod_named_ports(pod: Pod) -> Mapping[str, tuple[str, int]]:
-        found = named_ports.get(pod.name)
+        found = named_ports.get(pod.ip.packed)
         if found is None:
-            merged: dict[str, tuple[str, int]] = {}
-            for container in pod.containers:
-                for name, binding in container.ports.items():
-                    merged.setdefault(name, binding)
-            found = named_ports[pod.name] = merged
+            found = named_ports[pod.ip.packed] = pod.named_ports()
         return found
 
     def resolve(port: ServicePort, pod: Pod) -> int | None:
