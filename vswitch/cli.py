@@ -53,10 +53,6 @@ def _cross_node_keys(topology) -> list[str]:
     from vswitch.model import STORE_STATIC
 
     keys = []
-    if topology.overlay is not None:
-        keys.append("overlay")
-    if topology.peers:
-        keys.append("peers")
     if topology.cluster is not None and topology.cluster.store != STORE_STATIC:
         keys.append("cluster.store")
     if topology.node.pod_cidr_auto:
