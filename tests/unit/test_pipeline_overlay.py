@@ -37,7 +37,7 @@ def mac(address: str) -> bytes:
     return mac_bytes(mac_for_ip(IPv4Address(address)))
 
 
-def topology_text(name: str, extra: str = "") -> str:
+def topology_text(name: str, extra: str = "", services: str = "") -> str:
     address, cidr, pod_ip = NODES[name]
     (other,) = [n for n in NODES if n != name]
     peer_address, peer_cidr, _ = NODES[other]
@@ -45,11 +45,11 @@ def topology_text(name: str, extra: str = "") -> str:
             f'[cluster]\ncidr = "10.244.0.0/16"\n'
             f'[uplink]\naddress = "{address}/24"\ngateway = "{FAR}"\n[overlay]\n{extra}'
             f'[[peers]]\nname = "{other}"\naddress = "{peer_address}"\npod_cidr = "{peer_cidr}"\n'
-            f'[[pods]]\nname = "p"\nip = "{pod_ip}"\n')
+            f'[[pods]]\nname = "p"\nip = "{pod_ip}"\n{services}')
 
 
-def node(name: str, accel_name: str, extra: str = "") -> Switch:
-    topology = parse_topology(topology_text(name, extra), f"{name}.toml")
+def node(name: str, accel_name: str, extra: str = "", services: str = "") -> Switch:
+    topology = parse_topology(topology_text(name, extra, services), f"{name}.toml")
     switch = Switch(topology, accel_impls.load(accel_name))
     pod = topology.pods[0]
     switch.add_port(PortSpec(POD, pod.name, PortKind.POD, pod.mac, pod.ip, True))
@@ -72,6 +72,7 @@ class Underlay:
     def __init__(self, *switches: Switch):
         self.switches = switches
         self.carried: list[bytes] = []
+        self.to_far: list = []  # what the nodes sent to the uplink's far side (the gateway)
 
     def run(self, origin: Switch, transmits, now: float = 0.0) -> dict[int, list]:
         """Carry ``origin``'s uplink frames until nothing moves; return what reached pod ports,
@@ -84,6 +85,9 @@ class Underlay:
                 delivered[self.switches.index(source)].append(tx)
                 continue
             self.carried.append(tx.data)
+            if tx.data[10:16] == mac(FAR):
+                self.to_far.append(tx)
+                continue
             for other in self.switches:
                 if other is not source:
                     queue.extend((other, t) for t in other.process_batch(UPLINK, [tx.data], now))

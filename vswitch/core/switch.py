@@ -92,7 +92,8 @@ class Switch:
             self.conntrack, self.services,
             cluster_cidr=cluster.cidr if cluster else topology.node.pod_cidr,
             hairpin_address=cluster.hairpin_address.packed if cluster else None,
-            uplink_segment=topology.uplink_segment_index(), node_address=node_address)
+            uplink_segment=topology.uplink_segment_index(), node_address=node_address,
+            overlay_snat_address=topology.node.gateway.packed if topology.overlay else None)
         self.overlay = OverlayTable(self.fib, local_vtep(topology),
                                     topology.uplink_segment_index(),
                                     [seg.cidr for seg in self.segments])

@@ -41,13 +41,17 @@ class NatContext:
     def __init__(self, conntrack: ConntrackTable | None = None,
                  services: ServiceTable | None = None, cluster_cidr: IPv4Network | None = None,
                  hairpin_address: bytes | None = None, uplink_segment: int | None = None,
-                 node_address: bytes | None = None):
+                 node_address: bytes | None = None, overlay_snat_address: bytes | None = None):
         self.conntrack = conntrack if conntrack is not None else ConntrackTable()
         self.services = services if services is not None else ServiceTable(random.Random(0))
         self.cluster_cidr = cluster_cidr
         self.hairpin_address = hairpin_address
         self.uplink_segment = uplink_segment
         self.node_address = node_address
+        # With an overlay: the source a connection from outside is SNATed to when its backend is
+        # another node's pod. The node's pod gateway, inside its pod CIDR, which every node
+        # routes back here through the overlay (the node address would come back masqueraded).
+        self.overlay_snat_address = overlay_snat_address
         # External IPs of services inside the uplink network: the node answers ARP for them.
         self.announced: frozenset[bytes] = frozenset()
         # Fragmented datagrams of translated connections: how each first fragment went, and the

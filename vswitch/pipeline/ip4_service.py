@@ -8,7 +8,9 @@ For a new connection (a TCP SYN, or the first UDP datagram or echo request):
 * the connection is DNATed to it. The backend sees the client's own address, except when a
   translation back would otherwise be impossible: a backend reaching its own service (hairpin) is
   SNATed to the hairpin address, and a NodePort or external-IP connection from outside under
-  ``externalTrafficPolicy: Cluster`` is SNATed to the node address, as kube-proxy does;
+  ``externalTrafficPolicy: Cluster`` is SNATed to the node address, as kube-proxy does (to the
+  node's pod gateway when the backend is another node's pod: that address the overlay routes back
+  here, where the node address would come back masqueraded by the backend's node);
 * no ready backend at all: refused at once, TCP with a RST and UDP with ICMP port unreachable, so
   the client is not left waiting for a timeout. No *local* backend under a Local policy: dropped and
   counted, as Kubernetes does;
@@ -109,6 +111,8 @@ def process(pkt: Packet, env: Env):
     elif (from_outside and match.kind is not FrontendKind.CLUSTER_IP
           and service.external_traffic_policy.lower() == "cluster" and nat.node_address):
         snat_ip, counter = nat.node_address, Counter.NODE_SNAT
+        if not backend.local and nat.overlay_snat_address is not None:
+            snat_ip = nat.overlay_snat_address
     else:
         snat_ip, counter = None, None
     if snat_ip is not None:

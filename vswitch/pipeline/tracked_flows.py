@@ -150,7 +150,7 @@ def _may_need_translation(pkt: Packet, env: Env) -> bool:
     (a later fragment has no ports). Saying yes wrongly costs a short wait, never a loss: the
     fragment is held only until its first fragment has passed."""
     ip, nat = pkt.ip, env.nat
-    if ip.dst == nat.node_address or ip.dst == nat.hairpin_address:
+    if ip.dst in (nat.node_address, nat.hairpin_address, nat.overlay_snat_address):
         return True
     if (ip.src, ip.dst) in nat.reply_pairs or env.services.is_frontend_address(ip.protocol, ip.dst):
         return True

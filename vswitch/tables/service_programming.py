@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from vswitch.model import Pod, Service, ServicePort
+from vswitch.model import Pod, RemotePod, Service, ServicePort
 from vswitch.tables.service_types import (
     Backend,
     FrontendKey,
@@ -185,7 +185,10 @@ def _backends(port: ServicePort, endpoints: list[tuple[bytes, Pod | None, str | 
             number = resolve(port, pod)
             if number is None:
                 continue
-        found.setdefault((ip, number), Backend(ip, number, name, pod is not None))
+        local = pod is not None and not isinstance(pod, RemotePod)
+        if isinstance(pod, RemotePod):
+            name = f"{pod.node}/{pod.name}"
+        found.setdefault((ip, number), Backend(ip, number, name, local))
     return tuple(found[k] for k in sorted(found))
 
 
