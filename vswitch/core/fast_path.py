@@ -13,6 +13,7 @@ import struct
 from types import ModuleType
 
 from vswitch.core.flow_cache import CacheEntry
+from vswitch.pipeline import tunnel
 from vswitch.pipeline.context import Packet
 from vswitch.pipeline.ttl import decrement_ttl, lower_ttl
 from vswitch.tables.conntrack import ConntrackTable, Direction, TcpState, Verdict
@@ -25,6 +26,7 @@ _TCP_STATE_FLAGS = int(h.TcpFlag.SYN | h.TcpFlag.FIN | h.TcpFlag.RST)
 _ACK = int(h.TcpFlag.ACK)
 _TCP = int(h.IpProto.TCP)
 _NEEDS_CSUM = int(h.VNET_F_NEEDS_CSUM)
+_GSO_NONE = int(h.VNET_GSO_NONE)
 
 
 def connection_key(key: bytes, frame: bytes, l2: int) -> bytes | None:
@@ -63,7 +65,7 @@ def memoise(pkt: Packet, key: bytes, conn_key: bytes | None,
     own entry when its output is a single known port."""
     if pkt.cacheable:
         return [(key, CacheEntry(generation, pkt.dst_entry.port, pkt.src_entry, pkt.dst_entry,
-                                 pkt.rewrite, pkt.neighbor, pkt.egress_mtu))]
+                                 pkt.rewrite, pkt.neighbor, pkt.egress_mtu, encap=pkt.encap))]
     if pkt.ct is None:
         return []
     entries = [(key, CacheEntry(generation, -1, None, None, per_connection=True))]
@@ -77,7 +79,7 @@ def memoise(pkt: Packet, key: bytes, conn_key: bytes | None,
         entries.append((conn_key, CacheEntry(generation, pkt.conn_out_port, pkt.src_entry,
                                              pkt.dst_entry, pkt.rewrite, pkt.neighbor,
                                              pkt.egress_mtu, ct=ct, direction=direction,
-                                             target=target)))
+                                             target=target, encap=pkt.encap)))
     return entries
 
 
@@ -89,6 +91,8 @@ class FastPath:
 
     def apply(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
         """The bytes to send for a hit on ``entry``, or None: the pipeline must see this one."""
+        if entry.encap is not None and l2 and frame[1] != _GSO_NONE:
+            return None  # a super-frame cannot cross the tunnel: the pipeline counts the drop
         if entry.ct is not None:
             return self._connection(entry, frame, l2, now)
         if entry.rewrite is None:
@@ -112,9 +116,17 @@ class FastPath:
         if not self._routing_allows(entry, frame, l2, l3, ihl, now):
             return None
         (total,) = _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)
+        if entry.encap is not None:
+            packet = decrement_ttl(frame[l3: l3 + ihl], self.accel) + frame[l3 + ihl: l3 + total]
+            return self._encapsulated(entry, frame[:l2], packet)
         return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3],
                          decrement_ttl(frame[l3: l3 + ihl], self.accel),
                          frame[l3 + ihl: l3 + total]))
+
+    def _encapsulated(self, entry: CacheEntry, vnet: bytes, packet: bytes) -> bytes:
+        """What vxlan-encap and ip4-neighbor make of a routed ``packet`` for another node."""
+        outer, _ = entry.encap.outer_packet(packet, self.accel)
+        return b"".join((tunnel.outer_vnet(vnet), entry.rewrite, tunnel.ETHERTYPE_IPV4, outer))
 
     def _connection(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
         """A packet of a translated connection in a plain state: the conntrack update and the NAT
@@ -145,4 +157,6 @@ class FastPath:
         if not routed:
             return b"".join((frame[:l3], packet))
         lower_ttl(packet, self.accel)
+        if entry.encap is not None:
+            return self._encapsulated(entry, frame[:l2], bytes(packet))
         return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3], packet))

@@ -11,6 +11,10 @@ Theory of operation
   echo, the type and identifier). A hit runs the stateful steps itself — the conntrack update and
   the NAT rewrite with its checksums — but only for the plain case: TCP in ESTABLISHED carrying
   just ACK (no SYN, FIN or RST), UDP, echo. Every state change goes through the pipeline.
+* Packets to another node's pods are cached too (routed, or translated and routed): the entry keeps
+  the encapsulation, and a hit wraps the routed packet in VXLAN with the function vxlan-encap uses.
+  GSO super-frames, which cannot cross the tunnel, always go to the pipeline. What arrives through
+  the tunnel is not cached: the key of the frame as received is the outer one.
 * The key is the ingress port plus the flow key (destination and source MAC, ethertype, IPv4 source
   and destination) taken by the hand-written extractor in ``vswitch.accel``. The extractor returns
   no key for anything that is not a well-formed, unfragmented IPv4 frame, so everything the
@@ -40,12 +44,12 @@ class CacheEntry:
     and the egress MTU, which the fast path checks per packet (sizes and TTLs vary within a flow)."""
 
     __slots__ = ("generation", "out_port", "src", "dst", "rewrite", "neighbor", "mtu",
-                 "per_connection", "ct", "direction", "target")
+                 "per_connection", "ct", "direction", "target", "encap")
 
     def __init__(self, generation: int, out_port: int, src: FdbEntry | None,
                  dst: FdbEntry | None, rewrite: bytes | None = None,
                  neighbor: Neighbor | None = None, mtu: int = 0, per_connection: bool = False,
-                 ct: Any = None, direction: Any = None, target: Any = None):
+                 ct: Any = None, direction: Any = None, target: Any = None, encap: Any = None):
         self.generation = generation
         self.out_port = out_port
         self.src = src
@@ -60,6 +64,9 @@ class CacheEntry:
         self.ct = ct
         self.direction = direction
         self.target = target
+        # For a packet to another node: its ``pipeline.tunnel.Encapsulation``; ``rewrite`` is then
+        # the outer Ethernet destination and source.
+        self.encap = encap
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,8 @@ class Packet:
     __slots__ = ("port", "data", "l2_offset", "vnet", "eth", "l3_offset", "arp", "ip", "trace",
                  "cacheable", "src_entry", "dst_entry", "route", "neighbor", "egress_mtu",
                  "icmp_error", "pending_drop", "out_packets", "rewrite", "ip_packet", "ct",
-                 "flow", "flow_checked", "tcp_flags", "l2_out_port", "conn_out_port", "overlay",
-                 "out_vnet")
+                 "flow", "flow_checked", "tcp_flags", "l2_out_port", "conn_out_port", "encap",
+                 "decapsulated_from", "out_vnet")
 
     def __init__(self, port: PortSpec, data: bytes, l2_offset: int, trace: Trace | None = None):
         self.port = port
@@ -118,10 +118,11 @@ class Packet:
         self.l2_out_port: int | None = None  # the port l2-forward chose, for l2-conntrack
         # Set when a translated packet's decision may be cached per connection: the output port.
         self.conn_out_port: int | None = None
-        # Set by the overlay stages: the remote node a packet is encapsulated for or was
-        # decapsulated from. Such a packet's decision is never cached by the flow key of the
-        # frame as received (the frame leaves in another frame).
-        self.overlay: Any = None
+        # Set by vxlan-encap: how the packet leaves for another node (a ``tunnel.Encapsulation``,
+        # which a cacheable decision keeps). Set by vxlan-decap: the node the packet came from;
+        # such a decision is never cached under the key of the frame as received (the outer one).
+        self.encap: Any = None
+        self.decapsulated_from: Any = None
         self.out_vnet: bytes | None = None  # the virtio-net header of what leaves, if not data's
 
     @property

@@ -6,7 +6,9 @@ segment's gateway while the packet waits in a bounded per-neighbour queue (see
 MAC is the egress segment's gateway MAC, so the receiver sees the router as its previous hop.
 A decision is cacheable when it is a single packet to a reachable neighbour whose port is known,
 of no translated connection and between addresses no translated connection's replies use, and
-neither encapsulated nor decapsulated (the cache keys on the frame as received).
+not decapsulated (the cache keys on the frame as received, which for those is the outer one).
+An encapsulated packet's decision is cached with its ``Encapsulation``: the rewrite is then the
+outer Ethernet header, and the fast path wraps each packet as vxlan-encap does.
 """
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ def process(pkt: Packet, env: Env):
         trace.note(NAME, f"next hop {ip_text(next_hop)} is-at {mac_text(entry.mac)} "
                          f"({entry.state.value}); source MAC {mac_text(segment.gateway_mac)}; "
                          f"out of {where}")
-    if (not fragmented and pkt.overlay is None and fdb_entry is not None and entry.state is NeighborState.REACHABLE
+    if (not fragmented and pkt.decapsulated_from is None and fdb_entry is not None and entry.state is NeighborState.REACHABLE
             and pkt.src_entry is not None and not actions[:-1]):
         pkt.dst_entry = fdb_entry
         pkt.neighbor = entry

@@ -108,7 +108,7 @@ def _carry_ecn(inner: bytes, outer_tos: int, env: Env) -> bytes | None:
 
 
 def process(pkt: Packet, env: Env):
-    if pkt.overlay is not None:
+    if pkt.decapsulated_from is not None:
         return env.drop(pkt, Counter.NESTED)
     vtep = env.overlay.vtep
     vnet = pkt.vnet
@@ -137,7 +137,7 @@ def process(pkt: Packet, env: Env):
     if inner is None:
         return env.drop(pkt, Counter.ECN_NOT_ECT)
     env.count(Counter.DECAPSULATED)
-    pkt.overlay = node
+    pkt.decapsulated_from = node
     pkt.data = inner_vnet + inner
     pkt.vnet = h.VIRTIO_NET_HDR.parse(inner_vnet) if inner_vnet else None
     pkt.eth = eth

@@ -16,41 +16,22 @@ crosses the overlay run without TSO until the uplink hands them to the kernel as
 from __future__ import annotations
 
 import enum
-import struct
 from ipaddress import IPv4Network
 
+from vswitch.pipeline import tunnel
 from vswitch.pipeline.context import Env, Packet
+from vswitch.pipeline.tunnel import Encapsulation
 from vswitch.tables.fib import Route, RouteKind
-from vswitch.wire import headers as h, vxlan
+from vswitch.wire import headers as h
 from vswitch.wire.addresses import ip_text
 
 NAME = "vxlan-encap"
 NEXT = ("ip4-neighbor",)
 
-_ETHERTYPE_IPV4 = struct.pack("!H", h.EtherType.IPV4)
-_CSUM_START_OFFSET = 6  # of struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start
-
-
 class Counter(enum.Enum):
     ENCAPSULATED = "packets encapsulated for another node"
     NO_UNDERLAY_ROUTE = "the remote node's underlay address has no route outside the overlay"
     GSO_UNSUPPORTED = "GSO super-frames for another node (the uplink has no UDP-tunnel GSO)"
-
-
-def _outer_vnet(pkt: Packet) -> bytes | None:
-    """The virtio-net header for the encapsulated frame in the ingress port's framing, or None
-    when the frame cannot cross the tunnel as it is."""
-    vnet = pkt.vnet_bytes
-    if not vnet or len(pkt.out_packets) > 1:
-        return h.ZERO_VNET_HDR if vnet else b""
-    parsed = pkt.vnet
-    if parsed.gso_type != h.VNET_GSO_NONE:
-        return None
-    if not parsed.flags & h.VNET_F_NEEDS_CSUM:
-        return vnet
-    shifted = bytearray(vnet)
-    struct.pack_into("<H", shifted, _CSUM_START_OFFSET, parsed.csum_start + vxlan.OUTER_HEADERS_LEN)
-    return bytes(shifted)
 
 
 def _underlay_route(env: Env, address) -> Route | None:
@@ -65,32 +46,29 @@ def _underlay_route(env: Env, address) -> Route | None:
 
 def process(pkt: Packet, env: Env):
     overlay = env.overlay
-    vtep = overlay.vtep
-    node_address = pkt.route.via
-    node = overlay.by_address(node_address.packed)
-    vtep_mac = overlay.vtep_mac_of(node_address.packed)
-    underlay = _underlay_route(env, node_address)
-    if vtep is None or node is None or vtep_mac is None or underlay is None:
+    node = overlay.by_address(pkt.route.via.packed)
+    encap = Encapsulation.towards(overlay, node) if node is not None else None
+    underlay = _underlay_route(env, pkt.route.via)
+    if encap is None or underlay is None:
         return env.drop(pkt, Counter.NO_UNDERLAY_ROUTE)
-    vnet = _outer_vnet(pkt)
+    fragmented = len(pkt.out_packets) > 1
+    vnet = tunnel.outer_vnet(pkt.vnet_bytes if not fragmented or not pkt.l2_offset
+                             else h.ZERO_VNET_HDR)
     if vnet is None:
         return env.drop(pkt, Counter.GSO_UNSUPPORTED)
     outer = []
     first_port = 0
     for packet in pkt.out_packets:
-        inner = b"".join((vtep_mac, vtep.vtep_mac, _ETHERTYPE_IPV4, packet))
-        src_port = vxlan.source_port(vxlan.inner_flow_key(inner), key=vtep.source_port_key)
+        encapsulated, src_port = encap.outer_packet(packet, env.accel, env.commit)
+        outer.append(encapsulated)
         first_port = first_port or src_port
-        outer.append(vxlan.encapsulate_packet(
-            inner, src_ip=vtep.address, dst_ip=node_address.packed, src_port=src_port,
-            dst_port=vtep.port, vni=vtep.vni, ident=overlay.next_ident() if env.commit else 0,
-            accel=env.accel))
     env.count(Counter.ENCAPSULATED, len(outer))
     if pkt.trace is not None:
+        vtep = encap.vtep
         pkt.trace.note(NAME, f"to node {node.name}: outer {ip_text(vtep.address)}:{first_port} > "
-                             f"{node_address}:{vtep.port} VNI {vtep.vni}, inner MAC "
+                             f"{node.address}:{vtep.port} VNI {vtep.vni}, inner MAC "
                              f"{node.vtep_mac}; next hop {underlay.via} ({underlay.origin})")
-    pkt.overlay = node
+    pkt.encap = encap
     pkt.out_vnet = vnet
     pkt.out_packets = outer
     pkt.route = underlay
