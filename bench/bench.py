@@ -42,8 +42,9 @@ service variants have no RTT figure.
 Before a variant is measured, echoes from ``a`` to ``b`` must come back, with the TTL the variant
 promises (one less than ``b`` sent for the routed case, two less across nodes, untouched
 otherwise), so that a datapath that does not forward, or forwards the wrong way, stops the run
-with a clear error instead of producing figures. A service variant must in addition carry a short iperf3 run through its
-service (and the node answers the internet's echoes for its own address in the NodePort case).
+with a clear error instead of producing figures. A service variant must in addition carry a
+short iperf3 run through its service (and the node answers the internet's echoes for its own
+address in the NodePort case).
 
 All variants are built first, then measured interleaved (round 1 of every variant, then round 2…),
 so that a slow minute of a noisy VM spreads over all of them instead of landing on one. Per round:
@@ -414,7 +415,8 @@ def start_vswitchd(stack: contextlib.ExitStack, procs: Processes, variant: str, 
     try:
         topology = load_topology(config)
     except ConfigError as exc:
-        raise BenchError(f"generated topology for {variant} is invalid: {exc}{explained}") from None
+        raise BenchError(f"generated topology for {variant} is invalid: {exc}"
+                         f"{explained}") from None
     log_path = workdir / "vswitchd.log"
     log = open(log_path, "wb")
     stack.callback(log.close)
@@ -658,7 +660,8 @@ def check_service(procs: Processes, pair: Pair, log_paths: Sequence[Path]) -> No
             end = iperf_client(procs, pair, server_port(pair), 1.0)
     except BenchError as exc:
         raise BenchError(f"{pair.variant}: nothing gets through {pair.target_ip}:"
-                         f"{pair.target_port} to {pair.ip_b}: {exc}{_log_tail(log_paths)}") from None
+                         f"{pair.target_port} to {pair.ip_b}: {exc}"
+                         f"{_log_tail(log_paths)}") from None
     if not end["sum_received"]["bytes"]:
         raise BenchError(f"{pair.variant}: iperf3 through the service moved no data"
                          f"{_log_tail(log_paths)}")
@@ -760,7 +763,7 @@ def render_table(medians: dict, ratio_table: dict) -> str:
 
 
 def render_cross_node_ratios(cross_ratios: dict[str, dict[str, float | None]]) -> str:
-    """One line per compared pair: ``vswitch-overlay/vswitch  TCP 0.83×  UDP 0.70×  RTT 1.90×``."""
+    """One line per compared pair: ``vswitch-overlay/vswitch  TCP 0.83×  UDP 0.70×  RTT 1.9×``."""
     titles = {f"{m}.{k}": title.split()[0] for m, k, title, _ in FIGURES}
     lines = ["cross-node ratios (variant/reference; RTT: lower is better)"]
     width = max(len(name) for name in cross_ratios)

@@ -45,10 +45,10 @@ UNDERLAY_MTU = 1500
 # vswitch is from what flannel gives.
 RATIO_PAIRS = ((VSWITCH_OVERLAY, "vswitch"), (VSWITCH_OVERLAY, KERNEL_VXLAN))
 OVERLAY_HINT = (
-    "vswitch-overlay needs vswitchd to run a node with [overlay], static [[peers]] naming the other "
-    "node, and an uplink on a bridge shared through [uplink] netns and bridge. A vswitchd that "
-    "does not forward across nodes yet refuses such a node (see its log above); leave the variant "
-    "out with --variants until it does.")
+    "vswitch-overlay needs vswitchd to run a node with [overlay], static [[peers]] naming the "
+    "other node, and an uplink on a bridge shared through [uplink] netns and bridge. A vswitchd "
+    "that does not forward across nodes yet refuses such a node (see its log above); leave the "
+    "variant out with --variants until it does.")
 
 # ``start_daemon(variant, node, render)`` starts vswitchd for node ``node`` on the topology that
 # ``render(workdir)`` writes, waits until it is ready, and returns the loaded topology and the log.
