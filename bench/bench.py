@@ -763,7 +763,7 @@ def render_table(medians: dict, ratio_table: dict) -> str:
 
 
 def render_cross_node_ratios(cross_ratios: dict[str, dict[str, float | None]]) -> str:
-    """One line per compared pair: ``vswitch-overlay/vswitch  TCP 0.83×  UDP 0.70×  RTT 2×``."""
+    """One line per pair: ``vswitch-overlay/vswitch  TCP 0.83×  UDP 0.70×  RTT 1.90×``."""
     titles = {f"{m}.{k}": title.split()[0] for m, k, title, _ in FIGURES}
     lines = ["cross-node ratios (variant/reference; RTT: lower is better)"]
     width = max(len(name) for name in cross_ratios)
