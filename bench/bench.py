@@ -27,6 +27,12 @@ Each variant joins two fresh network namespaces:
     there talks to the node's address on a node port (externalTrafficPolicy Cluster), so every
     packet is DNATed to pod ``b``, SNATed to the node address and routed between the uplink and
     the pod segment.
+``kernel-vxlan``, ``vswitch-overlay``
+    pod ``a`` on one node, pod ``b`` on another, over VXLAN on a shared bridge underlay: two nodes
+    made of kernel parts as flannel makes them, or two ``vswitchd`` nodes with an ``[overlay]``
+    and each other as static peers (``cross_node.py``). Besides the ratios to the bridge, the run
+    reports ``vswitch-overlay`` against ``vswitch`` (the cost of crossing nodes) and against
+    ``kernel-vxlan`` (vswitch against the kernel's own VXLAN path).
 
 iperf3 uses one port number for its TCP control connection and its data (TCP or UDP), so the
 service variants map TCP and UDP port ``SERVICE_PORT`` to the same port on ``b``, and the server
@@ -34,10 +40,11 @@ listens there rather than on a random port. ICMP echo does not go through a serv
 service variants have no RTT figure.
 
 Before a variant is measured, echoes from ``a`` to ``b`` must come back, with the TTL the variant
-promises (one less than ``b`` sent for the routed case, untouched otherwise), so that a datapath
-that does not forward, or forwards the wrong way, stops the run with a clear error instead of
-producing figures. A service variant must in addition carry a short iperf3 run through its
-service (and the node answers the internet's echoes for its own address in the NodePort case).
+promises (one less than ``b`` sent for the routed case, two less across nodes, untouched
+otherwise), so that a datapath that does not forward, or forwards the wrong way, stops the run
+with a clear error instead of producing figures. A service variant must in addition carry a
+short iperf3 run through its service (and the node answers the internet's echoes for its own
+address in the NodePort case).
 
 All variants are built first, then measured interleaved (round 1 of every variant, then round 2…),
 so that a slow minute of a noisy VM spreads over all of them instead of landing on one. Per round:
@@ -49,7 +56,7 @@ with the machine and ratios are what can be compared across runs.
 Traffic only flows between the namespaces of a variant, on addresses of random /24s inside
 10.200.0.0/13 that nothing on the host uses (one per variant; two for the routed and the
 ClusterIP one, whose service CIDR takes the second; three for the NodePort one, whose uplink
-takes the third). Everything
+takes the third; a /24 underlay and a /23 cluster for each cross-node one). Everything
 created (namespaces, bridge, veths, daemons, iperf3 processes) carries a random suffix and is
 removed on exit, on failure, on Ctrl-C and on SIGTERM.
 """
@@ -74,16 +81,18 @@ import time
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from pyroute2 import IPRoute, netns
 
+import cross_node
 from vswitch.config import ConfigError, load_topology
+from vswitch.model import Topology
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_SUPERNET = IPv4Network("10.200.0.0/13")
 VARIANTS = ("bridge", "vswitch", "vswitch-nooffload", "vswitch-routed", "vswitch-clusterip",
-            "vswitch-nodeport")
+            "vswitch-nodeport", *cross_node.VARIANTS)
 SERVICE_VARIANTS = ("vswitch-clusterip", "vswitch-nodeport")
 SERVICE_PORT = 5201  # iperf3's default; the service port and the target port on ``b``
 NODE_PORT = 30201  # for TCP and UDP alike: iperf3 sends both to one port number
@@ -190,22 +199,30 @@ def taken_networks() -> list[IPv4Network]:
     return networks
 
 
-def subnets_needed(variant: str) -> int:
-    return {"vswitch-routed": 2, "vswitch-clusterip": 2, "vswitch-nodeport": 3}.get(variant, 1)
+def subnets_needed(variant: str) -> tuple[int, ...]:
+    """The prefix lengths of the networks a variant takes, in the order it uses them."""
+    if variant in cross_node.VARIANTS:
+        return cross_node.PREFIX_LENGTHS
+    return {"vswitch-routed": (24, 24), "vswitch-clusterip": (24, 24),
+            "vswitch-nodeport": (24, 24, 24)}.get(variant, (24,))
 
 
-def free_subnets(count: int) -> list[IPv4Network]:
-    """``count`` distinct random /24s in 10.200.0.0/13 that overlap nothing on this host."""
+def free_subnets(prefix_lengths: Sequence[int]) -> list[IPv4Network]:
+    """Distinct random networks of these prefix lengths in 10.200.0.0/13 that overlap nothing on
+    this host, in the order asked."""
     taken = taken_networks()
     chosen: list[IPv4Network] = []
-    for _ in range(1000):
-        index = random.randrange(TEST_SUPERNET.num_addresses // 256)
-        net = IPv4Network((int(TEST_SUPERNET.network_address) + index * 256, 24))
-        if not any(net.overlaps(other) for other in taken + chosen):
-            chosen.append(net)
-            if len(chosen) == count:
-                return chosen
-    raise BenchError("no free /24 left in 10.200.0.0/13")
+    for prefixlen in prefix_lengths:
+        size = 2 ** (32 - prefixlen)
+        for _ in range(1000):
+            index = random.randrange(TEST_SUPERNET.num_addresses // size)
+            net = IPv4Network((int(TEST_SUPERNET.network_address) + index * size, prefixlen))
+            if not any(net.overlaps(other) for other in taken + chosen):
+                chosen.append(net)
+                break
+        else:
+            raise BenchError(f"no free /{prefixlen} left in {TEST_SUPERNET}")
+    return chosen
 
 
 def in_netns(name: str, *cmd: str) -> list[str]:
@@ -383,24 +400,23 @@ def vswitch_topology(variant: str, node: str, subnets: list[IPv4Network], offloa
     )
 
 
-def build_vswitch(stack: contextlib.ExitStack, procs: Processes, variant: str, suffix: str,
-                  subnets: list[IPv4Network], offloads: bool) -> tuple[Pair, Path]:
-    """Start vswitchd on a generated topology; returns the pair and the daemon's log file."""
-    # The node name goes into namespace names, so each variant needs its own letter.
-    letter = {"vswitch": "", "vswitch-nooffload": "n", "vswitch-routed": "r",
-              "vswitch-clusterip": "c", "vswitch-nodeport": "p"}[variant]
-    node = f"b{suffix}{letter}"
+def start_vswitchd(stack: contextlib.ExitStack, procs: Processes, variant: str, node: str,
+                   render: Callable[[Path], str], hint: str = "") -> tuple[Topology, Path]:
+    """Start vswitchd for ``node`` on the topology ``render(workdir)`` writes and wait until it is
+    ready; returns the loaded topology and the daemon's log file. ``hint`` explains a failure."""
     workdir = Path(tempfile.mkdtemp(prefix=f"vswbench-{node}-"))
     stack.callback(shutil.rmtree, workdir, True)
     (workdir / "state").mkdir()
     config = workdir / "topology.toml"
-    config.write_text(vswitch_topology(variant, node, subnets, offloads, workdir))
+    config.write_text(render(workdir))
+    explained = f"\n{hint}" if hint else ""
     # The daemon's own loader says which addresses and namespaces the pods get, so the benchmark
     # does not repeat its allocation rules; it also rejects a bad topology before anything starts.
     try:
         topology = load_topology(config)
     except ConfigError as exc:
-        raise BenchError(f"generated topology for {variant} is invalid: {exc}") from None
+        raise BenchError(f"generated topology for {variant} is invalid: {exc}"
+                         f"{explained}") from None
     log_path = workdir / "vswitchd.log"
     log = open(log_path, "wb")
     stack.callback(log.close)
@@ -414,9 +430,22 @@ def build_vswitch(stack: contextlib.ExitStack, procs: Processes, variant: str, s
     deadline = time.monotonic() + READY_TIMEOUT
     while READY_MARKER not in log_path.read_text(errors="replace"):
         if daemon.poll() is not None or time.monotonic() > deadline:
-            raise BenchError(f"vswitchd ({variant}) did not become ready; log:\n"
-                             f"{log_path.read_text(errors='replace')}")
+            raise BenchError(f"vswitchd {node} ({variant}) did not become ready; log:\n"
+                             f"{log_path.read_text(errors='replace')}{explained}")
         time.sleep(0.05)
+    return topology, log_path
+
+
+def build_vswitch(stack: contextlib.ExitStack, procs: Processes, variant: str, suffix: str,
+                  subnets: list[IPv4Network], offloads: bool) -> tuple[Pair, Path]:
+    """Start vswitchd on a generated topology; returns the pair and the daemon's log file."""
+    # The node name goes into namespace names, so each variant needs its own letter.
+    letter = {"vswitch": "", "vswitch-nooffload": "n", "vswitch-routed": "r",
+              "vswitch-clusterip": "c", "vswitch-nodeport": "p"}[variant]
+    node = f"b{suffix}{letter}"
+    topology, log_path = start_vswitchd(
+        stack, procs, variant, node,
+        lambda workdir: vswitch_topology(variant, node, subnets, offloads, workdir))
     pod_a, pod_b = topology.pod("a"), topology.pod("b")
     if variant == "vswitch-clusterip":
         pair = Pair(variant, pod_a.netns, pod_b.netns, str(pod_a.ip), str(pod_b.ip),
@@ -431,6 +460,20 @@ def build_vswitch(stack: contextlib.ExitStack, procs: Processes, variant: str, s
         pair = Pair(variant, pod_a.netns, pod_b.netns, str(pod_a.ip), str(pod_b.ip),
                     hops=1 if variant == "vswitch-routed" else 0)
     return pair, log_path
+
+
+def build_cross_node(stack: contextlib.ExitStack, procs: Processes, variant: str, suffix: str,
+                     subnets: list[IPv4Network]) -> tuple[Pair, list[Path]]:
+    """A pod on node one and a pod on node two (see cross_node.py); returns the daemons' logs."""
+    logs: list[Path] = []
+    if variant == cross_node.KERNEL_VXLAN:
+        ends = cross_node.build_kernel_vxlan(stack, subnets)
+    else:
+        def start(variant: str, node: str, render: Callable[[Path], str]) -> tuple[Topology, Path]:
+            return start_vswitchd(stack, procs, variant, node, render, cross_node.OVERLAY_HINT)
+
+        ends, logs = cross_node.build_vswitch_overlay(stack, start, suffix, subnets)
+    return Pair(variant, ends.ns_a, ends.ns_b, ends.ip_a, ends.ip_b, hops=ends.hops), logs
 
 
 def _stop_daemon(daemon: subprocess.Popen, config: Path, socket_path: Path, node: str) -> None:
@@ -583,7 +626,7 @@ def default_ttl(procs: Processes, ns: str) -> int:
     return int(result.stdout)
 
 
-def check_forwarding(procs: Processes, pair: Pair, log_path: Path | None) -> None:
+def check_forwarding(procs: Processes, pair: Pair, log_paths: Sequence[Path]) -> None:
     """Refuse to measure a datapath that does not forward, or that forwards the wrong way.
 
     The echoes also resolve neighbours (the pods' ARP for each other or for their gateway, and
@@ -595,20 +638,21 @@ def check_forwarding(procs: Processes, pair: Pair, log_path: Path | None) -> Non
     where = f"{pair.variant}: {pair.ip_a} ({pair.ns_a}) -> {target}"
     if not data["rtts_us"]:
         raise BenchError(f"{where}: none of {count} echoes was answered within 1 s; the datapath "
-                         f"does not forward{_log_tail(log_path)}")
+                         f"does not forward{_log_tail(log_paths)}")
     if pair.via_service:
-        check_service(procs, pair, log_path)
+        check_service(procs, pair, log_paths)
     if target != pair.ip_b:
         return  # the node answered for its own address; b's TTL says nothing about that
     expected = default_ttl(procs, pair.ns_b) - pair.hops
     wrong = sorted({ttl for ttl in data["ttls"] if ttl != expected})
     if wrong:
-        path = "one router hop on the path" if pair.hops else "no router on the path"
+        path = (f"{pair.hops} router hop{'s' * (pair.hops != 1)} on the path" if pair.hops
+                else "no router on the path")
         raise BenchError(f"{where}: echo replies arrive with TTL {wrong}, expected {expected} "
-                         f"({path}){_log_tail(log_path)}")
+                         f"({path}){_log_tail(log_paths)}")
 
 
-def check_service(procs: Processes, pair: Pair, log_path: Path | None) -> None:
+def check_service(procs: Processes, pair: Pair, log_paths: Sequence[Path]) -> None:
     """One second of iperf3 through the service: the control connection and a data stream must
     reach ``b`` and come back translated, or the run stops here."""
     try:
@@ -616,17 +660,19 @@ def check_service(procs: Processes, pair: Pair, log_path: Path | None) -> None:
             end = iperf_client(procs, pair, server_port(pair), 1.0)
     except BenchError as exc:
         raise BenchError(f"{pair.variant}: nothing gets through {pair.target_ip}:"
-                         f"{pair.target_port} to {pair.ip_b}: {exc}{_log_tail(log_path)}") from None
+                         f"{pair.target_port} to {pair.ip_b}: {exc}"
+                         f"{_log_tail(log_paths)}") from None
     if not end["sum_received"]["bytes"]:
         raise BenchError(f"{pair.variant}: iperf3 through the service moved no data"
-                         f"{_log_tail(log_path)}")
+                         f"{_log_tail(log_paths)}")
 
 
-def _log_tail(log_path: Path | None, lines: int = 30) -> str:
-    if log_path is None:
-        return ""
-    tail = log_path.read_text(errors="replace").splitlines()[-lines:]
-    return "\nlast lines of the vswitchd log:\n" + "\n".join(tail)
+def _log_tail(log_paths: Sequence[Path], lines: int = 30) -> str:
+    text = ""
+    for log_path in log_paths:
+        tail = log_path.read_text(errors="replace").splitlines()[-lines:]
+        text += f"\nlast lines of the vswitchd log {log_path}:\n" + "\n".join(tail)
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,6 +762,18 @@ def render_table(medians: dict, ratio_table: dict) -> str:
     return "\n".join(lines)
 
 
+def render_cross_node_ratios(cross_ratios: dict[str, dict[str, float | None]]) -> str:
+    """One line per pair: ``vswitch-overlay/vswitch  TCP 0.83×  UDP 0.70×  RTT 1.90×``."""
+    titles = {f"{m}.{k}": title.split()[0] for m, k, title, _ in FIGURES}
+    lines = ["cross-node ratios (variant/reference; RTT: lower is better)"]
+    width = max(len(name) for name in cross_ratios)
+    for name, row in cross_ratios.items():
+        cells = [f"{titles[key]} {'-' if value is None else f'{value:.2f}×'}"
+                 for key, value in row.items()]
+        lines.append(f"{name.ljust(width)}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
@@ -772,8 +830,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     preflight()
     suffix = secrets.token_hex(3)
     procs = Processes()
-    pool = iter(free_subnets(sum(subnets_needed(v) for v in args.variants)))
-    subnets = {v: [next(pool) for _ in range(subnets_needed(v))] for v in args.variants}
+    pool = iter(free_subnets([length for v in args.variants for length in subnets_needed(v)]))
+    subnets = {v: [next(pool) for _ in subnets_needed(v)] for v in args.variants}
     raw: dict[str, list[dict]] = {variant: [] for variant in args.variants}
     started = time.time()
     machine = machine_info()
@@ -782,14 +840,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         pairs: dict[str, Pair] = {}
         for variant in args.variants:
             log(f"building {variant} on {', '.join(map(str, subnets[variant]))}")
-            log_path: Path | None = None
+            log_paths: list[Path] = []
             if variant == "bridge":
                 pairs[variant] = build_bridge(stack, suffix, subnets[variant][0])
+            elif variant in cross_node.VARIANTS:
+                pairs[variant], log_paths = build_cross_node(
+                    stack, procs, variant, suffix, subnets[variant])
             else:
                 pairs[variant], log_path = build_vswitch(
                     stack, procs, variant, suffix, subnets[variant],
                     offloads=(variant != "vswitch-nooffload"))
-            check_forwarding(procs, pairs[variant], log_path)
+                log_paths = [log_path]
+            check_forwarding(procs, pairs[variant], log_paths)
         for round_no in range(1, args.rounds + 1):
             for variant, pair in pairs.items():
                 log(f"round {round_no}/{args.rounds}: {variant}")
@@ -819,6 +881,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         "rounds": raw,
         "medians": medians,
         "ratios_to_bridge": ratios(medians, "bridge"),
+        "cross_node_ratios": cross_node.ratios(
+            medians, tuple((m, k) for m, k, _, _ in FIGURES if (m, k) in RATIO_FIGURES)),
     }
 
 
@@ -838,6 +902,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"failed: {exc}")
         return 1
     print(render_table(results["medians"], results["ratios_to_bridge"]))
+    if results["cross_node_ratios"]:
+        print()
+        print(render_cross_node_ratios(results["cross_node_ratios"]))
     path = Path(args.json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
