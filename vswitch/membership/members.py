@@ -31,9 +31,7 @@ labels or set) side by side until one fails. Sessions repeat for as long as :met
 - **Clean shutdown.** On cancellation the lease is revoked, shielded and bounded by a short
   timeout, so a store that is gone cannot hold up the daemon's exit.
 
-Our own record is never part of the view or of the changes. A caller that already holds a lease
-(it leased the pod subnet under it before the node could start) hands it over (``lease=``), so
-the subnet and the record live and die together.
+Our own record is never part of the view or of the changes.
 """
 from __future__ import annotations
 
@@ -158,7 +156,6 @@ class Membership:
         lease_ttl: int,
         rng: random.Random,
         claims: Sequence[Claim] = (),
-        lease: int = 0,
         backoff_initial: float = 0.2,
         backoff_cap: float = 10.0,
     ) -> None:
@@ -169,7 +166,7 @@ class Membership:
         self._lease_ttl = lease_ttl
         self._claims = tuple(claims)
         self._backoff = Backoff(rng, initial=backoff_initial, cap=backoff_cap)
-        self._state = _State(lease=lease)
+        self._state = _State()
         self._record_changed = trio.Event()
         self._task_status: trio.TaskStatus[None] | None = None
 
