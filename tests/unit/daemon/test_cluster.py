@@ -4,6 +4,7 @@ and a whole daemon that starts while its store is unreachable."""
 from __future__ import annotations
 
 import logging
+import random
 from ipaddress import IPv4Address, IPv4Network
 
 import trio
@@ -12,10 +13,11 @@ from vswitch import accel
 from vswitch.config import parse_topology
 from vswitch.control.nodes import render_nodes
 from vswitch.core.switch import Switch
+from vswitch.membership.etcd import KeyValue, Listing, StoreUnavailable
 from vswitch.membership.records import EndpointRecord, NodeRecord
 from vswitch.model import RemotePod, Topology
-from vswitch.runtime.cluster import (ClusterRuntime, cluster_name, own_record, remote_pods,
-                                     store_nodes)
+from vswitch.runtime.cluster import (ClusterRuntime, cluster_name, lease_pod_cidr, own_record,
+                                     remote_pods, store_nodes)
 from vswitch.tables.fib import RouteKind
 from vswitch.tables.overlay import NodeSource
 
@@ -212,3 +214,57 @@ async def test_a_node_without_a_store_lists_itself_and_its_peers(tmp_path):
                 for r in answer["result"]] == [("lab1", "self", "ready", None),
                                                ("lab3", "static", "ready", None)]
         nursery.cancel_scope.cancel()
+
+
+class FlakyStore:
+    """Just enough of EtcdClient for subnet leasing: unreachable ``outages`` times, then a store
+    of keys (no leases kept: a key remembers the lease it was written under)."""
+
+    def __init__(self, outages: int) -> None:
+        self.outages = outages
+        self.keys: dict[str, tuple[bytes, int]] = {}
+        self.leases = 0
+
+    def __call__(self, endpoints):
+        return self
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info):
+        return None
+
+    async def grant_lease(self, ttl: int) -> tuple[int, int]:
+        if self.outages:
+            self.outages -= 1
+            raise StoreUnavailable("connection refused")
+        self.leases += 1
+        return self.leases, ttl
+
+    async def list_prefix(self, prefix: str) -> Listing:
+        return Listing(1, tuple(KeyValue(k, v, 1, 1, lease) for k, (v, lease)
+                                in self.keys.items() if k.startswith(prefix)))
+
+    async def put_if_absent(self, key: str, value: bytes, *, lease: int = 0) -> bool:
+        if key in self.keys:
+            return False
+        self.keys[key] = (value, lease)
+        return True
+
+
+async def test_an_auto_subnet_is_leased_once_the_store_answers(tmp_path, autojump_clock):
+    text = topology_text(tmp_path).replace('pod_cidr = "10.244.1.0/24"', 'pod_cidr = "auto"')
+    text = text.replace('[[peers]]\nname = "lab3"\naddress = "192.0.2.4"\n'
+                        'pod_cidr = "10.244.3.0/24"\n', '')
+    topology = parse_topology(text, "lab1.toml")
+    store = FlakyStore(outages=2)
+    subnet, lease = await lease_pod_cidr(topology, logging.getLogger("vswitchd"),
+                                         client_factory=store, rng=random.Random(1))
+    assert (subnet.prefixlen, subnet.subnet_of(IPv4Network("10.244.0.0/16")), lease) == (
+        24, True, 1)
+    assert store.keys == {f"/vswitch/10.244.0.0-16/subnets/{subnet.network_address}-24":
+                          (b"lab1", 1)}
+    # The same node asking again (a restart) gets the same subnet back.
+    again, _ = await lease_pod_cidr(topology, logging.getLogger("vswitchd"),
+                                    client_factory=FlakyStore(0), rng=random.Random(1))
+    assert again == subnet
