@@ -50,13 +50,7 @@ def _cross_node_keys(topology) -> list[str]:
     """The keys of a topology that ask for forwarding across nodes. The loader validates them
     (``--check``), but the daemon does not carry them out yet, so it refuses them instead of
     running a node that silently ignores its peers."""
-    from vswitch.model import STORE_STATIC
-
     keys = []
-    if topology.cluster is not None and topology.cluster.store != STORE_STATIC:
-        keys.append("cluster.store")
-    if topology.node.pod_cidr_auto:
-        keys.append("node.pod_cidr")
     if topology.uplink is not None and topology.uplink.bridge is not None:
         keys.append("uplink.bridge")
     return keys
@@ -110,6 +104,8 @@ def vswitchd_main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("vswitchd")
     import trio
 
+    from vswitch.membership.etcd import StoreError
+    from vswitch.membership.subnets import PoolExhausted
     from vswitch.runtime.control import ControlSocketBusy
     from vswitch.runtime.daemon import run_daemon
     from vswitch.runtime.journal import JournalError, NodeBusyError
@@ -118,8 +114,24 @@ def vswitchd_main(argv: Sequence[str] | None = None) -> int:
     # Failures a person can act on from the message alone; anything else gets a traceback.
     operational = (ControlSocketBusy, NodeBusyError, JournalError, KernelError)
 
+    startup_lease = 0
+    if topology.node.pod_cidr_auto:
+        # The file was validated with a stand-in subnet; the node runs with the one it leases.
+        from vswitch.runtime.cluster import lease_pod_cidr
+
+        try:
+            subnet, startup_lease = trio.run(lease_pod_cidr, topology, log)
+            topology = load_topology(path, pod_cidr=subnet)
+        except KeyboardInterrupt:
+            return 130
+        except (PoolExhausted, StoreError, ConfigError) as exc:
+            where = "" if isinstance(exc, ConfigError) else f"{path}: node.pod_cidr: "
+            print(f"vswitchd: {where}{exc}", file=sys.stderr)
+            return EXIT_FAILURE
+
     try:
-        trio.run(lambda: run_daemon(topology, config_path=os.path.abspath(path)))
+        trio.run(lambda: run_daemon(topology, config_path=os.path.abspath(path),
+                                    startup_lease=startup_lease))
     except KeyboardInterrupt:
         # Only reachable before the daemon installed its signal handling.
         return 130

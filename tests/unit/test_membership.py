@@ -1,6 +1,7 @@
 """The pure parts of node membership: record encoding, view differences, backoff, subnet order."""
 from __future__ import annotations
 
+import json
 import random
 from ipaddress import IPv4Address, IPv4Network
 
@@ -8,12 +9,15 @@ import pytest
 
 from vswitch.membership.members import (Backoff, ChangeKind, NodeRecord, diff_views,
                                         lease_refresh_interval)
+from vswitch.membership.records import EndpointRecord
 from vswitch.membership.subnets import candidate_order
 
 
 def record(name: str, cidr: str = "10.244.2.0/24", address: str = "192.0.2.2") -> NodeRecord:
+    web = EndpointRecord("web-1", IPv4Address("10.244.2.10"), {"app": "web"},
+                         {"http": ("tcp", 8080)})
     return NodeRecord(name, IPv4Network(cidr), IPv4Address(address), "0a:58:c0:00:02:02",
-                      ("10.244.2.10:8080",))
+                      (web,))
 
 
 def test_a_record_survives_its_json():
@@ -21,9 +25,34 @@ def test_a_record_survives_its_json():
     assert NodeRecord.from_json(rec.to_json()) == rec
 
 
+def test_a_record_carries_its_ready_pods_as_objects():
+    data = json.loads(record("n2").to_json())
+    assert data["ready_endpoints"] == [{"name": "web-1", "ip": "10.244.2.10",
+                                        "labels": {"app": "web"},
+                                        "ports": {"http": {"protocol": "tcp", "port": 8080}}}]
+
+
+def test_a_record_of_an_older_node_lists_its_endpoints_as_strings():
+    raw = json.dumps({"name": "n2", "pod_cidr": "10.244.2.0/24", "address": "192.0.2.2",
+                      "vtep_mac": "0a:58:c0:00:02:02",
+                      "ready_endpoints": ["10.244.2.10:8080", "10.244.2.11"]}).encode()
+    endpoints = NodeRecord.from_json(raw).ready_endpoints
+    assert [(e.name, e.ip, dict(e.labels), dict(e.ports)) for e in endpoints] == [
+        ("10.244.2.10", IPv4Address("10.244.2.10"), {}, {}),
+        ("10.244.2.11", IPv4Address("10.244.2.11"), {}, {})]
+
+
+_GOOD_HEAD = (b'{"name": "x", "pod_cidr": "10.0.0.0/24", "address": "1.2.3.4", "vtep_mac": "m", '
+              b'"ready_endpoints": ')
+
+
 @pytest.mark.parametrize("raw", [b"", b"{}", b"[1]", b'{"name": "x"}',
                                  b'{"name": "x", "pod_cidr": "10.0.0.1/24", "address": "1.2.3.4",'
-                                 b' "vtep_mac": "m"}'])
+                                 b' "vtep_mac": "m"}',
+                                 _GOOD_HEAD + b'[1]}', _GOOD_HEAD + b'[{"name": "a"}]}',
+                                 _GOOD_HEAD + b'[{"name": "a", "ip": "10.0.0.300"}]}',
+                                 _GOOD_HEAD + b'[{"name": "a", "ip": "10.0.0.3", "ports": '
+                                 b'{"p": {"protocol": "tcp"}}}]}'])
 def test_a_malformed_record_is_a_value_error(raw):
     with pytest.raises(ValueError):
         NodeRecord.from_json(raw)

@@ -15,8 +15,9 @@ revision, so no change falls between them. Each difference to the view goes to t
 nothing about routes: the caller turns changes into them.
 
 A *session* is one connection's worth of this: make sure our record is in the store (under a live
-lease), list, emit the difference from the last view, then refresh the lease and follow the watch
-side by side until either fails. Sessions repeat for as long as :meth:`Membership.run` runs:
+lease), list, emit the difference from the last view, then refresh the lease, follow the watch and
+publish our record again whenever it changes (:meth:`Membership.update`: our pods' readiness,
+labels or set) side by side until one fails. Sessions repeat for as long as :meth:`Membership.run` runs:
 
 - **Fail static.** When etcd cannot be reached, the view stays as it was and nothing is withdrawn:
   a node that loses the store keeps forwarding to the peers it knew. Retries back off
@@ -35,12 +36,10 @@ Our own record is never part of the view or of the changes.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import random
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
 from typing import Awaitable, Callable, Mapping, Sequence
 
 import trio
@@ -52,6 +51,7 @@ from .etcd import (
     WatchCompacted,
     WatchEvent,
 )
+from .records import NodeRecord
 
 log = logging.getLogger(__name__)
 
@@ -65,41 +65,6 @@ def lease_refresh_interval(ttl: int) -> float:
 
 def nodes_prefix(cluster: str) -> str:
     return f"/vswitch/{cluster}/nodes/"
-
-
-@dataclass(frozen=True)
-class NodeRecord:
-    """What a node publishes about itself: where its pods are and how to reach them."""
-
-    name: str
-    pod_cidr: IPv4Network
-    address: IPv4Address  # underlay
-    vtep_mac: str
-    ready_endpoints: tuple[str, ...] = ()
-
-    def to_json(self) -> bytes:
-        return json.dumps({
-            "name": self.name,
-            "pod_cidr": str(self.pod_cidr),
-            "address": str(self.address),
-            "vtep_mac": self.vtep_mac,
-            "ready_endpoints": list(self.ready_endpoints),
-        }, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> NodeRecord:
-        """Parse a stored record; raises ValueError on anything malformed."""
-        try:
-            data = json.loads(raw)
-            return cls(
-                name=str(data["name"]),
-                pod_cidr=IPv4Network(data["pod_cidr"]),
-                address=IPv4Address(data["address"]),
-                vtep_mac=str(data["vtep_mac"]),
-                ready_endpoints=tuple(str(e) for e in data.get("ready_endpoints", ())),
-            )
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"malformed node record: {exc!r}") from exc
 
 
 class ChangeKind(enum.Enum):
@@ -202,12 +167,28 @@ class Membership:
         self._claims = tuple(claims)
         self._backoff = Backoff(rng, initial=backoff_initial, cap=backoff_cap)
         self._state = _State()
+        self._record_changed = trio.Event()
         self._task_status: trio.TaskStatus[None] | None = None
 
     @property
     def view(self) -> Mapping[str, NodeRecord]:
         """The other nodes as last known (kept while the store is unreachable)."""
         return dict(self._state.view)
+
+    @property
+    def record(self) -> NodeRecord:
+        """Our record as last handed to :meth:`update` (or to the constructor)."""
+        return self._record
+
+    def update(self, record: NodeRecord) -> None:
+        """Publish ``record`` in place of ours: at once while connected, else when the next
+        session registers. Several updates in a row may be written as one (the last)."""
+        if record.name != self._record.name:
+            raise ValueError(f"a node cannot rename itself ({self._record.name!r} to "
+                             f"{record.name!r})")
+        if record != self._record:
+            self._record = record
+            self._record_changed.set()
 
     @property
     def lease(self) -> int:
@@ -311,6 +292,7 @@ class Membership:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(guarded, self._keep_alive)
             nursery.start_soon(guarded, self._follow)
+            nursery.start_soon(guarded, self._publish)
         if failure is not None:
             raise failure
 
@@ -337,6 +319,14 @@ class Membership:
             if await self._client.keep_alive(self._state.lease) <= 0:
                 # etcd let the lease go (we were too slow, or someone revoked it): take a new one.
                 await self._register()
+
+    async def _publish(self) -> None:
+        """Write our record again whenever :meth:`update` changed it."""
+        while True:
+            await self._record_changed.wait()
+            self._record_changed = trio.Event()
+            await self._client.put(self._prefix + self._record.name, self._record.to_json(),
+                                   lease=self._state.lease)
 
     async def _follow(self) -> None:
         start = self._state.revision + 1

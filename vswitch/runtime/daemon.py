@@ -15,12 +15,14 @@ step is complete before the next one begins:
    the router as it reaches the default segment through the switch;
 4. start one task per port, then the timer task;
 5. start the containers of each pod (they find their network already in place);
-6. start the control socket;
-7. only then log "ready" and send ``READY=1`` to systemd, so that "ready" means every pod can
+6. with a cluster store, join it: publish this node, route the other nodes it lists
+   (``vswitch.runtime.cluster``);
+7. start the control socket;
+8. only then log "ready" and send ``READY=1`` to systemd, so that "ready" means every pod can
    already talk and vswitchctl already answers.
 
 It runs until SIGTERM or SIGINT. SIGHUP (systemd's ``ExecReload``) asks for a reload of the
-configuration file, which a task started after step 7 carries out; see ``NodeRuntime.reload``.
+configuration file, which a task started after step 8 carries out; see ``NodeRuntime.reload``.
 Shutdown is cancellation: every task ends, the container supervisor stops its processes, the
 control server removes its socket; then, shielded from cancellation, the daemon closes the TAP fds
 and tears the kernel objects down. The signal receiver is installed before anything is created,
@@ -68,8 +70,9 @@ import trio
 
 from vswitch import config
 from vswitch.core.port_spec import PortKind, PortSpec
-from vswitch.model import DEFAULT_SEGMENT, Pod, Service, Topology
+from vswitch.model import DEFAULT_SEGMENT, Pod, RemotePod, Service, Topology
 from vswitch.runtime import sdnotify
+from vswitch.runtime.cluster import ClusterRuntime
 from vswitch.runtime.control import (ControlCommands, ControlContext, prepare_socket_path,
                                      serve_control)
 from vswitch.runtime.metrics import SwitchCollector, serve_metrics
@@ -343,6 +346,12 @@ class NodeRuntime:
         self._tasks: dict[str, list[_TaskHandle]] = {}
         self._next_id = 1
         self._nursery: trio.Nursery | None = None
+        # Other nodes' ready pods (vswitch.runtime.cluster), programmed with the node's own.
+        self.remote_pods: tuple[RemotePod, ...] = ()
+        self._programmed = trio.Event()
+        # The node's cluster membership (vswitch.runtime.cluster.ClusterRuntime), for
+        # ``vswitchctl nodes`` and ``stats``; run_daemon sets it.
+        self.cluster: Any = None
 
     # -- building blocks ------------------------------------------------------------------------
 
@@ -386,12 +395,28 @@ class NodeRuntime:
         self._nursery = nursery
 
     def program(self) -> dict:
-        """Hand the desired pods and services to the core; its JSON-able summary comes back."""
-        result = self.switch.programming.program(self.topology.pods, self.topology.services,
-                                     trio.current_time())
-        self.log.info("programmed %d services for %d pods: %s", len(self.topology.services),
-                      len(self.topology.pods), result)
+        """Hand the desired pods (ours and other nodes') and services to the core; its JSON-able
+        summary comes back. Wakes whoever waits in ``wait_programmed``."""
+        pods = self.topology.pods + self.remote_pods
+        result = self.switch.programming.program(pods, self.topology.services,
+                                                 trio.current_time())
+        remote = f" ({len(self.remote_pods)} on other nodes)" if self.remote_pods else ""
+        self.log.info("programmed %d services for %d pods%s: %s", len(self.topology.services),
+                      len(pods), remote, result)
+        self._programmed.set()
+        self._programmed = trio.Event()
         return result
+
+    async def wait_programmed(self) -> None:
+        """Until the next ``program``: the desired state may have changed."""
+        await self._programmed.wait()
+
+    def set_remote_pods(self, pods: tuple[RemotePod, ...]) -> dict | None:
+        """Serve services with these pods of other nodes too; programs only if they changed."""
+        if pods == self.remote_pods:
+            return None
+        self.remote_pods = pods
+        return self.program()
 
     def close_ports(self) -> None:
         for port in self.ports.values():
@@ -635,12 +660,15 @@ async def run_daemon(topology: Topology, *,
                      netns_path: Callable[[str], str] | None = None,
                      config_path: str = "",
                      handle_signals: bool = True,
+                     startup_lease: int = 0,
                      log: logging.Logger = module_log,
                      task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run vswitchd for ``topology`` until a signal or cancellation; always clean up.
 
     Defaults are the real system (TAPs, namespaces, containers); tests pass the memory runtime.
-    ``task_status.started()`` receives the ControlContext once the daemon is ready.
+    ``startup_lease`` is the lease ``pod_cidr = "auto"``'s subnet was taken under
+    (``vswitch.runtime.cluster.lease_pod_cidr``). ``task_status.started()`` receives the
+    ControlContext once the daemon is ready.
     """
     kernel_factory = kernel_factory or _system_kernel_factory()
     port_factory = port_factory or _system_port_factory()
@@ -660,6 +688,7 @@ async def run_daemon(topology: Topology, *,
             node = NodeRuntime(topology, kernel=kernel, switch=switch, supervisor=supervisor,
                                port_factory=port_factory, errors=errors, log=log,
                                config_path=config_path)
+            node.cluster = ClusterRuntime(node, switch, log, startup_lease=startup_lease)
             reloads = ReloadRequests()
             try:
                 async with trio.open_nursery() as nursery:
@@ -693,6 +722,9 @@ async def run_daemon(topology: Topology, *,
 
                     for pod in topology.pods:
                         await node.start_containers(pod)
+                    # With a cluster store: the other nodes are routed before "ready", as far as
+                    # the store can be reached (a node also starts without it).
+                    await nursery.start(node.cluster.run)
 
                     context = ControlContext(
                         topology=topology, switch=switch, supervisor=supervisor,

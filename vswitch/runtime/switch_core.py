@@ -10,18 +10,33 @@ core's deadlines are on that clock too and tests can run the daemon under a mock
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from vswitch.core.transmit import Transmit
 from vswitch.core.port_spec import PortSpec
-from vswitch.model import Pod, Service
+from vswitch.model import Pod, RemotePod, Service
+from vswitch.tables.overlay import NodeChange, RemoteNode
 
 
 class TableProgrammer(Protocol):
     """The part of the core that programs its tables from the desired state."""
 
-    def program(self, pods: Sequence[Pod], services: Sequence[Service], now: float) -> dict:
-        """Make the service table serve ``services`` backed by ``pods``; a JSON-able summary."""
+    def program(self, pods: Sequence[Pod | RemotePod], services: Sequence[Service],
+                now: float) -> dict:
+        """Make the service table serve ``services`` backed by ``pods`` (the node's own and
+        other nodes' ready pods); a JSON-able summary."""
+
+
+class OverlayNodes(Protocol):
+    """The other nodes the overlay routes to, as the cluster membership sets them."""
+
+    refused: Mapping[str, str]  # node name -> why it is not routed
+
+    def set_nodes(self, nodes: Iterable[RemoteNode]) -> NodeChange:
+        """Make the remote nodes exactly ``nodes``; what was added, changed, removed, refused."""
+
+    def nodes(self) -> list[RemoteNode]:
+        """The nodes routed now, by name."""
 
 
 class SwitchCore(Protocol):
@@ -29,6 +44,7 @@ class SwitchCore(Protocol):
 
     accel_name: str
     programming: TableProgrammer
+    overlay: OverlayNodes  # read only when the topology has an overlay
 
     def add_port(self, spec: PortSpec) -> None:
         """Register a port; raises (and changes nothing) if its id, name or segment is bad."""
