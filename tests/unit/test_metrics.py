@@ -60,3 +60,24 @@ async def test_the_endpoint_answers_get_metrics_and_404_otherwise(switch):
         assert 'vswitch_port_rx_packets_total{node="unit",port="a"} 2.0' in body
         assert (await get(port, "/")).startswith(b"HTTP/1.0 404")
         nursery.cancel_scope.cancel()
+
+
+def test_cluster_membership_becomes_metrics_when_the_node_has_a_store(switch):
+    from vswitch.control.node import node_statistics
+
+    class Cluster:
+        @staticmethod
+        def statistics():
+            return {"connected": True, "revision": 41, "nodes": 2, "sessions": 3,
+                    "failures": 1, "last_error": "connection refused"}
+
+    class Node:
+        cluster = Cluster()
+
+    stats = node_statistics(switch, Node())
+    assert stats["membership"]["revision"] == 41
+    assert "membership" not in node_statistics(switch, None)
+    samples = _samples(exposition(SwitchCollector(lambda: stats, "unit")).decode())
+    assert samples[("vswitch_membership_connected", (("node", "unit"),))] == 1
+    assert samples[("vswitch_membership_nodes", (("node", "unit"),))] == 2
+    assert samples[("vswitch_membership_failures_total", (("node", "unit"),))] == 1

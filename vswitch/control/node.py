@@ -136,7 +136,17 @@ def render_stats(result: Mapping[str, Any]) -> str:
 
 @command("stats", render_stats, Verb("stats", "counters: ports, stages, dispositions"))
 async def stats(ctx: ControlContext, args: Args) -> dict:
-    return ctx.switch.statistics()
+    return node_statistics(ctx.switch, ctx.node)
+
+
+def node_statistics(switch: Any, node: Any) -> dict:
+    """The switch's counters, and the cluster membership's state when the node has a store."""
+    result = switch.statistics()
+    cluster = getattr(node, "cluster", None)
+    membership = cluster.statistics() if cluster is not None else None
+    if membership is not None:
+        result["membership"] = membership
+    return result
 
 
 COMMANDS = (status, pods, ports, fdb, routes, neighbors, stats)

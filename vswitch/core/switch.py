@@ -331,6 +331,7 @@ class Switch:
             "conntrack": self.conntrack.statistics(),
             "services": {"programmed": len(self.services), "generation": self.services.generation,
                          "affinity_entries": self.services.affinity_count()},
+            "overlay": {"nodes": len(self.overlay), "refused": dict(self.overlay.refused)},
             "unknown_port_frames": self.unknown_port_frames,
             "descriptions": {"stages": self.counters.descriptions(),
                              "dispositions": {counter_name(d): d.value for d in Disposition}},

@@ -72,6 +72,7 @@ from vswitch import config
 from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.model import DEFAULT_SEGMENT, Pod, RemotePod, Service, Topology
 from vswitch.runtime import sdnotify
+from vswitch.control.node import node_statistics
 from vswitch.runtime.cluster import ClusterRuntime
 from vswitch.runtime.control import (ControlCommands, ControlContext, prepare_socket_path,
                                      serve_control)
@@ -733,7 +734,8 @@ async def run_daemon(topology: Topology, *,
                     await nursery.start(serve_control, socket_path, ControlCommands(context))
                     if topology.control.metrics:
                         await nursery.start(serve_metrics, topology.control.metrics,
-                                            SwitchCollector(switch.statistics, topology.node.name))
+                                            SwitchCollector(lambda: node_statistics(switch, node),
+                                                            topology.node.name))
 
                     log.info("vswitchd ready: node %s, %d pods, control socket %s (accel %s)",
                              topology.node.name, len(topology.pods), socket_path,

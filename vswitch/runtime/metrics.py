@@ -82,6 +82,16 @@ class SwitchCollector:
                      stats["services"]["programmed"])
         yield _counter("vswitch_icmp_errors_rate_limited", "ICMP errors not sent: rate limit",
                        node, stats["icmp_rate_limited"])
+        membership = stats.get("membership")
+        if membership is not None:
+            yield _gauge("vswitch_membership_connected", "1 while the cluster store answers",
+                         node, 1 if membership["connected"] else 0)
+            yield _gauge("vswitch_membership_nodes", "other nodes in the store's view", node,
+                         membership["nodes"])
+            yield _gauge("vswitch_membership_revision", "store revision the view is synced to",
+                         node, membership["revision"])
+            yield _counter("vswitch_membership_failures", "sessions with the store that failed",
+                           node, membership["failures"])
 
 
 def _gauge(name: str, help_text: str, node: str, value: float) -> GaugeMetricFamily:
