@@ -1,0 +1,128 @@
+"""Several daemons on one host, as nodes on one L2 underlay: ``[uplink] bridge``.
+
+The far sides of the nodes' uplinks are ports of one Linux bridge in one namespace; the bridge is
+the gateway. The namespace and the bridge are shared: the last node out removes what the daemons
+created, a node that stops or crashes (and is cleaned) never cuts the others off, and what was
+there before any daemon stays.
+"""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from harness import PING_SCRIPT, STOP_TIMEOUT, PodSpec, tun_devices
+from multinode import Lab, make_lab  # noqa: F401  (the fixture is used by name)
+
+pytestmark = pytest.mark.integration
+
+
+def uplink_device(node) -> str:
+    from vswitch.config import load_topology
+
+    return load_topology(node.daemon.config_path).uplink.name
+
+
+def assert_answers(lab: Lab, *indices: int) -> None:
+    targets = [str(lab[i].address) for i in indices]
+    rtts = lab.underlay.ping(*targets)
+    missing = [t for t in targets if rtts[t] is None]
+    assert not missing, (f"no echo reply from {missing}:\n" +
+                         "\n".join(lab[i].daemon.log() for i in indices))
+
+
+def test_two_nodes_on_one_bridge(make_lab) -> None:
+    lab = make_lab(2, [PodSpec("alpha")])
+    underlay = lab.underlay
+    assert not underlay.exists()
+    lab.start()
+
+    # Both far sides are ports of the bridge, which holds the gateway address.
+    assert underlay.bridge_ports() == sorted(uplink_device(node) for node in lab.nodes)
+    assert underlay.bridge_addresses() == [f"{underlay.gateway}/{underlay.network.prefixlen}"]
+    assert_answers(lab, 0, 1)
+
+    # A pod of node 0 reaches node 1's underlay address: masqueraded out of node 0's uplink,
+    # switched by the bridge, answered by node 1's router.
+    target = str(lab[1].address)
+    result = lab[0].daemon.python_in("alpha", PING_SCRIPT, "2", target)
+    assert result[target] is not None, lab[0].daemon.log()
+
+    # Node 0 leaves; node 1 keeps its underlay.
+    assert lab.stop(0) == 0
+    assert underlay.bridge_exists()
+    assert underlay.bridge_ports() == [uplink_device(lab[1])]
+    assert_answers(lab, 1)
+
+    # The last node out removes the namespace (and the bridge in it) the daemons created.
+    assert lab.stop(1) == 0
+    assert not underlay.exists()
+    assert not any(uplink_device(node) in tun_devices() for node in lab.nodes)
+    assert list(lab.state_dir.iterdir()) == []
+
+
+def test_an_underlay_that_was_there_survives(make_lab) -> None:
+    lab = make_lab(2)
+    lab.create_underlay()
+    lab.start()
+    gateway = f"{lab.underlay.gateway}/{lab.underlay.network.prefixlen}"
+    assert lab.underlay.bridge_addresses() == [gateway]
+    assert_answers(lab, 0, 1)
+
+    assert lab.stop(0) == 0
+    assert lab.stop(1) == 0
+    # The user's namespace and bridge stay; the gateway address the daemons added goes.
+    assert lab.underlay.exists() and lab.underlay.bridge_exists()
+    assert lab.underlay.bridge_ports() == []
+    assert lab.underlay.bridge_addresses() == []
+    assert list(lab.state_dir.iterdir()) == []
+
+
+def test_nodes_started_and_stopped_at_the_same_moment(make_lab) -> None:
+    lab = make_lab(3)
+    lab.start(together=True)
+    assert lab.underlay.bridge_ports() == sorted(uplink_device(node) for node in lab.nodes)
+    assert lab.underlay.bridge_addresses() == [
+        f"{lab.underlay.gateway}/{lab.underlay.network.prefixlen}"]
+    assert_answers(lab, 0, 1, 2)
+
+    for node in lab.nodes:
+        node.daemon.proc.send_signal(signal.SIGTERM)
+    # Waited for, not stopped: a second SIGTERM at the end of a shutdown would kill the process.
+    assert [node.daemon.proc.wait(STOP_TIMEOUT) for node in lab.nodes] == [0, 0, 0]
+    assert not lab.underlay.exists()
+    assert list(lab.state_dir.iterdir()) == []
+
+
+def test_clean_after_a_crash_leaves_the_other_nodes_alone(make_lab) -> None:
+    lab = make_lab(2, [PodSpec("alpha")])
+    lab.start()
+    lab[0].daemon.kill()
+    # The killed node's far side went with its fds; the other node still has its underlay.
+    assert lab.underlay.bridge_ports() == [uplink_device(lab[1])]
+    assert_answers(lab, 1)
+
+    cleaned = lab[0].daemon.ctl_run("clean", "--config", str(lab[0].daemon.config_path))
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert f"netns vsw-{lab[0].name}-alpha" in cleaned.stdout
+    assert lab.underlay.bridge_exists()
+    assert_answers(lab, 1)
+    target = str(lab.underlay.gateway)
+    assert lab[1].daemon.python_in("alpha", PING_SCRIPT, "2", target)[target] is not None
+
+    assert lab.stop(1) == 0
+    assert not lab.underlay.exists()
+    assert list(lab.state_dir.iterdir()) == []
+
+
+def test_every_node_gets_its_own_names(make_lab) -> None:
+    """Nothing of one node is another's: sockets, TAPs, namespaces, journals."""
+    lab = make_lab(2, [PodSpec("alpha")])
+    lab.start()
+    first, second = ({port["device"] for port in node.daemon.ctl("ports")} for node in lab.nodes)
+    assert first and second and not first & second
+    assert lab[0].socket != lab[1].socket
+    # One journal per node in the shared state directory, plus the underlay's record.
+    names = sorted(path.name for path in lab.state_dir.iterdir())
+    assert f"{lab[0].name}.state" in names and f"{lab[1].name}.state" in names
+    assert f"underlay-netns-{lab.underlay.netns}.state" in names
