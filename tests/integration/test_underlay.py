@@ -7,12 +7,17 @@ there before any daemon stays.
 """
 from __future__ import annotations
 
+import os
+import secrets
 import signal
+import threading
+from ipaddress import IPv4Interface
+from pathlib import Path
 
 import pytest
 
-from harness import PING_SCRIPT, STOP_TIMEOUT, PodSpec, tun_devices
-from multinode import Lab, make_lab  # noqa: F401  (the fixture is used by name)
+from harness import PING_SCRIPT, STOP_TIMEOUT, PodSpec, random_uplink_network, tun_devices
+from multinode import Lab, Underlay, make_lab, random_underlay_names  # noqa: F401 (make_lab)
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +131,65 @@ def test_every_node_gets_its_own_names(make_lab) -> None:
     names = sorted(path.name for path in lab.state_dir.iterdir())
     assert f"{lab[0].name}.state" in names and f"{lab[1].name}.state" in names
     assert f"underlay-netns-{lab.underlay.netns}.state" in names
+
+
+def test_joining_and_leaving_at_the_same_moment_do_not_race(tmp_path: Path) -> None:
+    """Many nodes' kernel layers join, then leave, one underlay at once, each in its own thread
+    (as separate daemons would): every join succeeds and the last leaver removes everything."""
+    from vswitch.model import Uplink, kernel_name, mac_for_ip
+    from vswitch.runtime.kernel import NodeNames, NodeObjects
+    from vswitch.runtime.netlink import NetlinkSession
+
+    underlay = Underlay(random_uplink_network(), *random_underlay_names())
+    state_dir = str(tmp_path / "state")
+    token = secrets.token_hex(3)
+    count = 6
+    barrier = threading.Barrier(count)
+    fds: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def uplink(index: int) -> Uplink:
+        address = underlay.address(index)
+        return Uplink(address=IPv4Interface(f"{address}/{underlay.network.prefixlen}"),
+                      gateway=underlay.gateway, netns=underlay.netns,
+                      name=kernel_name("vsu", f"r{index}{token}"), mac=mac_for_ip(address),
+                      far_mac=mac_for_ip(underlay.gateway), bridge=underlay.bridge)
+
+    def node(index: int, leave: threading.Event) -> None:
+        try:
+            with NetlinkSession() as session:
+                objects = NodeObjects(f"r{index}{token}", state_dir)
+                barrier.wait()
+                fds[index] = objects.create_uplink(session, uplink(index), False)
+                leave.wait()
+                barrier.wait()
+                os.close(fds.pop(index))
+                objects.remove_all(session, NodeNames())
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    leave = threading.Event()
+    threads = [threading.Thread(target=node, args=(i, leave)) for i in range(count)]
+    try:
+        for thread in threads:
+            thread.start()
+        while len(fds) < count and not errors:
+            threading.Event().wait(0.05)
+        assert not errors, errors
+        assert underlay.bridge_ports() == sorted(uplink(i).name for i in range(count))
+        assert underlay.bridge_addresses() == [f"{underlay.gateway}/24"]
+        leave.set()
+        for thread in threads:
+            thread.join(60)
+        assert not errors, errors
+        assert not underlay.exists()
+        assert os.listdir(state_dir) == []
+    finally:
+        leave.set()
+        barrier.abort()
+        for thread in threads:
+            thread.join(60)
+        for fd in fds.values():
+            os.close(fd)
+        underlay.remove()
