@@ -12,14 +12,16 @@ section with ``bridge``, then the extra TOML a test gives per node (``[overlay]`
 ``[cluster]``, services...): a string per node, or a function of the planned ``LabNode`` that
 returns it, which sees every other node through ``LabNode.lab``.
 
-The ``make_lab`` fixture removes everything also when a test fails: the daemons (stopped, then
-cleaned like ``make_daemon``'s), the underlay namespace (whoever created it: its name is the
-test's own) and the socket directories. When the test passed, anything a daemon's own shutdown
-left behind fails it, including an underlay namespace or bridge that the daemons created and
-should have removed when the last of them stopped.
+``lab_factory`` (the body of a test module's ``make_lab`` fixture) removes everything also when a
+test fails: the daemons (stopped, then cleaned like ``make_daemon``'s), the underlay namespace
+(whoever created it: its name is the test's own) and the socket directories. When the test
+passed, anything a daemon's own shutdown left behind fails it, including an underlay namespace
+or bridge that the daemons created and should have removed when the last of them stopped, and
+any file left in the shared state directory.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import secrets
@@ -256,7 +258,8 @@ def plan_lab(workdir: Path, count: int, pods: Sequence[PodSpec] | Sequence[Seque
     return lab
 
 
-def _test_passed(request: pytest.FixtureRequest) -> bool:
+def call_phase_passed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test that ``request`` belongs to passed (conftest keeps the reports)."""
     report = getattr(request.node, "report_call", None)
     return report is not None and report.passed
 
@@ -264,19 +267,25 @@ def _test_passed(request: pytest.FixtureRequest) -> bool:
 LabFactory = Callable[..., Lab]
 
 
-@pytest.fixture
-def make_lab(netns_environment: None, tmp_path: Path,
-             request: pytest.FixtureRequest) -> Iterator[LabFactory]:
-    """Plan labs (``make_lab(count, pods, extra=...)``), always removed after the test.
+@contextlib.contextmanager
+def lab_factory(workdir: Path, passed: Callable[[], bool]) -> Iterator[LabFactory]:
+    """Plan labs (``factory(count, pods, extra=...)``) that are always removed on the way out.
 
     Nothing starts until the test calls ``lab.start()``, so that it can create the underlay
-    beforehand or start the nodes together.
+    beforehand or start the nodes together. A test module wraps this in its fixture::
+
+        @pytest.fixture
+        def make_lab(netns_environment, tmp_path, request):
+            with lab_factory(tmp_path, lambda: call_phase_passed(request)) as factory:
+                yield factory
+
+    When ``passed()``, anything the daemons' own shutdown left behind fails the test.
     """
     labs: list[Lab] = []
 
     def factory(count: int, pods: Sequence = (), *, extra: Sequence[ExtraToml] | ExtraToml = None,
                 offloads: bool = True, host_port: bool = True) -> Lab:
-        lab = plan_lab(tmp_path / f"lab{len(labs)}", count, pods, offloads=offloads,
+        lab = plan_lab(workdir / f"lab{len(labs)}", count, pods, offloads=offloads,
                        host_port=host_port)
         labs.append(lab)
         if extra is not None:
@@ -290,11 +299,9 @@ def make_lab(netns_environment: None, tmp_path: Path,
         for lab in labs:
             for node in lab.nodes:
                 node.daemon.stop()
-            shared_left = ((lab.underlay.exists() and not lab.underlay_was_there)
-                           or list(Path(lab.state_dir).iterdir()))
-            if shared_left:
-                problems.append(f"underlay {lab.underlay} or state {lab.state_dir} left: "
-                                f"{sorted(p.name for p in Path(lab.state_dir).iterdir())}")
+            state = sorted(path.name for path in lab.state_dir.iterdir())
+            if (lab.underlay.exists() and not lab.underlay_was_there) or state:
+                problems.append(f"underlay {lab.underlay} or state files {state} left")
             problems += [f"{name}: {left}" for name, left in lab.cleanup() if left]
-    if problems and _test_passed(request):
+    if problems and passed():
         pytest.fail("the lab's daemons left objects behind: " + "; ".join(problems))

@@ -17,9 +17,15 @@ from pathlib import Path
 import pytest
 
 from harness import PING_SCRIPT, STOP_TIMEOUT, PodSpec, random_uplink_network, tun_devices
-from multinode import Lab, Underlay, make_lab, random_underlay_names  # noqa: F401 (make_lab)
+from multinode import Lab, Underlay, call_phase_passed, lab_factory, random_underlay_names
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def make_lab(netns_environment, tmp_path, request):
+    with lab_factory(tmp_path, lambda: call_phase_passed(request)) as factory:
+        yield factory
 
 
 def uplink_device(node) -> str:

@@ -1,4 +1,5 @@
-"""The node's kernel objects: pod namespaces with their eth0 TAPs, the host TAP, host routes.
+"""The node's kernel objects: pod namespaces with their eth0 TAPs, the host TAP, host routes, the
+uplink TAP and the underlay it may share with other nodes.
 
 Theory of operation
 -------------------
@@ -46,8 +47,8 @@ behind it, which is what makes NodePort and masquerade necessary. The TAP is not
 closing the daemon's fd removes it wherever it lives.
 
 Removal of a pod runs the other way: kill what runs in the namespace, delete eth0, unmount the
-namespace, erase the journal entries. Every removal step treats "already gone" as success, which is what
-makes ``teardown``, ``remove_leftovers`` and ``clean_node`` idempotent.
+namespace, erase the journal entries. Every removal step treats "already gone" as success, which
+is what makes ``teardown``, ``remove_leftovers`` and ``clean_node`` idempotent.
 
 Rules:
 
