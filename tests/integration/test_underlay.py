@@ -136,7 +136,7 @@ def test_every_node_gets_its_own_names(make_lab) -> None:
     # One journal per node in the shared state directory, plus the underlay's record.
     names = sorted(path.name for path in lab.state_dir.iterdir())
     assert f"{lab[0].name}.state" in names and f"{lab[1].name}.state" in names
-    assert f"underlay-netns-{lab.underlay.netns}.state" in names
+    assert f"underlay.netns.{lab.underlay.netns}.state" in names
 
 
 def test_joining_and_leaving_at_the_same_moment_do_not_race(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from vswitch.model import Control, Dataplane, HostPort, Node, Topology, Uplink, mac_for_ip
 from vswitch.runtime.journal import (Journal, JournalError, NodeBusyError, NodeLock,
                                      UnderlayBusyError, UnderlayLock, UnderlayRecord, UnderlayUse,
-                                     read_journal, underlay_file_stem)
+                                     other_nodes_entries, read_journal, underlay_file_stem)
 from vswitch.runtime.kernel import NodeNames
 
 
@@ -54,8 +54,8 @@ def test_a_journal_without_underlays_still_reads(tmp_path):
 
 
 def test_underlay_files_are_named_after_the_namespace(tmp_path):
-    assert underlay_file_stem("/run/vswitch", "lab") == "/run/vswitch/underlay-netns-lab"
-    assert underlay_file_stem("/run/vswitch", None) == "/run/vswitch/underlay-root"
+    assert underlay_file_stem("/run/vswitch", "lab") == "/run/vswitch/underlay.netns.lab"
+    assert underlay_file_stem("/run/vswitch", None) == "/run/vswitch/underlay.root"
     assert underlay_file_stem("/s", "root") != underlay_file_stem("/s", None)
 
 
@@ -81,8 +81,8 @@ def test_the_underlay_record_round_trips_and_vanishes_when_empty(tmp_path):
                                                       "addresses": []}),
                                      json.dumps({"version": 1, "netns": "lab"})])
 def test_a_bad_underlay_record_is_a_journal_error(tmp_path, content):
-    (tmp_path / "underlay-netns-lab.state").write_text(content)
-    with pytest.raises(JournalError, match="underlay-netns-lab.state: "):
+    (tmp_path / "underlay.netns.lab.state").write_text(content)
+    with pytest.raises(JournalError, match="underlay.netns.lab.state: "):
         UnderlayRecord.load(str(tmp_path), "lab")
 
 
@@ -152,3 +152,33 @@ def test_a_topology_names_its_underlay_for_cleanup(tmp_path, netns, bridge, unde
     # Never the namespace itself: it may be the user's or other nodes'.
     assert "lab" not in names.netns and "vsun1-abcd" in names.taps
     assert (names | names).underlays == underlays
+
+
+def test_other_nodes_journals_are_found_but_not_our_own_or_the_underlays(tmp_path):
+    Journal(str(tmp_path), "a").record_netns("vsw-a-b-c")
+    Journal(str(tmp_path), "a-b").record_netns("vsw-a-b-c")
+    Journal(str(tmp_path), "a-b").record_tap("vsha-b-1234")
+    record = UnderlayRecord.load(str(tmp_path), "lab")
+    record.created_netns = True
+    record.save()
+    (tmp_path / "broken.state").write_text("{")
+    found = other_nodes_entries(str(tmp_path), "a")
+    assert set(found) == {"a-b"}
+    assert found["a-b"].netns == ("vsw-a-b-c",) and found["a-b"].taps == ("vsha-b-1234",)
+    assert other_nodes_entries(str(tmp_path / "missing"), "a") == {}
+
+
+def test_a_pod_whose_namespace_another_node_journals_is_refused_untouched(tmp_path):
+    """``vsw-a-b-c`` is pod ``c`` of node ``a-b`` and pod ``b-c`` of node ``a``."""
+    from vswitch.model import Pod
+    from vswitch.runtime.kernel import KernelError, NodeObjects
+
+    Journal(str(tmp_path), "a-b").record_netns("vsw-a-b-c")
+    objects = NodeObjects("a", str(tmp_path))
+    assert objects.other_nodes_claims() == {"vsw-a-b-c": "a-b"}
+    pod = Pod(name="b-c", ip=IPv4Address("10.244.1.10"), mac=mac_for_ip(IPv4Address("10.244.1.10")),
+              netns="vsw-a-b-c", tap="vspb-c-abcd")
+    with pytest.raises(KernelError, match="namespace vsw-a-b-c is node a-b's"):
+        objects.create_pod(None, pod, None, 1500, False)  # type: ignore[arg-type]
+    # Nothing journalled: a teardown of node a must not take node a-b's pod away.
+    assert not objects.journal.entries()

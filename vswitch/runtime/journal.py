@@ -24,7 +24,7 @@ Shared underlays
 ----------------
 Several nodes on one host may put their uplinks' far sides into one namespace and one bridge. Those
 objects belong to no single node: the one that creates them may stop long before the others. Their
-story lives in an ``UnderlayRecord`` (``underlay-netns-{name}.state``, or ``underlay-root.state``
+story lives in an ``UnderlayRecord`` (``underlay.netns.{name}.state``, or ``underlay.root.state``
 for a bridge in the root namespace): which of them a daemon created (and may therefore remove once
 nobody uses them) and which gateway addresses a daemon added to a bridge that was already there.
 Anything not in the record was there before any daemon and is never removed. Every read and write
@@ -112,6 +112,28 @@ def read_journal(state_dir: str, node: str) -> JournalEntries:
                                "or null netns")
         underlays.append(UnderlayUse(netns=entry["netns"], tap=entry["tap"]))
     return JournalEntries(netns=tuple(netns), taps=tuple(taps), underlays=tuple(underlays))
+
+
+def other_nodes_entries(state_dir: str, node: str) -> dict[str, JournalEntries]:
+    """The journals of the other nodes in ``state_dir``, by node name.
+
+    A journal that cannot be read is left out: it is its own node's problem, reported when that
+    node runs or is cleaned.
+    """
+    found: dict[str, JournalEntries] = {}
+    try:
+        filenames = sorted(os.listdir(state_dir))
+    except FileNotFoundError:
+        return found
+    for filename in filenames:
+        stem, extension = os.path.splitext(filename)
+        if extension != ".state" or "." in stem or stem == node:
+            continue
+        try:
+            found[stem] = read_journal(state_dir, stem)
+        except JournalError:
+            continue
+    return found
 
 
 class Journal:
@@ -203,8 +225,11 @@ def _write_json_atomically(path: str, data: dict[str, Any]) -> None:
 
 
 def underlay_file_stem(state_dir: str, netns: str | None) -> str:
-    """The path, without extension, of a shared underlay's record and lock."""
-    name = "underlay-root" if netns is None else f"underlay-netns-{netns}"
+    """The path, without extension, of a shared underlay's record and lock.
+
+    Node names are DNS labels, without dots, so these never clash with a node's files.
+    """
+    name = "underlay.root" if netns is None else f"underlay.netns.{netns}"
     return os.path.join(state_dir, name)
 
 

@@ -74,7 +74,7 @@ from pyroute2 import netns as pyroute2_netns
 
 from vswitch.model import HostPort, Pod, Segment, Topology, Uplink
 from vswitch.runtime.journal import (Journal, NodeLock, UnderlayLock, UnderlayRecord,
-                                     UnderlayUse)
+                                     UnderlayUse, other_nodes_entries)
 from vswitch.runtime.netlink import (NetlinkSession, NetlinkWorker, add_address, bridge_ports,
                                      delete_address, delete_link_named, ensure_bridge, find_link,
                                      has_address, tun_links)
@@ -145,6 +145,12 @@ class NodeObjects:
 
     def create_pod(self, session: NetlinkSession, pod: Pod, segment: Segment, mtu: int,
                    vnet_hdr: bool) -> int:
+        owner = self.other_nodes_claims().get(pod.netns)
+        if owner is not None:
+            # Not journalled: removing it later would take the other node's pod away.
+            raise KernelError(
+                f"pod {pod.name}: namespace {pod.netns} is node {owner}'s (its journal names "
+                f"it): a pod of node {owner} has the same namespace name; rename the pod")
         self.journal.record_netns(pod.netns)
         if netns_exists(pod.netns):
             # Left journalled on purpose: it is a leftover, and the next cleanup should see it.
@@ -318,9 +324,27 @@ class NodeObjects:
         self.journal.erase_netns(name)
         return removed
 
+    def other_nodes_claims(self) -> dict[str, str]:
+        """Namespace and TAP names that other nodes' journals (in our state directory) list, with
+        the node of each. Names derived from two topologies can coincide (``vsw-a-b-c`` is pod
+        ``b-c`` of node ``a`` and pod ``c`` of node ``a-b``); only a journal says whose it is."""
+        claims: dict[str, str] = {}
+        for other, entries in other_nodes_entries(self.state_dir, self.node).items():
+            for name in (*entries.netns, *entries.taps):
+                claims.setdefault(name, other)
+        return claims
+
     def remove_all(self, session: NetlinkSession, names: NodeNames) -> list[str]:
-        """Remove the journalled objects and ``names``; whatever is already gone is skipped."""
+        """Remove the journalled objects and ``names``; whatever is already gone is skipped, and
+        so is a name of ``names`` that another node's journal lists (it is that node's)."""
         entries = self.journal.entries()
+        claims = self.other_nodes_claims()
+        for name in (*names.netns, *names.taps):
+            if name in claims and name not in (*entries.netns, *entries.taps):
+                log.warning("not removing %s: node %s's journal names it", name, claims[name])
+        names = NodeNames(netns=tuple(n for n in names.netns if n not in claims),
+                          taps=tuple(n for n in names.taps if n not in claims),
+                          underlays=names.underlays)
         everything = NodeNames(netns=entries.netns, taps=entries.taps,
                                underlays=entries.underlays) | names
         removed: list[str] = []
