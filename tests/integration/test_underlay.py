@@ -15,8 +15,10 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute, netns
 
-from harness import PING_SCRIPT, STOP_TIMEOUT, PodSpec, random_uplink_network, tun_devices
+from harness import (PING_SCRIPT, STOP_TIMEOUT, DaemonError, PodSpec, random_uplink_network,
+                     tun_devices)
 from multinode import Lab, Underlay, call_phase_passed, lab_factory, random_underlay_names
 
 pytestmark = pytest.mark.integration
@@ -137,6 +139,19 @@ def test_every_node_gets_its_own_names(make_lab) -> None:
     names = sorted(path.name for path in lab.state_dir.iterdir())
     assert f"{lab[0].name}.state" in names and f"{lab[1].name}.state" in names
     assert f"underlay.netns.{lab.underlay.netns}.state" in names
+
+
+def test_a_link_with_the_bridge_name_that_is_no_bridge_is_refused(make_lab) -> None:
+    lab = make_lab(1)
+    netns.create(lab.underlay.netns)
+    lab.underlay_was_there = True
+    with IPRoute(netns=lab.underlay.netns, flags=0) as ipr:
+        ipr.link("add", ifname=lab.underlay.bridge, kind="veth", peer=f"{lab.underlay.bridge}p")
+    with pytest.raises(DaemonError, match=f"vswitchd: uplink.bridge: {lab.underlay.bridge} "
+                                          "exists and is not a bridge \\(it is a veth link\\)"):
+        lab.start()
+    assert lab[0].daemon.proc.wait(STOP_TIMEOUT) == 1
+    assert lab.underlay.exists() and list(lab.state_dir.iterdir()) == []
 
 
 def test_joining_and_leaving_at_the_same_moment_do_not_race(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ from vswitch.runtime.journal import (Journal, NodeLock, UnderlayLock, UnderlayRe
                                      UnderlayUse, other_nodes_entries)
 from vswitch.runtime.netlink import (NetlinkSession, NetlinkWorker, add_address, bridge_ports,
                                      delete_address, delete_link_named, ensure_bridge, find_link,
-                                     has_address, tun_links)
+                                     has_address, link_kind, tun_links)
 from vswitch.runtime.netns import (kill_netns_processes, netns_exists, remove_netns_mount,
                                    write_netns_sysctls)
 from vswitch.runtime.tap import open_tap
@@ -494,6 +494,9 @@ def _prepare_bridge(ipr: Any, uplink: Uplink, record: UnderlayRecord) -> tuple[i
     gateway = IPv4Interface(f"{uplink.gateway}/{uplink.address.network.prefixlen}")
     index = find_link(ipr, name)
     made = False
+    if index is not None and (kind := link_kind(ipr, index)) != "bridge":
+        raise KernelError(f"uplink.bridge: {name} exists and is not a bridge (it is a "
+                          f"{kind or 'plain'} link)")
     if index is None:
         if name not in record.bridges:
             record.bridges.append(name)

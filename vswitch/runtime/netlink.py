@@ -213,6 +213,17 @@ def ensure_bridge(ipr: IPRoute, name: str) -> tuple[int, bool]:
     return index, created
 
 
+def link_kind(ipr: IPRoute, index: int) -> str | None:
+    """The link's rtnetlink kind ("bridge", "tun", "veth"...); None for a plain device."""
+    return ipr.get_links(index)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+
+
+def tun_links(ipr: IPRoute) -> list[str]:
+    """Names of the TUN/TAP devices in the namespace: the far sides of live nodes' uplinks."""
+    return [link.get("IFLA_IFNAME") for link in ipr.get_links()
+            if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun"]
+
+
 def has_address(ipr: IPRoute, index: int, address: IPv4Interface) -> bool:
     return any(msg.get("IFA_ADDRESS") == str(address.ip)
                and msg["prefixlen"] == address.network.prefixlen
@@ -247,12 +258,6 @@ def bridge_ports(ipr: IPRoute, index: int) -> list[str]:
     """Names of the links enslaved to the bridge ``index``."""
     return [link.get("IFLA_IFNAME") for link in ipr.get_links()
             if link.get("IFLA_MASTER") == index]
-
-
-def tun_links(ipr: IPRoute) -> list[str]:
-    """Names of the TUN/TAP devices in the namespace: the far sides of live nodes' uplinks."""
-    return [link.get("IFLA_IFNAME") for link in ipr.get_links()
-            if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun"]
 
 
 def delete_link_named(ipr: IPRoute, name: str) -> bool:
