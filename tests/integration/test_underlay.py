@@ -214,3 +214,56 @@ def test_joining_and_leaving_at_the_same_moment_do_not_race(tmp_path: Path) -> N
         for fd in fds.values():
             os.close(fd)
         underlay.remove()
+
+
+def test_a_bridge_in_the_root_namespace_is_shared_the_same_way(tmp_path: Path) -> None:
+    """Without ``netns`` the bridge lives in the host, which then is the gateway itself."""
+    from vswitch.model import Uplink, kernel_name, mac_for_ip
+    from vswitch.runtime.kernel import NodeNames, NodeObjects
+    from vswitch.runtime.netlink import NetlinkSession
+
+    network = random_uplink_network()
+    bridge = f"ulbr-{secrets.token_hex(3)}"
+    gateway = network.network_address + 1
+    state_dir = str(tmp_path / "state")
+    nodes, fds = [], []
+
+    def ports() -> list[str]:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=bridge)
+            if not found:
+                return []
+            return sorted(link.get("IFLA_IFNAME") for link in ipr.get_links()
+                          if link.get("IFLA_MASTER") == found[0])
+
+    def bridge_exists() -> bool:
+        with IPRoute() as ipr:
+            return bool(ipr.link_lookup(ifname=bridge))
+
+    try:
+        with NetlinkSession() as session:
+            for index in range(2):
+                address = network.network_address + index + 2
+                name = f"r{index}{secrets.token_hex(3)}"
+                uplink = Uplink(address=IPv4Interface(f"{address}/24"), gateway=gateway,
+                                netns=None, name=kernel_name("vsu", name),
+                                mac=mac_for_ip(address), far_mac=mac_for_ip(gateway),
+                                bridge=bridge)
+                objects = NodeObjects(name, state_dir)
+                fds.append(objects.create_uplink(session, uplink, False))
+                nodes.append((objects, uplink))
+            assert ports() == sorted(uplink.name for _, uplink in nodes)
+            os.close(fds.pop(0))
+            nodes[0][0].remove_all(session, NodeNames())
+            assert ports() == [nodes[1][1].name]
+            os.close(fds.pop(0))
+            assert nodes[1][0].remove_all(session, NodeNames()) == [
+                f"bridge {bridge} in the root namespace"]
+            assert not bridge_exists()
+            assert os.listdir(state_dir) == []
+    finally:
+        for fd in fds:
+            os.close(fd)
+        with IPRoute() as ipr:
+            for index in ipr.link_lookup(ifname=bridge):
+                ipr.link("del", index=index)
