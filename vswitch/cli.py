@@ -46,14 +46,33 @@ def _leaf_exceptions(exc: BaseException) -> Iterable[BaseException]:
         yield exc
 
 
-def _cross_node_keys(topology) -> list[str]:
-    """The keys of a topology that ask for forwarding across nodes. The loader validates them
-    (``--check``), but the daemon does not carry them out yet, so it refuses them instead of
-    running a node that silently ignores its peers."""
-    keys = []
-    if topology.uplink is not None and topology.uplink.bridge is not None:
-        keys.append("uplink.bridge")
-    return keys
+def _metrics_address_taken(topology) -> str | None:
+    """Why the metrics listener cannot bind, or None: checked before anything is created.
+
+    Every other name and path of a node derives from its node name, so several daemons on one host
+    do not collide by default; the metrics address is the one a person writes into each file, and
+    copying a file keeps it. Binding the way trio's listener does (SO_REUSEADDR) makes a
+    TIME_WAIT leftover of a restart pass and a live listener fail.
+    """
+    import errno
+    import socket
+
+    address = topology.control.metrics
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, int(port)))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (f"control.metrics: {address} is already in use (another daemon's metrics "
+                    "endpoint? give each node its own port)")
+        return None  # anything else is the listener's to report, with its own message
+    finally:
+        probe.close()
+    return None
 
 
 def vswitchd_main(argv: Sequence[str] | None = None) -> int:
@@ -81,18 +100,17 @@ def vswitchd_main(argv: Sequence[str] | None = None) -> int:
             peers = len(topology.peers)
             parts.append(f"overlay VNI {topology.overlay.vni}, "
                          f"{peers} static peer{'s' * (peers != 1)}")
+        if topology.cluster is not None and topology.cluster.store != "static":
+            parts.append(f"cluster store {topology.cluster.store}")
         print(f"{path}: ok ({', '.join(parts)})")
         return EXIT_OK
-    cross_node = _cross_node_keys(topology)
-    if cross_node:
-        print(f"vswitchd: {path}: {', '.join(cross_node)}: forwarding across nodes is not in "
-              f"this version of vswitchd yet (vswitchd --check validates such a file)",
-              file=sys.stderr)
-        return EXIT_CONFIG
 
     if os.geteuid() != 0:
         print("vswitchd: must run as root: it creates network namespaces and TAP devices "
               "(CAP_NET_ADMIN, CAP_SYS_ADMIN)", file=sys.stderr)
+        return EXIT_FAILURE
+    if problem := _metrics_address_taken(topology):
+        print(f"vswitchd: {path}: {problem}", file=sys.stderr)
         return EXIT_FAILURE
 
     level = getattr(logging, args.log_level.upper())

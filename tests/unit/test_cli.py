@@ -385,23 +385,73 @@ def test_vswitchd_with_a_bad_config_creates_nothing(tmp_path, capsys, monkeypatc
     assert "node.mtu" in capsys.readouterr().err
 
 
-def test_vswitchd_checks_but_does_not_run_a_cross_node_topology(capsys, monkeypatch):
-    """The overlay example validates; the daemon refuses what it does not carry out yet (the
-    example's underlay bridge) instead of ignoring it."""
+def test_vswitchd_checks_and_runs_the_cross_node_example(capsys, monkeypatch):
+    """The overlay example validates, and the daemon runs it with its overlay and peers."""
     import vswitch.runtime.daemon as daemon_module
     from pathlib import Path
 
     example = str(Path(__file__).resolve().parents[2] / "config" / "overlay-static.toml")
     assert cli.vswitchd_main(["--check", example]) == 0
-    assert "overlay VNI" in capsys.readouterr().out
+    assert "overlay VNI 1, 1 static peer" in capsys.readouterr().out
+    ran = []
+
+    async def run_daemon(topology, **kwargs):
+        ran.append((topology.overlay.vni, [p.name for p in topology.peers]))
+
+    monkeypatch.setattr(daemon_module, "run_daemon", run_daemon)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert cli.vswitchd_main(["--config", example]) == 0
+    assert ran == [(1, ["lab2"])]
+
+
+BRIDGED_UPLINK = """
+[uplink]
+address = "192.0.2.2/24"
+gateway = "192.0.2.1"
+netns = "lab-underlay"
+bridge = "lab-br0"
+"""
+
+
+def test_vswitchd_runs_an_uplink_on_a_shared_bridge(tmp_path, monkeypatch):
+    """The underlay bridge is not forwarding across nodes: the daemon carries it out."""
+    import vswitch.runtime.daemon as daemon_module
+
+    path = tmp_path / "bridged.toml"
+    path.write_text(GOOD_CONFIG + BRIDGED_UPLINK)
+    ran = []
+
+    async def run_daemon(topology, **kwargs):
+        ran.append((topology.uplink.netns, topology.uplink.bridge))
+
+    monkeypatch.setattr(daemon_module, "run_daemon", run_daemon)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert cli.vswitchd_main(["--config", str(path)]) == 0
+    assert ran == [("lab-underlay", "lab-br0")]
+
+
+def test_vswitchd_refuses_a_metrics_address_another_daemon_listens_on(tmp_path, capsys,
+                                                                      monkeypatch):
+    """Checked before anything is created, so a second node with a copied file fails cleanly."""
+    import vswitch.runtime.daemon as daemon_module
 
     def must_not_run(*args, **kwargs):
-        raise AssertionError("the daemon started a topology it cannot forward")
+        raise AssertionError("the daemon started although its metrics address is taken")
 
     monkeypatch.setattr(daemon_module, "run_daemon", must_not_run)
-    assert cli.vswitchd_main(["--config", example]) == 2
-    err = capsys.readouterr().err
-    assert ": uplink.bridge: forwarding across nodes is not in" in err
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        path = tmp_path / "metrics.toml"
+        path.write_text(GOOD_CONFIG.replace("[[pods]]", f'[control]\nmetrics = "{address}"\n\n'
+                                                          "[[pods]]", 1))
+        assert cli.vswitchd_main(["--config", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"vswitchd: {path}: control.metrics: {address} is already in use (another daemon's "
+        "metrics endpoint? give each node its own port)\n")
 
 
 def test_vswitchd_refuses_to_run_without_root(tmp_path, capsys, monkeypatch):

@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 Before the daemon creates a named network namespace or a TAP in the root namespace, it records
-the name here; after it has removed one, it erases the name. So at any instant the file lists a
+the name here; after it has removed one, it erases the name. Likewise before its uplink joins a
+shared underlay (a namespace or bridge other nodes may use too) it records that, and erases it
+once it has left. So at any instant the file lists a
 superset of what exists, and a run killed at any point (SIGKILL included) is cleaned up by the next
 run or by ``vswitchctl clean`` from this file alone. Names derived from the topology are cleaned
 too, but the journal is what covers pods that have since been removed from the topology.
@@ -17,6 +19,19 @@ Rules:
 * One daemon per node: ``NodeLock`` (an flock on ``{node}.lock``) keeps a second daemon or a
   ``clean`` from removing objects a live daemon is using. The kernel drops the lock when the holder
   dies, however it dies.
+
+Shared underlays
+----------------
+Several nodes on one host may put their uplinks' far sides into one namespace and one bridge. Those
+objects belong to no single node: the one that creates them may stop long before the others. Their
+story lives in an ``UnderlayRecord`` (``underlay.netns.{name}.state``, or ``underlay.root.state``
+for a bridge in the root namespace): which of them a daemon created (and may therefore remove once
+nobody uses them) and which gateway addresses a daemon added to a bridge that was already there.
+Anything not in the record was there before any daemon and is never removed. Every read and write
+of the record, and every creation or removal it describes, happens under ``UnderlayLock``, a
+blocking flock on the same name with ``.lock``, so that two daemons starting or stopping at the same
+moment take turns. Nodes that share an underlay must therefore share a state directory (the
+default one, ``/run/vswitch``, is shared by every node that does not set its own).
 """
 from __future__ import annotations
 
@@ -24,7 +39,9 @@ import errno
 import fcntl
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 JOURNAL_VERSION = 1
 
@@ -37,13 +54,29 @@ class NodeBusyError(Exception):
     """Another live process (a running daemon) holds the node's lock."""
 
 
+class UnderlayBusyError(NodeBusyError):
+    """A shared underlay's lock stayed taken for longer than a start or a stop can take."""
+
+
+@dataclass(frozen=True)
+class UnderlayUse:
+    """A node's uplink in a shared underlay: the far side's namespace and the TAP there."""
+
+    netns: str | None  # None: the root namespace
+    tap: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"netns": self.netns, "tap": self.tap}
+
+
 @dataclass(frozen=True)
 class JournalEntries:
     netns: tuple[str, ...] = ()
     taps: tuple[str, ...] = ()  # names of TAPs created in the root namespace
+    underlays: tuple[UnderlayUse, ...] = ()  # shared underlays the node's uplink joined
 
     def __bool__(self) -> bool:
-        return bool(self.netns or self.taps)
+        return bool(self.netns or self.taps or self.underlays)
 
 
 def ensure_state_dir(state_dir: str) -> None:
@@ -71,7 +104,36 @@ def read_journal(state_dir: str, node: str) -> JournalEntries:
     taps = data.get("taps", [])
     if not all(isinstance(n, str) for n in [*netns, *taps]):
         raise JournalError(f"{path}: entries must be strings")
-    return JournalEntries(netns=tuple(netns), taps=tuple(taps))
+    underlays = []
+    for entry in data.get("underlays", []):
+        if not (isinstance(entry, dict) and isinstance(entry.get("tap"), str)
+                and isinstance(entry.get("netns"), (str, type(None)))):
+            raise JournalError(f"{path}: an underlay entry must have a string tap and a string "
+                               "or null netns")
+        underlays.append(UnderlayUse(netns=entry["netns"], tap=entry["tap"]))
+    return JournalEntries(netns=tuple(netns), taps=tuple(taps), underlays=tuple(underlays))
+
+
+def other_nodes_entries(state_dir: str, node: str) -> dict[str, JournalEntries]:
+    """The journals of the other nodes in ``state_dir``, by node name.
+
+    A journal that cannot be read is left out: it is its own node's problem, reported when that
+    node runs or is cleaned.
+    """
+    found: dict[str, JournalEntries] = {}
+    try:
+        filenames = sorted(os.listdir(state_dir))
+    except FileNotFoundError:
+        return found
+    for filename in filenames:
+        stem, extension = os.path.splitext(filename)
+        if extension != ".state" or "." in stem or stem == node:
+            continue
+        try:
+            found[stem] = read_journal(state_dir, stem)
+        except JournalError:
+            continue
+    return found
 
 
 class Journal:
@@ -89,9 +151,11 @@ class Journal:
         # Lists, not sets, so that cleanup runs in creation order and the file diffs readably.
         self._netns = list(entries.netns)
         self._taps = list(entries.taps)
+        self._underlays = list(entries.underlays)
 
     def entries(self) -> JournalEntries:
-        return JournalEntries(netns=tuple(self._netns), taps=tuple(self._taps))
+        return JournalEntries(netns=tuple(self._netns), taps=tuple(self._taps),
+                              underlays=tuple(self._underlays))
 
     def record_netns(self, name: str) -> None:
         if name not in self._netns:
@@ -113,41 +177,131 @@ class Journal:
             self._taps.remove(name)
             self._write()
 
+    def record_underlay(self, use: UnderlayUse) -> None:
+        if use not in self._underlays:
+            self._underlays.append(use)
+            self._write()
+
+    def erase_underlay(self, use: UnderlayUse) -> None:
+        if use in self._underlays:
+            self._underlays.remove(use)
+            self._write()
+
     def _write(self) -> None:
-        if not self._netns and not self._taps:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        if not self._netns and not self._taps and not self._underlays:
+            _remove_file(self.path)
             return
-        data = {"version": JOURNAL_VERSION, "node": self.node, "netns": self._netns,
-                "taps": self._taps}
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        data: dict[str, Any] = {"version": JOURNAL_VERSION, "node": self.node,
+                                "netns": self._netns, "taps": self._taps}
+        if self._underlays:
+            data["underlays"] = [use.as_json() for use in self._underlays]
+        _write_json_atomically(self.path, data)
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _write_json_atomically(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_file(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared underlays
+
+
+def underlay_file_stem(state_dir: str, netns: str | None) -> str:
+    """The path, without extension, of a shared underlay's record and lock.
+
+    Node names are DNS labels, without dots, so these never clash with a node's files.
+    """
+    name = "underlay.root" if netns is None else f"underlay.netns.{netns}"
+    return os.path.join(state_dir, name)
+
+
+@dataclass
+class UnderlayRecord:
+    """What the daemons created in one shared underlay; read and written under its lock only.
+
+    ``created_netns``: the namespace is the daemons' (removed once no node's TAP is in it).
+    ``bridges``: bridges the daemons created (removed once they have no port).
+    ``addresses``: (bridge, "ADDRESS/PREFIX") a daemon added to a bridge it did not create
+    (deleted, and the bridge left alone, once it has no port).
+    """
+
+    path: str
+    netns: str | None
+    created_netns: bool = False
+    bridges: list[str] = field(default_factory=list)
+    addresses: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, state_dir: str, netns: str | None) -> "UnderlayRecord":
+        path = underlay_file_stem(state_dir, netns) + ".state"
+        record = cls(path=path, netns=netns)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return record
+        except (OSError, ValueError) as exc:
+            raise JournalError(f"{path}: cannot read the underlay record: {exc}") from exc
+        try:
+            if data["version"] != JOURNAL_VERSION or data["netns"] != netns:
+                raise ValueError(f"not a version {JOURNAL_VERSION} record of this namespace")
+            record.created_netns = bool(data["created_netns"])
+            record.bridges = [str(name) for name in data["bridges"]]
+            record.addresses = [(str(bridge), str(address))
+                                for bridge, address in data["addresses"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise JournalError(f"{path}: not a vswitch underlay record ({exc})") from None
+        return record
+
+    def __bool__(self) -> bool:
+        return bool(self.created_netns or self.bridges or self.addresses)
+
+    def save(self) -> None:
+        """Write the record atomically; remove the file once it records nothing."""
+        if not self:
+            _remove_file(self.path)
+            return
+        _write_json_atomically(self.path, {
+            "version": JOURNAL_VERSION, "netns": self.netns, "created_netns": self.created_netns,
+            "bridges": self.bridges, "addresses": [list(pair) for pair in self.addresses]})
 
 
-class NodeLock:
-    """An exclusive flock on ``{state_dir}/{node}.lock`` held for as long as the object is open."""
+# ---------------------------------------------------------------------------------------------
+# Locks
 
-    def __init__(self, state_dir: str, node: str) -> None:
-        self.path = os.path.join(state_dir, f"{node}.lock")
+
+class _FileLock:
+    """An exclusive flock on a file that its holder unlinks on release.
+
+    Unlinking keeps the state directory empty when nothing runs; the price is that a waiter may
+    lock an inode that was just unlinked, so after locking it checks that the path still names
+    that inode, and starts over if not.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        ensure_state_dir(os.path.dirname(self.path) or ".")
+    def _try_lock(self) -> tuple[int | None, str]:
+        """The locked fd, or None and the holder's pid (as far as it is known)."""
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -156,20 +310,17 @@ class NodeLock:
                 holder = _read_holder(fd)
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise NodeBusyError(
-                        f"node is in use{f' by pid {holder}' if holder else ''} "
-                        f"(lock {self.path})"
-                    ) from exc
+                    return None, holder
                 raise
-            # A releasing holder unlinks the file; if we locked that old inode, the lock is
-            # worthless, so try again on whatever the path names now.
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except FileNotFoundError:
                 same = False
             if same:
-                break
+                return fd, ""
             os.close(fd)
+
+    def _hold(self, fd: int) -> None:
         # The pid is only for messages; the lock itself is what counts.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -180,19 +331,64 @@ class NodeLock:
             return
         fd, self._fd = self._fd, None
         # Unlink while still holding the lock, so that nobody can lock the old inode after us and
-        # believe they hold the node.
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        # believe they hold it.
+        _remove_file(self.path)
         os.close(fd)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class NodeLock(_FileLock):
+    """An exclusive flock on ``{state_dir}/{node}.lock`` held for as long as the object is open;
+    taking it fails at once while another process holds it."""
+
+    def __init__(self, state_dir: str, node: str) -> None:
+        super().__init__(os.path.join(state_dir, f"{node}.lock"))
+
+    def acquire(self) -> None:
+        ensure_state_dir(os.path.dirname(self.path) or ".")
+        fd, holder = self._try_lock()
+        if fd is None:
+            raise NodeBusyError(f"node is in use{f' by pid {holder}' if holder else ''} "
+                                f"(lock {self.path})")
+        self._hold(fd)
 
     def __enter__(self) -> "NodeLock":
         self.acquire()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
+
+UNDERLAY_LOCK_TIMEOUT = 30.0  # far longer than any start or stop holds it
+UNDERLAY_LOCK_POLL = 0.01
+
+
+class UnderlayLock(_FileLock):
+    """The flock that serialises the daemons sharing one underlay; taking it waits its turn."""
+
+    def __init__(self, state_dir: str, netns: str | None,
+                 timeout: float = UNDERLAY_LOCK_TIMEOUT) -> None:
+        super().__init__(underlay_file_stem(state_dir, netns) + ".lock")
+        self.state_dir = state_dir
+        self.timeout = timeout
+
+    def acquire(self) -> None:
+        ensure_state_dir(self.state_dir)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            fd, holder = self._try_lock()
+            if fd is not None:
+                self._hold(fd)
+                return
+            if time.monotonic() >= deadline:
+                raise UnderlayBusyError(
+                    f"the shared underlay lock {self.path} is still held"
+                    f"{f' by pid {holder}' if holder else ''} after {self.timeout:.0f} s")
+            time.sleep(UNDERLAY_LOCK_POLL)
+
+    def __enter__(self) -> "UnderlayLock":
+        self.acquire()
+        return self
 
 
 def _read_holder(fd: int) -> str:

@@ -1,4 +1,5 @@
-"""The node's kernel objects: pod namespaces with their eth0 TAPs, the host TAP, host routes.
+"""The node's kernel objects: pod namespaces with their eth0 TAPs, the host TAP, host routes, the
+uplink TAP and the underlay it may share with other nodes.
 
 Theory of operation
 -------------------
@@ -18,16 +19,36 @@ A pod is built in this order, each step undone if a later one fails:
    router relies on it to tell a too-big packet from a fitting one.
 
 The uplink (the node's port to the outside world) is a TAP too. Its far side plays the
-internet: it is moved into ``uplink.netns`` (created, journalled and later removed if it does not
-exist yet; a namespace that existed before is the user's and is never removed) or left in the root
-namespace, and given the gateway's MAC and address with the uplink network's prefix. The far side
-gets no route beyond its connected network: the internet knows the node's external address and
-nothing of the cluster behind it, which is what makes NodePort and masquerade necessary. The TAP
-is not persistent, so closing the daemon's fd removes it wherever it lives.
+internet. Without ``uplink.netns`` and ``uplink.bridge`` it stays in the root namespace and is
+given the gateway's MAC and address with the uplink network's prefix. Otherwise it joins a shared
+underlay, under that underlay's lock (``UnderlayLock``, so that daemons starting or stopping
+together take turns):
 
-Removal runs the other way: kill what runs in the namespace, delete eth0, unmount the namespace,
-erase the journal entries. Every removal step treats "already gone" as success, which is what
-makes ``teardown``, ``remove_leftovers`` and ``clean_node`` idempotent.
+1. journal the use (namespace and TAP name) for this node, and the TAP as for any other;
+2. create ``uplink.netns`` if it is missing (IPv4 only, lo up), noting in the underlay's record,
+   before creating it, that the daemons own it;
+3. with ``uplink.bridge``: create the bridge if it is missing (noted likewise first), with the
+   gateway's MAC and the uplink MTU; give the bridge the gateway address (noted first when the
+   bridge is not the daemons', so that it can be taken back) and bring it up;
+4. open the TAP, move it into the namespace, and either make it a port of the bridge (MTU set,
+   up; the bridge is the gateway) or, without a bridge, give it the gateway's MAC and address.
+
+Several daemons pointed at one namespace and bridge are then nodes on one L2 underlay: their
+TAPs are the bridge's ports, and they reach one another and the gateway by plain switching.
+Leaving runs under the same lock: delete this node's TAP if it still exists, then remove what the
+record says the daemons made and nobody uses any more. A bridge is in use while a TUN/TAP device
+(a live node's far side) is its port, a namespace while one is in it; a gateway address added to a
+bridge that was already there is taken back when the bridge has no such port left. A namespace or
+bridge the record does not name was there before any daemon and is never removed. A node that was
+killed has lost its TAP with its fds, so leaving on its behalf (``remove_leftovers``,
+``clean_node``) never disturbs the nodes still running. The far side gets no route beyond its
+connected network: the internet knows the node's external address and nothing of the cluster
+behind it, which is what makes NodePort and masquerade necessary. The TAP is not persistent, so
+closing the daemon's fd removes it wherever it lives.
+
+Removal of a pod runs the other way: kill what runs in the namespace, delete eth0, unmount the
+namespace, erase the journal entries. Every removal step treats "already gone" as success, which
+is what makes ``teardown``, ``remove_leftovers`` and ``clean_node`` idempotent.
 
 Rules:
 
@@ -52,14 +73,20 @@ from pyroute2 import NetlinkError
 from pyroute2 import netns as pyroute2_netns
 
 from vswitch.model import HostPort, Pod, Segment, Topology, Uplink
-from vswitch.runtime.journal import Journal, NodeLock
-from vswitch.runtime.netlink import NetlinkSession, NetlinkWorker
+from vswitch.runtime.journal import (Journal, NodeLock, UnderlayLock, UnderlayRecord,
+                                     UnderlayUse, other_nodes_entries)
+from vswitch.runtime.netlink import (NetlinkSession, NetlinkWorker, add_address, bridge_ports,
+                                     delete_address, delete_link_named, ensure_bridge, find_link,
+                                     has_address, link_kind, tun_links)
 from vswitch.runtime.netns import (kill_netns_processes, netns_exists, remove_netns_mount,
                                    write_netns_sysctls)
 from vswitch.runtime.tap import open_tap
 
 # Namespace-local settings of every pod (the host's sysctls are never touched).
 POD_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1"}
+# And of an underlay namespace the daemons create: the uplink carries IPv4 only, so the bridge and
+# the far sides send no router solicitations or MLD reports into the nodes.
+UNDERLAY_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1"}
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +103,33 @@ class NodeNames:
 
     netns: tuple[str, ...] = ()
     taps: tuple[str, ...] = ()
+    underlays: tuple[UnderlayUse, ...] = ()
 
     @classmethod
     def of_topology(cls, topology: Topology) -> "NodeNames":
-        # The uplink's namespace is left out: it may be the user's; the journal names it when
-        # an earlier run created it.
-        uplink = (topology.uplink.name,) if topology.uplink is not None else ()
+        # The uplink's namespace is not in ``netns``: it may be the user's or other nodes'. As an
+        # underlay, leaving it removes only what its record says the daemons made and nobody uses.
+        uplink = topology.uplink
+        taps = (uplink.name,) if uplink is not None else ()
+        underlays = ((underlay_use(uplink),) if uplink is not None and joins_underlay(uplink)
+                     else ())
         return cls(netns=tuple(pod.netns for pod in topology.pods),
-                   taps=(*(pod.tap for pod in topology.pods), topology.host_port.name, *uplink))
+                   taps=(*(pod.tap for pod in topology.pods), topology.host_port.name, *taps),
+                   underlays=underlays)
 
     def __or__(self, other: "NodeNames") -> "NodeNames":
         return NodeNames(netns=tuple(dict.fromkeys((*self.netns, *other.netns))),
-                         taps=tuple(dict.fromkeys((*self.taps, *other.taps))))
+                         taps=tuple(dict.fromkeys((*self.taps, *other.taps))),
+                         underlays=tuple(dict.fromkeys((*self.underlays, *other.underlays))))
+
+
+def joins_underlay(uplink: Uplink) -> bool:
+    """Whether the uplink's far side lives in objects other nodes may share."""
+    return uplink.netns is not None or uplink.bridge is not None
+
+
+def underlay_use(uplink: Uplink) -> UnderlayUse:
+    return UnderlayUse(netns=uplink.netns, tap=uplink.name)
 
 
 class NodeObjects:
@@ -98,10 +140,17 @@ class NodeObjects:
 
     def __init__(self, node: str, state_dir: str) -> None:
         self.node = node
+        self.state_dir = state_dir
         self.journal = Journal(state_dir, node)
 
     def create_pod(self, session: NetlinkSession, pod: Pod, segment: Segment, mtu: int,
                    vnet_hdr: bool) -> int:
+        owner = self.other_nodes_claims().get(pod.netns)
+        if owner is not None:
+            # Not journalled: removing it later would take the other node's pod away.
+            raise KernelError(
+                f"pod {pod.name}: namespace {pod.netns} is node {owner}'s (its journal names "
+                f"it): a pod of node {owner} has the same namespace name; rename the pod")
         self.journal.record_netns(pod.netns)
         if netns_exists(pod.netns):
             # Left journalled on purpose: it is a leftover, and the next cleanup should see it.
@@ -153,40 +202,108 @@ class NodeObjects:
         return fd
 
     def create_uplink(self, session: NetlinkSession, uplink: Uplink, vnet_hdr: bool) -> int:
-        created = False
-        if uplink.netns is not None and not netns_exists(uplink.netns):
-            self.journal.record_netns(uplink.netns)
-            try:
-                pyroute2_netns.create(uplink.netns)
-                with session.in_netns(uplink.netns) as ns:
-                    ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-            except BaseException:
-                self.remove_netns(session, uplink.netns)
-                raise
-            created = True
+        if joins_underlay(uplink):
+            with UnderlayLock(self.state_dir, uplink.netns):
+                return self._join_underlay(session, uplink, vnet_hdr)
         self.journal.record_tap(uplink.name)
         fd = -1
         try:
             fd = open_tap(uplink.name, vnet_hdr)
-            if uplink.netns is not None:
-                session.move_link_to_netns(uplink.name, uplink.netns)
-                with session.in_netns(uplink.netns) as ns:
-                    _configure_far_side(ns, uplink)
-            else:
-                _configure_far_side(session.root, uplink)
+            _configure_far_side(session.root, uplink)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             self.remove_tap(session, uplink.name)
-            if created:
-                self.remove_netns(session, uplink.netns)
             raise
-        where = (f"namespace {uplink.netns}{' (created)' if created else ''}"
-                 if uplink.netns is not None else "the root namespace")
-        log.info("uplink %s: node address %s, far side %s/%d in %s, mtu %d", uplink.name,
-                 uplink.address, uplink.gateway, uplink.address.network.prefixlen, where,
+        log.info("uplink %s: node address %s, far side %s/%d in the root namespace, mtu %d",
+                 uplink.name, uplink.address, uplink.gateway, uplink.address.network.prefixlen,
                  uplink.mtu)
         return fd
+
+    def _join_underlay(self, session: NetlinkSession, uplink: Uplink, vnet_hdr: bool) -> int:
+        """Steps 1-4 of the module docstring; the caller holds the underlay's lock."""
+        use = underlay_use(uplink)
+        self.journal.record_underlay(use)
+        self.journal.record_tap(uplink.name)
+        record = UnderlayRecord.load(self.state_dir, uplink.netns)
+        created: list[str] = []
+        fd = -1
+        try:
+            if uplink.netns is not None and not netns_exists(uplink.netns):
+                record.created_netns = True
+                record.save()
+                self._create_underlay_netns(session, uplink.netns)
+                created.append(f"namespace {uplink.netns}")
+            bridge = None
+            if uplink.bridge is not None:
+                with session.in_namespace(uplink.netns) as ipr:
+                    bridge, made = _prepare_bridge(ipr, uplink, record)
+                if made:
+                    created.append(f"bridge {uplink.bridge}")
+            fd = open_tap(uplink.name, vnet_hdr)
+            if uplink.netns is not None:
+                session.move_link_to_netns(uplink.name, uplink.netns)
+            with session.in_namespace(uplink.netns) as ipr:
+                if bridge is None:
+                    _configure_far_side(ipr, uplink)
+                else:
+                    _attach_far_side(ipr, uplink, bridge)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            self.remove_tap(session, uplink.name)
+            self._leave_underlay(session, use, record)
+            raise
+        where = (f"namespace {uplink.netns}" if uplink.netns is not None
+                 else "the root namespace")
+        holder = f"bridge {uplink.bridge}" if uplink.bridge is not None else "the far side"
+        log.info("uplink %s: node address %s, far side in %s, gateway %s/%d on %s, mtu %d%s",
+                 uplink.name, uplink.address, where, uplink.gateway,
+                 uplink.address.network.prefixlen, holder, uplink.mtu,
+                 f" (created {', '.join(created)})" if created else "")
+        return fd
+
+    def _create_underlay_netns(self, session: NetlinkSession, name: str) -> None:
+        try:
+            pyroute2_netns.create(name)
+        except FileExistsError:
+            # Made a moment ago by a daemon with another state directory, or by hand: either
+            # way it is there now, which is all a joining node needs.
+            return
+        write_netns_sysctls(name, UNDERLAY_SYSCTLS)
+        with session.in_netns(name) as ns:
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+
+    def leave_underlay(self, session: NetlinkSession, use: UnderlayUse) -> list[str]:
+        """Take this node's uplink out of a shared underlay, removing what nobody uses now."""
+        with UnderlayLock(self.state_dir, use.netns):
+            record = UnderlayRecord.load(self.state_dir, use.netns)
+            return self._leave_underlay(session, use, record)
+
+    def _leave_underlay(self, session: NetlinkSession, use: UnderlayUse,
+                        record: UnderlayRecord) -> list[str]:
+        """The caller holds the underlay's lock; ``record`` is what it read under it."""
+        removed: list[str] = []
+        in_use = False
+        if use.netns is not None and not netns_exists(use.netns):
+            # Gone with everything that was in it.
+            record.bridges.clear()
+            record.addresses.clear()
+        else:
+            where = f"namespace {use.netns}" if use.netns is not None else "the root namespace"
+            with session.in_namespace(use.netns) as ipr:
+                if delete_link_named(ipr, use.tap):
+                    removed.append(f"link {use.tap} in {where}")
+                removed += _release_bridges(ipr, record, where)
+                in_use = bool(tun_links(ipr))
+        if use.netns is not None and record.created_netns:
+            if not in_use:
+                removed += self.remove_netns(session, use.netns)
+            if not netns_exists(use.netns):
+                record.created_netns = False
+        record.save()
+        self.journal.erase_underlay(use)
+        return removed
 
     def remove_tap(self, session: NetlinkSession, name: str) -> list[str]:
         """Delete a root-namespace TAP (which also drops routes through it) and its entry."""
@@ -207,15 +324,36 @@ class NodeObjects:
         self.journal.erase_netns(name)
         return removed
 
+    def other_nodes_claims(self) -> dict[str, str]:
+        """Namespace and TAP names that other nodes' journals (in our state directory) list, with
+        the node of each. Names derived from two topologies can coincide (``vsw-a-b-c`` is pod
+        ``b-c`` of node ``a`` and pod ``c`` of node ``a-b``); only a journal says whose it is."""
+        claims: dict[str, str] = {}
+        for other, entries in other_nodes_entries(self.state_dir, self.node).items():
+            for name in (*entries.netns, *entries.taps):
+                claims.setdefault(name, other)
+        return claims
+
     def remove_all(self, session: NetlinkSession, names: NodeNames) -> list[str]:
-        """Remove the journalled objects and ``names``; whatever is already gone is skipped."""
+        """Remove the journalled objects and ``names``; whatever is already gone is skipped, and
+        so is a name of ``names`` that another node's journal lists (it is that node's)."""
         entries = self.journal.entries()
-        everything = NodeNames(netns=entries.netns, taps=entries.taps) | names
+        claims = self.other_nodes_claims()
+        for name in (*names.netns, *names.taps):
+            if name in claims and name not in (*entries.netns, *entries.taps):
+                log.warning("not removing %s: node %s's journal names it", name, claims[name])
+        names = NodeNames(netns=tuple(n for n in names.netns if n not in claims),
+                          taps=tuple(n for n in names.taps if n not in claims),
+                          underlays=names.underlays)
+        everything = NodeNames(netns=entries.netns, taps=entries.taps,
+                               underlays=entries.underlays) | names
         removed: list[str] = []
         for name in everything.netns:
             removed += self.remove_netns(session, name)
         for name in everything.taps:
             removed += self.remove_tap(session, name)
+        for use in everything.underlays:
+            removed += self.leave_underlay(session, use)
         return removed
 
 
@@ -346,6 +484,68 @@ def _configure_far_side(ipr: Any, uplink: Uplink) -> None:
     ipr.addr("add", index=index, address=str(uplink.gateway),
              prefixlen=uplink.address.network.prefixlen)
     ipr.link("set", index=index, state="up")
+
+
+def _prepare_bridge(ipr: Any, uplink: Uplink, record: UnderlayRecord) -> tuple[int, bool]:
+    """Step 3: the bridge exists, holds the gateway address and is up; its index, and whether
+    this call created it. A bridge that was there before any daemon keeps its MAC and MTU."""
+    assert uplink.bridge is not None
+    name = uplink.bridge
+    gateway = IPv4Interface(f"{uplink.gateway}/{uplink.address.network.prefixlen}")
+    index = find_link(ipr, name)
+    made = False
+    if index is not None and (kind := link_kind(ipr, index)) != "bridge":
+        raise KernelError(f"uplink.bridge: {name} exists and is not a bridge (it is a "
+                          f"{kind or 'plain'} link)")
+    if index is None:
+        if name not in record.bridges:
+            record.bridges.append(name)
+            record.save()
+        index, made = ensure_bridge(ipr, name)
+        if made:
+            # An explicit MAC stays put as ports come and go (a bridge otherwise takes its
+            # lowest port's), so the gateway's MAC is what the config says.
+            ipr.link("set", index=index, address=uplink.far_mac, mtu=uplink.mtu)
+    elif name not in record.bridges and not has_address(ipr, index, gateway):
+        record.addresses.append((name, str(gateway)))
+        record.save()
+    add_address(ipr, index, gateway)
+    ipr.link("set", index=index, state="up")
+    return index, made
+
+
+def _attach_far_side(ipr: Any, uplink: Uplink, bridge: int) -> None:
+    """Step 4 with a bridge: the moved TAP becomes one of its ports."""
+    index = find_link(ipr, uplink.name)
+    if index is None:
+        raise LookupError(f"link {uplink.name} vanished while it was being configured")
+    ipr.link("set", index=index, mtu=uplink.mtu, master=bridge)
+    ipr.link("set", index=index, state="up")
+
+
+def _release_bridges(ipr: Any, record: UnderlayRecord, where: str) -> list[str]:
+    """Remove the record's bridges, and take back its addresses, where no far side is a port."""
+    taps = set(tun_links(ipr))
+
+    def unused(index: int | None) -> bool:
+        return index is None or not taps.intersection(bridge_ports(ipr, index))
+
+    removed: list[str] = []
+    for name in list(record.bridges):
+        index = find_link(ipr, name)
+        if not unused(index):
+            continue
+        if delete_link_named(ipr, name):
+            removed.append(f"bridge {name} in {where}")
+        record.bridges.remove(name)
+    for name, text in list(record.addresses):
+        index = find_link(ipr, name)
+        if not unused(index):
+            continue
+        if index is not None and delete_address(ipr, index, IPv4Interface(text)):
+            removed.append(f"address {text} on {name} in {where}")
+        record.addresses.remove((name, text))
+    return removed
 
 
 def _add_route(session: NetlinkSession, dst: IPv4Network, device: str,

@@ -16,6 +16,11 @@ Rules:
 * A submitted job always runs to completion; a cancelled caller waits for it (cancellation takes
   effect right after). Half-created kernel objects would be worse than a short delay.
 * ``vswitchctl clean`` uses a ``NetlinkSession`` directly in its own (only) thread.
+* The functions at the end (bridges, addresses, the links of a namespace) take an ``IPRoute``
+  rather than a session, because the shared underlay they serve lives either in the root
+  namespace or in a named one (``NetlinkSession.in_namespace``). Each treats "already there" (for
+  an addition) and "already gone" (for a removal) as success: several daemons share those objects,
+  and whichever comes second must not fail on the first one's work.
 """
 from __future__ import annotations
 
@@ -65,6 +70,15 @@ class NetlinkSession:
             yield ipr
         finally:
             ipr.close()
+
+    @contextlib.contextmanager
+    def in_namespace(self, name: str | None) -> Iterator[IPRoute]:
+        """The root namespace's IPRoute for None, else ``in_netns(name)``."""
+        if name is None:
+            yield self.root
+        else:
+            with self.in_netns(name) as ipr:
+                yield ipr
 
     def close(self) -> None:
         self._check_thread()
@@ -171,6 +185,93 @@ class NetlinkSession:
                 return True
         except FileNotFoundError:
             return False
+
+
+# Shared-underlay operations, on the IPRoute of whichever namespace holds the objects.
+
+
+def find_link(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def ensure_bridge(ipr: IPRoute, name: str) -> tuple[int, bool]:
+    """The bridge's index, and whether this call created it (False: it was there already).
+
+    A new bridge starts without STP (ports forward at once) and down.
+    """
+    created = True
+    try:
+        ipr.link("add", ifname=name, kind="bridge")
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+        created = False
+    index = find_link(ipr, name)
+    if index is None:
+        raise LookupError(f"bridge {name} vanished right after it was created")
+    return index, created
+
+
+def link_kind(ipr: IPRoute, index: int) -> str | None:
+    """The link's rtnetlink kind ("bridge", "tun", "veth"...); None for a plain device."""
+    return ipr.get_links(index)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+
+
+def tun_links(ipr: IPRoute) -> list[str]:
+    """Names of the TUN/TAP devices in the namespace: the far sides of live nodes' uplinks."""
+    return [link.get("IFLA_IFNAME") for link in ipr.get_links()
+            if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun"]
+
+
+def has_address(ipr: IPRoute, index: int, address: IPv4Interface) -> bool:
+    return any(msg.get("IFA_ADDRESS") == str(address.ip)
+               and msg["prefixlen"] == address.network.prefixlen
+               for msg in ipr.get_addr(family=2, index=index))
+
+
+def add_address(ipr: IPRoute, index: int, address: IPv4Interface) -> bool:
+    """Add ``address`` to the link; False when the link has it already."""
+    try:
+        ipr.addr("add", index=index, address=str(address.ip),
+                 prefixlen=address.network.prefixlen)
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            return False
+        raise
+    return True
+
+
+def delete_address(ipr: IPRoute, index: int, address: IPv4Interface) -> bool:
+    """Remove ``address`` from the link; False when it (or the link) is already gone."""
+    try:
+        ipr.addr("del", index=index, address=str(address.ip),
+                 prefixlen=address.network.prefixlen)
+    except NetlinkError as exc:
+        if exc.code in (errno.EADDRNOTAVAIL, errno.ENODEV):
+            return False
+        raise
+    return True
+
+
+def bridge_ports(ipr: IPRoute, index: int) -> list[str]:
+    """Names of the links enslaved to the bridge ``index``."""
+    return [link.get("IFLA_IFNAME") for link in ipr.get_links()
+            if link.get("IFLA_MASTER") == index]
+
+
+def delete_link_named(ipr: IPRoute, name: str) -> bool:
+    """Delete a link by name; False if there is none."""
+    index = find_link(ipr, name)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return False
+        raise
+    return True
 
 
 class NetlinkWorker:
