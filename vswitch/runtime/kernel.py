@@ -138,9 +138,11 @@ class NodeObjects:
     Synchronous and bound to the thread of the ``NetlinkSession`` passed to each method.
     """
 
-    def __init__(self, node: str, state_dir: str) -> None:
+    def __init__(self, node: str, state_dir: str, tso: bool = True) -> None:
         self.node = node
         self.state_dir = state_dir
+        # False on a node with an overlay: pods' and the host's super-frames could not cross it.
+        self.tso = tso
         self.journal = Journal(state_dir, node)
 
     def create_pod(self, session: NetlinkSession, pod: Pod, segment: Segment, mtu: int,
@@ -164,7 +166,7 @@ class NodeObjects:
             # Pods are IPv4-only: interfaces that arrive in the namespace (eth0) get no IPv6, so
             # no router solicitations or MLD reports reach the switch. lo keeps ::1.
             write_netns_sysctls(pod.netns, POD_SYSCTLS)
-            fd = open_tap(pod.tap, vnet_hdr)
+            fd = open_tap(pod.tap, vnet_hdr, tso=self.tso)
             session.move_link_to_netns(pod.tap, pod.netns)
             address = IPv4Interface(f"{pod.ip}/{segment.cidr.prefixlen}")
             session.configure_pod_link(pod.netns, pod.tap, pod.mac, address, mtu,
@@ -191,7 +193,7 @@ class NodeObjects:
         self.journal.record_tap(port.name)
         fd = -1
         try:
-            fd = open_tap(port.name, vnet_hdr)
+            fd = open_tap(port.name, vnet_hdr, tso=self.tso)
             session.configure_host_link(port.name, port.mac, port.address, mtu)
         except BaseException:
             if fd >= 0:
@@ -379,7 +381,8 @@ class Kernel:
             worker.start()
             try:
                 objects = await worker.run(
-                    lambda _session: NodeObjects(topology.node.name, topology.control.state_dir))
+                    lambda _session: NodeObjects(topology.node.name, topology.control.state_dir,
+                                                 tso=topology.overlay is None))
                 kernel = cls(topology, worker, objects)
                 try:
                     yield kernel

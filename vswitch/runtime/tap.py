@@ -37,12 +37,14 @@ _WOULD_BLOCK = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
 _NO_ROOM = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
 
 
-def open_tap(name: str, vnet_hdr: bool) -> int:
+def open_tap(name: str, vnet_hdr: bool, tso: bool = True) -> int:
     """Create the TAP ``name`` and return its non-blocking, close-on-exec fd.
 
     The device exists exactly as long as the fd (or a dup of it) is open. ``vnet_hdr`` turns on
     the virtio-net header and the checksum and TSO offloads, which only make sense together: the
     header is how the kernel tells us a frame is a large segment or has a partial checksum.
+    ``tso`` False keeps the checksum offload but has the kernel segment TCP itself: for ports
+    whose frames may have to cross the VXLAN overlay, which cannot carry a super-frame yet.
     """
     if not name or len(name) > IFNAMSIZ:
         raise ValueError(f"interface name {name!r} must be 1..{IFNAMSIZ} characters")
@@ -52,7 +54,8 @@ def open_tap(name: str, vnet_hdr: bool) -> int:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
         if vnet_hdr:
             fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
-            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+            fcntl.ioctl(fd, TUNSETOFFLOAD,
+                        TUN_F_CSUM | (TUN_F_TSO4 | TUN_F_TSO6 if tso else 0))
     except BaseException:
         os.close(fd)
         raise
