@@ -171,7 +171,7 @@ class NodeSpec:
     state_dir: str
     host_port: bool = True
     offloads: bool = True
-    mtu: int = 1500
+    mtu: int | None = 1500  # None: the loader's default (with an overlay, its MTU)
     segments: tuple[SegmentSpec, ...] = ()
     routes: tuple[RouteSpec, ...] = ()
     uplink: UplinkSpec | None = None
@@ -230,7 +230,7 @@ class NodeSpec:
             "[node]",
             f"name = {q(self.name)}",
             f"pod_cidr = {q(str(self.pod_cidr))}",
-            f"mtu = {self.mtu}",
+            *([f"mtu = {self.mtu}"] if self.mtu is not None else []),
             "",
             "[host_port]",
             f"enabled = {'true' if self.host_port else 'false'}",
