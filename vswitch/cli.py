@@ -117,7 +117,7 @@ def vswitchd_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=level, format=LOG_FORMAT)
     # --log-level debug is for vswitch's own decisions; pyroute2 at debug logs every netlink
     # message in full, which buries them.
-    for noisy in ("pyroute2", "asyncio"):
+    for noisy in ("pyroute2", "asyncio", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     log = logging.getLogger("vswitchd")
     import trio
