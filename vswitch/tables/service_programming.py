@@ -82,13 +82,13 @@ def build(services: Sequence[Service], pods: Sequence[Pod], old_ports: Mapping[P
                 ready_by_label.setdefault(pair, []).append(pod)
     named_ports: dict[bytes, Mapping[str, tuple[str, int]]] = {}
 
-    def pod_named_ports(pod: Pod) -> Mapping[str, tuple[str, int]]:
+    def pod_named_ports(pod: Pod | RemotePod) -> Mapping[str, tuple[str, int]]:
         found = named_ports.get(pod.ip.packed)
         if found is None:
             found = named_ports[pod.ip.packed] = pod.named_ports()
         return found
 
-    def resolve(port: ServicePort, pod: Pod) -> int | None:
+    def resolve(port: ServicePort, pod: Pod | RemotePod) -> int | None:
         if isinstance(port.target_port, int):
             return port.target_port
         binding = pod_named_ports(pod).get(port.target_port)
@@ -107,6 +107,7 @@ def build(services: Sequence[Service], pods: Sequence[Pod], old_ports: Mapping[P
         new_services[service.key] = service
         if service.headless:
             continue
+        endpoints: list[tuple[bytes, Pod | RemotePod | None, str | None]]
         if service.selector:
             members = _select(service.selector, ready_by_label)
             endpoints = [(pod.ip.packed, pod, pod.name) for pod in members]
@@ -172,8 +173,10 @@ def _select(selector: Mapping[str, str],
     return [pod for pod in smallest if all(pod.labels.get(k) == v for k, v in pairs)]
 
 
-def _backends(port: ServicePort, endpoints: list[tuple[bytes, Pod | None, str | None]],
-              resolve: Callable[[ServicePort, Pod], int | None]) -> tuple[Backend, ...]:
+def _backends(port: ServicePort,
+              endpoints: list[tuple[bytes, Pod | RemotePod | None, str | None]],
+              resolve: Callable[[ServicePort, Pod | RemotePod], int | None]
+              ) -> tuple[Backend, ...]:
     found: dict[tuple[bytes, int], Backend] = {}
     for ip, pod, name in endpoints:
         if pod is None:
@@ -185,7 +188,7 @@ def _backends(port: ServicePort, endpoints: list[tuple[bytes, Pod | None, str | 
             number = resolve(port, pod)
             if number is None:
                 continue
-        local = pod is not None and not isinstance(pod, RemotePod)
+        local = isinstance(pod, Pod)
         if isinstance(pod, RemotePod):
             name = f"{pod.node}/{pod.name}"
         found.setdefault((ip, number), Backend(ip, number, name, local))
