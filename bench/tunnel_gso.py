@@ -59,6 +59,7 @@ from vswitch.runtime.tap import open_tap, read_burst  # noqa: E402
 from vswitch.wire import headers as h, tunnel_offload as to, vxlan  # noqa: E402
 
 VNI = 1
+VNET_F_UDP_TUNNEL_CSUM = to.VNET_F_UDP_TUNNEL_CSUM
 PORT = 4789
 OVERLAY_MTU = 1450
 MSS = OVERLAY_MTU - 40
@@ -423,12 +424,13 @@ def run_bridged() -> dict:
             got = {}
             for role, hdr_len in (("tunnel", to.VNET_TUNNEL_HDR_LEN), ("plain", h.VNET_HDR_LEN)):
                 frames = read_burst(fds[role], 256, bufsize=65600)
-                data = [f for f in frames if len(f) > hdr_len + 14
-                        and f[hdr_len + 12: hdr_len + 14] == b"\x08\x00"]
+                data = [f for f in frames if len(f) > hdr_len + vxlan.OUTER_HEADERS_LEN + 40
+                        and f[hdr_len + 12: hdr_len + 14] == b"\x08\x00"
+                        and f[hdr_len + 23] == h.IpProto.UDP]
                 got[role] = {
                     "frames": len(data), "frame_lengths": sorted({len(f) - hdr_len for f in data}),
                     "headers": [describe_vnet(f[:hdr_len]) for f in data[:2]],
-                    "outer_udp_checksums_valid": [_outer_udp_ok(f[hdr_len:]) for f in data[:3]],
+                    "checksums": sorted({_checksums(f[:hdr_len], f[hdr_len:]) for f in data}),
                     "payload_intact": _payloads(data, hdr_len) == payload,
                 }
             result["udp_csum" if udp_csum else "no_udp_csum"] = got
@@ -439,12 +441,29 @@ def run_bridged() -> dict:
     return result
 
 
-def _outer_udp_ok(frame: bytes) -> str:
-    ip = h.IPV4.parse(frame[14:34])
-    udp = frame[34:14 + ip.total_length]
+def _checksums(vnet: bytes, frame: bytes) -> str:
+    """Whether the outer UDP and inner TCP checksums of an encapsulated frame are right once a
+    partial checksum the header asks for is completed, as a NIC or the kernel would."""
+    frame = bytearray(frame)
+    hdr = describe_vnet(vnet)
+    if hdr["flags"] & h.VNET_F_NEEDS_CSUM:
+        start, field_at = hdr["csum_start"], hdr["csum_start"] + hdr["csum_offset"]
+        end = h.ETH_HEADER_LEN + h.IPV4.parse(bytes(frame[14:34])).total_length
+        folded = pure.sum16(bytes(frame[start:end]))
+        frame[field_at: field_at + 2] = (~folded & 0xFFFF).to_bytes(2, "big")
+    outer = h.IPV4.parse(bytes(frame[14:34]))
+    udp = bytes(frame[34:14 + outer.total_length])
+    inner_ip = h.IPV4.parse(bytes(frame[64:84]))
+    tcp = bytes(frame[84: 64 + inner_ip.total_length])
+    inner_ok = pure.l4_checksum(inner_ip.src, inner_ip.dst, 6, tcp) == 0
     if udp[6:8] == b"\x00\x00":
-        return "zero"
-    return "valid" if pure.l4_checksum(ip.src, ip.dst, 17, udp) == 0 else "not final"
+        outer_state = "outer UDP none"
+    elif pure.l4_checksum(outer.src, outer.dst, 17, udp) == 0:
+        outer_state = "outer UDP valid"
+    else:
+        outer_state = "outer UDP wrong" if not hdr["flags"] & VNET_F_UDP_TUNNEL_CSUM \
+            else "outer UDP partial (tunnel GSO: filled in per segment)"
+    return f"{outer_state}, inner TCP {'valid' if inner_ok else 'wrong'}"
 
 
 def _payloads(frames: list[bytes], hdr_len: int) -> bytes:
