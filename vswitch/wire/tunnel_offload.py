@@ -86,6 +86,7 @@ ZERO_VNET_TUNNEL_HDR = bytes(VNET_TUNNEL_HDR_LEN)
 # From the outer UDP header to the inner Ethernet header: UDP and VXLAN.
 _UDP_AND_VXLAN = h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN
 _TCP_TYPES = (h.VNET_GSO_TCPV4, h.VNET_GSO_TCPV6)
+_MIN_L4_START = h.ETH_HEADER_LEN + h.IPV4_MIN_HEADER_LEN  # no transport header starts earlier
 _KNOWN_FLAGS = h.VNET_F_NEEDS_CSUM | h.VNET_F_DATA_VALID | VNET_F_UDP_TUNNEL_CSUM
 
 
@@ -93,7 +94,7 @@ class Refusal(enum.Enum):
     """Why a frame's offload cannot be carried across the tunnel as asked."""
     GSO_WITHOUT_CSUM = "GSO frame without a partial checksum (the kernel refuses it in a tunnel)"
     GSO_TYPE = "GSO type that cannot be passed on (only TCP over IPv4 or IPv6 crosses)"
-    CSUM_OUTSIDE_INNER = "partial checksum starts before the inner frame"
+    CSUM_OUTSIDE_INNER = "partial checksum not within the inner frame's IPv4 payload"
     TOO_LONG = "encapsulated frame longer than one IPv4 packet (65535 bytes)"
     OUTER_IPV6 = "tunnel over IPv6, where the overlay runs over IPv4"
     OFFSETS = "tunnel header offsets do not match the outer headers that were removed"
@@ -121,6 +122,10 @@ def encap_vnet(inner_vnet: bytes, inner_frame_len: int, *,
     if inner.flags & ~(h.VNET_F_NEEDS_CSUM | h.VNET_F_DATA_VALID):
         return Refusal.UNKNOWN_FLAGS
     needs_csum = bool(inner.flags & h.VNET_F_NEEDS_CSUM)
+    if needs_csum and not (_MIN_L4_START <= inner.csum_start
+                           and inner.csum_start + inner.csum_offset + 2 <= inner_frame_len):
+        # The kernel would refuse the write (EINVAL): the header points outside the frame.
+        return Refusal.CSUM_OUTSIDE_INNER
     if inner.gso_type == h.VNET_GSO_NONE:
         if not needs_csum:
             # DATA_VALID would only vouch for the outer checksum on the far side: dropped.
@@ -169,6 +174,8 @@ def decap_vnet(outer_vnet: bytes, *,
             return h.VIRTIO_NET_HDR.build(dict(
                 flags=h.VNET_F_DATA_VALID if inner_valid else 0, gso_type=h.VNET_GSO_NONE,
                 hdr_len=0, gso_size=0, csum_start=0, csum_offset=0))
+        if outer.csum_start < outer_len + _MIN_L4_START:
+            return Refusal.CSUM_OUTSIDE_INNER
         return h.VIRTIO_NET_HDR.build(dict(
             flags=h.VNET_F_NEEDS_CSUM, gso_type=h.VNET_GSO_NONE,
             hdr_len=max(outer.hdr_len - outer_len, 0), gso_size=0,
