@@ -59,7 +59,8 @@ from vswitch.accel import pure as _pure
 from vswitch.wire import headers as h
 from vswitch.wire import vxlan
 
-VNET_TUNNEL_HDR_LEN = 24  # sizeof(struct virtio_net_hdr_v1_hash_tunnel), the kernel's TUN_VNET_TNL_SIZE
+# sizeof(struct virtio_net_hdr_v1_hash_tunnel): the kernel's TUN_VNET_TNL_SIZE.
+VNET_TUNNEL_HDR_LEN = 24
 
 VNET_F_UDP_TUNNEL_CSUM = 0x08  # the kernel completes the outer UDP checksum of every segment
 VNET_GSO_UDP_L4 = 5  # USO: UDP GSO; pods' TAPs are not offered it
