@@ -240,3 +240,18 @@ def test_refusals_pass_through():
     inner = tcp_frame(b"x", partial=True)
     assert to.encapsulate_offloaded(vnet(NEEDS_CSUM, h.VNET_GSO_UDP, 42, 1000, 34, 6), inner,
                                     **OUTER_ARGS) is Refusal.GSO_TYPE
+
+
+def test_frames_that_are_not_encapsulated_keep_their_header_across_sizes():
+    wide = to.widen_vnet(POD_TSO)
+    assert len(wide) == to.VNET_TUNNEL_HDR_LEN and wide[:10] == POD_TSO and not any(wide[10:])
+    assert to.narrow_vnet(wide) == POD_TSO
+    assert to.narrow_vnet(to.ZERO_VNET_TUNNEL_HDR) == vnet()
+
+
+@pytest.mark.parametrize("header, reason", [
+    (KERNEL_TSO, Refusal.GSO_TYPE),
+    (tunnel_vnet(DATA_VALID | to.VNET_F_UDP_TUNNEL_CSUM), Refusal.UNKNOWN_FLAGS),
+])
+def test_tunnel_frames_do_not_narrow(header, reason):
+    assert to.narrow_vnet(header) is reason

@@ -44,8 +44,10 @@ TUN_F_UDP_TUNNEL_GSO_CSUM = 0x100
 _OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 _TUNNEL_OFFLOADS = _OFFLOADS | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM
 
-# Large enough for a 64 KB GSO segment plus the virtio-net header and the Ethernet header.
-DEFAULT_READ_SIZE = 65550
+# Large enough for the largest frame either header size brings: an IPv4 packet of 64 KB (a GSO
+# segment, or a tunnel super-frame's outer packet) behind an Ethernet header with one VLAN tag and
+# the 24-byte tunnel header. A smaller buffer would truncate a super-frame without an error.
+DEFAULT_READ_SIZE = VNET_TUNNEL_HDR_LEN + 14 + 4 + 0xFFFF
 
 # Errors that mean "nothing to read" or "no room right now": normal under load, never raised.
 _WOULD_BLOCK = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})

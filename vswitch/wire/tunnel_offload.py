@@ -45,7 +45,9 @@ super-frame as GRO would have merged it). The layout and rules below are those o
 
 ``encap_vnet`` turns the header of an inner frame into the header of its encapsulation,
 ``decap_vnet`` the other way round; each returns a ``Refusal`` instead of raising when the frame
-cannot cross as asked. ``encapsulate_offloaded`` wraps ``vxlan.encapsulate`` for an offloaded
+cannot cross as asked. Frames that cross between a pod and the uplink without VXLAN (NodePort
+traffic, the host's own) keep their offload: ``widen_vnet`` and ``narrow_vnet`` convert the
+header between the two sizes, the first 10 bytes being the same legacy header in both. ``encapsulate_offloaded`` wraps ``vxlan.encapsulate`` for an offloaded
 inner frame, so that the outer UDP checksum follows these rules.
 """
 from __future__ import annotations
@@ -200,6 +202,24 @@ def decap_vnet(outer_vnet: bytes, *,
         flags=h.VNET_F_NEEDS_CSUM, gso_type=inner_type,
         hdr_len=max(outer.hdr_len - outer_len, 0), gso_size=outer.gso_size,
         csum_start=outer.csum_start - outer_len, csum_offset=outer.csum_offset))
+
+
+def widen_vnet(vnet: bytes) -> bytes:
+    """The 24-byte header of a frame that crosses to a tunnel-GSO TAP without being encapsulated:
+    its 10-byte header with the tunnel fields zero (the kernel's tunnel path then stays out)."""
+    return bytes(vnet[: h.VNET_HDR_LEN]) + ZERO_VNET_TUNNEL_HDR[h.VNET_HDR_LEN:]
+
+
+def narrow_vnet(vnet: bytes) -> bytes | Refusal:
+    """The 10-byte header of a frame read from a tunnel-GSO TAP that leaves for a pod as it is
+    (not decapsulated), or why it cannot: a tunnel super-frame only crosses decapsulated, and the
+    tunnel checksum flag has no meaning in the short header."""
+    hdr = VIRTIO_NET_HDR_TUNNEL.parse(vnet[:VNET_TUNNEL_HDR_LEN])
+    if hdr.gso_type & VNET_GSO_UDP_TUNNEL:
+        return Refusal.GSO_TYPE
+    if hdr.flags & ~(h.VNET_F_NEEDS_CSUM | h.VNET_F_DATA_VALID):
+        return Refusal.UNKNOWN_FLAGS
+    return bytes(vnet[: h.VNET_HDR_LEN])
 
 
 def partial_udp_checksum(src_ip: bytes, dst_ip: bytes, udp_length: int,
