@@ -279,7 +279,7 @@ class Relay(threading.Thread):
                     for frame in read_burst(fd, 64):
                         self._from_pod(frame)
                 else:
-                    for frame in read_burst(fd, 64, bufsize=65600):
+                    for frame in read_burst(fd, 64):
                         self._from_uplink(frame)
 
     def _from_pod(self, data: bytes) -> None:
@@ -453,7 +453,7 @@ def run_bridged() -> dict:
             time.sleep(0.2)
             got = {}
             for role, hdr_len in (("tunnel", to.VNET_TUNNEL_HDR_LEN), ("plain", h.VNET_HDR_LEN)):
-                frames = read_burst(fds[role], 256, bufsize=65600)
+                frames = read_burst(fds[role], 256)
                 data = [f for f in frames if len(f) > hdr_len + vxlan.OUTER_HEADERS_LEN + 40
                         and f[hdr_len + 12: hdr_len + 14] == b"\x08\x00"
                         and f[hdr_len + 23] == h.IpProto.UDP]
@@ -565,7 +565,7 @@ class CraftedSender:
         outer = to.VNET_TUNNEL_HDR_LEN
         inner_ip = outer + vxlan.OUTER_HEADERS_LEN + h.ETH_HEADER_LEN
         unpack_from = struct.unpack_from
-        for data in read_burst(self.lb.uplink_fd, 512, bufsize=65600):
+        for data in read_burst(self.lb.uplink_fd, 512):
             if (len(data) < inner_ip + 40 or data[outer + 23] != h.IpProto.UDP
                     or data[inner_ip + 9] != h.IpProto.TCP):
                 continue
