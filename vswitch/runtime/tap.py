@@ -8,16 +8,25 @@ behind unless another process inherited the fd. Python opens fds close-on-exec, 
 With offloads on, every frame in either direction starts with a 10-byte ``struct virtio_net_hdr``
 and the pods' kernels may hand over TCP segments of up to 64 KB with partial checksums. That is
 the main lever for bulk throughput: the per-frame cost is paid once per segment, not per packet.
+
+An uplink that carries VXLAN can also be opened for UDP-tunnel GSO (Linux 6.17 and later): its
+header is then the 24-byte ``struct virtio_net_hdr_v1_hash_tunnel`` (``wire.tunnel_offload``),
+and encapsulated super-frames cross it whole in both directions, the kernel cutting them into
+MTU-sized VXLAN packets where they leave. An older kernel refuses the offload flags with EINVAL,
+which ``open_tap`` reports as ``UdpTunnelGsoUnsupported`` rather than opening a TAP that would
+silently take super-frames it cannot handle.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
+import secrets
 import struct
 
 from vswitch.core.port_spec import VNET_HDR_LEN
 from vswitch.model import IFNAMSIZ
+from vswitch.wire.tunnel_offload import VNET_TUNNEL_HDR_LEN
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -28,38 +37,76 @@ IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
+# The kernel may give and take UDP-tunnel GSO frames (virtio-net header of 24 bytes or more) ...
+TUN_F_UDP_TUNNEL_GSO = 0x080
+# ... including those whose outer UDP checksum is to be completed per segment.
+TUN_F_UDP_TUNNEL_GSO_CSUM = 0x100
+_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+_TUNNEL_OFFLOADS = _OFFLOADS | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM
 
-# Large enough for a 64 KB GSO segment plus the virtio-net header and the Ethernet header.
-DEFAULT_READ_SIZE = 65550
+# Large enough for the largest frame either header size brings: an IPv4 packet of 64 KB (a GSO
+# segment, or a tunnel super-frame's outer packet) behind an Ethernet header with one VLAN tag and
+# the 24-byte tunnel header. A smaller buffer would truncate a super-frame without an error.
+DEFAULT_READ_SIZE = VNET_TUNNEL_HDR_LEN + 14 + 4 + 0xFFFF
 
 # Errors that mean "nothing to read" or "no room right now": normal under load, never raised.
 _WOULD_BLOCK = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
 _NO_ROOM = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
 
 
-def open_tap(name: str, vnet_hdr: bool, tso: bool = True) -> int:
+class UdpTunnelGsoUnsupported(OSError):
+    """The running kernel does not offer UDP-tunnel GSO on TAPs."""
+
+
+def open_tap(name: str, vnet_hdr: bool, udp_tunnel_gso: bool = False, tso: bool = True) -> int:
     """Create the TAP ``name`` and return its non-blocking, close-on-exec fd.
 
     The device exists exactly as long as the fd (or a dup of it) is open. ``vnet_hdr`` turns on
     the virtio-net header and the checksum and TSO offloads, which only make sense together: the
     header is how the kernel tells us a frame is a large segment or has a partial checksum.
     ``tso`` False keeps the checksum offload but has the kernel segment TCP itself: for ports
-    whose frames may have to cross the VXLAN overlay, which cannot carry a super-frame yet.
+    whose frames may have to cross the VXLAN overlay while the uplink does not carry super-frames.
+
+    ``udp_tunnel_gso`` (which needs ``vnet_hdr``) makes the header 24 bytes and adds the
+    UDP-tunnel GSO offloads, with and without the outer UDP checksum; a kernel without them
+    raises ``UdpTunnelGsoUnsupported`` naming the device.
     """
     if not name or len(name) > IFNAMSIZ:
         raise ValueError(f"interface name {name!r} must be 1..{IFNAMSIZ} characters")
+    if udp_tunnel_gso and not vnet_hdr:
+        raise ValueError("UDP-tunnel GSO needs the virtio-net header (vnet_hdr)")
     flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
-        if vnet_hdr:
+        if udp_tunnel_gso:
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_TUNNEL_HDR_LEN))
+            try:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, _TUNNEL_OFFLOADS)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                raise UdpTunnelGsoUnsupported(
+                    exc.errno, f"TAP {name}: the kernel refuses UDP-tunnel GSO "
+                    f"(TUN_F_UDP_TUNNEL_GSO, Linux 6.17 or later): {exc.strerror}") from exc
+        elif vnet_hdr:
             fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
-            fcntl.ioctl(fd, TUNSETOFFLOAD,
-                        TUN_F_CSUM | (TUN_F_TSO4 | TUN_F_TSO6 if tso else 0))
+            fcntl.ioctl(fd, TUNSETOFFLOAD, _OFFLOADS if tso else TUN_F_CSUM)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def udp_tunnel_gso_supported() -> bool:
+    """Whether this kernel opens TAPs for UDP-tunnel GSO, tried on a TAP that exists only for
+    the duration of the call (in the caller's network namespace; needs CAP_NET_ADMIN)."""
+    try:
+        fd = open_tap(f"vswprobe{secrets.token_hex(3)}", vnet_hdr=True, udp_tunnel_gso=True)
+    except UdpTunnelGsoUnsupported:
+        return False
+    os.close(fd)
+    return True
 
 
 def read_burst(fd: int, max_frames: int, bufsize: int = DEFAULT_READ_SIZE) -> list[bytes]:
