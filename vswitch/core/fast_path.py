@@ -10,7 +10,9 @@ construct, and the parity tests hold it to the pipeline's answers.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from vswitch.core.flow_cache import CacheEntry
 from vswitch.pipeline import tunnel
@@ -18,7 +20,8 @@ from vswitch.pipeline.context import Packet
 from vswitch.pipeline.ttl import decrement_ttl, lower_ttl
 from vswitch.tables.conntrack import ConntrackTable, Direction, TcpState, Verdict
 from vswitch.tables.neighbors import NeighborState, NeighborTimers
-from vswitch.wire import headers as h
+from vswitch.tables.overlay import LocalVtep
+from vswitch.wire import headers as h, vxlan
 
 _U16 = struct.Struct("!H")
 # Plain ints: the enum types' own operators cost a Python call per use on the hot path.
@@ -27,6 +30,16 @@ _ACK = int(h.TcpFlag.ACK)
 _TCP = int(h.IpProto.TCP)
 _NEEDS_CSUM = int(h.VNET_F_NEEDS_CSUM)
 _GSO_NONE = int(h.VNET_GSO_NONE)
+_DATA_VALID = int(h.VNET_F_DATA_VALID)
+_UDP = int(h.IpProto.UDP)
+_IPV4_NO_OPTIONS = 0x45  # what encapsulation sends; an outer header with options goes the long way
+_ECN_CE = 0x03
+_UDP_HEADER = struct.Struct("!HHHH")
+_CSUM_START = struct.Struct("<H")
+_OUTER_HEADERS = vxlan.OUTER_HEADERS_LEN
+# An outer IPv4 packet carrying at least an inner Ethernet and IPv4 header.
+_OUTER_MIN = (h.IPV4_MIN_HEADER_LEN + h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN + h.ETH_HEADER_LEN
+              + h.IPV4_MIN_HEADER_LEN)
 
 
 def connection_key(key: bytes, frame: bytes, l2: int) -> bytes | None:
@@ -58,6 +71,40 @@ def packet_length_on_wire(frame: bytes, l2: int) -> int:
     return ihl + l4_header + gso_size
 
 
+def lookup(cache: dict[bytes, CacheEntry], key: bytes, frame: bytes, l2: int,
+           generation: int) -> tuple[CacheEntry | None, bytes | None]:
+    """The current entry for a frame of ``key`` (following a per-connection marker to the
+    connection's own entry), or None; and the connection key when one was computed."""
+    entry = cache.get(key)
+    if entry is None or entry.generation != generation:
+        return None, None
+    if not entry.per_connection:
+        return entry, None
+    conn_key = connection_key(key, frame, l2)
+    entry = cache.get(conn_key) if conn_key is not None else None
+    if entry is None or entry.generation != generation or entry.per_connection:
+        return None, conn_key
+    return entry, conn_key
+
+
+# Inner frames of VXLAN are cached under this instead of a port id (port ids are small numbers).
+INNER_PREFIX = b"\xffVXL"
+
+
+@dataclass(frozen=True)
+class TunnelEnd:
+    """What a cached "VXLAN for us" marker checks per packet, from our VTEP."""
+
+    vtep_mac: bytes
+    port: int
+    vxlan_header: bytes  # flags with the I bit, our VNI, reserved bits zero: all 8 bytes exact
+
+    @classmethod
+    def of(cls, vtep: LocalVtep) -> "TunnelEnd":
+        return cls(vtep.vtep_mac, vtep.port,
+                   struct.pack("!II", h.VXLAN_FLAG_VNI << 24, vtep.vni << 8))
+
+
 def memoise(pkt: Packet, key: bytes, conn_key: bytes | None,
             generation: int) -> list[tuple[bytes, CacheEntry]]:
     """The cache entries a pipeline run justifies: one for a plain switched or routed decision;
@@ -84,10 +131,80 @@ def memoise(pkt: Packet, key: bytes, conn_key: bytes | None,
 
 
 class FastPath:
-    def __init__(self, accel: ModuleType, conntrack: ConntrackTable, timers: NeighborTimers):
+    def __init__(self, accel: ModuleType, conntrack: ConntrackTable, timers: NeighborTimers,
+                 extractor: Any = None, vtep: LocalVtep | None = None):
         self.accel = accel
         self.conntrack = conntrack
         self.timers = timers
+        self.extractor = extractor if extractor is not None else accel.FlowKeyExtractor()
+        self.tunnel_end = TunnelEnd.of(vtep) if vtep is not None else None
+
+    def memoise_decapsulated(self, pkt: Packet, key: bytes,
+                             generation: int) -> list[tuple[bytes, CacheEntry]]:
+        """For a packet vxlan-decap opened: the marker under the outer key, and the inner
+        decision under the inner frame's key (``pkt.data`` is the inner frame by now)."""
+        if self.tunnel_end is None:
+            return []
+        entries = [(key, CacheEntry(generation, -1, None, None, decap=self.tunnel_end))]
+        (inner_key,) = self.extractor.extract([pkt.data], pkt.l2_offset)
+        if inner_key is not None:
+            entries += memoise(pkt, INNER_PREFIX + inner_key, None, generation)
+        return entries
+
+    def through_tunnel(self, marker: CacheEntry, frame: bytes, l2: int,
+                       cache: dict[bytes, CacheEntry], generation: int
+                       ) -> tuple[bytes, CacheEntry | None]:
+        """The inner frame of a VXLAN packet for us and its current entry, or (frame, None)
+        when the pipeline must see the packet."""
+        inner = self._opened(marker.decap, frame, l2)
+        if inner is None:
+            return frame, None
+        (inner_key,) = self.extractor.extract([inner], l2)
+        if inner_key is None:
+            return frame, None
+        entry, _ = lookup(cache, INNER_PREFIX + inner_key, inner, l2, generation)
+        if entry is None or entry.decap is not None:
+            return frame, None
+        return inner, entry
+
+    def _opened(self, tunnel: TunnelEnd, frame: bytes, l2: int) -> bytes | None:
+        """The twin of vxlan-decap for the plain case: the inner frame with its virtio-net
+        header, or None for anything the stage would drop or treat specially."""
+        l3 = l2 + h.ETH_HEADER_LEN
+        if (len(frame) < l3 + _OUTER_MIN or frame[l3] != _IPV4_NO_OPTIONS
+                or frame[l3 + 9] != _UDP or frame[l3 + 6] & 0x3F or frame[l3 + 7]
+                or frame[l3 + 1] & _ECN_CE == _ECN_CE):
+            return None
+        (total,) = _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)
+        if not _OUTER_MIN <= total <= len(frame) - l3:
+            return None
+        if self.accel.checksum(frame[l3: l3 + h.IPV4_MIN_HEADER_LEN]) != 0:
+            return None
+        udp = l3 + h.IPV4_MIN_HEADER_LEN
+        _, dport, length, udp_checksum = _UDP_HEADER.unpack_from(frame, udp)
+        trusted = l2 and frame[0] & (_NEEDS_CSUM | _DATA_VALID)
+        if (dport != tunnel.port or length != total - h.IPV4_MIN_HEADER_LEN
+                or (udp_checksum and not trusted)):
+            return None
+        start = udp + h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN
+        if (frame[udp + h.UDP_HEADER_LEN: start] != tunnel.vxlan_header
+                or frame[start: start + 6] != tunnel.vtep_mac
+                or frame[start + 6: start + 12] == tunnel.vtep_mac):
+            return None
+        vnet = frame[:l2]
+        if l2:
+            if frame[1] != _GSO_NONE:
+                return None
+            if frame[0] & _NEEDS_CSUM:
+                (csum_start,) = _CSUM_START.unpack_from(frame, 6)
+                csum_start -= _OUTER_HEADERS
+                if csum_start < h.ETH_HEADER_LEN:
+                    vnet = h.ZERO_VNET_HDR
+                else:
+                    shifted = bytearray(vnet)
+                    _CSUM_START.pack_into(shifted, 6, csum_start)
+                    vnet = bytes(shifted)
+        return vnet + frame[start: l3 + total]
 
     def apply(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
         """The bytes to send for a hit on ``entry``, or None: the pipeline must see this one."""

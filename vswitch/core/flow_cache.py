@@ -14,7 +14,10 @@ Theory of operation
 * Packets to another node's pods are cached too (routed, or translated and routed): the entry keeps
   the encapsulation, and a hit wraps the routed packet in VXLAN with the function vxlan-encap uses.
   GSO super-frames, which cannot cross the tunnel, always go to the pipeline. What arrives through
-  the tunnel is not cached: the key of the frame as received is the outer one.
+  the tunnel is cached in two steps: under the outer key a marker says "VXLAN for us from a known
+  node"; a hit checks the outer headers as vxlan-decap would (declining anything unusual: a
+  UDP checksum to verify, an ECN mark to carry, a GSO header) and looks the inner frame up under
+  its own key, where the inner packet's routed decision is cached as any other.
 * The key is the ingress port plus the flow key (destination and source MAC, ethertype, IPv4 source
   and destination) taken by the hand-written extractor in ``vswitch.accel``. The extractor returns
   no key for anything that is not a well-formed, unfragmented IPv4 frame, so everything the
@@ -44,12 +47,13 @@ class CacheEntry:
     and the egress MTU, which the fast path checks per packet (sizes and TTLs vary within a flow)."""
 
     __slots__ = ("generation", "out_port", "src", "dst", "rewrite", "neighbor", "mtu",
-                 "per_connection", "ct", "direction", "target", "encap")
+                 "per_connection", "ct", "direction", "target", "encap", "decap")
 
     def __init__(self, generation: int, out_port: int, src: FdbEntry | None,
                  dst: FdbEntry | None, rewrite: bytes | None = None,
                  neighbor: Neighbor | None = None, mtu: int = 0, per_connection: bool = False,
-                 ct: Any = None, direction: Any = None, target: Any = None, encap: Any = None):
+                 ct: Any = None, direction: Any = None, target: Any = None, encap: Any = None,
+                 decap: Any = None):
         self.generation = generation
         self.out_port = out_port
         self.src = src
@@ -67,6 +71,9 @@ class CacheEntry:
         # For a packet to another node: its ``pipeline.tunnel.Encapsulation``; ``rewrite`` is then
         # the outer Ethernet destination and source.
         self.encap = encap
+        # A marker under the key of VXLAN from another node (``fast_path.TunnelEnd``): open the
+        # packet and look its inner frame up under ``fast_path.INNER_PREFIX`` + its own key.
+        self.decap = decap
 
 
 @dataclass(frozen=True)

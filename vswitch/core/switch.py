@@ -112,7 +112,8 @@ class Switch:
         self.unknown_port_frames = 0
         # Bumped by port changes; with the tables' own generations it versions cached decisions.
         self._config_generation = 0
-        self._fast = fast_path.FastPath(self.accel, self.conntrack, self.neighbors.timers)
+        self._fast = fast_path.FastPath(self.accel, self.conntrack, self.neighbors.timers,
+                                        self._extractor, self.overlay.vtep)
         self._env = Env(fdb=self.fdb, fib=self.fib, neighbors=self.neighbors,
                         icmp_limiter=self.icmp_limiter, ports=self.ports, segments=self.segments,
                         segment_ports=self._segment_ports, accel=self.accel,
@@ -195,13 +196,13 @@ class Switch:
             conn_key = None
             if key is not None:
                 key = prefix + key
-                entry = cache.get(key)
-                if entry is not None and entry.generation == generation and entry.per_connection:
-                    conn_key = fast_path.connection_key(key, frame, offset)
-                    entry = cache.get(conn_key) if conn_key is not None else None
-                if (entry is not None and entry.generation == generation
-                        and not entry.per_connection and now - entry.dst.last_seen < aging):
-                    data = self._fast.apply(entry, frame, offset, now)
+                entry, conn_key = fast_path.lookup(cache, key, frame, offset, generation)
+                received = frame
+                if entry is not None and entry.decap is not None:
+                    received, entry = self._fast.through_tunnel(entry, frame, offset, cache,
+                                                                generation)
+                if entry is not None and now - entry.dst.last_seen < aging:
+                    data = self._fast.apply(entry, received, offset, now)
                     if data is not None:
                         entry.src.last_seen = now
                         self.flow_cache.hits += 1
@@ -221,7 +222,11 @@ class Switch:
             # Only the slow path changes generations, so cache hits need not re-read it.
             generation = self._generation()
             if key is not None and self.flow_cache.capacity:
-                for cache_key, cache_entry in fast_path.memoise(pkt, key, conn_key, generation):
+                if pkt.decapsulated_from is not None:
+                    memoised = self._fast.memoise_decapsulated(pkt, key, generation)
+                else:
+                    memoised = fast_path.memoise(pkt, key, conn_key, generation)
+                for cache_key, cache_entry in memoised:
                     self.flow_cache.install(cache_key, cache_entry)
             if trace is not None:
                 tracer.keep(port_id, trace)

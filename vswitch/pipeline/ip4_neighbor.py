@@ -5,10 +5,10 @@ segment's gateway while the packet waits in a bounded per-neighbour queue (see
 ``vswitch.tables.neighbors``); a stale entry keeps forwarding and is re-probed. The frame's source
 MAC is the egress segment's gateway MAC, so the receiver sees the router as its previous hop.
 A decision is cacheable when it is a single packet to a reachable neighbour whose port is known,
-of no translated connection and between addresses no translated connection's replies use, and
-not decapsulated (the cache keys on the frame as received, which for those is the outer one).
+of no translated connection and between addresses no translated connection's replies use.
 An encapsulated packet's decision is cached with its ``Encapsulation``: the rewrite is then the
-outer Ethernet header, and the fast path wraps each packet as vxlan-encap does.
+outer Ethernet header, and the fast path wraps each packet as vxlan-encap does. A decapsulated
+packet's decision is cached under the key of its inner frame (see ``core.fast_path``).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def process(pkt: Packet, env: Env):
         trace.note(NAME, f"next hop {ip_text(next_hop)} is-at {mac_text(entry.mac)} "
                          f"({entry.state.value}); source MAC {mac_text(segment.gateway_mac)}; "
                          f"out of {where}")
-    if (not fragmented and pkt.decapsulated_from is None and fdb_entry is not None and entry.state is NeighborState.REACHABLE
+    if (not fragmented and fdb_entry is not None and entry.state is NeighborState.REACHABLE
             and pkt.src_entry is not None and not actions[:-1]):
         pkt.dst_entry = fdb_entry
         pkt.neighbor = entry

@@ -128,20 +128,23 @@ def process(pkt: Packet, env: Env):
         return env.drop(pkt, Counter.LOOP)
     if eth.ethertype != h.EtherType.IPV4:
         return env.drop(pkt, Counter.INNER_NOT_IPV4)
-    if _inner_ip(inner) is None:
+    inner_ip = _inner_ip(inner)
+    if inner_ip is None:
         return env.drop(pkt, Counter.INNER_MALFORMED)
     inner_vnet = _inner_vnet(pkt)
     if inner_vnet is None:
         return env.drop(pkt, Counter.GSO_UNSUPPORTED)
-    inner = _carry_ecn(inner, pkt.ip.tos, env)
-    if inner is None:
+    marked = _carry_ecn(inner, pkt.ip.tos, env)
+    if marked is None:
         return env.drop(pkt, Counter.ECN_NOT_ECT)
+    if marked is not inner:
+        inner, inner_ip = marked, _inner_ip(marked)
     env.count(Counter.DECAPSULATED)
     pkt.decapsulated_from = node
     pkt.data = inner_vnet + inner
     pkt.vnet = h.VIRTIO_NET_HDR.parse(inner_vnet) if inner_vnet else None
     pkt.eth = eth
-    pkt.ip = _inner_ip(inner)
+    pkt.ip = inner_ip
     if pkt.trace is not None:
         pkt.trace.note(NAME, f"from node {node.name}: outer {ip_text(opened.src)}:"
                              f"{opened.src_port} > {ip_text(opened.dst)}:{vtep.port} VNI "
