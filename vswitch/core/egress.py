@@ -4,9 +4,11 @@ Theory of operation
 -------------------
 * A forwarded frame leaves as it was read, virtio-net header included, when the target port has
   the same framing as the port whose framing the frame follows (the ingress port, or the one a
-  stage names in ``Forward.framing``). Between ports that differ, the header is added (all zero)
-  or removed; a frame whose header asks for segmentation or checksum completion cannot be given
-  to a port without offloads, and is counted as the target's ``offload-unsupported`` tx drop.
+  stage names in ``Forward.framing``). Between ports that differ, the header is added (all zero),
+  removed, or resized (10 and 24 bytes share their first 10); a frame whose header asks for
+  segmentation or checksum completion cannot be given to a port without offloads, and is counted
+  as the target's ``offload-unsupported`` tx drop, as is a VXLAN super-frame to a port whose
+  header cannot describe it.
 * A frame the switch made itself (ARP, ICMP) gets an all-zero virtio-net header on a port that
   has one.
 * Every frame is counted as sent on its port when it is emitted (bytes without the virtio-net
@@ -24,6 +26,8 @@ from vswitch.core.port_spec import PortSpec
 from vswitch.core.actions import Forward
 from vswitch.pipeline.context import Env
 from vswitch.wire import headers as h
+
+_TUNNEL_GSO_BITS = 0x60  # VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4 | _IPV6 (``wire.tunnel_offload``)
 
 
 class Egress:
@@ -46,7 +50,7 @@ class Egress:
         spec = self._ports.get(target)
         if spec is None:
             return
-        if spec.vnet_hdr != in_port.vnet_hdr:
+        if spec.l2_offset != in_port.l2_offset:
             converted = convert_framing(data, in_port, spec)
             if converted is None:
                 self._port_counters[target].tx_drops["offload-unsupported"] += 1
@@ -64,7 +68,7 @@ class Egress:
         spec = self._ports.get(target)
         if spec is None:
             return
-        data = h.ZERO_VNET_HDR + frame if spec.vnet_hdr else frame
+        data = bytes(spec.l2_offset) + frame
         counters = self._port_counters[target]
         counters.tx_packets += 1
         counters.tx_bytes += len(frame)
@@ -75,9 +79,16 @@ class Egress:
 
 def convert_framing(data: bytes, src: PortSpec, dst: PortSpec) -> bytes | None:
     """``data``, framed like ``src``, in ``dst``'s framing; None when ``dst`` cannot take it."""
+    if not src.vnet_hdr:
+        return bytes(dst.l2_offset) + data
+    vnet = h.VIRTIO_NET_HDR.parse(data[: h.VNET_HDR_LEN])
     if dst.vnet_hdr:
-        return h.ZERO_VNET_HDR + data
-    vnet = h.VIRTIO_NET_HDR.parse(data[: src.l2_offset])
+        # Headers of different sizes: the first 10 bytes are the same legacy header in both. A
+        # frame whose GSO type needs the tunnel fields only crosses decapsulated.
+        if vnet.gso_type & _TUNNEL_GSO_BITS:
+            return None
+        return b"".join((data[: h.VNET_HDR_LEN], bytes(dst.l2_offset - h.VNET_HDR_LEN),
+                         data[src.l2_offset:]))
     if vnet.gso_type != h.VNET_GSO_NONE or vnet.flags & h.VNET_F_NEEDS_CSUM:
         # Segmenting or completing checksums in software is not implemented: a port without
         # offloads cannot take this frame.

@@ -167,7 +167,7 @@ class FastPath:
             return frame, None
         return inner, entry
 
-    def _opened(self, tunnel: TunnelEnd, frame: bytes, l2: int) -> bytes | None:
+    def _opened(self, end: TunnelEnd, frame: bytes, l2: int) -> bytes | None:
         """The twin of vxlan-decap for the plain case: the inner frame with its virtio-net
         header, or None for anything the stage would drop or treat specially."""
         l3 = l2 + h.ETH_HEADER_LEN
@@ -183,38 +183,32 @@ class FastPath:
         udp = l3 + h.IPV4_MIN_HEADER_LEN
         _, dport, length, udp_checksum = _UDP_HEADER.unpack_from(frame, udp)
         trusted = l2 and frame[0] & (_NEEDS_CSUM | _DATA_VALID)
-        if (dport != tunnel.port or length != total - h.IPV4_MIN_HEADER_LEN
+        if (dport != end.port or length != total - h.IPV4_MIN_HEADER_LEN
                 or (udp_checksum and not trusted)):
             return None
         start = udp + h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN
-        if (frame[udp + h.UDP_HEADER_LEN: start] != tunnel.vxlan_header
-                or frame[start: start + 6] != tunnel.vtep_mac
-                or frame[start + 6: start + 12] == tunnel.vtep_mac):
+        if (frame[udp + h.UDP_HEADER_LEN: start] != end.vxlan_header
+                or frame[start: start + 6] != end.vtep_mac
+                or frame[start + 6: start + 12] == end.vtep_mac):
             return None
-        vnet = frame[:l2]
-        if l2:
-            if frame[1] != _GSO_NONE:
-                return None
-            if frame[0] & _NEEDS_CSUM:
-                (csum_start,) = _CSUM_START.unpack_from(frame, 6)
-                csum_start -= _OUTER_HEADERS
-                if csum_start < h.ETH_HEADER_LEN:
-                    vnet = h.ZERO_VNET_HDR
-                else:
-                    shifted = bytearray(vnet)
-                    _CSUM_START.pack_into(shifted, 6, csum_start)
-                    vnet = bytes(shifted)
+        vnet = tunnel.inner_vnet(frame[:l2])
+        if vnet is None:
+            return None
         return vnet + frame[start: l3 + total]
 
     def apply(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
         """The bytes to send for a hit on ``entry``, or None: the pipeline must see this one."""
-        if entry.encap is not None and l2 and frame[1] != _GSO_NONE:
-            return None  # a super-frame cannot cross the tunnel: the pipeline counts the drop
+        vnet = frame[:l2]
+        if entry.encap is not None:
+            (total,) = _U16.unpack_from(frame, l2 + h.ETH_HEADER_LEN + h.IPV4_TOTAL_LENGTH_OFFSET)
+            vnet = tunnel.outer_vnet(vnet, h.ETH_HEADER_LEN + total)
+            if vnet is None:
+                return None  # cannot cross the tunnel as it is: the pipeline counts the drop
         if entry.ct is not None:
-            return self._connection(entry, frame, l2, now)
+            return self._connection(entry, frame, l2, now, vnet)
         if entry.rewrite is None:
             return frame
-        return self._routed(entry, frame, l2, now)
+        return self._routed(entry, frame, l2, now, vnet)
 
     def _routing_allows(self, entry: CacheEntry, frame: bytes, l2: int, l3: int, ihl: int,
                         now: float) -> bool:
@@ -227,7 +221,8 @@ class FastPath:
                 and packet_length_on_wire(frame, l2) <= entry.mtu
                 and self.accel.checksum(frame[l3: l3 + ihl]) == 0)
 
-    def _routed(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
+    def _routed(self, entry: CacheEntry, frame: bytes, l2: int, now: float,
+                vnet: bytes) -> bytes | None:
         l3 = l2 + h.ETH_HEADER_LEN
         ihl = (frame[l3] & 0x0F) * 4
         if not self._routing_allows(entry, frame, l2, l3, ihl, now):
@@ -235,17 +230,19 @@ class FastPath:
         (total,) = _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)
         if entry.encap is not None:
             packet = decrement_ttl(frame[l3: l3 + ihl], self.accel) + frame[l3 + ihl: l3 + total]
-            return self._encapsulated(entry, frame[:l2], packet)
+            return self._encapsulated(entry, vnet, packet)
         return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3],
                          decrement_ttl(frame[l3: l3 + ihl], self.accel),
                          frame[l3 + ihl: l3 + total]))
 
     def _encapsulated(self, entry: CacheEntry, vnet: bytes, packet: bytes) -> bytes:
-        """What vxlan-encap and ip4-neighbor make of a routed ``packet`` for another node."""
+        """What vxlan-encap and ip4-neighbor make of a routed ``packet`` for another node;
+        ``vnet`` is the encapsulated frame's header (``tunnel.outer_vnet``)."""
         outer, _ = entry.encap.outer_packet(packet, self.accel)
-        return b"".join((tunnel.outer_vnet(vnet), entry.rewrite, tunnel.ETHERTYPE_IPV4, outer))
+        return b"".join((vnet, entry.rewrite, tunnel.ETHERTYPE_IPV4, outer))
 
-    def _connection(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
+    def _connection(self, entry: CacheEntry, frame: bytes, l2: int, now: float,
+                    vnet: bytes) -> bytes | None:
         """A packet of a translated connection in a plain state: the conntrack update and the NAT
         rewrite run here, as the stages would run them. SYN, FIN, RST, a TCP state other than
         ESTABLISHED, or a dead entry go to the pipeline."""
@@ -275,5 +272,5 @@ class FastPath:
             return b"".join((frame[:l3], packet))
         lower_ttl(packet, self.accel)
         if entry.encap is not None:
-            return self._encapsulated(entry, frame[:l2], bytes(packet))
+            return self._encapsulated(entry, vnet, bytes(packet))
         return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3], packet))

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 VNET_HDR_LEN = 10  # struct virtio_net_hdr, as set with TUNSETVNETHDRSZ
+# struct virtio_net_hdr_v1_hash_tunnel: on a node whose uplink carries VXLAN super-frames (UDP-tunnel
+# GSO), every port uses it, so that frames pass between ports without converting their headers.
+VNET_TUNNEL_HDR_LEN = 24
 
 
 class PortKind(enum.Enum):
@@ -27,6 +30,7 @@ class PortSpec:
     device: str = ""  # kernel device name, for display
     port_security: bool = True
     segment: int = 0  # index into Topology.all_segments(): the L2 segment this port belongs to
+    vnet_hdr_len: int = VNET_HDR_LEN  # the virtio-net header's size, when the port has one
     # Derived once here so that the packet path compares bytes, not text.
     mac_bytes: bytes = field(init=False, repr=False, compare=False)
     ip_bytes: bytes = field(init=False, repr=False, compare=False)
@@ -35,4 +39,4 @@ class PortSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac_bytes", bytes(int(p, 16) for p in self.mac.split(":")))
         object.__setattr__(self, "ip_bytes", IPv4Address(self.ip).packed)
-        object.__setattr__(self, "l2_offset", VNET_HDR_LEN if self.vnet_hdr else 0)
+        object.__setattr__(self, "l2_offset", self.vnet_hdr_len if self.vnet_hdr else 0)

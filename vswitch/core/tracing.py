@@ -29,7 +29,6 @@ from vswitch.core.actions import Action, Drop, Forward, Hold, Reply
 from vswitch.model import mac_for_ip
 from vswitch.pipeline import graph
 from vswitch.pipeline.context import Env, Packet
-from vswitch.wire import headers as h
 from vswitch.wire.addresses import BROADCAST_MAC, mac_bytes, mac_text
 from vswitch.wire.text import build_frame, parse_packet
 
@@ -52,7 +51,7 @@ class Tracer:
         spec = parse_packet(packet)
         frame = build_frame(spec, port.mac_bytes, self._guess_dst_mac(port, spec.dst),
                             self._env.accel)
-        data = h.ZERO_VNET_HDR + frame if port.vnet_hdr else frame
+        data = bytes(port.l2_offset) + frame
         trace = Trace(port=port.name, summary=packet, dry_run=True)
         env = self._env.dry_run_copy(StageCounters(graph.STAGE_COUNTERS))
         env.now = now

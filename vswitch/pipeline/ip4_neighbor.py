@@ -18,7 +18,6 @@ from vswitch.core.actions import Hold
 from vswitch.pipeline import routed_frames
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.neighbors import NeighborState, ResolveResult
-from vswitch.wire import headers as h
 from vswitch.wire.addresses import ip_text, mac_text
 
 NAME = "ip4-neighbor"
@@ -44,7 +43,7 @@ def process(pkt: Packet, env: Env):
     fragmented = len(pkt.out_packets) > 1
     vnet = pkt.out_vnet if pkt.out_vnet is not None else pkt.vnet_bytes
     if fragmented and pkt.l2_offset:
-        vnet = h.ZERO_VNET_HDR  # fragments carry complete checksums and are not GSO
+        vnet = bytes(pkt.l2_offset)  # fragments carry complete checksums and are not GSO
     if entry is None:
         if trace is not None:
             trace.note(NAME, f"next hop {ip_text(next_hop)} on segment {segment.name} is not "

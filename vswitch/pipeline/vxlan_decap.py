@@ -13,13 +13,14 @@ router as it is by the sender's (a pod two nodes away sees TTL 62). Outer ECN co
 marks are carried inwards (RFC 6040 normal mode, as Linux's ``ip_tunnel_ecn_decapsulate``): CE
 outside marks an ECN-capable inner packet CE; CE outside a not-ECT inner packet drops it.
 A partial inner checksum (the sender's ``NEEDS_CSUM``) keeps its start, moved back by the outer
-headers. A frame is opened once: VXLAN inside VXLAN is dropped.
+headers, and a tunnel super-frame becomes the inner TSO super-frame it carried
+(``pipeline.tunnel.inner_vnet``). A frame is opened once: VXLAN inside VXLAN is dropped.
 """
 from __future__ import annotations
 
 import enum
-import struct
 
+from vswitch.pipeline import tunnel
 from vswitch.pipeline.context import Env, Packet
 from vswitch.wire import headers as h, vxlan
 from vswitch.wire.addresses import ip_text, mac_text
@@ -27,7 +28,6 @@ from vswitch.wire.addresses import ip_text, mac_text
 NAME = "vxlan-decap"
 NEXT = ("ip4-input",)
 
-_CSUM_START_OFFSET = 6
 _ECN_MASK = 0x03
 _ECN_CE = 0x03
 
@@ -52,27 +52,10 @@ class Counter(enum.Enum):
     INNER_MALFORMED = "inner IPv4 header truncated or inconsistent"
     ECN_NOT_ECT = "outer CE mark on an inner packet that is not ECN-capable"
     NESTED = "VXLAN inside VXLAN"
-    GSO_UNSUPPORTED = "outer frame is a GSO super-frame"
+    GSO_UNSUPPORTED = "outer super-frame whose offload cannot be passed on to the inner frame"
 
 
 _BY_REASON = {reason: Counter[reason.name] for reason in vxlan.DropReason}
-
-
-def _inner_vnet(pkt: Packet) -> bytes | None:
-    vnet = pkt.vnet_bytes
-    if not vnet:
-        return b""
-    parsed = pkt.vnet
-    if parsed.gso_type != h.VNET_GSO_NONE:
-        return None
-    if not parsed.flags & h.VNET_F_NEEDS_CSUM:
-        return vnet
-    start = parsed.csum_start - vxlan.OUTER_HEADERS_LEN
-    if start < h.ETH_HEADER_LEN:
-        return h.ZERO_VNET_HDR  # the partial checksum was the outer UDP's; none is left inside
-    shifted = bytearray(vnet)
-    struct.pack_into("<H", shifted, _CSUM_START_OFFSET, start)
-    return bytes(shifted)
 
 
 def _inner_ip(inner: bytes):
@@ -131,7 +114,7 @@ def process(pkt: Packet, env: Env):
     inner_ip = _inner_ip(inner)
     if inner_ip is None:
         return env.drop(pkt, Counter.INNER_MALFORMED)
-    inner_vnet = _inner_vnet(pkt)
+    inner_vnet = tunnel.inner_vnet(pkt.vnet_bytes)
     if inner_vnet is None:
         return env.drop(pkt, Counter.GSO_UNSUPPORTED)
     marked = _carry_ecn(inner, pkt.ip.tos, env)

@@ -9,9 +9,11 @@ goes to ip4-neighbor as a packet routed out of the uplink: to the node itself wh
 uplink's network, else to the route that covers its address (the uplink gateway), resolved by ARP.
 
 A partial checksum (virtio-net ``NEEDS_CSUM``) stays partial: its start moves by the outer headers,
-and the kernel on the far side completes it. A GSO super-frame cannot cross the tunnel as one
-frame through a 10-byte virtio-net header; it is dropped and counted here, so ports whose traffic
-crosses the overlay run without TSO until the uplink hands them to the kernel as UDP-tunnel GSO.
+and the kernel on the far side completes it. A TSO super-frame crosses whole: on a node whose
+uplink takes UDP-tunnel GSO every port has the 24-byte virtio-net header, and the encapsulated
+frame's header tells the kernel where the outer and inner headers are, so the kernel cuts it into
+MTU-sized VXLAN packets (or hands it whole to the next tunnel-GSO TAP). Without that (an older
+kernel) pods get no TSO on such a node, and a super-frame that comes anyway is dropped and counted.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ NEXT = ("ip4-neighbor",)
 class Counter(enum.Enum):
     ENCAPSULATED = "packets encapsulated for another node"
     NO_UNDERLAY_ROUTE = "the remote node's underlay address has no route outside the overlay"
-    GSO_UNSUPPORTED = "GSO super-frames for another node (the uplink has no UDP-tunnel GSO)"
+    GSO_UNSUPPORTED = "GSO super-frames that cannot cross the tunnel (no UDP-tunnel GSO, too long)"
 
 
 def _underlay_route(env: Env, address) -> Route | None:
@@ -52,8 +54,8 @@ def process(pkt: Packet, env: Env):
     if encap is None or underlay is None:
         return env.drop(pkt, Counter.NO_UNDERLAY_ROUTE)
     fragmented = len(pkt.out_packets) > 1
-    vnet = tunnel.outer_vnet(pkt.vnet_bytes if not fragmented or not pkt.l2_offset
-                             else h.ZERO_VNET_HDR)
+    vnet = tunnel.outer_vnet(pkt.vnet_bytes if not fragmented else bytes(pkt.l2_offset),
+                             h.ETH_HEADER_LEN + len(pkt.out_packets[0]))
     if vnet is None:
         return env.drop(pkt, Counter.GSO_UNSUPPORTED)
     outer = []

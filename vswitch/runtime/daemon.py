@@ -69,7 +69,7 @@ from typing import Any, AsyncContextManager, Awaitable, Callable, Iterator, Sequ
 import trio
 
 from vswitch import config
-from vswitch.core.port_spec import PortKind, PortSpec
+from vswitch.core.port_spec import VNET_HDR_LEN, PortKind, PortSpec
 from vswitch.model import DEFAULT_SEGMENT, Pod, RemotePod, Service, Topology
 from vswitch.runtime import sdnotify
 from vswitch.control.node import node_statistics
@@ -129,26 +129,29 @@ def _system_port_factory() -> PortFactory:
     return tap_port_factory
 
 
-def port_specs(topology: Topology) -> Iterator[tuple[PortSpec, Any]]:
+def port_specs(topology: Topology,
+               vnet_hdr_len: int = VNET_HDR_LEN) -> Iterator[tuple[PortSpec, Any]]:
     """Each port's spec with the thing to create for it: None for the host port and the uplink
-    (their kind tells them apart), else the Pod. Host port first, then the uplink, then pods."""
+    (their kind tells them apart), else the Pod. Host port first, then the uplink, then pods.
+    ``vnet_hdr_len`` is the kernel layer's choice of virtio-net header (``Kernel.vnet_hdr_len``)."""
     node, dataplane = topology.node, topology.dataplane
     next_id = 1
     host = topology.host_port
     if host.enabled:
         yield PortSpec(id=next_id, name="host", kind=PortKind.HOST, mac=host.mac, ip=host.address.ip,
                        vnet_hdr=dataplane.offloads, mtu=node.mtu, device=host.name,
-                       segment=topology.segment_index(DEFAULT_SEGMENT)), None
+                       segment=topology.segment_index(DEFAULT_SEGMENT),
+                       vnet_hdr_len=vnet_hdr_len), None
         next_id += 1
     if topology.uplink is not None:
-        yield uplink_spec(topology, next_id), None
+        yield uplink_spec(topology, next_id, vnet_hdr_len), None
         next_id += 1
     for pod in topology.pods:
-        yield pod_spec(topology, pod, next_id), pod
+        yield pod_spec(topology, pod, next_id, vnet_hdr_len), pod
         next_id += 1
 
 
-def uplink_spec(topology: Topology, port_id: int) -> PortSpec:
+def uplink_spec(topology: Topology, port_id: int, vnet_hdr_len: int = VNET_HDR_LEN) -> PortSpec:
     """The uplink's far side is the whole outside world: any source address may arrive on it, so
     port security is off, and its address is the gateway's, the router's next hop."""
     uplink = topology.uplink
@@ -157,13 +160,16 @@ def uplink_spec(topology: Topology, port_id: int) -> PortSpec:
     assert segment is not None
     return PortSpec(id=port_id, name=UPLINK_PORT, kind=PortKind.UPLINK, mac=uplink.far_mac,
                     ip=uplink.gateway, vnet_hdr=topology.dataplane.offloads, mtu=uplink.mtu,
-                    device=uplink.name, port_security=False, segment=segment)
+                    device=uplink.name, port_security=False, segment=segment,
+                    vnet_hdr_len=vnet_hdr_len)
 
 
-def pod_spec(topology: Topology, pod: Pod, port_id: int) -> PortSpec:
+def pod_spec(topology: Topology, pod: Pod, port_id: int,
+             vnet_hdr_len: int = VNET_HDR_LEN) -> PortSpec:
     return PortSpec(id=port_id, name=pod.name, kind=PortKind.POD, mac=pod.mac, ip=pod.ip,
                     vnet_hdr=topology.dataplane.offloads, mtu=topology.pod_mtu(pod),
-                    device=pod.tap, segment=topology.segment_index(pod.segment))
+                    device=pod.tap, segment=topology.segment_index(pod.segment),
+                    vnet_hdr_len=vnet_hdr_len)
 
 
 def host_route_destinations(topology: Topology) -> list[IPv4Network]:
@@ -430,7 +436,8 @@ class NodeRuntime:
 
     async def add_pod(self, pod: Pod) -> None:
         """Create the pod's namespace and TAP, add its port, start its tasks. Not programmed."""
-        spec = pod_spec(self.topology, pod, self._next_id)
+        spec = pod_spec(self.topology, pod, self._next_id,
+                        self.kernel.vnet_hdr_len)
         handle = await self.kernel.create_pod(pod)
         try:
             self.attach(spec, handle)
@@ -705,7 +712,8 @@ async def run_daemon(topology: Topology, *,
                         log.warning("removed %d leftover objects of an earlier run",
                                     len(leftovers))
 
-                    for spec, pod in port_specs(topology):
+                    for spec, pod in port_specs(topology,
+                                                kernel.vnet_hdr_len):
                         if spec.kind is PortKind.HOST:
                             handle = await kernel.create_host_port()
                         elif spec.kind is PortKind.UPLINK:

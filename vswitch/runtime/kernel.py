@@ -80,7 +80,8 @@ from vswitch.runtime.netlink import (NetlinkSession, NetlinkWorker, add_address,
                                      has_address, link_kind, tun_links)
 from vswitch.runtime.netns import (kill_netns_processes, netns_exists, remove_netns_mount,
                                    write_netns_sysctls)
-from vswitch.runtime.tap import open_tap
+from vswitch.core.port_spec import VNET_HDR_LEN, VNET_TUNNEL_HDR_LEN
+from vswitch.runtime.tap import open_tap, udp_tunnel_gso_supported
 
 # Namespace-local settings of every pod (the host's sysctls are never touched).
 POD_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1"}
@@ -138,11 +139,16 @@ class NodeObjects:
     Synchronous and bound to the thread of the ``NetlinkSession`` passed to each method.
     """
 
-    def __init__(self, node: str, state_dir: str, tso: bool = True) -> None:
+    def __init__(self, node: str, state_dir: str, tso: bool = True,
+                 vnet_hdr_len: int = VNET_HDR_LEN, uplink_tunnel_gso: bool = False) -> None:
         self.node = node
         self.state_dir = state_dir
-        # False on a node with an overlay: pods' and the host's super-frames could not cross it.
+        # On a node with an overlay: with UDP-tunnel GSO on the uplink, every TAP has the 24-byte
+        # header and pods keep TSO (their super-frames cross the tunnel whole); without it (an
+        # older kernel), pods and the host get no TSO, since a super-frame could not cross.
         self.tso = tso
+        self.vnet_hdr_len = vnet_hdr_len
+        self.uplink_tunnel_gso = uplink_tunnel_gso
         self.journal = Journal(state_dir, node)
 
     def create_pod(self, session: NetlinkSession, pod: Pod, segment: Segment, mtu: int,
@@ -166,7 +172,7 @@ class NodeObjects:
             # Pods are IPv4-only: interfaces that arrive in the namespace (eth0) get no IPv6, so
             # no router solicitations or MLD reports reach the switch. lo keeps ::1.
             write_netns_sysctls(pod.netns, POD_SYSCTLS)
-            fd = open_tap(pod.tap, vnet_hdr, tso=self.tso)
+            fd = open_tap(pod.tap, vnet_hdr, tso=self.tso, hdr_len=self.vnet_hdr_len)
             session.move_link_to_netns(pod.tap, pod.netns)
             address = IPv4Interface(f"{pod.ip}/{segment.cidr.prefixlen}")
             session.configure_pod_link(pod.netns, pod.tap, pod.mac, address, mtu,
@@ -193,7 +199,7 @@ class NodeObjects:
         self.journal.record_tap(port.name)
         fd = -1
         try:
-            fd = open_tap(port.name, vnet_hdr, tso=self.tso)
+            fd = open_tap(port.name, vnet_hdr, tso=self.tso, hdr_len=self.vnet_hdr_len)
             session.configure_host_link(port.name, port.mac, port.address, mtu)
         except BaseException:
             if fd >= 0:
@@ -210,7 +216,8 @@ class NodeObjects:
         self.journal.record_tap(uplink.name)
         fd = -1
         try:
-            fd = open_tap(uplink.name, vnet_hdr)
+            fd = open_tap(uplink.name, vnet_hdr,
+                          udp_tunnel_gso=vnet_hdr and self.uplink_tunnel_gso)
             _configure_far_side(session.root, uplink)
         except BaseException:
             if fd >= 0:
@@ -242,7 +249,8 @@ class NodeObjects:
                     bridge, made = _prepare_bridge(ipr, uplink, record)
                 if made:
                     created.append(f"bridge {uplink.bridge}")
-            fd = open_tap(uplink.name, vnet_hdr)
+            fd = open_tap(uplink.name, vnet_hdr,
+                          udp_tunnel_gso=vnet_hdr and self.uplink_tunnel_gso)
             if uplink.netns is not None:
                 session.move_link_to_netns(uplink.name, uplink.netns)
             with session.in_namespace(uplink.netns) as ipr:
@@ -370,6 +378,11 @@ class Kernel:
         self._host_routes: list[IPv4Network] = []
         self._closed = False
 
+    @property
+    def vnet_hdr_len(self) -> int:
+        """The virtio-net header size of the node's TAPs (see ``node_objects``)."""
+        return self._objects.vnet_hdr_len
+
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, topology: Topology) -> AsyncIterator["Kernel"]:
@@ -380,9 +393,7 @@ class Kernel:
             worker = NetlinkWorker(name=f"netlink-{topology.node.name}")
             worker.start()
             try:
-                objects = await worker.run(
-                    lambda _session: NodeObjects(topology.node.name, topology.control.state_dir,
-                                                 tso=topology.overlay is None))
+                objects = await worker.run(lambda _session: node_objects(topology))
                 kernel = cls(topology, worker, objects)
                 try:
                     yield kernel
@@ -474,6 +485,19 @@ class Kernel:
             for dst in routes:
                 await self._worker.run(_delete_route, dst, device)
             await self._worker.run(self._objects.remove_all, NodeNames())
+
+
+def node_objects(topology: Topology) -> NodeObjects:
+    """The node's kernel layer, with the TAP framing its overlay needs (``NodeObjects``)."""
+    tunnel = (topology.overlay is not None and topology.dataplane.offloads
+              and udp_tunnel_gso_supported())
+    if topology.overlay is not None and topology.dataplane.offloads and not tunnel:
+        log.warning("the kernel offers no UDP-tunnel GSO on TAPs (Linux 6.17 or later): pods of "
+                    "this node get no TSO, so that their packets fit the overlay")
+    return NodeObjects(topology.node.name, topology.control.state_dir,
+                       tso=topology.overlay is None or tunnel,
+                       vnet_hdr_len=VNET_TUNNEL_HDR_LEN if tunnel else VNET_HDR_LEN,
+                       uplink_tunnel_gso=tunnel)
 
 
 def _configure_far_side(ipr: Any, uplink: Uplink) -> None:

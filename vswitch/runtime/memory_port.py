@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Mapping
 
 import trio
 
-from vswitch.core.port_spec import PortSpec
+from vswitch.core.port_spec import VNET_HDR_LEN, PortSpec
 from vswitch.model import Dataplane, Pod, Topology
 from vswitch.runtime.port_io import Port, RuntimeErrors, process
 from vswitch.runtime.switch_core import SwitchCore
@@ -100,6 +100,8 @@ class MemoryPortFactory:
 
 class NullKernel:
     """A kernel that creates nothing; it records what it was asked to do, in order."""
+
+    vnet_hdr_len = VNET_HDR_LEN  # memory ports frame like TAPs without UDP-tunnel GSO
 
     def __init__(self) -> None:
         self.calls: list[str] = []

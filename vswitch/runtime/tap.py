@@ -58,7 +58,8 @@ class UdpTunnelGsoUnsupported(OSError):
     """The running kernel does not offer UDP-tunnel GSO on TAPs."""
 
 
-def open_tap(name: str, vnet_hdr: bool, udp_tunnel_gso: bool = False, tso: bool = True) -> int:
+def open_tap(name: str, vnet_hdr: bool, udp_tunnel_gso: bool = False, tso: bool = True,
+             hdr_len: int = VNET_HDR_LEN) -> int:
     """Create the TAP ``name`` and return its non-blocking, close-on-exec fd.
 
     The device exists exactly as long as the fd (or a dup of it) is open. ``vnet_hdr`` turns on
@@ -69,7 +70,9 @@ def open_tap(name: str, vnet_hdr: bool, udp_tunnel_gso: bool = False, tso: bool 
 
     ``udp_tunnel_gso`` (which needs ``vnet_hdr``) makes the header 24 bytes and adds the
     UDP-tunnel GSO offloads, with and without the outer UDP checksum; a kernel without them
-    raises ``UdpTunnelGsoUnsupported`` naming the device.
+    raises ``UdpTunnelGsoUnsupported`` naming the device. ``hdr_len`` VNET_TUNNEL_HDR_LEN without
+    ``udp_tunnel_gso`` gives a pod the header size of a node whose uplink takes tunnel GSO (its
+    tunnel fields stay zero), so that frames pass between the two without conversion.
     """
     if not name or len(name) > IFNAMSIZ:
         raise ValueError(f"interface name {name!r} must be 1..{IFNAMSIZ} characters")
@@ -90,7 +93,7 @@ def open_tap(name: str, vnet_hdr: bool, udp_tunnel_gso: bool = False, tso: bool 
                     exc.errno, f"TAP {name}: the kernel refuses UDP-tunnel GSO "
                     f"(TUN_F_UDP_TUNNEL_GSO, Linux 6.17 or later): {exc.strerror}") from exc
         elif vnet_hdr:
-            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", hdr_len))
             fcntl.ioctl(fd, TUNSETOFFLOAD, _OFFLOADS if tso else TUN_F_CSUM)
     except BaseException:
         os.close(fd)
