@@ -14,7 +14,7 @@ from ipaddress import IPv4Interface
 import pytest
 
 from harness import (PYTHON, TCP_SINK_SCRIPT, TCP_SOURCE_SCRIPT, UDP_SINK_SCRIPT,
-                     UDP_SOURCE_SCRIPT, PodSpec, program, read_line, terminate)
+                     UDP_SOURCE_SCRIPT, PodSpec, program, random_pod_cidr, read_line, terminate)
 from multinode import call_phase_passed, lab_factory
 from vswitch.lab.kernel_node import KernelNode, KernelNodeSpec, RemoteNode
 from vswitch.model import mac_for_ip
@@ -22,6 +22,8 @@ from vswitch.model import mac_for_ip
 pytestmark = pytest.mark.integration
 
 PING_TTL_SCRIPT = program("ping_ttl")
+ECHO_SERVER = program("echo_server")
+REQUESTS = program("requests")
 PODS = [PodSpec("alpha"), PodSpec("bravo")]
 
 
@@ -181,3 +183,93 @@ def test_a_node_built_from_kernel_parts_interoperates_both_ways(make_lab):
         finally:
             terminate(server)
         assert json.loads(out)["sha256"] == sent["sha256"], err
+        # UDP both ways: numbered datagrams, every one intact.
+        port = random.randrange(20000, 60000)
+        sink = subprocess.Popen(["nsenter", f"--net=/run/netns/{pod_ns}", PYTHON,
+                                 UDP_SINK_SCRIPT, str(port), "20", "5", "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert read_line(sink) == "listening"
+            node.daemon.python_in("alpha", UDP_SOURCE_SCRIPT, str(pod_ip), str(port), "20",
+                                  "0.01")
+            out, err = sink.communicate(timeout=30)
+        finally:
+            terminate(sink)
+        received = json.loads(out)
+        assert received["intact"] and len(received["received"]) == 20, (received, err)
+        port = random.randrange(20000, 60000)
+        sink = node.daemon.popen_in("alpha", PYTHON, UDP_SINK_SCRIPT, str(port), "20", "5", "2",
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert read_line(sink) == "listening"
+            subprocess.run(["nsenter", f"--net=/run/netns/{pod_ns}", PYTHON, UDP_SOURCE_SCRIPT,
+                            str(node.pod_ips()["alpha"]), str(port), "20", "0.01"],
+                           check=True, capture_output=True, timeout=30)
+            out, err = sink.communicate(timeout=30)
+        finally:
+            terminate(sink)
+        received = json.loads(out)
+        assert received["intact"] and len(received["received"]) == 20, (received, err)
+        assert received["peers"] == [str(pod_ip)]
+
+
+def service_extra(node, service_cidr) -> str:
+    """Services every node of the lab serves alike: a ClusterIP with a web pod on each node, a
+    NodePort whose only endpoint is on node 1 (policy Cluster), and the same as Local."""
+    webs = [str(other.pod_ips()["web"]) for other in node.lab.nodes]
+    vip = service_cidr.network_address
+    return (f'[cluster]\ncidr = "{node.lab.cluster_cidr}"\nservice_cidr = "{service_cidr}"\n'
+            + peers_of(node) +
+            f'[[services]]\nname = "web"\ncluster_ip = "{vip + 10}"\n'
+            f'endpoints = {json.dumps(webs)}\n'
+            'ports = [ { name = "http", port = 80, target_port = 8080 } ]\n'
+            f'[[services]]\nname = "np"\ncluster_ip = "{vip + 11}"\ntype = "NodePort"\n'
+            f'endpoints = ["{webs[1]}"]\n'
+            'ports = [ { name = "http", port = 80, target_port = 8080, node_port = 30080 } ]\n'
+            f'[[services]]\nname = "np-local"\ncluster_ip = "{vip + 12}"\ntype = "NodePort"\n'
+            f'external_traffic_policy = "Local"\nendpoints = ["{webs[1]}"]\n'
+            'ports = [ { name = "http", port = 80, target_port = 8080, node_port = 30081 } ]\n')
+
+
+def requests_from_underlay(lab, host, port: int, count: int, timeout: float) -> dict:
+    done = subprocess.run(["nsenter", f"--net=/run/netns/{lab.underlay.netns}", PYTHON, REQUESTS,
+                           "tcp", str(host), str(port), str(count), str(timeout)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_services_across_nodes_clusterip_and_nodeport_cluster_and_local(make_lab):
+    service_cidr = random_pod_cidr()
+    pods = [[PodSpec("alpha"),
+             PodSpec("web", containers=(("http", (PYTHON, ECHO_SERVER, f"web-{i}",
+                                                  "tcp:8080")),))] for i in range(2)]
+    lab = make_lab(2, pods)
+    for node in lab.nodes:
+        node.daemon.update_spec(mtu=None)
+    lab.write_configs(lambda node: service_extra(node, service_cidr))
+    lab.start()
+    first, second = lab[0], lab[1]
+    vip = service_cidr.network_address
+
+    # A ClusterIP on node 0 is answered by the web pods of both nodes, which see the client's
+    # own address (DNAT only; the replies come back through the overlay and are reverse-NATed).
+    result = first.daemon.python_in("alpha", REQUESTS, "tcp", str(vip + 10), "80", "24", "3")
+    answers = [a.split() for a in result["answers"] if a]
+    assert not [e for e in result["errors"] if e], result["errors"]
+    assert {name for name, _, _ in answers} == {"web-0", "web-1"}, first.daemon.log()
+    assert {peer.rsplit(":", 1)[0] for _, peer, _ in answers} == {str(first.pod_ips()["alpha"])}
+
+    # The NodePort of node 0 reaches node 1's pod, SNATed to node 0's pod gateway.
+    result = requests_from_underlay(lab, first.address, 30080, 4, 3)
+    assert not [e for e in result["errors"] if e], (result, first.daemon.log())
+    names_and_peers = {(a.split()[0], a.split()[1].rsplit(":", 1)[0]) for a in result["answers"]}
+    assert names_and_peers == {("web-1", str(first.pod_cidr.network_address + 1))}
+
+    # With policy Local and no endpoint on node 0, node 0 drops it; node 1 answers.
+    refused = requests_from_underlay(lab, first.address, 30081, 1, 1)
+    assert refused["answers"] == [None] and refused["errors"][0]
+    local = requests_from_underlay(lab, second.address, 30081, 2, 3)
+    assert [a.split()[0] for a in local["answers"]] == ["web-1", "web-1"]
+    drops = first.daemon.ctl("stats")["stages"]["ip4-service"]["no-local-endpoint"]
+    assert drops >= 1
