@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import time
 from ipaddress import IPv4Interface
 
 import pytest
 
 from harness import (PYTHON, TCP_SINK_SCRIPT, TCP_SOURCE_SCRIPT, UDP_SINK_SCRIPT,
                      UDP_SOURCE_SCRIPT, PodSpec, program, random_pod_cidr, read_line, terminate)
+from etcd_support import EtcdServer, require_etcd
 from multinode import call_phase_passed, lab_factory
 from vswitch.lab.kernel_node import KernelNode, KernelNodeSpec, RemoteNode
 from vswitch.model import mac_for_ip
@@ -24,6 +26,8 @@ pytestmark = pytest.mark.integration
 PING_TTL_SCRIPT = program("ping_ttl")
 ECHO_SERVER = program("echo_server")
 REQUESTS = program("requests")
+PING_STREAM_SCRIPT = program("ping_stream")
+TTL_AWAY = 4.0  # seconds etcd is away: longer than the nodes' lease TTL (3 s)
 PODS = [PodSpec("alpha"), PodSpec("bravo")]
 
 
@@ -273,3 +277,40 @@ def test_services_across_nodes_clusterip_and_nodeport_cluster_and_local(make_lab
     assert [a.split()[0] for a in local["answers"]] == ["web-1", "web-1"]
     drops = first.daemon.ctl("stats")["stages"]["ip4-service"]["no-local-endpoint"]
     assert drops >= 1
+
+
+def test_forwarding_goes_on_while_the_cluster_store_is_away(make_lab):
+    """Nodes that learned each other from etcd keep forwarding when etcd stops (fail static),
+    and after it returns; not one ping of a steady stream is lost."""
+    require_etcd()
+    etcd = EtcdServer()
+    try:
+        etcd.start()
+        lab = overlay_lab(make_lab, 2, [PodSpec("alpha")], extra=lambda node: (
+            f'[cluster]\ncidr = "{node.lab.cluster_cidr}"\nstore = "etcd"\n'
+            f'etcd_endpoints = ["{etcd.endpoint}"]\nlease_ttl = 3\n[overlay]\n'))
+        lab.start()
+        first, second = lab[0], lab[1]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            states = {row["name"]: row["state"] for row in first.daemon.ctl("nodes")}
+            if states.get(second.name) == "ready":
+                break
+            time.sleep(0.1)
+        assert states.get(second.name) == "ready", first.daemon.log()
+        stream = first.daemon.popen_in("alpha", PYTHON, PING_STREAM_SCRIPT,
+                                       str(second.pod_ips()["alpha"]), "150", "0.04",
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.0)
+            etcd.stop()
+            time.sleep(TTL_AWAY)
+            etcd.start()
+            out, err = stream.communicate(timeout=60)
+        finally:
+            terminate(stream)
+        assert json.loads(out) == {"sent": 150, "lost": []}, err
+        assert {row["name"]: row["state"] for row in first.daemon.ctl("nodes")}[second.name] \
+            == "ready"
+    finally:
+        etcd.close()
