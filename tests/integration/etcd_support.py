@@ -1,10 +1,10 @@
 """A real etcd for the tests, started the way a user would start a one-member cluster.
 
-:class:`EtcdServer` runs Debian's ``etcd`` (package ``etcd-server``) on two free loopback ports
-with a temporary data directory and a unique member name, waits until ``/health`` answers, and on
-:meth:`EtcdServer.close` kills it and removes the data directory. :meth:`stop` and :meth:`start`
-may be called in between to take the store away and bring it back with its data (same ports, same
-directory), as when etcd restarts.
+:class:`EtcdServer` (``vswitch.lab.etcd_server``, which ``vswitch-lab`` uses too) runs Debian's
+``etcd`` (package ``etcd-server``) on two free loopback ports with a temporary data directory and
+a unique member name, waits until ``/health`` answers, and on :meth:`EtcdServer.close` kills it and
+removes the data directory. :meth:`stop` and :meth:`start` may be called in between to take the
+store away and bring it back with its data (same ports, same directory), as when etcd restarts.
 
 Run as a program (``python3 etcd_support.py member ENDPOINT CLUSTER NAME POD_CIDR TTL``), this file
 is a node that registers itself and then waits forever: the tests SIGKILL it to play a node whose
@@ -12,31 +12,17 @@ daemon dies without revoking its lease. It prints ``registered`` once its record
 """
 from __future__ import annotations
 
-import json
 import os
 import random
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import trio
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+from vswitch.lab.etcd_server import ETCD, EtcdServer, etcd_problem, free_port
 
-
-def etcd_problem() -> str | None:
-    """Why no etcd can be run here, or None if it can."""
-    if not os.access(ETCD, os.X_OK):
-        return f"{ETCD} not found (install Debian's etcd-server package)"
-    return None
+__all__ = ["ETCD", "EtcdServer", "etcd_problem", "free_port", "require_etcd"]
 
 
 def require_etcd() -> None:
@@ -50,86 +36,6 @@ def require_etcd() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"this test needs etcd: {problem}")
     pytest.skip(f"this test needs etcd: {problem}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class EtcdServer:
-    """One etcd member on loopback; always :meth:`close` it (a fixture does)."""
-
-    def __init__(self) -> None:
-        self.name = f"vsw-etcd-{secrets.token_hex(4)}"
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
-        self.endpoint = f"http://127.0.0.1:{self.client_port}"
-        self._process: subprocess.Popen | None = None
-
-    def command(self) -> list[str]:
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        return [
-            ETCD,
-            "--name", self.name,
-            "--data-dir", str(self.directory / "data"),
-            "--listen-client-urls", self.endpoint,
-            "--advertise-client-urls", self.endpoint,
-            "--listen-peer-urls", peer,
-            "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}",
-            "--initial-cluster-token", self.name,
-        ]
-
-    def start(self, timeout: float = 15.0) -> None:
-        """Start etcd and wait until it reports itself healthy."""
-        assert self._process is None, "etcd is already running"
-        log = open(self.directory / "etcd.log", "ab")
-        self._process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self._process = None
-                raise RuntimeError(f"etcd exited at start:\n{self.log_tail()}")
-            if self.healthy():
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"etcd not healthy after {timeout} s:\n{self.log_tail()}")
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as answer:
-                return json.load(answer).get("health") == "true"
-        except (OSError, ValueError):
-            return False
-
-    def stop(self) -> None:
-        """Stop etcd (SIGTERM, then SIGKILL), keeping its data for a later :meth:`start`."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = (self.directory / "etcd.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 class CuttableProxy:

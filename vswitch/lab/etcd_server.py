@@ -105,6 +105,13 @@ class EtcdServer:
             process.kill()
             process.wait()
 
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
     def close(self) -> None:
         self.stop()
         if self._owns_directory:
