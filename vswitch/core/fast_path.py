@@ -194,7 +194,7 @@ class FastPath:
         vnet = tunnel.inner_vnet(frame[:l2])
         if vnet is None:
             return None
-        return vnet + frame[start: l3 + total]
+        return b"".join((vnet, memoryview(frame)[start: l3 + total]))
 
     def apply(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
         """The bytes to send for a hit on ``entry``, or None: the pipeline must see this one."""
@@ -229,17 +229,17 @@ class FastPath:
             return None
         (total,) = _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)
         if entry.encap is not None:
-            packet = decrement_ttl(frame[l3: l3 + ihl], self.accel) + frame[l3 + ihl: l3 + total]
-            return self._encapsulated(entry, vnet, packet)
+            return self._encapsulated(entry, vnet, decrement_ttl(frame[l3: l3 + ihl], self.accel),
+                                      memoryview(frame)[l3 + ihl: l3 + total])
         return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3],
                          decrement_ttl(frame[l3: l3 + ihl], self.accel),
                          frame[l3 + ihl: l3 + total]))
 
-    def _encapsulated(self, entry: CacheEntry, vnet: bytes, packet: bytes) -> bytes:
-        """What vxlan-encap and ip4-neighbor make of a routed ``packet`` for another node;
-        ``vnet`` is the encapsulated frame's header (``tunnel.outer_vnet``)."""
-        outer, _ = entry.encap.outer_packet(packet, self.accel)
-        return b"".join((vnet, entry.rewrite, tunnel.ETHERTYPE_IPV4, outer))
+    def _encapsulated(self, entry: CacheEntry, vnet: bytes, ip_header: bytes, rest) -> bytes:
+        """What vxlan-encap and ip4-neighbor make of a routed packet (``ip_header`` + ``rest``)
+        for another node; ``vnet`` is the encapsulated frame's header (``tunnel.outer_vnet``)."""
+        pieces, _ = entry.encap.outer_pieces(ip_header, rest, self.accel)
+        return b"".join((vnet, entry.rewrite, tunnel.ETHERTYPE_IPV4, *pieces))
 
     def _connection(self, entry: CacheEntry, frame: bytes, l2: int, now: float,
                     vnet: bytes) -> bytes | None:
@@ -272,5 +272,6 @@ class FastPath:
             return b"".join((frame[:l3], packet))
         lower_ttl(packet, self.accel)
         if entry.encap is not None:
-            return self._encapsulated(entry, vnet, bytes(packet))
+            ihl = (packet[0] & 0x0F) * 4
+            return self._encapsulated(entry, vnet, bytes(packet[:ihl]), memoryview(packet)[ihl:])
         return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3], packet))

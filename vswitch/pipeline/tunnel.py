@@ -39,20 +39,28 @@ class Encapsulation:
             return None
         return cls(node, mac + vtep.vtep_mac, vtep, node.address.packed, overlay)
 
-    def inner_frame(self, packet: bytes) -> bytes:
-        return b"".join((self.inner_macs, ETHERTYPE_IPV4, packet))
-
     def outer_packet(self, packet: bytes, accel: ModuleType, commit: bool = True
                      ) -> tuple[bytes, int]:
         """The outer IPv4 packet carrying the routed IPv4 ``packet``, and its UDP source port.
         A dry run (``commit`` False) leaves the identification counter alone."""
-        inner = self.inner_frame(packet)
+        ihl = (packet[0] & 0x0F) * 4
+        pieces, src_port = self.outer_pieces(packet[:ihl], packet[ihl:], accel, commit)
+        return b"".join(pieces), src_port
+
+    def outer_pieces(self, ip_header: bytes, rest, accel: ModuleType, commit: bool = True
+                     ) -> tuple[tuple, int]:
+        """The outer packet for the routed packet ``ip_header`` + ``rest`` as pieces to join
+        (``rest`` may be a memoryview of the received frame: it is copied once, by the join),
+        and its UDP source port."""
+        head = b"".join((self.inner_macs, ETHERTYPE_IPV4, ip_header, rest[: h.L4_PORTS_LEN]))
+        inner_len = h.ETH_HEADER_LEN + len(ip_header) + len(rest)
         vtep = self.vtep
-        src_port = vxlan.source_port(vxlan.inner_flow_key(inner), key=vtep.source_port_key)
+        src_port = vxlan.source_port(vxlan.inner_flow_key(head), key=vtep.source_port_key)
         ident = self.overlay.next_ident() if commit else 0
-        return vxlan.encapsulate_packet(inner, src_ip=vtep.address, dst_ip=self.dst_ip,
-                                        src_port=src_port, dst_port=vtep.port, vni=vtep.vni,
-                                        ident=ident, accel=accel), src_port
+        headers = vxlan.encapsulation_headers(
+            head, inner_len, src_ip=vtep.address, dst_ip=self.dst_ip, src_port=src_port,
+            dst_port=vtep.port, vni=vtep.vni, ident=ident, accel=accel)
+        return (headers, self.inner_macs, ETHERTYPE_IPV4, ip_header, rest), src_port
 
 
 def outer_vnet(vnet: bytes, inner_len: int) -> bytes | None:

@@ -116,27 +116,39 @@ def encapsulate_packet(inner_frame: bytes, *, src_ip: bytes, dst_ip: bytes, src_
 
     ``ident`` is the outer IPv4 identification (a per-destination counter: DF is clear). The outer
     IPv4 header checksum is computed with ``accel``, and so is the UDP checksum with
-    ``udp_checksum``; without it the UDP checksum is 0 (none). The headers are packed with
-    ``struct`` rather than built from the construct declarations, because this runs for every
-    packet to another node; the declarations (``headers.VXLAN``, ``UDP``, ``IPV4``) stay the
-    test oracle."""
+    ``udp_checksum``; without it the UDP checksum is 0 (none)."""
+    headers = encapsulation_headers(inner_frame, len(inner_frame), src_ip=src_ip, dst_ip=dst_ip,
+                                    src_port=src_port, dst_port=dst_port, vni=vni, ident=ident,
+                                    ttl=ttl, accel=accel)
+    if udp_checksum:
+        udp = h.IPV4_MIN_HEADER_LEN
+        csum = accel.l4_checksum(src_ip, dst_ip, h.IpProto.UDP,
+                                 b"".join((headers[udp:], inner_frame))) or 0xFFFF
+        headers = headers[: udp + 6] + csum.to_bytes(2, "big") + headers[udp + 8:]
+    return b"".join((headers, inner_frame))
+
+
+def encapsulation_headers(inner_head: bytes, inner_len: int, *, src_ip: bytes, dst_ip: bytes,
+                          src_port: int, dst_port: int, vni: int, ident: int, ttl: int = 64,
+                          accel: ModuleType = _pure) -> bytes:
+    """The outer IPv4, UDP (checksum 0) and VXLAN headers in front of an ``inner_len``-byte inner
+    frame that starts with ``inner_head`` (its Ethernet and IPv4 headers at least, for the ECN
+    field): the caller joins them with the frame's pieces without copying the frame twice.
+    Packed with ``struct`` rather than built from the construct declarations, because this runs
+    for every packet to another node; the declarations (``headers.VXLAN``, ``UDP``, ``IPV4``)
+    stay the test oracle."""
     if not 0 <= vni <= h.VXLAN_MAX_VNI:
         raise ValueError(f"VNI {vni} is not a 24-bit number")
-    if len(inner_frame) > MAX_INNER_FRAME_LEN:
-        raise ValueError(f"an inner frame of {len(inner_frame)} bytes does not fit one IPv4 packet "
+    if inner_len > MAX_INNER_FRAME_LEN:
+        raise ValueError(f"an inner frame of {inner_len} bytes does not fit one IPv4 packet "
                          f"(at most {MAX_INNER_FRAME_LEN})")
-    udp_length = h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN + len(inner_frame)
-    udp_and_vxlan = _UDP_VXLAN.pack(src_port, dst_port, udp_length, 0, h.VXLAN_FLAG_VNI << 24,
-                                    vni << 8)
-    if udp_checksum:
-        csum = accel.l4_checksum(src_ip, dst_ip, h.IpProto.UDP,
-                                 b"".join((udp_and_vxlan, inner_frame))) or 0xFFFF
-        udp_and_vxlan = udp_and_vxlan[:6] + csum.to_bytes(2, "big") + udp_and_vxlan[8:]
-    header = bytearray(_IPV4.pack(0x45, _outer_tos(inner_frame), h.IPV4_MIN_HEADER_LEN + udp_length,
+    udp_length = h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN + inner_len
+    header = bytearray(_IPV4.pack(0x45, _outer_tos(inner_head), h.IPV4_MIN_HEADER_LEN + udp_length,
                                   ident, 0, ttl, h.IpProto.UDP, 0, src_ip, dst_ip))
     csum = accel.checksum(bytes(header))
     header[10], header[11] = csum >> 8, csum & 0xFF
-    return b"".join((header, udp_and_vxlan, inner_frame))
+    return bytes(header) + _UDP_VXLAN.pack(src_port, dst_port, udp_length, 0,
+                                           h.VXLAN_FLAG_VNI << 24, vni << 8)
 
 
 def inner_flow_key(inner_frame: bytes) -> bytes:
