@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 import pytest
 
-from vswitch.core.presentation import endpoint_rows
+from vswitch.core.presentation import conntrack_rows, endpoint_rows
 from vswitch.model import RemotePod
 from vswitch.wire import headers as h
 from vswitch.wire.addresses import mac_bytes
@@ -121,3 +121,20 @@ def test_other_nodes_ready_pods_are_selected_as_remote_endpoints(nodes):
     delivered = underlay.run(lab1, send(lab1, POD, "tcp 10.244.1.10:40000 > 10.96.0.50:80 flags S",
                                         mac("10.244.1.10"), gateway_mac(lab1)))
     assert [ip_and_ports(t)[1:] for t in delivered[1]] == [("10.244.2.10", (40000, 8080))]
+
+
+def test_a_remote_pod_leaving_the_endpoints_flushes_its_connections_here(nodes):
+    """Endpoint churn on another node (its record no longer lists a ready pod) flushes this
+    node's connections to that pod, as a local pod's would be."""
+    lab1, lab2 = nodes
+    remote = RemotePod("lab2", "web-2", IPv4Address("10.244.2.10"),
+                       MappingProxyType({"app": "web"}), MappingProxyType({"http": ("tcp", 8080)}))
+    lab1.programming.program(lab1.topology.pods + (remote,), lab1.topology.services, 0.0)
+    underlay = Underlay(lab1, lab2)
+    underlay.run(lab1, send(lab1, POD, "tcp 10.244.1.10:40000 > 10.96.0.50:80 flags S",
+                            mac("10.244.1.10"), gateway_mac(lab1)))
+    assert [r["description"] for r in conntrack_rows(lab1, 0.0)] == [
+        "tcp 10.244.1.10:40000 > 10.96.0.50:80"]
+    lab1.programming.program(lab1.topology.pods, lab1.topology.services, 1.0)
+    assert conntrack_rows(lab1, 1.0) == []
+    assert lab1.conntrack.statistics()["flushed"] == 1
