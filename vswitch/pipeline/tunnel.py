@@ -18,6 +18,7 @@ from vswitch.wire import headers as h, tunnel_offload, vxlan
 
 ETHERTYPE_IPV4 = struct.pack("!H", h.EtherType.IPV4)
 _CSUM_START = struct.Struct("<H")  # virtio_net_hdr.csum_start, little endian, at offset 6
+_CSUM_FIELDS = struct.Struct("<HH")  # csum_start and csum_offset
 _CSUM_START_OFFSET = 6
 _GSO_TYPE_OFFSET = 1
 _PLAIN_FLAGS = h.VNET_F_NEEDS_CSUM | h.VNET_F_DATA_VALID
@@ -75,9 +76,13 @@ def outer_vnet(vnet: bytes, inner_len: int) -> bytes | None:
         if len(vnet) < tunnel_offload.VNET_TUNNEL_HDR_LEN:
             return None
         return _tunnel_gso_header(vnet, inner_len)
+    if vnet[0] & ~_PLAIN_FLAGS or inner_len > vxlan.MAX_INNER_FRAME_LEN:
+        return None
     if not vnet[0] & h.VNET_F_NEEDS_CSUM:
         return vnet
-    (start,) = _CSUM_START.unpack_from(vnet, _CSUM_START_OFFSET)
+    (start, offset) = _CSUM_FIELDS.unpack_from(vnet, _CSUM_START_OFFSET)
+    if not _MIN_L4_START <= start <= inner_len - offset - 2:
+        return None  # the checksum it asks for lies outside the frame: the kernel would refuse it
     shifted = bytearray(vnet)
     _CSUM_START.pack_into(shifted, _CSUM_START_OFFSET, start + vxlan.OUTER_HEADERS_LEN)
     return bytes(shifted)
