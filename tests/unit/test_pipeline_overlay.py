@@ -354,3 +354,24 @@ def test_trace_shows_encapsulation_and_decapsulation(nodes):
     assert encap.startswith("to node lab2: outer 192.0.2.2:") and "> 192.0.2.3:4789 VNI 1" in encap
     decap = [n["note"] for n in received["stages"] if n["stage"] == "vxlan-decap"][0]
     assert decap.startswith("from node lab1: outer 192.0.2.2:") and "VNI 1" in decap
+
+
+def test_a_node_off_the_uplink_network_is_reached_through_the_uplink_gateway(accel_name):
+    """The outer packet goes to the route covering the node's address: off-link, the uplink's
+    gateway, resolved by ARP like any next hop."""
+    lab1 = node("lab1", accel_name)
+    far = RemoteNode("lab9", IPv4Address("198.51.100.9"), IPv4Network("10.244.9.0/24"),
+                     mac_for_ip(IPv4Address("198.51.100.9")))
+    lab1.overlay.set_nodes(list(lab1.overlay.nodes()) + [far])
+    out = send(lab1, POD, "icmp 10.244.1.10 > 10.244.9.10", mac("10.244.1.10"),
+               mac_bytes(lab1.topology.node.gateway_mac))
+    (arp,) = out
+    assert arp.port == UPLINK
+    request = h.ARP.parse(arp.data[10 + 14: 10 + 14 + h.ARP_LEN])
+    assert request.tpa == IPv4Address(FAR).packed  # who-has the gateway, not the node
+    reply = build_frame(parse_packet(f"arp reply {FAR} is-at 0a:58:c0:00:02:01 to 192.0.2.2"),
+                        mac(FAR), mac("192.0.2.2"))
+    (sent,) = lab1.process_batch(UPLINK, [VNET + reply], 0.1)
+    assert sent.data[10:16] == mac(FAR)
+    outer = sent.data[10 + 14:]
+    assert h.IPV4.parse(outer[:20]).dst == IPv4Address("198.51.100.9").packed
