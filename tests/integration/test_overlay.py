@@ -127,6 +127,10 @@ def test_tcp_and_udp_cross_the_overlay_intact_and_pmtu_ends_at_its_mtu(two_nodes
     assert got["sha256"] == sent["sha256"] and got["bytes"] == 10 * 1024 * 1024
     # The pods' segments take the overlay's MTU (uplink 1500 - 50): the sender's path MTU.
     assert sent["path_mtu"] == 1450
+    # TSO super-frames crossed the tunnel whole (UDP-tunnel GSO): the uplink's frames average
+    # far more than one MTU.
+    uplink = first.daemon.ctl("stats")["ports"]["uplink"]
+    assert uplink["tx_bytes"] / uplink["tx_packets"] > 4000, uplink
     received = udp_exchange(second, "bravo", first, "alpha")
     assert received["intact"] and len(received["received"]) == 20, received
 

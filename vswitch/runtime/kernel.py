@@ -491,7 +491,10 @@ def node_objects(topology: Topology) -> NodeObjects:
     """The node's kernel layer, with the TAP framing its overlay needs (``NodeObjects``)."""
     tunnel = (topology.overlay is not None and topology.dataplane.offloads
               and udp_tunnel_gso_supported())
-    if topology.overlay is not None and topology.dataplane.offloads and not tunnel:
+    if tunnel:
+        log.info("uplink with UDP-tunnel GSO: pods' TSO super-frames cross the overlay whole "
+                 "(24-byte virtio-net headers on every TAP)")
+    elif topology.overlay is not None and topology.dataplane.offloads:
         log.warning("the kernel offers no UDP-tunnel GSO on TAPs (Linux 6.17 or later): pods of "
                     "this node get no TSO, so that their packets fit the overlay")
     return NodeObjects(topology.node.name, topology.control.state_dir,
