@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import random
+import struct
 import subprocess
+import threading
 import time
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
@@ -20,6 +22,8 @@ from etcd_support import EtcdServer, require_etcd
 from multinode import call_phase_passed, lab_factory
 from vswitch.lab.kernel_node import KernelNode, KernelNodeSpec, RemoteNode
 from vswitch.model import mac_for_ip
+from vswitch.wire import headers as h, vxlan
+from vswitch.wire.pcap import read_pcap
 
 pytestmark = pytest.mark.integration
 
@@ -191,6 +195,21 @@ def test_a_node_built_from_kernel_parts_interoperates_both_ways(make_lab):
         finally:
             terminate(server)
         assert json.loads(out)["sha256"] == sent["sha256"], err
+        # And TCP the other way: the kernel node's pod sends, vswitch's pod receives.
+        port = random.randrange(20000, 60000)
+        server = node.daemon.popen_in("alpha", PYTHON, TCP_SINK_SCRIPT, str(port),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert read_line(server) == "listening"
+            done = subprocess.run(["nsenter", f"--net=/run/netns/{pod_ns}", PYTHON,
+                                   TCP_SOURCE_SCRIPT, str(node.pod_ips()["alpha"]), str(port),
+                                   str(2 * 1024 * 1024)], capture_output=True, text=True,
+                                  timeout=60)
+            out, err = server.communicate(timeout=60)
+        finally:
+            terminate(server)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(out)["sha256"] == json.loads(done.stdout)["sha256"], err
         # UDP both ways: numbered datagrams, every one intact.
         port = random.randrange(20000, 60000)
         sink = subprocess.Popen(["nsenter", f"--net=/run/netns/{pod_ns}", PYTHON,
@@ -318,3 +337,32 @@ def test_forwarding_goes_on_while_the_cluster_store_is_away(make_lab):
             == "ready"
     finally:
         etcd.close()
+
+
+def test_capture_on_the_uplink_shows_the_vxlan_packets(two_nodes, tmp_path):
+    first, second = two_nodes[0], two_nodes[1]
+    target = str(second.pod_ips()["alpha"])
+    pcap = tmp_path / "uplink.pcap"
+    assert ping_ttl(first, "alpha", target)["ttl"] == 62  # ARP for the other node is done now
+
+    def ping_later():
+        time.sleep(1.0)  # let the capture arm first
+        for _ in range(3):
+            ping_ttl(first, "alpha", target)
+
+    pinger = threading.Thread(target=ping_later, daemon=True)
+    pinger.start()
+    result = first.daemon.ctl_run("capture", "uplink", "-c", "2", "--direction", "tx",
+                                  "--timeout", "20", "-w", str(pcap), timeout=40)
+    pinger.join()
+    assert result.returncode == 0, result.stderr
+    _, records = read_pcap(pcap.read_bytes())
+    assert len(records) == 2
+    for _, _, frame in records:
+        assert frame[12:14] == b"\x08\x00", frame[:64].hex()  # IPv4, not ARP
+        ip = h.IPV4.parse(frame[14:34])
+        assert (ip.protocol, IPv4Address(ip.dst)) == (h.IpProto.UDP, second.address)
+        assert struct.unpack_from("!H", frame, 36)[0] == 4789
+        inner = vxlan.decapsulate(frame, vni=1, port=4789, offset=14)
+        assert isinstance(inner, vxlan.Decapsulated)
+        assert IPv4Address(h.IPV4.parse(inner.inner[14:34]).dst) == IPv4Address(target)
