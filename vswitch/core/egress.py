@@ -25,7 +25,7 @@ from vswitch.core.counters import PortCounters
 from vswitch.core.port_spec import PortSpec
 from vswitch.core.actions import Forward
 from vswitch.pipeline.context import Env
-from vswitch.wire import headers as h
+from vswitch.wire import headers as h, views
 
 _TUNNEL_GSO_BITS = 0x60  # VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4 | _IPV6 (``wire.tunnel_offload``)
 
@@ -81,7 +81,7 @@ def convert_framing(data: bytes, src: PortSpec, dst: PortSpec) -> bytes | None:
     """``data``, framed like ``src``, in ``dst``'s framing; None when ``dst`` cannot take it."""
     if not src.vnet_hdr:
         return bytes(dst.l2_offset) + data
-    vnet = h.VIRTIO_NET_HDR.parse(data[: h.VNET_HDR_LEN])
+    vnet = views.VirtioNetHeader(data)
     if dst.vnet_hdr:
         # Headers of different sizes: the first 10 bytes are the same legacy header in both. A
         # frame whose GSO type needs the tunnel fields only crosses decapsulated.

@@ -77,7 +77,7 @@ class Packet:
     ``data`` is the buffer exactly as read from the port; ``l2_offset`` is where the Ethernet header
     starts in it (after the virtio-net header, if the port has one), ``l3_offset`` where the
     Ethernet payload starts. Fields that name a port hold its id and end in ``_port``. Parsed
-    headers are construct Containers.
+    headers are ``wire.views`` (read with struct; construct declares them).
     """
 
     __slots__ = ("port", "data", "l2_offset", "vnet", "eth", "l3_offset", "arp", "ip", "trace",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 
 from vswitch.pipeline.context import Env, Packet
-from vswitch.wire import headers as h
+from vswitch.wire import headers as h, views
 from vswitch.wire.addresses import ip_text, mac_text
 
 NAME = "eth-input"
@@ -37,14 +37,14 @@ def process(pkt: Packet, env: Env):
     if l2:
         if len(data) < l2:
             return env.drop(pkt, Counter.TRUNCATED_VNET)
-        pkt.vnet = h.VIRTIO_NET_HDR.parse(data[: l2])
+        pkt.vnet = views.VirtioNetHeader(data)
         if trace is not None and (pkt.vnet.flags or pkt.vnet.gso_type):
             v = pkt.vnet
             trace.note(NAME, f"virtio-net header: flags {v.flags:#x} gso_type {v.gso_type} "
                              f"gso_size {v.gso_size} csum_start {v.csum_start}")
     if len(data) - l2 < h.ETH_HEADER_LEN:
         return env.drop(pkt, Counter.RUNT)
-    eth = pkt.eth = h.ETHERNET.parse(data[l2: l3])
+    eth = pkt.eth = views.Ethernet(data, l2)
     ethertype = eth.ethertype
     if trace is not None:
         trace.note(NAME, f"Ethernet {mac_text(eth.src)} > {mac_text(eth.dst)}, "
@@ -55,7 +55,7 @@ def process(pkt: Packet, env: Env):
     if ethertype == h.EtherType.ARP:
         if available < h.ARP_LEN:
             return env.drop(pkt, Counter.MALFORMED_ARP)
-        arp = h.ARP.parse(data[l3: l3 + h.ARP_LEN])
+        arp = views.Arp(data, l3)
         if (arp.htype, arp.ptype, arp.hlen, arp.plen) != (1, h.EtherType.IPV4, 6, 4):
             return env.drop(pkt, Counter.MALFORMED_ARP)
         pkt.arp = arp
@@ -70,7 +70,7 @@ def process(pkt: Packet, env: Env):
         return env.drop(pkt, Counter.UNSUPPORTED_ETHERTYPE)
     if available < h.IPV4_MIN_HEADER_LEN:
         return env.drop(pkt, Counter.TRUNCATED_IPV4)
-    ip = h.IPV4.parse(data[l3: l3 + h.IPV4_MIN_HEADER_LEN])
+    ip = views.Ipv4(data, l3)
     if ip.version != 4:
         return env.drop(pkt, Counter.BAD_IP_VERSION)
     header_len = ip.ihl * 4

@@ -24,7 +24,7 @@ from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.pipeline.ttl import decrement_ttl
 from vswitch.tables.fib import RouteKind
-from vswitch.wire import headers as h
+from vswitch.wire import headers as h, views
 
 NAME = "ip4-rewrite"
 NEXT = ("ip4-neighbor", "vxlan-encap", "ip4-icmp-error")
@@ -48,7 +48,7 @@ def wire_length(pkt: Packet) -> int:
     l4 = pkt.l3_offset + ip.ihl * 4
     l4_header = h.UDP_HEADER_LEN
     if ip.protocol == h.IpProto.TCP and len(pkt.data) >= l4 + h.TCP_HEADER_LEN:
-        l4_header = h.TCP.parse(pkt.data[l4: l4 + h.TCP_HEADER_LEN]).data_offset * 4
+        l4_header = views.Tcp(pkt.data, l4).data_offset * 4
     return ip.ihl * 4 + l4_header + vnet.gso_size
 
 

@@ -28,7 +28,7 @@ from vswitch.pipeline import tracked_flows
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.conntrack import ConntrackTable, Direction, Entry, TcpState
 from vswitch.tables.services import FrontendKind, NoBackend
-from vswitch.wire import builders, headers as h
+from vswitch.wire import builders, headers as h, views
 from vswitch.wire.addresses import ip_text
 
 NAME = "ip4-service"
@@ -50,7 +50,7 @@ class Counter(enum.Enum):
 def _rst_for(pkt: Packet, env: Env) -> bytes:
     packet = tracked_flows.current_packet(pkt)
     ihl = pkt.ip.ihl * 4
-    tcp = h.TCP.parse(packet[ihl: ihl + h.TCP_HEADER_LEN])
+    tcp = views.Tcp(packet, ihl)
     payload = pkt.ip.total_length - ihl - tcp.data_offset * 4
     seq_len = payload + (1 if tcp.flags & h.TcpFlag.SYN else 0) + (1 if tcp.flags & h.TcpFlag.FIN else 0)
     segment = builders.tcp(src=pkt.ip.dst, dst=pkt.ip.src, src_port=tcp.dst_port,

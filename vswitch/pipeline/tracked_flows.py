@@ -16,7 +16,7 @@ from vswitch.pipeline.context import Env, Packet
 from vswitch.pipeline.nat_rewrite import translate, translate_icmp_error
 from vswitch.tables.conntrack import Direction, Entry, FlowTuple, Verdict
 from vswitch.tables.fragments import FirstFragment
-from vswitch.wire import headers as h
+from vswitch.wire import headers as h, views
 
 _ECHO_TYPES = (h.IcmpType.ECHO_REQUEST, h.IcmpType.ECHO_REPLY)
 _ECHO_TYPE_OF = {Direction.ORIGINAL: h.IcmpType.ECHO_REQUEST, Direction.REPLY: h.IcmpType.ECHO_REPLY}
@@ -37,15 +37,15 @@ def _tuple_of(packet: bytes) -> tuple[FlowTuple | None, int | None]:
     """The flow tuple of an IPv4 packet and its TCP flags, or (None, None) when the packet has no
     trackable L4 header (another protocol, a non-first fragment, a truncated header, an ICMP
     message other than echo)."""
-    ip = h.IPV4.parse(packet[: h.IPV4_MIN_HEADER_LEN])
+    ip = views.Ipv4(packet)
     if ip.fragment_offset:
         return None, None
     l4 = packet[ip.ihl * 4:]
     if ip.protocol == h.IpProto.TCP and len(l4) >= h.TCP_HEADER_LEN:
-        tcp = h.TCP.parse(l4[: h.TCP_HEADER_LEN])
+        tcp = views.Tcp(l4)
         return FlowTuple(6, ip.src, tcp.src_port, ip.dst, tcp.dst_port), tcp.flags
     if ip.protocol == h.IpProto.UDP and len(l4) >= h.UDP_HEADER_LEN:
-        udp = h.UDP.parse(l4[: h.UDP_HEADER_LEN])
+        udp = views.Udp(l4)
         return FlowTuple(17, ip.src, udp.src_port, ip.dst, udp.dst_port), None
     if ip.protocol == h.IpProto.ICMP and len(l4) >= h.ICMP_HEADER_LEN and l4[0] in _ECHO_TYPES:
         (identifier,) = struct.unpack_from("!H", l4, 4)
@@ -236,7 +236,7 @@ def apply_related(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> 
 
 def _adopt(pkt: Packet, packet: bytearray, entry: Entry, direction: Direction) -> None:
     pkt.ip_packet = bytes(packet)
-    pkt.ip = h.IPV4.parse(pkt.ip_packet[: h.IPV4_MIN_HEADER_LEN])
+    pkt.ip = views.Ipv4(pkt.ip_packet)
     pkt.ct = (entry, direction)
     pkt.flow, pkt.flow_checked = None, False
 

@@ -22,7 +22,7 @@ import enum
 
 from vswitch.pipeline import tunnel
 from vswitch.pipeline.context import Env, Packet
-from vswitch.wire import headers as h, vxlan
+from vswitch.wire import headers as h, views, vxlan
 from vswitch.wire.addresses import ip_text, mac_text
 
 NAME = "vxlan-decap"
@@ -63,7 +63,7 @@ def _inner_ip(inner: bytes):
     available = len(inner) - h.ETH_HEADER_LEN
     if available < h.IPV4_MIN_HEADER_LEN:
         return None
-    ip = h.IPV4.parse(inner[h.ETH_HEADER_LEN: h.ETH_HEADER_LEN + h.IPV4_MIN_HEADER_LEN])
+    ip = views.Ipv4(inner, h.ETH_HEADER_LEN)
     if (ip.version != 4 or ip.ihl < 5 or ip.ihl * 4 > available
             or not ip.ihl * 4 <= ip.total_length <= available):
         return None
@@ -104,7 +104,7 @@ def process(pkt: Packet, env: Env):
     if node is None:
         return env.drop(pkt, Counter.UNKNOWN_NODE)
     inner = opened.inner
-    eth = h.ETHERNET.parse(inner[: h.ETH_HEADER_LEN])
+    eth = views.Ethernet(inner)
     if eth.dst != vtep.vtep_mac:
         return env.drop(pkt, Counter.NOT_FOR_VTEP)
     if eth.src == vtep.vtep_mac:
@@ -125,7 +125,7 @@ def process(pkt: Packet, env: Env):
     env.count(Counter.DECAPSULATED)
     pkt.decapsulated_from = node
     pkt.data = inner_vnet + inner
-    pkt.vnet = h.VIRTIO_NET_HDR.parse(inner_vnet) if inner_vnet else None
+    pkt.vnet = views.VirtioNetHeader(inner_vnet) if inner_vnet else None
     pkt.eth = eth
     pkt.ip = inner_ip
     if pkt.trace is not None:
