@@ -1,8 +1,9 @@
 """Counters of the switch: per stage, per port, and the dispositions that partition what ports received.
 
 Each stage declares an enum whose members are its counters and whose values are descriptions a user
-can read without the source. Counting is a dict increment keyed by the enum member, so stages pay no
-string formatting on the packet path.
+can read without the source. Counting is a dict increment keyed by the member's ``id`` (members are
+singletons; an enum member's own hash is a Python-level call), so stages pay neither string
+formatting nor enum hashing on the packet path.
 """
 from __future__ import annotations
 
@@ -52,21 +53,22 @@ class StageCounters:
 
     def __init__(self, stages: dict[str, type[enum.Enum]]):
         self._stage_of = {counters: name for name, counters in stages.items()}
-        self._counts: dict[enum.Enum, int] = {}
+        self._counts: dict[int, int] = {}  # id(member) -> count
         self._stages = stages
 
     def add(self, member: enum.Enum, n: int = 1) -> None:
-        self._counts[member] = self._counts.get(member, 0) + n
+        key = id(member)
+        self._counts[key] = self._counts.get(key, 0) + n
 
     def get(self, member: enum.Enum) -> int:
-        return self._counts.get(member, 0)
+        return self._counts.get(id(member), 0)
 
     def stage_of(self, member: enum.Enum) -> str:
         return self._stage_of[type(member)]
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         return {
-            stage: {counter_name(m): self._counts.get(m, 0) for m in counters}
+            stage: {counter_name(m): self._counts.get(id(m), 0) for m in counters}
             for stage, counters in self._stages.items()
         }
 

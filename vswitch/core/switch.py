@@ -205,8 +205,7 @@ class Switch:
                     data = self._fast.apply(entry, received, offset, now)
                     if data is not None:
                         entry.src.last_seen = now
-                        self.flow_cache.hits += 1
-                        self.dispositions[Disposition.CACHE_HIT] += 1
+                        self.flow_cache.hits += 1  # the CACHE_HIT disposition's count
                         send(out, port, entry.out_port, data)
                         continue
                 self.flow_cache.misses += 1
@@ -323,7 +322,9 @@ class Switch:
             "ports": {spec.name: {"id": pid, **self._port_counters[pid].snapshot()}
                       for pid, spec in self.ports.items()},
             "stages": self.counters.snapshot(),
-            "dispositions": {counter_name(d): self.dispositions.get(d, 0) for d in Disposition},
+            "dispositions": {counter_name(d): (self.flow_cache.hits if d is Disposition.CACHE_HIT
+                                               else self.dispositions.get(d, 0))
+                             for d in Disposition},
             "flow_cache": {"entries": cache.entries, "capacity": cache.capacity, "hits": cache.hits,
                            "misses": cache.misses, "installs": cache.installs,
                            "flushes": cache.flushes, "generation": self._generation()},
