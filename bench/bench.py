@@ -33,6 +33,12 @@ Each variant joins two fresh network namespaces:
     and each other as static peers (``cross_node.py``). Besides the ratios to the bridge, the run
     reports ``vswitch-overlay`` against ``vswitch`` (the cost of crossing nodes) and against
     ``kernel-vxlan`` (vswitch against the kernel's own VXLAN path).
+``c-tap-loop``, ``vde``
+    other userspace datapaths over TAPs (``peers.py``): a bare C loop (``tap_loop.c``, compiled
+    for the run) that writes every frame of one TAP, virtio-net header and all, to the other;
+    and ``vde_switch`` with a TAP on each of two ports. Skipped, with the reason, when gcc or
+    ``vde_switch`` is not installed. With ``c-tap-loop`` in the run, every variant is also given
+    as a ratio to it: the floor a userspace datapath over TAPs stands on.
 
 iperf3 uses one port number for its TCP control connection and its data (TCP or UDP), so the
 service variants map TCP and UDP port ``SERVICE_PORT`` to the same port on ``b``, and the server
@@ -57,8 +63,8 @@ Traffic only flows between the namespaces of a variant, on addresses of random /
 10.200.0.0/13 that nothing on the host uses (one per variant; two for the routed and the
 ClusterIP one, whose service CIDR takes the second; three for the NodePort one, whose uplink
 takes the third; a /24 underlay and a /23 cluster for each cross-node one). Everything
-created (namespaces, bridge, veths, daemons, iperf3 processes) carries a random suffix and is
-removed on exit, on failure, on Ctrl-C and on SIGTERM.
+created (namespaces, bridge, veths, TAPs, daemons, iperf3 processes, the compiled loop) carries
+a random suffix and is removed on exit, on failure, on Ctrl-C and on SIGTERM.
 """
 from __future__ import annotations
 
@@ -778,7 +784,7 @@ def render_table(medians: dict, ratio_table: dict) -> str:
 
 
 def render_ratio_lines(heading: str, rows: dict[str, dict[str, float | None]]) -> str:
-    """A heading, then one line per row: ``vswitch-overlay/vswitch  TCP 0.83×  UDP 0.70×  ...``."""
+    """A heading, then one line per row: ``vswitch-overlay/vswitch  TCP 0.83×  UDP 0.70× ...``."""
     titles = {f"{m}.{k}": title.split()[0] for m, k, title, _ in FIGURES}
     lines = [heading]
     width = max((len(name) for name in rows), default=0)
