@@ -37,8 +37,13 @@ Each variant joins two fresh network namespaces:
     other userspace datapaths over TAPs (``peers.py``): a bare C loop (``tap_loop.c``, compiled
     for the run) that writes every frame of one TAP, virtio-net header and all, to the other;
     and ``vde_switch`` with a TAP on each of two ports. Skipped, with the reason, when gcc or
-    ``vde_switch`` is not installed. With ``c-tap-loop`` in the run, every variant is also given
-    as a ratio to it: the floor a userspace datapath over TAPs stands on.
+    ``vde_switch`` is not installed.
+``ovs``
+    Open vSwitch's userspace datapath with TSO, a netdev bridge and two internal ports, from a
+    private ovsdb-server and ovs-vswitchd (``peers.py``); skipped when not installed.
+
+Every variant is also given as a ratio to each of the userspace peers measured in the same run
+(``c-tap-loop``, the floor a userspace datapath over TAPs stands on; ``vde``; ``ovs``).
 
 iperf3 uses one port number for its TCP control connection and its data (TCP or UDP), so the
 service variants map TCP and UDP port ``SERVICE_PORT`` to the same port on ``b``, and the server
@@ -912,7 +917,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         "medians": medians,
         "skipped": skipped,
         "ratios_to_bridge": ratios(medians, "bridge"),
-        "ratios_to_c_tap_loop": ratios(medians, peers.C_TAP_LOOP),
+        "ratios_to_peers": {peer: ratios(medians, peer) for peer in peers.VARIANTS
+                            if peer in medians},
         "cross_node_ratios": cross_node.ratios(
             medians, RATIO_ORDER),
     }
@@ -934,14 +940,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"failed: {exc}")
         return 1
     print(render_table(results["medians"], results["ratios_to_bridge"]))
-    loop_ratios = {f"{variant}/{peers.C_TAP_LOOP}": row
-                   for variant, row in results["ratios_to_c_tap_loop"].items()
-                   if variant != peers.C_TAP_LOOP}
-    if loop_ratios:
+    peer_ratios = {f"{variant}/{peer}": row
+                   for peer, table in results["ratios_to_peers"].items()
+                   for variant, row in table.items() if variant != peer}
+    if peer_ratios:
         print()
         print(render_ratio_lines(
-            f"ratios to the bare C TAP loop (variant/{peers.C_TAP_LOOP}; RTT: lower is better)",
-            loop_ratios))
+            "ratios to the userspace peers (variant/peer; RTT: lower is better)", peer_ratios))
     if results["cross_node_ratios"]:
         print()
         print(render_ratio_lines("cross-node ratios (variant/reference; RTT: lower is better)",
