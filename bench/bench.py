@@ -33,6 +33,17 @@ Each variant joins two fresh network namespaces:
     and each other as static peers (``cross_node.py``). Besides the ratios to the bridge, the run
     reports ``vswitch-overlay`` against ``vswitch`` (the cost of crossing nodes) and against
     ``kernel-vxlan`` (vswitch against the kernel's own VXLAN path).
+``c-tap-loop``, ``vde``
+    other userspace datapaths over TAPs (``peers.py``): a bare C loop (``tap_loop.c``, compiled
+    for the run) that writes every frame of one TAP, virtio-net header and all, to the other;
+    and ``vde_switch`` with a TAP on each of two ports. Skipped, with the reason, when gcc or
+    ``vde_switch`` is not installed.
+``ovs``
+    Open vSwitch's userspace datapath with TSO, a netdev bridge and two internal ports, from a
+    private ovsdb-server and ovs-vswitchd (``peers.py``); skipped when not installed.
+
+Every variant is also given as a ratio to each of the userspace peers measured in the same run
+(``c-tap-loop``, the floor a userspace datapath over TAPs stands on; ``vde``; ``ovs``).
 
 iperf3 uses one port number for its TCP control connection and its data (TCP or UDP), so the
 service variants map TCP and UDP port ``SERVICE_PORT`` to the same port on ``b``, and the server
@@ -57,8 +68,8 @@ Traffic only flows between the namespaces of a variant, on addresses of random /
 10.200.0.0/13 that nothing on the host uses (one per variant; two for the routed and the
 ClusterIP one, whose service CIDR takes the second; three for the NodePort one, whose uplink
 takes the third; a /24 underlay and a /23 cluster for each cross-node one). Everything
-created (namespaces, bridge, veths, daemons, iperf3 processes) carries a random suffix and is
-removed on exit, on failure, on Ctrl-C and on SIGTERM.
+created (namespaces, bridge, veths, TAPs, daemons, iperf3 processes, the compiled loop) carries
+a random suffix and is removed on exit, on failure, on Ctrl-C and on SIGTERM.
 """
 from __future__ import annotations
 
@@ -86,13 +97,14 @@ from typing import Callable, Iterator, Sequence
 from pyroute2 import IPRoute, netns
 
 import cross_node
+import peers
 from vswitch.config import ConfigError, load_topology
 from vswitch.model import Topology
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_SUPERNET = IPv4Network("10.200.0.0/13")
 VARIANTS = ("bridge", "vswitch", "vswitch-nooffload", "vswitch-routed", "vswitch-clusterip",
-            "vswitch-nodeport", *cross_node.VARIANTS)
+            "vswitch-nodeport", *cross_node.VARIANTS, *peers.VARIANTS)
 SERVICE_VARIANTS = ("vswitch-clusterip", "vswitch-nodeport")
 SERVICE_PORT = 5201  # iperf3's default; the service port and the target port on ``b``
 NODE_PORT = 30201  # for TCP and UDP alike: iperf3 sends both to one port number
@@ -476,6 +488,19 @@ def build_cross_node(stack: contextlib.ExitStack, procs: Processes, variant: str
     return Pair(variant, ends.ns_a, ends.ns_b, ends.ip_a, ends.ip_b, hops=ends.hops), logs
 
 
+def build_peer(stack: contextlib.ExitStack, procs: Processes, variant: str, suffix: str,
+               subnet: IPv4Network) -> Pair:
+    """Two namespaces joined by a peer datapath (see peers.py), addressed as the bridge's."""
+    try:
+        joined = peers.build(stack, procs.start, variant, suffix)
+    except peers.PeerError as exc:
+        raise BenchError(f"{variant}: {exc}") from None
+    ip_a, ip_b = str(subnet.network_address + 10), str(subnet.network_address + 11)
+    _configure_pod_side(joined.ns_a, joined.port_a, ip_a, subnet.prefixlen)
+    _configure_pod_side(joined.ns_b, joined.port_b, ip_b, subnet.prefixlen)
+    return Pair(variant, joined.ns_a, joined.ns_b, ip_a, ip_b)
+
+
 def _stop_daemon(daemon: subprocess.Popen, config: Path, socket_path: Path, node: str) -> None:
     if daemon.poll() is None:
         daemon.send_signal(signal.SIGTERM)
@@ -688,6 +713,7 @@ FIGURES: tuple[tuple[str, str, str, str], ...] = (
     ("rtt", "p99_us", "RTT p99 µs", "{:.0f}"),
 )
 RATIO_FIGURES = {("tcp", "gbit_s"), ("udp", "received_kpps"), ("rtt", "median_us")}
+RATIO_ORDER = tuple((m, k) for m, k, _, _ in FIGURES if (m, k) in RATIO_FIGURES)
 
 
 def machine_info() -> dict:
@@ -736,7 +762,7 @@ def ratios(medians: dict[str, dict], reference: str) -> dict:
         return {}
     result: dict[str, dict[str, float | None]] = {}
     for variant, figures in medians.items():
-        for measurement, key in sorted(RATIO_FIGURES):
+        for measurement, key in RATIO_ORDER:
             ours, theirs = figures.get(measurement, {}).get(key), base.get(measurement, {}).get(key)
             ratio = ours / theirs if ours is not None and theirs else None
             result.setdefault(variant, {})[f"{measurement}.{key}"] = ratio
@@ -762,12 +788,12 @@ def render_table(medians: dict, ratio_table: dict) -> str:
     return "\n".join(lines)
 
 
-def render_cross_node_ratios(cross_ratios: dict[str, dict[str, float | None]]) -> str:
-    """One line per pair: ``vswitch-overlay/vswitch  TCP 0.83×  UDP 0.70×  RTT 1.90×``."""
+def render_ratio_lines(heading: str, rows: dict[str, dict[str, float | None]]) -> str:
+    """A heading, then one line per row: ``vswitch-overlay/vswitch  TCP 0.83×  UDP 0.70× ...``."""
     titles = {f"{m}.{k}": title.split()[0] for m, k, title, _ in FIGURES}
-    lines = ["cross-node ratios (variant/reference; RTT: lower is better)"]
-    width = max(len(name) for name in cross_ratios)
-    for name, row in cross_ratios.items():
+    lines = [heading]
+    width = max((len(name) for name in rows), default=0)
+    for name, row in rows.items():
         cells = [f"{titles[key]} {'-' if value is None else f'{value:.2f}×'}"
                  for key, value in row.items()]
         lines.append(f"{name.ljust(width)}  " + "  ".join(cells))
@@ -828,6 +854,13 @@ def interrupt_on_sigterm() -> None:
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     preflight()
+    skipped = {variant: reason for variant in args.variants
+               if (reason := peers.missing(variant)) is not None}
+    for variant, reason in skipped.items():
+        log(f"skipping {variant}: {reason}")
+    args.variants = [variant for variant in args.variants if variant not in skipped]
+    if not args.variants:
+        raise BenchError("nothing left to measure")
     suffix = secrets.token_hex(3)
     procs = Processes()
     pool = iter(free_subnets([length for v in args.variants for length in subnets_needed(v)]))
@@ -843,6 +876,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             log_paths: list[Path] = []
             if variant == "bridge":
                 pairs[variant] = build_bridge(stack, suffix, subnets[variant][0])
+            elif variant in peers.VARIANTS:
+                pairs[variant] = build_peer(stack, procs, variant, suffix, subnets[variant][0])
             elif variant in cross_node.VARIANTS:
                 pairs[variant], log_paths = build_cross_node(
                     stack, procs, variant, suffix, subnets[variant])
@@ -880,9 +915,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         "pairs": {variant: asdict(pair) for variant, pair in pairs.items()},
         "rounds": raw,
         "medians": medians,
+        "skipped": skipped,
         "ratios_to_bridge": ratios(medians, "bridge"),
+        "ratios_to_peers": {peer: ratios(medians, peer) for peer in peers.VARIANTS
+                            if peer in medians},
         "cross_node_ratios": cross_node.ratios(
-            medians, tuple((m, k) for m, k, _, _ in FIGURES if (m, k) in RATIO_FIGURES)),
+            medians, RATIO_ORDER),
     }
 
 
@@ -902,9 +940,17 @@ def main(argv: list[str] | None = None) -> int:
         log(f"failed: {exc}")
         return 1
     print(render_table(results["medians"], results["ratios_to_bridge"]))
+    peer_ratios = {f"{variant}/{peer}": row
+                   for peer, table in results["ratios_to_peers"].items()
+                   for variant, row in table.items() if variant != peer}
+    if peer_ratios:
+        print()
+        print(render_ratio_lines(
+            "ratios to the userspace peers (variant/peer; RTT: lower is better)", peer_ratios))
     if results["cross_node_ratios"]:
         print()
-        print(render_cross_node_ratios(results["cross_node_ratios"]))
+        print(render_ratio_lines("cross-node ratios (variant/reference; RTT: lower is better)",
+                                 results["cross_node_ratios"]))
     path = Path(args.json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
