@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import time
 from collections import Counter
 from ipaddress import IPv4Address
 from types import MappingProxyType
@@ -591,41 +590,40 @@ def many_services(n: int) -> tuple[list[Service], list[Pod]]:
     return services, pods
 
 
-def test_ten_thousand_services_program_quickly():
+def test_ten_thousand_services_program_and_one_pod_changes_only_its_own():
+    """Programming 10,000 services, then one pod going unready, changes exactly what it must.
+    How long it takes is bench/first_packet.py's to say (its "program s" column), not a test's."""
     services, pods = many_services(10_000)
     t = table()
-    start = time.perf_counter()
     result = t.program(services, pods)
-    first = time.perf_counter() - start
     assert len(t) == 10_000 and len(result.added) == 20_000
-    assert first < 2.0
     churned = list(pods)
     churned[7] = dataclasses.replace(churned[7], ready=False)
-    start = time.perf_counter()
     result = t.program(services, churned)
-    again = time.perf_counter() - start
-    assert again < 2.0
     assert len(result.removed) == 20 and not result.added  # app-7 backs 20 services
 
 
 def test_match_cost_does_not_grow_with_the_number_of_services():
-    def cost(n: int) -> float:
+    """A match is one lookup in the frontend index, with 10 services as with 10,000 (counted,
+    not timed: timings belong to bench/first_packet.py)."""
+
+    class CountingIndex(dict):
+        lookups = 0
+
+        def get(self, key, default=None):
+            CountingIndex.lookups += 1
+            return super().get(key, default)
+
+    for n in (10, 10_000):
         services, pods = many_services(n)
         t = table()
         t.program(services, pods)
-        keys = [(TCP, s.cluster_ip.packed, 80) for s in services]
-        keys = (keys * (20_000 // len(keys) + 1))[:20_000]
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            for key in keys:
-                t.match(*key)
-            best = min(best, time.perf_counter() - start)
-        assert all(t.match(*key) is not None for key in keys[:100])
-        return best
-
-    small, large = cost(10), cost(10_000)
-    assert large < 3 * small, (small, large)
+        t._frontends = CountingIndex(t._frontends)
+        keys = [(TCP, s.cluster_ip.packed, 80) for s in services][:1000]
+        CountingIndex.lookups = 0
+        assert all(t.match(*key) is not None for key in keys)
+        assert t.match(TCP, bytes(4), 80) is None
+        assert CountingIndex.lookups == len(keys) + 1, n
 
 
 @pytest.mark.parametrize("load_balancer", ["random", "maglev"])
