@@ -17,12 +17,13 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import trio
 
 from vswitch.lab.etcd_server import ETCD, EtcdServer, etcd_problem, free_port
 
-__all__ = ["ETCD", "EtcdServer", "etcd_problem", "free_port", "require_etcd"]
+__all__ = ["ETCD", "EtcdServer", "etcd_problem", "free_port", "require_etcd", "running_etcd"]
 
 
 def require_etcd() -> None:
@@ -36,6 +37,18 @@ def require_etcd() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"this test needs etcd: {problem}")
     pytest.skip(f"this test needs etcd: {problem}")
+
+
+def running_etcd() -> Iterator[EtcdServer]:
+    """A started etcd, closed (data removed) when the generator is: a fixture's body,
+    ``yield from running_etcd()``."""
+    require_etcd()
+    server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
 
 
 class CuttableProxy:

@@ -22,7 +22,7 @@ from pyroute2 import netns
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from etcd_support import EtcdServer, require_etcd  # noqa: E402
+from etcd_support import EtcdServer, running_etcd  # noqa: E402
 from harness import (  # noqa: E402
     Daemon,
     PodSpec,
@@ -50,13 +50,7 @@ CLUSTER = "10.200.0.0-13"  # the store's name of a cluster with that pool
 
 @pytest.fixture
 def etcd() -> Iterator[EtcdServer]:
-    require_etcd()
-    server = EtcdServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from running_etcd()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ sharing the module's etcd cannot see each other's nodes.
 """
 from __future__ import annotations
 
-import os
 import random
 import secrets
 import signal
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from etcd_support import (  # noqa: E402
     CuttableProxy,
     EtcdServer,
-    etcd_problem,
+    running_etcd,
     node_record,
     spawn_member,
 )
@@ -46,34 +45,15 @@ TTL = 3
 EXPIRY_SLACK = 1.5
 
 
-def _need_etcd() -> None:
-    problem = etcd_problem()
-    if problem is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the membership tests need etcd: {problem}")
-    pytest.skip(f"the membership tests need etcd: {problem}")
-
-
-def _running_etcd() -> Iterator[EtcdServer]:
-    _need_etcd()
-    server = EtcdServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture(scope="module")
 def etcd() -> Iterator[EtcdServer]:
-    yield from _running_etcd()
+    yield from running_etcd()
 
 
 @pytest.fixture
 def own_etcd() -> Iterator[EtcdServer]:
     """An etcd for one test, which may stop and restart it."""
-    yield from _running_etcd()
+    yield from running_etcd()
 
 
 @pytest.fixture

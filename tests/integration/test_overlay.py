@@ -18,7 +18,7 @@ import pytest
 
 from harness import (PYTHON, TCP_SINK_SCRIPT, TCP_SOURCE_SCRIPT, UDP_SINK_SCRIPT,
                      UDP_SOURCE_SCRIPT, PodSpec, program, random_pod_cidr, read_line, terminate)
-from etcd_support import EtcdServer, require_etcd
+from etcd_support import running_etcd
 from multinode import call_phase_passed, lab_factory
 from vswitch.lab.kernel_node import KernelNode, KernelNodeSpec, RemoteNode
 from vswitch.model import mac_for_ip
@@ -302,41 +302,40 @@ def test_services_across_nodes_clusterip_and_nodeport_cluster_and_local(make_lab
     assert drops >= 1
 
 
-def test_forwarding_goes_on_while_the_cluster_store_is_away(make_lab):
+@pytest.fixture
+def etcd():
+    yield from running_etcd()
+
+
+def test_forwarding_goes_on_while_the_cluster_store_is_away(etcd, make_lab):
     """Nodes that learned each other from etcd keep forwarding when etcd stops (fail static),
     and after it returns; not one ping of a steady stream is lost."""
-    require_etcd()
-    etcd = EtcdServer()
+    lab = overlay_lab(make_lab, 2, [PodSpec("alpha")], extra=lambda node: (
+        f'[cluster]\ncidr = "{node.lab.cluster_cidr}"\nstore = "etcd"\n'
+        f'etcd_endpoints = ["{etcd.endpoint}"]\nlease_ttl = 3\n[overlay]\n'))
+    lab.start()
+    first, second = lab[0], lab[1]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = {row["name"]: row["state"] for row in first.daemon.ctl("nodes")}
+        if states.get(second.name) == "ready":
+            break
+        time.sleep(0.1)
+    assert states.get(second.name) == "ready", first.daemon.log()
+    stream = first.daemon.popen_in("alpha", PYTHON, PING_STREAM_SCRIPT,
+                                   str(second.pod_ips()["alpha"]), "150", "0.04",
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        time.sleep(1.0)
+        etcd.stop()
+        time.sleep(TTL_AWAY)
         etcd.start()
-        lab = overlay_lab(make_lab, 2, [PodSpec("alpha")], extra=lambda node: (
-            f'[cluster]\ncidr = "{node.lab.cluster_cidr}"\nstore = "etcd"\n'
-            f'etcd_endpoints = ["{etcd.endpoint}"]\nlease_ttl = 3\n[overlay]\n'))
-        lab.start()
-        first, second = lab[0], lab[1]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            states = {row["name"]: row["state"] for row in first.daemon.ctl("nodes")}
-            if states.get(second.name) == "ready":
-                break
-            time.sleep(0.1)
-        assert states.get(second.name) == "ready", first.daemon.log()
-        stream = first.daemon.popen_in("alpha", PYTHON, PING_STREAM_SCRIPT,
-                                       str(second.pod_ips()["alpha"]), "150", "0.04",
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            time.sleep(1.0)
-            etcd.stop()
-            time.sleep(TTL_AWAY)
-            etcd.start()
-            out, err = stream.communicate(timeout=60)
-        finally:
-            terminate(stream)
-        assert json.loads(out) == {"sent": 150, "lost": []}, err
-        assert {row["name"]: row["state"] for row in first.daemon.ctl("nodes")}[second.name] \
-            == "ready"
+        out, err = stream.communicate(timeout=60)
     finally:
-        etcd.close()
+        terminate(stream)
+    assert json.loads(out) == {"sent": 150, "lost": []}, err
+    assert {row["name"]: row["state"] for row in first.daemon.ctl("nodes")}[second.name] \
+        == "ready"
 
 
 def test_capture_on_the_uplink_shows_the_vxlan_packets(two_nodes, tmp_path):
