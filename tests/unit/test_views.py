@@ -12,6 +12,7 @@ CASES = [
     (views.Ipv4, h.IPV4, 20),
     (views.Tcp, h.TCP, 20),
     (views.Udp, h.UDP, 8),
+    (views.Vxlan, h.VXLAN, 8),
 ]
 
 

@@ -19,6 +19,7 @@ _ARP = struct.Struct("!HHBBH6s4s6s4s")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _TCP = struct.Struct("!HHIIHHHH")
 _UDP = struct.Struct("!HHHH")
+_VXLAN = struct.Struct("!II")  # flags and 24 reserved bits; VNI and 8 reserved bits
 
 
 class VirtioNetHeader:
@@ -81,3 +82,12 @@ class Udp:
 
     def __init__(self, data: bytes, offset: int = 0):
         self.src_port, self.dst_port, self.length, self.checksum = _UDP.unpack_from(data, offset)
+
+
+class Vxlan:
+    __slots__ = ("flags", "reserved1", "vni", "reserved2")
+
+    def __init__(self, data: bytes, offset: int = 0):
+        first, second = _VXLAN.unpack_from(data, offset)
+        self.flags, self.reserved1 = first >> 24, first & 0xFFFFFF
+        self.vni, self.reserved2 = second >> 8, second & 0xFF

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from vswitch.accel import pure as _pure
-from vswitch.wire import builders, headers as h
+from vswitch.wire import builders, headers as h, views
 
 # Bytes the encapsulation adds in front of an inner frame: outer Ethernet, IPv4, UDP and VXLAN.
 OUTER_HEADERS_LEN = h.ETH_HEADER_LEN + h.IPV4_MIN_HEADER_LEN + h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN
@@ -223,7 +223,7 @@ def decapsulate(packet: bytes, *, vni: int, port: int, offset: int = 0,
     data = bytes(packet[offset:])
     if len(data) < h.IPV4_MIN_HEADER_LEN:
         return DropReason.SHORT
-    ip = h.IPV4.parse(data[: h.IPV4_MIN_HEADER_LEN])
+    ip = views.Ipv4(data)
     header_len = ip.ihl * 4
     if ip.version != 4 or ip.ihl < 5:
         return DropReason.BAD_IP_HEADER
@@ -242,7 +242,7 @@ def decapsulate(packet: bytes, *, vni: int, port: int, offset: int = 0,
     segment = data[header_len: ip.total_length]
     if len(segment) < h.UDP_HEADER_LEN:
         return DropReason.SHORT
-    udp = h.UDP.parse(segment[: h.UDP_HEADER_LEN])
+    udp = views.Udp(segment)
     if udp.dst_port != port:
         return DropReason.WRONG_PORT
     if not h.UDP_HEADER_LEN <= udp.length <= len(segment):
@@ -253,7 +253,7 @@ def decapsulate(packet: bytes, *, vni: int, port: int, offset: int = 0,
         return DropReason.BAD_UDP_CHECKSUM
     if len(segment) < h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN + h.ETH_HEADER_LEN:
         return DropReason.SHORT
-    vxlan = h.VXLAN.parse(segment[h.UDP_HEADER_LEN: h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN])
+    vxlan = views.Vxlan(segment, h.UDP_HEADER_LEN)
     if not vxlan.flags & h.VXLAN_FLAG_VNI:
         return DropReason.NO_VNI_FLAG
     if vxlan.vni != vni:
