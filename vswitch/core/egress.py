@@ -26,8 +26,7 @@ from vswitch.core.port_spec import PortSpec
 from vswitch.core.actions import Forward
 from vswitch.pipeline.context import Env
 from vswitch.wire import headers as h, views
-
-_TUNNEL_GSO_BITS = 0x60  # VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4 | _IPV6 (``wire.tunnel_offload``)
+from vswitch.wire.tunnel_offload import VNET_GSO_UDP_TUNNEL
 
 
 class Egress:
@@ -85,7 +84,7 @@ def convert_framing(data: bytes, src: PortSpec, dst: PortSpec) -> bytes | None:
     if dst.vnet_hdr:
         # Headers of different sizes: the first 10 bytes are the same legacy header in both. A
         # frame whose GSO type needs the tunnel fields only crosses decapsulated.
-        if vnet.gso_type & _TUNNEL_GSO_BITS:
+        if vnet.gso_type & VNET_GSO_UDP_TUNNEL:
             return None
         return b"".join((data[: h.VNET_HDR_LEN], bytes(dst.l2_offset - h.VNET_HDR_LEN),
                          data[src.l2_offset:]))

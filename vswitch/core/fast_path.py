@@ -21,7 +21,7 @@ from vswitch.pipeline.ttl import decrement_ttl, lower_ttl
 from vswitch.tables.conntrack import ConntrackTable, Direction, TcpState, Verdict
 from vswitch.tables.neighbors import NeighborState, NeighborTimers
 from vswitch.tables.overlay import LocalVtep
-from vswitch.wire import headers as h, vxlan
+from vswitch.wire import headers as h
 
 _U16 = struct.Struct("!H")
 # Plain ints: the enum types' own operators cost a Python call per use on the hot path.
@@ -29,14 +29,11 @@ _TCP_STATE_FLAGS = int(h.TcpFlag.SYN | h.TcpFlag.FIN | h.TcpFlag.RST)
 _ACK = int(h.TcpFlag.ACK)
 _TCP = int(h.IpProto.TCP)
 _NEEDS_CSUM = int(h.VNET_F_NEEDS_CSUM)
-_GSO_NONE = int(h.VNET_GSO_NONE)
 _DATA_VALID = int(h.VNET_F_DATA_VALID)
 _UDP = int(h.IpProto.UDP)
 _IPV4_NO_OPTIONS = 0x45  # what encapsulation sends; an outer header with options goes the long way
 _ECN_CE = 0x03
 _UDP_HEADER = struct.Struct("!HHHH")
-_CSUM_START = struct.Struct("<H")
-_OUTER_HEADERS = vxlan.OUTER_HEADERS_LEN
 # An outer IPv4 packet carrying at least an inner Ethernet and IPv4 header.
 _OUTER_MIN = (h.IPV4_MIN_HEADER_LEN + h.UDP_HEADER_LEN + h.VXLAN_HEADER_LEN + h.ETH_HEADER_LEN
               + h.IPV4_MIN_HEADER_LEN)
