@@ -117,4 +117,153 @@ int vs_flow_key(const uint8_t *frame, size_t readable, size_t len, size_t offset
 size_t vs_flow_keys_batch(const uint8_t *windows, size_t stride, const uint64_t *lens, size_t n,
                           size_t offset, uint8_t *keys, uint8_t *status);
 
+/* ---- The datapath: cached decisions executed in C (datapath.c, vxlan.c) -------------------
+ *
+ * Python decides, C executes (Open vSwitch's dpif-netdev split). Python's pipeline memoises a
+ * decision as an action under a flow key (vs_dp_install); vs_dp_process replays it on a later
+ * frame of the flow, checking first whatever may differ per packet, and declines (VS_DP_UPCALL)
+ * whenever the pipeline could decide differently. The pure twin is vswitch/core/fast_path.py;
+ * tests hold the two equal byte for byte and counter for counter.
+ *
+ * State that both sides touch lives in one place: arrays owned by Python (array.array objects,
+ * fixed size, handed over once with vs_dp_set_shared) that C reads and writes in place. A slot of
+ * those arrays is named by (slot, incarnation): Python bumps the incarnation when it frees or
+ * reuses a slot, so an action that names an old incarnation is declined.
+ *
+ * Locking: one mutex per datapath guards ports, the flow table, actions and counters. Every
+ * vs_dp_* call takes it (cffi releases the GIL around calls); the poll thread holds it while it
+ * handles a burst and never while it sleeps in epoll_wait. */
+
+#define VS_DP_KEY_LEN 36        /* port (4, big endian) + flow key (22) + connection part (<= 5) + zero padding */
+#define VS_DP_MAX_FRAME 65600   /* the largest frame read or written: 24 + 14 + 4 + 65535, rounded up */
+
+enum vs_dp_kind {
+    VS_DP_FORWARD = 1,      /* switched or routed (rewrite_macs), maybe encapsulated */
+    VS_DP_PER_CONNECTION = 2, /* marker: look the connection key up instead */
+    VS_DP_CONNECTION = 3,   /* a translated connection: conntrack update + NAT rewrite, then forward */
+    VS_DP_DECAP = 4,        /* marker: VXLAN for our VTEP from a known node: open it, look the inner key up */
+};
+
+enum vs_dp_status {
+    VS_DP_UPCALL = -1,      /* no valid entry, or the entry declines this frame: Python decides */
+    VS_DP_CONSUMED = -2,    /* a hit whose output the target port cannot take (counted there) */
+    VS_DP_EINVAL = -3,      /* bad argument (unknown port, buffer too small) */
+};
+
+/* What vs_dp_set_shared hands over: arrays of `capacity` elements each, owned by Python. */
+typedef struct vs_dp_shared {
+    double *fdb_seen;            /* FDB entry: last time its MAC was seen */
+    uint32_t *fdb_inc;
+    uint32_t fdb_capacity;
+    double *nbr_since;           /* neighbour: when it was confirmed if REACHABLE, else -inf */
+    uint32_t *nbr_inc;
+    uint32_t nbr_capacity;
+    double *ct_expires;          /* conntrack entry fields */
+    double *ct_seen;
+    uint64_t *ct_packets;        /* 2 per entry: [2*slot + direction] */
+    uint64_t *ct_bytes;          /* 2 per entry */
+    uint8_t *ct_state;           /* TcpState value */
+    uint8_t *ct_flags;           /* VS_CT_* bits */
+    uint32_t *ct_inc;
+    uint32_t ct_capacity;
+    uint32_t *vxlan_ident;       /* one counter: the outer IPv4 identification, +1 per packet */
+} vs_dp_shared;
+
+#define VS_CT_IN_TABLE 1u
+#define VS_CT_REPLIED 2u
+#define VS_CT_ASSURED 4u
+#define VS_TCP_ESTABLISHED 3u
+
+typedef struct vs_dp_params {
+    double fdb_aging;            /* a destination MAC unseen this long is a miss */
+    double reachable_time;       /* a neighbour confirmed longer ago is a miss */
+    double ct_established;       /* conntrack timeouts of the plain states */
+    double ct_udp_unreplied;
+    double ct_udp_replied;
+    double ct_icmp;
+    double clock_offset;         /* poll threads: now = CLOCK_MONOTONIC seconds + clock_offset */
+    uint64_t generation;         /* entries of another generation are misses */
+    uint8_t upcall_all;          /* every frame goes to Python (a capture is armed) */
+} vs_dp_params;
+
+typedef struct vs_dp_action {
+    uint64_t generation;
+    uint32_t out_port;
+    uint8_t kind;                /* enum vs_dp_kind */
+    uint8_t rewrite_macs;        /* routed: check TTL > 1, header checksum, MTU, neighbour; set MACs; TTL - 1 */
+    uint8_t encap;               /* wrap the routed packet in VXLAN (the encap_* fields) */
+    uint8_t direction;           /* connection: 0 original, 1 reply */
+    uint32_t mtu;                /* routed: the largest IPv4 packet (per segment of a GSO frame) */
+    uint32_t src_slot, src_inc;  /* FDB: set fdb_seen[src_slot] = now on a hit */
+    uint32_t dst_slot, dst_inc;  /* FDB: now - fdb_seen[dst_slot] < fdb_aging, or a miss */
+    uint32_t nbr_slot, nbr_inc;  /* routed: now - nbr_since[nbr_slot] < reachable_time, or a miss */
+    uint8_t rewrite[12];         /* routed: Ethernet destination + source (for encap: the outer ones) */
+    uint32_t ct_slot, ct_inc;    /* connection */
+    uint8_t target_src[4];       /* connection: the tuple the packet leaves with */
+    uint8_t target_dst[4];
+    uint16_t target_sport, target_dport;
+    uint8_t encap_inner_macs[12];/* encap: inner Ethernet destination + source (the VTEP MACs) */
+    uint8_t encap_src_ip[4];     /* encap: our underlay address */
+    uint8_t encap_dst_ip[4];     /* encap: the node's underlay address */
+    uint16_t encap_port;         /* encap: UDP destination port; decap: the port we listen on */
+    uint32_t encap_vni;          /* encap and decap: the VNI */
+    uint64_t encap_hash_seed;    /* encap: seeds the outer source port hash (vs_vxlan_source_port) */
+    uint8_t decap_vtep_mac[6];   /* decap: our VTEP MAC */
+} vs_dp_action;
+
+typedef struct vs_dp_counters {  /* per port, for frames the datapath handled itself */
+    uint64_t rx_packets, rx_bytes, tx_packets, tx_bytes;
+    uint64_t tx_busy, tx_offload_unsupported, tx_port_gone, tx_error;
+} vs_dp_counters;
+
+typedef struct vs_dp_stats {
+    uint64_t hits, misses, installs, flushes, entries, capacity;
+    uint64_t upcalls, upcall_lost, upcall_queued, wakeups, read_errors;
+} vs_dp_stats;
+
+typedef struct vs_dp vs_dp;
+
+vs_dp *vs_dp_create(uint32_t flow_capacity, uint32_t upcall_capacity, uint64_t seed);
+void vs_dp_destroy(vs_dp *dp);  /* stops the poll thread first; never closes a port's fd */
+void vs_dp_set_shared(vs_dp *dp, const vs_dp_shared *shared);
+void vs_dp_set_params(vs_dp *dp, const vs_dp_params *params);
+void vs_dp_set_generation(vs_dp *dp, uint64_t generation);
+/* fd -1: a port only vs_dp_process sees (tests, in-memory ports). l2_offset: the virtio-net
+ * header's size, 0 without one. upcall_all: every frame of this port goes to Python (traced). */
+int vs_dp_port_add(vs_dp *dp, uint32_t port_id, int fd, uint32_t l2_offset, int upcall_all);
+int vs_dp_port_set_upcall_all(vs_dp *dp, uint32_t port_id, int upcall_all);
+/* After it returns the poll thread no longer reads or writes the port's fd. */
+int vs_dp_port_del(vs_dp *dp, uint32_t port_id);
+int vs_dp_port_counters(vs_dp *dp, uint32_t port_id, vs_dp_counters *out);
+/* 1 installed, 0 the table was full and has been emptied first (counted in flushes) then installed. */
+int vs_dp_install(vs_dp *dp, const uint8_t *key, const vs_dp_action *action);
+void vs_dp_flush(vs_dp *dp);
+void vs_dp_stats_get(vs_dp *dp, vs_dp_stats *out);
+/* One frame through the cached path, synchronously: the output's length (>= 0, written to out,
+ * framed for *out_port) on a hit, else a vs_dp_status. Counts exactly as the poll thread does. */
+int64_t vs_dp_process(vs_dp *dp, uint32_t in_port, const uint8_t *frame, size_t len, double now,
+                      uint8_t *out, size_t out_cap, uint32_t *out_port);
+/* The poll thread: reads every port with an fd, handles hits, queues the rest for Python. */
+int vs_dp_start(vs_dp *dp);
+void vs_dp_stop(vs_dp *dp);
+int vs_dp_upcall_fd(vs_dp *dp);  /* an eventfd, readable while upcalls wait */
+/* The oldest waiting upcall: its length (copied to buf) and port, or -1 when none waits. */
+int64_t vs_dp_upcall_take(vs_dp *dp, uint32_t *port, uint8_t *buf, size_t cap);
+
+/* ---- VXLAN in the datapath (vxlan.c) ----------------------------------------------------- */
+
+/* The outer UDP source port for an inner flow key (vxlan.inner_flow_key's bytes). */
+uint16_t vs_vxlan_source_port(const uint8_t *flow_key, size_t len, uint64_t seed);
+/* The routed inner IPv4 packet (ip, ip_len; TTL already lowered) wrapped for a->encap_*: writes
+ * the outer frame (virtio-net header of l2_offset bytes converted from vnet, rewrite, outer IPv4
+ * + UDP + VXLAN, inner Ethernet, the packet) to out. Its length, or -1 when the frame cannot cross
+ * the tunnel as it is (the pipeline then decides). */
+int64_t vs_vxlan_wrap(const vs_dp_action *a, const uint8_t *vnet, size_t l2_offset,
+                      const uint8_t *ip, size_t ip_len, uint16_t ident, uint8_t *out, size_t cap);
+/* The inner frame (with its virtio-net header of l2_offset bytes) of a VXLAN frame for the VTEP
+ * a->decap_vtep_mac / a->encap_port / a->encap_vni: its length, or -1 for anything vxlan-decap
+ * would drop or treat specially. */
+int64_t vs_vxlan_open(const vs_dp_action *a, const uint8_t *frame, size_t len, size_t l2_offset,
+                      uint8_t *out, size_t cap);
+
 #endif
