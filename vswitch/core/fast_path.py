@@ -18,7 +18,7 @@ from vswitch.core.flow_cache import CacheEntry
 from vswitch.pipeline import tunnel
 from vswitch.pipeline.context import Packet
 from vswitch.pipeline.ttl import decrement_ttl, lower_ttl
-from vswitch.tables.conntrack import ConntrackTable, Direction, TcpState, Verdict
+from vswitch.tables.conntrack import ConntrackTable, Direction, Entry, TcpState, Timeouts
 from vswitch.tables.neighbors import NeighborState, NeighborTimers
 from vswitch.tables.overlay import LocalVtep
 from vswitch.wire import headers as h
@@ -31,6 +31,7 @@ _TCP = int(h.IpProto.TCP)
 _NEEDS_CSUM = int(h.VNET_F_NEEDS_CSUM)
 _DATA_VALID = int(h.VNET_F_DATA_VALID)
 _UDP = int(h.IpProto.UDP)
+_ICMP = int(h.IpProto.ICMP)
 _IPV4_NO_OPTIONS = 0x45  # what encapsulation sends; an outer header with options goes the long way
 _ECN_CE = 0x03
 _UDP_HEADER = struct.Struct("!HHHH")
@@ -242,25 +243,31 @@ class FastPath:
                     vnet: bytes) -> bytes | None:
         """A packet of a translated connection in a plain state: the conntrack update and the NAT
         rewrite run here, as the stages would run them. SYN, FIN, RST, a TCP state other than
-        ESTABLISHED, or a dead entry go to the pipeline."""
+        an assured ESTABLISHED, a first reply, or a dead entry go to the pipeline."""
         ct = entry.ct
         if not ct.alive(now):
             return None
         l3 = l2 + h.ETH_HEADER_LEN
         ihl = (frame[l3] & 0x0F) * 4
         l4 = l3 + ihl
-        flags = None
-        if frame[l3 + 9] == _TCP:
+        proto = frame[l3 + 9]
+        if proto == _TCP:
             flags = ((frame[l4 + 12] & 0x01) << 8) | frame[l4 + 13]
-            if (ct.tcp_state is not TcpState.ESTABLISHED or flags & _TCP_STATE_FLAGS
-                    or not flags & _ACK):
+            if (ct.tcp_state is not TcpState.ESTABLISHED or not ct.assured
+                    or flags & _TCP_STATE_FLAGS or not flags & _ACK):
                 return None
         routed = entry.rewrite is not None
         if routed and not self._routing_allows(entry, frame, l2, l3, ihl, now):
             return None
-        (total,) = _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)
-        if self.conntrack.update(ct, entry.direction, now, flags, total) is not Verdict.ACCEPT:
+        direction = entry.direction.value
+        expires = plain_expiry(ct, direction, proto, now, self.conntrack.timeouts)
+        if expires is None:
             return None
+        (total,) = _U16.unpack_from(frame, l3 + h.IPV4_TOTAL_LENGTH_OFFSET)
+        ct.packets[direction] += 1
+        ct.bytes[direction] += total
+        ct.last_seen = now
+        ct.expires = expires
         target = entry.target
         packet = bytearray(frame[l3: l3 + total])
         self.accel.nat_rewrite(packet, src=target.src, sport=target.sport, dst=target.dst,
@@ -272,3 +279,23 @@ class FastPath:
             ihl = (packet[0] & 0x0F) * 4
             return self._encapsulated(entry, vnet, bytes(packet[:ihl]), memoryview(packet)[ihl:])
         return b"".join((frame[:l2], entry.rewrite, frame[l2 + 12: l3], packet))
+
+
+def plain_expiry(ct: Entry, direction: int, proto: int, now: float,
+                 timeouts: Timeouts) -> float | None:
+    """The new expiry of a connection after one more packet that changes nothing but its clock
+    and counters (what ``ConntrackTable.update`` does for it), or None when the packet may change
+    more (a first reply, a TCP transition) or would move the expiry earlier, which the table's
+    deadline heap must hear of: the pipeline then updates the entry. The caller has checked a TCP
+    packet's flags and state already."""
+    if proto == _TCP:
+        expires = now + timeouts.established
+    elif direction == 1 and not ct.replied:
+        return None
+    elif proto == _UDP:
+        expires = now + (timeouts.udp_replied if ct.replied else timeouts.udp_unreplied)
+    elif proto == _ICMP:
+        expires = now + timeouts.icmp
+    else:
+        return None
+    return expires if expires >= ct.expires else None

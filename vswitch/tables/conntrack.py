@@ -75,7 +75,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vswitch.tables.conntrack_entry import PROTO_NAMES, Entry
 from vswitch.tables.deadlines import DeadlineHeap
+from vswitch.tables.shared_slots import ConnectionSlots
 from vswitch.tables.nat_ports import scan_key, scan_start
 from vswitch.tables.tcp_states import (
     ACK,
@@ -99,7 +101,6 @@ _TCP = int(IpProto.TCP)
 _UDP = int(IpProto.UDP)
 _ICMP = int(IpProto.ICMP)
 
-_PROTO_NAMES = {_TCP: "tcp", _UDP: "udp", _ICMP: "icmp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,7 @@ class FlowTuple:
         return FlowTuple(self.proto, self.dst, self.dport, self.src, self.sport)
 
     def describe(self) -> str:
-        name = _PROTO_NAMES.get(self.proto)
+        name = PROTO_NAMES.get(self.proto)
         if self.proto == _ICMP:
             return f"icmp {ip_text(self.src)} > {ip_text(self.dst)} id {self.sport}"
         if name is None:
@@ -164,84 +165,6 @@ class Timeouts:
         return getattr(self, TIMEOUT_FIELD[state])
 
 
-# -- entries -------------------------------------------------------------------------------------
-
-class Entry:
-    """One tracked connection. Mutable; the table owns its bookkeeping fields (underscored)."""
-
-    __slots__ = ("original", "reply", "dnat", "snat", "tcp_state", "replied", "assured",
-                 "created", "last_seen", "expires", "labels", "packets", "bytes",
-                 "_in_table", "_simultaneous_open")
-
-    def __init__(self, original: FlowTuple, reply: FlowTuple, dnat: tuple[bytes, int] | None,
-                 snat: tuple[bytes, int] | None, now: float, expires: float,
-                 tcp_state: TcpState, labels: dict[str, Any]):
-        self.original = original
-        self.reply = reply
-        self.dnat = dnat
-        self.snat = snat
-        self.tcp_state = tcp_state
-        self.replied = False
-        self.assured = False
-        self.created = now
-        self.last_seen = now
-        self.expires = expires
-        self.labels = labels
-        self.packets = [0, 0]
-        self.bytes = [0, 0]
-        self._in_table = False
-        self._simultaneous_open = False
-
-    def alive(self, now: float) -> bool:
-        """Still in its table and not expired: what ``lookup`` would find."""
-        return self._in_table and now < self.expires
-
-    def __repr__(self) -> str:
-        state = f" {self.tcp_state.name}" if self.original.proto == _TCP else ""
-        return f"<Entry {self.original.describe()}{state} expires={self.expires}>"
-
-    def as_dict(self, now: float) -> dict[str, Any]:
-        """A JSON-able row for ``vswitchctl conntrack``."""
-        return {
-            "proto": _PROTO_NAMES.get(self.original.proto, str(self.original.proto)),
-            "description": self.original.describe(),
-            "original": self.original.as_dict(),
-            "reply": self.reply.as_dict(),
-            "dnat": _endpoint_dict(self.dnat),
-            "snat": _endpoint_dict(self.snat),
-            "state": self.tcp_state.name if self.original.proto == _TCP else None,
-            "replied": self.replied,
-            "assured": self.assured,
-            "age": now - self.created,
-            "idle": now - self.last_seen,
-            "expires_in": max(0.0, self.expires - now),
-            "packets": {"original": self.packets[0], "reply": self.packets[1]},
-            "bytes": {"original": self.bytes[0], "reply": self.bytes[1]},
-            "labels": _jsonable(self.labels),
-        }
-
-
-def _endpoint_dict(endpoint: tuple[bytes, int] | None) -> dict[str, Any] | None:
-    if endpoint is None:
-        return None
-    return {"ip": ip_text(endpoint[0]), "port": endpoint[1]}
-
-
-def _jsonable(value: Any) -> Any:
-    """Labels are free-form; addresses in them are shown as text, anything unknown as its str."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (bytes, bytearray)):
-        return ip_text(bytes(value)) if len(value) == 4 else bytes(value).hex()
-    if isinstance(value, enum.Enum):
-        return value.name
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    return str(value)
-
-
 # -- the table -----------------------------------------------------------------------------------
 
 class ConntrackTable:
@@ -254,6 +177,8 @@ class ConntrackTable:
         # Indexed by TcpState.value: the per-packet path avoids an attribute lookup by name.
         self._tcp_timeout = tuple(timeouts.tcp(state) for state in TcpState)
         self._established_timeout = timeouts.established
+        # The fields a cache hit changes, shared with the C datapath (``conntrack_entry``).
+        self.slots = ConnectionSlots(max_entries)
         self._by_original: dict[FlowTuple, Entry] = {}
         self._by_reply: dict[FlowTuple, Entry] = {}
         # Entries that have not seen a reply, oldest first: the eviction candidates.
@@ -386,7 +311,7 @@ class ConntrackTable:
             state = TcpState.NONE
             timeout = self.timeouts.generic
         entry = Entry(original, reply, dnat, snat, now, now + timeout, state,
-                      labels if labels is not None else {})
+                      labels if labels is not None else {}, self.slots)
         entry._in_table = True
         self._by_original[original] = entry
         self._by_reply[reply] = entry
@@ -598,7 +523,7 @@ class ConntrackTable:
             "unreplied": len(self._unreplied),
             "tcp_states": {state.name: n for state, n in self._tcp_states.items()
                            if state is not TcpState.NONE},
-            "protocols": {_PROTO_NAMES.get(p, str(p)): n for p, n in self._protocols.items() if n},
+            "protocols": {PROTO_NAMES.get(p, str(p)): n for p, n in self._protocols.items() if n},
         }
 
     # -- bookkeeping -----------------------------------------------------------------------------

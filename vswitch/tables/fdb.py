@@ -28,6 +28,7 @@ from types import ModuleType
 from vswitch.accel import pure as _pure
 from vswitch.tables.deadlines import DeadlineHeap
 from vswitch.tables.object_table import ObjectTable
+from vswitch.tables.shared_slots import StampSlots
 
 
 class LearnResult(enum.Enum):
@@ -38,13 +39,37 @@ class LearnResult(enum.Enum):
 
 
 class FdbEntry:
-    __slots__ = ("segment", "mac", "port", "last_seen")
+    """A learned MAC. Its ``last_seen`` lives in the table's ``StampSlots`` (slot ``slot``), where
+    the C datapath refreshes it on cache hits; an entry out of its table keeps the last value."""
 
-    def __init__(self, segment: int, mac: bytes, port: int, last_seen: float):
+    __slots__ = ("segment", "mac", "port", "slot", "_stamps", "_detached")
+
+    def __init__(self, segment: int, mac: bytes, port: int, last_seen: float,
+                 stamps: StampSlots | None = None):
         self.segment = segment
         self.mac = mac
         self.port = port
-        self.last_seen = last_seen
+        self._stamps = stamps.stamps if stamps is not None else None
+        self.slot = stamps.take() if stamps is not None else -1
+        self._detached = last_seen
+        if self.slot >= 0:
+            self._stamps[self.slot] = last_seen
+
+    @property
+    def last_seen(self) -> float:
+        return self._stamps[self.slot] if self.slot >= 0 else self._detached
+
+    @last_seen.setter
+    def last_seen(self, value: float) -> None:
+        if self.slot >= 0:
+            self._stamps[self.slot] = value
+        else:
+            self._detached = value
+
+    def detach(self) -> float:
+        """Take the entry out of the shared slots, keeping its last sighting; returns the slot."""
+        slot, self._detached, self.slot = self.slot, self.last_seen, -1
+        return slot
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,8 @@ class Fdb:
         self.mac_limit = mac_limit
         self.generation = 0
         self._entries: ObjectTable[FdbEntry] = ObjectTable(accel, 8, capacity)
+        # Each entry's last sighting, shared with the C datapath (see ``shared_slots``).
+        self.stamps = StampSlots(capacity)
         self._per_port: dict[int, int] = {}
         self._deadlines: DeadlineHeap[FdbEntry] = DeadlineHeap(
             lambda entry: entry.last_seen + self.aging)
@@ -88,8 +115,9 @@ class Fdb:
         if entry is None:
             if self._per_port.get(port, 0) >= self.mac_limit:
                 return LearnResult.LIMIT, None
-            entry = FdbEntry(segment, mac, port, now)
+            entry = FdbEntry(segment, mac, port, now, self.stamps)
             if not self._entries.put(_key(segment, mac), entry):
+                self.stamps.release(entry.detach())
                 return LearnResult.LIMIT, None
             self._per_port[port] = self._per_port.get(port, 0) + 1
             self._deadlines.schedule(entry, now + self.aging)
@@ -150,3 +178,4 @@ class Fdb:
         self._per_port[entry.port] -= 1
         self.generation += 1
         self._deadlines.discard(entry)
+        self.stamps.release(entry.detach())

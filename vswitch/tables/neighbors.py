@@ -29,6 +29,7 @@ from typing import Any
 
 from vswitch.accel import pure as _pure
 from vswitch.tables.object_table import ObjectTable
+from vswitch.tables.shared_slots import StampSlots
 
 
 class NeighborState(enum.Enum):
@@ -37,18 +38,60 @@ class NeighborState(enum.Enum):
     STALE = "stale"
 
 
-class Neighbor:
-    __slots__ = ("segment", "ip", "mac", "state", "confirmed", "probes", "next_probe", "queue")
+_NOT_REACHABLE = float("-inf")
 
-    def __init__(self, segment: int, ip: bytes, now: float):
+
+class Neighbor:
+    """A next hop. While it is REACHABLE, the time it was confirmed is also kept in the table's
+    ``StampSlots`` (slot ``slot``; -inf in any other state), where the C datapath checks a
+    routed hit's neighbour as ``now - since < reachable_time``: the same test as the pipeline's
+    REACHABLE-and-recent, one float for C to read."""
+
+    __slots__ = ("segment", "ip", "mac", "_state", "_confirmed", "probes", "next_probe", "queue",
+                 "slot", "_stamps")
+
+    def __init__(self, segment: int, ip: bytes, now: float, stamps: StampSlots | None = None):
         self.segment = segment
         self.ip = ip
         self.mac: bytes | None = None
-        self.state = NeighborState.INCOMPLETE
-        self.confirmed = now
+        self._stamps = stamps.stamps if stamps is not None else None
+        self.slot = stamps.take() if stamps is not None else -1
+        self._state = NeighborState.INCOMPLETE
+        self._confirmed = now
+        self._publish()
         self.probes = 0
         self.next_probe = now
         self.queue: deque[Any] = deque()
+
+    @property
+    def state(self) -> NeighborState:
+        return self._state
+
+    @state.setter
+    def state(self, value: NeighborState) -> None:
+        self._state = value
+        self._publish()
+
+    @property
+    def confirmed(self) -> float:
+        return self._confirmed
+
+    @confirmed.setter
+    def confirmed(self, value: float) -> None:
+        self._confirmed = value
+        self._publish()
+
+    def _publish(self) -> None:
+        if self.slot >= 0:
+            self._stamps[self.slot] = (self._confirmed if self._state is NeighborState.REACHABLE
+                                       else _NOT_REACHABLE)
+
+    def detach(self) -> int:
+        """Take the entry out of the shared slots; returns the slot it held."""
+        if self.slot >= 0:
+            self._stamps[self.slot] = _NOT_REACHABLE
+        slot, self.slot = self.slot, -1
+        return slot
 
 
 class ResolveResult(enum.Enum):
@@ -76,6 +119,8 @@ class NeighborTable:
                  capacity: int = 16384):
         self.timers = timers
         self._entries: ObjectTable[Neighbor] = ObjectTable(accel, 6, capacity)
+        # Reachable neighbours' confirmation times, shared with the C datapath.
+        self.stamps = StampSlots(capacity)
         self.generation = 0
         self.overflow_drops = 0
 
@@ -104,11 +149,12 @@ class NeighborTable:
         key = _key(segment, ip)
         entry = self._entries.get(key)
         if entry is None:
-            entry = Neighbor(segment, ip, now)
+            entry = Neighbor(segment, ip, now, self.stamps)
             entry.probes = 1
             entry.next_probe = now + self.timers.retrans_time
             entry.queue.append(item)
             if not self._entries.put(key, entry):
+                self.stamps.release(entry.detach())
                 return ResolveResult.FULL, item
             return ResolveResult.PROBE, None
         dropped = None
@@ -126,8 +172,9 @@ class NeighborTable:
         if entry is None:
             if not create:
                 return []
-            entry = Neighbor(segment, ip, now)
+            entry = Neighbor(segment, ip, now, self.stamps)
             if not self._entries.put(key, entry):
+                self.stamps.release(entry.detach())
                 return []
         if entry.mac is not None and entry.mac != mac:
             self.generation += 1
@@ -150,14 +197,14 @@ class NeighborTable:
                 if now < entry.next_probe:
                     continue
                 if entry.probes >= self.timers.max_probes:
-                    self._entries.pop(key)
+                    self._remove(key, entry)
                     failed.append((entry, list(entry.queue)))
                     continue
                 entry.probes += 1
                 entry.next_probe = now + self.timers.retrans_time
                 probes.append(entry)
             elif now - entry.confirmed >= self.timers.stale_time:
-                self._entries.pop(key)
+                self._remove(key, entry)
                 self.generation += 1
             elif (entry.state is NeighborState.REACHABLE
                   and now - entry.confirmed >= self.timers.reachable_time):
@@ -174,12 +221,16 @@ class NeighborTable:
         return min(times) if times else None
 
     def flush_segment(self, segment: int) -> int:
-        gone = [_key(e.segment, e.ip) for e in self._entries.values() if e.segment == segment]
-        for key in gone:
-            self._entries.pop(key)
+        gone = [e for e in self._entries.values() if e.segment == segment]
+        for entry in gone:
+            self._remove(_key(entry.segment, entry.ip), entry)
         if gone:
             self.generation += 1
         return len(gone)
 
     def entries(self) -> list[Neighbor]:
         return list(self._entries.values())
+
+    def _remove(self, key: bytes, entry: Neighbor) -> None:
+        self._entries.pop(key)
+        self.stamps.release(entry.detach())

@@ -1,0 +1,89 @@
+"""Fields that the C datapath reads and writes in place: one copy, shared by Python and C.
+
+Theory of operation
+-------------------
+* A cached decision executed in C must refresh what the pipeline would: the sender's FDB entry,
+  the connection's clock and counters. If C kept copies, Python would see stale ages and
+  counters (and expire a MAC whose traffic flows), so these fields live in flat arrays that both
+  sides index by *slot*: Python through ``memoryview`` casts, C through pointers handed over once
+  (``vs_dp_set_shared``). The table that owns an entry (FDB, neighbours, conntrack) takes a slot
+  when the entry is made and gives it back when the entry goes.
+* Arrays are anonymous ``mmap`` regions of fixed size: the pages a table never uses cost no
+  memory, and the memory never moves, so C's pointers stay valid as long as the owner lives.
+* A slot is named by (slot, incarnation): releasing a slot bumps its incarnation, so a cached
+  action that names the previous holder is declined instead of touching the new one.
+* An entry object that leaves its table keeps its last values in Python (``detach``), so that a
+  reference held past removal (a trace, a packet in flight) never reads its successor's fields.
+* Writes from the two sides race only on fields both write with the same meaning (a
+  timestamp set to "now", a counter); aligned 8-byte stores are atomic on the machines we run on.
+"""
+from __future__ import annotations
+
+import mmap
+from typing import Iterable
+
+_FORMATS = {"d": 8, "Q": 8, "I": 4, "B": 1}
+
+
+def shared_array(fmt: str, length: int) -> memoryview:
+    """A zero-filled array of ``length`` items of struct format ``fmt`` ('d', 'Q', 'I', 'B'),
+    backed by memory that never moves."""
+    size = _FORMATS[fmt] * max(length, 1)
+    return memoryview(mmap.mmap(-1, size)).cast(fmt)
+
+
+class SlotAllocator:
+    """Slot numbers 0..capacity-1 with an incarnation each: ``take`` one, ``release`` it."""
+
+    def __init__(self, capacity: int, arrays: Iterable[tuple[str, str, int]] = ()):
+        self.capacity = capacity
+        self.incarnation = shared_array("I", capacity)
+        self._next = 0  # slots below have been handed out at least once
+        self._free: list[int] = []
+        for name, fmt, per_slot in arrays:
+            setattr(self, name, shared_array(fmt, capacity * per_slot))
+
+    def take(self) -> int:
+        """A free slot, or -1 when every slot is in use."""
+        if self._free:
+            return self._free.pop()
+        if self._next < self.capacity:
+            self._next += 1
+            return self._next - 1
+        return -1
+
+    def release(self, slot: int) -> None:
+        self.incarnation[slot] = (self.incarnation[slot] + 1) & 0xFFFFFFFF
+        self._free.append(slot)
+
+    def in_use(self) -> int:
+        return self._next - len(self._free)
+
+
+class StampSlots(SlotAllocator):
+    """One timestamp per slot (``stamps``): an FDB entry's last sighting, a neighbour's
+    confirmation while it is reachable."""
+
+    stamps: memoryview
+
+    def __init__(self, capacity: int):
+        super().__init__(capacity, [("stamps", "d", 1)])
+
+
+class ConnectionSlots(SlotAllocator):
+    """The fields of a tracked connection that a cache hit changes or checks."""
+
+    expires: memoryview
+    seen: memoryview
+    packets: memoryview  # two per slot: [2 * slot + direction]
+    bytes: memoryview
+    state: memoryview  # TcpState value
+    flags: memoryview  # IN_TABLE | REPLIED | ASSURED
+
+    IN_TABLE = 1
+    REPLIED = 2
+    ASSURED = 4
+
+    def __init__(self, capacity: int):
+        super().__init__(capacity, [("expires", "d", 1), ("seen", "d", 1), ("packets", "Q", 2),
+                                    ("bytes", "Q", 2), ("state", "B", 1), ("flags", "B", 1)])
