@@ -310,7 +310,7 @@ def test_open_is_the_fast_paths_decapsulation(proto, size, tos, vnet, udp_checks
     ["port", "vni", "flags", "reserved", "inner-dst", "inner-src", "ce", "ect", "df", "mf",
      "offset", "options", "not-udp", "udp-length", "total-length", "ip-checksum"]),
     udp_checksum=st.booleans())
-def test_open_refuses_what_the_fast_path_refuses(vnet, mutation, udp_checksum):
+def test_open_decides_as_the_fast_path_on_each_header_change(vnet, mutation, udp_checksum):
     l2 = len(vnet)
     l3, udp, vx = l2 + ETH, l2 + ETH + 20, l2 + ETH + 28
     frame = bytearray(encapsulated(inner_frame(h.IpProto.UDP, 30), vnet=vnet,
