@@ -252,17 +252,21 @@ int64_t vs_dp_upcall_take(vs_dp *dp, uint32_t *port, uint8_t *buf, size_t cap);
 
 /* ---- VXLAN in the datapath (vxlan.c) ----------------------------------------------------- */
 
-/* The outer UDP source port for an inner flow key (vxlan.inner_flow_key's bytes). */
+/* The outer UDP source port for an inner flow key (vxlan.inner_flow_key's bytes): the exact
+ * table's hash (vs_exact_hash) with seed, mapped into 32768..60999 (vxlan.source_port). */
 uint16_t vs_vxlan_source_port(const uint8_t *flow_key, size_t len, uint64_t seed);
 /* The routed inner IPv4 packet (ip, ip_len; TTL already lowered) wrapped for a->encap_*: writes
  * the outer frame (virtio-net header of l2_offset bytes converted from vnet, rewrite, outer IPv4
- * + UDP + VXLAN, inner Ethernet, the packet) to out. Its length, or -1 when the frame cannot cross
- * the tunnel as it is (the pipeline then decides). */
+ * with identification ident + UDP + VXLAN, inner Ethernet, the packet) to out. Its length
+ * (l2_offset + 64 + ip_len), or -1 when the frame cannot cross the tunnel as it is (the pipeline
+ * then decides), when l2_offset is not 0, 10 or 24, when ip is not an IPv4 header that fits
+ * ip_len, or when cap is too small. The twin: FastPath._encapsulated after tunnel.outer_vnet. */
 int64_t vs_vxlan_wrap(const vs_dp_action *a, const uint8_t *vnet, size_t l2_offset,
                       const uint8_t *ip, size_t ip_len, uint16_t ident, uint8_t *out, size_t cap);
-/* The inner frame (with its virtio-net header of l2_offset bytes) of a VXLAN frame for the VTEP
- * a->decap_vtep_mac / a->encap_port / a->encap_vni: its length, or -1 for anything vxlan-decap
- * would drop or treat specially. */
+/* The inner frame (with its virtio-net header of l2_offset bytes, converted) of a VXLAN frame of
+ * len bytes for the VTEP a->decap_vtep_mac / a->encap_port / a->encap_vni, written to out: its
+ * length, or -1 for anything vxlan-decap would drop or treat specially, for an l2_offset other
+ * than 0, 10 or 24, or when cap is too small. The twin: FastPath._opened. */
 int64_t vs_vxlan_open(const vs_dp_action *a, const uint8_t *frame, size_t len, size_t l2_offset,
                       uint8_t *out, size_t cap);
 

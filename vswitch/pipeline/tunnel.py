@@ -1,7 +1,7 @@
 """Encapsulating for another node and the headers of what crosses the tunnel, shared by the
 overlay stages and the fast path.
 
-What encapsulation for one remote node takes is fixed per node (MACs, addresses, VNI, the key of
+What encapsulation for one remote node takes is fixed per node (MACs, addresses, VNI, the seed of
 the source-port hash), so vxlan-encap builds an ``Encapsulation`` and a cacheable decision keeps
 it: a cache hit then wraps the routed packet with the very function the stage used, and the two
 paths cannot drift apart. Only the outer identification (one counter of the overlay table) and the
@@ -56,7 +56,8 @@ class Encapsulation:
         head = b"".join((self.inner_macs, ETHERTYPE_IPV4, ip_header, rest[: h.L4_PORTS_LEN]))
         inner_len = h.ETH_HEADER_LEN + len(ip_header) + len(rest)
         vtep = self.vtep
-        src_port = vxlan.source_port(vxlan.inner_flow_key(head), key=vtep.source_port_key)
+        src_port = vxlan.source_port(vxlan.inner_flow_key(head), seed=vtep.source_port_seed,
+                                     accel=accel)
         ident = self.overlay.next_ident() if commit else 0
         headers = vxlan.encapsulation_headers(
             head, inner_len, src_ip=vtep.address, dst_ip=self.dst_ip, src_port=src_port,
@@ -83,6 +84,8 @@ def outer_vnet(vnet: bytes, inner_len: int) -> bytes | None:
     (start, offset) = _CSUM_FIELDS.unpack_from(vnet, _CSUM_START_OFFSET)
     if not _MIN_L4_START <= start <= inner_len - offset - 2:
         return None  # the checksum it asks for lies outside the frame: the kernel would refuse it
+    if start + vxlan.OUTER_HEADERS_LEN > 0xFFFF:
+        return None  # the moved start no longer fits its 16-bit field
     shifted = bytearray(vnet)
     _CSUM_START.pack_into(shifted, _CSUM_START_OFFSET, start + vxlan.OUTER_HEADERS_LEN)
     return bytes(shifted)
@@ -135,7 +138,8 @@ def _tunnel_gso_header(vnet: bytes, inner_len: int) -> bytes | None:
     if (inner_len + _OUTER - h.ETH_HEADER_LEN > 0xFFFF or flags & ~_PLAIN_FLAGS
             or not flags & h.VNET_F_NEEDS_CSUM
             or not (_MIN_L4_START <= csum_start and csum_start + csum_offset + 2 <= inner_len)
-            or gso_type & ~h.VNET_GSO_ECN not in _TCP_GSO):
+            or gso_type & ~h.VNET_GSO_ECN not in _TCP_GSO
+            or hdr_len + _OUTER > 0xFFFF):  # the moved header length must fit its field
         return None
     return _TUNNEL.pack(h.VNET_F_NEEDS_CSUM, gso_type | _TUNNEL_IPV4, hdr_len + _OUTER, gso_size,
                         csum_start + _OUTER, csum_offset, 0, 0, 0, 0, _OUTER_TH_OFFSET,

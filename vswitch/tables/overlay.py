@@ -56,7 +56,7 @@ class LocalVtep:
     vni: int
     port: int  # UDP destination port, ours and everyone's
     mtu: int  # the largest inner IPv4 packet
-    source_port_key: bytes = b""  # keys the outer source port hash (see ``wire.vxlan``)
+    source_port_seed: int = 0  # seeds the outer source port hash (see ``wire.vxlan``)
 
 
 @dataclass(frozen=True)
@@ -172,15 +172,16 @@ class OverlayTable:
 
 def local_vtep(topology) -> LocalVtep | None:
     """This node's VTEP as the topology configures it, or None without an overlay. The outer
-    source-port hash is keyed by the node's name: each node spreads flows its own way, and a
+    source-port hash is seeded from the node's name: each node spreads flows its own way, and a
     flow keeps its port across restarts."""
     overlay, uplink = topology.overlay, topology.uplink
     if overlay is None or uplink is None:
         return None
     return LocalVtep(uplink.address.ip.packed, mac_bytes(overlay.vtep_mac), overlay.vni,
                      overlay.port, overlay.mtu,
-                     source_port_key=hashlib.blake2b(topology.node.name.encode(),
-                                                     digest_size=16).digest())
+                     source_port_seed=int.from_bytes(
+                         hashlib.blake2b(topology.node.name.encode(), digest_size=8).digest(),
+                         "big"))
 
 
 def static_nodes(topology) -> list[RemoteNode]:

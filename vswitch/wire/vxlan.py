@@ -23,9 +23,11 @@ Theory of operation
 * **The source port spreads flows over ECMP paths** (RFC 7348 section 5): it is a hash of the
   inner flow mapped into a port range, by default Linux's ``ip_local_port_range``
   (32768-60999, both included). Linux hashes with its flow dissector and a boot-time secret; here
-  it is a blake2b of ``inner_flow_key`` keyed by the caller, never ``hash()`` (salted per process):
-  a flow keeps its port across restarts with the same key, and the sans-I/O core stays
-  reproducible. The key need not be secret (a port only picks a path); each node may pick its own.
+  it is the exact table's 64-bit hash (``accel.hash_key``, which C has too, so the datapath picks
+  the same port) of ``inner_flow_key`` seeded by the caller, never ``hash()`` (salted per
+  process): a flow keeps its port across restarts with the same seed, and the sans-I/O core
+  stays reproducible. The seed need not be secret (a port only picks a path); each node may pick
+  its own.
 * **Decapsulation refuses what Linux refuses**, each refusal a ``DropReason`` for the counters:
   a short or malformed outer IPv4 header, a bad header checksum, fragments (the switch does not
   reassemble; Linux would), anything not UDP to the VXLAN port, a UDP length that disagrees with
@@ -39,7 +41,6 @@ Theory of operation
 from __future__ import annotations
 
 import enum
-import hashlib
 import struct
 from dataclasses import dataclass
 from types import ModuleType
@@ -169,17 +170,18 @@ def inner_flow_key(inner_frame: bytes) -> bytes:
     return key
 
 
-def source_port(flow_key: bytes, *, key: bytes = b"", low: int = SOURCE_PORT_LOW,
-                high: int = SOURCE_PORT_HIGH) -> int:
+def source_port(flow_key: bytes, *, seed: int = 0, low: int = SOURCE_PORT_LOW,
+                high: int = SOURCE_PORT_HIGH, accel: ModuleType = _pure) -> int:
     """The outer UDP source port, in ``low..high`` (both included), for the inner flow
     ``flow_key`` (``inner_flow_key`` of its frames, or any bytes that identify the flow).
 
-    The same flow and ``key`` always give the same port. A 32-bit hash is mapped into the range
-    by multiplication, as Linux's ``udp_flow_src_port`` does, rather than by a modulo."""
+    The same flow and ``seed`` always give the same port, and different flows spread evenly over
+    the range. The high 32 bits of the exact table's hash (``accel.hash_key``, the same in C:
+    ``vs_vxlan_source_port``) are mapped into the range by multiplication, as Linux's
+    ``udp_flow_src_port`` maps its hash, rather than by a modulo."""
     if not 0 < low <= high <= 0xFFFF:
         raise ValueError(f"not a port range: {low}-{high}")
-    digest = hashlib.blake2b(flow_key, digest_size=4, key=key).digest()
-    return low + ((int.from_bytes(digest, "big") * (high - low + 1)) >> 32)
+    return low + (((accel.hash_key(flow_key, seed) >> 32) * (high - low + 1)) >> 32)
 
 
 class DropReason(enum.Enum):
