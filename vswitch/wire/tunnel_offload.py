@@ -139,7 +139,8 @@ def encap_vnet(inner_vnet: bytes, inner_frame_len: int, *,
             return ZERO_VNET_TUNNEL_HDR
         return VIRTIO_NET_HDR_TUNNEL.build(dict(
             flags=h.VNET_F_NEEDS_CSUM, gso_type=h.VNET_GSO_NONE,
-            hdr_len=inner.hdr_len + outer_len if inner.hdr_len else 0, gso_size=0,
+            # hdr_len is only a hint for a frame that is not GSO: capped, never refused.
+            hdr_len=min(inner.hdr_len + outer_len, 0xFFFF) if inner.hdr_len else 0, gso_size=0,
             csum_start=inner.csum_start + outer_len, csum_offset=inner.csum_offset,
             num_buffers=0, hash_value=0, hash_report=0, padding=0,
             outer_th_offset=0, inner_nh_offset=0))
@@ -147,6 +148,8 @@ def encap_vnet(inner_vnet: bytes, inner_frame_len: int, *,
         return Refusal.GSO_TYPE
     if not needs_csum:
         return Refusal.GSO_WITHOUT_CSUM
+    if inner.hdr_len + outer_len > 0xFFFF:
+        return Refusal.TOO_LONG  # the outer frame's header length would not fit its field
     return VIRTIO_NET_HDR_TUNNEL.build(dict(
         flags=h.VNET_F_NEEDS_CSUM | (VNET_F_UDP_TUNNEL_CSUM if udp_tunnel_csum else 0),
         gso_type=inner.gso_type | VNET_GSO_UDP_TUNNEL_IPV4,
