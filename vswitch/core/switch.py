@@ -37,6 +37,7 @@ from vswitch.core import fast_path
 from vswitch.core.conntrack_filter import entry_filter
 from vswitch.core.egress import Egress
 from vswitch.core.flow_cache import FlowCache
+from vswitch.core.native_cache import CONSUMED, NativeFlowCache
 from vswitch.core.port_spec import PortSpec
 from vswitch.core.programming import TableProgramming
 from vswitch.core.tracing import Tracer
@@ -53,6 +54,12 @@ from vswitch.tables.overlay import OverlayTable, local_vtep, static_nodes
 from vswitch.tables.services import ServiceTable
 from vswitch.wire import headers as h
 from vswitch.wire.addresses import mac_bytes
+
+
+_M64 = (1 << 64) - 1
+# The C datapath's transmit drop counters by the reason the pipeline's own counters use.
+_NATIVE_TX_DROPS = (("tx-busy", "tx_busy"), ("offload-unsupported", "tx_offload_unsupported"),
+                    ("port-gone", "tx_port_gone"), ("tx-error", "tx_error"))
 
 
 class Switch:
@@ -100,7 +107,12 @@ class Switch:
         self.overlay.set_nodes(static_nodes(topology))
         self.neighbors = NeighborTable(accel=self.accel)
         self.icmp_limiter = IcmpRateLimiter()
-        self.flow_cache = FlowCache(flow_cache_capacity)
+        # With the native accel the C datapath holds the cache and executes its hits
+        # (``native_cache``); the pure accel keeps it in a dict for ``fast_path``, its twin.
+        datapath_class = getattr(self.accel, "Datapath", None)
+        self.datapath = (datapath_class(max(flow_cache_capacity, 1), seed=rng_seed & _M64)
+                         if datapath_class is not None else None)
+        self.flow_cache: FlowCache | NativeFlowCache = FlowCache(flow_cache_capacity)
         self._extractor = self.accel.FlowKeyExtractor()
         self.ports: dict[int, PortSpec] = {}
         self._by_name: dict[str, PortSpec] = {}
@@ -114,6 +126,9 @@ class Switch:
         self._config_generation = 0
         self._fast = fast_path.FastPath(self.accel, self.conntrack, self.neighbors.timers,
                                         self._extractor, self.overlay.vtep)
+        if self.datapath is not None:
+            self.flow_cache = NativeFlowCache(self.datapath, flow_cache_capacity, self.fdb,
+                                              self.neighbors, self.conntrack, self.overlay)
         self._env = Env(fdb=self.fdb, fib=self.fib, neighbors=self.neighbors,
                         icmp_limiter=self.icmp_limiter, ports=self.ports, segments=self.segments,
                         segment_ports=self._segment_ports, accel=self.accel,
@@ -136,11 +151,17 @@ class Switch:
         self._key_prefix[spec.id] = spec.id.to_bytes(4, "big")
         self._index_segments()
         self._config_generation += 1
+        if self.datapath is not None:
+            self.datapath.port_add(spec.id, -1, spec.l2_offset)
 
     def remove_port(self, port_id: int) -> None:
         spec = self.ports.pop(port_id)
         del self._by_name[spec.name]
         del self._key_prefix[port_id]
+        if self.datapath is not None:
+            self.datapath.port_del(port_id)
+            assert isinstance(self.flow_cache, NativeFlowCache)
+            self.flow_cache.forget_port(port_id)
         self.tracer.forget_port(port_id)
         self.fdb.flush_port(port_id)
         self._index_segments()
@@ -154,6 +175,14 @@ class Switch:
         self._segment_ports.clear()
         for pid, spec in self.ports.items():
             self._segment_ports[spec.segment] = self._segment_ports.get(spec.segment, ()) + (pid,)
+
+    def attach_port_fd(self, port_id: int, fd: int) -> None:
+        """Hand a port's file descriptor to the C datapath's poll thread, which reads it from
+        now on (until ``remove_port``); only with the native accel."""
+        assert self.datapath is not None, "only the native datapath reads ports itself"
+        spec = self.ports[port_id]
+        self.datapath.port_del(port_id)
+        self.datapath.port_add(port_id, fd, spec.l2_offset, port_id in self.tracer.armed)
 
     def port_by_name(self, name: str) -> PortSpec:
         try:
@@ -169,11 +198,17 @@ class Switch:
         return (self.fdb.generation + self.fib.generation + self.neighbors.generation
                 + self.nat.generation + self.programming.generation + self._config_generation)
 
-    def process_batch(self, port_id: int, frames: Sequence[bytes], now: float) -> list[Transmit]:
+    def process_batch(self, port_id: int, frames: Sequence[bytes], now: float, *,
+                      upcalled: bool = False) -> list[Transmit]:
+        """Frames received on ``port_id``, through the cache and, where it declines, the
+        pipeline. ``upcalled``: the C datapath's poll thread has tried the cache already."""
         out: list[Transmit] = []
         port = self.ports.get(port_id)
         if port is None:
             self.unknown_port_frames += len(frames)
+            return out
+        if self.datapath is not None:
+            self._process_native(port, frames, now, upcalled, out)
             return out
         counters = self._port_counters[port_id]
         offset = port.l2_offset
@@ -221,15 +256,67 @@ class Switch:
             # Only the slow path changes generations, so cache hits need not re-read it.
             generation = self._generation()
             if key is not None and self.flow_cache.capacity:
-                if pkt.decapsulated_from is not None:
-                    memoised = self._fast.memoise_decapsulated(pkt, key, generation)
-                else:
-                    memoised = fast_path.memoise(pkt, key, conn_key, generation)
-                for cache_key, cache_entry in memoised:
-                    self.flow_cache.install(cache_key, cache_entry)
+                self._memoise(pkt, key, conn_key, generation)
             if trace is not None:
                 tracer.keep(port_id, trace)
         return out
+
+    def _process_native(self, port: PortSpec, frames: Sequence[bytes], now: float,
+                        upcalled: bool, out: list[Transmit]) -> None:
+        """The loop of ``process_batch`` when the C datapath holds the cache: C replays what it
+        can (``vs_dp_process``, counting those frames itself) and the rest goes through the
+        pipeline, whose decisions are compiled into C. A capture or an armed trace takes every
+        frame through the pipeline, so that it sees them all."""
+        cache = self.flow_cache
+        assert isinstance(cache, NativeFlowCache)
+        env = self._env
+        env.now = now
+        port_id = port.id
+        counters = self._port_counters[port_id]
+        offset = port.l2_offset
+        tracer = self.tracer
+        armed = tracer.armed.get(port_id, 0)
+        captures = tracer.captures.active
+        cache.set_generation(self._generation())
+        use_cache = not (upcalled or armed or captures)
+        memoising = not armed and cache.capacity > 0
+        replay = self.datapath.process
+        prefix = self._key_prefix[port_id]
+        for frame in frames:
+            if use_cache:
+                length, out_port, data = replay(port_id, frame, now)
+                if length >= 0:
+                    out.append(Transmit(out_port, data))
+                    continue
+                if length == CONSUMED:
+                    continue
+            counters.rx_packets += 1
+            counters.rx_bytes += len(frame) - offset
+            if captures:
+                tracer.captures.record(port_id, now, frame, offset, "rx")
+            trace = None
+            if armed:
+                armed -= 1
+                trace = tracer.start(port, len(frame) - offset)
+            pkt = Packet(port, frame, offset, trace)
+            self._slow_path(pkt, counters, out)
+            self._run_released(out)
+            generation = self._generation()
+            cache.set_generation(generation)
+            if memoising:
+                (key,) = self._extractor.extract([frame], offset)
+                if key is not None:
+                    self._memoise(pkt, prefix + key, None, generation)
+            if trace is not None:
+                tracer.keep(port_id, trace)
+
+    def _memoise(self, pkt: Packet, key: bytes, conn_key: bytes | None, generation: int) -> None:
+        if pkt.decapsulated_from is not None:
+            memoised = self._fast.memoise_decapsulated(pkt, key, generation)
+        else:
+            memoised = fast_path.memoise(pkt, key, conn_key, generation)
+        for cache_key, cache_entry in memoised:
+            self.flow_cache.install(cache_key, cache_entry)
 
     def _slow_path(self, pkt: Packet, counters: PortCounters, out: list[Transmit],
                    released: bool = False) -> None:
@@ -316,10 +403,35 @@ class Switch:
 
     # -- observability ----------------------------------------------------------------------
 
+    def _port_snapshot(self, port_id: int) -> dict:
+        """A port's counters: the pipeline's, plus the C datapath's for the frames it handled."""
+        snapshot = self._port_counters[port_id].snapshot()
+        if self.datapath is None:
+            return snapshot
+        native = self.datapath.port_counters(port_id)
+        for name in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
+            snapshot[name] += native[name]
+        tx_drops = snapshot["tx_drops"]
+        for reason, name in _NATIVE_TX_DROPS:
+            if native[name]:
+                tx_drops[reason] = tx_drops.get(reason, 0) + native[name]
+        snapshot["tx_drops"] = dict(sorted(tx_drops.items()))
+        return snapshot
+
+    def sync_datapath(self) -> None:
+        """Tell the C datapath what changed outside a batch (a timer, a command): the tables'
+        generation, and which ports a trace or a capture wants every frame of. The runtime calls
+        this after anything that may have changed the tables while the poll thread runs."""
+        cache = self.flow_cache
+        if not isinstance(cache, NativeFlowCache):
+            return
+        cache.set_generation(self._generation())
+        cache.set_upcall_all(bool(self.tracer.captures.active), set(self.tracer.armed))
+
     def statistics(self) -> dict:
         cache = self.flow_cache.statistics()
         return {
-            "ports": {spec.name: {"id": pid, **self._port_counters[pid].snapshot()}
+            "ports": {spec.name: {"id": pid, **self._port_snapshot(pid)}
                       for pid, spec in self.ports.items()},
             "stages": self.counters.snapshot(),
             "dispositions": {counter_name(d): (self.flow_cache.hits if d is Disposition.CACHE_HIT

@@ -129,6 +129,18 @@ def _system_port_factory() -> PortFactory:
     return tap_port_factory
 
 
+def _datapath_port_factory() -> PortFactory:
+    from vswitch.runtime.datapath_io import datapath_port_factory
+
+    return datapath_port_factory
+
+
+def _run_upcalls() -> Callable[..., Awaitable[None]]:
+    from vswitch.runtime.datapath_io import run_upcalls
+
+    return run_upcalls
+
+
 def port_specs(topology: Topology,
                vnet_hdr_len: int = VNET_HDR_LEN) -> Iterator[tuple[PortSpec, Any]]:
     """Each port's spec with the thing to create for it: None for the host port and the uplink
@@ -679,8 +691,12 @@ async def run_daemon(topology: Topology, *,
     ControlContext once the daemon is ready.
     """
     kernel_factory = kernel_factory or _system_kernel_factory()
-    port_factory = port_factory or _system_port_factory()
     switch = (switch_factory or _system_switch)(topology)
+    # With the native accel, the C datapath's poll thread reads the TAPs (``datapath_io``).
+    datapath = getattr(switch, "datapath", None) if port_factory is None else None
+    if port_factory is None:
+        port_factory = (_datapath_port_factory() if datapath is not None
+                        else _system_port_factory())
     supervisor = (supervisor_factory or _system_supervisor)(topology)
     errors = RuntimeErrors()
     socket_path = topology.control.socket
@@ -725,6 +741,9 @@ async def run_daemon(topology: Topology, *,
                     for destination in host_route_destinations(topology):
                         await kernel.add_host_route(destination, topology.node.gateway)
 
+                    if datapath is not None:
+                        await nursery.start(_run_upcalls(), switch, node.ports, errors,
+                                            topology.dataplane.burst)
                     for name in list(node.port_ids):
                         await node.start_port(name)
                     await nursery.start(run_timer, switch, node.ports, errors)

@@ -114,11 +114,13 @@ def transmit(switch: SwitchCore, ports: Mapping[int, Port], txs: Iterable[Transm
 
 
 def process(switch: SwitchCore, ports: Mapping[int, Port], port_id: int, frames: list[bytes],
-            errors: RuntimeErrors) -> list[Transmit]:
+            errors: RuntimeErrors, upcalled: bool = False) -> list[Transmit]:
     """One batch through the core and out to the ports, guarded so that a core bug costs a batch.
+    ``upcalled``: the frames come from the C datapath, which has tried its cache on them.
     Returns what was transmitted."""
     try:
-        txs = switch.process_batch(port_id, frames, trio.current_time())
+        txs = (switch.process_batch(port_id, frames, trio.current_time(), upcalled=True)
+               if upcalled else switch.process_batch(port_id, frames, trio.current_time()))
     except Exception:
         errors.core("core failed on a batch of %d frames from port %d; batch dropped",
                     len(frames), port_id, exc_info=True)

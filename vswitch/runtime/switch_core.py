@@ -52,8 +52,10 @@ class SwitchCore(Protocol):
     def remove_port(self, port_id: int) -> None:
         """Forget a port and everything learned on it."""
 
-    def process_batch(self, port_id: int, frames: Sequence[bytes], now: float) -> list[Transmit]:
-        """Run frames received on ``port_id`` through the pipeline; what to send where."""
+    def process_batch(self, port_id: int, frames: Sequence[bytes], now: float, *,
+                      upcalled: bool = False) -> list[Transmit]:
+        """Run frames received on ``port_id`` through the pipeline; what to send where.
+        ``upcalled``: the C datapath's cache has declined them already."""
 
     def handle_timer(self, now: float) -> list[Transmit]:
         """Expire what is due at ``now``; frames the timers generate (ARP retries and the like)."""

@@ -28,6 +28,7 @@ from typing import Iterable
 
 from vswitch.tables.fib import Fib, Route, RouteKind
 from vswitch.wire.addresses import mac_bytes
+from vswitch.tables.shared_slots import shared_array
 
 
 class NodeSource(enum.Enum):
@@ -83,7 +84,8 @@ class OverlayTable:
         self._by_address: dict[bytes, RemoteNode] = {}
         self._vtep_macs: dict[bytes, bytes] = {}  # underlay address -> VTEP MAC bytes
         self.refused: dict[str, str] = {}  # node name -> why it is not routed
-        self._ident = 0
+        # The outer IPv4 identification counter, shared with the C datapath (``shared_slots``).
+        self.ident = shared_array("I", 1)
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -100,8 +102,9 @@ class OverlayTable:
     def next_ident(self) -> int:
         """The outer IPv4 identification of the next encapsulated packet (DF is clear, so ids
         must differ between packets in flight; one counter for all destinations suffices)."""
-        self._ident = (self._ident + 1) & 0xFFFF
-        return self._ident
+        value = (self.ident[0] + 1) & 0xFFFFFFFF
+        self.ident[0] = value
+        return value & 0xFFFF
 
     def _refusal(self, node: RemoteNode, accepted: list[RemoteNode]) -> str | None:
         if self.vtep is None or self.uplink_segment is None:
