@@ -292,20 +292,17 @@ static int64_t find(vs_dp *dp, const struct dp_port *in, const uint8_t *frame, s
     if (a == NULL || (a->kind != VS_DP_FORWARD && a->kind != VS_DP_CONNECTION)
         || !fdb_fresh(dp, a->dst_slot, a->dst_inc, now))
         goto miss;
-    hit->a = a;
+    int connection = a->kind == VS_DP_CONNECTION;
+    double ct_expires = connection ? connection_allows(dp, a, frame, len, l2, now) : 0;
+    if (ct_expires < 0 || (a->rewrite_macs && !routing_allows(dp, a, frame, len, l2, now))
+        || (a->encap && !a->rewrite_macs))  /* the pipeline only encapsulates routed packets */
+        goto miss;
+    hit->a = a;  /* only now: run() tells a decline after this point by it */
     hit->frame = frame;
     hit->len = len;
     hit->l2 = l2;
-    hit->connection = a->kind == VS_DP_CONNECTION;
-    if (hit->connection) {
-        hit->ct_expires = connection_allows(dp, a, frame, len, l2, now);
-        if (hit->ct_expires < 0)
-            goto miss;
-    }
-    if (a->rewrite_macs && !routing_allows(dp, a, frame, len, l2, now))
-        goto miss;
-    if (a->encap && !a->rewrite_macs)
-        goto miss;  /* the pipeline only encapsulates routed packets */
+    hit->connection = connection;
+    hit->ct_expires = ct_expires;
     return 0;
 miss:
     dp->stats.misses++;
