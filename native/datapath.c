@@ -223,44 +223,42 @@ static int routing_allows(const vs_dp *dp, const vs_dp_action *a, const uint8_t 
         && vs_checksum(frame + l3, ihl) == 0;
 }
 
-/* The plain conntrack update of _connection() and ConntrackTable.update, checked only: the new
- * expiry, or a negative value when the pipeline must see the packet. */
-static double connection_allows(const vs_dp *dp, const vs_dp_action *a, const uint8_t *frame,
-                                size_t len, size_t l2, double now)
+/* The plain conntrack update of _connection() and ConntrackTable.update, checked only: 1 with
+ * the new expiry in *expires, or 0 when the pipeline must see the packet. */
+static int connection_allows(const vs_dp *dp, const vs_dp_action *a, const uint8_t *frame,
+                             size_t len, size_t l2, double now, double *expires)
 {
     const vs_dp_shared *s = &dp->shared;
     uint32_t slot = a->ct_slot;
     if (s->ct_inc == NULL || slot >= s->ct_capacity || s->ct_inc[slot] != a->ct_inc
         || !(s->ct_flags[slot] & VS_CT_IN_TABLE) || !(now < s->ct_expires[slot]))
-        return -1;
+        return 0;
     size_t l3 = l2 + ETH_HLEN;
     size_t l4 = l3 + (size_t)(frame[l3] & 0x0f) * 4;
     uint8_t proto = frame[l3 + 9];
     uint8_t flags = s->ct_flags[slot];
     int replied = (flags & VS_CT_REPLIED) != 0;
-    double expires;
     if (proto == PROTO_TCP) {
         if (len < l4 + 20)
-            return -1;
+            return 0;
+        /* The flags byte only: the NS bit takes no part in the state machine. */
         uint8_t tcp = frame[l4 + 13];
         if (s->ct_state[slot] != VS_TCP_ESTABLISHED || !(flags & VS_CT_ASSURED)
-            || (frame[l4 + 12] & 0x01) || (tcp & (TCP_SYN | TCP_FIN | TCP_RST))
-            || !(tcp & TCP_ACK))
-            return -1;
-        expires = now + dp->params.ct_established;
+            || (tcp & (TCP_SYN | TCP_FIN | TCP_RST)) || !(tcp & TCP_ACK))
+            return 0;
+        *expires = now + dp->params.ct_established;
     } else if (proto == PROTO_UDP || proto == PROTO_ICMP) {
         if (a->direction == 1 && !replied)
-            return -1;  /* the first reply changes the entry: the pipeline's job */
+            return 0;  /* the first reply changes the entry: the pipeline's job */
         if (proto == PROTO_UDP)
-            expires = now + (replied ? dp->params.ct_udp_replied : dp->params.ct_udp_unreplied);
+            *expires = now + (replied ? dp->params.ct_udp_replied : dp->params.ct_udp_unreplied);
         else
-            expires = now + dp->params.ct_icmp;
+            *expires = now + dp->params.ct_icmp;
     } else {
-        return -1;
+        return 0;
     }
-    if (expires < s->ct_expires[slot] || expires < 0)
-        return -1;  /* moving an expiry earlier reorders the pipeline's timers */
-    return expires;
+    /* Moving an expiry earlier reorders the pipeline's timers: its job too. */
+    return !(*expires < s->ct_expires[slot]);
 }
 
 /* Phase 1: the action for this frame with every per-packet check passed, or an UPCALL status
@@ -293,8 +291,9 @@ static int64_t find(vs_dp *dp, const struct dp_port *in, const uint8_t *frame, s
         || !fdb_fresh(dp, a->dst_slot, a->dst_inc, now))
         goto miss;
     int connection = a->kind == VS_DP_CONNECTION;
-    double ct_expires = connection ? connection_allows(dp, a, frame, len, l2, now) : 0;
-    if (ct_expires < 0 || (a->rewrite_macs && !routing_allows(dp, a, frame, len, l2, now))
+    double ct_expires = 0;
+    if ((connection && !connection_allows(dp, a, frame, len, l2, now, &ct_expires))
+        || (a->rewrite_macs && !routing_allows(dp, a, frame, len, l2, now))
         || (a->encap && !a->rewrite_macs))  /* the pipeline only encapsulates routed packets */
         goto miss;
     hit->a = a;  /* only now: run() tells a decline after this point by it */
@@ -821,8 +820,11 @@ static void poll_frame(vs_dp *dp, struct dp_port *in, size_t len, uint32_t *writ
         written[(*n_written)++] = target;
 }
 
-/* Up to BURST frames of one port; a port at its end (EOF, EBADF) leaves the poll set. */
-static void poll_port(vs_dp *dp, uint32_t port_id, uint32_t *written, size_t *n_written)
+/* Up to BURST frames of one port. A port at its end (EOF, a TAP whose device is gone) leaves
+ * the poll set, as does one that fails while epoll reports an error or hang-up on it: left in,
+ * it would be reported ready forever and spin the thread. `events`: what epoll reported. */
+static void poll_port(vs_dp *dp, uint32_t port_id, uint32_t events, uint32_t *written,
+                      size_t *n_written)
 {
     for (int i = 0; i < BURST; i++) {
         struct dp_port *p = port_find(dp, port_id);
@@ -835,10 +837,10 @@ static void poll_port(vs_dp *dp, uint32_t port_id, uint32_t *written, size_t *n_
         }
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return;
-        if (n == 0 || errno == EBADF)
-            port_unpoll(dp, p);
-        else
+        if (n < 0)
             dp->stats.read_errors++;
+        if (n == 0 || errno == EBADF || errno == EBADFD || (events & (EPOLLERR | EPOLLHUP)))
+            port_unpoll(dp, p);
         return;
     }
 }
@@ -863,13 +865,14 @@ static void *poll_loop(void *arg)
             if (events[i].data.u64 == 0)
                 stop = 1;
             else
-                poll_port(dp, (uint32_t)events[i].data.u64, written, &n_written);
+                poll_port(dp, (uint32_t)events[i].data.u64, events[i].events, written,
+                          &n_written);
         }
         size_t drained = n_written;
         uint32_t unused[DRAIN_PORTS];
         size_t n_unused = 0;
         for (size_t i = 0; i < drained; i++)
-            poll_port(dp, written[i], unused, &n_unused);
+            poll_port(dp, written[i], 0, unused, &n_unused);
         pthread_mutex_unlock(&dp->lock);
         if (stop)
             break;

@@ -250,6 +250,14 @@ def test_a_routed_connection_is_translated_then_routed():
     assert t.dp.process(1, data, NOW)[2] == routed_output(translated, 10)
 
 
+def test_the_ns_bit_takes_no_part_in_the_tcp_check():
+    t = Harness()
+    data = bytearray(frame(kind="tcp"))
+    data[10 + 14 + 20 + 12] |= 0x01  # the TCP checksum does not matter to the datapath
+    install_connection(t, bytes(data))
+    assert t.dp.process(1, bytes(data), NOW)[0] > 0
+
+
 @pytest.mark.parametrize("flags", ["S", "SA", "FA", "R", "RA", ""])
 def test_tcp_state_changes_go_to_the_pipeline(flags):
     t = Harness()
