@@ -1,4 +1,5 @@
-/* The datapath: memoised decisions replayed in C, and the poll thread that feeds them.
+/* The datapath: memoised decisions replayed in C (the poll thread that feeds them and the upcall
+ * queue are datapath_poll.c).
  *
  * Theory of operation
  * -------------------
@@ -24,22 +25,17 @@
  * without it and holds it for one burst. The shared arrays belong to Python, which writes them
  * without the mutex; every element is naturally aligned, so C reads whole values, and the one
  * counter both sides increment (the outer IPv4 identification) is changed atomically.
- *
- * Both the execution and the poll thread live here because they share the private struct and
- * the scratch buffers; splitting them would need a private header for a few dozen lines.
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "vswitch_native.h"
+#include "datapath_private.h"
 
 #define ETH_HLEN 14
 #define VNET_LEGACY_LEN 10        /* the first 10 bytes every virtio-net header size shares */
@@ -53,48 +49,10 @@
 #define TCP_SYN 0x02u
 #define TCP_RST 0x04u
 #define TCP_ACK 0x10u
-#define BURST 64
-#define DRAIN_PORTS 16            /* ports re-read after a burst (see poll_burst) */
 #define NO_PORT UINT32_MAX
+#define MAX_L2 64                 /* the largest virtio-net header a port may have */
 
 static const uint8_t INNER_PREFIX[4] = {0xff, 'V', 'X', 'L'};
-
-struct dp_port {
-    uint32_t id;
-    int fd;                /* -1: only vs_dp_process sees this port */
-    uint32_t l2;           /* virtio-net header size, 0 without one */
-    uint8_t used;
-    uint8_t upcall_all;
-    uint8_t polled;        /* registered with epoll */
-    vs_dp_counters counters;
-};
-
-struct upcall {
-    uint32_t port;
-    uint32_t len;
-    uint8_t data[];
-};
-
-struct vs_dp {
-    pthread_mutex_t lock;
-    vs_exact *flows;             /* VS_DP_KEY_LEN-byte key -> index into actions */
-    vs_dp_action *actions;
-    uint32_t flow_capacity, actions_used;
-    vs_exact *port_index;        /* 4-byte port id -> index into ports */
-    struct dp_port *ports;
-    uint32_t port_slots;
-    vs_dp_shared shared;
-    vs_dp_params params;
-    vs_dp_stats stats;
-    uint8_t *inner;              /* a decapsulated frame */
-    uint8_t *packet;             /* the IPv4 packet of a translated connection, rewritten */
-    uint8_t *rx, *tx;            /* the poll thread's frame buffers */
-    struct upcall **upcalls;     /* ring of upcall_capacity */
-    uint32_t upcall_capacity, upcall_head, upcall_count;
-    int upcall_fd, stop_fd, epoll_fd;
-    pthread_t thread;
-    int running;
-};
 
 /* The outcome of looking a frame up and checking it: what the build and commit phases need. */
 struct hit {
@@ -112,7 +70,7 @@ static uint16_t rd16(const uint8_t *p)
     return (uint16_t)((p[0] << 8) | p[1]);
 }
 
-/* ---- ports ----------------------------------------------------------------------------------- */
+/* ---- ports --------------------------------------------------------------------------------- */
 
 static void port_key(uint32_t id, uint8_t key[4])
 {
@@ -122,7 +80,7 @@ static void port_key(uint32_t id, uint8_t key[4])
     key[3] = (uint8_t)id;
 }
 
-static struct dp_port *port_find(vs_dp *dp, uint32_t id)
+struct dp_port *vs_dp_port_find(vs_dp *dp, uint32_t id)
 {
     uint8_t key[4];
     int64_t index;
@@ -132,14 +90,14 @@ static struct dp_port *port_find(vs_dp *dp, uint32_t id)
     return &dp->ports[index];
 }
 
-static void port_unpoll(vs_dp *dp, struct dp_port *p)
+void vs_dp_port_unpoll(vs_dp *dp, struct dp_port *p)
 {
     if (p->polled)
         epoll_ctl(dp->epoll_fd, EPOLL_CTL_DEL, p->fd, NULL);
     p->polled = 0;
 }
 
-/* ---- look up --------------------------------------------------------------------------------- */
+/* ---- look up ------------------------------------------------------------------------------- */
 
 static const vs_dp_action *flow_get(vs_dp *dp, const uint8_t *key)
 {
@@ -296,7 +254,7 @@ static int64_t find(vs_dp *dp, const struct dp_port *in, const uint8_t *frame, s
         || (a->rewrite_macs && !routing_allows(dp, a, frame, len, l2, now))
         || (a->encap && !a->rewrite_macs))  /* the pipeline only encapsulates routed packets */
         goto miss;
-    hit->a = a;  /* only now: run() tells a decline after this point by it */
+    hit->a = a;  /* only now: vs_dp_run tells a decline after this point by it */
     hit->frame = frame;
     hit->len = len;
     hit->l2 = l2;
@@ -308,7 +266,7 @@ miss:
     return VS_DP_UPCALL;
 }
 
-/* ---- build ----------------------------------------------------------------------------------- */
+/* ---- build --------------------------------------------------------------------------------- */
 
 /* lower_ttl() of pipeline/ttl.py on an IPv4 header in place. */
 static void lower_ttl(uint8_t *ip)
@@ -409,7 +367,7 @@ static int64_t build(vs_dp *dp, struct hit *hit, uint8_t *out, size_t cap)
     return (int64_t)(l3 + total);
 }
 
-/* ---- commit ---------------------------------------------------------------------------------- */
+/* ---- commit -------------------------------------------------------------------------------- */
 
 /* Phase 3 for the state a hit changes: conntrack, the identification counter, the FDB stamp.
  * 0, or -1 when the identification moved under us (Python took one): build again. */
@@ -436,9 +394,8 @@ static int commit_state(vs_dp *dp, struct hit *hit, double now)
     return 0;
 }
 
-/* The whole of vs_dp_process for a port found, with the lock held. */
-static int64_t run(vs_dp *dp, struct dp_port *in, const uint8_t *frame, size_t len, double now,
-                   uint8_t *out, size_t cap, uint32_t *out_port)
+int64_t vs_dp_run(vs_dp *dp, struct dp_port *in, const uint8_t *frame, size_t len, double now,
+                  uint8_t *out, size_t cap, uint32_t *out_port)
 {
     *out_port = NO_PORT;
     if (in->upcall_all || dp->params.upcall_all) {
@@ -447,7 +404,7 @@ static int64_t run(vs_dp *dp, struct dp_port *in, const uint8_t *frame, size_t l
     }
     struct hit hit = {0};
     int64_t n = find(dp, in, frame, len, now, &hit);
-    struct dp_port *outp = n == 0 ? port_find(dp, hit.a->out_port) : NULL;
+    struct dp_port *outp = n == 0 ? vs_dp_port_find(dp, hit.a->out_port) : NULL;
     size_t out_l2 = outp != NULL ? outp->l2 : in->l2;
     for (int attempt = 0; n == 0; attempt++) {
         n = build(dp, &hit, out, cap);
@@ -476,7 +433,7 @@ static int64_t run(vs_dp *dp, struct dp_port *in, const uint8_t *frame, size_t l
     }
     size_t body = (size_t)n - in->l2;
     if (out_l2 != in->l2) {
-        uint8_t vnet[64];
+        uint8_t vnet[MAX_L2];
         memcpy(vnet, out, in->l2);
         if (!framing_allows(vnet, in->l2, out_l2)) {
             outp->counters.tx_offload_unsupported++;
@@ -490,7 +447,7 @@ static int64_t run(vs_dp *dp, struct dp_port *in, const uint8_t *frame, size_t l
     return (int64_t)(out_l2 + body);
 }
 
-/* ---- control ---------------------------------------------------------------------------------- */
+/* ---- control ------------------------------------------------------------------------------- */
 
 vs_dp *vs_dp_create(uint32_t flow_capacity, uint32_t upcall_capacity, uint64_t seed)
 {
@@ -578,7 +535,7 @@ void vs_dp_set_generation(vs_dp *dp, uint64_t generation)
  * non-blocking (a flag of the open file, which Python's own I/O on it expects as well). */
 int vs_dp_port_add(vs_dp *dp, uint32_t port_id, int fd, uint32_t l2_offset, int upcall_all)
 {
-    if ((l2_offset != 0 && l2_offset < VNET_LEGACY_LEN) || l2_offset > 64)
+    if ((l2_offset != 0 && l2_offset < VNET_LEGACY_LEN) || l2_offset > MAX_L2)
         return VS_DP_EINVAL;
     if (fd >= 0) {
         int flags = fcntl(fd, F_GETFL);
@@ -587,7 +544,7 @@ int vs_dp_port_add(vs_dp *dp, uint32_t port_id, int fd, uint32_t l2_offset, int 
     }
     int status = VS_DP_EINVAL;
     pthread_mutex_lock(&dp->lock);
-    if (port_find(dp, port_id) != NULL)
+    if (vs_dp_port_find(dp, port_id) != NULL)
         goto out;
     uint32_t index = 0;
     while (index < dp->port_slots && dp->ports[index].used)
@@ -630,7 +587,7 @@ out:
 int vs_dp_port_set_upcall_all(vs_dp *dp, uint32_t port_id, int upcall_all)
 {
     pthread_mutex_lock(&dp->lock);
-    struct dp_port *p = port_find(dp, port_id);
+    struct dp_port *p = vs_dp_port_find(dp, port_id);
     if (p != NULL)
         p->upcall_all = upcall_all != 0;
     pthread_mutex_unlock(&dp->lock);
@@ -640,11 +597,11 @@ int vs_dp_port_set_upcall_all(vs_dp *dp, uint32_t port_id, int upcall_all)
 int vs_dp_port_del(vs_dp *dp, uint32_t port_id)
 {
     pthread_mutex_lock(&dp->lock);
-    struct dp_port *p = port_find(dp, port_id);
+    struct dp_port *p = vs_dp_port_find(dp, port_id);
     if (p != NULL) {
         uint8_t key[4];
         port_key(port_id, key);
-        port_unpoll(dp, p);
+        vs_dp_port_unpoll(dp, p);
         vs_exact_delete(dp->port_index, key);
         p->used = 0;
     }
@@ -655,7 +612,7 @@ int vs_dp_port_del(vs_dp *dp, uint32_t port_id)
 int vs_dp_port_counters(vs_dp *dp, uint32_t port_id, vs_dp_counters *out)
 {
     pthread_mutex_lock(&dp->lock);
-    struct dp_port *p = port_find(dp, port_id);
+    struct dp_port *p = vs_dp_port_find(dp, port_id);
     if (p != NULL)
         *out = p->counters;
     pthread_mutex_unlock(&dp->lock);
@@ -710,192 +667,10 @@ int64_t vs_dp_process(vs_dp *dp, uint32_t in_port, const uint8_t *frame, size_t 
     int64_t n = VS_DP_EINVAL;
     *out_port = NO_PORT;
     pthread_mutex_lock(&dp->lock);
-    struct dp_port *in = port_find(dp, in_port);
+    struct dp_port *in = vs_dp_port_find(dp, in_port);
     if (in != NULL)
-        n = run(dp, in, frame, len, now, out, out_cap, out_port);
+        n = vs_dp_run(dp, in, frame, len, now, out, out_cap, out_port);
     pthread_mutex_unlock(&dp->lock);
     return n;
 }
 
-/* ---- upcalls ---------------------------------------------------------------------------------- */
-
-static void eventfd_signal(int fd)
-{
-    uint64_t one = 1;
-    ssize_t ignored = write(fd, &one, sizeof one);  /* fails only when already signalled */
-    (void)ignored;
-}
-
-static void eventfd_reset(int fd)
-{
-    uint64_t value;
-    ssize_t ignored = read(fd, &value, sizeof value);  /* EAGAIN: was not signalled */
-    (void)ignored;
-}
-
-static void upcall_queue(vs_dp *dp, uint32_t port, const uint8_t *frame, size_t len)
-{
-    if (dp->upcall_count == dp->upcall_capacity) {
-        dp->stats.upcall_lost++;
-        return;
-    }
-    struct upcall *u = malloc(sizeof *u + len);
-    if (u == NULL) {
-        dp->stats.upcall_lost++;
-        return;
-    }
-    u->port = port;
-    u->len = (uint32_t)len;
-    memcpy(u->data, frame, len);
-    dp->upcalls[(dp->upcall_head + dp->upcall_count) % dp->upcall_capacity] = u;
-    if (dp->upcall_count++ == 0)
-        eventfd_signal(dp->upcall_fd);
-}
-
-int vs_dp_upcall_fd(vs_dp *dp)
-{
-    return dp->upcall_fd;
-}
-
-int64_t vs_dp_upcall_take(vs_dp *dp, uint32_t *port, uint8_t *buf, size_t cap)
-{
-    int64_t n = -1;
-    pthread_mutex_lock(&dp->lock);
-    if (dp->upcall_count > 0) {
-        struct upcall *u = dp->upcalls[dp->upcall_head];
-        if (u->len > cap) {
-            n = VS_DP_EINVAL;
-            goto out;
-        }
-        memcpy(buf, u->data, u->len);
-        *port = u->port;
-        n = u->len;
-        free(u);
-        dp->upcall_head = (dp->upcall_head + 1) % dp->upcall_capacity;
-        if (--dp->upcall_count == 0)
-            eventfd_reset(dp->upcall_fd);
-    }
-out:
-    pthread_mutex_unlock(&dp->lock);
-    return n;
-}
-
-/* ---- the poll thread -------------------------------------------------------------------------- */
-
-static double monotonic_now(const vs_dp *dp)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + dp->params.clock_offset;
-}
-
-/* One frame read from a port: replayed and written, or queued for Python. */
-static void poll_frame(vs_dp *dp, struct dp_port *in, size_t len, uint32_t *written,
-                       size_t *n_written)
-{
-    uint32_t target;
-    int64_t n = run(dp, in, dp->rx, len, monotonic_now(dp), dp->tx, VS_DP_MAX_FRAME, &target);
-    if (n == VS_DP_UPCALL) {
-        upcall_queue(dp, in->id, dp->rx, len);
-        return;
-    }
-    if (n < 0)
-        return;
-    struct dp_port *out = port_find(dp, target);
-    ssize_t sent = out->fd >= 0 ? write(out->fd, dp->tx, (size_t)n) : -1;
-    if (sent < 0) {
-        /* Not sent: the tx count taken back, as Switch.note_tx_drop does for the pipeline. */
-        out->counters.tx_packets--;
-        out->counters.tx_bytes -= (size_t)n - out->l2;
-        if (errno == EAGAIN || errno == ENOBUFS)
-            out->counters.tx_busy++;
-        else
-            out->counters.tx_error++;
-        return;
-    }
-    for (size_t i = 0; i < *n_written; i++)
-        if (written[i] == target)
-            return;
-    if (*n_written < DRAIN_PORTS && target != in->id)
-        written[(*n_written)++] = target;
-}
-
-/* Up to BURST frames of one port. A port at its end (EOF, a TAP whose device is gone) leaves
- * the poll set, as does one that fails while epoll reports an error or hang-up on it: left in,
- * it would be reported ready forever and spin the thread. `events`: what epoll reported. */
-static void poll_port(vs_dp *dp, uint32_t port_id, uint32_t events, uint32_t *written,
-                      size_t *n_written)
-{
-    for (int i = 0; i < BURST; i++) {
-        struct dp_port *p = port_find(dp, port_id);
-        if (p == NULL || !p->polled)
-            return;
-        ssize_t n = read(p->fd, dp->rx, VS_DP_MAX_FRAME);
-        if (n > 0) {
-            poll_frame(dp, p, (size_t)n, written, n_written);
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return;
-        if (n < 0)
-            dp->stats.read_errors++;
-        if (n == 0 || errno == EBADF || errno == EBADFD || (events & (EPOLLERR | EPOLLHUP)))
-            port_unpoll(dp, p);
-        return;
-    }
-}
-
-/* After a burst, the ports it wrote to are read once: writing to a TAP runs the receiving stack
- * inside write(), so a reply is often queued already, and taking it now saves a wake-up per hop
- * (runtime/port_io.py: _drain_answers). One round only, so no port starves the others. */
-static void *poll_loop(void *arg)
-{
-    vs_dp *dp = arg;
-    struct epoll_event events[BURST];
-    for (;;) {
-        int ready = epoll_wait(dp->epoll_fd, events, BURST, -1);
-        if (ready < 0 && errno != EINTR)
-            break;
-        pthread_mutex_lock(&dp->lock);
-        dp->stats.wakeups++;
-        uint32_t written[DRAIN_PORTS];
-        size_t n_written = 0;
-        int stop = 0;
-        for (int i = 0; i < ready; i++) {
-            if (events[i].data.u64 == 0)
-                stop = 1;
-            else
-                poll_port(dp, (uint32_t)events[i].data.u64, events[i].events, written,
-                          &n_written);
-        }
-        size_t drained = n_written;
-        uint32_t unused[DRAIN_PORTS];
-        size_t n_unused = 0;
-        for (size_t i = 0; i < drained; i++)
-            poll_port(dp, written[i], 0, unused, &n_unused);
-        pthread_mutex_unlock(&dp->lock);
-        if (stop)
-            break;
-    }
-    return NULL;
-}
-
-int vs_dp_start(vs_dp *dp)
-{
-    if (dp->running)
-        return 0;
-    if (pthread_create(&dp->thread, NULL, poll_loop, dp) != 0)
-        return VS_DP_EINVAL;
-    dp->running = 1;
-    return 0;
-}
-
-void vs_dp_stop(vs_dp *dp)
-{
-    if (!dp->running)
-        return;
-    eventfd_signal(dp->stop_fd);
-    pthread_join(dp->thread, NULL);
-    eventfd_reset(dp->stop_fd);
-    dp->running = 0;
-}
