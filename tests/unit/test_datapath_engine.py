@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import event, given, settings, strategies as st
 
 from vswitch.accel import pure
 from vswitch.accel.datapath import (
@@ -39,7 +39,7 @@ def frame(kind="udp", l2=10, ttl=64, flags="A", payload=0, dst="10.244.1.3", vne
     tcp_flags = 0
     for letter in flags:
         tcp_flags |= {"A": h.TcpFlag.ACK, "S": h.TcpFlag.SYN, "F": h.TcpFlag.FIN,
-                      "R": h.TcpFlag.RST, "P": h.TcpFlag.PSH}[letter]
+                      "R": h.TcpFlag.RST, "P": h.TcpFlag.PSH, "U": h.TcpFlag.URG}[letter]
     spec = PacketSpec(kind, IPv4Address("10.244.1.2"), IPv4Address(dst), src_port=src_port,
                       dst_port=dst_port, tcp_flags=int(tcp_flags), ttl=ttl, payload_len=payload,
                       icmp_id=icmp_id)
@@ -72,7 +72,7 @@ class Harness:
             ct_flags=array("B", [CT_IN_TABLE | CT_REPLIED | CT_ASSURED] * SLOTS),
             ct_inc=array("I", [1] * SLOTS), vxlan_ident=array("I", [0]))
         self.dp.set_shared(**self.shared)
-        self.dp.set_params(fdb_aging=300.0, reachable_time=30.0, ct_established=432000.0,
+        self.dp.set_params(fdb_aging=300.0, reachable_time=30.0, ct_established=86400.0,
                            ct_udp_unreplied=30.0, ct_udp_replied=120.0, ct_icmp=30.0,
                            generation=5)
         for port, l2 in self.l2s.items():
@@ -232,7 +232,7 @@ def test_an_established_tcp_ack_is_translated_counted_and_its_expiry_moved():
     assert out == translated_output(data, 10, TARGET)
     assert t.shared["ct_packets"][6] == 1 and t.shared["ct_bytes"][6] == 20 + 20 + 100
     assert t.shared["ct_seen"][3] == NOW
-    assert t.shared["ct_expires"][3] == NOW + 432000.0
+    assert t.shared["ct_expires"][3] == NOW + 86400.0
 
 
 def test_a_partial_checksum_is_rewritten_as_partial():
@@ -431,3 +431,109 @@ def test_a_replaced_action_keeps_its_slot():
     assert t.dp.process(1, data, NOW)[1] == 1
     assert t.dp.stats()["entries"] == 1
 
+
+
+# ---- parity with the pure fast path ------------------------------------------------------------
+
+def _vnet(l2: int, needs_csum: bool, gso_size: int | None) -> bytes:
+    if not l2:
+        return b""
+    gso_type = h.VNET_GSO_TCPV4 if gso_size else h.VNET_GSO_NONE
+    return struct.pack("<BBHHHH", int(needs_csum), gso_type, 54, gso_size or 0, 34, 16)
+
+
+parity_case = st.fixed_dictionaries(dict(
+    kind=st.sampled_from(["tcp", "udp", "icmp"]),
+    flags=st.sampled_from(["A", "PA", "S", "SA", "FA", "RA", "", "AU"]),
+    ttl=st.sampled_from([0, 1, 2, 64]),
+    payload=st.integers(0, 1600),
+    pad=st.sampled_from([0, 0, 5]),
+    l2=st.sampled_from([0, 10, 24]),
+    needs_csum=st.booleans(),
+    gso_size=st.sampled_from([None, None, 536, 1448, 1500]),
+    mtu=st.sampled_from([576, 1500, 9000]),
+    neighbour_age=st.sampled_from([0.0, 29.5, 30.0, None]),  # None: not REACHABLE
+    routed=st.booleans(),
+    connection=st.booleans(),
+    direction=st.sampled_from([0, 1]),
+    replied=st.booleans(),
+    assured=st.booleans(),
+    tcp_state=st.sampled_from([3, 3, 4]),
+    expires_in=st.sampled_from([-1.0, 10.0, 100.0, 500000.0]),
+))
+
+
+@settings(max_examples=400, deadline=None)
+@given(parity_case)
+def test_a_hit_is_what_the_pure_fast_path_makes_of_the_frame(case):
+    """Where the C datapath answers, its bytes and conntrack changes are the pure fast path's;
+    where it declines, so does the pure one, or the packet would change the entry in a way only
+    the pipeline makes (a first reply, an expiry moved earlier, a TCP entry not yet assured)."""
+    from vswitch.core.fast_path import FastPath
+    from vswitch.core.flow_cache import CacheEntry
+    from vswitch.tables.conntrack import ConntrackTable, Direction, FlowTuple, TcpState
+    from vswitch.tables.neighbors import NeighborState, NeighborTimers
+
+    l2 = case["l2"]
+    gso = case["gso_size"] if l2 else None
+    data = frame(kind=case["kind"], l2=l2, ttl=case["ttl"], flags=case["flags"],
+                 payload=case["payload"], pad=case["pad"],
+                 vnet=_vnet(l2, case["needs_csum"], gso))
+    t = Harness({1: l2, 2: l2})
+    neighbour = SimpleNamespace(state=NeighborState.REACHABLE, confirmed=NOW)
+    if case["neighbour_age"] is None:
+        neighbour.state = NeighborState.STALE
+        t.shared["nbr_since"][2] = float("-inf")
+    else:
+        neighbour.confirmed = t.shared["nbr_since"][2] = NOW - case["neighbour_age"]
+    routed = dict(rewrite_macs=1, rewrite=ROUTED, mtu=case["mtu"], nbr_slot=2, nbr_inc=1)
+    fdb = SimpleNamespace(last_seen=NOW - 1)
+    python_entry = CacheEntry(5, 2, fdb, fdb, ROUTED if case["routed"] else None, neighbour,
+                              case["mtu"])
+    conntrack = ConntrackTable()
+    ct = None
+    if case["connection"]:
+        proto = {"tcp": 6, "udp": 17, "icmp": 1}[case["kind"]]
+        ports = (7, 7) if proto == 1 else (1000, 80)
+        ct = conntrack.create(FlowTuple(proto, bytes([10, 244, 1, 2]), ports[0],
+                                        bytes([10, 244, 1, 3]), ports[1]), NOW - 5)
+        ct.tcp_state = TcpState(case["tcp_state"]) if proto == 6 else TcpState.NONE
+        ct.replied, ct.assured = case["replied"], case["assured"]
+        ct.expires = NOW + case["expires_in"]
+        t.shared["ct_state"][3] = ct.tcp_state.value
+        t.shared["ct_flags"][3] = (CT_IN_TABLE | (CT_REPLIED if ct.replied else 0)
+                                   | (CT_ASSURED if ct.assured else 0))
+        t.shared["ct_expires"][3] = ct.expires
+        python_entry.ct = ct
+        python_entry.direction = Direction(case["direction"])
+        python_entry.target = FlowTuple(proto, TARGET["src"], TARGET["sport"], TARGET["dst"],
+                                        TARGET["dport"])
+        t.dp.install(key_of(1, data, l2), generation=5, kind=CONNECTION, out_port=2,
+                     src_slot=0, src_inc=1, dst_slot=1, dst_inc=1, ct_slot=3, ct_inc=1,
+                     direction=case["direction"], target_src=TARGET["src"],
+                     target_dst=TARGET["dst"], target_sport=TARGET["sport"],
+                     target_dport=TARGET["dport"], **(routed if case["routed"] else {}))
+    else:
+        t.install(key_of(1, data, l2), **(routed if case["routed"] else {}))
+
+    n, _, c_out = t.dp.process(1, data, NOW)
+    expiry_before = ct.expires if ct is not None else None
+    py_out = FastPath(pure, conntrack, NeighborTimers()).apply(python_entry, data, l2, NOW)
+    event("hit" if c_out is not None else "both decline" if py_out is None else "C declines")
+    if c_out is not None:
+        assert c_out == py_out
+        if ct is not None:
+            d = case["direction"]
+            assert t.shared["ct_packets"][6 + d] == ct.packets[d]
+            assert t.shared["ct_bytes"][6 + d] == ct.bytes[d]
+            assert t.shared["ct_expires"][3] == ct.expires
+            assert t.shared["ct_seen"][3] == ct.last_seen
+        return
+    assert n == UPCALL
+    if py_out is None:
+        return
+    assert ct is not None, "a plain forward the pure fast path takes must not go up"
+    replied_first = case["direction"] == 1 and not case["replied"] and case["kind"] != "tcp"
+    earlier = ct.expires < expiry_before
+    not_assured = case["kind"] == "tcp" and not case["assured"]
+    assert replied_first or earlier or not_assured
