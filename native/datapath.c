@@ -1,88 +1,676 @@
-/* The datapath: placeholder so that the module builds; every call fails or declines. */
+/* The datapath: memoised decisions replayed in C (the poll thread that feeds them and the upcall
+ * queue are datapath_poll.c).
+ *
+ * Theory of operation
+ * -------------------
+ * Python's pipeline decides what happens to a flow and installs the decision as an action under
+ * a key (vs_dp_install); this file replays it on later frames of the flow. The reference is the
+ * pure fast path (vswitch/core/fast_path.py driven by Switch.process_batch): same lookups, same
+ * per-packet checks, same output bytes, same counters. Whatever could make the pipeline decide
+ * differently declines the frame (VS_DP_UPCALL) and Python sees it.
+ *
+ * One frame goes through three phases, so that a decline never leaves a trace:
+ *   1. look up: the flow key, a per-connection marker's connection key, a VXLAN marker's inner
+ *      frame; the FDB, neighbour and conntrack checks read the shared arrays only;
+ *   2. build: the output is written to the caller's buffer (the NAT rewrite and the TTL work on
+ *      copies, the encapsulation takes the outer identification it would use without taking it);
+ *   3. commit: only after every check has passed and the output exists are the conntrack entry,
+ *      the identification counter, the FDB stamp and the counters changed.
+ *
+ * Memory: the flow table (vs_exact: key -> index into `actions`), the actions, the ports, the
+ * upcall ring and the scratch buffers are allocated when the datapath is created or a port is
+ * added. Replaying a hit allocates nothing; queueing an upcall mallocs its copy.
+ *
+ * Concurrency: one mutex guards everything in struct vs_dp. The poll thread sleeps in epoll_wait
+ * without it and holds it for one burst. The shared arrays belong to Python, which writes them
+ * without the mutex; every element is naturally aligned, so C reads whole values, and the one
+ * counter both sides increment (the outer IPv4 identification) is changed atomically.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
-#include "vswitch_native.h"
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
-vs_dp * vs_dp_create(uint32_t flow_capacity, uint32_t upcall_capacity, uint64_t seed)
+#include "datapath_private.h"
+
+#define ETH_HLEN 14
+#define VNET_LEGACY_LEN 10        /* the first 10 bytes every virtio-net header size shares */
+#define VNET_F_NEEDS_CSUM 1u
+#define VNET_GSO_NONE 0u
+#define VNET_GSO_UDP_TUNNEL 0x60u /* VNET_GSO_UDP_TUNNEL_IPV4 | _IPV6: only crosses decapsulated */
+#define PROTO_ICMP 1u
+#define PROTO_TCP 6u
+#define PROTO_UDP 17u
+#define TCP_FIN 0x01u
+#define TCP_SYN 0x02u
+#define TCP_RST 0x04u
+#define TCP_ACK 0x10u
+#define NO_PORT UINT32_MAX
+#define MAX_L2 64                 /* the largest virtio-net header a port may have */
+
+static const uint8_t INNER_PREFIX[4] = {0xff, 'V', 'X', 'L'};
+
+/* The outcome of looking a frame up and checking it: what the build and commit phases need. */
+struct hit {
+    const vs_dp_action *a;
+    const uint8_t *frame;        /* the frame the action runs on (the inner one after decap) */
+    size_t len;
+    size_t l2;
+    int connection;              /* the conntrack update applies */
+    double ct_expires;           /* its new expiry */
+    uint32_t ident;              /* the outer identification the wrap used */
+};
+
+static uint16_t rd16(const uint8_t *p)
 {
-    (void)flow_capacity; (void)upcall_capacity; (void)seed; return NULL;
+    return (uint16_t)((p[0] << 8) | p[1]);
+}
+
+/* ---- ports --------------------------------------------------------------------------------- */
+
+static void port_key(uint32_t id, uint8_t key[4])
+{
+    key[0] = (uint8_t)(id >> 24);
+    key[1] = (uint8_t)(id >> 16);
+    key[2] = (uint8_t)(id >> 8);
+    key[3] = (uint8_t)id;
+}
+
+struct dp_port *vs_dp_port_find(vs_dp *dp, uint32_t id)
+{
+    uint8_t key[4];
+    int64_t index;
+    port_key(id, key);
+    if (!vs_exact_lookup(dp->port_index, key, &index))
+        return NULL;
+    return &dp->ports[index];
+}
+
+void vs_dp_port_unpoll(vs_dp *dp, struct dp_port *p)
+{
+    if (p->polled)
+        epoll_ctl(dp->epoll_fd, EPOLL_CTL_DEL, p->fd, NULL);
+    p->polled = 0;
+}
+
+/* ---- look up ------------------------------------------------------------------------------- */
+
+static const vs_dp_action *flow_get(vs_dp *dp, const uint8_t *key)
+{
+    int64_t index;
+    if (!vs_exact_lookup(dp->flows, key, &index))
+        return NULL;
+    const vs_dp_action *a = &dp->actions[index];
+    return a->generation == dp->params.generation ? a : NULL;
+}
+
+/* connection_key() of fast_path.py: the bytes appended to the flow key, or 0 when the L4 header
+ * is not all there. The frame has a flow key, so its IPv4 header is complete. */
+static size_t connection_part(const uint8_t *frame, size_t len, size_t l2, uint8_t *part)
+{
+    size_t l3 = l2 + ETH_HLEN;
+    size_t l4 = l3 + (size_t)(frame[l3] & 0x0f) * 4;
+    uint8_t proto = frame[l3 + 9];
+    if (proto == PROTO_TCP || proto == PROTO_UDP) {
+        if (len < l4 + (proto == PROTO_TCP ? 20u : 8u))
+            return 0;
+        part[0] = proto;
+        memcpy(part + 1, frame + l4, 4);
+        return 5;
+    }
+    if (proto == PROTO_ICMP && len >= l4 + 8) {
+        part[0] = proto;
+        part[1] = frame[l4];
+        memcpy(part + 2, frame + l4 + 4, 2);
+        return 4;
+    }
+    return 0;
+}
+
+/* lookup() of fast_path.py: the entry under key (4-byte prefix + flow key), following a
+ * per-connection marker. */
+static const vs_dp_action *lookup(vs_dp *dp, uint8_t *key, const uint8_t *frame, size_t len,
+                                  size_t l2)
+{
+    const vs_dp_action *a = flow_get(dp, key);
+    if (a == NULL || a->kind != VS_DP_PER_CONNECTION)
+        return a;
+    if (connection_part(frame, len, l2, key + 4 + VS_FLOW_KEY_LEN) == 0)
+        return NULL;
+    a = flow_get(dp, key);
+    return a != NULL && a->kind != VS_DP_PER_CONNECTION ? a : NULL;
+}
+
+static int fdb_fresh(const vs_dp *dp, uint32_t slot, uint32_t inc, double now)
+{
+    const vs_dp_shared *s = &dp->shared;
+    return s->fdb_seen != NULL && slot < s->fdb_capacity && s->fdb_inc[slot] == inc
+        && now - s->fdb_seen[slot] < dp->params.fdb_aging;
+}
+
+/* packet_length_on_wire() of fast_path.py: the IPv4 length of each packet this frame becomes
+ * (one TSO segment for a GSO frame). */
+static size_t length_on_wire(const uint8_t *frame, size_t len, size_t l2)
+{
+    size_t l3 = l2 + ETH_HLEN;
+    if (l2 == 0 || frame[1] == VNET_GSO_NONE)
+        return rd16(frame + l3 + 2);
+    size_t ihl = (size_t)(frame[l3] & 0x0f) * 4;
+    size_t l4_header = 8;
+    if (frame[l3 + 9] == PROTO_TCP && len >= l3 + ihl + 20)
+        l4_header = (size_t)(frame[l3 + ihl + 12] >> 4) * 4;
+    return ihl + l4_header + (size_t)(frame[4] | (frame[5] << 8));
+}
+
+/* _routing_allows() of fast_path.py: the neighbour's freshness, TTL, MTU, header checksum. */
+static int routing_allows(const vs_dp *dp, const vs_dp_action *a, const uint8_t *frame,
+                          size_t len, size_t l2, double now)
+{
+    const vs_dp_shared *s = &dp->shared;
+    size_t l3 = l2 + ETH_HLEN;
+    size_t ihl = (size_t)(frame[l3] & 0x0f) * 4;
+    return s->nbr_since != NULL && a->nbr_slot < s->nbr_capacity
+        && s->nbr_inc[a->nbr_slot] == a->nbr_inc
+        && now - s->nbr_since[a->nbr_slot] < dp->params.reachable_time
+        && frame[l3 + 8] > 1
+        && length_on_wire(frame, len, l2) <= a->mtu
+        && vs_checksum(frame + l3, ihl) == 0;
+}
+
+/* The plain conntrack update of _connection() and ConntrackTable.update, checked only: 1 with
+ * the new expiry in *expires, or 0 when the pipeline must see the packet. */
+static int connection_allows(const vs_dp *dp, const vs_dp_action *a, const uint8_t *frame,
+                             size_t len, size_t l2, double now, double *expires)
+{
+    const vs_dp_shared *s = &dp->shared;
+    uint32_t slot = a->ct_slot;
+    if (s->ct_inc == NULL || slot >= s->ct_capacity || s->ct_inc[slot] != a->ct_inc
+        || !(s->ct_flags[slot] & VS_CT_IN_TABLE) || !(now < s->ct_expires[slot]))
+        return 0;
+    size_t l3 = l2 + ETH_HLEN;
+    size_t l4 = l3 + (size_t)(frame[l3] & 0x0f) * 4;
+    uint8_t proto = frame[l3 + 9];
+    uint8_t flags = s->ct_flags[slot];
+    int replied = (flags & VS_CT_REPLIED) != 0;
+    if (proto == PROTO_TCP) {
+        if (len < l4 + 20)
+            return 0;
+        /* The flags byte only: the NS bit takes no part in the state machine. */
+        uint8_t tcp = frame[l4 + 13];
+        if (s->ct_state[slot] != VS_TCP_ESTABLISHED || !(flags & VS_CT_ASSURED)
+            || (tcp & (TCP_SYN | TCP_FIN | TCP_RST)) || !(tcp & TCP_ACK))
+            return 0;
+        *expires = now + dp->params.ct_established;
+    } else if (proto == PROTO_UDP || proto == PROTO_ICMP) {
+        if (a->direction == 1 && !replied)
+            return 0;  /* the first reply changes the entry: the pipeline's job */
+        if (proto == PROTO_UDP)
+            *expires = now + (replied ? dp->params.ct_udp_replied : dp->params.ct_udp_unreplied);
+        else
+            *expires = now + dp->params.ct_icmp;
+    } else {
+        return 0;
+    }
+    /* Moving an expiry earlier reorders the pipeline's timers: its job too. */
+    return !(*expires < s->ct_expires[slot]);
+}
+
+/* Phase 1: the action for this frame with every per-packet check passed, or an UPCALL status
+ * (counted as a miss when the frame had a key). */
+static int64_t find(vs_dp *dp, const struct dp_port *in, const uint8_t *frame, size_t len,
+                    double now, struct hit *hit)
+{
+    size_t l2 = in->l2;
+    uint8_t key[VS_DP_KEY_LEN] = {0};
+    port_key(in->id, key);
+    if (vs_flow_key(frame, len, len, l2, key + 4) != VS_FK_OK)
+        return VS_DP_UPCALL;
+    const vs_dp_action *a = lookup(dp, key, frame, len, l2);
+    if (a != NULL && a->kind == VS_DP_DECAP) {
+        int64_t inner = vs_vxlan_open(a, frame, len, l2, dp->inner, VS_DP_MAX_FRAME);
+        a = NULL;
+        if (inner >= 0) {
+            frame = dp->inner;
+            len = (size_t)inner;
+            memset(key, 0, sizeof key);
+            memcpy(key, INNER_PREFIX, 4);
+            if (vs_flow_key(frame, len, len, l2, key + 4) == VS_FK_OK) {
+                a = lookup(dp, key, frame, len, l2);
+                if (a != NULL && a->kind == VS_DP_DECAP)
+                    a = NULL;
+            }
+        }
+    }
+    if (a == NULL || (a->kind != VS_DP_FORWARD && a->kind != VS_DP_CONNECTION)
+        || !fdb_fresh(dp, a->dst_slot, a->dst_inc, now))
+        goto miss;
+    int connection = a->kind == VS_DP_CONNECTION;
+    double ct_expires = 0;
+    if ((connection && !connection_allows(dp, a, frame, len, l2, now, &ct_expires))
+        || (a->rewrite_macs && !routing_allows(dp, a, frame, len, l2, now))
+        || (a->encap && !a->rewrite_macs))  /* the pipeline only encapsulates routed packets */
+        goto miss;
+    hit->a = a;  /* only now: vs_dp_run tells a decline after this point by it */
+    hit->frame = frame;
+    hit->len = len;
+    hit->l2 = l2;
+    hit->connection = connection;
+    hit->ct_expires = ct_expires;
+    return 0;
+miss:
+    dp->stats.misses++;
+    return VS_DP_UPCALL;
+}
+
+/* ---- build --------------------------------------------------------------------------------- */
+
+/* lower_ttl() of pipeline/ttl.py on an IPv4 header in place. */
+static void lower_ttl(uint8_t *ip)
+{
+    uint8_t ttl = ip[8], proto = ip[9];
+    uint16_t csum = vs_checksum_update16(rd16(ip + 10), (uint16_t)((ttl << 8) | proto),
+                                         (uint16_t)(((ttl - 1) << 8) | proto));
+    ip[8] = (uint8_t)(ttl - 1);
+    ip[10] = (uint8_t)(csum >> 8);
+    ip[11] = (uint8_t)csum;
+}
+
+/* convert_framing() of core/egress.py, in two steps so that the decision comes before any byte
+ * moves: may a frame with the header `vnet` (in_l2 bytes) go to a port with out_l2 bytes? */
+static int framing_allows(const uint8_t *vnet, size_t in_l2, size_t out_l2)
+{
+    if (in_l2 == out_l2 || in_l2 == 0)
+        return 1;
+    if (out_l2 > 0)
+        return !(vnet[1] & VNET_GSO_UDP_TUNNEL);  /* those only cross decapsulated */
+    /* Segmenting or completing checksums in software is not implemented. */
+    return vnet[1] == VNET_GSO_NONE && !(vnet[0] & VNET_F_NEEDS_CSUM);
+}
+
+/* The out port's header for a frame that carried `vnet`: zeros, or the shared legacy 10 bytes
+ * followed by zeros. */
+static void write_vnet(const uint8_t *vnet, size_t in_l2, uint8_t *out, size_t out_l2)
+{
+    size_t kept = in_l2 == 0 || out_l2 == 0 ? 0 : VNET_LEGACY_LEN;
+    memcpy(out, vnet, kept);
+    memset(out + kept, 0, out_l2 - kept);
+}
+
+/* The routed IPv4 packet `ip` wrapped in VXLAN into out (framed like the in port), with the
+ * identification the next increment of the shared counter gives; the counter itself is taken
+ * only at commit (fast_path.py takes overlay.next_ident() only for a packet it sends). */
+static int64_t wrap(vs_dp *dp, struct hit *hit, const uint8_t *ip, size_t ip_len, uint8_t *out,
+                    size_t cap)
+{
+    if (dp->shared.vxlan_ident == NULL)
+        return -1;
+    hit->ident = __atomic_load_n(dp->shared.vxlan_ident, __ATOMIC_RELAXED) + 1;
+    return vs_vxlan_wrap(hit->a, hit->frame, hit->l2, ip, ip_len, (uint16_t)hit->ident, out,
+                         cap);
+}
+
+/* Phase 2: the output, framed like the in port, into out; its length, VS_DP_UPCALL when the
+ * action declines after all (a wrap that cannot be made), VS_DP_EINVAL when out is too small. */
+static int64_t build(vs_dp *dp, struct hit *hit, uint8_t *out, size_t cap)
+{
+    const vs_dp_action *a = hit->a;
+    const uint8_t *frame = hit->frame;
+    size_t l2 = hit->l2, l3 = l2 + ETH_HLEN;
+    size_t total = rd16(frame + l3 + 2);
+    if (!hit->connection && !a->rewrite_macs) {
+        if (cap < hit->len)
+            return VS_DP_EINVAL;
+        memcpy(out, frame, hit->len);
+        return (int64_t)hit->len;
+    }
+    if (a->encap && cap < VS_DP_MAX_FRAME)
+        return VS_DP_EINVAL;  /* so that a declined wrap means the frame, not the buffer */
+    const uint8_t *ip = frame + l3;
+    uint8_t *packet = NULL;
+    if (hit->connection) {
+        packet = a->encap ? dp->packet : out + l3;
+        if (!a->encap && cap < l3 + total)
+            return VS_DP_EINVAL;
+        memcpy(packet, ip, total);
+        int partial = l2 > 0 && (frame[0] & VNET_F_NEEDS_CSUM);
+        vs_nat_rewrite(packet, total, a->target_src, a->target_dst, a->target_sport,
+                       a->target_dport, partial);
+        if (!a->rewrite_macs) {
+            memcpy(out, frame, l3);
+            return (int64_t)(l3 + total);
+        }
+        lower_ttl(packet);
+        ip = packet;
+    }
+    if (a->encap) {
+        if (!hit->connection) {
+            /* The header with the TTL lowered, the rest straight from the frame. */
+            memcpy(dp->packet, ip, total);
+            lower_ttl(dp->packet);
+        }
+        int64_t n = wrap(dp, hit, dp->packet, total, out, cap);
+        return n < 0 ? VS_DP_UPCALL : n;
+    }
+    if (cap < l3 + total)
+        return VS_DP_EINVAL;
+    memcpy(out, frame, l2);
+    memcpy(out + l2, a->rewrite, 12);
+    memcpy(out + l2 + 12, frame + l2 + 12, 2);
+    if (!hit->connection) {
+        memcpy(out + l3, ip, total);
+        lower_ttl(out + l3);
+    }
+    return (int64_t)(l3 + total);
+}
+
+/* ---- commit -------------------------------------------------------------------------------- */
+
+/* Phase 3 for the state a hit changes: conntrack, the identification counter, the FDB stamp.
+ * 0, or -1 when the identification moved under us (Python took one): build again. */
+static int commit_state(vs_dp *dp, struct hit *hit, double now)
+{
+    const vs_dp_action *a = hit->a;
+    vs_dp_shared *s = &dp->shared;
+    if (a->encap) {
+        uint32_t expected = hit->ident - 1;
+        if (!__atomic_compare_exchange_n(s->vxlan_ident, &expected, hit->ident, 0,
+                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return -1;
+    }
+    if (hit->connection) {
+        size_t at = 2 * (size_t)a->ct_slot + (a->direction ? 1 : 0);
+        s->ct_packets[at] += 1;
+        s->ct_bytes[at] += rd16(hit->frame + hit->l2 + ETH_HLEN + 2);
+        s->ct_seen[a->ct_slot] = now;
+        s->ct_expires[a->ct_slot] = hit->ct_expires;
+    }
+    if (s->fdb_seen != NULL && a->src_slot < s->fdb_capacity
+        && s->fdb_inc[a->src_slot] == a->src_inc)
+        s->fdb_seen[a->src_slot] = now;
+    return 0;
+}
+
+int64_t vs_dp_run(vs_dp *dp, struct dp_port *in, const uint8_t *frame, size_t len, double now,
+                  uint8_t *out, size_t cap, uint32_t *out_port)
+{
+    *out_port = NO_PORT;
+    if (in->upcall_all || dp->params.upcall_all) {
+        dp->stats.upcalls++;
+        return VS_DP_UPCALL;
+    }
+    struct hit hit = {0};
+    int64_t n = find(dp, in, frame, len, now, &hit);
+    struct dp_port *outp = n == 0 ? vs_dp_port_find(dp, hit.a->out_port) : NULL;
+    size_t out_l2 = outp != NULL ? outp->l2 : in->l2;
+    for (int attempt = 0; n == 0; attempt++) {
+        n = build(dp, &hit, out, cap);
+        if (n >= 0 && (size_t)n - in->l2 + out_l2 > cap)
+            n = VS_DP_EINVAL;
+        if (n < 0 || commit_state(dp, &hit, now) == 0)
+            break;
+        /* The identification moved: Python encapsulated meanwhile. Build again, a few times. */
+        n = attempt < 8 ? 0 : VS_DP_UPCALL;
+    }
+    if (n < 0) {
+        if (n == VS_DP_UPCALL) {
+            if (hit.a != NULL)
+                dp->stats.misses++;
+            dp->stats.upcalls++;
+        }
+        return n;
+    }
+    dp->stats.hits++;
+    in->counters.rx_packets++;
+    in->counters.rx_bytes += len - in->l2;
+    *out_port = hit.a->out_port;
+    if (outp == NULL) {
+        in->counters.tx_port_gone++;  /* the target has no counters left: its source counts */
+        return VS_DP_CONSUMED;
+    }
+    size_t body = (size_t)n - in->l2;
+    if (out_l2 != in->l2) {
+        uint8_t vnet[MAX_L2];
+        memcpy(vnet, out, in->l2);
+        if (!framing_allows(vnet, in->l2, out_l2)) {
+            outp->counters.tx_offload_unsupported++;
+            return VS_DP_CONSUMED;
+        }
+        memmove(out + out_l2, out + in->l2, body);
+        write_vnet(vnet, in->l2, out, out_l2);
+    }
+    outp->counters.tx_packets++;
+    outp->counters.tx_bytes += body;
+    return (int64_t)(out_l2 + body);
+}
+
+/* ---- control ------------------------------------------------------------------------------- */
+
+vs_dp *vs_dp_create(uint32_t flow_capacity, uint32_t upcall_capacity, uint64_t seed)
+{
+    if (flow_capacity == 0 || flow_capacity > VS_EXACT_MAX_CAPACITY || upcall_capacity == 0)
+        return NULL;
+    vs_dp *dp = calloc(1, sizeof *dp);
+    if (dp == NULL)
+        return NULL;
+    dp->upcall_fd = dp->stop_fd = dp->epoll_fd = -1;
+    if (pthread_mutex_init(&dp->lock, NULL) != 0) {
+        free(dp);
+        return NULL;
+    }
+    dp->flow_capacity = flow_capacity;
+    dp->upcall_capacity = upcall_capacity;
+    dp->flows = vs_exact_create(VS_DP_KEY_LEN, flow_capacity, seed);
+    dp->actions = calloc(flow_capacity, sizeof *dp->actions);
+    dp->port_index = vs_exact_create(4, 4096, seed);
+    dp->upcalls = calloc(upcall_capacity, sizeof *dp->upcalls);
+    dp->inner = malloc(VS_DP_MAX_FRAME);
+    dp->packet = malloc(VS_DP_MAX_FRAME);
+    dp->rx = malloc(VS_DP_MAX_FRAME);
+    dp->tx = malloc(VS_DP_MAX_FRAME);
+    dp->upcall_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    dp->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    dp->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event stop = {.events = EPOLLIN, .data.u64 = 0};
+    if (dp->flows == NULL || dp->actions == NULL || dp->port_index == NULL
+        || dp->upcalls == NULL || dp->inner == NULL || dp->packet == NULL || dp->rx == NULL
+        || dp->tx == NULL || dp->upcall_fd < 0 || dp->stop_fd < 0 || dp->epoll_fd < 0
+        || epoll_ctl(dp->epoll_fd, EPOLL_CTL_ADD, dp->stop_fd, &stop) != 0) {
+        vs_dp_destroy(dp);
+        return NULL;
+    }
+    dp->stats.capacity = flow_capacity;
+    return dp;
 }
 
 void vs_dp_destroy(vs_dp *dp)
 {
-    (void)dp; 
+    if (dp == NULL)
+        return;
+    vs_dp_stop(dp);
+    for (uint32_t i = 0; i < dp->upcall_count; i++)
+        free(dp->upcalls[(dp->upcall_head + i) % dp->upcall_capacity]);
+    free(dp->upcalls);
+    vs_exact_destroy(dp->flows);
+    vs_exact_destroy(dp->port_index);
+    free(dp->actions);
+    free(dp->ports);
+    free(dp->inner);
+    free(dp->packet);
+    free(dp->rx);
+    free(dp->tx);
+    int fds[3] = {dp->upcall_fd, dp->stop_fd, dp->epoll_fd};
+    for (int i = 0; i < 3; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    pthread_mutex_destroy(&dp->lock);
+    free(dp);
 }
 
 void vs_dp_set_shared(vs_dp *dp, const vs_dp_shared *shared)
 {
-    (void)dp; (void)shared; 
+    pthread_mutex_lock(&dp->lock);
+    dp->shared = *shared;
+    pthread_mutex_unlock(&dp->lock);
 }
 
 void vs_dp_set_params(vs_dp *dp, const vs_dp_params *params)
 {
-    (void)dp; (void)params; 
+    pthread_mutex_lock(&dp->lock);
+    dp->params = *params;
+    pthread_mutex_unlock(&dp->lock);
 }
 
 void vs_dp_set_generation(vs_dp *dp, uint64_t generation)
 {
-    (void)dp; (void)generation; 
+    pthread_mutex_lock(&dp->lock);
+    dp->params.generation = generation;
+    pthread_mutex_unlock(&dp->lock);
 }
 
+/* The poll thread reads with read() and must never block holding the lock: the fd is made
+ * non-blocking (a flag of the open file, which Python's own I/O on it expects as well). */
 int vs_dp_port_add(vs_dp *dp, uint32_t port_id, int fd, uint32_t l2_offset, int upcall_all)
 {
-    (void)dp; (void)port_id; (void)fd; (void)l2_offset; (void)upcall_all; return -1;
+    if ((l2_offset != 0 && l2_offset < VNET_LEGACY_LEN) || l2_offset > MAX_L2)
+        return VS_DP_EINVAL;
+    if (fd >= 0) {
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+            return VS_DP_EINVAL;
+    }
+    int status = VS_DP_EINVAL;
+    pthread_mutex_lock(&dp->lock);
+    if (vs_dp_port_find(dp, port_id) != NULL)
+        goto out;
+    uint32_t index = 0;
+    while (index < dp->port_slots && dp->ports[index].used)
+        index++;
+    if (index == dp->port_slots) {
+        uint32_t slots = dp->port_slots ? 2 * dp->port_slots : 16;
+        struct dp_port *grown = realloc(dp->ports, slots * sizeof *grown);
+        if (grown == NULL)
+            goto out;
+        memset(grown + dp->port_slots, 0, (slots - dp->port_slots) * sizeof *grown);
+        dp->ports = grown;
+        dp->port_slots = slots;
+    }
+    uint8_t key[4];
+    port_key(port_id, key);
+    if (vs_exact_insert(dp->port_index, key, index) != 1)
+        goto out;
+    struct dp_port *p = &dp->ports[index];
+    memset(p, 0, sizeof *p);
+    p->id = port_id;
+    p->fd = fd;
+    p->l2 = l2_offset;
+    p->used = 1;
+    p->upcall_all = upcall_all != 0;
+    if (fd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (1ull << 32) | port_id};
+        if (epoll_ctl(dp->epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+            vs_exact_delete(dp->port_index, key);
+            p->used = 0;
+            goto out;
+        }
+        p->polled = 1;
+    }
+    status = 0;
+out:
+    pthread_mutex_unlock(&dp->lock);
+    return status;
 }
 
 int vs_dp_port_set_upcall_all(vs_dp *dp, uint32_t port_id, int upcall_all)
 {
-    (void)dp; (void)port_id; (void)upcall_all; return -1;
+    pthread_mutex_lock(&dp->lock);
+    struct dp_port *p = vs_dp_port_find(dp, port_id);
+    if (p != NULL)
+        p->upcall_all = upcall_all != 0;
+    pthread_mutex_unlock(&dp->lock);
+    return p != NULL ? 0 : VS_DP_EINVAL;
 }
 
 int vs_dp_port_del(vs_dp *dp, uint32_t port_id)
 {
-    (void)dp; (void)port_id; return -1;
+    pthread_mutex_lock(&dp->lock);
+    struct dp_port *p = vs_dp_port_find(dp, port_id);
+    if (p != NULL) {
+        uint8_t key[4];
+        port_key(port_id, key);
+        vs_dp_port_unpoll(dp, p);
+        vs_exact_delete(dp->port_index, key);
+        p->used = 0;
+    }
+    pthread_mutex_unlock(&dp->lock);
+    return p != NULL ? 0 : VS_DP_EINVAL;
 }
 
 int vs_dp_port_counters(vs_dp *dp, uint32_t port_id, vs_dp_counters *out)
 {
-    (void)dp; (void)port_id; (void)out; return -1;
+    pthread_mutex_lock(&dp->lock);
+    struct dp_port *p = vs_dp_port_find(dp, port_id);
+    if (p != NULL)
+        *out = p->counters;
+    pthread_mutex_unlock(&dp->lock);
+    return p != NULL ? 0 : VS_DP_EINVAL;
+}
+
+static void flush_locked(vs_dp *dp)
+{
+    vs_exact_clear(dp->flows);
+    dp->actions_used = 0;
 }
 
 int vs_dp_install(vs_dp *dp, const uint8_t *key, const vs_dp_action *action)
 {
-    (void)dp; (void)key; (void)action; return -1;
+    int installed = 1;
+    int64_t index;
+    pthread_mutex_lock(&dp->lock);
+    if (!vs_exact_lookup(dp->flows, key, &index)) {
+        if (dp->actions_used == dp->flow_capacity) {
+            flush_locked(dp);  /* FlowCache.install: a full cache is emptied at once */
+            dp->stats.flushes++;
+            installed = 0;
+        }
+        index = dp->actions_used++;
+        vs_exact_insert(dp->flows, key, index);
+    }
+    dp->actions[index] = *action;
+    dp->stats.installs++;
+    pthread_mutex_unlock(&dp->lock);
+    return installed;
 }
 
 void vs_dp_flush(vs_dp *dp)
 {
-    (void)dp; 
+    pthread_mutex_lock(&dp->lock);
+    flush_locked(dp);
+    pthread_mutex_unlock(&dp->lock);
 }
 
 void vs_dp_stats_get(vs_dp *dp, vs_dp_stats *out)
 {
-    (void)dp; (void)out; 
+    pthread_mutex_lock(&dp->lock);
+    dp->stats.entries = vs_exact_count(dp->flows);
+    dp->stats.upcall_queued = dp->upcall_count;
+    *out = dp->stats;
+    pthread_mutex_unlock(&dp->lock);
 }
 
-int64_t vs_dp_process(vs_dp *dp, uint32_t in_port, const uint8_t *frame, size_t len, double now, uint8_t *out, size_t out_cap, uint32_t *out_port)
+int64_t vs_dp_process(vs_dp *dp, uint32_t in_port, const uint8_t *frame, size_t len, double now,
+                      uint8_t *out, size_t out_cap, uint32_t *out_port)
 {
-    (void)dp; (void)in_port; (void)frame; (void)len; (void)now; (void)out; (void)out_cap; (void)out_port; return -1;
+    int64_t n = VS_DP_EINVAL;
+    *out_port = NO_PORT;
+    pthread_mutex_lock(&dp->lock);
+    struct dp_port *in = vs_dp_port_find(dp, in_port);
+    if (in != NULL)
+        n = vs_dp_run(dp, in, frame, len, now, out, out_cap, out_port);
+    pthread_mutex_unlock(&dp->lock);
+    return n;
 }
 
-int vs_dp_start(vs_dp *dp)
-{
-    (void)dp; return -1;
-}
-
-void vs_dp_stop(vs_dp *dp)
-{
-    (void)dp; 
-}
-
-int vs_dp_upcall_fd(vs_dp *dp)
-{
-    (void)dp; return -1;
-}
-
-int64_t vs_dp_upcall_take(vs_dp *dp, uint32_t *port, uint8_t *buf, size_t cap)
-{
-    (void)dp; (void)port; (void)buf; (void)cap; return -1;
-}

@@ -1,0 +1,213 @@
+/* The datapath's poll thread and its queue of upcalls (the execution is datapath.c).
+ *
+ * Theory of operation
+ * -------------------
+ * One thread per datapath sleeps in epoll_wait over every port with an fd (and an internal
+ * eventfd that stops it), without the lock. Woken, it takes the lock for one burst: up to BURST
+ * frames from each ready port, read with non-blocking read() into one preallocated buffer, each
+ * run through vs_dp_run with the monotonic clock; a hit is written to its port from a second
+ * preallocated buffer, everything else is copied into the upcall queue for Python. Then it reads
+ * once more the ports it wrote to (see poll_loop) and lets the lock go.
+ *
+ * The upcall queue is a ring of upcall_capacity frames, each malloc'ed when queued and freed when
+ * Python takes it; a full queue drops (upcall_lost). Its eventfd is readable exactly while the
+ * queue holds a frame: signalled when the queue stops being empty, read back when it becomes
+ * empty again, so Python's event loop can wait on it like on any fd.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "datapath_private.h"
+
+#define BURST 64
+#define DRAIN_PORTS 16            /* ports re-read after a burst (see poll_loop) */
+
+/* ---- upcalls ------------------------------------------------------------------------------- */
+
+void vs_dp_eventfd_signal(int fd)
+{
+    uint64_t one = 1;
+    ssize_t ignored = write(fd, &one, sizeof one);  /* fails only when already signalled */
+    (void)ignored;
+}
+
+void vs_dp_eventfd_reset(int fd)
+{
+    uint64_t value;
+    ssize_t ignored = read(fd, &value, sizeof value);  /* EAGAIN: was not signalled */
+    (void)ignored;
+}
+
+static void upcall_queue(vs_dp *dp, uint32_t port, const uint8_t *frame, size_t len)
+{
+    if (dp->upcall_count == dp->upcall_capacity) {
+        dp->stats.upcall_lost++;
+        return;
+    }
+    struct upcall *u = malloc(sizeof *u + len);
+    if (u == NULL) {
+        dp->stats.upcall_lost++;
+        return;
+    }
+    u->port = port;
+    u->len = (uint32_t)len;
+    memcpy(u->data, frame, len);
+    dp->upcalls[(dp->upcall_head + dp->upcall_count) % dp->upcall_capacity] = u;
+    if (dp->upcall_count++ == 0)
+        vs_dp_eventfd_signal(dp->upcall_fd);
+}
+
+int vs_dp_upcall_fd(vs_dp *dp)
+{
+    return dp->upcall_fd;
+}
+
+int64_t vs_dp_upcall_take(vs_dp *dp, uint32_t *port, uint8_t *buf, size_t cap)
+{
+    int64_t n = -1;
+    pthread_mutex_lock(&dp->lock);
+    if (dp->upcall_count > 0) {
+        struct upcall *u = dp->upcalls[dp->upcall_head];
+        if (u->len > cap) {
+            n = VS_DP_EINVAL;
+            goto out;
+        }
+        memcpy(buf, u->data, u->len);
+        *port = u->port;
+        n = u->len;
+        free(u);
+        dp->upcall_head = (dp->upcall_head + 1) % dp->upcall_capacity;
+        if (--dp->upcall_count == 0)
+            vs_dp_eventfd_reset(dp->upcall_fd);
+    }
+out:
+    pthread_mutex_unlock(&dp->lock);
+    return n;
+}
+
+/* ---- the poll thread ----------------------------------------------------------------------- */
+
+static double monotonic_now(const vs_dp *dp)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + dp->params.clock_offset;
+}
+
+/* One frame read from a port: replayed and written, or queued for Python. */
+static void poll_frame(vs_dp *dp, struct dp_port *in, size_t len, uint32_t *written,
+                       size_t *n_written)
+{
+    uint32_t target;
+    int64_t n = vs_dp_run(dp, in, dp->rx, len, monotonic_now(dp), dp->tx, VS_DP_MAX_FRAME,
+                          &target);
+    if (n == VS_DP_UPCALL) {
+        upcall_queue(dp, in->id, dp->rx, len);
+        return;
+    }
+    if (n < 0)
+        return;
+    struct dp_port *out = vs_dp_port_find(dp, target);
+    ssize_t sent = out->fd >= 0 ? write(out->fd, dp->tx, (size_t)n) : -1;
+    if (sent < 0) {
+        /* Not sent: the tx count taken back, as Switch.note_tx_drop does for the pipeline. */
+        out->counters.tx_packets--;
+        out->counters.tx_bytes -= (size_t)n - out->l2;
+        if (errno == EAGAIN || errno == ENOBUFS)
+            out->counters.tx_busy++;
+        else
+            out->counters.tx_error++;
+        return;
+    }
+    for (size_t i = 0; i < *n_written; i++)
+        if (written[i] == target)
+            return;
+    if (*n_written < DRAIN_PORTS && target != in->id)
+        written[(*n_written)++] = target;
+}
+
+/* Up to BURST frames of one port. A port at its end (EOF, a TAP whose device is gone) leaves
+ * the poll set, as does one that fails while epoll reports an error or hang-up on it: left in,
+ * it would be reported ready forever and spin the thread. `events`: what epoll reported. */
+static void poll_port(vs_dp *dp, uint32_t port_id, uint32_t events, uint32_t *written,
+                      size_t *n_written)
+{
+    for (int i = 0; i < BURST; i++) {
+        struct dp_port *p = vs_dp_port_find(dp, port_id);
+        if (p == NULL || !p->polled)
+            return;
+        ssize_t n = read(p->fd, dp->rx, VS_DP_MAX_FRAME);
+        if (n > 0) {
+            poll_frame(dp, p, (size_t)n, written, n_written);
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n < 0)
+            dp->stats.read_errors++;
+        if (n == 0 || errno == EBADF || errno == EBADFD || (events & (EPOLLERR | EPOLLHUP)))
+            vs_dp_port_unpoll(dp, p);
+        return;
+    }
+}
+
+/* After a burst, the ports it wrote to are read once: writing to a TAP runs the receiving stack
+ * inside write(), so a reply is often queued already, and taking it now saves a wake-up per hop
+ * (runtime/port_io.py: _drain_answers). One round only, so no port starves the others. */
+static void *poll_loop(void *arg)
+{
+    vs_dp *dp = arg;
+    struct epoll_event events[BURST];
+    for (;;) {
+        int ready = epoll_wait(dp->epoll_fd, events, BURST, -1);
+        if (ready < 0 && errno != EINTR)
+            break;
+        pthread_mutex_lock(&dp->lock);
+        dp->stats.wakeups++;
+        uint32_t written[DRAIN_PORTS];
+        size_t n_written = 0;
+        int stop = 0;
+        for (int i = 0; i < ready; i++) {
+            if (events[i].data.u64 == 0)
+                stop = 1;
+            else
+                poll_port(dp, (uint32_t)events[i].data.u64, events[i].events, written,
+                          &n_written);
+        }
+        size_t drained = n_written;
+        uint32_t unused[DRAIN_PORTS];
+        size_t n_unused = 0;
+        for (size_t i = 0; i < drained; i++)
+            poll_port(dp, written[i], 0, unused, &n_unused);
+        pthread_mutex_unlock(&dp->lock);
+        if (stop)
+            break;
+    }
+    return NULL;
+}
+
+int vs_dp_start(vs_dp *dp)
+{
+    if (dp->running)
+        return 0;
+    if (pthread_create(&dp->thread, NULL, poll_loop, dp) != 0)
+        return VS_DP_EINVAL;
+    dp->running = 1;
+    return 0;
+}
+
+void vs_dp_stop(vs_dp *dp)
+{
+    if (!dp->running)
+        return;
+    vs_dp_eventfd_signal(dp->stop_fd);
+    pthread_join(dp->thread, NULL);
+    vs_dp_eventfd_reset(dp->stop_fd);
+    dp->running = 0;
+}
