@@ -51,6 +51,15 @@ _STATS = ("hits", "misses", "installs", "flushes", "entries", "capacity", "upcal
           "upcall_lost", "upcall_queued", "wakeups", "read_errors")
 
 
+def _typecode(values: object) -> str | None:
+    """The element type of an array.array or a cast memoryview, else None."""
+    if isinstance(values, array):
+        return values.typecode
+    if isinstance(values, memoryview):
+        return values.format
+    return None
+
+
 class DatapathError(Exception):
     """A call the C datapath refused (unknown port, bad argument)."""
 
@@ -87,8 +96,9 @@ class Datapath:
             if name not in _SHARED:
                 raise ValueError(f"unknown shared array {name!r}")
             typecode, capacity_field = _SHARED[name]
-            if not isinstance(values, array) or values.typecode != typecode:
-                raise ValueError(f"{name} must be an array.array of type {typecode!r}")
+            if _typecode(values) != typecode:
+                raise ValueError(f"{name} must be an array.array or memoryview of type "
+                                 f"{typecode!r}")
             view = ffi.from_buffer(_C_TYPES[typecode], values, require_writable=True)
             self._shared_views[name] = view
             setattr(self._shared, name, view)

@@ -326,3 +326,8 @@ class FlowKeyExtractor:
 def extract_flow_keys(frames: Sequence[bytes], offset: int) -> list[bytes | None]:
     """One-shot form of ``FlowKeyExtractor().extract``; a hot loop keeps an extractor instead."""
     return FlowKeyExtractor().extract(frames, offset)
+
+
+# The datapath that executes cached decisions in C (``vswitch.core.native_cache`` drives it);
+# the pure accel has none, and the switch then keeps its cache for ``core.fast_path``.
+from vswitch.accel.datapath import Datapath  # noqa: E402
