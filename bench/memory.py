@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="trace the connections step's allocations by line (slower; its "
                              "RSS figures include the tracer's own memory)")
     parser.add_argument("--json", type=Path, default=None,
-                        help="where to write the results (default bench/results/memory-<time>.json)")
+                        help="results file (default bench/results/memory-<time>.json)")
     args = parser.parse_args(argv)
     if args.pods < ENDPOINTS_PER_SERVICE or args.services < 1 or args.connections < 1:
         parser.error(f"--pods must be at least {ENDPOINTS_PER_SERVICE}, --services and "
