@@ -97,6 +97,7 @@ class Target:
     servers: tuple[tuple[str, str], ...]  # (namespace, address) of each backend
     client_ip: str
     log_paths: tuple[Path, ...] = field(default=())
+    daemon_pid: int | None = None  # vswitchd's, whose CPU time per connection is reported
 
 
 def subnets_needed(variant: str) -> tuple[int, ...]:
@@ -162,9 +163,13 @@ def build(stack: contextlib.ExitStack, procs: Processes, variant: str, suffix: s
                       pair.ip_a)
     # Node names go into namespace names: one letter per variant, as bench.py's.
     node = f"k{suffix}{'p' if variant == 'vswitch-pod' else 's'}"
-    topology, log_path = bench.start_vswitchd(
-        stack, procs, variant, node,
-        lambda workdir: vswitch_topology(variant, node, subnets, endpoints, workdir))
+    workdirs: list[Path] = []
+
+    def render(workdir: Path) -> str:
+        workdirs.append(workdir)
+        return vswitch_topology(variant, node, subnets, endpoints, workdir)
+
+    topology, log_path = bench.start_vswitchd(stack, procs, variant, node, render)
     client = topology.pod("a")
     servers = tuple((topology.pod(name).netns, str(topology.pod(name).ip))
                     for name in backend_names(variant, endpoints))
@@ -172,7 +177,22 @@ def build(stack: contextlib.ExitStack, procs: Processes, variant: str, suffix: s
         host, port = bench.cluster_ip(subnets), SERVICE_PORT
     else:
         host, port = servers[0][1], SERVER_PORT
-    return Target(variant, client.netns, host, port, servers, str(client.ip), (log_path,))
+    return Target(variant, client.netns, host, port, servers, str(client.ip), (log_path,),
+                  daemon_pid(procs, workdirs[0] / "ctl.sock"))
+
+
+def daemon_pid(procs: Processes, socket_path: Path) -> int:
+    result = procs.run([*bench.VSWITCHCTL, "--socket", str(socket_path), "status", "--json"],
+                       timeout=30)
+    if result.returncode != 0:
+        raise BenchError(f"vswitchctl status failed:\n{result.stdout}{result.stderr}")
+    return int(json.loads(result.stdout)["pid"])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of ``pid`` so far (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def compile_client(stack: contextlib.ExitStack) -> Path:
@@ -237,9 +257,23 @@ def check(procs: Processes, binary: Path, target: Target, workers: int, mode: st
                          f"{bench.log_tail(target.log_paths)}")
 
 
+def measure(procs: Processes, binary: Path, target: Target, seconds: float, workers: int,
+            mode: str) -> dict:
+    """One round: the client's figures, and vswitchd's CPU time per completed connection."""
+    before = cpu_seconds(target.daemon_pid) if target.daemon_pid else None
+    outcome = run_client(procs, binary, target, seconds, workers, mode)
+    if before is not None and outcome["connections"]:
+        spent = cpu_seconds(target.daemon_pid) - before
+        outcome["daemon_cpu_us_per_connection"] = spent * 1e6 / outcome["connections"]
+    return outcome
+
+
 def summarize(rounds: list[dict]) -> dict:
+    daemon = [r["daemon_cpu_us_per_connection"] for r in rounds
+              if r.get("daemon_cpu_us_per_connection") is not None]
     return {
         "per_second": statistics.median(r["per_second"] for r in rounds),
+        "daemon_cpu_us_per_connection": statistics.median(daemon) if daemon else None,
         "duration_us_p50": statistics.median(r["duration_us_p50"] for r in rounds),
         "duration_us_p99": statistics.median(r["duration_us_p99"] for r in rounds),
         "connections": sum(r["connections"] for r in rounds),
@@ -249,13 +283,16 @@ def summarize(rounds: list[dict]) -> dict:
 
 def render(medians: dict[str, dict]) -> str:
     base = medians.get("bridge", {}).get("per_second")
-    header = ["variant", "conn/s", "vs bridge", "p50 µs", "p99 µs", "connections", "failures"]
+    header = ["variant", "conn/s", "vs bridge", "p50 µs", "p99 µs", "vswitchd CPU µs/conn",
+              "connections", "failures"]
     rows = [header]
     for variant, m in medians.items():
         failures = ", ".join(f"{kind} {n}" for kind, n in m["failures"].items() if n) or "0"
         rows.append([variant, f"{m['per_second']:.0f}",
                      f"{m['per_second'] / base:.2f}×" if base else "-",
                      f"{m['duration_us_p50']:.0f}", f"{m['duration_us_p99']:.0f}",
+                     "-" if m["daemon_cpu_us_per_connection"] is None
+                     else f"{m['daemon_cpu_us_per_connection']:.0f}",
                      str(m["connections"]), failures])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
@@ -325,9 +362,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         for round_no in range(1, args.rounds + 1):
             for variant, target in targets.items():
                 log(f"round {round_no}/{args.rounds}: {variant}")
-                outcome = run_client(procs, binary, target, args.duration, args.workers,
-                                     args.mode)
-                raw[variant].append({"round": round_no, **outcome})
+                raw[variant].append({"round": round_no, **measure(
+                    procs, binary, target, args.duration, args.workers, args.mode)})
     medians = {variant: summarize(rounds) for variant, rounds in raw.items()}
     base = medians.get("bridge", {}).get("per_second")
     return {
