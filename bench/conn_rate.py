@@ -98,6 +98,7 @@ class Target:
     client_ip: str
     log_paths: tuple[Path, ...] = field(default=())
     daemon_pid: int | None = None  # vswitchd's, whose CPU time per connection is reported
+    socket_path: Path | None = None  # vswitchd's control socket
 
 
 def subnets_needed(variant: str) -> tuple[int, ...]:
@@ -177,16 +178,36 @@ def build(stack: contextlib.ExitStack, procs: Processes, variant: str, suffix: s
         host, port = bench.cluster_ip(subnets), SERVICE_PORT
     else:
         host, port = servers[0][1], SERVER_PORT
+    socket_path = workdirs[0] / "ctl.sock"
     return Target(variant, client.netns, host, port, servers, str(client.ip), (log_path,),
-                  daemon_pid(procs, workdirs[0] / "ctl.sock"))
+                  daemon_pid(procs, socket_path), socket_path)
+
+
+def vswitchctl(procs: Processes, socket_path: Path, *command: str) -> object:
+    result = procs.run([*bench.VSWITCHCTL, "--socket", str(socket_path), *command, "--json"],
+                       timeout=60)
+    if result.returncode != 0:
+        raise BenchError(f"vswitchctl {' '.join(command)} failed:\n{result.stdout}{result.stderr}")
+    return json.loads(result.stdout)
 
 
 def daemon_pid(procs: Processes, socket_path: Path) -> int:
-    result = procs.run([*bench.VSWITCHCTL, "--socket", str(socket_path), "status", "--json"],
-                       timeout=30)
-    if result.returncode != 0:
-        raise BenchError(f"vswitchctl status failed:\n{result.stdout}{result.stderr}")
-    return int(json.loads(result.stdout)["pid"])
+    status = vswitchctl(procs, socket_path, "status")
+    assert isinstance(status, dict)
+    return int(status["pid"])
+
+
+def endpoint_spread(procs: Processes, target: Target) -> dict[str, int]:
+    """How many of the tracked connections through the service went to each backend."""
+    assert target.socket_path is not None
+    rows = vswitchctl(procs, target.socket_path, "conntrack", "--filter", "service=default/conn")
+    assert isinstance(rows, list)
+    spread = {ip: 0 for _, ip in target.servers}
+    for row in rows:
+        dnat = row.get("dnat") or {}
+        if dnat.get("ip") in spread:
+            spread[dnat["ip"]] += 1
+    return spread
 
 
 def cpu_seconds(pid: int) -> float:
@@ -245,8 +266,10 @@ def run_client(procs: Processes, binary: Path, target: Target, seconds: float, w
     return json.loads(result.stdout)
 
 
-def check(procs: Processes, binary: Path, target: Target, workers: int, mode: str) -> None:
-    """Echoes to every server, untouched TTL; then connections must complete through the target."""
+def check(procs: Processes, binary: Path, target: Target, workers: int,
+          mode: str) -> dict[str, int] | None:
+    """Echoes to every server, untouched TTL; then connections must complete through the target
+    and, through the service, reach every backend. Returns how they spread over the backends."""
     for ns, ip in target.servers:
         bench.check_forwarding(procs, Pair(target.variant, target.ns_client, ns, target.client_ip,
                                            ip), target.log_paths)
@@ -255,6 +278,14 @@ def check(procs: Processes, binary: Path, target: Target, workers: int, mode: st
         raise BenchError(f"{target.variant}: no connection to {target.host}:{target.port} "
                          f"completed in {CHECK_SECONDS} s (failures: {outcome['failures']})"
                          f"{bench.log_tail(target.log_paths)}")
+    if target.variant != "vswitch-clusterip":
+        return None
+    spread = endpoint_spread(procs, target)
+    if not all(spread.values()):
+        raise BenchError(f"{target.variant}: {outcome['connections']} connections through "
+                         f"{target.host}:{target.port} reached only some backends: {spread}"
+                         f"{bench.log_tail(target.log_paths)}")
+    return spread
 
 
 def measure(procs: Processes, binary: Path, target: Target, seconds: float, workers: int,
@@ -352,12 +383,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         stack.callback(procs.end_all)
         binary = compile_client(stack)
         targets: dict[str, Target] = {}
+        spreads: dict[str, dict[str, int]] = {}
         for variant in args.variants:
             log(f"building {variant} on {', '.join(map(str, subnets[variant]))}")
             target = build(stack, procs, variant, suffix, subnets[variant], args.endpoints)
             tune_client_namespace(procs, target.ns_client)
             start_servers(stack, procs, binary, target)
-            check(procs, binary, target, args.workers, args.mode)
+            if (spread := check(procs, binary, target, args.workers, args.mode)) is not None:
+                log(f"{variant}: the check's connections per backend: {spread}")
+                spreads[variant] = spread
             targets[variant] = target
         for round_no in range(1, args.rounds + 1):
             for variant, target in targets.items():
@@ -375,8 +409,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             "endpoints": args.endpoints, "mode": args.mode, "variants": args.variants,
             "subnets": {variant: [str(net) for net in nets] for variant, nets in subnets.items()},
         },
-        "targets": {variant: {**asdict(t), "log_paths": [str(p) for p in t.log_paths]}
+        "targets": {variant: {**asdict(t), "log_paths": [str(p) for p in t.log_paths],
+                              "socket_path": t.socket_path and str(t.socket_path)}
                     for variant, t in targets.items()},
+        "check_connections_per_backend": spreads,
         "rounds": raw,
         "medians": medians,
         "ratios_to_bridge": {variant: m["per_second"] / base if base else None
