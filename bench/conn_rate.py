@@ -83,6 +83,7 @@ CHECK_SECONDS = 0.5
 # Inside the client's namespace only: every port a client may use, and TIME_WAIT ports reusable
 # one second after their connection closed (tcp_tw_reuse = 1; the default 2 is loopback only).
 CLIENT_SYSCTLS = {"net/ipv4/ip_local_port_range": "1024 65535", "net/ipv4/tcp_tw_reuse": "1"}
+CACHE_HIT = "cache-hit"  # the disposition of frames the flow cache carried
 FAILURES = ("refused", "timeout", "reset", "no_local_port", "closed", "other")
 
 
@@ -288,23 +289,46 @@ def check(procs: Processes, binary: Path, target: Target, workers: int,
     return spread
 
 
+def dispositions(procs: Processes, target: Target) -> dict[str, int]:
+    """vswitchd's dispositions so far: every frame received is counted in exactly one."""
+    assert target.socket_path is not None
+    stats = vswitchctl(procs, target.socket_path, "stats")
+    assert isinstance(stats, dict)
+    return dict(stats["dispositions"])
+
+
 def measure(procs: Processes, binary: Path, target: Target, seconds: float, workers: int,
             mode: str) -> dict:
-    """One round: the client's figures, and vswitchd's CPU time per completed connection."""
-    before = cpu_seconds(target.daemon_pid) if target.daemon_pid else None
+    """One round: the client's figures; for vswitchd, its CPU time per completed connection and
+    the frames per connection it received, and of those, the ones the flow cache did not carry
+    (each went through the pipeline)."""
+    if target.daemon_pid is None:
+        return run_client(procs, binary, target, seconds, workers, mode)
+    counted = dispositions(procs, target)
+    before = cpu_seconds(target.daemon_pid)
     outcome = run_client(procs, binary, target, seconds, workers, mode)
-    if before is not None and outcome["connections"]:
-        spent = cpu_seconds(target.daemon_pid) - before
-        outcome["daemon_cpu_us_per_connection"] = spent * 1e6 / outcome["connections"]
+    spent = cpu_seconds(target.daemon_pid) - before
+    grown = {name: n - counted.get(name, 0) for name, n in dispositions(procs, target).items()}
+    if outcome["connections"]:
+        per_connection = 1 / outcome["connections"]
+        outcome["daemon_cpu_us_per_connection"] = spent * 1e6 * per_connection
+        outcome["frames_per_connection"] = sum(grown.values()) * per_connection
+        outcome["pipeline_frames_per_connection"] = (
+            sum(n for name, n in grown.items() if name != CACHE_HIT) * per_connection)
+    outcome["dispositions"] = grown
     return outcome
 
 
 def summarize(rounds: list[dict]) -> dict:
-    daemon = [r["daemon_cpu_us_per_connection"] for r in rounds
-              if r.get("daemon_cpu_us_per_connection") is not None]
+    def median_of(key: str) -> float | None:
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
     return {
         "per_second": statistics.median(r["per_second"] for r in rounds),
-        "daemon_cpu_us_per_connection": statistics.median(daemon) if daemon else None,
+        "daemon_cpu_us_per_connection": median_of("daemon_cpu_us_per_connection"),
+        "frames_per_connection": median_of("frames_per_connection"),
+        "pipeline_frames_per_connection": median_of("pipeline_frames_per_connection"),
         "duration_us_p50": statistics.median(r["duration_us_p50"] for r in rounds),
         "duration_us_p99": statistics.median(r["duration_us_p99"] for r in rounds),
         "connections": sum(r["connections"] for r in rounds),
@@ -315,20 +339,25 @@ def summarize(rounds: list[dict]) -> dict:
 def render(medians: dict[str, dict]) -> str:
     base = medians.get("bridge", {}).get("per_second")
     header = ["variant", "conn/s", "vs bridge", "p50 µs", "p99 µs", "vswitchd CPU µs/conn",
-              "connections", "failures"]
+              "frames/conn", "pipeline/conn", "connections", "failures"]
     rows = [header]
     for variant, m in medians.items():
         failures = ", ".join(f"{kind} {n}" for kind, n in m["failures"].items() if n) or "0"
         rows.append([variant, f"{m['per_second']:.0f}",
                      f"{m['per_second'] / base:.2f}×" if base else "-",
                      f"{m['duration_us_p50']:.0f}", f"{m['duration_us_p99']:.0f}",
-                     "-" if m["daemon_cpu_us_per_connection"] is None
-                     else f"{m['daemon_cpu_us_per_connection']:.0f}",
+                     _cell(m["daemon_cpu_us_per_connection"], "{:.0f}"),
+                     _cell(m["frames_per_connection"], "{:.1f}"),
+                     _cell(m["pipeline_frames_per_connection"], "{:.1f}"),
                      str(m["connections"]), failures])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
