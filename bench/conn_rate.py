@@ -10,9 +10,10 @@ Usage::
 
 Issue 9 asks for the rate of new connections through a ClusterIP next to the same client
 straight to the pod over the bridge. Every packet of a bulk transfer after the first few is the
-flow cache's business; a new connection is not: its SYN, SYN-ACK, FIN and the ACKs around them
-go through the pipeline (conntrack, the endpoint choice, the NAT decision), so this rate is what
-the slow path costs.
+flow cache's business; a new connection through a service is not: its SYN, SYN-ACK, FIN and the
+ACKs around them change its tracked state, so they go through the pipeline (conntrack, the
+endpoint choice, the NAT decision), and this rate is what the slow path costs. Pod to pod, the
+cache carries every frame, so that variant shows what the per-frame wake-ups cost alone.
 
 The client, ``conn_client.c`` (compiled with gcc into a temporary directory for the run, as
 ``tap_loop.c`` is), runs ``--workers`` threads in namespace ``a``, each opening a connection,
@@ -40,11 +41,14 @@ of ports at tens of thousands of connections per second.
 
 Before anything is timed, echoes from ``a`` must reach each server with the TTL unchanged (as
 ``bench.py`` checks), and a half-second run of the client must complete connections (through
-the service for ``vswitch-clusterip``); this also resolves neighbours. Then the variants are
-measured interleaved over ``--rounds`` rounds, and the median rate per variant is reported with
-its ratio to the bridge, the median duration of a connection (p50, p99) and every failure
-summed over the rounds: connect errors (refused, timeout: no answer within 1 s, no local port),
-resets, and connections the server closed without answering.
+the service for ``vswitch-clusterip``, where every backend must have been chosen); this also
+resolves neighbours. Then the variants are measured interleaved over ``--rounds`` rounds, and the
+median rate per variant is reported with its ratio to the bridge, the median duration of a
+connection (p50, p99) and every failure summed over the rounds: connect errors (refused,
+timeout: no answer within 1 s, no local port), resets, and connections the server closed
+without answering. For ``vswitchd`` also: its CPU time per connection (``/proc/PID/stat``
+around each round) and the frames per connection it received, and how many of those the flow
+cache did not carry (its dispositions, from ``vswitchctl stats``, around each round).
 
 Addresses are random /24s inside 10.200.0.0/13 that nothing on the host overlaps (the ClusterIP
 variant takes a second one for its service CIDR); all names carry a random suffix; everything
@@ -66,7 +70,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Callable
@@ -97,7 +101,7 @@ class Target:
     port: int
     servers: tuple[tuple[str, str], ...]  # (namespace, address) of each backend
     client_ip: str
-    log_paths: tuple[Path, ...] = field(default=())
+    log_paths: tuple[Path, ...] = ()
     daemon_pid: int | None = None  # vswitchd's, whose CPU time per connection is reported
     socket_path: Path | None = None  # vswitchd's control socket
 

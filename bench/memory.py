@@ -125,9 +125,8 @@ def add_pods(switch: Switch) -> None:
 class SynFactory:
     """SYNs from each pod to any cluster IP, patched from one template frame per pod."""
 
-    def __init__(self, switch: Switch, service_count: int):
+    def __init__(self, switch: Switch):
         self._accel = switch.accel
-        self._service_count = service_count
         gateway_mac = mac_bytes(switch.topology.node.gateway_mac)
         self.templates = [
             bytearray(h.ZERO_VNET_HDR + build_frame(
@@ -152,7 +151,7 @@ class SynFactory:
 def open_connections(switch: Switch, count: int, service_count: int, seed: int) -> int:
     """``count`` SYNs through the pipeline, bursts of ``BURST`` from one pod at a time; returns
     how many came out (each must: one SYN, one DNATed frame towards a backend)."""
-    factory = SynFactory(switch, service_count)
+    factory = SynFactory(switch)
     pods = len(factory.templates)
     rng = random.Random(seed)
     forwarded = 0
