@@ -663,7 +663,7 @@ def check_forwarding(procs: Processes, pair: Pair, log_paths: Sequence[Path]) ->
     where = f"{pair.variant}: {pair.ip_a} ({pair.ns_a}) -> {target}"
     if not data["rtts_us"]:
         raise BenchError(f"{where}: none of {count} echoes was answered within 1 s; the datapath "
-                         f"does not forward{_log_tail(log_paths)}")
+                         f"does not forward{log_tail(log_paths)}")
     if pair.via_service:
         check_service(procs, pair, log_paths)
     if target != pair.ip_b:
@@ -674,7 +674,7 @@ def check_forwarding(procs: Processes, pair: Pair, log_paths: Sequence[Path]) ->
         path = (f"{pair.hops} router hop{'s' * (pair.hops != 1)} on the path" if pair.hops
                 else "no router on the path")
         raise BenchError(f"{where}: echo replies arrive with TTL {wrong}, expected {expected} "
-                         f"({path}){_log_tail(log_paths)}")
+                         f"({path}){log_tail(log_paths)}")
 
 
 def check_service(procs: Processes, pair: Pair, log_paths: Sequence[Path]) -> None:
@@ -686,13 +686,13 @@ def check_service(procs: Processes, pair: Pair, log_paths: Sequence[Path]) -> No
     except BenchError as exc:
         raise BenchError(f"{pair.variant}: nothing gets through {pair.target_ip}:"
                          f"{pair.target_port} to {pair.ip_b}: {exc}"
-                         f"{_log_tail(log_paths)}") from None
+                         f"{log_tail(log_paths)}") from None
     if not end["sum_received"]["bytes"]:
         raise BenchError(f"{pair.variant}: iperf3 through the service moved no data"
-                         f"{_log_tail(log_paths)}")
+                         f"{log_tail(log_paths)}")
 
 
-def _log_tail(log_paths: Sequence[Path], lines: int = 30) -> str:
+def log_tail(log_paths: Sequence[Path], lines: int = 30) -> str:
     text = ""
     for log_path in log_paths:
         tail = log_path.read_text(errors="replace").splitlines()[-lines:]
