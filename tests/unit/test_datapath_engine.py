@@ -635,3 +635,24 @@ def test_a_port_at_its_end_leaves_the_poll_set(threaded):
     wakeups = t.dp.stats()["wakeups"]
     time.sleep(0.2)
     assert t.dp.stats()["wakeups"] - wakeups <= 1  # not spinning
+
+
+def test_arrays_not_handed_over_make_misses_not_crashes():
+    dp = Datapath(flow_capacity=8, upcall_capacity=4)
+    dp.port_add(1, -1, 10)
+    dp.port_add(2, -1, 10)
+    dp.set_params(fdb_aging=300.0, reachable_time=30.0, generation=5)
+    dp.set_shared(fdb_seen=array("d", [NOW] * 2))  # its incarnations missing
+    routed = frame(kind="udp")
+    dp.install(key_of(1, routed, 10), generation=5, kind=FORWARD, out_port=2, dst_slot=1)
+    assert dp.process(1, routed, NOW)[0] == UPCALL
+    dp.set_shared(fdb_inc=array("I", [0, 0]))
+    assert dp.process(1, routed, NOW)[0] > 0
+    dp.install(key_of(1, routed, 10), generation=5, kind=FORWARD, out_port=2, dst_slot=1,
+               rewrite_macs=1, mtu=1500)
+    assert dp.process(1, routed, NOW)[0] == UPCALL  # no neighbour arrays
+    dp.set_shared(ct_inc=array("I", [0]))
+    translated = frame(kind="tcp")
+    dp.install(key_of(1, translated, 10), generation=5, kind=CONNECTION, out_port=2,
+               dst_slot=1)
+    assert dp.process(1, translated, NOW)[0] == UPCALL  # the other conntrack arrays missing
