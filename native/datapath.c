@@ -148,7 +148,8 @@ static const vs_dp_action *lookup(vs_dp *dp, uint8_t *key, const uint8_t *frame,
 static int fdb_fresh(const vs_dp *dp, uint32_t slot, uint32_t inc, double now)
 {
     const vs_dp_shared *s = &dp->shared;
-    return s->fdb_seen != NULL && slot < s->fdb_capacity && s->fdb_inc[slot] == inc
+    return s->fdb_seen != NULL && s->fdb_inc != NULL && slot < s->fdb_capacity
+        && s->fdb_inc[slot] == inc
         && now - s->fdb_seen[slot] < dp->params.fdb_aging;
 }
 
@@ -173,7 +174,7 @@ static int routing_allows(const vs_dp *dp, const vs_dp_action *a, const uint8_t 
     const vs_dp_shared *s = &dp->shared;
     size_t l3 = l2 + ETH_HLEN;
     size_t ihl = (size_t)(frame[l3] & 0x0f) * 4;
-    return s->nbr_since != NULL && a->nbr_slot < s->nbr_capacity
+    return s->nbr_since != NULL && s->nbr_inc != NULL && a->nbr_slot < s->nbr_capacity
         && s->nbr_inc[a->nbr_slot] == a->nbr_inc
         && now - s->nbr_since[a->nbr_slot] < dp->params.reachable_time
         && frame[l3 + 8] > 1
@@ -188,7 +189,9 @@ static int connection_allows(const vs_dp *dp, const vs_dp_action *a, const uint8
 {
     const vs_dp_shared *s = &dp->shared;
     uint32_t slot = a->ct_slot;
-    if (s->ct_inc == NULL || slot >= s->ct_capacity || s->ct_inc[slot] != a->ct_inc
+    if (s->ct_expires == NULL || s->ct_seen == NULL || s->ct_packets == NULL
+        || s->ct_bytes == NULL || s->ct_state == NULL || s->ct_flags == NULL
+        || s->ct_inc == NULL || slot >= s->ct_capacity || s->ct_inc[slot] != a->ct_inc
         || !(s->ct_flags[slot] & VS_CT_IN_TABLE) || !(now < s->ct_expires[slot]))
         return 0;
     size_t l3 = l2 + ETH_HLEN;
@@ -388,7 +391,7 @@ static int commit_state(vs_dp *dp, struct hit *hit, double now)
         s->ct_seen[a->ct_slot] = now;
         s->ct_expires[a->ct_slot] = hit->ct_expires;
     }
-    if (s->fdb_seen != NULL && a->src_slot < s->fdb_capacity
+    if (s->fdb_seen != NULL && s->fdb_inc != NULL && a->src_slot < s->fdb_capacity
         && s->fdb_inc[a->src_slot] == a->src_inc)
         s->fdb_seen[a->src_slot] = now;
     return 0;

@@ -7,7 +7,10 @@ or a decline is a difference from the reference.
 """
 from __future__ import annotations
 
+import select
+import socket
 import struct
+import time
 from array import array
 from ipaddress import IPv4Address
 from types import SimpleNamespace
@@ -21,7 +24,11 @@ from vswitch.accel.datapath import (
     PER_CONNECTION, UPCALL, Datapath,
 )
 from vswitch.core.egress import convert_framing
+from vswitch.core.fast_path import FastPath, connection_key
+from vswitch.core.flow_cache import CacheEntry
 from vswitch.pipeline.ttl import decrement_ttl
+from vswitch.tables.conntrack import ConntrackTable, Direction, FlowTuple, TcpState
+from vswitch.tables.neighbors import NeighborState, NeighborTimers
 from vswitch.wire import headers as h
 from vswitch.wire.text import PacketSpec, build_frame
 
@@ -53,7 +60,6 @@ def key_of(port: int, data: bytes, l2: int) -> bytes:
 
 
 def connection_key_of(port: int, data: bytes, l2: int) -> bytes:
-    from vswitch.core.fast_path import connection_key
     return connection_key(key_of(port, data, l2), data, l2)
 
 
@@ -469,11 +475,6 @@ def test_a_hit_is_what_the_pure_fast_path_makes_of_the_frame(case):
     """Where the C datapath answers, its bytes and conntrack changes are the pure fast path's;
     where it declines, so does the pure one, or the packet would change the entry in a way only
     the pipeline makes (a first reply, an expiry moved earlier, a TCP entry not yet assured)."""
-    from vswitch.core.fast_path import FastPath
-    from vswitch.core.flow_cache import CacheEntry
-    from vswitch.tables.conntrack import ConntrackTable, Direction, FlowTuple, TcpState
-    from vswitch.tables.neighbors import NeighborState, NeighborTimers
-
     l2 = case["l2"]
     gso = case["gso_size"] if l2 else None
     data = frame(kind=case["kind"], l2=l2, ttl=case["ttl"], flags=case["flags"],
@@ -537,3 +538,121 @@ def test_a_hit_is_what_the_pure_fast_path_makes_of_the_frame(case):
     earlier = ct.expires < expiry_before
     not_assured = case["kind"] == "tcp" and not case["assured"]
     assert replied_first or earlier or not_assured
+
+
+# ---- the poll thread, over socket pairs (packet boundaries kept, as a TAP keeps frames) ---------
+
+@pytest.fixture
+def threaded():
+    """A datapath whose ports 1 and 2 are SOCK_SEQPACKET pairs: the test writes and reads the far
+    ends. Ports are removed before the sockets close, as the datapath's contract asks."""
+    pairs = {port: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for port in (1, 2)}
+    t = Harness({})
+    for port, (near, _) in pairs.items():
+        t.dp.port_add(port, near.fileno(), 10)
+    t.dp.set_params(fdb_aging=1e12)  # the thread's clock is CLOCK_MONOTONIC: stamps of NOW
+    far = {port: pair[1] for port, pair in pairs.items()}
+    for sock in far.values():
+        sock.settimeout(5)
+    yield t, far
+    t.dp.stop()
+    for port in pairs:
+        t.dp.port_del(port)
+    for near, other in pairs.values():
+        near.close()
+        other.close()
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def test_the_thread_forwards_hits_and_queues_the_rest(threaded):
+    t, far = threaded
+    data = frame(payload=20)
+    t.install(key_of(1, data, 10))
+    t.dp.start()
+    far[1].send(data)
+    assert far[2].recv(4096) == data
+    unknown = frame(dst="10.244.1.9")
+    far[1].send(unknown)
+    assert _readable(t.dp.upcall_fd, 5)
+    assert t.dp.take_upcalls(8) == [(1, unknown)]
+    assert not _readable(t.dp.upcall_fd, 0)  # readable exactly while upcalls wait
+    assert t.dp.take_upcalls(8) == []
+    stats = t.dp.stats()
+    assert (stats["hits"], stats["misses"], stats["upcalls"]) == (1, 1, 1)
+    assert t.dp.port_counters(2)["tx_packets"] == 1
+
+
+def test_a_full_upcall_queue_drops_and_counts(threaded):
+    t, far = threaded
+    t.dp.start()
+    frames = [frame(dst=f"10.244.1.{i}") for i in range(40)]  # capacity is 16
+    for data in frames:
+        far[1].send(data)
+    deadline = time.monotonic() + 5
+    while t.dp.stats()["upcalls"] < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = t.dp.stats()
+    assert (stats["upcall_queued"], stats["upcall_lost"]) == (16, 24)
+    assert [frame_ for _, frame_ in t.dp.take_upcalls(100)] == frames[:16]
+
+
+def test_a_port_that_cannot_take_more_counts_busy_and_takes_the_count_back(threaded):
+    t, far = threaded
+    data = frame(payload=1000)
+    t.install(key_of(1, data, 10))
+    t.dp.start()
+    sent = 0
+    deadline = time.monotonic() + 10
+    while t.dp.port_counters(2)["tx_busy"] == 0 and time.monotonic() < deadline:
+        far[1].send(data)  # nobody reads port 2's far end
+        sent += 1
+        if sent % 64 == 0:
+            time.sleep(0.01)
+    while t.dp.stats()["hits"] < sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    counters = t.dp.port_counters(2)
+    assert counters["tx_busy"] > 0
+    assert counters["tx_packets"] + counters["tx_busy"] == sent
+    received = 0
+    far[2].setblocking(False)
+    while True:
+        try:
+            far[2].recv(4096)
+        except BlockingIOError:
+            break
+        received += 1
+    assert received == counters["tx_packets"]
+
+
+def test_a_port_at_its_end_leaves_the_poll_set(threaded):
+    t, far = threaded
+    t.dp.start()
+    far[1].close()  # the near end now reads end-of-file, forever
+    time.sleep(0.2)
+    wakeups = t.dp.stats()["wakeups"]
+    time.sleep(0.2)
+    assert t.dp.stats()["wakeups"] - wakeups <= 1  # not spinning
+
+
+def test_arrays_not_handed_over_make_misses_not_crashes():
+    dp = Datapath(flow_capacity=8, upcall_capacity=4)
+    dp.port_add(1, -1, 10)
+    dp.port_add(2, -1, 10)
+    dp.set_params(fdb_aging=300.0, reachable_time=30.0, generation=5)
+    dp.set_shared(fdb_seen=array("d", [NOW] * 2))  # its incarnations missing
+    routed = frame(kind="udp")
+    dp.install(key_of(1, routed, 10), generation=5, kind=FORWARD, out_port=2, dst_slot=1)
+    assert dp.process(1, routed, NOW)[0] == UPCALL
+    dp.set_shared(fdb_inc=array("I", [0, 0]))
+    assert dp.process(1, routed, NOW)[0] > 0
+    dp.install(key_of(1, routed, 10), generation=5, kind=FORWARD, out_port=2, dst_slot=1,
+               rewrite_macs=1, mtu=1500)
+    assert dp.process(1, routed, NOW)[0] == UPCALL  # no neighbour arrays
+    dp.set_shared(ct_inc=array("I", [0]))
+    translated = frame(kind="tcp")
+    dp.install(key_of(1, translated, 10), generation=5, kind=CONNECTION, out_port=2,
+               dst_slot=1)
+    assert dp.process(1, translated, NOW)[0] == UPCALL  # the other conntrack arrays missing
