@@ -93,6 +93,8 @@ def mac_for(ip: IPv4Address) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+TEST_ACCEL = os.environ.get("VSWITCH_TEST_ACCEL", "native")
+
 @dataclass(frozen=True)
 class PodSpec:
     name: str
@@ -175,6 +177,9 @@ class NodeSpec:
     segments: tuple[SegmentSpec, ...] = ()
     routes: tuple[RouteSpec, ...] = ()
     uplink: UplinkSpec | None = None
+    # Which datapath the daemon runs: the C poll thread ("native") or everything in Python
+    # ("pure"); VSWITCH_TEST_ACCEL picks it for a whole run, so the suite runs with either.
+    accel: str = field(default_factory=lambda: TEST_ACCEL)
 
     @property
     def gateway(self) -> IPv4Address:
@@ -237,6 +242,7 @@ class NodeSpec:
             "",
             "[dataplane]",
             f"offloads = {'true' if self.offloads else 'false'}",
+            f"accel = {q(self.accel)}",
             "",
             "[control]",
             f"socket = {q(self.socket)}",

@@ -26,7 +26,7 @@ from vswitch.wire import headers as h
 from vswitch.wire.addresses import BROADCAST_MAC
 from vswitch.wire.text import build_frame, parse_packet
 
-from .test_flow_cache_parity import weighted
+from .test_flow_cache_parity import same_counters, weighted
 from .test_pipeline_services import (A, A_IP, B, B_IP, C, C_IP, DNS_VIP, FAR, GW, NODE, UPLINK,
                                      VIP, VNET, _switch, _topology, mac, send)
 
@@ -162,9 +162,12 @@ def _desired_state(unready: str | None, with_dns: bool):
                 (("send", 0, "udp-s", 1, False, None), 0.0),
                 (("send", 0, "udp-c", 2, False, B_IP), 0.0),
                 (("send", 0, "udp-c", 2, False, A_IP), 0.0)])
-def test_fast_path_equals_slow_path_for_translated_connections(accel_name, steps):
-    cached = _with_trunk(_switch(accel_name))
-    plain = _with_trunk(_switch(accel_name, capacity=0))
+def test_fast_path_equals_slow_path_for_translated_connections(steps):
+    """The C datapath's cache and its pure twin's against the pipeline alone: the same bytes on
+    the same ports, and the two caches the same counters, hits included."""
+    cached = _with_trunk(_switch("native"))
+    twin = _with_trunk(_switch("pure"))
+    plain = _with_trunk(_switch("pure", capacity=0))
     backends: dict[int, str] = {}
     burst: list[bytes] = []
     burst_port = None
@@ -175,6 +178,7 @@ def test_fast_path_equals_slow_path_for_translated_connections(accel_name, steps
             got = [(t.port, t.data) for t in cached.process_batch(burst_port, burst, now)]
             want = [(t.port, t.data) for t in plain.process_batch(burst_port, burst, now)]
             assert got == want
+            assert [(t.port, t.data) for t in twin.process_batch(burst_port, burst, now)] == want
             _learn_backends(want, backends)
             burst.clear()
 
@@ -184,11 +188,13 @@ def test_fast_path_equals_slow_path_for_translated_connections(accel_name, steps
             now += delay
             if delay >= 3.0:
                 assert ([(t.port, t.data) for t in cached.handle_timer(now)]
-                        == [(t.port, t.data) for t in plain.handle_timer(now)])
+                        == [(t.port, t.data) for t in plain.handle_timer(now)]
+                        == [(t.port, t.data) for t in twin.handle_timer(now)])
         if step[0] == "program":
             pods, services = _desired_state(step[1], step[2])
             assert (cached.programming.program(pods, services, now)
-                    == plain.programming.program(pods, services, now))
+                    == plain.programming.program(pods, services, now)
+                    == twin.programming.program(pods, services, now))
             continue
         if step[0] == "send" and step[1] not in backends:
             send_burst()  # which backend the client's frames reach decides where replies come from
@@ -199,4 +205,6 @@ def test_fast_path_equals_slow_path_for_translated_connections(accel_name, steps
         burst.extend(frames)
     send_burst()
     assert conntrack_rows(cached, now) == conntrack_rows(plain, now)
-    assert fdb_rows(cached, now) == fdb_rows(plain, now)
+    assert conntrack_rows(twin, now) == conntrack_rows(plain, now)
+    assert fdb_rows(cached, now) == fdb_rows(plain, now) == fdb_rows(twin, now)
+    assert same_counters(cached, twin)

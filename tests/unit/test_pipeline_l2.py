@@ -279,7 +279,10 @@ def test_gso_frames_pass_between_offload_ports_untouched(switch):
                        payload=tcp, df=True)
     big = vnet + builders.ethernet(B_MAC, A_MAC, 0x0800, ip)
     txs = switch.process_batch(A, [big, big], 1.0)
-    assert [(t.port, t.data is big) for t in txs] == [(B, True), (B, True)]
+    assert [(t.port, t.data == big) for t in txs] == [(B, True), (B, True)]
+    if switch.datapath is None:
+        # The pure path passes the very object on (the C datapath writes its own copy).
+        assert all(t.data is big for t in txs)
 
 
 def test_frames_lose_or_gain_the_virtio_header_between_unlike_ports(topology):

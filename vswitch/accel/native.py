@@ -330,4 +330,4 @@ def extract_flow_keys(frames: Sequence[bytes], offset: int) -> list[bytes | None
 
 # The datapath that executes cached decisions in C (``vswitch.core.native_cache`` drives it);
 # the pure accel has none, and the switch then keeps its cache for ``core.fast_path``.
-from vswitch.accel.datapath import Datapath  # noqa: E402
+from vswitch.accel.datapath import Datapath  # noqa: E402,F401 (re-exported)
