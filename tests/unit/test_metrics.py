@@ -38,6 +38,12 @@ def test_counters_of_the_switch_become_metrics(switch):
     assert samples[stage] == 1
     assert samples[("vswitch_dispositions_total", (("disposition", "dropped"), ("node", "unit")))] == 1
     assert samples[("vswitch_fdb_entries", (("node", "unit"),))] == 1
+    upcalls = ("vswitch_datapath_upcalls_total", (("node", "unit"),))
+    if switch.datapath is not None:
+        # Both frames went to the pipeline: no flow was cached yet.
+        assert samples[upcalls] == 2
+    else:
+        assert upcalls not in samples
 
 
 async def test_the_endpoint_answers_get_metrics_and_404_otherwise(switch):

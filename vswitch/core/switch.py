@@ -428,6 +428,15 @@ class Switch:
         cache.set_generation(self._generation())
         cache.set_upcall_all(bool(self.tracer.captures.active), set(self.tracer.armed))
 
+    def _datapath_statistics(self) -> dict:
+        """The C datapath's own counters, when it runs: what it handed to the pipeline and what
+        it lost (a full upcall queue drops frames: that must show)."""
+        if self.datapath is None:
+            return {}
+        s = self.datapath.stats()
+        return {"datapath": {key: s[key] for key in ("upcalls", "upcall_lost", "upcall_queued",
+                                                     "wakeups", "read_errors")}}
+
     def statistics(self) -> dict:
         cache = self.flow_cache.statistics()
         return {
@@ -451,6 +460,7 @@ class Switch:
                          "affinity_entries": self.services.affinity_count()},
             "overlay": {"nodes": len(self.overlay), "refused": dict(self.overlay.refused)},
             "unknown_port_frames": self.unknown_port_frames,
+            **self._datapath_statistics(),
             "descriptions": {"stages": self.counters.descriptions(),
                              "dispositions": {counter_name(d): d.value for d in Disposition}},
         }

@@ -82,6 +82,16 @@ class SwitchCollector:
                      stats["services"]["programmed"])
         yield _counter("vswitch_icmp_errors_rate_limited", "ICMP errors not sent: rate limit",
                        node, stats["icmp_rate_limited"])
+        datapath = stats.get("datapath")
+        if datapath is not None:
+            for key, help_text in (
+                    ("upcalls", "frames the C datapath handed to the pipeline"),
+                    ("upcall_lost", "frames dropped because the upcall queue was full"),
+                    ("wakeups", "wake-ups of the C datapath's poll thread"),
+                    ("read_errors", "failed reads of the C datapath's poll thread")):
+                yield _counter(f"vswitch_datapath_{key}", help_text, node, datapath[key])
+            yield _gauge("vswitch_datapath_upcall_queued", "frames waiting for the pipeline",
+                         node, datapath["upcall_queued"])
         membership = stats.get("membership")
         if membership is not None:
             yield _gauge("vswitch_membership_connected", "1 while the cluster store answers",
