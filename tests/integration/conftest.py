@@ -18,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import (  # noqa: E402  (the path above makes the sibling module importable)
+    DATAPATHS,
     Daemon,
     PodSpec,
     PYTHON,
@@ -112,8 +113,9 @@ def make_daemon(
         pytest.fail(f"the daemon left kernel objects or processes behind: {leaked}")
 
 
-@pytest.fixture(scope="session")
-def shared_daemon(netns_environment: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+@pytest.fixture(scope="session", params=DATAPATHS)
+def shared_daemon(netns_environment: None, tmp_path_factory: pytest.TempPathFactory,
+                  request: pytest.FixtureRequest) -> Iterator[Daemon]:
     """One node with three pods and the host port, for the many tests that only read and send.
 
     Pod ``alpha`` runs an HTTP server bound to 127.0.0.1 as a container, so a localhost test can
@@ -128,6 +130,7 @@ def shared_daemon(netns_environment: None, tmp_path_factory: pytest.TempPathFact
     (www / "index.html").write_text("vswitch localhost test\n")
     server = (PYTHON, "-m", "http.server", "8080", "--bind", "127.0.0.1", "--directory", str(www))
     daemon = Daemon(make_node_spec(workdir, ()), workdir)
+    daemon.update_spec(accel=request.param)
     daemon.replace_pods((
         PodSpec("alpha", containers=(("srv", server),)),
         PodSpec("bravo"),

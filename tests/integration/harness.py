@@ -94,6 +94,8 @@ def mac_for(ip: IPv4Address) -> str:
 
 
 TEST_ACCEL = os.environ.get("VSWITCH_TEST_ACCEL", "native")
+# The daemons most tests share run once with each datapath: the C poll thread and pure Python.
+DATAPATHS = ("native", "pure")
 
 @dataclass(frozen=True)
 class PodSpec:

@@ -30,6 +30,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from harness import (
+    DATAPATHS,
     PYTHON,
     TCP_SINK_SCRIPT,
     TCP_SOURCE_SCRIPT,
@@ -80,9 +81,11 @@ def routed_daemon(workdir: Path, *, offloads: bool = True) -> Daemon:
     return daemon
 
 
-@pytest.fixture(scope="module")
-def routed(netns_environment: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+@pytest.fixture(scope="module", params=DATAPATHS)
+def routed(netns_environment: None, tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[Daemon]:
     daemon = routed_daemon(tmp_path_factory.mktemp("routed-node"))
+    daemon.update_spec(accel=request.param)
     try:
         daemon.start()
         yield daemon

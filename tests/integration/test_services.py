@@ -18,6 +18,7 @@ other test at the mercy of evictions; that test has a node of its own (``small_t
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import time
@@ -27,7 +28,7 @@ from typing import Iterator
 
 import pytest
 
-from harness import Daemon, read_line, terminate
+from harness import DATAPATHS, Daemon, read_line, terminate
 from services_support import (
     FIXED_PORT_UDP,
     FLOOD_UDP,
@@ -87,11 +88,11 @@ def web_services(spec: ServiceNodeSpec) -> tuple[dict, ...]:
     )
 
 
-@pytest.fixture(scope="module")
-def node(netns_environment: None,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceNode]:
+@pytest.fixture(scope="module", params=DATAPATHS)
+def node(netns_environment: None, tmp_path_factory: pytest.TempPathFactory,
+         request: pytest.FixtureRequest) -> Iterator[ServiceNode]:
     workdir = tmp_path_factory.mktemp("services-node")
-    spec = make_service_node(workdir)
+    spec = dataclasses.replace(make_service_node(workdir), accel=request.param)
     service_node = ServiceNode(Daemon(spec, workdir))
     server = service_node.server_command
     web = ("tcp:8080", "udp:8080", "sink:7000")
