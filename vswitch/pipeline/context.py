@@ -152,8 +152,15 @@ class Env:
         self.segments = segments
         self.segment_ports = segment_ports
         self.local_ips = {s.gateway_ip: s.index for s in segments}
+        # Unicast-looking addresses a router never routes: 0.0.0.0 and each segment's broadcast
+        # address (multicast and above are told by their first byte).
+        self.unroutable = frozenset([bytes(4)] + [s.cidr.broadcast_address.packed
+                                                   for s in segments])
         self.accel = accel
         self.counters = counters
+        # ``count(member, n=1)``: the counters' own ``add``, bound here so that a stage's count
+        # is one call, not two.
+        self.count = counters.add
         self.commit = commit
         self.nat = nat if nat is not None else NatContext()
         self.overlay = overlay if overlay is not None else OverlayTable(fib, None, None)
@@ -174,9 +181,6 @@ class Env:
                   commit=False, nat=self.nat, overlay=self.overlay)
         env.now = self.now
         return env
-
-    def count(self, member: enum.Enum, n: int = 1) -> None:
-        self.counters.add(member, n)
 
     def drop(self, pkt: Packet, member: enum.Enum) -> tuple[Drop]:
         return (self.drop_action(pkt, member),)

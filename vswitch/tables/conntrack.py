@@ -351,10 +351,13 @@ class ConntrackTable:
         ``evictions``) and dead ones whose tuples or room it takes (counted in ``reclaimed``, and
         in ``expired``)."""
         reply = self.reply_tuple(original, dnat, snat)
+        by_original, by_reply = self._by_original, self._by_reply
         for t in (original, reply):
-            holder = self._holder(t)
+            holder = by_original.get(t)
             if holder is None:
-                continue
+                holder = by_reply.get(t)
+                if holder is None:
+                    continue
             if now >= holder.expires:
                 self._discard(holder)
                 self._counts["expired"] += 1
@@ -362,7 +365,7 @@ class ConntrackTable:
             else:
                 self._counts["clashes"] += 1
                 return None
-        if len(self._by_original) >= self.max_entries:
+        if len(by_original) >= self.max_entries:
             self._counts["reclaimed"] += len(self.expire(now))
             while len(self._by_original) >= self.max_entries:
                 if not self._unreplied:
@@ -388,11 +391,14 @@ class ConntrackTable:
         entry = Entry(original, reply, dnat, snat, now, now + timeout, state,
                       labels if labels is not None else {})
         entry._in_table = True
-        self._by_original[original] = entry
-        self._by_reply[reply] = entry
+        by_original[original] = entry
+        by_reply[reply] = entry
         self._unreplied[entry] = None
         if dnat is not None:
-            self._by_endpoint.setdefault(dnat[0], {})[entry] = None
+            group = self._by_endpoint.get(dnat[0])
+            if group is None:
+                group = self._by_endpoint[dnat[0]] = {}
+            group[entry] = None
         if dnat is not None or snat is not None:
             pair = (reply.src, reply.dst)
             count = self._reply_pairs.get(pair, 0)

@@ -8,7 +8,7 @@ valid.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from vswitch.model import Service, ServicePort
@@ -25,11 +25,12 @@ class Backend:
     port: int  # the resolved target port
     pod: str | None  # the pod's name, or None for an explicit (selector-less) endpoint
     local: bool  # on this node
+    # The backend's stable name ("10.244.1.10:8080"), which seeds its Maglev permutation and
+    # labels each connection to it: made once, with the backend, not per connection.
+    name: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        """The backend's stable name ("10.244.1.10:8080"), which seeds its Maglev permutation."""
-        return f"{IPv4Address(self.ip)}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", f"{IPv4Address(self.ip)}:{self.port}")
 
 
 class NoBackend(enum.Enum):

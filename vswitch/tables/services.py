@@ -69,7 +69,8 @@ __all__ = ["NODE_PORT_TYPES", "PROTOCOL_NUMBERS", "Backend", "FrontendKey", "Fro
 
 
 def _is(value: str, expected: str) -> bool:
-    return value.lower() == expected
+    """Settings compare case-insensitively; ``expected`` is lower case, as values usually are."""
+    return value == expected or value.lower() == expected
 
 
 class _Affinity:
@@ -217,6 +218,12 @@ class ServiceTable:
         if entry is None or now >= entry.expires or entry.backend not in candidates:
             return None
         return entry
+
+    @staticmethod
+    def uses_flow_hash(match: ServiceMatch) -> bool:
+        """Whether ``choose`` may read ``flow_hash`` for this match (Maglev among several
+        backends): the caller can skip hashing the flow otherwise."""
+        return len(match.backends) > 1 and _is(match.service.load_balancer, "maglev")
 
     def choose(self, match: ServiceMatch, *, client_ip: bytes, flow_hash: int, now: float,
                from_outside: bool, commit: bool = True) -> Backend | None:
