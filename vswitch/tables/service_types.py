@@ -52,6 +52,26 @@ class ServiceMatch:
     port: ServicePort
     kind: FrontendKind
     backends: tuple[Backend, ...]  # the ready backends of this service port, sorted by (ip, port)
+    # What every new connection through this frontend asks of the service's settings, worked
+    # out once here (the settings compare case-insensitively) rather than per connection.
+    local_backends: tuple[Backend, ...] = field(init=False, repr=False, compare=False)
+    local_always: bool = field(init=False, repr=False, compare=False)  # internal policy Local
+    local_from_outside: bool = field(init=False, repr=False, compare=False)  # external Local
+    affinity: bool = field(init=False, repr=False, compare=False)  # ClientIP affinity
+    maglev: bool = field(init=False, repr=False, compare=False)  # load balancer Maglev
+
+    def __post_init__(self) -> None:
+        service, cluster_ip = self.service, self.kind is FrontendKind.CLUSTER_IP
+        settings = {
+            "local_backends": tuple(b for b in self.backends if b.local),
+            "local_always": cluster_ip and service.internal_traffic_policy.lower() == "local",
+            "local_from_outside": (not cluster_ip
+                                   and service.external_traffic_policy.lower() == "local"),
+            "affinity": service.session_affinity.lower() == "clientip",
+            "maglev": service.load_balancer.lower() == "maglev",
+        }
+        for name, value in settings.items():
+            object.__setattr__(self, name, value)
 
     @property
     def port_key(self) -> PortKey:
