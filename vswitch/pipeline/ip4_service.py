@@ -140,12 +140,13 @@ def process(pkt: Packet, env: Env):
         entry = _dry_entry(env, flow, backend, snat)
         tracked_flows.apply(pkt, env, entry, Direction.ORIGINAL)
         return _next(pkt, env)
-    entry = env.conntrack.create(flow, env.now, dnat=(backend.ip, backend.port), snat=snat,
-                                 labels={"service": service.key, "port": match.port.name,
-                                         "kind": match.kind.value, "backend": backend.name})
+    conntrack = nat.conntrack
+    entry = conntrack.create(flow, env.now, dnat=(backend.ip, backend.port), snat=snat,
+                             labels={"service": match.service_key, "port": match.port.name,
+                                     "kind": match.kind_value, "backend": backend.name})
     if entry is None:
         return env.drop(pkt, Counter.TABLE_FULL)
-    env.conntrack.update(entry, Direction.ORIGINAL, env.now, pkt.tcp_flags, pkt.ip.total_length)
+    conntrack.update(entry, Direction.ORIGINAL, env.now, pkt.tcp_flags, pkt.ip.total_length)
     env.count(Counter.NEW_CONNECTIONS)
     if counter is not None:
         env.count(counter)
