@@ -234,9 +234,10 @@ def apply(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> None:
     if ip.mf and not ip.fragment_offset and env.commit:
         env.nat.fragments.record(fragment_key(pkt), FirstFragment.TRANSLATED, env.now, entry,
                                  direction)
-    target = _target(entry, direction)
-    packet = translate(current_packet(pkt), src=target.src, sport=target.sport, dst=target.dst,
-                       dport=target.dport, partial=_partial(pkt), accel=env.accel)
+    # The target tuple (``_target``) read from the other direction's tuple, reversed in place.
+    seen = entry.reply if direction is Direction.ORIGINAL else entry.original
+    packet = translate(current_packet(pkt), src=seen.dst, sport=seen.dport, dst=seen.src,
+                       dport=seen.sport, partial=_partial(pkt), accel=env.accel)
     _adopt(pkt, packet, entry, direction)
 
 
