@@ -8,11 +8,11 @@ valid.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
-from ipaddress import IPv4Address
 
 from vswitch.model import Service, ServicePort
+from vswitch.wire.addresses import ip_text
 
 # (service key, protocol, port): what Kubernetes keeps unique among a service's ports.
 PortKey = tuple[str, str, int]
@@ -26,12 +26,11 @@ class Backend:
     port: int  # the resolved target port
     pod: str | None  # the pod's name, or None for an explicit (selector-less) endpoint
     local: bool  # on this node
-    # The backend's stable name ("10.244.1.10:8080"), which seeds its Maglev permutation and
-    # labels each connection to it: made once, with the backend, not per connection.
-    name: str = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "name", f"{IPv4Address(self.ip)}:{self.port}")
+    @property
+    def name(self) -> str:
+        """The backend's stable name ("10.244.1.10:8080"), which seeds its Maglev permutation."""
+        return f"{ip_text(self.ip)}:{self.port}"
 
 
 class NoBackend(enum.Enum):
