@@ -452,7 +452,9 @@ class ConntrackTable:
         if not entry._in_table:
             self._counts["invalid"] += 1
             return Verdict.INVALID
-        d = direction.value
+        # ``_value_`` is the member's value as a plain attribute: ``.value`` is a Python-level
+        # property call, paid on every packet of every connection.
+        d = direction._value_
         proto = entry.original.proto
         if proto != _TCP:
             if d == 1 and not entry.replied:
@@ -476,7 +478,7 @@ class ConntrackTable:
             self._counts["invalid"] += 1
             return Verdict.INVALID
         old = entry.tcp_state
-        new = TRANSITIONS[d][cls][old.value]
+        new = TRANSITIONS[d][cls][old._value_]
         if new is old is TcpState.ESTABLISHED and entry.assured:
             # The common case, a segment of an established connection: only the clock moves.
             entry.packets[d] += 1
@@ -537,7 +539,7 @@ class ConntrackTable:
             self._set_expires(entry, now)
             return Verdict.ACCEPT
         # A RST always leads to CLOSE, so its short timeout is CLOSE's.
-        self._set_expires(entry, now + self._tcp_timeout[new.value])
+        self._set_expires(entry, now + self._tcp_timeout[new._value_])
         return Verdict.ACCEPT
 
     def _count(self, entry: Entry, d: int, now: float, length: int) -> None:
