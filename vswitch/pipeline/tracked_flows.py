@@ -234,7 +234,7 @@ def apply(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> None:
     if ip.mf and not ip.fragment_offset and env.commit:
         env.nat.fragments.record(fragment_key(pkt), FirstFragment.TRANSLATED, env.now, entry,
                                  direction)
-    # The target tuple (``_target``) read from the other direction's tuple, reversed in place.
+    # The target tuple (``_target``), read off the other direction's tuple without building it.
     seen = entry.reply if direction is Direction.ORIGINAL else entry.original
     packet = translate(current_packet(pkt), src=seen.dst, sport=seen.dport, dst=seen.src,
                        dport=seen.sport, partial=_partial(pkt), accel=env.accel)
