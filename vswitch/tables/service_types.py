@@ -8,8 +8,7 @@ valid.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 
 from vswitch.model import Service, ServicePort
 
@@ -52,42 +51,30 @@ class ServiceMatch:
     port: ServicePort
     kind: FrontendKind
     backends: tuple[Backend, ...]  # the ready backends of this service port, sorted by (ip, port)
-    # What every new connection through this frontend asks of the service's settings, worked
-    # out at the first connection that asks (the settings compare case-insensitively) and kept:
-    # not per connection, and not for every match a ``program`` makes.
+    # What every new connection through this frontend asks of the service's settings (which
+    # compare case-insensitively), worked out once with the match rather than per connection.
+    local_backends: tuple[Backend, ...] = field(init=False, repr=False, compare=False)
+    local_always: bool = field(init=False, repr=False, compare=False)  # internal policy Local
+    # The external traffic policy Local confines node-port and external-IP connections from
+    # outside.
+    local_from_outside: bool = field(init=False, repr=False, compare=False)
+    affinity: bool = field(init=False, repr=False, compare=False)  # ClientIP affinity
+    maglev: bool = field(init=False, repr=False, compare=False)  # the Maglev load balancer
+    service_key: str = field(init=False, repr=False, compare=False)
+    kind_value: str = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def local_backends(self) -> tuple[Backend, ...]:
-        return tuple(b for b in self.backends if b.local)
-
-    @cached_property
-    def local_always(self) -> bool:
-        """The internal traffic policy Local confines a cluster IP's connections."""
-        return (self.kind is FrontendKind.CLUSTER_IP
-                and self.service.internal_traffic_policy.lower() == "local")
-
-    @cached_property
-    def local_from_outside(self) -> bool:
-        """The external traffic policy Local confines node-port and external-IP connections
-        from outside."""
-        return (self.kind is not FrontendKind.CLUSTER_IP
-                and self.service.external_traffic_policy.lower() == "local")
-
-    @cached_property
-    def affinity(self) -> bool:
-        return self.service.session_affinity.lower() == "clientip"
-
-    @cached_property
-    def maglev(self) -> bool:
-        return self.service.load_balancer.lower() == "maglev"
-
-    @cached_property
-    def service_key(self) -> str:
-        return self.service.key
-
-    @cached_property
-    def kind_value(self) -> str:
-        return self.kind.value
+    def __post_init__(self) -> None:
+        service, cluster_ip = self.service, self.kind is FrontendKind.CLUSTER_IP
+        # One update of the instance's dict: the class is frozen, and this is its construction.
+        self.__dict__.update(
+            local_backends=tuple(b for b in self.backends if b.local),
+            local_always=cluster_ip and service.internal_traffic_policy.lower() == "local",
+            local_from_outside=(not cluster_ip
+                                and service.external_traffic_policy.lower() == "local"),
+            affinity=service.session_affinity.lower() == "clientip",
+            maglev=service.load_balancer.lower() == "maglev",
+            service_key=service.key,
+            kind_value=self.kind.value)
 
     @property
     def port_key(self) -> PortKey:
