@@ -3,7 +3,8 @@
 Each stage declares an enum whose members are its counters and whose values are descriptions a user
 can read without the source. Counting is a dict increment keyed by the member's ``id`` (members are
 singletons; an enum member's own hash is a Python-level call), so stages pay neither string
-formatting nor enum hashing on the packet path.
+formatting nor enum hashing on the packet path. Every declared member has its key from the start,
+so an increment is two dict operations done in C and never a miss.
 """
 from __future__ import annotations
 
@@ -53,12 +54,11 @@ class StageCounters:
 
     def __init__(self, stages: dict[str, type[enum.Enum]]):
         self._stage_of = {counters: name for name, counters in stages.items()}
-        self._counts: dict[int, int] = {}  # id(member) -> count
+        self._counts: dict[int, int] = {id(m): 0 for counters in stages.values() for m in counters}
         self._stages = stages
 
     def add(self, member: enum.Enum, n: int = 1) -> None:
-        key = id(member)
-        self._counts[key] = self._counts.get(key, 0) + n
+        self._counts[id(member)] += n
 
     def get(self, member: enum.Enum) -> int:
         return self._counts.get(id(member), 0)

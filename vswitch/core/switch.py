@@ -326,15 +326,17 @@ class Switch:
         port = pkt.port
         disposition = Disposition.LOCAL
         for action in actions:
-            if isinstance(action, Forward):
+            # Actions are final classes: their class tells them apart without isinstance calls.
+            kind = action.__class__
+            if kind is Forward:
                 if disposition is Disposition.LOCAL:
                     disposition = Disposition.FORWARDED
                 self.egress.forward(out, port, action, pkt.data)
-            elif isinstance(action, Reply):
+            elif kind is Reply:
                 self.egress.send_generated(out, action.port, action.frame)
-            elif isinstance(action, Hold):
+            elif kind is Hold:
                 disposition = Disposition.QUEUED
-            elif isinstance(action, Drop):
+            elif kind is Drop:
                 disposition = Disposition.DROPPED
                 counters.rx_drops[action.reason] += 1
         if not released:

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from vswitch.core.counters import StageCounters, counter_name
 from vswitch.core.port_spec import PortSpec
@@ -80,50 +80,48 @@ class Packet:
     headers are ``wire.views`` (read with struct; construct declares them).
     """
 
-    __slots__ = ("port", "data", "l2_offset", "vnet", "eth", "l3_offset", "arp", "ip", "trace",
-                 "cacheable", "src_entry", "dst_entry", "route", "neighbor", "egress_mtu",
-                 "icmp_error", "pending_drop", "out_packets", "rewrite", "ip_packet", "ct",
-                 "flow", "flow_checked", "tcp_flags", "l2_out_port", "conn_out_port", "encap",
-                 "decapsulated_from", "out_vnet")
+    # What a stage has not set yet reads as the class's default: a packet is made per frame on
+    # the slow path, and only the fields ``__init__`` sets cost anything. Defaults are immutable
+    # (stages assign fields, never change them in place).
+    vnet: Any = None
+    eth: Any = None
+    arp: Any = None
+    ip: Any = None
+    # Set by the stage that makes a decision depending only on the flow key and on tables
+    # covered by the generation number; the switch then memoises it in the flow cache.
+    cacheable = False
+    src_entry: FdbEntry | None = None
+    dst_entry: FdbEntry | None = None
+    # Routing state, filled in by the ip4-* stages.
+    route: Route | None = None
+    neighbor: Neighbor | None = None
+    egress_mtu = 0
+    icmp_error: tuple[int, int, bytes] | None = None  # type, code, 4 "rest" bytes
+    pending_drop: Drop | None = None
+    out_packets: Sequence[bytes] = ()  # IPv4 packets (rewritten, maybe fragments) to send
+    rewrite: bytes | None = None  # new Ethernet dst+src for a cacheable routed decision
+    # Connection tracking and NAT, filled in by the conntrack stages.
+    ip_packet: bytes | None = None  # the IPv4 packet after NAT (None: as received)
+    ct: Any = None  # (conntrack Entry, Direction) once the packet is tracked
+    flow: Any = None  # its FlowTuple, once computed
+    flow_checked = False
+    tcp_flags: int | None = None
+    l2_out_port: int | None = None  # the port l2-forward chose, for l2-conntrack
+    # Set when a translated packet's decision may be cached per connection: the output port.
+    conn_out_port: int | None = None
+    # Set by vxlan-encap: how the packet leaves for another node (a ``tunnel.Encapsulation``,
+    # which a cacheable decision keeps). Set by vxlan-decap: the node the packet came from;
+    # such a decision is never cached under the key of the frame as received (the outer one).
+    encap: Any = None
+    decapsulated_from: Any = None
+    out_vnet: bytes | None = None  # the virtio-net header of what leaves, if not data's
 
     def __init__(self, port: PortSpec, data: bytes, l2_offset: int, trace: Trace | None = None):
         self.port = port
         self.data = data
         self.l2_offset = l2_offset
         self.l3_offset = l2_offset + 14
-        self.vnet: Any = None
-        self.eth: Any = None
-        self.arp: Any = None
-        self.ip: Any = None
         self.trace = trace
-        # Set by the stage that makes a decision depending only on the flow key and on tables
-        # covered by the generation number; the switch then memoises it in the flow cache.
-        self.cacheable = False
-        self.src_entry: FdbEntry | None = None
-        self.dst_entry: FdbEntry | None = None
-        # Routing state, filled in by the ip4-* stages.
-        self.route: Route | None = None
-        self.neighbor: Neighbor | None = None
-        self.egress_mtu = 0
-        self.icmp_error: tuple[int, int, bytes] | None = None  # type, code, 4 "rest" bytes
-        self.pending_drop: Drop | None = None
-        self.out_packets: list[bytes] = []  # IPv4 packets (rewritten, maybe fragments) to send
-        self.rewrite: bytes | None = None  # new Ethernet dst+src for a cacheable routed decision
-        # Connection tracking and NAT, filled in by the conntrack stages.
-        self.ip_packet: bytes | None = None  # the IPv4 packet after NAT (None: as received)
-        self.ct: Any = None  # (conntrack Entry, Direction) once the packet is tracked
-        self.flow: Any = None  # its FlowTuple, once computed
-        self.flow_checked = False
-        self.tcp_flags: int | None = None
-        self.l2_out_port: int | None = None  # the port l2-forward chose, for l2-conntrack
-        # Set when a translated packet's decision may be cached per connection: the output port.
-        self.conn_out_port: int | None = None
-        # Set by vxlan-encap: how the packet leaves for another node (a ``tunnel.Encapsulation``,
-        # which a cacheable decision keeps). Set by vxlan-decap: the node the packet came from;
-        # such a decision is never cached under the key of the frame as received (the outer one).
-        self.encap: Any = None
-        self.decapsulated_from: Any = None
-        self.out_vnet: bytes | None = None  # the virtio-net header of what leaves, if not data's
 
     @property
     def frame(self) -> bytes:
@@ -152,8 +150,15 @@ class Env:
         self.segments = segments
         self.segment_ports = segment_ports
         self.local_ips = {s.gateway_ip: s.index for s in segments}
+        # Unicast-looking addresses a router never routes: 0.0.0.0 and each segment's broadcast
+        # address (multicast and above are told by their first byte).
+        self.unroutable = frozenset([bytes(4)] + [s.cidr.broadcast_address.packed
+                                                   for s in segments])
         self.accel = accel
         self.counters = counters
+        # ``count(member, n=1)``: the counters' own ``add``, bound here so that a stage's count
+        # is one call, not two.
+        self.count = counters.add
         self.commit = commit
         self.nat = nat if nat is not None else NatContext()
         self.overlay = overlay if overlay is not None else OverlayTable(fib, None, None)
@@ -174,9 +179,6 @@ class Env:
                   commit=False, nat=self.nat, overlay=self.overlay)
         env.now = self.now
         return env
-
-    def count(self, member: enum.Enum, n: int = 1) -> None:
-        self.counters.add(member, n)
 
     def drop(self, pkt: Packet, member: enum.Enum) -> tuple[Drop]:
         return (self.drop_action(pkt, member),)

@@ -16,6 +16,12 @@ from vswitch.wire.addresses import ip_text, mac_text
 NAME = "eth-input"
 NEXT = ("port-security",)
 
+# Plain ints: an enum member costs a class attribute lookup per use on the packet path.
+_IPV4 = int(h.EtherType.IPV4)
+_ARP = int(h.EtherType.ARP)
+_TAGGED = (int(h.EtherType.VLAN), int(h.EtherType.QINQ))
+_ARP_ETHERNET_IPV4 = (1, _IPV4, 6, 4)  # htype, ptype, hlen, plen
+
 
 class Counter(enum.Enum):
     FRAMES = "frames that entered the pipeline"
@@ -49,14 +55,14 @@ def process(pkt: Packet, env: Env):
     if trace is not None:
         trace.note(NAME, f"Ethernet {mac_text(eth.src)} > {mac_text(eth.dst)}, "
                          f"ethertype {ethertype:#06x}, {len(data) - l2} bytes")
-    if ethertype in (h.EtherType.VLAN, h.EtherType.QINQ):
+    if ethertype in _TAGGED:
         return env.drop(pkt, Counter.VLAN_TAGGED)
     available = len(data) - l3
-    if ethertype == h.EtherType.ARP:
+    if ethertype == _ARP:
         if available < h.ARP_LEN:
             return env.drop(pkt, Counter.MALFORMED_ARP)
         arp = views.Arp(data, l3)
-        if (arp.htype, arp.ptype, arp.hlen, arp.plen) != (1, h.EtherType.IPV4, 6, 4):
+        if (arp.htype, arp.ptype, arp.hlen, arp.plen) != _ARP_ETHERNET_IPV4:
             return env.drop(pkt, Counter.MALFORMED_ARP)
         pkt.arp = arp
         if trace is not None:
@@ -66,7 +72,7 @@ def process(pkt: Packet, env: Env):
             trace.note(NAME, f"ARP {op}: who-has {ip_text(arp.tpa)} tell {ip_text(arp.spa)} "
                              f"({mac_text(arp.sha)})")
         return "port-security"
-    if ethertype != h.EtherType.IPV4:
+    if ethertype != _IPV4:
         return env.drop(pkt, Counter.UNSUPPORTED_ETHERTYPE)
     if available < h.IPV4_MIN_HEADER_LEN:
         return env.drop(pkt, Counter.TRUNCATED_IPV4)

@@ -14,7 +14,7 @@ import enum
 from vswitch.core.port_spec import PortSpec
 from vswitch.core.actions import Reply
 from vswitch.pipeline.context import Env, Packet
-from vswitch.wire import builders, headers as h
+from vswitch.wire import builders, headers as h, views
 from vswitch.wire.addresses import ip_text
 
 NAME = "ip4-icmp-error"
@@ -42,8 +42,7 @@ _NAMES = {(11, 0): "time exceeded", (3, 0): "network unreachable", (3, 1): "host
           (3, 3): "port unreachable", (3, 4): "fragmentation needed"}
 
 
-def _suppressed(original: bytes) -> str | None:
-    ip = h.IPV4.parse(original[: h.IPV4_MIN_HEADER_LEN])
+def _suppressed(original: bytes, ip: views.Ipv4) -> str | None:
     if ip.fragment_offset:
         return "the packet is a non-first fragment"
     if ip.src[0] >= 224 or ip.src == bytes(4) or ip.dst[0] >= 224:
@@ -63,13 +62,13 @@ def build_error(env: Env, *, in_port: PortSpec, eth_src: bytes, original: bytes,
     switch's timer asks it for the packets whose next hop never answered ARP (host unreachable);
     other stages hand over to this stage through the graph instead (``pkt.icmp_error``).
     """
-    why = _suppressed(original)
+    ip = views.Ipv4(original)
+    why = _suppressed(original, ip)
     if why is not None:
         env.count(Counter.SUPPRESSED)
         if note:
             note(f"no ICMP error: {why}")
         return None
-    ip = h.IPV4.parse(original[: h.IPV4_MIN_HEADER_LEN])
     exempt = (icmp_type, code) == (3, 4)
     if env.commit and not env.icmp_limiter.allow(ip.src, env.now, exempt_per_destination=exempt):
         env.count(Counter.RATE_LIMITED)

@@ -25,10 +25,7 @@ class Counter(enum.Enum):
     NOT_ROUTABLE = "broadcast, multicast or zero address: never routed"
 
 
-def _not_routable(addr: bytes, env: Env) -> bool:
-    if addr[0] >= 224 or addr == b"\x00\x00\x00\x00":
-        return True
-    return any(addr == s.cidr.broadcast_address.packed for s in env.segments)
+_UDP = int(h.IpProto.UDP)
 
 
 def process(pkt: Packet, env: Env):
@@ -37,7 +34,8 @@ def process(pkt: Packet, env: Env):
     header = pkt.data[pkt.l3_offset: pkt.l3_offset + ip.ihl * 4]
     if env.accel.checksum(header) != 0:
         return env.drop(pkt, Counter.BAD_CHECKSUM)
-    if _not_routable(ip.dst, env) or _not_routable(ip.src, env):
+    dst, src, unroutable = ip.dst, ip.src, env.unroutable
+    if dst[0] >= 224 or src[0] >= 224 or dst in unroutable or src in unroutable:
         return env.drop(pkt, Counter.NOT_ROUTABLE)
     if _is_tunnelled(pkt, env):
         return "vxlan-decap"
@@ -47,7 +45,7 @@ def process(pkt: Packet, env: Env):
 def _is_tunnelled(pkt: Packet, env: Env) -> bool:
     vtep = env.overlay.vtep
     ip = pkt.ip
-    if (vtep is None or ip.protocol != h.IpProto.UDP or ip.dst != vtep.address
+    if (vtep is None or ip.protocol != _UDP or ip.dst != vtep.address
             or pkt.port.segment != env.overlay.uplink_segment or ip.fragment_offset):
         return False
     ports = pkt.l3_offset + ip.ihl * 4

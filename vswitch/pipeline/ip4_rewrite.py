@@ -43,7 +43,7 @@ def wire_length(pkt: Packet) -> int:
     """The IPv4 length of each packet the egress segment will carry for this frame."""
     ip = pkt.ip
     vnet = pkt.vnet
-    if vnet is None or vnet.gso_type == h.VNET_GSO_NONE:
+    if vnet is None or not vnet.gso_type:  # VNET_GSO_NONE
         return ip.total_length
     l4 = pkt.l3_offset + ip.ihl * 4
     l4_header = h.UDP_HEADER_LEN
@@ -96,6 +96,10 @@ def fragment(packet: bytes, mtu: int, env: Env) -> list[bytes]:
     return fragments
 
 
+def _where(segment, overlay: bool) -> str:
+    return "the overlay" if overlay else f"segment {segment.name}"
+
+
 def process(pkt: Packet, env: Env):
     ip = pkt.ip
     if ip.ttl <= 1:
@@ -105,7 +109,6 @@ def process(pkt: Packet, env: Env):
     segment = env.segments[pkt.route.segment]
     overlay = pkt.route.kind is RouteKind.OVERLAY
     mtu = env.overlay.vtep.mtu if overlay else segment.mtu
-    where = "the overlay" if overlay else f"segment {segment.name}"
     size = wire_length(pkt)
     header_len = ip.ihl * 4
     current = tracked_flows.current_packet(pkt)  # after NAT; without Ethernet padding
@@ -117,7 +120,8 @@ def process(pkt: Packet, env: Env):
         pkt.pending_drop = env.drop_action(pkt, Counter.FRAG_NEEDED)
         pkt.icmp_error = (h.IcmpType.DEST_UNREACHABLE, 4, struct.pack("!HH", 0, mtu))
         if pkt.trace is not None:
-            pkt.trace.note(NAME, f"{size}-byte packets with DF do not fit MTU {mtu} of {where}")
+            pkt.trace.note(NAME, f"{size}-byte packets with DF do not fit MTU {mtu} of "
+                                 f"{_where(segment, overlay)}")
         return "ip4-icmp-error"
     elif pkt.vnet is not None and pkt.vnet.gso_type != h.VNET_GSO_NONE:
         return env.drop(pkt, Counter.GSO_TOO_BIG)
@@ -126,7 +130,7 @@ def process(pkt: Packet, env: Env):
         env.count(Counter.FRAGMENTED)
         env.count(Counter.FRAGMENTS, len(pkt.out_packets))
         if pkt.trace is not None:
-            pkt.trace.note(NAME, f"{size} bytes exceed MTU {mtu} of {where}: "
+            pkt.trace.note(NAME, f"{size} bytes exceed MTU {mtu} of {_where(segment, overlay)}: "
                                  f"{len(pkt.out_packets)} fragments")
     env.count(Counter.FORWARDED)
     if pkt.trace is not None:

@@ -34,6 +34,11 @@ from vswitch.wire.addresses import ip_text
 NAME = "ip4-service"
 NEXT = ("ip4-local", "ip4-lookup", "ip4-icmp-error")
 
+# Plain ints: an enum member costs a class attribute lookup per use on the packet path.
+_TCP = int(h.IpProto.TCP)
+_ICMP = int(h.IpProto.ICMP)
+_FLOW_KEY = struct.Struct("!B4sH4sH")
+
 
 class Counter(enum.Enum):
     NEW_CONNECTIONS = "new connections to a service, translated to a backend"
@@ -62,7 +67,7 @@ def _rst_for(pkt: Packet, env: Env) -> bytes:
 
 
 def _refuse(pkt: Packet, env: Env, flow):
-    if flow.proto == h.IpProto.TCP:
+    if flow.proto == _TCP:
         drop = env.drop_action(pkt, Counter.REFUSED_TCP)
         if pkt.trace is not None:
             pkt.trace.note(NAME, "no ready endpoint: refuse with TCP RST")
@@ -78,9 +83,10 @@ def _next(pkt: Packet, env: Env) -> str:
 
 def process(pkt: Packet, env: Env):
     flow = tracked_flows.flow_of(pkt)
-    if flow is None or flow.proto == h.IpProto.ICMP:
+    if flow is None or flow.proto == _ICMP:
         return _next(pkt, env)
-    match = env.services.match(flow.proto, flow.dst, flow.dport)
+    services = env.services
+    match = services.match(flow.proto, flow.dst, flow.dport)
     if match is None:
         return _next(pkt, env)
     service = match.service
@@ -90,20 +96,21 @@ def process(pkt: Packet, env: Env):
                          f"is {match.kind.value} of service {service.key} port "
                          f"{match.port.name or match.port.port}; {len(match.backends)} ready "
                          f"backend(s): {', '.join(b.name for b in match.backends) or 'none'}")
-    if flow.proto == h.IpProto.TCP and not ConntrackTable.new_tcp_allowed(pkt.tcp_flags):
+    if flow.proto == _TCP and not ConntrackTable.new_tcp_allowed(pkt.tcp_flags):
         return env.drop(pkt, Counter.INVALID)
     from_outside = pkt.port.kind is PortKind.UPLINK
-    why = env.services.why_none(match, from_outside)
+    why = services.why_none(match, from_outside)
     if why is NoBackend.NO_ENDPOINTS:
         return _refuse(pkt, env, flow)
     if why is NoBackend.NO_LOCAL_ENDPOINTS:
         return env.drop(pkt, Counter.NO_LOCAL_ENDPOINT)
     # A dry run takes the same choice without committing it: the trace follows the backend this
-    # packet would really get.
-    flow_hash = env.accel.hash_key(struct.pack("!B4sH4sH", flow.proto, flow.src, flow.sport,
-                                               flow.dst, flow.dport), 0)
-    backend = env.services.choose(match, client_ip=flow.src, flow_hash=flow_hash, now=env.now,
-                                  from_outside=from_outside, commit=env.commit)
+    # packet would really get. Only Maglev reads the flow's hash.
+    flow_hash = (env.accel.hash_key(_FLOW_KEY.pack(flow.proto, flow.src, flow.sport, flow.dst,
+                                                   flow.dport), 0)
+                 if services.uses_flow_hash(match) else 0)
+    backend = services.choose(match, client_ip=flow.src, flow_hash=flow_hash, now=env.now,
+                              from_outside=from_outside, commit=env.commit)
     snat = None
     nat = env.nat
     if backend.ip == flow.src and nat.hairpin_address is not None:
@@ -133,12 +140,13 @@ def process(pkt: Packet, env: Env):
         entry = _dry_entry(env, flow, backend, snat)
         tracked_flows.apply(pkt, env, entry, Direction.ORIGINAL)
         return _next(pkt, env)
-    entry = env.conntrack.create(flow, env.now, dnat=(backend.ip, backend.port), snat=snat,
-                                 labels={"service": service.key, "port": match.port.name,
-                                         "kind": match.kind.value, "backend": backend.name})
+    conntrack = nat.conntrack
+    entry = conntrack.create(flow, env.now, dnat=(backend.ip, backend.port), snat=snat,
+                             labels={"service": match.service_key, "port": match.port.name,
+                                     "kind": match.kind_value, "backend": backend.name})
     if entry is None:
         return env.drop(pkt, Counter.TABLE_FULL)
-    env.conntrack.update(entry, Direction.ORIGINAL, env.now, pkt.tcp_flags, pkt.ip.total_length)
+    conntrack.update(entry, Direction.ORIGINAL, env.now, pkt.tcp_flags, pkt.ip.total_length)
     env.count(Counter.NEW_CONNECTIONS)
     if counter is not None:
         env.count(counter)

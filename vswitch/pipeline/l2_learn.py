@@ -10,7 +10,7 @@ import enum
 
 from vswitch.pipeline.context import Env, Packet
 from vswitch.tables.fdb import LearnResult
-from vswitch.wire.addresses import is_multicast_mac, mac_text
+from vswitch.wire.addresses import mac_text
 
 NAME = "l2-learn"
 NEXT = ("arp-responder", "l2-forward")
@@ -24,13 +24,9 @@ class Counter(enum.Enum):
     MAC_LIMIT = "port already holds its limit of learned MACs"
 
 
-_COUNTER_OF = {LearnResult.NEW: Counter.LEARNED, LearnResult.MOVED: Counter.MOVED,
-               LearnResult.REFRESHED: Counter.REFRESHED}
-
-
 def process(pkt: Packet, env: Env):
     src = pkt.eth.src
-    if is_multicast_mac(src):
+    if src[0] & 1:  # is_multicast_mac, without the call
         return env.drop(pkt, Counter.MULTICAST_SOURCE)
     port = pkt.port.id
     segment = pkt.port.segment
@@ -44,7 +40,13 @@ def process(pkt: Packet, env: Env):
             pkt.trace.note(NAME, f"port {pkt.port.name} holds {env.fdb.count_on_port(port)} MACs "
                                  f"(limit {env.fdb.mac_limit})")
         return env.drop(pkt, Counter.MAC_LIMIT)
-    env.count(_COUNTER_OF[result])
+    # Told by identity: a dict keyed by the enum would hash it with a Python-level call.
+    if result is LearnResult.REFRESHED:
+        env.count(Counter.REFRESHED)
+    elif result is LearnResult.NEW:
+        env.count(Counter.LEARNED)
+    else:
+        env.count(Counter.MOVED)
     if pkt.trace is not None:
         verb = {LearnResult.NEW: "learned", LearnResult.MOVED: "moved",
                 LearnResult.REFRESHED: "refreshed"}[result]

@@ -18,7 +18,12 @@ from vswitch.tables.conntrack import Direction, Entry, FlowTuple, Verdict
 from vswitch.tables.fragments import FirstFragment
 from vswitch.wire import headers as h, views
 
-_ECHO_TYPES = (h.IcmpType.ECHO_REQUEST, h.IcmpType.ECHO_REPLY)
+# Plain ints: an enum member costs a class attribute lookup per use on the packet path.
+_TCP, _UDP, _ICMP = int(h.IpProto.TCP), int(h.IpProto.UDP), int(h.IpProto.ICMP)
+_ECHO_TYPES = (int(h.IcmpType.ECHO_REQUEST), int(h.IcmpType.ECHO_REPLY))
+_U16 = struct.Struct("!H")
+_PORTS = struct.Struct("!HH")
+_TCP_PORTS_FLAGS = struct.Struct("!HH8xH")  # ports, then data offset and flags
 _ECHO_TYPE_OF = {Direction.ORIGINAL: h.IcmpType.ECHO_REQUEST, Direction.REPLY: h.IcmpType.ECHO_REPLY}
 RELATED_ICMP_TYPES = (h.IcmpType.DEST_UNREACHABLE, h.IcmpType.TIME_EXCEEDED, 12)
 
@@ -33,30 +38,46 @@ def _echo_type(pkt: Packet) -> int:
     return current_packet(pkt)[pkt.ip.ihl * 4]
 
 
-def _tuple_of(packet: bytes) -> tuple[FlowTuple | None, int | None]:
-    """The flow tuple of an IPv4 packet and its TCP flags, or (None, None) when the packet has no
-    trackable L4 header (another protocol, a non-first fragment, a truncated header, an ICMP
-    message other than echo)."""
-    ip = views.Ipv4(packet)
+def _tuple_in(data: bytes, start: int, end: int,
+              ip: views.Ipv4) -> tuple[FlowTuple | None, int | None]:
+    """The flow tuple of the IPv4 packet ``data[start:end]``, whose header ``ip`` has read, and
+    its TCP flags; or (None, None) when the packet has no trackable L4 header (another protocol,
+    a non-first fragment, a truncated header, an ICMP message other than echo). Read in place:
+    nothing is copied."""
     if ip.fragment_offset:
         return None, None
-    l4 = packet[ip.ihl * 4:]
-    if ip.protocol == h.IpProto.TCP and len(l4) >= h.TCP_HEADER_LEN:
-        tcp = views.Tcp(l4)
-        return FlowTuple(6, ip.src, tcp.src_port, ip.dst, tcp.dst_port), tcp.flags
-    if ip.protocol == h.IpProto.UDP and len(l4) >= h.UDP_HEADER_LEN:
-        udp = views.Udp(l4)
-        return FlowTuple(17, ip.src, udp.src_port, ip.dst, udp.dst_port), None
-    if ip.protocol == h.IpProto.ICMP and len(l4) >= h.ICMP_HEADER_LEN and l4[0] in _ECHO_TYPES:
-        (identifier,) = struct.unpack_from("!H", l4, 4)
-        return FlowTuple(1, ip.src, identifier, ip.dst, identifier), None
+    l4 = start + ip.ihl * 4
+    available = end - l4
+    proto = ip.protocol
+    if proto == _TCP:
+        if available >= h.TCP_HEADER_LEN:
+            sport, dport, offset_flags = _TCP_PORTS_FLAGS.unpack_from(data, l4)
+            return FlowTuple(_TCP, ip.src, sport, ip.dst, dport), offset_flags & 0x01FF
+    elif proto == _UDP:
+        if available >= h.UDP_HEADER_LEN:
+            sport, dport = _PORTS.unpack_from(data, l4)
+            return FlowTuple(_UDP, ip.src, sport, ip.dst, dport), None
+    elif proto == _ICMP and available >= h.ICMP_HEADER_LEN and data[l4] in _ECHO_TYPES:
+        (identifier,) = _U16.unpack_from(data, l4 + 4)
+        return FlowTuple(_ICMP, ip.src, identifier, ip.dst, identifier), None
     return None, None
+
+
+def _tuple_of(packet: bytes) -> tuple[FlowTuple | None, int | None]:
+    """``_tuple_in`` of a whole IPv4 packet (or of a quote, cut anywhere after its ports)."""
+    return _tuple_in(packet, 0, len(packet), views.Ipv4(packet))
 
 
 def flow_of(pkt: Packet) -> FlowTuple | None:
     """The packet's flow tuple (cached on the packet), setting ``pkt.tcp_flags`` for TCP."""
     if pkt.flow is None and not pkt.flow_checked:
-        pkt.flow, pkt.tcp_flags = _tuple_of(current_packet(pkt))
+        if pkt.ip_packet is not None:
+            packet = pkt.ip_packet
+            pkt.flow, pkt.tcp_flags = _tuple_in(packet, 0, len(packet), pkt.ip)
+        else:
+            l3 = pkt.l3_offset
+            end = min(len(pkt.data), l3 + pkt.ip.total_length)
+            pkt.flow, pkt.tcp_flags = _tuple_in(pkt.data, l3, end, pkt.ip)
         pkt.flow_checked = True
     return pkt.flow
 
@@ -213,9 +234,10 @@ def apply(pkt: Packet, env: Env, entry: Entry, direction: Direction) -> None:
     if ip.mf and not ip.fragment_offset and env.commit:
         env.nat.fragments.record(fragment_key(pkt), FirstFragment.TRANSLATED, env.now, entry,
                                  direction)
-    target = _target(entry, direction)
-    packet = translate(current_packet(pkt), src=target.src, sport=target.sport, dst=target.dst,
-                       dport=target.dport, partial=_partial(pkt), accel=env.accel)
+    # The target tuple (``_target``), read off the other direction's tuple without building it.
+    seen = entry.reply if direction is Direction.ORIGINAL else entry.original
+    packet = translate(current_packet(pkt), src=seen.dst, sport=seen.dport, dst=seen.src,
+                       dport=seen.sport, partial=_partial(pkt), accel=env.accel)
     _adopt(pkt, packet, entry, direction)
 
 

@@ -276,10 +276,13 @@ class ConntrackTable:
         ``evictions``) and dead ones whose tuples or room it takes (counted in ``reclaimed``, and
         in ``expired``)."""
         reply = self.reply_tuple(original, dnat, snat)
+        by_original, by_reply = self._by_original, self._by_reply
         for t in (original, reply):
-            holder = self._holder(t)
+            holder = by_original.get(t)
             if holder is None:
-                continue
+                holder = by_reply.get(t)
+                if holder is None:
+                    continue
             if now >= holder.expires:
                 self._discard(holder)
                 self._counts["expired"] += 1
@@ -287,7 +290,7 @@ class ConntrackTable:
             else:
                 self._counts["clashes"] += 1
                 return None
-        if len(self._by_original) >= self.max_entries:
+        if len(by_original) >= self.max_entries:
             self._counts["reclaimed"] += len(self.expire(now))
             while len(self._by_original) >= self.max_entries:
                 if not self._unreplied:
@@ -313,11 +316,14 @@ class ConntrackTable:
         entry = Entry(original, reply, dnat, snat, now, now + timeout, state,
                       labels if labels is not None else {}, self.slots)
         entry._in_table = True
-        self._by_original[original] = entry
-        self._by_reply[reply] = entry
+        by_original[original] = entry
+        by_reply[reply] = entry
         self._unreplied[entry] = None
         if dnat is not None:
-            self._by_endpoint.setdefault(dnat[0], {})[entry] = None
+            group = self._by_endpoint.get(dnat[0])
+            if group is None:
+                group = self._by_endpoint[dnat[0]] = {}
+            group[entry] = None
         if dnat is not None or snat is not None:
             pair = (reply.src, reply.dst)
             count = self._reply_pairs.get(pair, 0)
@@ -371,7 +377,9 @@ class ConntrackTable:
         if not entry._in_table:
             self._counts["invalid"] += 1
             return Verdict.INVALID
-        d = direction.value
+        # ``_value_`` is the member's value as a plain attribute: ``.value`` is a Python-level
+        # property call, paid on every packet of every connection.
+        d = direction._value_
         proto = entry.original.proto
         if proto != _TCP:
             if d == 1 and not entry.replied:
@@ -395,7 +403,7 @@ class ConntrackTable:
             self._counts["invalid"] += 1
             return Verdict.INVALID
         old = entry.tcp_state
-        new = TRANSITIONS[d][cls][old.value]
+        new = TRANSITIONS[d][cls][old._value_]
         if new is old is TcpState.ESTABLISHED and entry.assured:
             # The common case, a segment of an established connection: only the clock moves.
             entry.packets[d] += 1
@@ -456,7 +464,7 @@ class ConntrackTable:
             self._set_expires(entry, now)
             return Verdict.ACCEPT
         # A RST always leads to CLOSE, so its short timeout is CLOSE's.
-        self._set_expires(entry, now + self._tcp_timeout[new.value])
+        self._set_expires(entry, now + self._tcp_timeout[new._value_])
         return Verdict.ACCEPT
 
     def _count(self, entry: Entry, d: int, now: float, length: int) -> None:

@@ -8,8 +8,7 @@ valid.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from ipaddress import IPv4Address
+from dataclasses import dataclass, field
 
 from vswitch.model import Service, ServicePort
 
@@ -29,7 +28,8 @@ class Backend:
     @property
     def name(self) -> str:
         """The backend's stable name ("10.244.1.10:8080"), which seeds its Maglev permutation."""
-        return f"{IPv4Address(self.ip)}:{self.port}"
+        ip = self.ip  # formatted in one operation: it labels every connection to the backend
+        return "%d.%d.%d.%d:%d" % (ip[0], ip[1], ip[2], ip[3], self.port)
 
 
 class NoBackend(enum.Enum):
@@ -51,6 +51,30 @@ class ServiceMatch:
     port: ServicePort
     kind: FrontendKind
     backends: tuple[Backend, ...]  # the ready backends of this service port, sorted by (ip, port)
+    # What every new connection through this frontend asks of the service's settings (which
+    # compare case-insensitively), worked out once with the match rather than per connection.
+    local_backends: tuple[Backend, ...] = field(init=False, repr=False, compare=False)
+    local_always: bool = field(init=False, repr=False, compare=False)  # internal policy Local
+    # The external traffic policy Local confines node-port and external-IP connections from
+    # outside.
+    local_from_outside: bool = field(init=False, repr=False, compare=False)
+    affinity: bool = field(init=False, repr=False, compare=False)  # ClientIP affinity
+    maglev: bool = field(init=False, repr=False, compare=False)  # the Maglev load balancer
+    service_key: str = field(init=False, repr=False, compare=False)
+    kind_value: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        service, cluster_ip = self.service, self.kind is FrontendKind.CLUSTER_IP
+        # One update of the instance's dict: the class is frozen, and this is its construction.
+        self.__dict__.update(
+            local_backends=tuple(b for b in self.backends if b.local),
+            local_always=cluster_ip and service.internal_traffic_policy.lower() == "local",
+            local_from_outside=(not cluster_ip
+                                and service.external_traffic_policy.lower() == "local"),
+            affinity=service.session_affinity.lower() == "clientip",
+            maglev=service.load_balancer.lower() == "maglev",
+            service_key=service.key,
+            kind_value=self.kind.value)
 
     @property
     def port_key(self) -> PortKey:

@@ -181,14 +181,11 @@ class ServiceTable:
     @staticmethod
     def local_only(match: ServiceMatch, from_outside: bool) -> bool:
         """Whether the traffic policy confines this connection to backends on this node."""
-        service = match.service
-        if match.kind is FrontendKind.CLUSTER_IP:
-            return _is(service.internal_traffic_policy, "local")
-        return from_outside and _is(service.external_traffic_policy, "local")
+        return match.local_always or (from_outside and match.local_from_outside)
 
     def candidates(self, match: ServiceMatch, from_outside: bool) -> tuple[Backend, ...]:
-        if self.local_only(match, from_outside):
-            return tuple(b for b in match.backends if b.local)
+        if match.local_always or (from_outside and match.local_from_outside):
+            return match.local_backends
         return match.backends
 
     def why_none(self, match: ServiceMatch, from_outside: bool) -> NoBackend | None:
@@ -203,7 +200,7 @@ class ServiceTable:
                from_outside: bool) -> Backend | None:
         """The backend ClientIP affinity holds for this client, if any; changes nothing (a
         trace says so when affinity made the choice)."""
-        if not _is(match.service.session_affinity, "clientip"):
+        if not match.affinity:
             return None
         held = self._held(port_key(match.service, match.port), client_ip, now,
                           self.candidates(match, from_outside))
@@ -218,19 +215,24 @@ class ServiceTable:
             return None
         return entry
 
+    @staticmethod
+    def uses_flow_hash(match: ServiceMatch) -> bool:
+        """Whether ``choose`` may read ``flow_hash`` for this match (Maglev among several
+        backends): the caller can skip hashing the flow otherwise."""
+        return match.maglev and len(match.backends) > 1
+
     def choose(self, match: ServiceMatch, *, client_ip: bytes, flow_hash: int, now: float,
                from_outside: bool, commit: bool = True) -> Backend | None:
         """The backend of a new connection. Without ``commit`` (a dry-run trace) the answer is
         the one a real packet would get now, but nothing changes: no affinity is pinned or
         refreshed, the random generator does not advance, no Maglev table is kept."""
-        local_only = self.local_only(match, from_outside)
-        candidates = (tuple(b for b in match.backends if b.local) if local_only
-                      else match.backends)
+        local_only = match.local_always or (from_outside and match.local_from_outside)
+        candidates = match.local_backends if local_only else match.backends
         if not candidates:
             return None
-        service = match.service
-        if not _is(service.session_affinity, "clientip"):
+        if not match.affinity:
             return self._pick(match, candidates, flow_hash, local_only, commit)
+        service = match.service
         key = port_key(service, match.port)
         entry = self._held(key, client_ip, now, candidates)
         expires = now + service.affinity_timeout
@@ -254,7 +256,7 @@ class ServiceTable:
               local_only: bool, commit: bool) -> Backend:
         if len(candidates) == 1:
             return candidates[0]
-        if not _is(match.service.load_balancer, "maglev"):
+        if not match.maglev:
             if commit:
                 return self.rng.choice(candidates)
             state = self.rng.getstate()
