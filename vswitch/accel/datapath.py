@@ -14,6 +14,7 @@ datapath's mutex in C; cffi releases the GIL around it.
 """
 from __future__ import annotations
 
+import struct
 from array import array
 
 from vswitch._native import ffi, lib
@@ -58,6 +59,49 @@ def _typecode(values: object) -> str | None:
     if isinstance(values, memoryview):
         return values.format
     return None
+
+
+def _action_layout() -> tuple[struct.Struct, tuple[str, ...], tuple[object, ...]]:
+    """vs_dp_action as a ``struct`` format, derived from the C declaration that cffi reads (the
+    compiler's offsets, explicit padding), with its field names and their zero values."""
+    codes = {"uint8_t": "B", "uint16_t": "H", "uint32_t": "I", "uint64_t": "Q", "double": "d"}
+    fmt, position, names, zeros = "=", 0, [], []
+    for name, field in sorted(ffi.typeof("vs_dp_action").fields, key=lambda f: f[1].offset):
+        if field.offset > position:
+            fmt += f"{field.offset - position}x"
+        if field.type.kind == "array":
+            fmt += f"{field.type.length}s"
+            zeros.append(b"")
+        else:
+            fmt += codes[field.type.cname]
+            zeros.append(0)
+        names.append(name)
+        position = field.offset + ffi.sizeof(field.type)
+    size = ffi.sizeof("vs_dp_action")
+    if size > position:
+        fmt += f"{size - position}x"
+    return struct.Struct(fmt), tuple(names), tuple(zeros)
+
+
+_ACTION, _ACTION_FIELDS, _ACTION_ZEROS = _action_layout()
+ACTION_SIZE = _ACTION.size
+_ACTION_INDEX = {name: i for i, name in enumerate(_ACTION_FIELDS)}
+_ARRAY_SIZES = {name: len(getattr(ffi.new("vs_dp_action *"), name))
+                for name, zero in zip(_ACTION_FIELDS, _ACTION_ZEROS) if zero == b""}
+
+
+def pack_action(fields: dict) -> bytes:
+    """A vs_dp_action's bytes from its fields by name; fields not named are zero. Byte arrays
+    must have their exact size (a short one would be silently padded by ``struct``)."""
+    values = list(_ACTION_ZEROS)
+    for name, value in fields.items():
+        index = _ACTION_INDEX.get(name)
+        if index is None:
+            raise ValueError(f"vs_dp_action has no field {name!r}")
+        if isinstance(value, (bytes, bytearray)) and len(value) != _ARRAY_SIZES[name]:
+            raise ValueError(f"{name} holds {_ARRAY_SIZES[name]} bytes")
+        values[index] = value
+    return _ACTION.pack(*values)
 
 
 class DatapathError(Exception):
@@ -155,22 +199,21 @@ class Datapath:
 
     # ---- flows --------------------------------------------------------------------------------
 
+    pack_action = staticmethod(pack_action)
+
     def install(self, key: bytes, **action_fields: int | bytes) -> bool:
-        """Install an action (fields named as in vs_dp_action) under ``key``, zero-padded to
-        KEY_LEN. False when the table was full and has been emptied first."""
+        """Install an action (fields named as in vs_dp_action, the others zero) under ``key``,
+        zero-padded to KEY_LEN. False when the table was full and has been emptied first."""
+        return self.install_packed(key, pack_action(action_fields))
+
+    def install_packed(self, key: bytes, action: bytes) -> bool:
+        """``install`` for an action packed by ``pack_action``: one copy, no field by field
+        assignment (the pipeline installs one or two actions per first packet)."""
         if len(key) > KEY_LEN:
             raise ValueError(f"a datapath key has at most {KEY_LEN} bytes")
         ffi.memmove(self._key, key.ljust(KEY_LEN, b"\0"), KEY_LEN)
-        action = ffi.new("vs_dp_action *")
-        for name, value in action_fields.items():
-            if isinstance(value, (bytes, bytearray)):
-                field = getattr(action, name)
-                if len(value) != len(field):
-                    raise ValueError(f"{name} holds {len(field)} bytes")
-                ffi.memmove(field, value, len(value))
-            else:
-                setattr(action, name, value)
-        return lib.vs_dp_install(self._dp, self._key, action) == 1
+        ffi.memmove(self._action, action, ACTION_SIZE)
+        return lib.vs_dp_install(self._dp, self._key, self._action) == 1
 
     def flush(self) -> None:
         lib.vs_dp_flush(self._dp)

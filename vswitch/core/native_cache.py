@@ -49,6 +49,7 @@ class NativeFlowCache:
             ct_established=timeouts.established, ct_udp_unreplied=timeouts.udp_unreplied,
             ct_udp_replied=timeouts.udp_replied, ct_icmp=timeouts.icmp)
         self._generation = -1
+        self._pack = type(datapath).pack_action
         self._upcall_all = False
         self._upcall_ports: set[int] = set()
         self.not_compiled = 0  # decisions that name state without a slot: never installed
@@ -76,7 +77,7 @@ class NativeFlowCache:
         if fields is None:
             self.not_compiled += 1
             return
-        self.datapath.install(key, **fields)
+        self.datapath.install_packed(key, self._pack(fields))
 
     def clear(self) -> None:
         self.datapath.flush()

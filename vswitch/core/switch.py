@@ -282,7 +282,8 @@ class Switch:
         memoising = not armed and cache.capacity > 0
         replay = self.datapath.process
         prefix = self._key_prefix[port_id]
-        for frame in frames:
+        keys = None  # the burst's flow keys, taken in one call at its first miss
+        for index, frame in enumerate(frames):
             if use_cache:
                 length, out_port, data = replay(port_id, frame, now)
                 if length >= 0:
@@ -304,7 +305,9 @@ class Switch:
             generation = self._generation()
             cache.set_generation(generation)
             if memoising:
-                (key,) = self._extractor.extract([frame], offset)
+                if keys is None:
+                    keys = self._extractor.extract(frames, offset)
+                key = keys[index]
                 if key is not None:
                     self._memoise(pkt, prefix + key, None, generation)
             if trace is not None:
