@@ -56,11 +56,18 @@ def datapath_port_factory(spec: PortSpec, handle: int, dataplane: Dataplane) -> 
 class _GenerationSync(trio.abc.Instrument):
     """After every trio task step, the C datapath learns what the step changed."""
 
-    def __init__(self, switch: Any):
+    def __init__(self, switch: Any, errors: RuntimeErrors):
         self._sync = switch.sync_datapath
+        self._errors = errors
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        self._sync()
+        # trio drops an instrument that raises, which would leave C replaying decisions the
+        # tables no longer support: a failure is logged and counted, and the next step retries.
+        try:
+            self._sync()
+        except Exception:
+            self._errors.core("telling the C datapath about a table change failed",
+                              exc_info=True)
 
 
 def _answers(datapath: Any, burst: int) -> list[tuple[int, bytes]]:
@@ -83,7 +90,7 @@ async def run_upcalls(switch: Any, ports: Mapping[int, Port], errors: RuntimeErr
                       burst: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     datapath = switch.datapath
     datapath.set_params(clock_offset=trio.current_time() - time.perf_counter())
-    instrument = _GenerationSync(switch)
+    instrument = _GenerationSync(switch, errors)
     switch.sync_datapath()
     datapath.start()
     trio.lowlevel.add_instrument(instrument)
