@@ -656,3 +656,39 @@ def test_arrays_not_handed_over_make_misses_not_crashes():
     dp.install(key_of(1, translated, 10), generation=5, kind=CONNECTION, out_port=2,
                dst_slot=1)
     assert dp.process(1, translated, NOW)[0] == UPCALL  # the other conntrack arrays missing
+
+
+# -- packing an action -------------------------------------------------------------------------
+
+_FIELD_VALUES = st.fixed_dictionaries({}, optional={
+    "generation": st.integers(0, 2**64 - 1), "out_port": st.integers(0, 2**32 - 1),
+    "kind": st.integers(0, 255), "rewrite_macs": st.integers(0, 1), "mtu": st.integers(0, 65535),
+    "src_slot": st.integers(0, 2**32 - 1), "dst_inc": st.integers(0, 2**32 - 1),
+    "rewrite": st.binary(min_size=12, max_size=12), "target_sport": st.integers(0, 65535),
+    "target_dst": st.binary(min_size=4, max_size=4), "encap_vni": st.integers(0, 2**24 - 1),
+    "encap_hash_seed": st.integers(0, 2**64 - 1),
+    "decap_vtep_mac": st.binary(min_size=6, max_size=6)})
+
+
+@settings(max_examples=200)
+@given(fields=_FIELD_VALUES)
+def test_a_packed_action_is_the_struct_cffi_fills_field_by_field(fields):
+    from vswitch._native import ffi
+    from vswitch.accel.datapath import pack_action
+
+    action = ffi.new("vs_dp_action *")
+    for name, value in fields.items():
+        if isinstance(value, bytes):
+            ffi.memmove(getattr(action, name), value, len(value))
+        else:
+            setattr(action, name, value)
+    assert pack_action(fields) == bytes(ffi.buffer(action))
+
+
+def test_packing_refuses_unknown_fields_and_wrong_sizes():
+    from vswitch.accel.datapath import pack_action
+
+    with pytest.raises(ValueError, match="no field"):
+        pack_action({"turbo": 1})
+    with pytest.raises(ValueError, match="holds 12 bytes"):
+        pack_action({"rewrite": bytes(11)})
