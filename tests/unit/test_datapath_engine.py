@@ -543,13 +543,15 @@ def test_a_hit_is_what_the_pure_fast_path_makes_of_the_frame(case):
 # ---- the poll thread, over socket pairs (packet boundaries kept, as a TAP keeps frames) ---------
 
 @pytest.fixture
-def threaded():
+def threaded(request):
     """A datapath whose ports 1 and 2 are SOCK_SEQPACKET pairs: the test writes and reads the far
-    ends. Ports are removed before the sockets close, as the datapath's contract asks."""
+    ends. Ports are removed before the sockets close, as the datapath's contract asks. Their
+    virtio-net header sizes: 10, or {port: size} given as the fixture's indirect parameter."""
+    l2s = getattr(request, "param", {1: 10, 2: 10})
     pairs = {port: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for port in (1, 2)}
     t = Harness({})
     for port, (near, _) in pairs.items():
-        t.dp.port_add(port, near.fileno(), 10)
+        t.dp.port_add(port, near.fileno(), l2s[port])
     t.dp.set_params(fdb_aging=1e12)  # the thread's clock is CLOCK_MONOTONIC: stamps of NOW
     far = {port: pair[1] for port, pair in pairs.items()}
     for sock in far.values():
@@ -583,6 +585,46 @@ def test_the_thread_forwards_hits_and_queues_the_rest(threaded):
     stats = t.dp.stats()
     assert (stats["hits"], stats["misses"], stats["upcalls"]) == (1, 1, 1)
     assert t.dp.port_counters(2)["tx_packets"] == 1
+
+
+def test_the_thread_rewrites_frames_in_place_and_a_declined_one_goes_up_as_read(threaded):
+    t, far = threaded
+    routed = frame(kind="tcp", payload=40, pad=8)
+    t.routed(key_of(1, routed, 10))
+    translated = frame(kind="udp", payload=20, dst="10.244.1.4")
+    install_connection(t, translated, rewrite_macs=1, rewrite=ROUTED, mtu=1500, nbr_slot=2,
+                       nbr_inc=1)
+    expiring = frame(kind="udp", ttl=1, dst="10.244.1.9")
+    t.routed(key_of(1, expiring, 10))
+    t.dp.set_params(clock_offset=NOW - time.monotonic())  # the thread's clock reads NOW
+    t.dp.start()
+    far[1].send(routed)
+    assert far[2].recv(4096) == routed_output(routed, 10)
+    far[1].send(translated)
+    assert far[2].recv(4096) == routed_output(translated_output(translated, 10, TARGET), 10)
+    far[1].send(expiring)  # declined after the lookup: the TTL would expire
+    assert _readable(t.dp.upcall_fd, 5)
+    assert t.dp.take_upcalls(8) == [(1, expiring)]
+    assert (t.dp.stats()["hits"], t.dp.stats()["misses"]) == (2, 1)
+
+
+@pytest.mark.parametrize("threaded", [{1: 0, 2: 24}, {1: 24, 2: 10}, {1: 10, 2: 0}],
+                         indirect=True)
+def test_the_thread_converts_framing_around_the_frame_it_read(threaded, request):
+    t, far = threaded
+    in_l2, out_l2 = request.node.callspec.params["threaded"].values()
+    data = frame(l2=in_l2, kind="tcp", payload=30, pad=4)
+    t.install(key_of(1, data, in_l2))
+    routed = frame(l2=in_l2, kind="udp", payload=30, pad=4, dst="10.244.1.4")
+    t.routed(key_of(1, routed, in_l2))
+    t.dp.set_params(clock_offset=NOW - time.monotonic())  # the thread's clock reads NOW
+    t.dp.start()
+    spec = lambda l2: SimpleNamespace(vnet_hdr=l2 > 0, l2_offset=l2)  # noqa: E731
+    far[1].send(data)
+    assert far[2].recv(4096) == convert_framing(data, spec(in_l2), spec(out_l2))
+    far[1].send(routed)
+    assert far[2].recv(4096) == convert_framing(routed_output(routed, in_l2), spec(in_l2),
+                                                spec(out_l2))
 
 
 def test_a_full_upcall_queue_drops_and_counts(threaded):
