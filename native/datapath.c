@@ -16,16 +16,17 @@
  *      loop a datapath is measured against forwards them: the frame's buffer is writable, with
  *      VS_DP_HEADROOM bytes free in front of it. A switched frame is its own output; a routed or
  *      translated one is rewritten where it lies (MACs, TTL and checksum, NAT), once nothing can
- *      decline it any more; a larger virtio-net header for the out port goes into the room in
- *      front. Only an encapsulation is built elsewhere (dp->tx, from a copy of the packet): it
- *      takes the outer identification it would use without taking it, so it may be built again;
+ *      decline it any more; a larger virtio-net header for the out port, and the outer headers
+ *      of an encapsulation, go into the room in front. An encapsulation takes the outer
+ *      identification it would use without taking it, and keeps the bytes it changes, so that
+ *      it can be undone and built again;
  *   3. commit: only after every check has passed and the output exists are the conntrack entry,
  *      the identification counter, the FDB stamp and the counters changed.
  * vs_dp_process (tests, and the daemon when it runs frames itself) copies the frame into such a
  * buffer first and the output out of it, so that it and the poll thread run the very same code.
  *
  * Memory: the flow table (vs_exact: key -> index into `actions`), the actions, the ports, the
- * upcall ring and the scratch buffers are allocated when the datapath is created or a port is
+ * upcall ring and the two frame buffers (rx, inner) are allocated when the datapath is created or a port is
  * added. Replaying a hit allocates nothing; queueing an upcall mallocs its copy.
  *
  * Concurrency: one mutex guards everything in struct vs_dp. The poll thread sleeps in epoll_wait
@@ -58,6 +59,14 @@
 #define TCP_ACK 0x10u
 #define NO_PORT UINT32_MAX
 #define MAX_L2 64                 /* the largest virtio-net header a port may have */
+#define VXLAN_OUTER_LEN 50        /* Ethernet, IPv4, UDP, VXLAN: what a wrap puts in front */
+/* The bytes of a frame an encapsulation changes besides the room in front: its virtio-net and
+ * Ethernet headers and, of its packet, the IPv4 header (<= 60) and the L4 bytes a NAT rewrite
+ * changes (up to the TCP checksum, 18). */
+#define KEPT_LEN (MAX_L2 + ETH_HLEN + 60 + 18)
+
+_Static_assert(VS_DP_HEADROOM >= VXLAN_OUTER_LEN + MAX_L2,
+               "the room in front takes the outer headers and the largest header growth");
 
 static const uint8_t INNER_PREFIX[4] = {0xff, 'V', 'X', 'L'};
 
@@ -70,6 +79,8 @@ struct hit {
     int connection;              /* the conntrack update applies */
     double ct_expires;           /* its new expiry */
     uint32_t ident;              /* the outer identification the wrap used */
+    uint8_t kept[KEPT_LEN];      /* what an encapsulation changed, as read (see undo) */
+    size_t kept_len;             /* 0: the frame was not changed yet */
 };
 
 static uint16_t rd16(const uint8_t *p)
@@ -310,44 +321,59 @@ static void write_vnet(const uint8_t *vnet, size_t in_l2, uint8_t *out, size_t o
     memset(out + kept, 0, out_l2 - kept);
 }
 
-/* The routed IPv4 packet `ip` wrapped in VXLAN into out (framed like the in port), with the
- * identification the next increment of the shared counter gives; the counter itself is taken
- * only at commit (fast_path.py takes overlay.next_ident() only for a packet it sends). */
-static int64_t wrap(vs_dp *dp, struct hit *hit, const uint8_t *ip, size_t ip_len, uint8_t *out,
-                    size_t cap)
+/* The routed IPv4 packet `ip` wrapped in VXLAN into out (framed like the in port, whose header
+ * was `vnet`), with the identification the next increment of the shared counter gives; the
+ * counter itself is taken only at commit (fast_path.py takes overlay.next_ident() only for a
+ * packet it sends). */
+static int64_t wrap(vs_dp *dp, struct hit *hit, const uint8_t *vnet, const uint8_t *ip,
+                    size_t ip_len, uint8_t *out, size_t cap)
 {
     if (dp->shared.vxlan_ident == NULL)
         return -1;
     hit->ident = __atomic_load_n(dp->shared.vxlan_ident, __ATOMIC_RELAXED) + 1;
-    return vs_vxlan_wrap(hit->a, hit->frame, hit->l2, ip, ip_len, (uint16_t)hit->ident, out,
-                         cap);
+    return vs_vxlan_wrap(hit->a, vnet, hit->l2, ip, ip_len, (uint16_t)hit->ident, out, cap);
 }
 
-/* build() for an encapsulating action: the packet copied, translated and its TTL lowered (find
- * let only routed actions encapsulate), wrapped into dp->tx. The frame is left as it is, so that
- * a wrap that cannot be made declines it and a wrap made again starts from the same bytes. */
+/* Puts back what an encapsulation changed in the frame: declined after all, or to be built
+ * again with another identification, it is the frame as read again. */
+static void undo(struct hit *hit)
+{
+    memcpy(hit->frame, hit->kept, hit->kept_len);
+    hit->kept_len = 0;
+}
+
+/* build() for an encapsulating action, in place as well: the packet translated and its TTL
+ * lowered where it lies (find let only routed actions encapsulate), then the outer headers and
+ * the inner Ethernet header written in front of it, over the frame's own headers and into the
+ * room in front (vs_vxlan_wrap copies the packet onto itself). Whether the wrap can be made
+ * depends on nothing the rewrite changes, but it is known only once it is tried: the bytes it
+ * may change are kept first and put back (undo) when it cannot. */
 static int64_t encapsulate(vs_dp *dp, struct hit *hit, size_t out_l2, size_t cap,
                            uint8_t **start)
 {
     const vs_dp_action *a = hit->a;
-    const uint8_t *frame = hit->frame;
+    uint8_t *frame = hit->frame;
     size_t l2 = hit->l2, l3 = l2 + ETH_HLEN;
     size_t total = rd16(frame + l3 + 2);
     if (cap < VS_DP_MAX_FRAME)
         return VS_DP_EINVAL;  /* so that a declined wrap means the frame, not the buffer */
-    memcpy(dp->packet, frame + l3, total);
+    hit->kept_len = hit->len < KEPT_LEN ? hit->len : KEPT_LEN;
+    memcpy(hit->kept, frame, hit->kept_len);
+    uint8_t *ip = frame + l3;
     if (hit->connection) {
         int partial = l2 > 0 && (frame[0] & VNET_F_NEEDS_CSUM);
-        vs_nat_rewrite(dp->packet, total, a->target_src, a->target_dst, a->target_sport,
+        vs_nat_rewrite(ip, total, a->target_src, a->target_dst, a->target_sport,
                        a->target_dport, partial);
     }
-    lower_ttl(dp->packet);
-    int64_t n = wrap(dp, hit, dp->packet, total, dp->tx, VS_DP_MAX_FRAME);
-    if (n < 0)
-        return VS_DP_UPCALL;
-    if ((size_t)n - l2 + out_l2 > cap)
-        return VS_DP_EINVAL;
-    *start = dp->tx;
+    lower_ttl(ip);
+    /* The inner Ethernet header lands on the frame's own, the rest in front of it. */
+    uint8_t *out = frame - VXLAN_OUTER_LEN;
+    int64_t n = wrap(dp, hit, hit->kept, ip, total, out, VXLAN_OUTER_LEN + hit->len);
+    if (n < 0 || (size_t)n - l2 + out_l2 > cap) {
+        undo(hit);
+        return n < 0 ? VS_DP_UPCALL : VS_DP_EINVAL;
+    }
+    *start = out;
     return n;
 }
 
@@ -426,8 +452,9 @@ int64_t vs_dp_run(vs_dp *dp, struct dp_port *in, uint8_t *frame, size_t len, dou
         n = build(dp, &hit, out_l2, cap, &start);
         if (n < 0 || commit_state(dp, &hit, now) == 0)
             break;
-        /* The identification moved: Python encapsulated meanwhile. Build again, a few times
-         * (only an encapsulation takes it, and it leaves the frame as it was). */
+        /* The identification moved: Python encapsulated meanwhile (only an encapsulation takes
+         * one). The frame as read again, build again, a few times. */
+        undo(&hit);
         n = attempt < 8 ? 0 : VS_DP_UPCALL;
     }
     if (n < 0) {
@@ -500,16 +527,13 @@ vs_dp *vs_dp_create(uint32_t flow_capacity, uint32_t upcall_capacity, uint64_t s
     dp->port_index = vs_exact_create(4, 4096, seed);
     dp->upcalls = calloc(upcall_capacity, sizeof *dp->upcalls);
     dp->inner = frame_buffer_new();
-    dp->packet = malloc(VS_DP_MAX_FRAME);
     dp->rx = frame_buffer_new();
-    dp->tx = frame_buffer_new();
     dp->upcall_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     dp->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     dp->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event stop = {.events = EPOLLIN, .data.u64 = 0};
     if (dp->flows == NULL || dp->actions == NULL || dp->port_index == NULL
-        || dp->upcalls == NULL || dp->inner == NULL || dp->packet == NULL || dp->rx == NULL
-        || dp->tx == NULL || dp->upcall_fd < 0 || dp->stop_fd < 0 || dp->epoll_fd < 0
+        || dp->upcalls == NULL || dp->inner == NULL || dp->rx == NULL || dp->upcall_fd < 0 || dp->stop_fd < 0 || dp->epoll_fd < 0
         || epoll_ctl(dp->epoll_fd, EPOLL_CTL_ADD, dp->stop_fd, &stop) != 0) {
         vs_dp_destroy(dp);
         return NULL;
@@ -531,9 +555,7 @@ void vs_dp_destroy(vs_dp *dp)
     free(dp->actions);
     free(dp->ports);
     frame_buffer_free(dp->inner);
-    free(dp->packet);
     frame_buffer_free(dp->rx);
-    frame_buffer_free(dp->tx);
     int fds[3] = {dp->upcall_fd, dp->stop_fd, dp->epoll_fd};
     for (int i = 0; i < 3; i++)
         if (fds[i] >= 0)

@@ -6,10 +6,9 @@
  * eventfd that stops it), without the lock. Woken, it takes the lock for one burst: up to BURST
  * frames from each ready port, read with non-blocking read() into one preallocated buffer (with
  * room in front, VS_DP_HEADROOM), each run through vs_dp_run with the monotonic clock, which
- * executes it in that buffer; a hit is written to its port from where vs_dp_run left it (the
- * read buffer itself but for an encapsulation), everything else, untouched by a decline, is
- * copied into the upcall queue for Python. Then it reads once more the ports it wrote to (see
- * poll_loop) and lets the lock go.
+ * executes it in that buffer; a hit is written to its port from where vs_dp_run left it in the
+ * buffer, everything else, untouched by a decline, is copied into the upcall queue for Python.
+ * Then it reads once more the ports it wrote to (see poll_loop) and lets the lock go.
  *
  * The upcall queue is a ring of upcall_capacity frames, each malloc'ed when queued and freed when
  * Python takes it; a full queue drops (upcall_lost). Its eventfd is readable exactly while the

@@ -608,6 +608,29 @@ def test_the_thread_rewrites_frames_in_place_and_a_declined_one_goes_up_as_read(
     assert (t.dp.stats()["hits"], t.dp.stats()["misses"]) == (2, 1)
 
 
+def test_the_thread_encapsulates_in_front_of_the_frame_and_undoes_a_wrap_it_cannot_make(threaded):
+    t, far = threaded
+    tunnel = dict(rewrite_macs=1, rewrite=ROUTED, mtu=1500, nbr_slot=2, nbr_inc=1, encap=1,
+                  encap_port=4789, encap_vni=1)
+    data = frame(kind="tcp", payload=200)
+    install_connection(t, data, **tunnel)
+    gso = struct.pack("<BBHHHH", 1, h.VNET_GSO_TCPV4, 54, 1448, 34, 16)
+    cannot = frame(kind="tcp", payload=3000, vnet=gso, dst="10.244.1.9")  # needs 24 bytes
+    install_connection(t, cannot, **tunnel)
+    reference = Harness()
+    install_connection(reference, data, **tunnel)
+    expected = reference.dp.process(1, data, NOW)[2]
+    t.dp.set_params(clock_offset=NOW - time.monotonic())  # the thread's clock reads NOW
+    t.dp.start()
+    far[1].send(cannot)  # translated and routed in place, then the wrap fails: undone
+    assert _readable(t.dp.upcall_fd, 5)
+    assert t.dp.take_upcalls(8) == [(1, cannot)]
+    far[1].send(data)
+    assert far[2].recv(4096) == expected
+    assert t.shared["vxlan_ident"][0] == 1
+    assert (t.dp.stats()["hits"], t.dp.stats()["misses"]) == (1, 1)
+
+
 @pytest.mark.parametrize("threaded", [{1: 0, 2: 24}, {1: 24, 2: 10}, {1: 10, 2: 0}],
                          indirect=True)
 def test_the_thread_converts_framing_around_the_frame_it_read(threaded, request):
