@@ -136,14 +136,16 @@ static void poll_frame(vs_dp *dp, struct dp_port *in, size_t len, uint32_t *writ
 
 /* Up to BURST frames of one port. A port at its end (EOF, a TAP whose device is gone) leaves
  * the poll set, as does one that fails while epoll reports an error or hang-up on it: left in,
- * it would be reported ready forever and spin the thread. `events`: what epoll reported. */
+ * it would be reported ready forever and spin the thread. `events`: what epoll reported. The
+ * port is looked up once: ports are added and removed under the lock this burst holds, and
+ * nothing in it but the end of this loop takes one out of the poll set. */
 static void poll_port(vs_dp *dp, uint32_t port_id, uint32_t events, uint32_t *written,
                       size_t *n_written)
 {
+    struct dp_port *p = vs_dp_port_find(dp, port_id);
+    if (p == NULL || !p->polled)
+        return;
     for (int i = 0; i < BURST; i++) {
-        struct dp_port *p = vs_dp_port_find(dp, port_id);
-        if (p == NULL || !p->polled)
-            return;
         ssize_t n = read(p->fd, dp->rx, VS_DP_MAX_FRAME);
         if (n > 0) {
             poll_frame(dp, p, (size_t)n, written, n_written);
