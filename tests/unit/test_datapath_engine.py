@@ -21,7 +21,7 @@ from hypothesis import event, given, settings, strategies as st
 from vswitch.accel import pure
 from vswitch.accel.datapath import (
     CONNECTION, CONSUMED, CT_ASSURED, DECAP, CT_IN_TABLE, CT_REPLIED, EINVAL, FORWARD, KEY_LEN,
-    PER_CONNECTION, UPCALL, Datapath,
+    MAX_FRAME, PER_CONNECTION, UPCALL, Datapath,
 )
 from vswitch.core.egress import convert_framing
 from vswitch.core.fast_path import FastPath, connection_key
@@ -414,6 +414,16 @@ def test_any_bytes_on_any_port_type_never_crash(l2, noise, at, value):
     for data in (bytes(mutated), noise, bytes(mutated)[: at % len(mutated)]):
         n, _, out = t.dp.process(1, data, NOW)
         assert n in (UPCALL, CONSUMED) or (0 <= n == len(out) <= len(data) + 24)
+
+
+def test_a_frame_longer_than_any_port_reads_is_refused_whole():
+    t = Harness()
+    data = frame(payload=30)
+    t.install(key_of(1, data, 10))
+    longest = data.ljust(MAX_FRAME, b"\0")
+    assert t.dp.process(1, longest, NOW)[:2] == (MAX_FRAME, 2)
+    assert t.dp.process(1, longest + b"\0", NOW)[0] == EINVAL
+    assert t.dp.stats()["hits"] == 1
 
 
 def test_a_short_frame_matching_a_connection_marker_goes_up():
