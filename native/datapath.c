@@ -12,13 +12,21 @@
  * One frame goes through three phases, so that a decline never leaves a trace:
  *   1. look up: the flow key, a per-connection marker's connection key, a VXLAN marker's inner
  *      frame; the FDB, neighbour and conntrack checks read the shared arrays only;
- *   2. build: the output is written to the caller's buffer (the NAT rewrite and the TTL work on
- *      copies, the encapsulation takes the outer identification it would use without taking it);
+ *   2. build: the output is made where it costs least. Frames are executed in place, as the bare
+ *      loop a datapath is measured against forwards them: the frame's buffer is writable, with
+ *      VS_DP_HEADROOM bytes free in front of it. A switched frame is its own output; a routed or
+ *      translated one is rewritten where it lies (MACs, TTL and checksum, NAT), once nothing can
+ *      decline it any more; a larger virtio-net header for the out port, and the outer headers
+ *      of an encapsulation, go into the room in front. An encapsulation takes the outer
+ *      identification it would use without taking it, and keeps the bytes it changes, so that
+ *      it can be undone and built again;
  *   3. commit: only after every check has passed and the output exists are the conntrack entry,
  *      the identification counter, the FDB stamp and the counters changed.
+ * vs_dp_process (tests, and the daemon when it runs frames itself) copies the frame into such a
+ * buffer first and the output out of it, so that it and the poll thread run the very same code.
  *
  * Memory: the flow table (vs_exact: key -> index into `actions`), the actions, the ports, the
- * upcall ring and the scratch buffers are allocated when the datapath is created or a port is
+ * upcall ring and the two frame buffers (rx, inner) are allocated when the datapath is created or a port is
  * added. Replaying a hit allocates nothing; queueing an upcall mallocs its copy.
  *
  * Concurrency: one mutex guards everything in struct vs_dp. The poll thread sleeps in epoll_wait
@@ -51,18 +59,28 @@
 #define TCP_ACK 0x10u
 #define NO_PORT UINT32_MAX
 #define MAX_L2 64                 /* the largest virtio-net header a port may have */
+#define VXLAN_OUTER_LEN 50        /* Ethernet, IPv4, UDP, VXLAN: what a wrap puts in front */
+/* The bytes of a frame an encapsulation changes besides the room in front: its virtio-net and
+ * Ethernet headers and, of its packet, the IPv4 header (<= 60) and the L4 bytes a NAT rewrite
+ * changes (up to the TCP checksum, 18). */
+#define KEPT_LEN (MAX_L2 + ETH_HLEN + 60 + 18)
+
+_Static_assert(VS_DP_HEADROOM >= VXLAN_OUTER_LEN + MAX_L2,
+               "the room in front takes the outer headers and the largest header growth");
 
 static const uint8_t INNER_PREFIX[4] = {0xff, 'V', 'X', 'L'};
 
 /* The outcome of looking a frame up and checking it: what the build and commit phases need. */
 struct hit {
     const vs_dp_action *a;
-    const uint8_t *frame;        /* the frame the action runs on (the inner one after decap) */
+    uint8_t *frame;              /* the frame the action runs on (the inner one after decap) */
     size_t len;
     size_t l2;
     int connection;              /* the conntrack update applies */
     double ct_expires;           /* its new expiry */
     uint32_t ident;              /* the outer identification the wrap used */
+    uint8_t kept[KEPT_LEN];      /* what an encapsulation changed, as read (see undo) */
+    size_t kept_len;             /* 0: the frame was not changed yet */
 };
 
 static uint16_t rd16(const uint8_t *p)
@@ -224,7 +242,7 @@ static int connection_allows(const vs_dp *dp, const vs_dp_action *a, const uint8
 
 /* Phase 1: the action for this frame with every per-packet check passed, or an UPCALL status
  * (counted as a miss when the frame had a key). */
-static int64_t find(vs_dp *dp, const struct dp_port *in, const uint8_t *frame, size_t len,
+static int64_t find(vs_dp *dp, const struct dp_port *in, uint8_t *frame, size_t len,
                     double now, struct hit *hit)
 {
     size_t l2 = in->l2;
@@ -303,71 +321,90 @@ static void write_vnet(const uint8_t *vnet, size_t in_l2, uint8_t *out, size_t o
     memset(out + kept, 0, out_l2 - kept);
 }
 
-/* The routed IPv4 packet `ip` wrapped in VXLAN into out (framed like the in port), with the
- * identification the next increment of the shared counter gives; the counter itself is taken
- * only at commit (fast_path.py takes overlay.next_ident() only for a packet it sends). */
-static int64_t wrap(vs_dp *dp, struct hit *hit, const uint8_t *ip, size_t ip_len, uint8_t *out,
-                    size_t cap)
+/* The routed IPv4 packet `ip` wrapped in VXLAN into out (framed like the in port, whose header
+ * was `vnet`), with the identification the next increment of the shared counter gives; the
+ * counter itself is taken only at commit (fast_path.py takes overlay.next_ident() only for a
+ * packet it sends). */
+static int64_t wrap(vs_dp *dp, struct hit *hit, const uint8_t *vnet, const uint8_t *ip,
+                    size_t ip_len, uint8_t *out, size_t cap)
 {
     if (dp->shared.vxlan_ident == NULL)
         return -1;
     hit->ident = __atomic_load_n(dp->shared.vxlan_ident, __ATOMIC_RELAXED) + 1;
-    return vs_vxlan_wrap(hit->a, hit->frame, hit->l2, ip, ip_len, (uint16_t)hit->ident, out,
-                         cap);
+    return vs_vxlan_wrap(hit->a, vnet, hit->l2, ip, ip_len, (uint16_t)hit->ident, out, cap);
 }
 
-/* Phase 2: the output, framed like the in port, into out; its length, VS_DP_UPCALL when the
- * action declines after all (a wrap that cannot be made), VS_DP_EINVAL when out is too small. */
-static int64_t build(vs_dp *dp, struct hit *hit, uint8_t *out, size_t cap)
+/* Puts back what an encapsulation changed in the frame: declined after all, or to be built
+ * again with another identification, it is the frame as read again. */
+static void undo(struct hit *hit)
+{
+    memcpy(hit->frame, hit->kept, hit->kept_len);
+    hit->kept_len = 0;
+}
+
+/* build() for an encapsulating action, in place as well: the packet translated and its TTL
+ * lowered where it lies (find let only routed actions encapsulate), then the outer headers and
+ * the inner Ethernet header written in front of it, over the frame's own headers and into the
+ * room in front (vs_vxlan_wrap copies the packet onto itself). Whether the wrap can be made
+ * depends on nothing the rewrite changes, but it is known only once it is tried: the bytes it
+ * may change are kept first and put back (undo) when it cannot. */
+static int64_t encapsulate(vs_dp *dp, struct hit *hit, size_t out_l2, size_t cap,
+                           uint8_t **start)
 {
     const vs_dp_action *a = hit->a;
-    const uint8_t *frame = hit->frame;
+    uint8_t *frame = hit->frame;
     size_t l2 = hit->l2, l3 = l2 + ETH_HLEN;
     size_t total = rd16(frame + l3 + 2);
-    if (!hit->connection && !a->rewrite_macs) {
-        if (cap < hit->len)
-            return VS_DP_EINVAL;
-        memcpy(out, frame, hit->len);
-        return (int64_t)hit->len;
-    }
-    if (a->encap && cap < VS_DP_MAX_FRAME)
+    if (cap < VS_DP_MAX_FRAME)
         return VS_DP_EINVAL;  /* so that a declined wrap means the frame, not the buffer */
-    const uint8_t *ip = frame + l3;
-    uint8_t *packet = NULL;
+    hit->kept_len = hit->len < KEPT_LEN ? hit->len : KEPT_LEN;
+    memcpy(hit->kept, frame, hit->kept_len);
+    uint8_t *ip = frame + l3;
     if (hit->connection) {
-        packet = a->encap ? dp->packet : out + l3;
-        if (!a->encap && cap < l3 + total)
-            return VS_DP_EINVAL;
-        memcpy(packet, ip, total);
         int partial = l2 > 0 && (frame[0] & VNET_F_NEEDS_CSUM);
-        vs_nat_rewrite(packet, total, a->target_src, a->target_dst, a->target_sport,
+        vs_nat_rewrite(ip, total, a->target_src, a->target_dst, a->target_sport,
                        a->target_dport, partial);
-        if (!a->rewrite_macs) {
-            memcpy(out, frame, l3);
-            return (int64_t)(l3 + total);
-        }
-        lower_ttl(packet);
-        ip = packet;
     }
-    if (a->encap) {
-        if (!hit->connection) {
-            /* The header with the TTL lowered, the rest straight from the frame. */
-            memcpy(dp->packet, ip, total);
-            lower_ttl(dp->packet);
-        }
-        int64_t n = wrap(dp, hit, dp->packet, total, out, cap);
-        return n < 0 ? VS_DP_UPCALL : n;
+    lower_ttl(ip);
+    /* The inner Ethernet header lands on the frame's own, the rest in front of it. */
+    uint8_t *out = frame - VXLAN_OUTER_LEN;
+    int64_t n = wrap(dp, hit, hit->kept, ip, total, out, VXLAN_OUTER_LEN + hit->len);
+    if (n < 0 || (size_t)n - l2 + out_l2 > cap) {
+        undo(hit);
+        return n < 0 ? VS_DP_UPCALL : VS_DP_EINVAL;
     }
-    if (cap < l3 + total)
+    *start = out;
+    return n;
+}
+
+/* Phase 2: the output, framed like the in port, at *start; its length, VS_DP_UPCALL when the
+ * action declines after all (a wrap that cannot be made), VS_DP_EINVAL when it would not fit in
+ * cap bytes once framed for the out port (out_l2 bytes of header). Everything but an
+ * encapsulation is done in place, after the last check: a frame it changes is a hit. */
+static int64_t build(vs_dp *dp, struct hit *hit, size_t out_l2, size_t cap, uint8_t **start)
+{
+    const vs_dp_action *a = hit->a;
+    if (a->encap)
+        return encapsulate(dp, hit, out_l2, cap, start);
+    uint8_t *frame = hit->frame;
+    size_t l2 = hit->l2, l3 = l2 + ETH_HLEN;
+    size_t total = rd16(frame + l3 + 2);
+    int switched = !hit->connection && !a->rewrite_macs;
+    /* A switched frame leaves whole; a rewritten one without the padding after its packet. */
+    size_t n = switched ? hit->len : l3 + total;
+    if (n > cap || n - l2 + out_l2 > cap)
         return VS_DP_EINVAL;
-    memcpy(out, frame, l2);
-    memcpy(out + l2, a->rewrite, 12);
-    memcpy(out + l2 + 12, frame + l2 + 12, 2);
-    if (!hit->connection) {
-        memcpy(out + l3, ip, total);
-        lower_ttl(out + l3);
+    if (hit->connection) {
+        int partial = l2 > 0 && (frame[0] & VNET_F_NEEDS_CSUM);
+        vs_nat_rewrite(frame + l3, total, a->target_src, a->target_dst, a->target_sport,
+                       a->target_dport, partial);
     }
-    return (int64_t)(l3 + total);
+    if (a->rewrite_macs) {
+        memcpy(frame + l2, a->rewrite, 12);
+        lower_ttl(frame + l3);
+    }
+    *start = frame;
+    return (int64_t)n;
 }
 
 /* ---- commit -------------------------------------------------------------------------------- */
@@ -397,25 +434,29 @@ static int commit_state(vs_dp *dp, struct hit *hit, double now)
     return 0;
 }
 
-int64_t vs_dp_run(vs_dp *dp, struct dp_port *in, const uint8_t *frame, size_t len, double now,
-                  uint8_t *out, size_t cap, uint32_t *out_port)
+int64_t vs_dp_run(vs_dp *dp, struct dp_port *in, uint8_t *frame, size_t len, double now,
+                  size_t cap, const uint8_t **out, uint32_t *out_port)
 {
     *out_port = NO_PORT;
+    *out = NULL;
     if (in->upcall_all || dp->params.upcall_all) {
         dp->stats.upcalls++;
         return VS_DP_UPCALL;
     }
-    struct hit hit = {0};
+    struct hit hit;  /* find fills it on a hit; kept[] is not cleared for every frame */
+    hit.a = NULL;
+    hit.kept_len = 0;
     int64_t n = find(dp, in, frame, len, now, &hit);
     struct dp_port *outp = n == 0 ? vs_dp_port_find(dp, hit.a->out_port) : NULL;
     size_t out_l2 = outp != NULL ? outp->l2 : in->l2;
+    uint8_t *start = NULL;
     for (int attempt = 0; n == 0; attempt++) {
-        n = build(dp, &hit, out, cap);
-        if (n >= 0 && (size_t)n - in->l2 + out_l2 > cap)
-            n = VS_DP_EINVAL;
+        n = build(dp, &hit, out_l2, cap, &start);
         if (n < 0 || commit_state(dp, &hit, now) == 0)
             break;
-        /* The identification moved: Python encapsulated meanwhile. Build again, a few times. */
+        /* The identification moved: Python encapsulated meanwhile (only an encapsulation takes
+         * one). The frame as read again, build again, a few times. */
+        undo(&hit);
         n = attempt < 8 ? 0 : VS_DP_UPCALL;
     }
     if (n < 0) {
@@ -436,21 +477,38 @@ int64_t vs_dp_run(vs_dp *dp, struct dp_port *in, const uint8_t *frame, size_t le
     }
     size_t body = (size_t)n - in->l2;
     if (out_l2 != in->l2) {
+        /* The body stays; the out port's header is written in front of it, in the headroom
+         * when it is the larger. */
         uint8_t vnet[MAX_L2];
-        memcpy(vnet, out, in->l2);
+        memcpy(vnet, start, in->l2);
         if (!framing_allows(vnet, in->l2, out_l2)) {
             outp->counters.tx_offload_unsupported++;
             return VS_DP_CONSUMED;
         }
-        memmove(out + out_l2, out + in->l2, body);
-        write_vnet(vnet, in->l2, out, out_l2);
+        start = start - out_l2 + in->l2;
+        write_vnet(vnet, in->l2, start, out_l2);
     }
     outp->counters.tx_packets++;
     outp->counters.tx_bytes += body;
+    *out = start;
     return (int64_t)(out_l2 + body);
 }
 
 /* ---- control ------------------------------------------------------------------------------- */
+
+/* A frame buffer: VS_DP_MAX_FRAME bytes with VS_DP_HEADROOM more in front; the pointer is past
+ * the room. */
+static uint8_t *frame_buffer_new(void)
+{
+    uint8_t *room = malloc(VS_DP_HEADROOM + VS_DP_MAX_FRAME);
+    return room != NULL ? room + VS_DP_HEADROOM : NULL;
+}
+
+static void frame_buffer_free(uint8_t *buffer)
+{
+    if (buffer != NULL)
+        free(buffer - VS_DP_HEADROOM);
+}
 
 vs_dp *vs_dp_create(uint32_t flow_capacity, uint32_t upcall_capacity, uint64_t seed)
 {
@@ -470,17 +528,14 @@ vs_dp *vs_dp_create(uint32_t flow_capacity, uint32_t upcall_capacity, uint64_t s
     dp->actions = calloc(flow_capacity, sizeof *dp->actions);
     dp->port_index = vs_exact_create(4, 4096, seed);
     dp->upcalls = calloc(upcall_capacity, sizeof *dp->upcalls);
-    dp->inner = malloc(VS_DP_MAX_FRAME);
-    dp->packet = malloc(VS_DP_MAX_FRAME);
-    dp->rx = malloc(VS_DP_MAX_FRAME);
-    dp->tx = malloc(VS_DP_MAX_FRAME);
+    dp->inner = frame_buffer_new();
+    dp->rx = frame_buffer_new();
     dp->upcall_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     dp->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     dp->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event stop = {.events = EPOLLIN, .data.u64 = 0};
     if (dp->flows == NULL || dp->actions == NULL || dp->port_index == NULL
-        || dp->upcalls == NULL || dp->inner == NULL || dp->packet == NULL || dp->rx == NULL
-        || dp->tx == NULL || dp->upcall_fd < 0 || dp->stop_fd < 0 || dp->epoll_fd < 0
+        || dp->upcalls == NULL || dp->inner == NULL || dp->rx == NULL || dp->upcall_fd < 0 || dp->stop_fd < 0 || dp->epoll_fd < 0
         || epoll_ctl(dp->epoll_fd, EPOLL_CTL_ADD, dp->stop_fd, &stop) != 0) {
         vs_dp_destroy(dp);
         return NULL;
@@ -501,10 +556,8 @@ void vs_dp_destroy(vs_dp *dp)
     vs_exact_destroy(dp->port_index);
     free(dp->actions);
     free(dp->ports);
-    free(dp->inner);
-    free(dp->packet);
-    free(dp->rx);
-    free(dp->tx);
+    frame_buffer_free(dp->inner);
+    frame_buffer_free(dp->rx);
     int fds[3] = {dp->upcall_fd, dp->stop_fd, dp->epoll_fd};
     for (int i = 0; i < 3; i++)
         if (fds[i] >= 0)
@@ -664,6 +717,8 @@ void vs_dp_stats_get(vs_dp *dp, vs_dp_stats *out)
     pthread_mutex_unlock(&dp->lock);
 }
 
+/* The frame is run where the poll thread runs it, in dp->rx (free under the lock: the poll thread
+ * holds the lock while it uses it); a frame longer than any port reads is EINVAL. */
 int64_t vs_dp_process(vs_dp *dp, uint32_t in_port, const uint8_t *frame, size_t len, double now,
                       uint8_t *out, size_t out_cap, uint32_t *out_port)
 {
@@ -671,8 +726,13 @@ int64_t vs_dp_process(vs_dp *dp, uint32_t in_port, const uint8_t *frame, size_t 
     *out_port = NO_PORT;
     pthread_mutex_lock(&dp->lock);
     struct dp_port *in = vs_dp_port_find(dp, in_port);
-    if (in != NULL)
-        n = vs_dp_run(dp, in, frame, len, now, out, out_cap, out_port);
+    if (in != NULL && len <= VS_DP_MAX_FRAME) {
+        const uint8_t *output;
+        memcpy(dp->rx, frame, len);
+        n = vs_dp_run(dp, in, dp->rx, len, now, out_cap, &output, out_port);
+        if (n >= 0)
+            memcpy(out, output, (size_t)n);
+    }
     pthread_mutex_unlock(&dp->lock);
     return n;
 }

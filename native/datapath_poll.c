@@ -4,10 +4,11 @@
  * -------------------
  * One thread per datapath sleeps in epoll_wait over every port with an fd (and an internal
  * eventfd that stops it), without the lock. Woken, it takes the lock for one burst: up to BURST
- * frames from each ready port, read with non-blocking read() into one preallocated buffer, each
- * run through vs_dp_run with the monotonic clock; a hit is written to its port from a second
- * preallocated buffer, everything else is copied into the upcall queue for Python. Then it reads
- * once more the ports it wrote to (see poll_loop) and lets the lock go.
+ * frames from each ready port, read with non-blocking read() into one preallocated buffer (with
+ * room in front, VS_DP_HEADROOM), each run through vs_dp_run with the monotonic clock, which
+ * executes it in that buffer; a hit is written to its port from where vs_dp_run left it in the
+ * buffer, everything else, untouched by a decline, is copied into the upcall queue for Python.
+ * Then it reads once more the ports it wrote to (see poll_loop) and lets the lock go.
  *
  * The upcall queue is a ring of upcall_capacity frames, each malloc'ed when queued and freed when
  * Python takes it; a full queue drops (upcall_lost). Its eventfd is readable exactly while the
@@ -105,7 +106,8 @@ static void poll_frame(vs_dp *dp, struct dp_port *in, size_t len, uint32_t *writ
                        size_t *n_written)
 {
     uint32_t target;
-    int64_t n = vs_dp_run(dp, in, dp->rx, len, monotonic_now(dp), dp->tx, VS_DP_MAX_FRAME,
+    const uint8_t *output;
+    int64_t n = vs_dp_run(dp, in, dp->rx, len, monotonic_now(dp), VS_DP_MAX_FRAME, &output,
                           &target);
     if (n == VS_DP_UPCALL) {
         upcall_queue(dp, in->id, dp->rx, len);
@@ -114,7 +116,7 @@ static void poll_frame(vs_dp *dp, struct dp_port *in, size_t len, uint32_t *writ
     if (n < 0)
         return;
     struct dp_port *out = vs_dp_port_find(dp, target);
-    ssize_t sent = out->fd >= 0 ? write(out->fd, dp->tx, (size_t)n) : -1;
+    ssize_t sent = out->fd >= 0 ? write(out->fd, output, (size_t)n) : -1;
     if (sent < 0) {
         /* Not sent: the tx count taken back, as Switch.note_tx_drop does for the pipeline. */
         out->counters.tx_packets--;
@@ -134,14 +136,16 @@ static void poll_frame(vs_dp *dp, struct dp_port *in, size_t len, uint32_t *writ
 
 /* Up to BURST frames of one port. A port at its end (EOF, a TAP whose device is gone) leaves
  * the poll set, as does one that fails while epoll reports an error or hang-up on it: left in,
- * it would be reported ready forever and spin the thread. `events`: what epoll reported. */
+ * it would be reported ready forever and spin the thread. `events`: what epoll reported. The
+ * port is looked up once: ports are added and removed under the lock this burst holds, and
+ * nothing in it but the end of this loop takes one out of the poll set. */
 static void poll_port(vs_dp *dp, uint32_t port_id, uint32_t events, uint32_t *written,
                       size_t *n_written)
 {
+    struct dp_port *p = vs_dp_port_find(dp, port_id);
+    if (p == NULL || !p->polled)
+        return;
     for (int i = 0; i < BURST; i++) {
-        struct dp_port *p = vs_dp_port_find(dp, port_id);
-        if (p == NULL || !p->polled)
-            return;
         ssize_t n = read(p->fd, dp->rx, VS_DP_MAX_FRAME);
         if (n > 0) {
             poll_frame(dp, p, (size_t)n, written, n_written);

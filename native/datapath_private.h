@@ -8,6 +8,11 @@
 
 #include "vswitch_native.h"
 
+/* The bytes every frame buffer keeps free in front of the frame, so that a frame is executed
+ * where it was read even when what goes in front of its packet grows: VXLAN's outer headers (50
+ * bytes) and then a larger virtio-net header for the out port (at most 64 more). */
+#define VS_DP_HEADROOM 128
+
 struct dp_port {
     uint32_t id;
     int fd;                /* -1: only vs_dp_process sees this port */
@@ -35,9 +40,9 @@ struct vs_dp {
     vs_dp_shared shared;
     vs_dp_params params;
     vs_dp_stats stats;
+    /* Frame buffers of VS_DP_HEADROOM + VS_DP_MAX_FRAME bytes; the pointers are past the room. */
     uint8_t *inner;              /* a decapsulated frame */
-    uint8_t *packet;             /* the IPv4 packet of a translated connection, rewritten */
-    uint8_t *rx, *tx;            /* the poll thread's frame buffers */
+    uint8_t *rx;                 /* a frame read (poll thread) or handed in (vs_dp_process) */
     struct upcall **upcalls;     /* ring of upcall_capacity */
     uint32_t upcall_capacity, upcall_head, upcall_count;
     int upcall_fd, stop_fd, epoll_fd;
@@ -48,9 +53,12 @@ struct vs_dp {
 /* With the lock held. */
 struct dp_port *vs_dp_port_find(vs_dp *dp, uint32_t id);
 void vs_dp_port_unpoll(vs_dp *dp, struct dp_port *p);
-/* vs_dp_process for a port found, with the lock held. */
-int64_t vs_dp_run(vs_dp *dp, struct dp_port *in, const uint8_t *frame, size_t len, double now,
-                  uint8_t *out, size_t cap, uint32_t *out_port);
+/* vs_dp_process for a port found, with the lock held, executed in place: frame (len bytes) is
+ * writable and has VS_DP_HEADROOM writable bytes in front of it. On a hit, the output (at most
+ * cap bytes) is at *out, inside [frame - VS_DP_HEADROOM, frame + len), and the frame may have been
+ * rewritten; on any other status the frame is as it was. */
+int64_t vs_dp_run(vs_dp *dp, struct dp_port *in, uint8_t *frame, size_t len, double now,
+                  size_t cap, const uint8_t **out, uint32_t *out_port);
 /* An eventfd made readable (1 added) or read back to not readable. */
 void vs_dp_eventfd_signal(int fd);
 void vs_dp_eventfd_reset(int fd);

@@ -21,7 +21,7 @@ from hypothesis import event, given, settings, strategies as st
 from vswitch.accel import pure
 from vswitch.accel.datapath import (
     CONNECTION, CONSUMED, CT_ASSURED, DECAP, CT_IN_TABLE, CT_REPLIED, EINVAL, FORWARD, KEY_LEN,
-    PER_CONNECTION, UPCALL, Datapath,
+    MAX_FRAME, PER_CONNECTION, UPCALL, Datapath,
 )
 from vswitch.core.egress import convert_framing
 from vswitch.core.fast_path import FastPath, connection_key
@@ -416,6 +416,16 @@ def test_any_bytes_on_any_port_type_never_crash(l2, noise, at, value):
         assert n in (UPCALL, CONSUMED) or (0 <= n == len(out) <= len(data) + 24)
 
 
+def test_a_frame_longer_than_any_port_reads_is_refused_whole():
+    t = Harness()
+    data = frame(payload=30)
+    t.install(key_of(1, data, 10))
+    longest = data.ljust(MAX_FRAME, b"\0")
+    assert t.dp.process(1, longest, NOW)[:2] == (MAX_FRAME, 2)
+    assert t.dp.process(1, longest + b"\0", NOW)[0] == EINVAL
+    assert t.dp.stats()["hits"] == 1
+
+
 def test_a_short_frame_matching_a_connection_marker_goes_up():
     t = Harness()
     data = frame(kind="tcp")
@@ -543,13 +553,15 @@ def test_a_hit_is_what_the_pure_fast_path_makes_of_the_frame(case):
 # ---- the poll thread, over socket pairs (packet boundaries kept, as a TAP keeps frames) ---------
 
 @pytest.fixture
-def threaded():
+def threaded(request):
     """A datapath whose ports 1 and 2 are SOCK_SEQPACKET pairs: the test writes and reads the far
-    ends. Ports are removed before the sockets close, as the datapath's contract asks."""
+    ends. Ports are removed before the sockets close, as the datapath's contract asks. Their
+    virtio-net header sizes: 10, or {port: size} given as the fixture's indirect parameter."""
+    l2s = getattr(request, "param", {1: 10, 2: 10})
     pairs = {port: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for port in (1, 2)}
     t = Harness({})
     for port, (near, _) in pairs.items():
-        t.dp.port_add(port, near.fileno(), 10)
+        t.dp.port_add(port, near.fileno(), l2s[port])
     t.dp.set_params(fdb_aging=1e12)  # the thread's clock is CLOCK_MONOTONIC: stamps of NOW
     far = {port: pair[1] for port, pair in pairs.items()}
     for sock in far.values():
@@ -583,6 +595,69 @@ def test_the_thread_forwards_hits_and_queues_the_rest(threaded):
     stats = t.dp.stats()
     assert (stats["hits"], stats["misses"], stats["upcalls"]) == (1, 1, 1)
     assert t.dp.port_counters(2)["tx_packets"] == 1
+
+
+def test_the_thread_rewrites_frames_in_place_and_a_declined_one_goes_up_as_read(threaded):
+    t, far = threaded
+    routed = frame(kind="tcp", payload=40, pad=8)
+    t.routed(key_of(1, routed, 10))
+    translated = frame(kind="udp", payload=20, dst="10.244.1.4")
+    install_connection(t, translated, rewrite_macs=1, rewrite=ROUTED, mtu=1500, nbr_slot=2,
+                       nbr_inc=1)
+    expiring = frame(kind="udp", ttl=1, dst="10.244.1.9")
+    t.routed(key_of(1, expiring, 10))
+    t.dp.set_params(clock_offset=NOW - time.monotonic())  # the thread's clock reads NOW
+    t.dp.start()
+    far[1].send(routed)
+    assert far[2].recv(4096) == routed_output(routed, 10)
+    far[1].send(translated)
+    assert far[2].recv(4096) == routed_output(translated_output(translated, 10, TARGET), 10)
+    far[1].send(expiring)  # declined after the lookup: the TTL would expire
+    assert _readable(t.dp.upcall_fd, 5)
+    assert t.dp.take_upcalls(8) == [(1, expiring)]
+    assert (t.dp.stats()["hits"], t.dp.stats()["misses"]) == (2, 1)
+
+
+def test_the_thread_encapsulates_in_front_of_the_frame_and_undoes_a_wrap_it_cannot_make(threaded):
+    t, far = threaded
+    tunnel = dict(rewrite_macs=1, rewrite=ROUTED, mtu=1500, nbr_slot=2, nbr_inc=1, encap=1,
+                  encap_port=4789, encap_vni=1)
+    data = frame(kind="tcp", payload=200)
+    install_connection(t, data, **tunnel)
+    gso = struct.pack("<BBHHHH", 1, h.VNET_GSO_TCPV4, 54, 1448, 34, 16)
+    cannot = frame(kind="tcp", payload=3000, vnet=gso, dst="10.244.1.9")  # needs 24 bytes
+    install_connection(t, cannot, **tunnel)
+    reference = Harness()
+    install_connection(reference, data, **tunnel)
+    expected = reference.dp.process(1, data, NOW)[2]
+    t.dp.set_params(clock_offset=NOW - time.monotonic())  # the thread's clock reads NOW
+    t.dp.start()
+    far[1].send(cannot)  # translated and routed in place, then the wrap fails: undone
+    assert _readable(t.dp.upcall_fd, 5)
+    assert t.dp.take_upcalls(8) == [(1, cannot)]
+    far[1].send(data)
+    assert far[2].recv(4096) == expected
+    assert t.shared["vxlan_ident"][0] == 1
+    assert (t.dp.stats()["hits"], t.dp.stats()["misses"]) == (1, 1)
+
+
+@pytest.mark.parametrize("threaded", [{1: 0, 2: 24}, {1: 24, 2: 10}, {1: 10, 2: 0}],
+                         indirect=True)
+def test_the_thread_converts_framing_around_the_frame_it_read(threaded, request):
+    t, far = threaded
+    in_l2, out_l2 = request.node.callspec.params["threaded"].values()
+    data = frame(l2=in_l2, kind="tcp", payload=30, pad=4)
+    t.install(key_of(1, data, in_l2))
+    routed = frame(l2=in_l2, kind="udp", payload=30, pad=4, dst="10.244.1.4")
+    t.routed(key_of(1, routed, in_l2))
+    t.dp.set_params(clock_offset=NOW - time.monotonic())  # the thread's clock reads NOW
+    t.dp.start()
+    spec = lambda l2: SimpleNamespace(vnet_hdr=l2 > 0, l2_offset=l2)  # noqa: E731
+    far[1].send(data)
+    assert far[2].recv(4096) == convert_framing(data, spec(in_l2), spec(out_l2))
+    far[1].send(routed)
+    assert far[2].recv(4096) == convert_framing(routed_output(routed, in_l2), spec(in_l2),
+                                                spec(out_l2))
 
 
 def test_a_full_upcall_queue_drops_and_counts(threaded):
