@@ -240,7 +240,8 @@ int vs_dp_install(vs_dp *dp, const uint8_t *key, const vs_dp_action *action);
 void vs_dp_flush(vs_dp *dp);
 void vs_dp_stats_get(vs_dp *dp, vs_dp_stats *out);
 /* One frame through the cached path, synchronously: the output's length (>= 0, written to out,
- * framed for *out_port) on a hit, else a vs_dp_status. Counts exactly as the poll thread does. */
+ * framed for *out_port) on a hit, else a vs_dp_status. Counts exactly as the poll thread does.
+ * A frame longer than VS_DP_MAX_FRAME is VS_DP_EINVAL (no port reads one). */
 int64_t vs_dp_process(vs_dp *dp, uint32_t in_port, const uint8_t *frame, size_t len, double now,
                       uint8_t *out, size_t out_cap, uint32_t *out_port);
 /* The poll thread: reads every port with an fd, handles hits, queues the rest for Python. */
@@ -260,7 +261,8 @@ uint16_t vs_vxlan_source_port(const uint8_t *flow_key, size_t len, uint64_t seed
  * with identification ident + UDP + VXLAN, inner Ethernet, the packet) to out. Its length
  * (l2_offset + 64 + ip_len), or -1 when the frame cannot cross the tunnel as it is (the pipeline
  * then decides), when l2_offset is not 0, 10 or 24, when ip is not an IPv4 header that fits
- * ip_len, or when cap is too small. The twin: FastPath._encapsulated after tunnel.outer_vnet. */
+ * ip_len, or when cap is too small. The twin: FastPath._encapsulated after tunnel.outer_vnet.
+ * out may end where ip begins (in place: the datapath wraps a packet where it was read). */
 int64_t vs_vxlan_wrap(const vs_dp_action *a, const uint8_t *vnet, size_t l2_offset,
                       const uint8_t *ip, size_t ip_len, uint16_t ident, uint8_t *out, size_t cap);
 /* The inner frame (with its virtio-net header of l2_offset bytes, converted) of a VXLAN frame of

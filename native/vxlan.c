@@ -191,7 +191,8 @@ int64_t vs_vxlan_wrap(const vs_dp_action *a, const uint8_t *vnet, size_t l2_offs
     uint8_t *inner = vx + VXLAN_LEN;
     memcpy(inner, a->encap_inner_macs, 12);
     put16be(inner + 12, 0x0800);
-    memcpy(inner + ETH_LEN, ip, ip_len);
+    if (inner + ETH_LEN != ip) /* in place: the packet is already where it goes */
+        memcpy(inner + ETH_LEN, ip, ip_len);
     return (int64_t)total;
 }
 
