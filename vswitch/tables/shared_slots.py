@@ -12,8 +12,11 @@ Theory of operation
   memory, and the memory never moves, so C's pointers stay valid as long as the owner lives.
 * A slot is named by (slot, incarnation): releasing a slot bumps its incarnation, so a cached
   action that names the previous holder is declined instead of touching the new one.
-* An entry object that leaves its table keeps its last values in Python (``detach``), so that a
-  reference held past removal (a trace, a packet in flight) never reads its successor's fields.
+* An entry object that leaves its table keeps its last values in Python (FDB and neighbour
+  entries detach themselves; a conntrack view is snapshotted by its table), so that a reference
+  held past removal (a trace, a packet in flight) never reads its successor's fields.
+* The conntrack table keeps *every* field of a connection here (``ConnectionSlots``), not only
+  the ones C shares, so that a tracked connection costs no Python object at all.
 * Writes from the two sides race only on fields both write with the same meaning (a
   timestamp set to "now", a counter); aligned 8-byte stores are atomic on the machines we run on.
 """
