@@ -393,7 +393,10 @@ class ConntrackTable:
         self._protocols[proto] = self._protocols.get(proto, 0) + 1
         self._deadlines.schedule(slot, now + timeout)
         self._counts["created"] += 1
-        return self._view(slot)
+        # A fresh slot has no view yet; this one starts with what it would unpack.
+        view = Entry.view(self, slot, slots.incarnation[slot], original, reply, (dnat, snat))
+        self._views[slot] = view
+        return view
 
     def allocate_port(self, proto: int, src_ip: bytes, remote_ip: bytes, remote_port: int,
                       preferred: int, low: int = 1024, high: int = 65535, *,

@@ -202,15 +202,20 @@ class Entry:
         self._local: list[Any] | None = [expires, now, [0, 0], [0, 0], tcp_state.value, 0, 0]
 
     @classmethod
-    def view(cls, table: ConntrackTable, slot: int, incarnation: int) -> Entry:
-        """A view of the connection ``table`` holds in ``slot`` (the table's ``_view`` makes
-        sure there is only one)."""
+    def view(cls, table: ConntrackTable, slot: int, incarnation: int,
+             original: FlowTuple | None = None, reply: FlowTuple | None = None,
+             nat: tuple[Any, Any] | None = None) -> Entry:
+        """A view of the connection ``table`` holds in ``slot`` (the table makes sure there is
+        only one). The tuples and translations are unpacked from the slot on first access,
+        unless the caller, who just wrote them, passes them."""
         entry = cls.__new__(cls)
         entry._table = table
         entry._slot = slot
         entry._incarnation = incarnation
         entry._local = None
-        entry._original = entry._reply = entry._nat = None
+        entry._original = original
+        entry._reply = reply
+        entry._nat = nat
         entry._created = entry._labels = None
         return entry
 
