@@ -376,8 +376,10 @@ class ConntrackTable:
         slots.label[slot] = self._labels.intern(labels if labels is not None else {})
         records = slots.tuples
         at = slot * _TUPLE_SIZE
-        self._index.insert(bytes(records[at:at + _KEY_SIZE]), 2 * slot)
+        # Reply first: a connection whose two tuples are one (a host talking to its own port)
+        # is then found in its original direction, as it always was.
         self._index.insert(bytes(records[at + _KEY_SIZE:at + 2 * _KEY_SIZE]), 2 * slot + 1)
+        self._index.insert(bytes(records[at:at + _KEY_SIZE]), 2 * slot)
         self._size += 1
         self._unreplied_fifo.append(slot << 32 | slots.incarnation[slot])
         self._unreplied += 1
