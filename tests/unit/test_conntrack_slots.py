@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from vswitch import accel
 from vswitch.tables.conntrack import ConntrackTable, Direction, Entry, FlowTuple, TcpState
+from vswitch.tables.conntrack_entry import LabelSets
 from vswitch.tables.deadlines import SlotDeadlines
 from vswitch.tables.shared_slots import shared_array
 
@@ -194,3 +195,32 @@ def test_slot_deadlines_match_brute_force(operations):
         assert heap.next_deadline() == min(tracked.values(), default=None)
         assert len(heap) == len(tracked)
         assert all((s in heap) == (s in tracked) for s in range(20))
+
+
+def test_label_sets_share_equal_dicts_and_forget_the_last_reference():
+    sets = LabelSets()
+    web = sets.intern({"service": "default/web", "backend": "web-1"})
+    again = sets.intern({"service": "default/web", "backend": "web-1"})
+    other = sets.intern({"service": "default/web", "backend": "web-2"})
+    odd = sets.intern({"ports": [80, 443]})  # unhashable: stored on its own
+    odd_again = sets.intern({"ports": [80, 443]})
+    assert web == again != other and odd != odd_again and len(sets) == 4
+    assert sets.get(odd) == {"ports": [80, 443]}
+    sets.release(web)
+    assert sets.get(again) == {"service": "default/web", "backend": "web-1"}
+    sets.release(again)
+    assert len(sets) == 3
+    reused = sets.intern({"service": "default/db"})
+    assert reused == web and sets.get(reused) == {"service": "default/db"}
+    assert sets.intern({"service": "default/web", "backend": "web-1"}) not in (other, reused)
+
+
+def test_label_sets_keep_apart_different_dicts_with_one_hash():
+    sets = LabelSets()
+    first = sets.intern({"a": 1})
+    sets._by_hash[hash(tuple({"b": 2}.items()))] = first  # force a collision
+    second = sets.intern({"b": 2})
+    assert second != first and sets.get(second) == {"b": 2} and sets.get(first) == {"a": 1}
+    sets.release(second)
+    sets.release(first)
+    assert len(sets) == 0

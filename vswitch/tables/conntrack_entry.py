@@ -127,13 +127,16 @@ class Pair:
 
 class LabelSets:
     """Label dicts stored once each: ``intern`` gives an id (and takes a reference), ``get``
-    the dict, ``release`` drops a reference and forgets the dict with its last one. Dicts whose
-    values cannot be hashed are not shared, just stored."""
+    the dict, ``release`` drops a reference and forgets the dict with its last one.
+
+    Sets are found by the hash of their items; only the hash is kept beside the dict (a key
+    tuple of the items would cost more than the dict). A dict whose items cannot be hashed, or
+    whose hash is already taken by a different dict, is stored on its own, not shared."""
 
     def __init__(self) -> None:
-        self._by_key: dict[Any, int] = {}
+        self._by_hash: dict[int, int] = {}
         self._labels: list[dict[str, Any] | None] = []
-        self._keys: list[Any] = []
+        self._hashes: list[int | None] = []
         self._references: list[int] = []
         self._free: list[int] = []
 
@@ -142,25 +145,27 @@ class LabelSets:
 
     def intern(self, labels: dict[str, Any]) -> int:
         try:
-            key: Any = tuple(labels.items())
-            found = self._by_key.get(key)
+            key: int | None = hash(tuple(labels.items()))
         except TypeError:
-            key, found = None, None
+            key = None
+        found = self._by_hash.get(key) if key is not None else None
         if found is not None:
-            self._references[found] += 1
-            return found
+            if self._labels[found] == labels:
+                self._references[found] += 1
+                return found
+            key = None  # a different set with the same hash: stored apart
         stored = dict(labels)
         if self._free:
             label_id = self._free.pop()
-            self._labels[label_id], self._keys[label_id] = stored, key
+            self._labels[label_id], self._hashes[label_id] = stored, key
             self._references[label_id] = 1
         else:
             label_id = len(self._labels)
             self._labels.append(stored)
-            self._keys.append(key)
+            self._hashes.append(key)
             self._references.append(1)
         if key is not None:
-            self._by_key[key] = label_id
+            self._by_hash[key] = label_id
         return label_id
 
     def get(self, label_id: int) -> dict[str, Any]:
@@ -171,10 +176,10 @@ class LabelSets:
         self._references[label_id] = references
         if references:
             return
-        key = self._keys[label_id]
+        key = self._hashes[label_id]
         if key is not None:
-            del self._by_key[key]
-        self._labels[label_id] = self._keys[label_id] = None
+            del self._by_hash[key]
+        self._labels[label_id] = self._hashes[label_id] = None
         self._free.append(label_id)
 
 
