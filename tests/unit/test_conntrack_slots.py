@@ -224,3 +224,15 @@ def test_label_sets_keep_apart_different_dicts_with_one_hash():
     sets.release(second)
     sets.release(first)
     assert len(sets) == 0
+
+
+def test_reply_pairs_read_as_address_pairs():
+    table = ConntrackTable(max_entries=8)
+    entry = table.create(flow(40000), 0.0, dnat=(BACKEND, 8080))
+    table.create(flow(40001), 0.0, dnat=(BACKEND, 8080))
+    pairs = table.reply_pairs
+    assert (BACKEND, CLIENT) in pairs and (CLIENT, BACKEND) not in pairs and "x" not in pairs
+    assert pairs[(BACKEND, CLIENT)] == 2 and list(pairs) == [(BACKEND, CLIENT)]
+    assert len(pairs) == 1 and dict(pairs) == {(BACKEND, CLIENT): 2}
+    table.remove(entry)
+    assert dict(pairs) == {(BACKEND, CLIENT): 1}

@@ -90,7 +90,7 @@ from __future__ import annotations
 import enum
 import weakref
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -179,6 +179,31 @@ class Timeouts:
         return getattr(self, TIMEOUT_FIELD[state])
 
 
+class ReplyPairs(Mapping[tuple[bytes, bytes], int]):
+    """(reply source, reply destination) -> count, read-only, over a dict keyed by the two
+    addresses as one 8-byte string (a third of the memory of a pair of bytes per key)."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self, counts: dict[bytes, int]):
+        self._counts = counts
+
+    def __contains__(self, pair: object) -> bool:
+        try:
+            return pair[0] + pair[1] in self._counts  # type: ignore[index]
+        except (TypeError, IndexError):
+            return False
+
+    def __getitem__(self, pair: tuple[bytes, bytes]) -> int:
+        return self._counts[pair[0] + pair[1]]
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return ((key[:4], key[4:]) for key in list(self._counts))
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 class ConntrackTable:
@@ -204,8 +229,10 @@ class ConntrackTable:
         self._unreplied_fifo = array("Q")
         self._unreplied_head = 0
         self._unreplied = 0
-        # (reply source, reply destination) of translated entries -> how many entries carry it.
-        self._reply_pairs: dict[tuple[bytes, bytes], int] = {}
+        # Reply source + reply destination (8 bytes) of translated entries -> how many entries
+        # carry it; ``reply_pairs`` shows it as (source, destination) pairs.
+        self._reply_pairs: dict[bytes, int] = {}
+        self._reply_pairs_view = ReplyPairs(self._reply_pairs)
         self.generation = 0
         self._deadlines = SlotDeadlines(max_entries, self.slots.expires)
         # Secret key of the hash that starts a port scan (see nat_ports.py). The caller draws it
@@ -223,7 +250,7 @@ class ConntrackTable:
     @property
     def reply_pairs(self) -> Mapping[tuple[bytes, bytes], int]:
         """The address pairs replies of translated connections carry; read-only for callers."""
-        return self._reply_pairs
+        return self._reply_pairs_view
 
     def labels_of(self, slot: int) -> dict[str, Any]:
         """The (shared, read-only) labels of the connection in ``slot``."""
@@ -385,7 +412,7 @@ class ConntrackTable:
         self._unreplied += 1
         self._bound_unreplied()
         if dnat is not None or snat is not None:
-            pair = (reply.src, reply.dst)
+            pair = reply.src + reply.dst
             count = self._reply_pairs.get(pair, 0)
             if not count:
                 self.generation += 1  # cached decisions about this pair may now be wrong
@@ -615,8 +642,8 @@ class ConntrackTable:
             self._unreplied -= 1
             self._bound_unreplied()
         if slots.nat[slot] & (_DNAT | _SNAT):
-            pair = (bytes(records[at + _REPLY_SRC:at + _REPLY_SRC + 4]),
-                    bytes(records[at + _REPLY_DST:at + _REPLY_DST + 4]))
+            pair = (bytes(records[at + _REPLY_SRC:at + _REPLY_SRC + 4])
+                    + bytes(records[at + _REPLY_DST:at + _REPLY_DST + 4]))
             count = self._reply_pairs.get(pair, 0)
             if count <= 1:
                 self._reply_pairs.pop(pair, None)
