@@ -103,6 +103,8 @@ from vswitch.tables.conntrack_entry import (
     Entry,
     FlowTuple,
     LabelSets,
+    record_of,
+    reply_of,
 )
 from vswitch.tables.deadlines import SlotDeadlines
 from vswitch.tables.shared_slots import ConnectionSlots
@@ -132,9 +134,7 @@ _IN_TABLE = ConnectionSlots.IN_TABLE
 _REPLIED = ConnectionSlots.REPLIED
 _KEY_SIZE = ConnectionSlots.KEY_SIZE
 _TUPLE_SIZE = ConnectionSlots.TUPLE_SIZE
-_DNAT_IP = 2 * _KEY_SIZE  # offset of the DNAT address in a tuple record
-_REPLY_SRC = _KEY_SIZE + 1  # offset of the reply tuple's source address
-_REPLY_DST = _KEY_SIZE + 7
+_DNAT_IP = _KEY_SIZE  # offset of the DNAT address in a tuple record
 _DNAT, _DNAT_PORT = ConnectionSlots.DNAT, ConnectionSlots.DNAT_PORT
 _SNAT, _SNAT_PORT = ConnectionSlots.SNAT, ConnectionSlots.SNAT_PORT
 _NO_ADDRESS = bytes(4)
@@ -311,19 +311,7 @@ class ConntrackTable:
                     snat: tuple[bytes, int] | None = None) -> FlowTuple:
         """The tuple a reply arrives with: the original after translation, reversed. For ICMP
         echo the identifier is one field in both directions, so only ``snat`` may change it."""
-        dst, dport = original.dst, original.dport
-        src, sport = original.src, original.sport
-        if dnat is not None:
-            dst = dnat[0]
-            if dnat[1] is not None and original.proto != _ICMP:
-                dport = dnat[1]
-        if snat is not None:
-            src = snat[0]
-            if snat[1] is not None:
-                sport = snat[1]
-        if original.proto == _ICMP:
-            dport = sport
-        return FlowTuple(original.proto, dst, dport, src, sport)
+        return reply_of(original, dnat, snat)
 
     def create(self, original: FlowTuple, now: float, *, dnat: tuple[bytes, int] | None = None,
                snat: tuple[bytes, int] | None = None,
@@ -391,7 +379,6 @@ class ConntrackTable:
                 snat_port = snat[1]
         TUPLE_RECORD.pack_into(slots.tuples, slot * _TUPLE_SIZE,
                                proto, original.src, original.sport, original.dst, original.dport,
-                               proto, reply.src, reply.sport, reply.dst, reply.dport,
                                dnat_ip, dnat_port, snat_ip, snat_port)
         slots.nat[slot] = bits
         expires[slot] = now + timeout
@@ -401,12 +388,12 @@ class ConntrackTable:
         slots.state[slot] = state.value
         slots.flags[slot] = _IN_TABLE
         slots.label[slot] = self._labels.intern(labels if labels is not None else {})
-        records = slots.tuples
         at = slot * _TUPLE_SIZE
         # Reply first: a connection whose two tuples are one (a host talking to its own port)
         # is then found in its original direction, as it always was.
-        self._index.insert(bytes(records[at + _KEY_SIZE:at + 2 * _KEY_SIZE]), 2 * slot + 1)
-        self._index.insert(bytes(records[at:at + _KEY_SIZE]), 2 * slot)
+        self._index.insert(TUPLE_KEY.pack(proto, reply.src, reply.sport, reply.dst, reply.dport),
+                           2 * slot + 1)
+        self._index.insert(bytes(slots.tuples[at:at + _KEY_SIZE]), 2 * slot)
         self._size += 1
         self._unreplied_fifo.append(slot << 32 | slots.incarnation[slot])
         self._unreplied += 1
@@ -635,15 +622,17 @@ class ConntrackTable:
     def _discard(self, slot: int) -> None:
         slots = self.slots
         records, at = slots.tuples, slot * _TUPLE_SIZE
+        original, dnat, snat = record_of(slots, slot)
+        reply = reply_of(original, dnat, snat)
         self._index.delete(bytes(records[at:at + _KEY_SIZE]))
-        self._index.delete(bytes(records[at + _KEY_SIZE:at + 2 * _KEY_SIZE]))
+        self._index.delete(TUPLE_KEY.pack(reply.proto, reply.src, reply.sport, reply.dst,
+                                          reply.dport))
         self._deadlines.discard(slot)
         if not slots.flags[slot] & _REPLIED:
             self._unreplied -= 1
             self._bound_unreplied()
-        if slots.nat[slot] & (_DNAT | _SNAT):
-            pair = (bytes(records[at + _REPLY_SRC:at + _REPLY_SRC + 4])
-                    + bytes(records[at + _REPLY_DST:at + _REPLY_DST + 4]))
+        if dnat is not None or snat is not None:
+            pair = reply.src + reply.dst
             count = self._reply_pairs.get(pair, 0)
             if count <= 1:
                 self._reply_pairs.pop(pair, None)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -53,10 +54,8 @@ _TUPLE_SIZE = ConnectionSlots.TUPLE_SIZE
 
 #: One direction's tuple as its key: protocol, source, source port, destination, its port.
 TUPLE_KEY = struct.Struct("!B4sH4sH")
-#: A slot's ``tuples`` record: both keys, then DNAT and SNAT address and port.
-TUPLE_RECORD = struct.Struct("!B4sH4sHB4sH4sH4sH4sH")
-_NAT = struct.Struct("!4sH4sH")
-_NAT_OFFSET = 2 * TUPLE_KEY.size
+#: A slot's ``tuples`` record: the original tuple's key, then DNAT and SNAT address and port.
+TUPLE_RECORD = struct.Struct("!B4sH4sH4sH4sH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +87,35 @@ class FlowTuple:
     def key(self) -> bytes:
         """The tuple's ``TUPLE_KEY`` bytes, under which the table indexes it."""
         return TUPLE_KEY.pack(self.proto, self.src, self.sport, self.dst, self.dport)
+
+
+def reply_of(original: FlowTuple, dnat: tuple[bytes, int] | None,
+             snat: tuple[bytes, int] | None) -> FlowTuple:
+    """The tuple a reply arrives with: the original after translation, reversed. For ICMP
+    echo the identifier is one field in both directions, so only ``snat`` may change it."""
+    dst, dport = original.dst, original.dport
+    src, sport = original.src, original.sport
+    if dnat is not None:
+        dst = dnat[0]
+        if dnat[1] is not None and original.proto != _ICMP:
+            dport = dnat[1]
+    if snat is not None:
+        src = snat[0]
+        if snat[1] is not None:
+            sport = snat[1]
+    if original.proto == _ICMP:
+        dport = sport
+    return FlowTuple(original.proto, dst, dport, src, sport)
+
+
+def record_of(slots: ConnectionSlots, slot: int) -> tuple[FlowTuple, Any, Any]:
+    """The original tuple, DNAT and SNAT that ``slot``'s tuple record holds."""
+    proto, src, sport, dst, dport, dnat_ip, dnat_port, snat_ip, snat_port = \
+        TUPLE_RECORD.unpack_from(slots.tuples, slot * _TUPLE_SIZE)
+    bits = slots.nat[slot]
+    dnat = (dnat_ip, dnat_port if bits & _DNAT_PORT else None) if bits & _DNAT else None
+    snat = (snat_ip, snat_port if bits & _SNAT_PORT else None) if bits & _SNAT else None
+    return FlowTuple(proto, src, sport, dst, dport), dnat, snat
 
 
 class Pair:
@@ -131,7 +159,8 @@ class LabelSets:
 
     Sets are found by the hash of their items; only the hash is kept beside the dict (a key
     tuple of the items would cost more than the dict). A dict whose items cannot be hashed, or
-    whose hash is already taken by a different dict, is stored on its own, not shared."""
+    whose hash is already taken by a different dict, is stored on its own, not shared. String
+    values are interned, so that sets which differ in one value share the others."""
 
     def __init__(self) -> None:
         self._by_hash: dict[int, int] = {}
@@ -154,7 +183,8 @@ class LabelSets:
                 self._references[found] += 1
                 return found
             key = None  # a different set with the same hash: stored apart
-        stored = dict(labels)
+        # Sets differ in a value or two (the backend, the service): their strings are shared.
+        stored = {k: sys.intern(v) if type(v) is str else v for k, v in labels.items()}
         if self._free:
             label_id = self._free.pop()
             self._labels[label_id], self._hashes[label_id] = stored, key
@@ -227,8 +257,8 @@ class Entry:
     def _snapshot(self) -> None:
         """Copy the slot's fields into Python and stop reading the slot (it is being released)."""
         shared, slot = self._table.slots, self._slot
-        self._load_tuples()
-        self._load_nat()
+        if self._original is None or self._nat is None:
+            self._load()
         self._created = shared.created[slot]
         self._labels = self._table.labels_of(slot)
         self._local = [shared.expires[slot], shared.seen[slot],
@@ -251,46 +281,33 @@ class Entry:
 
     # -- what never changes while the connection lives ---------------------------------------
 
-    def _load_tuples(self) -> None:
-        if self._original is None:
-            fields = TUPLE_RECORD.unpack_from(self._table.slots.tuples, self._slot * _TUPLE_SIZE)
-            self._original = FlowTuple(*fields[:5])
-            self._reply = FlowTuple(*fields[5:10])
-
-    def _load_nat(self) -> None:
-        if self._nat is None:
-            shared, slot = self._table.slots, self._slot
-            dnat_ip, dnat_port, snat_ip, snat_port = _NAT.unpack_from(
-                shared.tuples, slot * _TUPLE_SIZE + _NAT_OFFSET)
-            bits = shared.nat[slot]
-            dnat = ((dnat_ip, dnat_port if bits & _DNAT_PORT else None)
-                    if bits & _DNAT else None)
-            snat = ((snat_ip, snat_port if bits & _SNAT_PORT else None)
-                    if bits & _SNAT else None)
-            self._nat = (dnat, snat)
+    def _load(self) -> None:
+        self._original, dnat, snat = record_of(self._table.slots, self._slot)
+        self._nat = (dnat, snat)
+        self._reply = reply_of(self._original, dnat, snat)
 
     @property
     def original(self) -> FlowTuple:
         if self._original is None:
-            self._load_tuples()
+            self._load()
         return self._original
 
     @property
     def reply(self) -> FlowTuple:
         if self._reply is None:
-            self._load_tuples()
+            self._load()
         return self._reply
 
     @property
     def dnat(self) -> tuple[bytes, int] | None:
         if self._nat is None:
-            self._load_nat()
+            self._load()
         return self._nat[0]
 
     @property
     def snat(self) -> tuple[bytes, int] | None:
         if self._nat is None:
-            self._load_nat()
+            self._load()
         return self._nat[1]
 
     @property

@@ -80,11 +80,11 @@ class ConnectionSlots(SlotAllocator):
     them in place (native/vswitch_native.h, "The datapath"). The others are read by Python only:
 
     ``tuples``
-        ``TUPLE_SIZE`` bytes per slot: the original tuple's key, the reply tuple's key (each
-        ``KEY_SIZE`` bytes: protocol, source address, source port, destination address,
-        destination port, in network order; the same bytes index the connection in the table's
-        exact-match hash), then the DNAT and the SNAT address and port (4 + 2 bytes each, zero
-        when absent; ``nat`` says which are present).
+        ``TUPLE_SIZE`` bytes per slot: the original tuple's key (``KEY_SIZE`` bytes: protocol,
+        source address, source port, destination address, destination port, in network order;
+        the same bytes index the connection in the table's exact-match hash), then the DNAT and
+        the SNAT address and port (4 + 2 bytes each, zero when absent; ``nat`` says which are
+        present). The reply tuple follows from these three and is not stored.
     ``nat``
         DNAT | DNAT_PORT | SNAT | SNAT_PORT presence bits, and SIMULTANEOUS_OPEN.
     ``created``
@@ -109,7 +109,7 @@ class ConnectionSlots(SlotAllocator):
     ASSURED = 4
 
     KEY_SIZE = 13
-    TUPLE_SIZE = 2 * KEY_SIZE + 12
+    TUPLE_SIZE = KEY_SIZE + 12
 
     DNAT = 1
     DNAT_PORT = 2
