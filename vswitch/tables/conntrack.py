@@ -59,10 +59,11 @@ Theory of operation
 Storage: no Python object per connection
 ----------------------------------------
 A connection is a slot of ``ConnectionSlots``: flat arrays, one per field (clock, counters, state
-and flags, which the C datapath shares; both tuples' keys, the translations, creation time, an
-interned label-set id), about 120 bytes per slot, paged in as slots are first used. ``Entry``
-objects are views of a slot made on demand (see ``conntrack_entry``). The indexes cost little per
-connection too:
+and flags, which the C datapath shares; the original tuple's key and the translations, from
+which the reply tuple follows; creation time; an interned label-set id), 92 bytes per slot,
+paged in as slots are first used. ``Entry`` objects are views of a slot made on demand (see
+``conntrack_entry``). Label sets are interned (``LabelSets``): a service's connections share a
+few. The indexes cost little per connection too:
 
 * tuples: ``accel.ExactTable`` (C, or its pure twin) maps each direction's 13-byte tuple key to
   ``slot * 2 + direction``; sized for two keys per slot, ~100 bytes per connection in C;
@@ -73,9 +74,10 @@ connection too:
 * unreplied entries, oldest first: a FIFO of (slot, incarnation) numbers, 8 bytes each, from which
   a reply or a removal is not taken out but skipped when eviction reaches it; it is compacted
   when skipped items outnumber the unreplied entries, so it stays within twice their number;
+* reply pairs: one 8-byte key per distinct pair, not per connection;
 * ``flush_endpoint`` has no index: it scans the DNAT addresses of every slot in use, with
-  ``bytes.find`` over the tuple records (a few milliseconds for 262,144 connections), because an
-  endpoint going away is rare next to connections coming and going;
+  ``bytes.find`` over a copy of the tuple records (a few milliseconds for 262,144 connections),
+  because an endpoint going away is rare next to connections coming and going;
 * ``entries()`` and ``flush(predicate)`` walk the slots in use in slot order and make a view of
   each: O(table), for the control path.
 

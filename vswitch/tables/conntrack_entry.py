@@ -164,7 +164,7 @@ class LabelSets:
 
     def __init__(self) -> None:
         self._by_hash: dict[int, int] = {}
-        self._labels: list[dict[str, Any] | None] = []
+        self._labels: list[Any] = []  # a dict, or None for a free id
         self._hashes: list[int | None] = []
         self._references: list[int] = []
         self._free: list[int] = []
@@ -199,7 +199,7 @@ class LabelSets:
         return label_id
 
     def get(self, label_id: int) -> dict[str, Any]:
-        return self._labels[label_id]  # type: ignore[return-value]
+        return self._labels[label_id]
 
     def release(self, label_id: int) -> None:
         references = self._references[label_id] - 1
@@ -225,7 +225,8 @@ class Entry:
     def __init__(self, original: Any, reply: Any, dnat: tuple[bytes, int] | None,
                  snat: tuple[bytes, int] | None, now: float, expires: float,
                  tcp_state: TcpState, labels: dict[str, Any]):
-        self._table = None
+        # The owning table, typed loosely: a standalone entry has none and never reads it.
+        self._table: Any = None
         self._slot = -1
         self._incarnation = 0
         self._original = original
