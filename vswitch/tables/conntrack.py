@@ -105,7 +105,7 @@ from vswitch.tables.conntrack_entry import (
     Entry,
     FlowTuple,
     LabelSets,
-    record_of,
+    reply_key_of,
     reply_of,
 )
 from vswitch.tables.deadlines import SlotDeadlines
@@ -140,6 +140,7 @@ _DNAT_IP = _KEY_SIZE  # offset of the DNAT address in a tuple record
 _DNAT, _DNAT_PORT = ConnectionSlots.DNAT, ConnectionSlots.DNAT_PORT
 _SNAT, _SNAT_PORT = ConnectionSlots.SNAT, ConnectionSlots.SNAT_PORT
 _NO_ADDRESS = bytes(4)
+_VIEWS_PURGE_MIN = 1024
 _STATES = tuple(TcpState)
 
 
@@ -223,8 +224,11 @@ class ConntrackTable:
         self._size = 0
         # Both directions' tuple keys -> slot * 2 + direction.
         self._index = accel.ExactTable(_KEY_SIZE, 2 * max_entries)
-        # The live view of each slot, if one is held anywhere (see conntrack_entry).
-        self._views: weakref.WeakValueDictionary[int, Entry] = weakref.WeakValueDictionary()
+        # Slot -> a weak reference to its live view, if one was made (see conntrack_entry).
+        # References whose view has died are purged when the dict has doubled since the last
+        # purge, so it stays within about twice the views held anywhere.
+        self._views: dict[int, weakref.ref[Entry]] = {}
+        self._views_purge_at = _VIEWS_PURGE_MIN
         self._labels = LabelSets()
         # (slot << 32 | incarnation) of entries created unreplied, oldest first, from
         # _unreplied_head on; replied and removed ones are skipped when eviction meets them.
@@ -275,11 +279,22 @@ class ConntrackTable:
         return None if found is None else found >> 1
 
     def _view(self, slot: int) -> Entry:
-        view = self._views.get(slot)
-        if view is None:
-            view = Entry.view(self, slot, self.slots.incarnation[slot])
-            self._views[slot] = view
+        ref = self._views.get(slot)
+        if ref is not None:
+            view = ref()
+            if view is not None:
+                return view
+        view = Entry.view(self, slot, self.slots.incarnation[slot])
+        self._remember(slot, view)
         return view
+
+    def _remember(self, slot: int, view: Entry) -> None:
+        views = self._views
+        views[slot] = weakref.ref(view)
+        if len(views) >= self._views_purge_at:
+            for dead in [s for s, ref in views.items() if ref() is None]:
+                del views[dead]
+            self._views_purge_at = max(_VIEWS_PURGE_MIN, 2 * len(views))
 
     def _slots_in_use(self) -> list[int]:
         flags = self.slots.flags
@@ -327,12 +342,18 @@ class ConntrackTable:
         Creating may remove other entries, which the caller never sees: evicted ones (counted in
         ``evictions``) and dead ones whose tuples or room it takes (counted in ``reclaimed``, and
         in ``expired``)."""
-        reply = self.reply_tuple(original, dnat, snat)
+        reply = reply_of(original, dnat, snat)
+        proto = original.proto
+        original_key = TUPLE_KEY.pack(proto, original.src, original.sport, original.dst,
+                                      original.dport)
+        reply_key = TUPLE_KEY.pack(proto, reply.src, reply.sport, reply.dst, reply.dport)
+        index = self._index
         expires = self.slots.expires
-        for t in (original, reply):
-            holder = self._holder(t)
-            if holder is None:
+        for key in (original_key, reply_key):
+            found = index.lookup(key)
+            if found is None:
                 continue
+            holder = found >> 1
             if now >= expires[holder]:
                 self._discard(holder)
                 self._counts["expired"] += 1
@@ -350,7 +371,6 @@ class ConntrackTable:
                 self._discard(victim)
                 self._counts["evictions"] += 1
 
-        proto = original.proto
         if proto == _TCP:
             state = TcpState.SYN_SENT
             timeout = self.timeouts.syn_sent
@@ -390,12 +410,10 @@ class ConntrackTable:
         slots.state[slot] = state.value
         slots.flags[slot] = _IN_TABLE
         slots.label[slot] = self._labels.intern(labels if labels is not None else {})
-        at = slot * _TUPLE_SIZE
         # Reply first: a connection whose two tuples are one (a host talking to its own port)
         # is then found in its original direction, as it always was.
-        self._index.insert(TUPLE_KEY.pack(proto, reply.src, reply.sport, reply.dst, reply.dport),
-                           2 * slot + 1)
-        self._index.insert(bytes(slots.tuples[at:at + _KEY_SIZE]), 2 * slot)
+        index.insert(reply_key, 2 * slot + 1)
+        index.insert(original_key, 2 * slot)
         self._size += 1
         self._unreplied_fifo.append(slot << 32 | slots.incarnation[slot])
         self._unreplied += 1
@@ -413,7 +431,7 @@ class ConntrackTable:
         self._counts["created"] += 1
         # A fresh slot has no view yet; this one starts with what it would unpack.
         view = Entry.view(self, slot, slots.incarnation[slot], original, reply, (dnat, snat))
-        self._views[slot] = view
+        self._remember(slot, view)
         return view
 
     def allocate_port(self, proto: int, src_ip: bytes, remote_ip: bytes, remote_port: int,
@@ -624,17 +642,15 @@ class ConntrackTable:
     def _discard(self, slot: int) -> None:
         slots = self.slots
         records, at = slots.tuples, slot * _TUPLE_SIZE
-        original, dnat, snat = record_of(slots, slot)
-        reply = reply_of(original, dnat, snat)
+        reply_key, bits = reply_key_of(slots, slot)
         self._index.delete(bytes(records[at:at + _KEY_SIZE]))
-        self._index.delete(TUPLE_KEY.pack(reply.proto, reply.src, reply.sport, reply.dst,
-                                          reply.dport))
+        self._index.delete(reply_key)
         self._deadlines.discard(slot)
         if not slots.flags[slot] & _REPLIED:
             self._unreplied -= 1
             self._bound_unreplied()
-        if dnat is not None or snat is not None:
-            pair = reply.src + reply.dst
+        if bits & (_DNAT | _SNAT):
+            pair = reply_key[1:5] + reply_key[7:11]
             count = self._reply_pairs.get(pair, 0)
             if count <= 1:
                 self._reply_pairs.pop(pair, None)
@@ -645,7 +661,8 @@ class ConntrackTable:
             self._tcp_states[_STATES[slots.state[slot]]] -= 1
         self._protocols[proto] -= 1
         slots.flags[slot] &= ~_IN_TABLE
-        view = self._views.pop(slot, None)
+        ref = self._views.pop(slot, None)
+        view = ref() if ref is not None else None
         if view is not None:
             view._snapshot()  # whoever holds it keeps this connection's last values
         self._labels.release(slots.label[slot])

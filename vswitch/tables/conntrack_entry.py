@@ -89,33 +89,46 @@ class FlowTuple:
         return TUPLE_KEY.pack(self.proto, self.src, self.sport, self.dst, self.dport)
 
 
+def _reply_fields(proto: int, src: bytes, sport: int, dst: bytes, dport: int,
+                  dnat: tuple[bytes, int | None] | None,
+                  snat: tuple[bytes, int | None] | None) -> tuple[int, bytes, int, bytes, int]:
+    dst_, dport_ = (dnat[0], dnat[1] if dnat[1] is not None and proto != _ICMP else dport) \
+        if dnat is not None else (dst, dport)
+    src_, sport_ = (snat[0], snat[1] if snat[1] is not None else sport) \
+        if snat is not None else (src, sport)
+    if proto == _ICMP:
+        dport_ = sport_
+    return proto, dst_, dport_, src_, sport_
+
+
 def reply_of(original: FlowTuple, dnat: tuple[bytes, int] | None,
              snat: tuple[bytes, int] | None) -> FlowTuple:
     """The tuple a reply arrives with: the original after translation, reversed. For ICMP
     echo the identifier is one field in both directions, so only ``snat`` may change it."""
-    dst, dport = original.dst, original.dport
-    src, sport = original.src, original.sport
-    if dnat is not None:
-        dst = dnat[0]
-        if dnat[1] is not None and original.proto != _ICMP:
-            dport = dnat[1]
-    if snat is not None:
-        src = snat[0]
-        if snat[1] is not None:
-            sport = snat[1]
-    if original.proto == _ICMP:
-        dport = sport
-    return FlowTuple(original.proto, dst, dport, src, sport)
+    return FlowTuple(*_reply_fields(original.proto, original.src, original.sport, original.dst,
+                                    original.dport, dnat, snat))
 
 
-def record_of(slots: ConnectionSlots, slot: int) -> tuple[FlowTuple, Any, Any]:
-    """The original tuple, DNAT and SNAT that ``slot``'s tuple record holds."""
+def _record(slots: ConnectionSlots, slot: int) -> tuple[tuple, Any, Any, int]:
     proto, src, sport, dst, dport, dnat_ip, dnat_port, snat_ip, snat_port = \
         TUPLE_RECORD.unpack_from(slots.tuples, slot * _TUPLE_SIZE)
     bits = slots.nat[slot]
     dnat = (dnat_ip, dnat_port if bits & _DNAT_PORT else None) if bits & _DNAT else None
     snat = (snat_ip, snat_port if bits & _SNAT_PORT else None) if bits & _SNAT else None
-    return FlowTuple(proto, src, sport, dst, dport), dnat, snat
+    return (proto, src, sport, dst, dport), dnat, snat, bits
+
+
+def record_of(slots: ConnectionSlots, slot: int) -> tuple[FlowTuple, Any, Any]:
+    """The original tuple, DNAT and SNAT that ``slot``'s tuple record holds."""
+    original, dnat, snat, _ = _record(slots, slot)
+    return FlowTuple(*original), dnat, snat
+
+
+def reply_key_of(slots: ConnectionSlots, slot: int) -> tuple[bytes, int]:
+    """The reply tuple's key for ``slot`` (``reply_of`` on the record, without making tuples),
+    and the slot's ``nat`` bits."""
+    original, dnat, snat, bits = _record(slots, slot)
+    return TUPLE_KEY.pack(*_reply_fields(*original, dnat, snat)), bits
 
 
 class Pair:

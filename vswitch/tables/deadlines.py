@@ -17,12 +17,15 @@ Theory of operation
   order they were scheduled, whatever their hash or address, so expiry is reproducible.
 * ``SlotDeadlines`` keeps the same promise (moving a deadline later costs nothing, moving it
   earlier is a call) for keys that are slot numbers, with no Python object per key: an indexed
-  binary heap in three flat arrays (the heap of slots, each slot's position in it, the deadline
-  each slot is filed under), 16 bytes per slot, paged in only as slots are used. The filed
-  deadline is at or before the true one (read from the owner's array); when a slot reaches the
-  top filed too early, it is filed again at its true deadline and sifted down. Each slot is in the
-  heap at most once, so there is nothing stale to bound; keys due at the same time come out in
-  heap order, which depends only on the sequence of calls.
+  binary heap in four flat arrays (the heap of slots, each slot's position in it, the deadline
+  each slot is filed under, whether it is tracked), 17 bytes per slot, paged in only as slots are
+  used. The filed deadline is at or before the true one (read from the owner's array); when a
+  slot reaches the top filed too early, it is filed again at its true deadline and sifted down.
+  ``discard`` only clears the tracked flag (the slot leaves the heap when it reaches the top), so
+  removing an entry costs O(1); a slot scheduled again meanwhile keeps its place, with the
+  earlier of the two deadlines filed. Each slot is in the heap at most once, so the heap never
+  holds more than the capacity; slots due at the same time come out in heap order, which depends
+  only on the sequence of calls.
 """
 from __future__ import annotations
 
@@ -120,23 +123,34 @@ class SlotDeadlines:
         self._heap = shared_array("I", capacity)  # slots, heap-ordered by their filed deadline
         self._position = shared_array("I", capacity)  # slot -> its index in _heap
         self._filed = shared_array("d", capacity)  # slot -> the deadline it is filed under
-        self._size = 0
+        self._tracked = shared_array("B", capacity)  # 1 while the owner has the slot scheduled
+        self._size = 0  # slots in the heap, tracked or left behind by discard
+        self._count = 0  # tracked slots
 
     def __len__(self) -> int:
-        return self._size
+        """Slots scheduled now."""
+        return self._count
 
     def __contains__(self, slot: int) -> bool:
-        at = self._position[slot]
-        return at < self._size and self._heap[at] == slot
+        return bool(self._tracked[slot])
+
+    def heap_size(self) -> int:
+        """Slots in the heap, including those discarded but not yet surfaced (<= capacity)."""
+        return self._size
 
     def schedule(self, slot: int, deadline: float) -> None:
         """Start tracking ``slot``, due at ``deadline``, or move its deadline earlier. Moving it
         later needs no call (a call that does is harmless and cheap)."""
-        if slot in self:
-            if deadline >= self._filed[slot]:
-                return
-            self._filed[slot] = deadline
-            self._sift_up(self._position[slot])
+        if not self._tracked[slot]:
+            self._tracked[slot] = 1
+            self._count += 1
+        at = self._position[slot]
+        if at < self._size and self._heap[at] == slot:
+            # In the heap already (tracked, or discarded and not yet surfaced): a filed deadline
+            # at or before the new one is a valid lower bound and stays.
+            if deadline < self._filed[slot]:
+                self._filed[slot] = deadline
+                self._sift_up(at)
             return
         self._filed[slot] = deadline
         at = self._size
@@ -146,28 +160,20 @@ class SlotDeadlines:
         self._sift_up(at)
 
     def discard(self, slot: int) -> None:
-        """Stop tracking ``slot``; a slot not tracked is ignored."""
-        if slot not in self:
-            return
-        at = self._position[slot]
-        last = self._size - 1
-        self._size = last
-        if at == last:
-            return
-        heap = self._heap
-        moved = heap[last]
-        heap[at] = moved
-        self._position[moved] = at
-        if self._filed[moved] < self._filed[slot]:
-            self._sift_up(at)
-        else:
-            self._sift_down(at)
+        """Stop tracking ``slot``; a slot not tracked is ignored. O(1): the slot leaves the heap
+        when it reaches the top, unless it is scheduled again before."""
+        if self._tracked[slot]:
+            self._tracked[slot] = 0
+            self._count -= 1
 
     def next_deadline(self) -> float | None:
-        """The earliest true deadline of any slot, or None when none is tracked."""
-        heap, filed, true = self._heap, self._filed, self._true
+        """The earliest true deadline of any tracked slot, or None when none is tracked."""
+        heap, filed, true, tracked = self._heap, self._filed, self._true, self._tracked
         while self._size:
             top = heap[0]
+            if not tracked[top]:
+                self._remove_top()
+                continue
             actual = true[top]
             if actual > filed[top]:  # postponed since it was filed: file it again now
                 filed[top] = actual
@@ -185,8 +191,19 @@ class SlotDeadlines:
             if at is None or at > now:
                 return due
             top = self._heap[0]
-            self.discard(top)
+            self._tracked[top] = 0
+            self._count -= 1
+            self._remove_top()
             due.append(top)
+
+    def _remove_top(self) -> None:
+        last = self._size - 1
+        self._size = last
+        if last:
+            moved = self._heap[last]
+            self._heap[0] = moved
+            self._position[moved] = 0
+            self._sift_down(0)
 
     def _sift_up(self, at: int) -> None:
         heap, position, filed = self._heap, self._position, self._filed
