@@ -67,10 +67,10 @@ few. The indexes cost little per connection too:
 
 * tuples: ``accel.ExactTable`` (C, or its pure twin) maps each direction's 13-byte tuple key to
   ``slot * 2 + direction``; sized for two keys per slot, ~100 bytes per connection in C;
-* deadlines: ``SlotDeadlines``, an indexed heap of slot numbers in flat arrays (16 bytes per
+* deadlines: ``SlotDeadlines``, an indexed heap of slot numbers in flat arrays (17 bytes per
   slot). Refreshing an entry that only moves its deadline later costs nothing; the slot is filed
   again when it reaches the top. Only a deadline that moves *earlier* (RST, FIN) is scheduled
-  again, O(log n);
+  again, O(log n); removing an entry is O(1), its slot leaves the heap when it surfaces;
 * unreplied entries, oldest first: a FIFO of (slot, incarnation) numbers, 8 bytes each, from which
   a reply or a removal is not taken out but skipped when eviction reaches it; it is compacted
   when skipped items outnumber the unreplied entries, so it stays within twice their number;
