@@ -215,15 +215,18 @@ def test_label_sets_share_equal_dicts_and_forget_the_last_reference():
     assert sets.intern({"service": "default/web", "backend": "web-1"}) not in (other, reused)
 
 
-def test_label_sets_keep_apart_different_dicts_with_one_hash():
+def test_label_sets_share_keys_and_strings_between_sets():
     sets = LabelSets()
-    first = sets.intern({"a": 1})
-    sets._by_hash[hash(tuple({"b": 2}.items()))] = first  # force a collision
-    second = sets.intern({"b": 2})
-    assert second != first and sets.get(second) == {"b": 2} and sets.get(first) == {"a": 1}
-    sets.release(second)
-    sets.release(first)
-    assert len(sets) == 0
+    first = sets.intern({"service": "default/" + "web", "backend": "web-1"})
+    second = sets.intern({"service": "default/" + "web", "backend": "web-2"})
+    assert sets.get(first)["service"] is sets.get(second)["service"]
+    assert sets._keys[first] is sets._keys[second]
+    labels = sets.get(first)
+    labels["service"] = "changed"  # a copy: the set is not changed
+    assert sets.get(first)["service"] == "default/web"
+    for n in range(3000):  # the string table is rebuilt from the live sets, not kept growing
+        sets.release(sets.intern({"service": f"s{n}"}))
+    assert len(sets._strings) < 2100 and len(sets) == 2
 
 
 def test_reply_pairs_read_as_address_pairs():

@@ -20,14 +20,13 @@ Theory of operation
   slot's next holder; ``alive()`` is then False and ``slot`` is -1 (nothing may be compiled
   against it).
 * Labels: many connections carry equal label dicts (the service, its port, the backend), so the
-  table interns them (``LabelSets``): a slot holds an id, the dict is stored once with a reference
-  count. The dict a view returns is shared: treat it as read-only.
+  table interns them (``LabelSets``): a slot holds an id, the set is stored once with a reference
+  count. ``labels`` makes a new dict from it at each access (changing it changes nothing).
 """
 from __future__ import annotations
 
 import enum
 import struct
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -51,6 +50,8 @@ _DNAT, _DNAT_PORT = ConnectionSlots.DNAT, ConnectionSlots.DNAT_PORT
 _SNAT, _SNAT_PORT = ConnectionSlots.SNAT, ConnectionSlots.SNAT_PORT
 _SIMULTANEOUS_OPEN = ConnectionSlots.SIMULTANEOUS_OPEN
 _TUPLE_SIZE = ConnectionSlots.TUPLE_SIZE
+_STRINGS_REBUILD_MIN = 1024
+_NO_SETS: dict[tuple, int] = {}
 
 #: One direction's tuple as its key: protocol, source, source port, destination, its port.
 TUPLE_KEY = struct.Struct("!B4sH4sH")
@@ -127,7 +128,8 @@ def reply_of(original: FlowTuple, dnat: tuple[bytes, int] | None,
                                      original.dport, dnat, snat))
 
 
-def _record(slots: ConnectionSlots, slot: int) -> tuple[tuple, Any, Any, int]:
+def _record(slots: ConnectionSlots, slot: int
+            ) -> tuple[tuple[int, bytes, int, bytes, int], Any, Any, int]:
     proto, src, sport, dst, dport, dnat_ip, dnat_port, snat_ip, snat_port = \
         TUPLE_RECORD.unpack_from(slots.tuples, slot * _TUPLE_SIZE)
     bits = slots.nat[slot]
@@ -185,63 +187,84 @@ class Pair:
 
 
 class LabelSets:
-    """Label dicts stored once each: ``intern`` gives an id (and takes a reference), ``get``
-    the dict, ``release`` drops a reference and forgets the dict with its last one.
+    """Label sets stored once each: ``intern`` gives an id (and takes a reference), ``get`` the
+    labels as a new dict, ``release`` drops a reference and forgets the set with its last one.
 
-    Sets are found by the hash of their items; only the hash is kept beside the dict (a key
-    tuple of the items would cost more than the dict). A dict whose items cannot be hashed, or
-    whose hash is already taken by a different dict, is stored on its own, not shared. String
-    values are interned, so that sets which differ in one value share the others."""
+    A set is kept as two tuples, its keys (one tuple object for all the sets with the same keys)
+    and its values, found through a dict per keys tuple from the values tuple to the id. String
+    values are shared between sets (a table of them, rebuilt from the live sets whenever it has
+    doubled), so that sets which differ in one value (the backend) share the others (the
+    service). A set with a value that cannot be hashed is stored on its own, not shared."""
 
     def __init__(self) -> None:
-        self._by_hash: dict[int, int] = {}
-        self._labels: list[Any] = []  # a dict, or None for a free id
-        self._hashes: list[int | None] = []
+        # keys tuple -> (that tuple, values tuple -> id)
+        self._groups: dict[tuple, tuple[tuple, dict[tuple, int]]] = {}
+        self._keys: list[Any] = []  # id -> keys tuple, or None for a free id
+        self._values: list[Any] = []  # id -> values tuple
+        self._group_of: list[Any] = []  # id -> its group, or None when not shared
         self._references: list[int] = []
         self._free: list[int] = []
+        self._strings: dict[str, str] = {}
+        self._strings_rebuild_at = _STRINGS_REBUILD_MIN
 
     def __len__(self) -> int:
-        return len(self._labels) - len(self._free)
+        return len(self._keys) - len(self._free)
 
     def intern(self, labels: dict[str, Any]) -> int:
-        try:
-            key: int | None = hash(tuple(labels.items()))
-        except TypeError:
-            key = None
-        found = self._by_hash.get(key) if key is not None else None
+        keys = tuple(labels)
+        values = tuple(labels.values())
+        group = self._groups.get(keys)
+        try:  # (an empty dict's get still hashes the key)
+            found = (group[1] if group is not None else _NO_SETS).get(values)
+        except TypeError:  # a value that cannot be hashed
+            return self._store(keys, values, None)
         if found is not None:
-            if self._labels[found] == labels:
-                self._references[found] += 1
-                return found
-            key = None  # a different set with the same hash: stored apart
-        # Sets differ in a value or two (the backend, the service): their strings are shared.
-        stored = {k: sys.intern(v) if type(v) is str else v for k, v in labels.items()}
-        if self._free:
-            label_id = self._free.pop()
-            self._labels[label_id], self._hashes[label_id] = stored, key
-            self._references[label_id] = 1
-        else:
-            label_id = len(self._labels)
-            self._labels.append(stored)
-            self._hashes.append(key)
-            self._references.append(1)
-        if key is not None:
-            self._by_hash[key] = label_id
+            self._references[found] += 1
+            return found
+        if group is None:
+            group = self._groups[keys] = (keys, {})
+        strings = self._strings
+        values = tuple(strings.setdefault(v, v) if type(v) is str else v for v in values)
+        if len(strings) >= self._strings_rebuild_at:
+            self._rebuild_strings()
+        label_id = self._store(group[0], values, group)
+        group[1][values] = label_id
         return label_id
 
     def get(self, label_id: int) -> dict[str, Any]:
-        return self._labels[label_id]
+        return dict(zip(self._keys[label_id], self._values[label_id]))
 
     def release(self, label_id: int) -> None:
         references = self._references[label_id] - 1
         self._references[label_id] = references
         if references:
             return
-        key = self._hashes[label_id]
-        if key is not None:
-            del self._by_hash[key]
-        self._labels[label_id] = self._hashes[label_id] = None
+        group = self._group_of[label_id]
+        if group is not None:
+            del group[1][self._values[label_id]]
+            if not group[1]:
+                del self._groups[group[0]]
+        self._keys[label_id] = self._values[label_id] = self._group_of[label_id] = None
         self._free.append(label_id)
+
+    def _store(self, keys: tuple, values: tuple, group: Any) -> int:
+        if self._free:
+            label_id = self._free.pop()
+            self._keys[label_id], self._values[label_id] = keys, values
+            self._group_of[label_id] = group
+            self._references[label_id] = 1
+            return label_id
+        self._keys.append(keys)
+        self._values.append(values)
+        self._group_of.append(group)
+        self._references.append(1)
+        return len(self._keys) - 1
+
+    def _rebuild_strings(self) -> None:
+        """Keep only the strings live sets use."""
+        self._strings = {v: v for values in self._values if values is not None
+                         for v in values if type(v) is str}
+        self._strings_rebuild_at = max(_STRINGS_REBUILD_MIN, 2 * len(self._strings))
 
 
 class Entry:
@@ -308,8 +331,8 @@ class Entry:
 
     def __hash__(self) -> int:
         if self._table is None:
-            return id(self)
-        return hash((id(self._table), self._slot, self._incarnation))
+            return object.__hash__(self)
+        return self._slot << 32 | self._incarnation
 
     # -- what never changes while the connection lives ---------------------------------------
 
