@@ -239,3 +239,20 @@ def test_reply_pairs_read_as_address_pairs():
     assert len(pairs) == 1 and dict(pairs) == {(BACKEND, CLIENT): 2}
     table.remove(entry)
     assert dict(pairs) == {(BACKEND, CLIENT): 1}
+
+
+@ACCELS
+def test_the_tuple_index_grows_with_the_connections(accel_name):
+    table = ConntrackTable(max_entries=20000, accel=accel.load(accel_name))
+    first = table._index.capacity
+    made = []
+    for n in range(5000):
+        client = bytes([10, 244, 2 + n // 250, n % 250])
+        made.append(table.create(FlowTuple(UDP, client, 5000, VIP, 53), 0.0,
+                                 dnat=(BACKEND, 53) if n % 2 else None))
+    assert first < table._index.capacity <= 40000 and len(table._index) == 10000
+    for n in (0, 1, 4098, 4999):
+        entry = made[n]
+        assert table.lookup(entry.original, 1.0) == (entry, ORIG)
+        assert table.lookup(entry.reply, 1.0) == (entry, REPLY)
+    assert table.flush_endpoint(BACKEND) == 2500 and len(table._index) == 5000

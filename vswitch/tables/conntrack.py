@@ -66,7 +66,10 @@ paged in as slots are first used. ``Entry`` objects are views of a slot made on 
 few. The indexes cost little per connection too:
 
 * tuples: ``accel.ExactTable`` (C, or its pure twin) maps each direction's 13-byte tuple key to
-  ``slot * 2 + direction``; sized for two keys per slot, ~100 bytes per connection in C;
+  ``slot * 2 + direction``, ~100 bytes per connection in C at the largest size. It starts with
+  room for 4,096 connections and grows fourfold when full (re-inserting every connection), up
+  to two keys per slot: its memory follows the connections, and a small table stays in a few
+  pages instead of faulting in a new page of a large one at almost every insert;
 * deadlines: ``SlotDeadlines``, an indexed heap of slot numbers in flat arrays (17 bytes per
   slot). Refreshing an entry that only moves its deadline later costs nothing; the slot is filed
   again when it reaches the top. Only a deadline that moves *earlier* (RST, FIN) is scheduled
@@ -141,6 +144,7 @@ _DNAT, _DNAT_PORT = ConnectionSlots.DNAT, ConnectionSlots.DNAT_PORT
 _SNAT, _SNAT_PORT = ConnectionSlots.SNAT, ConnectionSlots.SNAT_PORT
 _NO_ADDRESS = bytes(4)
 _VIEWS_PURGE_MIN = 1024
+_INDEX_INITIAL = 8192  # tuple keys the index holds before its first growth
 _STATES = tuple(TcpState)
 
 
@@ -222,8 +226,10 @@ class ConntrackTable:
         # Every field of every connection; the C datapath shares the first six arrays.
         self.slots = ConnectionSlots(max_entries)
         self._size = 0
-        # Both directions' tuple keys -> slot * 2 + direction.
-        self._index = accel.ExactTable(_KEY_SIZE, 2 * max_entries)
+        # Both directions' tuple keys -> slot * 2 + direction; starts small and grows (see
+        # _grow_index), so that its memory follows the connections tracked.
+        self._accel = accel
+        self._index = accel.ExactTable(_KEY_SIZE, min(2 * max_entries, _INDEX_INITIAL))
         # Slot -> a weak reference to its live view, if one was made (see conntrack_entry).
         # References whose view has died are purged when the dict has doubled since the last
         # purge, so it stays within about twice the views held anywhere.
@@ -410,6 +416,8 @@ class ConntrackTable:
         slots.state[slot] = state.value
         slots.flags[slot] = _IN_TABLE
         slots.label[slot] = self._labels.intern(labels if labels is not None else {})
+        if 2 * self._size + 2 > index.capacity:
+            index = self._grow_index()
         # Reply first: a connection whose two tuples are one (a host talking to its own port)
         # is then found in its original direction, as it always was.
         index.insert(reply_key, 2 * slot + 1)
@@ -668,6 +676,20 @@ class ConntrackTable:
         self._labels.release(slots.label[slot])
         self._size -= 1
         slots.release(slot)
+
+    def _grow_index(self) -> Any:
+        """Move the tuple index to one four times larger (at most two keys per slot): each
+        growth re-inserts every connection, O(table), so the whole cost is O(1) per
+        connection, paid in three pauses on the way to 262,144 (the last ~0.2 s)."""
+        index = self._accel.ExactTable(
+            _KEY_SIZE, min(2 * self.max_entries, 4 * self._index.capacity))
+        records = self.slots.tuples
+        for slot in self._slots_in_use():
+            at = slot * _TUPLE_SIZE
+            index.insert(reply_key_of(self.slots, slot)[0], 2 * slot + 1)
+            index.insert(bytes(records[at:at + _KEY_SIZE]), 2 * slot)
+        self._index = index
+        return index
 
     def _oldest_unreplied(self) -> int | None:
         """The slot of the oldest entry that has not seen a reply, or None when there is none."""
