@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from vswitch import accel
 from vswitch.tables.conntrack import ConntrackTable, Direction, Entry, FlowTuple, TcpState
-from vswitch.tables.conntrack_entry import LabelSets
+from vswitch.tables.conntrack_labels import LabelSets
 from vswitch.tables.deadlines import SlotDeadlines
 from vswitch.tables.shared_slots import shared_array
 

@@ -62,8 +62,8 @@ A connection is a slot of ``ConnectionSlots``: flat arrays, one per field (clock
 and flags, which the C datapath shares; the original tuple's key and the translations, from
 which the reply tuple follows; creation time; an interned label-set id), 92 bytes per slot,
 paged in as slots are first used. ``Entry`` objects are views of a slot made on demand (see
-``conntrack_entry``). Label sets are interned (``LabelSets``): a service's connections share a
-few. The indexes cost little per connection too:
+``conntrack_entry``). Label sets are interned (``conntrack_labels``): a service's connections
+share a few. The indexes cost little per connection too:
 
 * tuples: ``accel.ExactTable`` (C, or its pure twin) maps each direction's 13-byte tuple key to
   ``slot * 2 + direction``, ~100 bytes per connection in C at the largest size. It starts with
@@ -85,11 +85,12 @@ few. The indexes cost little per connection too:
 * ``entries()`` and ``flush(predicate)`` walk the slots in use in slot order and make a view of
   each: O(table), for the control path.
 
-This module is longer than the core's usual 400 lines: the table class alone is about that long,
-and the table that keeps its indexes consistent is one invariant ("a tuple belongs to at most one
-live entry, and every index agrees"). What can be read alone lives apart: the entry view and the
-label sets in ``conntrack_entry.py``, the field arrays in ``shared_slots.py``, the TCP state
-machine in ``tcp_states.py``, the port scan's hash in ``nat_ports.py``.
+This module is longer than the core's usual 400 lines: the table class alone is longer, and the
+table that keeps its indexes consistent is one invariant ("a tuple belongs to at most one live
+entry, and every index agrees"). What can be read alone lives apart: the entry view and the tuple
+record in ``conntrack_entry.py``, the label sets in ``conntrack_labels.py``, the field arrays in
+``shared_slots.py``, the slot deadline heap in ``deadlines.py``, the TCP state machine in
+``tcp_states.py``, the port scan's hash in ``nat_ports.py``.
 """
 from __future__ import annotations
 
@@ -108,10 +109,10 @@ from vswitch.tables.conntrack_entry import (
     TUPLE_RECORD,
     Entry,
     FlowTuple,
-    LabelSets,
     reply_key_of,
     reply_of,
 )
+from vswitch.tables.conntrack_labels import LabelSets
 from vswitch.tables.deadlines import SlotDeadlines
 from vswitch.tables.shared_slots import ConnectionSlots
 from vswitch.tables.nat_ports import scan_key, scan_start
