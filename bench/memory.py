@@ -227,7 +227,8 @@ def run(args: argparse.Namespace, log) -> dict:
         del before
         tracemalloc.stop()
     step("connections", started, connections=args.connections, forwarded=forwarded,
-         tracked=len(switch.conntrack), flow_cache_entries=len(switch.flow_cache.entries))
+         tracked=len(switch.conntrack),
+         flow_cache_entries=switch.flow_cache.statistics().entries)
     if forwarded != args.connections or len(switch.conntrack) != args.connections:
         raise SystemExit(f"{forwarded} of {args.connections} SYNs came out, "
                          f"{len(switch.conntrack)} connections are tracked: the state measured "

@@ -693,7 +693,9 @@ def test_removed_entries_are_gone_everywhere(table):
     assert table.lookup(entry.reply, 0.0) is None
     assert table.next_deadline() is None
     assert table.flush_endpoint(BACKEND) == 0
-    assert not table._by_endpoint and not table._unreplied
+    # No index keeps anything of it: tuple keys, unreplied count, label sets, deadlines.
+    assert len(table._index) == 0 and table._unreplied == 0
+    assert len(table._labels) == 0 and len(table._deadlines) == 0
     assert table.update(entry, ORIG, 1.0, ACK) is Verdict.INVALID
     stats = table.statistics()
     assert stats["removed"] == 1 and stats["entries"] == 0 and stats["tcp_states"]["SYN_SENT"] == 0
@@ -771,7 +773,9 @@ def test_next_deadline_and_expire_match_brute_force(operations):
         for state in TcpState:
             if state is not TcpState.NONE:
                 assert stats["tcp_states"][state.name] == sum(1 for e in tcp_live if e.tcp_state is state)
-        assert len(table._deadlines._heap) <= 2 * len(live) + 65
+        assert len(table._deadlines) == len(live)
+        unreplied_items = len(table._unreplied_fifo) - table._unreplied_head
+        assert unreplied_items <= 2 * stats["unreplied"] + 65
         # The table alone keeps its reply pairs right, whichever way entries went.
         pairs: dict = {}
         for entry in live:
@@ -801,7 +805,8 @@ def test_heap_stays_bounded_under_churn():
         now += 11.0
         assert len(table.expire(now)) == 200
         assert len(table) == 0
-        assert len(table._deadlines._heap) <= 64 + 2 * len(table)
+        assert len(table._deadlines) == len(table)
+        assert len(table._unreplied_fifo) - table._unreplied_head <= 64 + 2 * len(table)
 
 
 # -- presentation ---------------------------------------------------------------------------------

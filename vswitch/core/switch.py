@@ -91,7 +91,7 @@ class Switch:
         # shifts another's.
         self.conntrack = ConntrackTable(
             cluster.conntrack_max if cluster else DEFAULT_CONNTRACK_MAX,
-            port_salt=random.Random(f"{rng_seed}/conntrack").getrandbits(64))
+            port_salt=random.Random(f"{rng_seed}/conntrack").getrandbits(64), accel=self.accel)
         node_address = uplink.address.ip.packed if uplink is not None else None
         self.services = ServiceTable(random.Random(rng_seed),
                                      [node_address] if node_address else [])

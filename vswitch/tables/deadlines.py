@@ -1,4 +1,5 @@
-"""Deadlines of a table's entries, earliest first: a heap with lazy deletion.
+"""Deadlines of a table's entries, earliest first: a heap with lazy deletion (``DeadlineHeap``),
+and its flat twin for entries named by slot numbers (``SlotDeadlines``).
 
 Theory of operation
 -------------------
@@ -14,12 +15,25 @@ Theory of operation
   rebuilt from the live keys when they outnumber them, so it stays within twice the live keys.
 * Items are ordered by (deadline, sequence number): keys due at the same time come out in the
   order they were scheduled, whatever their hash or address, so expiry is reproducible.
+* ``SlotDeadlines`` keeps the same promise (moving a deadline later costs nothing, moving it
+  earlier is a call) for keys that are slot numbers, with no Python object per key: an indexed
+  binary heap in four flat arrays (the heap of slots, each slot's position in it, the deadline
+  each slot is filed under, whether it is tracked), 17 bytes per slot, paged in only as slots are
+  used. The filed deadline is at or before the true one (read from the owner's array); when a
+  slot reaches the top filed too early, it is filed again at its true deadline and sifted down.
+  ``discard`` only clears the tracked flag (the slot leaves the heap when it reaches the top), so
+  removing an entry costs O(1); a slot scheduled again meanwhile keeps its place, with the
+  earlier of the two deadlines filed. Each slot is in the heap at most once, so the heap never
+  holds more than the capacity; slots due at the same time come out in heap order, which depends
+  only on the sequence of calls.
 """
 from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
+
+from vswitch.tables.shared_slots import shared_array
 
 K = TypeVar("K", bound=Hashable)
 
@@ -99,3 +113,133 @@ class DeadlineHeap(Generic[K]):
             heap.append((at, self._sequence, key))
         heapq.heapify(heap)
         self._heap = heap
+
+
+class SlotDeadlines:
+    """Deadlines of slots ``0..capacity-1``; ``deadline_of[slot]`` is a slot's true deadline."""
+
+    def __init__(self, capacity: int, deadline_of: memoryview):
+        self._true = deadline_of
+        self._heap = shared_array("I", capacity)  # slots, heap-ordered by their filed deadline
+        self._position = shared_array("I", capacity)  # slot -> its index in _heap
+        self._filed = shared_array("d", capacity)  # slot -> the deadline it is filed under
+        self._tracked = shared_array("B", capacity)  # 1 while the owner has the slot scheduled
+        self._size = 0  # slots in the heap, tracked or left behind by discard
+        self._count = 0  # tracked slots
+
+    def __len__(self) -> int:
+        """Slots scheduled now."""
+        return self._count
+
+    def __contains__(self, slot: int) -> bool:
+        return bool(self._tracked[slot])
+
+    def heap_size(self) -> int:
+        """Slots in the heap, including those discarded but not yet surfaced (<= capacity)."""
+        return self._size
+
+    def schedule(self, slot: int, deadline: float) -> None:
+        """Start tracking ``slot``, due at ``deadline``, or move its deadline earlier. Moving it
+        later needs no call (a call that does is harmless and cheap)."""
+        if not self._tracked[slot]:
+            self._tracked[slot] = 1
+            self._count += 1
+        at = self._position[slot]
+        if at < self._size and self._heap[at] == slot:
+            # In the heap already (tracked, or discarded and not yet surfaced): a filed deadline
+            # at or before the new one is a valid lower bound and stays.
+            if deadline < self._filed[slot]:
+                self._filed[slot] = deadline
+                self._sift_up(at)
+            return
+        self._filed[slot] = deadline
+        at = self._size
+        self._heap[at] = slot
+        self._position[slot] = at
+        self._size = at + 1
+        self._sift_up(at)
+
+    def discard(self, slot: int) -> None:
+        """Stop tracking ``slot``; a slot not tracked is ignored. O(1): the slot leaves the heap
+        when it reaches the top, unless it is scheduled again before."""
+        if self._tracked[slot]:
+            self._tracked[slot] = 0
+            self._count -= 1
+
+    def next_deadline(self) -> float | None:
+        """The earliest true deadline of any tracked slot, or None when none is tracked."""
+        heap, filed, true, tracked = self._heap, self._filed, self._true, self._tracked
+        while self._size:
+            top = heap[0]
+            if not tracked[top]:
+                self._remove_top()
+                continue
+            actual = true[top]
+            if actual > filed[top]:  # postponed since it was filed: file it again now
+                filed[top] = actual
+                self._sift_down(0)
+                continue
+            return filed[top]
+        return None
+
+    def pop_due(self, now: float) -> list[int]:
+        """The slots whose deadline has come (``deadline <= now``), earliest first, no longer
+        tracked here: the caller removes them from its table."""
+        due: list[int] = []
+        while True:
+            at = self.next_deadline()
+            if at is None or at > now:
+                return due
+            top = self._heap[0]
+            self._tracked[top] = 0
+            self._count -= 1
+            self._remove_top()
+            due.append(top)
+
+    def _remove_top(self) -> None:
+        last = self._size - 1
+        self._size = last
+        if last:
+            moved = self._heap[last]
+            self._heap[0] = moved
+            self._position[moved] = 0
+            self._sift_down(0)
+
+    def _sift_up(self, at: int) -> None:
+        heap, position, filed = self._heap, self._position, self._filed
+        slot = heap[at]
+        key = filed[slot]
+        while at:
+            parent_at = (at - 1) >> 1
+            parent = heap[parent_at]
+            if filed[parent] <= key:
+                break
+            heap[at] = parent
+            position[parent] = at
+            at = parent_at
+        heap[at] = slot
+        position[slot] = at
+
+    def _sift_down(self, at: int) -> None:
+        heap, position, filed = self._heap, self._position, self._filed
+        size = self._size
+        slot = heap[at]
+        key = filed[slot]
+        while True:
+            child_at = 2 * at + 1
+            if child_at >= size:
+                break
+            child = heap[child_at]
+            child_key = filed[child]
+            if child_at + 1 < size:
+                right = heap[child_at + 1]
+                right_key = filed[right]
+                if right_key < child_key:
+                    child_at, child, child_key = child_at + 1, right, right_key
+            if child_key >= key:
+                break
+            heap[at] = child
+            position[child] = at
+            at = child_at
+        heap[at] = slot
+        position[slot] = at

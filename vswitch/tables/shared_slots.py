@@ -12,8 +12,11 @@ Theory of operation
   memory, and the memory never moves, so C's pointers stay valid as long as the owner lives.
 * A slot is named by (slot, incarnation): releasing a slot bumps its incarnation, so a cached
   action that names the previous holder is declined instead of touching the new one.
-* An entry object that leaves its table keeps its last values in Python (``detach``), so that a
-  reference held past removal (a trace, a packet in flight) never reads its successor's fields.
+* An entry object that leaves its table keeps its last values in Python (FDB and neighbour
+  entries detach themselves; a conntrack view is snapshotted by its table), so that a reference
+  held past removal (a trace, a packet in flight) never reads its successor's fields.
+* The conntrack table keeps *every* field of a connection here (``ConnectionSlots``), not only
+  the ones C shares, so that a tracked connection costs no Python object at all.
 * Writes from the two sides race only on fields both write with the same meaning (a
   timestamp set to "now", a counter); aligned 8-byte stores are atomic on the machines we run on.
 """
@@ -71,7 +74,24 @@ class StampSlots(SlotAllocator):
 
 
 class ConnectionSlots(SlotAllocator):
-    """The fields of a tracked connection that a cache hit changes or checks."""
+    """Every field of a tracked connection, one array each, indexed by its slot.
+
+    The first six arrays are what a cache hit changes or checks; the C datapath reads and writes
+    them in place (native/vswitch_native.h, "The datapath"). The others are read by Python only:
+
+    ``tuples``
+        ``TUPLE_SIZE`` bytes per slot: the original tuple's key (``KEY_SIZE`` bytes: protocol,
+        source address, source port, destination address, destination port, in network order;
+        the same bytes index the connection in the table's exact-match hash), then the DNAT and
+        the SNAT address and port (4 + 2 bytes each, zero when absent; ``nat`` says which are
+        present). The reply tuple follows from these three and is not stored.
+    ``nat``
+        DNAT | DNAT_PORT | SNAT | SNAT_PORT presence bits, and SIMULTANEOUS_OPEN.
+    ``created``
+        when the connection was created.
+    ``label``
+        the id of its interned label set (``conntrack_labels``).
+    """
 
     expires: memoryview
     seen: memoryview
@@ -79,11 +99,30 @@ class ConnectionSlots(SlotAllocator):
     bytes: memoryview
     state: memoryview  # TcpState value
     flags: memoryview  # IN_TABLE | REPLIED | ASSURED
+    tuples: memoryview  # TUPLE_SIZE bytes per slot
+    nat: memoryview
+    created: memoryview
+    label: memoryview
 
     IN_TABLE = 1
     REPLIED = 2
     ASSURED = 4
 
+    KEY_SIZE = 13
+    TUPLE_SIZE = KEY_SIZE + 12
+
+    DNAT = 1
+    DNAT_PORT = 2
+    SNAT = 4
+    SNAT_PORT = 8
+    SIMULTANEOUS_OPEN = 16
+
     def __init__(self, capacity: int):
         super().__init__(capacity, [("expires", "d", 1), ("seen", "d", 1), ("packets", "Q", 2),
-                                    ("bytes", "Q", 2), ("state", "B", 1), ("flags", "B", 1)])
+                                    ("bytes", "Q", 2), ("state", "B", 1), ("flags", "B", 1),
+                                    ("tuples", "B", self.TUPLE_SIZE), ("nat", "B", 1),
+                                    ("created", "d", 1), ("label", "I", 1)])
+
+    def high_water(self) -> int:
+        """Slots below this number have been handed out at least once; the rest never were."""
+        return self._next
