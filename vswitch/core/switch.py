@@ -28,7 +28,7 @@ import random
 from ipaddress import IPv4Network
 from collections import Counter as _Tally
 from types import ModuleType
-from typing import Sequence
+from typing import Sequence, cast
 
 from vswitch import accel as _accel
 from vswitch.core.transmit import Transmit
@@ -218,7 +218,9 @@ class Switch:
         armed = tracer.armed.get(port_id, 0)
         keys = self._extractor.extract(frames, offset) if not armed else [None] * len(frames)
         prefix = self._key_prefix[port_id]
-        cache = self.flow_cache.entries
+        flow_cache = self.flow_cache
+        assert isinstance(flow_cache, FlowCache), "the C datapath's cache takes the other loop"
+        cache = flow_cache.entries
         generation = self._generation()
         aging = self.fdb.aging
         captures = tracer.captures.active
@@ -240,10 +242,10 @@ class Switch:
                     data = self._fast.apply(entry, received, offset, now)
                     if data is not None:
                         entry.src.last_seen = now
-                        self.flow_cache.hits += 1  # the CACHE_HIT disposition's count
+                        flow_cache.hits += 1  # the CACHE_HIT disposition's count
                         send(out, port, entry.out_port, data)
                         continue
-                self.flow_cache.misses += 1
+                flow_cache.misses += 1
             trace = None
             if armed:
                 armed -= 1
@@ -334,14 +336,15 @@ class Switch:
             if kind is Forward:
                 if disposition is Disposition.LOCAL:
                     disposition = Disposition.FORWARDED
-                self.egress.forward(out, port, action, pkt.data)
+                self.egress.forward(out, port, cast(Forward, action), pkt.data)
             elif kind is Reply:
-                self.egress.send_generated(out, action.port, action.frame)
+                reply = cast(Reply, action)
+                self.egress.send_generated(out, reply.port, reply.frame)
             elif kind is Hold:
                 disposition = Disposition.QUEUED
             elif kind is Drop:
                 disposition = Disposition.DROPPED
-                counters.rx_drops[action.reason] += 1
+                counters.rx_drops[cast(Drop, action).reason] += 1
         if not released:
             self.dispositions[disposition] += 1
         if pkt.trace is not None:

@@ -66,7 +66,7 @@ class FdbEntry:
         else:
             self._detached = value
 
-    def detach(self) -> float:
+    def detach(self) -> int:
         """Take the entry out of the shared slots, keeping its last sighting; returns the slot."""
         slot, self._detached, self.slot = self.slot, self.last_seen, -1
         return slot

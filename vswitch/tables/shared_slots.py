@@ -23,16 +23,18 @@ Theory of operation
 from __future__ import annotations
 
 import mmap
-from typing import Iterable
+from typing import Any, Iterable
 
 _FORMATS = {"d": 8, "Q": 8, "I": 4, "B": 1}
 
 
-def shared_array(fmt: str, length: int) -> memoryview:
+def shared_array(fmt: str, length: int) -> Any:
     """A zero-filled array of ``length`` items of struct format ``fmt`` ('d', 'Q', 'I', 'B'),
-    backed by memory that never moves."""
+    backed by memory that never moves. Typed Any: a cast memoryview holds floats or ints as its
+    format says, which the type stubs cannot express."""
     size = _FORMATS[fmt] * max(length, 1)
-    return memoryview(mmap.mmap(-1, size)).cast(fmt)
+    view: Any = memoryview(mmap.mmap(-1, size))
+    return view.cast(fmt)
 
 
 class SlotAllocator:
@@ -67,7 +69,7 @@ class StampSlots(SlotAllocator):
     """One timestamp per slot (``stamps``): an FDB entry's last sighting, a neighbour's
     confirmation while it is reachable."""
 
-    stamps: memoryview
+    stamps: Any
 
     def __init__(self, capacity: int):
         super().__init__(capacity, [("stamps", "d", 1)])
@@ -93,16 +95,16 @@ class ConnectionSlots(SlotAllocator):
         the id of its interned label set (``conntrack_labels``).
     """
 
-    expires: memoryview
-    seen: memoryview
-    packets: memoryview  # two per slot: [2 * slot + direction]
-    bytes: memoryview
-    state: memoryview  # TcpState value
-    flags: memoryview  # IN_TABLE | REPLIED | ASSURED
-    tuples: memoryview  # TUPLE_SIZE bytes per slot
-    nat: memoryview
-    created: memoryview
-    label: memoryview
+    expires: Any
+    seen: Any
+    packets: Any  # two per slot: [2 * slot + direction]
+    bytes: Any
+    state: Any  # TcpState value
+    flags: Any  # IN_TABLE | REPLIED | ASSURED
+    tuples: Any  # TUPLE_SIZE bytes per slot
+    nat: Any
+    created: Any
+    label: Any
 
     IN_TABLE = 1
     REPLIED = 2
