@@ -246,21 +246,17 @@ class Switch:
                         send(out, port, entry.out_port, data)
                         continue
                 flow_cache.misses += 1
-            trace = None
-            if armed:
-                armed -= 1
-                trace = tracer.start(port, len(frame) - offset)
-            pkt = Packet(port, frame, offset, trace)
-            self._slow_path(pkt, counters, out)
-            self._run_released(out)
+            traced = armed > 0
+            armed -= traced
+            pkt = self._run_pipeline(port, frame, counters, out, traced)
             # The slow path may have changed a table (a MAC moved, a neighbour answered, a NAT
             # pair appeared): later frames of this burst must compare against the new generation.
             # Only the slow path changes generations, so cache hits need not re-read it.
             generation = self._generation()
             if key is not None and self.flow_cache.capacity:
                 self._memoise(pkt, key, conn_key, generation)
-            if trace is not None:
-                tracer.keep(port_id, trace)
+            if pkt.trace is not None:
+                tracer.keep(port_id, pkt.trace)
         return out
 
     def _process_native(self, port: PortSpec, frames: Sequence[bytes], now: float,
@@ -297,13 +293,9 @@ class Switch:
             counters.rx_bytes += len(frame) - offset
             if captures:
                 tracer.captures.record(port_id, now, frame, offset, "rx")
-            trace = None
-            if armed:
-                armed -= 1
-                trace = tracer.start(port, len(frame) - offset)
-            pkt = Packet(port, frame, offset, trace)
-            self._slow_path(pkt, counters, out)
-            self._run_released(out)
+            traced = armed > 0
+            armed -= traced
+            pkt = self._run_pipeline(port, frame, counters, out, traced)
             generation = self._generation()
             cache.set_generation(generation)
             if memoising:
@@ -312,8 +304,19 @@ class Switch:
                 key = keys[index]
                 if key is not None:
                     self._memoise(pkt, prefix + key, None, generation)
-            if trace is not None:
-                tracer.keep(port_id, trace)
+            if pkt.trace is not None:
+                tracer.keep(port_id, pkt.trace)
+
+    def _run_pipeline(self, port: PortSpec, frame: bytes, counters: PortCounters,
+                      out: list[Transmit], traced: bool) -> Packet:
+        """One received frame through the pipeline (with a trace of it when ``traced``), then
+        the held fragments it released."""
+        offset = port.l2_offset
+        trace = self.tracer.start(port, len(frame) - offset) if traced else None
+        pkt = Packet(port, frame, offset, trace)
+        self._slow_path(pkt, counters, out)
+        self._run_released(out)
+        return pkt
 
     def _memoise(self, pkt: Packet, key: bytes, conn_key: bytes | None, generation: int) -> None:
         if pkt.decapsulated_from is not None:

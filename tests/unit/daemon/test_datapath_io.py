@@ -7,6 +7,7 @@ test plays the pods on the other sides. A flow's first frame must come back up t
 from __future__ import annotations
 
 import socket
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -37,8 +38,10 @@ async def _receive(sock: socket.socket) -> bytes:
                 await trio.sleep(0.001)
 
 
-async def test_a_flows_first_frame_goes_up_and_the_rest_stay_in_c(topology):
-    switch = make_switch(topology, "native")
+@asynccontextmanager
+async def running(switch):
+    """Ports a and b as socket pairs for the poll thread: yields the pods' ends, the ports and
+    the shell's error counts; removes the ports and closes every socket afterwards."""
     pairs = {port: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for port in (A, B)}
     pods = {}
     ports = {}
@@ -46,12 +49,28 @@ async def test_a_flows_first_frame_goes_up_and_the_rest_stay_in_c(topology):
         theirs.setblocking(False)
         pods[port] = theirs
         ports[port] = DatapathTapPort(switch.ports[port], ours.detach(), 64)
-    errors = RuntimeErrors()
     try:
+        yield pods, ports, RuntimeErrors()
+    finally:
+        for port in ports.values():
+            switch.remove_port(port.spec.id)
+            port.close()
+        for sock in pods.values():
+            sock.close()
+
+
+async def start(nursery, switch, ports, errors):
+    """The upcall task, then each port's task (which hands its fd to the poll thread)."""
+    await nursery.start(run_upcalls, switch, ports, errors, 64)
+    for port in ports.values():
+        await nursery.start(port.run, switch, ports, errors)
+
+
+async def test_a_flows_first_frame_goes_up_and_the_rest_stay_in_c(topology):
+    switch = make_switch(topology, "native")
+    async with running(switch) as (pods, ports, errors):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_upcalls, switch, ports, errors, 64)
-            for port in ports.values():
-                await nursery.start(port.run, switch, ports, errors)
+            await start(nursery, switch, ports, errors)
             # b speaks first, so that a's frames to b are switched, not flooded.
             pods[B].send(_udp("10.244.1.11", "10.244.1.10", B_MAC, A_MAC, 7))
             assert (await _receive(pods[A]))[10:] == _udp("10.244.1.11", "10.244.1.10",
@@ -70,12 +89,6 @@ async def test_a_flows_first_frame_goes_up_and_the_rest_stay_in_c(topology):
             assert sum(stats["dispositions"].values()) == sum(
                 p["rx_packets"] for p in stats["ports"].values())
             nursery.cancel_scope.cancel()
-    finally:
-        for port in ports.values():
-            switch.remove_port(port.spec.id)
-            port.close()
-        for sock in pods.values():
-            sock.close()
     assert errors.snapshot() == {"core": 0, "read": 0}
 
 
@@ -85,19 +98,9 @@ async def test_a_table_change_stops_the_thread_replaying_at_once(topology):
     switch = make_switch(topology, "native")
     switch.add_port(PortSpec(TRUNK, "trunk", PortKind.MEMORY, "0a:58:00:00:00:09",
                              "10.244.1.99", True, port_security=False))
-    pairs = {port: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for port in (A, B)}
-    pods = {}
-    ports = {}
-    for port, (ours, theirs) in pairs.items():
-        theirs.setblocking(False)
-        pods[port] = theirs
-        ports[port] = DatapathTapPort(switch.ports[port], ours.detach(), 64)
-    errors = RuntimeErrors()
-    try:
+    async with running(switch) as (pods, ports, errors):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_upcalls, switch, ports, errors, 64)
-            for port in ports.values():
-                await nursery.start(port.run, switch, ports, errors)
+            await start(nursery, switch, ports, errors)
             pods[B].send(_udp("10.244.1.11", "10.244.1.10", B_MAC, A_MAC, 7))
             await _receive(pods[A])
             to_b = _udp("10.244.1.10", "10.244.1.11", A_MAC, B_MAC, 5)
@@ -122,9 +125,3 @@ async def test_a_table_change_stops_the_thread_replaying_at_once(topology):
             assert stats["datapath"]["upcalls"] == upcalls + 1
             assert stats["ports"]["trunk"]["tx_drops"] == {"port-gone": 2}  # flood, then this
             nursery.cancel_scope.cancel()
-    finally:
-        for port in ports.values():
-            switch.remove_port(port.spec.id)
-            port.close()
-        for sock in pods.values():
-            sock.close()
