@@ -924,21 +924,33 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def script_main(tag: str, args: argparse.Namespace, run_bench: Callable[..., dict],
+                report: Callable[[dict], None]) -> int:
+    """What every benchmark script does around its run: log lines tagged on stderr, SIGTERM
+    and Ctrl-C clean up and exit 130, a BenchError exits 1; then ``report`` prints the results
+    and they are written as JSON to ``args.json_path``."""
     interrupt_on_sigterm()
 
     def log(message: str) -> None:
-        print(f"[bench] {message}", file=sys.stderr, flush=True)
+        print(f"[{tag}] {message}", file=sys.stderr, flush=True)
 
     try:
-        results = run(args, log)
+        results = run_bench(args, log)
     except KeyboardInterrupt:
         log("interrupted; everything created has been removed")
         return 130
     except BenchError as exc:
         log(f"failed: {exc}")
         return 1
+    report(results)
+    path = Path(args.json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"results written to {path}")
+    return 0
+
+
+def report(results: dict) -> None:
     print(render_table(results["medians"], results["ratios_to_bridge"]))
     peer_ratios = {f"{variant}/{peer}": row
                    for peer, table in results["ratios_to_peers"].items()
@@ -951,11 +963,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(render_ratio_lines("cross-node ratios (variant/reference; RTT: lower is better)",
                                  results["cross_node_ratios"]))
-    path = Path(args.json_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    log(f"results written to {path}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return script_main("bench", parse_args(argv), run, report)
 
 
 if __name__ == "__main__":

@@ -454,26 +454,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    bench.interrupt_on_sigterm()
-
-    def log(message: str) -> None:
-        print(f"[conn-rate] {message}", file=sys.stderr, flush=True)
-
-    try:
-        results = run(args, log)
-    except KeyboardInterrupt:
-        log("interrupted; everything created has been removed")
-        return 130
-    except BenchError as exc:
-        log(f"failed: {exc}")
-        return 1
-    print(render(results["medians"]))
-    path = Path(args.json_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    log(f"results written to {path}")
-    return 0
+    return bench.script_main("conn-rate", parse_args(argv), run,
+                             lambda results: print(render(results["medians"])))
 
 
 if __name__ == "__main__":
