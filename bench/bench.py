@@ -509,11 +509,11 @@ def _stop_daemon(daemon: subprocess.Popen, config: Path, socket_path: Path, node
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
-    if any(name.startswith(f"vsw-{node}-") for name in netns.listnetns()):
+    if any(name.startswith(f"vsw-{node}.") for name in netns.listnetns()):
         subprocess.run([*VSWITCHCTL, "--socket", str(socket_path), "clean", "--config", str(config)],
                        capture_output=True, timeout=60)
     for name in netns.listnetns():
-        if name.startswith(f"vsw-{node}-"):
+        if name.startswith(f"vsw-{node}."):
             _remove_netns(name)
 
 

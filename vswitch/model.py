@@ -50,9 +50,41 @@ def kernel_name(prefix: str, *parts: str) -> str:
     return name
 
 
-def netns_name(node: str, pod: str) -> str:
-    """Namespace names are file names under /run/netns (no IFNAMSIZ limit); keep them readable."""
-    return f"vsw-{node}-{pod}"
+DEFAULT_NAMESPACE = "default"
+# Namespaces every cluster has, whether the file declares them or not (as in Kubernetes).
+BUILTIN_NAMESPACES = ("default", "kube-system")
+# The label Kubernetes puts on every namespace, so that a namespace selector can name one.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def netns_name(node: str, namespace: str, pod: str) -> str:
+    """Network namespace names are file names under /run/netns (no IFNAMSIZ limit); kept
+    readable. Node, namespace and pod names are DNS labels, which have no dots, so the dots
+    keep two nodes' (or namespaces') names apart: "vsw-a.default.b-c" is never "vsw-a-b.default.c".
+    """
+    return f"vsw-{node}.{namespace}.{pod}"
+
+
+def pod_key(namespace: str, name: str) -> str:
+    """How the node names a pod in ports, counters, traces and the control socket: its name in
+    the default namespace, NAMESPACE/NAME in any other, so that a file without namespaces reads
+    as before and two pods of one name in different namespaces stay apart."""
+    return name if namespace == DEFAULT_NAMESPACE else f"{namespace}/{name}"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A Kubernetes namespace: a scope for pod and service names, and labels that network
+    policies' namespace selectors match. ``labels`` always holds NAMESPACE_NAME_LABEL."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def namespace_labels(name: str, labels: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    merged = dict(labels or {})
+    merged[NAMESPACE_NAME_LABEL] = name
+    return MappingProxyType(merged)
 
 
 @dataclass(frozen=True)
@@ -82,6 +114,11 @@ class Pod:
     ready: bool = True
     segment: str = DEFAULT_SEGMENT  # the L2 segment (pod network) the pod is attached to
     mtu: int | None = None  # eth0's MTU; None: the segment's
+    namespace: str = DEFAULT_NAMESPACE
+
+    @property
+    def key(self) -> str:
+        return pod_key(self.namespace, self.name)
 
     def named_ports(self) -> Mapping[str, tuple[str, int]]:
         """Its containers' named ports (the first container naming a port wins)."""
@@ -104,6 +141,11 @@ class RemotePod:
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     ports: Mapping[str, tuple[str, int]] = field(default_factory=lambda: MappingProxyType({}))
     ready: bool = True
+    namespace: str = DEFAULT_NAMESPACE
+
+    @property
+    def key(self) -> str:
+        return pod_key(self.namespace, self.name)
 
     def named_ports(self) -> Mapping[str, tuple[str, int]]:
         return self.ports
@@ -185,6 +227,16 @@ class Topology:
     cluster: "Cluster | None" = None
     uplink: "Uplink | None" = None
     services: tuple["Service", ...] = ()
+    # Every namespace the node knows: the declared ones and the built-in ones, by name.
+    namespaces: tuple[Namespace, ...] = ()
+    network_policies: tuple["NetworkPolicy", ...] = ()
+
+    def namespace_labels(self, name: str) -> Mapping[str, str]:
+        """A namespace's labels; one the file does not declare has only its name label."""
+        for namespace in self.namespaces:
+            if namespace.name == name:
+                return namespace.labels
+        return namespace_labels(name)
 
     # The overlay and the peers are kept inside the uplink and the cluster, whose settings a
     # reload compares as a whole: a change to them needs a restart, as to every node-level key.
@@ -237,11 +289,12 @@ class Topology:
     def pod_mtu(self, pod: Pod) -> int:
         return pod.mtu if pod.mtu is not None else self.segment(pod.segment).mtu
 
-    def pod(self, name: str) -> Pod:
+    def pod(self, key: str) -> Pod:
+        """The pod of ``key`` (``Pod.key``: NAME in the default namespace, else NAMESPACE/NAME)."""
         for pod in self.pods:
-            if pod.name == name:
+            if pod.key == key:
                 return pod
-        raise KeyError(name)
+        raise KeyError(key)
 
 
 def first_host(network: IPv4Network) -> IPv4Address:
@@ -271,6 +324,7 @@ STORE_STATIC = "static"  # membership from [[peers]] alone
 STORE_ETCD = "etcd"
 DEFAULT_LEASE_TTL = 10  # seconds
 DEFAULT_NODE_PREFIX_LENGTH = 24  # the size of the subnet ``pod_cidr = "auto"`` leases
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 
 
 @dataclass(frozen=True)
@@ -309,6 +363,12 @@ class Cluster:
     lease_ttl: int = DEFAULT_LEASE_TTL  # seconds a node's record outlives its daemon
     node_prefix_length: int = DEFAULT_NODE_PREFIX_LENGTH  # what pod_cidr = "auto" leases
     peers: tuple[Peer, ...] = ()  # the static members besides this node
+    # Cluster DNS: the zone, the service address it answers on (the loader's default is the
+    # tenth address of the service CIDR), and where names outside the zone go: None for the
+    # host's /etc/resolv.conf, () for none (such names are answered REFUSED).
+    domain: str = DEFAULT_CLUSTER_DOMAIN
+    dns_ip: IPv4Address | None = None  # None: DNS off
+    dns_upstreams: tuple[IPv4Address, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -356,6 +416,78 @@ class Service:
     @property
     def headless(self) -> bool:
         return self.cluster_ip is None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+# -- network policy (networking.k8s.io/v1) -------------------------------------------------------
+
+POLICY_INGRESS = "Ingress"
+POLICY_EGRESS = "Egress"
+
+
+@dataclass(frozen=True)
+class LabelRequirement:
+    """One matchExpressions entry: ``operator`` is In, NotIn, Exists or DoesNotExist."""
+
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A Kubernetes label selector; an empty one selects everything."""
+
+    match_labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    match_expressions: tuple[LabelRequirement, ...] = ()
+
+
+@dataclass(frozen=True)
+class IPBlock:
+    cidr: IPv4Network
+    except_: tuple[IPv4Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyPeer:
+    """One ``from``/``to`` entry: pods (``pod_selector`` and/or ``namespace_selector``) or an
+    ``ip_block``. A pod selector alone picks pods of the policy's namespace; a namespace selector
+    alone every pod of the namespaces it picks; both together the pods the first picks in the
+    namespaces the second picks."""
+
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    ip_block: IPBlock | None = None
+
+
+@dataclass(frozen=True)
+class PolicyPort:
+    protocol: str = "tcp"  # "tcp" | "udp"
+    port: int | str | None = None  # None: every port; a string: a named container port
+    end_port: int | None = None  # with a numeric ``port``: the range port..end_port
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """An ingress or egress rule: traffic from/to any of ``peers`` on any of ``ports``; an empty
+    tuple of either means every peer or every port."""
+
+    peers: tuple[PolicyPeer, ...] = ()
+    ports: tuple[PolicyPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    pod_selector: LabelSelector = field(default_factory=LabelSelector)
+    # The loader fills in Kubernetes' default: Ingress, plus Egress when there are egress rules.
+    policy_types: tuple[str, ...] = (POLICY_INGRESS,)
+    ingress: tuple[PolicyRule, ...] = ()
+    egress: tuple[PolicyRule, ...] = ()
 
     @property
     def key(self) -> str:

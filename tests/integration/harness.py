@@ -12,7 +12,7 @@ Rules that keep the suite safe on a shared machine:
   10.200.0.0/13 that no address or route of the root namespace overlaps, so two runs, or two
   developers, never collide.
 - Cleanup only ever touches objects derived from the test's own node name: namespaces
-  ``vsw-{node}-*``, the TAP devices the daemon reported, and processes living in those namespaces.
+  ``vsw-{node}.*``, the TAP devices the daemon reported, and processes living in those namespaces.
 - Setup and cleanup use pyroute2, never the ``ip`` command.
 - ``ping`` from iputils is not assumed to be installed, so pings are sent by a short Python program
   over a raw ICMP socket; it runs inside the pod's own kernel stack just the same.
@@ -226,8 +226,8 @@ class NodeSpec:
                 next_auto[segment] = offset + 1
         return result
 
-    def netns(self, pod: str) -> str:
-        return f"vsw-{self.name}-{pod}"
+    def netns(self, pod: str, namespace: str = "default") -> str:
+        return f"vsw-{self.name}.{namespace}.{pod}"
 
     def render(self) -> str:
         def q(value: str) -> str:
@@ -317,7 +317,7 @@ def make_node_spec(
 
 
 def node_namespaces(node: str) -> list[str]:
-    prefix = f"vsw-{node}-"
+    prefix = f"vsw-{node}."
     return sorted(name for name in netns.listnetns() if name.startswith(prefix))
 
 

@@ -50,7 +50,7 @@ def build_topology(node_name: str, pod_cidr: IPv4Network, state_dir: str, *, pod
     for i in range(pods):
         name = f"p{i}"
         ip = hosts[10 + i]
-        pod_objs.append(Pod(name=name, ip=ip, mac=mac_for_ip(ip), netns=netns_name(node_name, name),
+        pod_objs.append(Pod(name=name, ip=ip, mac=mac_for_ip(ip), netns=netns_name(node_name, "default", name),
                             tap=kernel_name("vsp", node_name, name),
                             containers=containers.get(name, ())))
     host_ip = last_host(pod_cidr)
@@ -141,7 +141,7 @@ def _scrub(node: NodeUnderTest) -> None:
 
     for name in netns.listnetns():
         # Test node names are unique random hex strings, so the prefix cannot match another node.
-        if name.startswith(f"vsw-{node.name}-"):
+        if name.startswith(f"vsw-{node.name}."):
             kill_netns_processes(name, grace=0.5)
             netns.remove(name)
     topo = node.topology(pods=8)

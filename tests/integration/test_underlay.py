@@ -117,7 +117,7 @@ def test_clean_after_a_crash_leaves_the_other_nodes_alone(make_lab) -> None:
 
     cleaned = lab[0].daemon.ctl_run("clean", "--config", str(lab[0].daemon.config_path))
     assert cleaned.returncode == 0, cleaned.stderr
-    assert f"netns vsw-{lab[0].name}-alpha" in cleaned.stdout
+    assert f"netns vsw-{lab[0].name}.default.alpha" in cleaned.stdout
     assert lab.underlay.bridge_exists()
     assert_answers(lab, 1)
     target = str(lab.underlay.gateway)

@@ -89,8 +89,8 @@ def test_pod_defaults_and_derived_fields() -> None:
     assert pod.ready is True
     assert dict(pod.labels) == {}
     assert pod.mac == model.mac_for_ip(IPv4Address("10.244.1.77")) == "0a:58:0a:f4:01:4d"
-    assert pod.netns == model.netns_name("lab1", "p")
-    assert pod.tap == model.kernel_name("vsp", "lab1", "p")
+    assert pod.netns == model.netns_name("lab1", "default", "p") == "vsw-lab1.default.p"
+    assert pod.tap == model.kernel_name("vsp", "lab1", "default", "p")
 
 
 def test_every_value_can_be_set() -> None:
@@ -448,7 +448,7 @@ def test_kernel_names_fit_ifnamsiz_for_long_names() -> None:
     assert taps[0] != taps[1]
     assert all(name.startswith("vsp") for name in taps)
     assert topology.host_port.name.startswith("vsh")
-    assert topology.pods[0].netns == f"vsw-{node_name}-{first}"
+    assert topology.pods[0].netns == f"vsw-{node_name}.default.{first}"
 
 
 def test_names_are_stable_across_loads() -> None:
@@ -495,7 +495,7 @@ def test_a_tap_name_hash_collision_is_refused() -> None:
     seen: dict[str, str] = {}
     for index in range(5000):
         pod = f"colliding-{index}"
-        tap = model.kernel_name("vsp", "lab1", pod)
+        tap = model.kernel_name("vsp", "lab1", "default", pod)
         if tap in seen:
             first, second = seen[tap], pod
             break

@@ -39,7 +39,7 @@ def ip(text: str) -> bytes:
 
 def _pod(name, addr, labels):
     http = Container("http", ("true",), ports=MappingProxyType({"http": ("tcp", 8080)}))
-    return Pod(name, IPv4Address(addr), mac_for_ip(IPv4Address(addr)), netns_name("unit", name),
+    return Pod(name, IPv4Address(addr), mac_for_ip(IPv4Address(addr)), netns_name("unit", "default", name),
                kernel_name("vsp", "unit", name), MappingProxyType(labels), (http,))
 
 

@@ -110,7 +110,7 @@ def allocate_pod_addresses(
         kept: dict[IPv4Address, int] = {}
         for index in members[id(segment)]:
             draft = drafts[index]
-            old = previous.get(draft.name) if isinstance(draft.name, str) else None
+            old = previous.get(draft.key) if draft.key is not None else None
             if (draft.ip is None and old is not None and old.segment == name
                     and address_problem(old.ip, cidr) is None
                     and old.ip not in taken and old.ip not in explicit

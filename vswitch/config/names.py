@@ -14,7 +14,7 @@ from vswitch.model import IFNAMSIZ
 
 DNS_LABEL_MAX = 63
 NETNS_NAME_MAX = 255  # a file name under /run/netns
-# Pod namespaces are "vsw-<node>-<pod>"; a far side named like one could be taken for a pod's
+# Pod namespaces are "vsw-<node>.<namespace>.<pod>"; a far side named like one could be taken for a pod's
 # leftover and removed by a cleanup.
 POD_NETNS_PREFIX = "vsw-"
 

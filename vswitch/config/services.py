@@ -17,6 +17,7 @@ from vswitch import model
 from vswitch.config.addresses import address_problem
 from vswitch.config.allocation import allocate_cluster_ips, allocate_node_ports
 from vswitch.config.containers import PROTOCOLS
+from vswitch.config.namespaces import namespace_problem
 from vswitch.config.names import (
     DNS_LABEL_MAX,
     dns_label_problem,
@@ -109,21 +110,27 @@ class ServiceDraft:
             external_ips=self.external_ips, load_balancer=self.load_balancer)
 
 
-def read_services(reader: Reader, document: Mapping[str, Any],
-                  context: ServiceContext) -> list[ServiceDraft]:
-    return [read_service(reader, entry, path, context)
+def read_services(reader: Reader, document: Mapping[str, Any], context: ServiceContext,
+                  namespaces: tuple[model.Namespace, ...] = ()) -> list[ServiceDraft]:
+    return [read_service(reader, entry, path, context, namespaces)
             for path, entry in reader.entries(document, "", "services")]
 
 
 def read_service(reader: Reader, table: Mapping[str, Any], path: str,
-                 context: ServiceContext) -> ServiceDraft:
+                 context: ServiceContext,
+                 namespaces: tuple[model.Namespace, ...] = ()) -> ServiceDraft:
+    """One ``[[services]]`` entry; ``namespaces`` are the declared ones (none: any name goes)."""
     reader.check_keys(table, path, SERVICE_KEYS)
     name = reader.take(table, path, "name", "a string", REQUIRED)
     if isinstance(name, str) and (problem := dns_label_problem(name, DNS_LABEL_MAX)):
         name = reader.fail(key_path(path, "name"), problem)
     namespace = reader.take(table, path, "namespace", "a string", "default")
-    if isinstance(namespace, str) and (problem := dns_label_problem(namespace, DNS_LABEL_MAX)):
-        namespace = reader.fail(key_path(path, "namespace"), problem)
+    if isinstance(namespace, str):
+        problem = dns_label_problem(namespace, DNS_LABEL_MAX)
+        if problem is None and namespaces:
+            problem = namespace_problem(namespace, namespaces)
+        if problem:
+            namespace = reader.fail(key_path(path, "namespace"), problem)
 
     type_ = reader.take_choice(table, path, "type", SERVICE_TYPES, "ClusterIP")
     cluster = context.cluster

@@ -21,9 +21,11 @@ from vswitch.config.cluster import read_cluster, resolve_auto_cidr
 from vswitch.config.control import read_control
 from vswitch.config.dataplane import read_dataplane
 from vswitch.config.errors import ConfigError
+from vswitch.config.namespaces import read_namespaces
 from vswitch.config.node import AUTO_FIXED, read_host_port, read_node, with_cidr
 from vswitch.config.overlay import fit_to_overlay, read_overlay
 from vswitch.config.pods import PodDraft, build_pod, check_kernel_names, read_pods
+from vswitch.config.policies import read_network_policies
 from vswitch.config.peers import check_peers, check_pod_cidrs, peer_networks, read_peers
 from vswitch.config.reader import INVALID, Marker, Reader, key_path, load_document
 from vswitch.config.routes import read_routes
@@ -34,7 +36,8 @@ from vswitch.config.uplink import read_uplink
 from vswitch.model import Control, Dataplane, Topology
 
 TOP_LEVEL_KEYS = ("node", "host_port", "dataplane", "control", "segments", "routes", "pods",
-                  "cluster", "uplink", "overlay", "peers", "services")
+                  "cluster", "uplink", "overlay", "peers", "services", "namespaces",
+                  "network_policies")
 
 
 def load_topology(path: str | os.PathLike[str], previous: Topology | None = None, *,
@@ -85,7 +88,7 @@ def read_topology(reader: Reader, document: Mapping[str, Any], source: str,
                   pod_cidr: IPv4Network | None = None) -> Topology | None:
     """The topology of ``document``, or None after reporting its mistakes to ``reader``."""
     reader.check_keys(document, "", TOP_LEVEL_KEYS)
-    previous_pods = {pod.name: pod for pod in previous.pods} if previous else {}
+    previous_pods = {pod.key: pod for pod in previous.pods} if previous else {}
     previous_services = {s.key: s for s in previous.services} if previous else {}
 
     node = read_node(reader, document)
@@ -105,7 +108,8 @@ def read_topology(reader: Reader, document: Mapping[str, Any], source: str,
     )
     peers = check_pod_cidrs(reader, peers, segment_drafts)
     routes = read_routes(reader, document, segment_drafts)
-    drafts = read_pods(reader, document)
+    namespaces = read_namespaces(reader, document)
+    drafts = read_pods(reader, document, namespaces)
     if node.cidr_auto:
         drafts = refuse_pod_addresses(reader, drafts)
     pod_ips = allocate_pod_addresses(reader, drafts, segment_drafts, previous_pods)
@@ -117,8 +121,9 @@ def read_topology(reader: Reader, document: Mapping[str, Any], source: str,
     built_peers = check_peers(reader, document, peers, segment_drafts, cluster, uplink, overlay)
     context = ServiceContext.of(cluster, uplink, segment_drafts, host_port.address,
                                 peer_networks(peers))
-    services = check_services(reader, read_services(reader, document, context), context,
-                              previous=previous_services)
+    services = check_services(reader, read_services(reader, document, context, namespaces),
+                              context, previous=previous_services)
+    policies = read_network_policies(reader, document, namespaces)
 
     if reader.errors:
         return None
@@ -146,6 +151,8 @@ def read_topology(reader: Reader, document: Mapping[str, Any], source: str,
         cluster=dataclasses.replace(cluster, peers=built_peers),
         uplink=uplink if isinstance(uplink, model.Uplink) else None,
         services=tuple(services),
+        namespaces=namespaces,
+        network_policies=policies,
     )
 
 
