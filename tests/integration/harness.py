@@ -104,6 +104,15 @@ class PodSpec:
     containers: tuple[tuple[str, tuple[str, ...]], ...] = ()
     segment: str | None = None  # None: the default segment (node.pod_cidr)
     mtu: int | None = None  # None: the segment's
+    namespace: str | None = None  # None: "default" (the key is left out of the TOML)
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> str:
+        """How the daemon names the pod: NAME in the default namespace, else NAMESPACE/NAME."""
+        if self.namespace in (None, "default"):
+            return self.name
+        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -179,6 +188,9 @@ class NodeSpec:
     segments: tuple[SegmentSpec, ...] = ()
     routes: tuple[RouteSpec, ...] = ()
     uplink: UplinkSpec | None = None
+    # [[namespaces]] entries: (name, labels).
+    namespaces: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    extra_toml: str = ""  # appended as is: services, network policies, ...
     # Which datapath the daemon runs: the C poll thread ("native") or everything in Python
     # ("pure"); VSWITCH_TEST_ACCEL picks it for a whole run, so the suite runs with either.
     accel: str = field(default_factory=lambda: TEST_ACCEL)
@@ -206,10 +218,11 @@ class NodeSpec:
         return found.mtu if found.mtu is not None else self.mtu
 
     def pod_segment(self, pod: str) -> str:
-        return next(p.segment or "default" for p in self.pods if p.name == pod)
+        return next(p.segment or "default" for p in self.pods if p.key == pod)
 
     def pod_ips(self) -> dict[str, IPv4Address]:
-        """The addresses the contract promises: explicit ones, else network+10, +11, … in order.
+        """The addresses the contract promises, by pod key: explicit ones, else network+10, +11,
+        … in order.
 
         Each segment counts on its own from its own network + 10. The tests never place an
         explicit address in the automatic range, so skipping taken addresses is not modelled.
@@ -219,15 +232,17 @@ class NodeSpec:
         for pod in self.pods:
             segment = pod.segment or "default"
             if pod.ip is not None:
-                result[pod.name] = IPv4Address(pod.ip)
+                result[pod.key] = IPv4Address(pod.ip)
             else:
                 offset = next_auto.get(segment, 10)
-                result[pod.name] = self.segment_cidr(segment).network_address + offset
+                result[pod.key] = self.segment_cidr(segment).network_address + offset
                 next_auto[segment] = offset + 1
         return result
 
-    def netns(self, pod: str, namespace: str = "default") -> str:
-        return f"vsw-{self.name}.{namespace}.{pod}"
+    def netns(self, pod: str) -> str:
+        """The network namespace of the pod ``pod`` (a key: NAME or NAMESPACE/NAME)."""
+        namespace, _, name = pod.rpartition("/")
+        return f"vsw-{self.name}.{namespace or 'default'}.{name}"
 
     def render(self) -> str:
         def q(value: str) -> str:
@@ -263,8 +278,18 @@ class NodeSpec:
                       f"gateway = {q(str(self.uplink.gateway))}"]
             if self.uplink.netns is not None:
                 lines.append(f"netns = {q(self.uplink.netns)}")
+        for namespace, labels in self.namespaces:
+            lines += ["", "[[namespaces]]", f"name = {q(namespace)}"]
+            if labels:
+                lines.append("labels = { " + ", ".join(f"{q(k)} = {q(v)}" for k, v in labels)
+                             + " }")
         for pod in self.pods:
             lines += ["", "[[pods]]", f"name = {q(pod.name)}"]
+            if pod.namespace is not None:
+                lines.append(f"namespace = {q(pod.namespace)}")
+            if pod.labels:
+                lines.append("labels = { " + ", ".join(f"{q(k)} = {q(v)}" for k, v in pod.labels)
+                             + " }")
             if pod.ip is not None:
                 lines.append(f"ip = {q(pod.ip)}")
             if pod.segment is not None:
@@ -277,6 +302,8 @@ class NodeSpec:
                     for name, cmd in pod.containers
                 )
                 lines.append(f"containers = [ {rendered} ]")
+        if self.extra_toml:
+            lines += ["", self.extra_toml]
         return "\n".join(lines) + "\n"
 
 
@@ -596,7 +623,7 @@ class Daemon:
             if inode is not None:
                 self.known_inodes.add(inode)
         try:
-            listings = [self.ctl("pods"), self.ctl("ports")]
+            listings = [self.ctl("pods", "-A"), self.ctl("ports")]
         except (AssertionError, subprocess.TimeoutExpired):
             return  # a test that checks these commands reports their failure itself
         for listing in listings:

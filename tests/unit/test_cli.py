@@ -19,14 +19,14 @@ from vswitch import cli
 from vswitch.control.rendering import format_table
 
 PODS = [
-    {"name": "web-1", "ip": "10.244.1.2", "segment": "default", "mtu": 1500,
-     "mac": "0a:58:0a:f4:01:02", "netns": "vsw-lab1-web-1",
-     "netns_path": "/run/netns/vsw-lab1-web-1", "port": 2, "device": "vt-web1-ab12",
+    {"name": "web-1", "namespace": "default", "ip": "10.244.1.2", "segment": "default",
+     "mtu": 1500, "mac": "0a:58:0a:f4:01:02", "netns": "vsw-lab1.default.web-1",
+     "netns_path": "/run/netns/vsw-lab1.default.web-1", "port": 2, "device": "vt-web1-ab12",
      "ready": True, "labels": {"app": "web"},
      "containers": [{"name": "http", "pid": 4242, "state": "running"}]},
-    {"name": "client", "ip": "10.245.1.50", "segment": "blue", "mtu": 1400,
-     "mac": "0a:58:0a:f5:01:32", "netns": "vsw-lab1-client",
-     "netns_path": "/run/netns/vsw-lab1-client", "port": 3, "device": "vt-client-cd34",
+    {"name": "client", "namespace": "test", "ip": "10.245.1.50", "segment": "blue", "mtu": 1400,
+     "mac": "0a:58:0a:f5:01:32", "netns": "vsw-lab1.test.client",
+     "netns_path": "/run/netns/vsw-lab1.test.client", "port": 3, "device": "vt-client-cd34",
      "ready": False, "labels": {}, "containers": []},
 ]
 ROUTES = [
@@ -100,11 +100,12 @@ def daemon(tmp_path):
         "status": ok(STATUS), "pods": ok(PODS), "stats": ok(STATS),
         "ports": ok([{"id": 1, "name": "host", "rx_packets": 5}, {"id": 2, "name": "web-1",
                                                                 "rx_packets": 12345}]),
-        "fdb": ok([]),
+        "fdb": ok([]), "services": ok([]),
         "routes": ok(ROUTES),
         "neighbors": ok(NEIGHBORS),
         "trace": ok({"text": "port web-1: udp ...\n  eth-input: ok\n  output client"}),
-        "netns": ok({"pod": "web-1", "netns": "vsw-lab1-web-1", "netns_path": "/proc/self/ns/net"}),
+        "netns": ok({"pod": "web-1", "netns": "vsw-lab1.default.web-1",
+                     "netns_path": "/proc/self/ns/net"}),
     })
     try:
         yield fake
@@ -128,15 +129,17 @@ def test_status_is_a_readable_list(daemon, capsys):
 
 
 def test_pods_table_is_aligned(daemon, capsys):
-    code, out, _ = run_ctl(capsys, "--socket", daemon.path, "pods")
+    code, out, _ = run_ctl(capsys, "--socket", daemon.path, "pods", "-A")
     assert code == 0
+    assert daemon.requests[-1] == {"cmd": "pods", "args": {}}
     header, first, second = out.splitlines()
-    assert header.split() == ["NAME", "IP", "SEGMENT", "MAC", "NETNS", "PORT", "DEVICE", "READY",
-                              "CONTAINERS"]
+    assert header.split() == ["NAMESPACE", "NAME", "IP", "SEGMENT", "MAC", "NETNS", "PORT",
+                              "DEVICE", "READY", "CONTAINERS"]
+    assert first.index("default") == header.index("NAMESPACE") == second.index("test") == 0
     # Every column starts where its header starts (text) or ends where it ends (numbers).
     assert first.index("10.244.1.2") == header.index("IP") == second.index("10.245.1.50")
-    assert first.index("default") == header.index("SEGMENT") == second.index("blue")
-    assert first.index("vsw-lab1-web-1") == header.index("NETNS")
+    assert first.index("default", 1) == header.index("SEGMENT") == second.index("blue")
+    assert first.index("vsw-lab1.default.web-1") == header.index("NETNS")
     port_end = header.index("PORT") + len("PORT")
     assert first[port_end - 1] == "2" and second[port_end - 1] == "3"
     assert first.split()[-2:] == ["yes", "http:running"]
@@ -316,6 +319,24 @@ def test_exec_of_a_missing_command_exits_127(daemon):
                       "vswitch-no-such-command")
     assert done.returncode == 127
     assert "vswitch-no-such-command: command not found" in done.stderr
+
+
+@needs_root
+def test_exec_names_the_namespace_it_was_given(daemon):
+    done = run_module("vswitchctl", "--socket", daemon.path, "exec", "-n", "test", "client",
+                      "--", sys.executable, "-c", "print('inside')")
+    assert (done.returncode, done.stdout) == (0, "inside\n"), done.stderr
+    assert daemon.requests == [{"cmd": "netns", "args": {"pod": "client", "namespace": "test"}}]
+
+
+@pytest.mark.parametrize("flags, args", [
+    ((), {"namespace": "default"}), (("-n", "prod"), {"namespace": "prod"}), (("-A",), {}),
+    (("--all-namespaces",), {}), (("--namespace", "x"), {"namespace": "x"})])
+@pytest.mark.parametrize("listing", ["pods", "services"])
+def test_listings_ask_for_a_namespace_as_kubectl_does(daemon, capsys, listing, flags, args):
+    code, _, _ = run_ctl(capsys, "--socket", daemon.path, listing, *flags)
+    assert code == 0
+    assert daemon.requests[-1] == {"cmd": listing, "args": args}
 
 
 def test_exec_of_an_unknown_pod_fails_before_entering_anything(daemon, capsys):

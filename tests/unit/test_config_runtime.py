@@ -29,7 +29,7 @@ from .config_support import (
 def test_parse_pod_allocates_around_the_running_pods() -> None:
     pod = parse_pod({"name": "new", "labels": {"app": "web"}, "ready": False}, RUNNING)
     assert (pod.ip, pod.netns, pod.ready) == (IPv4Address("10.244.1.12"), "vsw-lab1.default.new", False)
-    assert pod.tap == model.kernel_name("vsp", "lab1", "new")
+    assert pod.tap == model.kernel_name("vsp", "lab1", "default", "new")
 
 
 @pytest.mark.parametrize("table, path, reason", [

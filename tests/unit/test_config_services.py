@@ -107,7 +107,7 @@ def test_service_defaults_and_allocation_in_file_order() -> None:
 
 
 def test_every_service_value_can_be_set() -> None:
-    text = NODE + UPLINK + service(
+    text = NODE + UPLINK + '[[namespaces]]\nname = "prod"\n' + service(
         'name = "db"', 'namespace = "prod"', 'cluster_ip = "10.96.5.5"', 'type = "NodePort"',
         'ports = [ { name = "pg", protocol = "tcp", port = 5432, target_port = "postgres", node_port = 32767 } ]',
         'endpoints = ["10.244.1.20", "203.0.113.9"]', 'session_affinity = "ClientIP"',

@@ -27,7 +27,7 @@ def test_a_record_survives_its_json():
 
 def test_a_record_carries_its_ready_pods_as_objects():
     data = json.loads(record("n2").to_json())
-    assert data["ready_endpoints"] == [{"name": "web-1", "ip": "10.244.2.10",
+    assert data["ready_endpoints"] == [{"name": "web-1", "namespace": "default", "ip": "10.244.2.10",
                                         "labels": {"app": "web"},
                                         "ports": {"http": {"protocol": "tcp", "port": 8080}}}]
 

@@ -1,8 +1,8 @@
 """Changes to a running node: ``vswitchctl apply FILE``, ``pod add`` and ``service set``.
 
 Theory of operation: a change is checked against the running ``Topology`` instead of a whole
-file. Only what comes and goes while the node runs may change (``FRAGMENT_KEYS``: pods and
-services); everything else needs a restart. Entries are read by the same section code as a
+file. Only what comes and goes while the node runs may change (``FRAGMENT_KEYS``: pods,
+services, namespaces and network policies); everything else needs a restart. Entries are read by the same section code as a
 file, so a pod or service reads the same wherever it is written, and then checked against the
 segments, pods and services that stay. An entry that replaces a running one of the same name
 keeps that one's allocated address and node ports unless the change asks for others, so
@@ -18,7 +18,9 @@ from vswitch import model
 from vswitch.config.allocation import allocate_pod_addresses
 from vswitch.config.errors import ConfigError
 from vswitch.config.overlay import check_pod_mtu
+from vswitch.config.namespaces import merge_namespaces, read_namespaces
 from vswitch.config.pods import PodDraft, build_pod, read_pod, read_pods
+from vswitch.config.policies import read_network_policies
 from vswitch.config.reader import Reader, key_path, load_document, type_name
 from vswitch.config.segments import running_segments
 from vswitch.config.service_context import ServiceContext
@@ -27,7 +29,7 @@ from vswitch.model import Pod, Topology
 
 # What a runtime change (``vswitchctl apply``) may carry: the things that come and go while the
 # node runs. Everything else needs a restart.
-FRAGMENT_KEYS = ("pods", "services")
+FRAGMENT_KEYS = ("pods", "services", "namespaces", "network_policies")
 # The settings ``vswitchctl service set`` may change: the ones that do not move a frontend.
 SERVICE_SETTABLE = ("session_affinity", "affinity_timeout", "external_traffic_policy",
                     "internal_traffic_policy", "load_balancer", "selector", "endpoints")
@@ -35,10 +37,13 @@ SERVICE_SETTABLE = ("session_affinity", "affinity_timeout", "external_traffic_po
 
 @dataclass(frozen=True)
 class Fragment:
-    """Pods and services to add to a running node, or to replace their namesakes with."""
+    """Pods, services, namespaces and network policies to add to a running node, or to replace
+    their namesakes with."""
 
     pods: tuple[Pod, ...] = ()
     services: tuple[model.Service, ...] = ()
+    namespaces: tuple[model.Namespace, ...] = ()  # only the ones the fragment declares
+    network_policies: tuple[model.NetworkPolicy, ...] = ()
 
 
 def parse_fragment(text: str, source: str, topology: Topology, *,
@@ -62,7 +67,8 @@ def parse_pod(table: Any, topology: Topology, source: str = "pod add",
     if not isinstance(table, dict):
         raise ConfigError(source, path, f"expected a table, got {type_name(table)}")
     reader = Reader()
-    pods = check_runtime_pods(reader, [read_pod(reader, table, path)], topology, replace=False)
+    draft = read_pod(reader, table, path, topology.namespaces)
+    pods = check_runtime_pods(reader, [draft], topology, replace=False)
     if reader.errors:
         raise ConfigError.collected(source, reader.errors)
     return pods[0]
@@ -75,15 +81,24 @@ def read_fragment(reader: Reader, document: Mapping[str, Any], topology: Topolog
             what = " and ".join(f"[[{k}]]" for k in allowed)
             reader.fail(key_path("", key), f"only {what} can be changed while the node runs; "
                                            "other sections need a restart")
-    drafts = read_pods(reader, document) if "pods" in allowed else []
+    declared: tuple[model.Namespace, ...] = ()
+    if "namespaces" in allowed and "namespaces" in document:
+        declared = read_namespaces(reader, document, builtin=False)
+    namespaces = merge_namespaces(topology.namespaces, declared)
+    drafts = read_pods(reader, document, namespaces) if "pods" in allowed else []
     pods = check_runtime_pods(reader, drafts, topology, replace)
     context = ServiceContext.of_topology(topology)
-    service_drafts = read_services(reader, document, context) if "services" in allowed else []
+    service_drafts = (read_services(reader, document, context, namespaces)
+                      if "services" in allowed else [])
     keys = {draft.key for draft in service_drafts if draft.key}
     previous = {s.key: s for s in topology.services if s.key in keys} if replace else {}
     kept = [s for s in topology.services if s.key not in previous]
     services = check_services(reader, service_drafts, context, kept, previous, replace)
-    return Fragment(pods=tuple(pods), services=tuple(services))
+    policies: tuple[model.NetworkPolicy, ...] = ()
+    if "network_policies" in allowed:
+        policies = read_network_policies(reader, document, namespaces)
+    return Fragment(pods=tuple(pods), services=tuple(services), namespaces=declared,
+                    network_policies=policies)
 
 
 def check_runtime_pods(reader: Reader, drafts: Sequence[PodDraft], topology: Topology,
@@ -94,21 +109,21 @@ def check_runtime_pods(reader: Reader, drafts: Sequence[PodDraft], topology: Top
     another (or another pod of the change asks for it explicitly), so re-applying an
     unchanged pod is no change at all.
     """
-    existing = {pod.name: pod for pod in topology.pods}
-    named = {draft.name for draft in drafts if isinstance(draft.name, str)}
+    existing = {pod.key: pod for pod in topology.pods}
+    named = {draft.key for draft in drafts if draft.key is not None}
     if not replace:
         for draft in drafts:
-            if isinstance(draft.name, str) and draft.name in existing:
-                reader.fail(key_path(draft.path, "name"), f"pod {draft.name!r} already exists")
+            if draft.key is not None and draft.key in existing:
+                reader.fail(key_path(draft.path, "name"), f"pod {draft.key!r} already exists")
     for draft in drafts:
         check_pod_mtu(reader, draft, topology.overlay)
-    kept = [pod for pod in topology.pods if pod.name not in named]
+    kept = [pod for pod in topology.pods if pod.key not in named]
     segments = running_segments(topology, kept)
     ips = allocate_pod_addresses(reader, drafts, segments, existing if replace else None)
     if reader.errors:
         return []
     pods = [build_pod(topology.node.name, draft, ip) for draft, ip in zip(drafts, ips)]
-    taps = {pod.tap: f"pod {pod.name}" for pod in kept}
+    taps = {pod.tap: f"pod {pod.key}" for pod in kept}
     for pod, draft in zip(pods, drafts):
         if pod.tap in taps:
             reader.fail(key_path(draft.path, "name"), f"the derived TAP name {pod.tap!r} collides "

@@ -17,8 +17,10 @@ from vswitch.config.reader import REQUIRED, Reader, key_path
 NAMESPACE_KEYS = ("name", "labels")
 
 
-def read_namespaces(reader: Reader, document: Mapping[str, Any]) -> tuple[model.Namespace, ...]:
-    """The declared namespaces and the built-in ones, declared ones first, in file order."""
+def read_namespaces(reader: Reader, document: Mapping[str, Any], *,
+                    builtin: bool = True) -> tuple[model.Namespace, ...]:
+    """The declared namespaces, in file order, then (with ``builtin``) the built-in ones that
+    were not declared."""
     found: dict[str, model.Namespace] = {}
     first_use: dict[str, str] = {}
     for path, table in reader.entries(document, "", "namespaces"):
@@ -44,9 +46,21 @@ def read_namespaces(reader: Reader, document: Mapping[str, Any]) -> tuple[model.
         first_use[name] = key_path(path, "name")
         found[name] = model.Namespace(
             name, model.namespace_labels(name, labels if isinstance(labels, dict) else {}))
-    for name in model.BUILTIN_NAMESPACES:
-        found.setdefault(name, model.Namespace(name, model.namespace_labels(name)))
+    if builtin:
+        for name in model.BUILTIN_NAMESPACES:
+            found.setdefault(name, model.Namespace(name, model.namespace_labels(name)))
     return tuple(found.values())
+
+
+def merge_namespaces(running: tuple[model.Namespace, ...],
+                     declared: tuple[model.Namespace, ...]) -> tuple[model.Namespace, ...]:
+    """``running`` with ``declared`` replacing their namesakes and the new ones appended; a
+    topology built by hand without namespaces runs with the built-in ones."""
+    merged = {namespace.name: namespace for namespace in running}
+    for name in model.BUILTIN_NAMESPACES:
+        merged.setdefault(name, model.Namespace(name, model.namespace_labels(name)))
+    merged.update((namespace.name, namespace) for namespace in declared)
+    return tuple(merged.values())
 
 
 def namespace_problem(name: str, namespaces: tuple[model.Namespace, ...]) -> str | None:

@@ -109,6 +109,24 @@ def _name_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name")
 
 
+def _pod_name_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--namespace",
+                        help="the pod's namespace (default: the one namespace that has NAME)")
+    parser.add_argument("name", help="NAME, or NAMESPACE/NAME")
+
+
+def _pod_name_request(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {"name": args.name, **extra}
+    if args.namespace is not None:
+        request["namespace"] = args.namespace
+    return request
+
+
+def _namespace_of(args: Args) -> str | None:
+    namespace = args.get("namespace")
+    return None if namespace is None else require(args, "namespace", str, "a namespace name")
+
+
 def _service_name_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="NAMESPACE/NAME, or NAME when it is unambiguous")
 
@@ -118,6 +136,7 @@ def _service_name_argument(parser: argparse.ArgumentParser) -> None:
 
 def _pod_add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name")
+    parser.add_argument("-n", "--namespace", help='default: "default"')
     parser.add_argument("--ip", help="default: allocated from the segment")
     parser.add_argument("--segment", help="default: the node's default segment")
     parser.add_argument("--mtu", type=int, help="default: the segment's")
@@ -133,6 +152,8 @@ def _pod_add_arguments(parser: argparse.ArgumentParser) -> None:
 def _pod_table(args: argparse.Namespace) -> dict[str, Any]:
     """The pod as the table a ``[[pods]]`` entry would be; the daemon checks it like the loader."""
     table: dict[str, Any] = {"name": args.name}
+    if args.namespace is not None:
+        table["namespace"] = args.namespace
     if args.ip is not None:
         table["ip"] = args.ip
     if args.segment is not None:
@@ -184,32 +205,34 @@ async def pod_add(ctx: ControlContext, args: Args) -> dict:
 
 
 @command("pod_del", render_change,
-         Verb("del", "stop a pod's containers and remove it", _name_argument,
-              lambda args: {"name": args.name}, group=POD))
+         Verb("del", "stop a pod's containers and remove it", _pod_name_argument,
+              _pod_name_request, group=POD))
 async def pod_del(ctx: ControlContext, args: Args) -> dict:
     name = require(args, "name", str, "a pod name")
+    namespace = _namespace_of(args)
 
     async def remove(node: Any, pod: Any) -> dict:
-        await node.remove_pod(pod.name)
-        return {"removed": pod.name}
+        await node.remove_pod(pod.key)
+        return {"removed": pod.key}
 
-    return await change(ctx, lambda topology: lookup.pod(ctx, name), remove)
+    return await change(ctx, lambda topology: lookup.pod(ctx, name, namespace), remove)
 
 
 @command("pod_ready", render_change,
-         Verb("ready", "let a pod receive service traffic", _name_argument,
-              lambda args: {"name": args.name, "ready": True}, group=POD),
-         Verb("unready", "take a pod out of its services' endpoints", _name_argument,
-              lambda args: {"name": args.name, "ready": False}, group=POD))
+         Verb("ready", "let a pod receive service traffic", _pod_name_argument,
+              lambda args: _pod_name_request(args, ready=True), group=POD),
+         Verb("unready", "take a pod out of its services' endpoints", _pod_name_argument,
+              lambda args: _pod_name_request(args, ready=False), group=POD))
 async def pod_ready(ctx: ControlContext, args: Args) -> dict:
     name = require(args, "name", str, "a pod name")
+    namespace = _namespace_of(args)
     ready = require(args, "ready", bool, "true or false")
 
     async def set_ready(node: Any, found: Any) -> dict:
-        pod = node.set_ready(found.name, ready)
-        return {"pod": pod.name, "ready": pod.ready}
+        pod = node.set_ready(found.key, ready)
+        return {"pod": pod.key, "ready": pod.ready}
 
-    return await change(ctx, lambda topology: lookup.pod(ctx, name), set_ready)
+    return await change(ctx, lambda topology: lookup.pod(ctx, name, namespace), set_ready)
 
 
 # -- services -------------------------------------------------------------------------------------
@@ -296,13 +319,15 @@ def _apply_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @command("apply", render_change,
-         Verb("apply", "add or replace the [[pods]] and [[services]] of a TOML file",
+         Verb("apply", "add or replace the [[pods]], [[services]], [[namespaces]] and "
+                       "[[network_policies]] of a TOML file",
               _apply_arguments, lambda args: _read_fragment(args.file)))
 async def apply(ctx: ControlContext, args: Args) -> dict:
     text, source = _fragment_args(args)
 
     async def apply_fragment(node: Any, fragment: Any) -> dict:
-        return await node.apply(fragment.pods, fragment.services)
+        return await node.apply(fragment.pods, fragment.services, fragment.namespaces,
+                                fragment.network_policies)
 
     # NodeRuntime.apply programs once, after all its pods and services, and reports it.
     return await change(ctx, lambda topology: _config().parse_fragment(text, source, topology),
@@ -314,7 +339,7 @@ def render_reload(result: Any) -> str:
     if not isinstance(result, Mapping):
         return str(result)
     lines = [str(result.get("summary", "reload: done"))]
-    for kind in ("pods", "services"):
+    for kind in ("pods", "services", "namespaces", "network_policies"):
         changes = result.get(kind)
         if not isinstance(changes, Mapping):
             continue

@@ -83,6 +83,20 @@ def command(name: str, render: Renderer, *verbs: Verb,
     return define
 
 
+def namespace_arguments(parser: argparse.ArgumentParser) -> None:
+    """``-n NAMESPACE`` / ``-A``, as kubectl has them: without either, the default namespace."""
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help='default: "default"')
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+
+
+def namespace_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The request's namespace filter; a request without one lists every namespace."""
+    if args.all_namespaces:
+        return {}
+    return {"namespace": args.namespace or "default"}
+
+
 def require(args: Args, name: str, kind: type | tuple[type, ...], what: str) -> Any:
     """The argument ``name``, which must be of ``kind``; ``what`` describes it in the error."""
     if name not in args:

@@ -15,30 +15,52 @@ if TYPE_CHECKING:
     from vswitch.runtime.control import ControlContext
 
 
-def pod(ctx: ControlContext, name: str) -> Pod:
-    topology = ctx.current()
-    try:
-        return topology.pod(name)
-    except KeyError:
-        known = ", ".join(p.name for p in topology.pods) or "none"
-        raise ControlError(f"no pod named {name!r}; pods: {known}") from None
+def pod(ctx: ControlContext, name: str, namespace: str | None = None) -> Pod:
+    """The pod ``name`` of ``namespace``; without a namespace, NAMESPACE/NAME, or a NAME that only
+    one namespace of the node has (as ``vswitchctl exec POD`` promises)."""
+    pods = ctx.current().pods
+    wanted = repr(name)
+    if namespace is not None:
+        found = [p for p in pods if p.namespace == namespace and p.name == name]
+        wanted += f" in namespace {namespace!r}"
+    elif "/" in name:
+        found = [p for p in pods if f"{p.namespace}/{p.name}" == name]
+    else:
+        found = [p for p in pods if p.name == name]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        choices = ", ".join(f"{p.namespace}/{p.name}" for p in found)
+        raise ControlError(f"pod {name!r} is in several namespaces ({choices}); give the "
+                           "namespace with -n NAMESPACE or as NAMESPACE/NAME")
+    known = ", ".join(p.key for p in pods) or "none"
+    raise ControlError(f"no pod named {wanted}; pods: {known}")
+
+
+def namespace_filter(args: Any) -> Any:
+    """Which namespace a listing keeps: ``args["namespace"]``, or None for all of them."""
+    namespace = args.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        raise ControlError(f"argument 'namespace' must be a string, not {namespace!r}")
+    return namespace
 
 
 def pod_row(ctx: ControlContext, pod: Pod) -> dict:
     """A pod as ``pods`` lists it: its settings, where it is plugged in, its containers."""
     return {
         "name": pod.name,
+        "namespace": pod.namespace,
         "ip": str(pod.ip),
         "segment": pod.segment,
         "mtu": ctx.current().pod_mtu(pod),
         "mac": pod.mac,
         "netns": pod.netns,
         "netns_path": ctx.netns_path(pod.netns),
-        "port": ctx.port_ids.get(pod.name),
+        "port": ctx.port_ids.get(pod.key),
         "device": pod.tap,
         "ready": pod.ready,
         "labels": dict(pod.labels),
-        "containers": ctx.supervisor.info(pod.name),
+        "containers": ctx.supervisor.info(pod.key),
     }
 
 

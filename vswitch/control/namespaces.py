@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 
 def _exec_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pod")
+    parser.add_argument("-n", "--namespace",
+                        help="the pod's namespace (default: the one namespace that has POD)")
+    parser.add_argument("pod", help="NAME, or NAMESPACE/NAME")
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
 
 
@@ -34,7 +36,10 @@ def _run_exec(session: Session, args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise CtlError("exec needs a command: vswitchctl exec POD -- CMD [ARG...]")
-    netns_path = session.call("netns", {"pod": args.pod})["netns_path"]
+    request = {"pod": args.pod}
+    if args.namespace is not None:
+        request["namespace"] = args.namespace
+    netns_path = session.call("netns", request)["netns_path"]
     from vswitch.runtime.netns import enter_netns
 
     try:
@@ -56,8 +61,12 @@ def _run_exec(session: Session, args: argparse.Namespace) -> int:
          Verb("exec", "run a command in a pod's network namespace", _exec_arguments,
               run=_run_exec))
 async def netns(ctx: ControlContext, args: Args) -> dict:
-    pod = lookup.pod(ctx, require(args, "pod", str, "a pod name"))
-    return {"pod": pod.name, "netns": pod.netns, "netns_path": ctx.netns_path(pod.netns)}
+    namespace = args.get("namespace")
+    if namespace is not None:
+        namespace = require(args, "namespace", str, "a namespace name")
+    pod = lookup.pod(ctx, require(args, "pod", str, "a pod name"), namespace)
+    return {"pod": pod.name, "namespace": pod.namespace, "netns": pod.netns,
+            "netns_path": ctx.netns_path(pod.netns)}
 
 
 def _clean_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import vswitch
 from vswitch.control import lookup
-from vswitch.control.command import Args, Verb, command
+from vswitch.control.command import (Args, Verb, command, namespace_arguments,
+                                    namespace_request)
 from vswitch.control.rendering import (format_pairs, format_table, is_number, render_rows,
                                        table_of)
 from vswitch.core import presentation
@@ -48,15 +49,19 @@ def render_pods(result: Sequence[Mapping[str, Any]]) -> str:
         states = [f"{c.get('name', '?')}:{c.get('state', '?')}" for c in containers
                   if isinstance(c, Mapping)]
         rows.append({**pod, "containers": ",".join(states) or "-"})
-    return format_table(rows, [("name", "NAME"), ("ip", "IP"), ("segment", "SEGMENT"),
+    return format_table(rows, [("namespace", "NAMESPACE"), ("name", "NAME"), ("ip", "IP"),
+                               ("segment", "SEGMENT"),
                                ("mac", "MAC"), ("netns", "NETNS"), ("port", "PORT"),
                                ("device", "DEVICE"), ("ready", "READY"),
                                ("containers", "CONTAINERS")])
 
 
-@command("pods", render_pods, Verb("pods", "pods and their containers"))
+@command("pods", render_pods, Verb("pods", "pods and their containers", namespace_arguments,
+                                   namespace_request))
 async def pods(ctx: ControlContext, args: Args) -> list[dict]:
-    return [lookup.pod_row(ctx, pod) for pod in ctx.current().pods]
+    namespace = lookup.namespace_filter(args)
+    return [lookup.pod_row(ctx, pod) for pod in ctx.current().pods
+            if namespace is None or pod.namespace == namespace]
 
 
 @command("ports", render_rows, Verb("ports", "switch ports"))

@@ -10,7 +10,9 @@ import argparse
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from vswitch.control.client import EXIT_OK, Session, key_values
-from vswitch.control.command import Args, ControlError, Verb, command
+from vswitch.control import lookup
+from vswitch.control.command import (Args, ControlError, Verb, command, namespace_arguments,
+                                    namespace_request)
 from vswitch.control.rendering import format_table, table_of
 from vswitch.core import presentation
 
@@ -59,9 +61,12 @@ def render_services(result: Sequence[Mapping[str, Any]]) -> str:
 
 
 @command("services", render_services,
-         Verb("services", "services, their cluster IPs, ports and endpoint counts"))
+         Verb("services", "services, their cluster IPs, ports and endpoint counts",
+              namespace_arguments, namespace_request))
 async def services(ctx: ControlContext, args: Args) -> list[dict]:
-    return presentation.service_rows(ctx.switch)
+    namespace = lookup.namespace_filter(args)
+    return [row for row in presentation.service_rows(ctx.switch)
+            if namespace is None or row.get("namespace") == namespace]
 
 
 @command("endpoints",

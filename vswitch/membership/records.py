@@ -13,16 +13,21 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Mapping
 
+from vswitch.model import DEFAULT_NAMESPACE
+
 
 @dataclass(frozen=True)
 class EndpointRecord:
     """One ready pod of a node, as the other nodes' service selection needs it: its name, address,
-    labels and named ports (``{"http": ("tcp", 8080)}``)."""
+    labels, named ports (``{"http": ("tcp", 8080)}``) and namespace (services select pods of
+    their own namespace only; a record without one is from a version without namespaces, whose
+    pods are all in "default")."""
 
     name: str
     ip: IPv4Address
     labels: Mapping[str, str] = field(default_factory=dict)
     ports: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    namespace: str = DEFAULT_NAMESPACE
 
     def __hash__(self) -> int:
         return hash((self.name, self.ip))
@@ -30,6 +35,7 @@ class EndpointRecord:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "namespace": self.namespace,
             "ip": str(self.ip),
             "labels": dict(sorted(self.labels.items())),
             "ports": {name: {"protocol": protocol, "port": number}
@@ -55,6 +61,7 @@ class EndpointRecord:
             labels={str(k): str(v) for k, v in labels.items()},
             ports={str(name): (str(port["protocol"]), int(port["port"]))
                    for name, port in ports.items()},
+            namespace=str(data.get("namespace", DEFAULT_NAMESPACE)),
         )
 
 

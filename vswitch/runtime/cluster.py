@@ -73,7 +73,8 @@ def own_record(topology: Topology) -> NodeRecord:
     assert topology.uplink is not None and topology.overlay is not None
     network = topology.node.pod_cidr
     endpoints = tuple(
-        EndpointRecord(pod.name, pod.ip, dict(pod.labels), dict(pod.named_ports()))
+        EndpointRecord(pod.name, pod.ip, dict(pod.labels), dict(pod.named_ports()),
+                       pod.namespace)
         for pod in topology.pods if pod.ready and pod.ip in network)
     return NodeRecord(topology.node.name, network, topology.uplink.address.ip,
                       topology.overlay.vtep_mac, endpoints)
@@ -106,7 +107,8 @@ def remote_pods(view: Mapping[str, NodeRecord], routed: Iterable[str]) -> tuple[
             if endpoint.ip in record.pod_cidr:
                 pods.append(RemotePod(record.name, endpoint.name, endpoint.ip,
                                       MappingProxyType(dict(endpoint.labels)),
-                                      MappingProxyType(dict(endpoint.ports))))
+                                      MappingProxyType(dict(endpoint.ports)),
+                                      namespace=endpoint.namespace))
     return tuple(pods)
 
 

@@ -69,6 +69,7 @@ def container_env(pod: Pod, container: Container) -> dict[str, str]:
     env = dict(BASE_ENV)
     env.update(container.env)
     env["POD_NAME"] = pod.name
+    env["POD_NAMESPACE"] = pod.namespace
     env["POD_IP"] = str(pod.ip)
     return env
 
@@ -149,7 +150,7 @@ class ContainerProcess:
 async def start_container(pod: Pod, container: Container) -> ContainerProcess:
     """Spawn the container's command in the pod's namespace; OSError/SubprocessError if it fails."""
     if not container.command:
-        raise ValueError(f"container {pod.name}/{container.name} has no command")
+        raise ValueError(f"container {pod.key}/{container.name} has no command")
     await trio.lowlevel.checkpoint()
     netns_fd = os.open(netns_path(pod.netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -230,7 +231,7 @@ async def run_container(pod: Pod, container: Container, *, log: logging.Logger,
     Reports ``task_status.started(pid)`` once the process exists. ``on_state`` is told about each
     state change (running, exited), for whoever keeps a table of containers.
     """
-    label = f"{pod.name}/{container.name}"
+    label = f"{pod.key}/{container.name}"
     proc = await start_container(pod, container)
     pid = proc.pid
     try:
@@ -277,7 +278,7 @@ class ContainerSupervisor:
         A container that cannot start (no such command, say) is logged and shown as failed; the
         others run regardless, so one typo does not take a pod's neighbours down.
         """
-        self._table[pod.name] = {c.name: ContainerInfo(c.name, None, "starting")
+        self._table[pod.key] = {c.name: ContainerInfo(c.name, None, "starting")
                                  for c in pod.containers}
         async with trio.open_nursery() as nursery:
             for container in pod.containers:
@@ -286,16 +287,16 @@ class ContainerSupervisor:
 
     async def _run_one(self, pod: Pod, container: Container,
                        task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        label = f"{pod.name}/{container.name}"
+        label = f"{pod.key}/{container.name}"
         try:
             proc = await start_container(pod, container)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             self._log.error("[%s] cannot start %r: %s", label, list(container.command), exc)
-            self._update(pod.name, ContainerInfo(container.name, None, "failed", error=str(exc)))
+            self._update(pod.key, ContainerInfo(container.name, None, "failed", error=str(exc)))
             task_status.started()
             return
         pid = proc.pid
-        self._update(pod.name, ContainerInfo(container.name, pid, "running"))
+        self._update(pod.key, ContainerInfo(container.name, pid, "running"))
         self._log.info("[%s] started, pid %d, in %s", label, pid, pod.netns)
         try:
             task_status.started()
@@ -304,5 +305,5 @@ class ContainerSupervisor:
             with trio.CancelScope(shield=True):
                 await _stop(proc)
             code = proc.returncode
-            self._update(pod.name, ContainerInfo(container.name, pid, f"exited({code})",
+            self._update(pod.key, ContainerInfo(container.name, pid, f"exited({code})",
                                                  exit_code=code))

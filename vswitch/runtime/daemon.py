@@ -70,7 +70,8 @@ import trio
 
 from vswitch import config
 from vswitch.core.port_spec import VNET_HDR_LEN, PortKind, PortSpec
-from vswitch.model import DEFAULT_SEGMENT, Pod, RemotePod, Service, Topology
+from vswitch.model import (DEFAULT_SEGMENT, Namespace, NetworkPolicy, Pod, RemotePod, Service,
+                           Topology)
 from vswitch.runtime import sdnotify
 from vswitch.control.node import node_statistics
 from vswitch.runtime.cluster import ClusterRuntime
@@ -178,7 +179,7 @@ def uplink_spec(topology: Topology, port_id: int, vnet_hdr_len: int = VNET_HDR_L
 
 def pod_spec(topology: Topology, pod: Pod, port_id: int,
              vnet_hdr_len: int = VNET_HDR_LEN) -> PortSpec:
-    return PortSpec(id=port_id, name=pod.name, kind=PortKind.POD, mac=pod.mac, ip=pod.ip,
+    return PortSpec(id=port_id, name=pod.key, kind=PortKind.POD, mac=pod.mac, ip=pod.ip,
                     vnet_hdr=topology.dataplane.offloads, mtu=topology.pod_mtu(pod),
                     device=pod.tap, segment=topology.segment_index(pod.segment),
                     vnet_hdr_len=vnet_hdr_len)
@@ -293,12 +294,21 @@ def restart_differences(running: Topology, desired: Topology) -> list[str]:
     return differences
 
 
-def _counted(noun: str, counts: Sequence[tuple[int, str]]) -> list[str]:
+def _named_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
+    """The keys added, removed, replaced and unchanged from ``old`` to ``new``."""
+    return {"added": [k for k in new if k not in old],
+            "removed": [k for k in old if k not in new],
+            "replaced": [k for k in new if k in old and old[k] != new[k]],
+            "unchanged": [k for k in new if k in old and old[k] == new[k]]}
+
+
+def _counted(noun: str, counts: Sequence[tuple[int, str]], plural: str = "") -> list[str]:
     """``[(1, "added"), (0, "removed"), (2, "replaced")]`` as ``["1 pod added", "2 replaced"]``."""
     parts: list[str] = []
     for count, verb in counts:
         if count:
-            parts.append(f"{count} {noun}{'s' * (count != 1)} {verb}" if not parts
+            parts.append(f"{count} {noun if count == 1 else plural or noun + 's'} {verb}"
+                         if not parts
                          else f"{count} {verb}")
     return parts
 
@@ -408,7 +418,7 @@ class NodeRuntime:
 
     async def start_containers(self, pod: Pod) -> None:
         if pod.containers:
-            await self._start(pod.name, self.supervisor.run, pod)
+            await self._start(pod.key, self.supervisor.run, pod)
 
     def bind(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -458,15 +468,17 @@ class NodeRuntime:
                 await self.kernel.delete_pod(pod)
             raise
         self.topology = dataclasses.replace(self.topology, pods=self.topology.pods + (pod,))
-        await self.start_port(pod.name)
+        await self.start_port(pod.key)
         await self.start_containers(pod)
-        self.log.info("pod %s added: %s on segment %s", pod.name, pod.ip, pod.segment)
+        self.log.info("pod %s added: %s on segment %s", pod.key, pod.ip, pod.segment)
 
     async def remove_pod(self, name: str) -> Pod:
-        """Stop the pod's tasks, remove its port and kernel objects. Not programmed."""
+        """Stop the pod's tasks, remove its port and kernel objects. Not programmed.
+
+        ``name`` is the pod's key (``Pod.key``), as everywhere the node names a pod."""
         pod = self.topology.pod(name)
         self.topology = dataclasses.replace(
-            self.topology, pods=tuple(p for p in self.topology.pods if p.name != name))
+            self.topology, pods=tuple(p for p in self.topology.pods if p.key != name))
         with trio.CancelScope(shield=True):
             for handle in self._tasks.pop(name, []):
                 await handle.stop()
@@ -491,7 +503,7 @@ class NodeRuntime:
         those only decide which services the pod backs, which ``program`` applies.
         """
         self.topology = dataclasses.replace(
-            self.topology, pods=tuple(pod if p.name == pod.name else p for p in self.topology.pods))
+            self.topology, pods=tuple(pod if p.key == pod.key else p for p in self.topology.pods))
         return pod
 
     def put_services(self, services: tuple[Service, ...]) -> None:
@@ -501,30 +513,63 @@ class NodeRuntime:
         self.topology = dataclasses.replace(self.topology,
                                             services=kept + tuple(new.values()))
 
+    def put_namespaces(self, namespaces: tuple[Namespace, ...]) -> dict[str, list[str]]:
+        """Add ``namespaces``, replacing the labels of those of the same name. Not programmed."""
+        return self._put_named("namespaces", namespaces, lambda n: n.name)
+
+    def put_policies(self, policies: tuple[NetworkPolicy, ...]) -> dict[str, list[str]]:
+        """Add network ``policies``, replacing those of the same key. Not programmed."""
+        return self._put_named("network_policies", policies, lambda p: p.key)
+
+    def remove_policy(self, key: str) -> NetworkPolicy:
+        """Remove the network policy ``key`` (NAMESPACE/NAME). Not programmed."""
+        policy = next(p for p in self.topology.network_policies if p.key == key)
+        self.topology = dataclasses.replace(self.topology, network_policies=tuple(
+            p for p in self.topology.network_policies if p.key != key))
+        return policy
+
+    def _put_named(self, field: str, values: tuple[Any, ...],
+                   key: Callable[[Any], str]) -> dict[str, list[str]]:
+        """Put ``values`` into the topology's tuple ``field``, in place of their namesakes."""
+        running = getattr(self.topology, field)
+        existing = {key(value): value for value in running}
+        new = {key(value): value for value in values}
+        merged = tuple(new.pop(key(v), v) for v in running) + tuple(new.values())
+        self.topology = dataclasses.replace(self.topology, **{field: merged})
+        names = [key(value) for value in values]
+        return {"added": [n for n in names if n not in existing],
+                "replaced": [n for n in names if n in existing and existing[n] not in values],
+                "unchanged": [n for n in names if n in existing and existing[n] in values]}
+
     def remove_service(self, key: str) -> Service:
         service = next(s for s in self.topology.services if s.key == key)
         self.topology = dataclasses.replace(
             self.topology, services=tuple(s for s in self.topology.services if s.key != key))
         return service
 
-    async def apply(self, pods: tuple[Pod, ...], services: tuple[Service, ...]) -> dict:
-        """Add new pods and services, replace changed ones, keep the rest; program once.
+    async def apply(self, pods: tuple[Pod, ...], services: tuple[Service, ...],
+                    namespaces: tuple[Namespace, ...] = (),
+                    policies: tuple[NetworkPolicy, ...] = ()) -> dict:
+        """Add new pods, services, namespaces and network policies, replace changed ones, keep
+        the rest; program once.
 
         A changed pod is removed and created again: its namespace, address or containers may
         differ, and a fresh pod is what Kubernetes makes of a changed pod spec too.
         """
-        current = {pod.name: pod for pod in self.topology.pods}
+        namespaces_result = self.put_namespaces(namespaces)
+        policies_result = self.put_policies(policies)
+        current = {pod.key: pod for pod in self.topology.pods}
         added, replaced, unchanged = [], [], []
         for pod in pods:
-            old = current.get(pod.name)
+            old = current.get(pod.key)
             if old == pod:
-                unchanged.append(pod.name)
+                unchanged.append(pod.key)
                 continue
             if old is not None:
-                await self.remove_pod(pod.name)
-                replaced.append(pod.name)
+                await self.remove_pod(pod.key)
+                replaced.append(pod.key)
             else:
-                added.append(pod.name)
+                added.append(pod.key)
             await self.add_pod(pod)
         existing = {service.key: service for service in self.topology.services}
         changed = tuple(s for s in services if existing.get(s.key) != s)
@@ -536,6 +581,8 @@ class NodeRuntime:
                 "replaced": [s.key for s in changed if s.key in existing],
                 "unchanged": [s.key for s in services if existing.get(s.key) == s],
             },
+            "namespaces": namespaces_result,
+            "network_policies": policies_result,
             "program": self.program(),
         }
 
@@ -580,9 +627,11 @@ class NodeRuntime:
         is programmed once at the end, also when a kernel failure stops the reload part-way, so
         that it always serves what the node really has.
         """
-        current = {pod.name: pod for pod in self.topology.pods}
-        wanted = {pod.name: pod for pod in desired.pods}
-        declared_pods = {pod.name for pod in self.declared.pods}
+        running_policies = self.topology.network_policies
+        running_namespaces = self.topology.namespaces
+        current = {pod.key: pod for pod in self.topology.pods}
+        wanted = {pod.key: pod for pod in desired.pods}
+        declared_pods = {pod.key for pod in self.declared.pods}
         declared_services = {service.key for service in self.declared.services}
         removed = [name for name in current if name not in wanted]
         added = [name for name in wanted if name not in current]
@@ -626,18 +675,31 @@ class NodeRuntime:
             keys = {key: index for index, key in enumerate(services)}
             self.topology = dataclasses.replace(
                 self.topology,
-                pods=tuple(sorted(self.topology.pods, key=lambda p: order[p.name])),
+                pods=tuple(sorted(self.topology.pods, key=lambda p: order[p.key])),
+                namespaces=desired.namespaces,
+                network_policies=desired.network_policies,
                 services=tuple(sorted(self.topology.services, key=lambda s: keys[s.key])))
             self.declared = desired
         finally:
             program = self.program()
         services_added = [s.key for s in services_changed if s.key not in existing]
         services_replaced = [s.key for s in services_changed if s.key in existing]
+        policies = _named_changes({p.key: p for p in running_policies},
+                                  {p.key: p for p in desired.network_policies})
+        namespaces = _named_changes({n.name: n for n in running_namespaces},
+                                    {n.name: n for n in desired.namespaces})
         parts = (_counted("pod", [(len(added), "added"), (len(removed), "removed"),
                                   (len(replaced), "replaced"), (len(updated), "updated in place")])
                  + _counted("service", [(len(services_added), "added"),
                                         (len(services_removed), "removed"),
-                                        (len(services_replaced), "changed")]))
+                                        (len(services_replaced), "changed")])
+                 + _counted("network policy", [(len(policies["added"]), "added"),
+                                               (len(policies["removed"]), "removed"),
+                                               (len(policies["replaced"]), "changed")],
+                            "network policies")
+                 + _counted("namespace", [(len(namespaces["added"]), "added"),
+                                          (len(namespaces["removed"]), "removed"),
+                                          (len(namespaces["replaced"]), "changed")]))
         summary = "reload: " + (", ".join(parts) if parts else "no changes")
         if runtime_pods or runtime_services:
             summary += (f" (removed as added at runtime, not in the file: "
@@ -651,6 +713,8 @@ class NodeRuntime:
                          "replaced": services_replaced,
                          "unchanged": [key for key, service in services.items()
                                        if existing.get(key) == service]},
+            "network_policies": policies,
+            "namespaces": namespaces,
             "removed_runtime_additions": {"pods": runtime_pods, "services": runtime_services},
             "program": program,
         }

@@ -157,13 +157,13 @@ class NodeObjects:
         if owner is not None:
             # Not journalled: removing it later would take the other node's pod away.
             raise KernelError(
-                f"pod {pod.name}: namespace {pod.netns} is node {owner}'s (its journal names "
+                f"pod {pod.key}: namespace {pod.netns} is node {owner}'s (its journal names "
                 f"it): a pod of node {owner} has the same namespace name; rename the pod")
         self.journal.record_netns(pod.netns)
         if netns_exists(pod.netns):
             # Left journalled on purpose: it is a leftover, and the next cleanup should see it.
             raise KernelError(
-                f"pod {pod.name}: namespace {pod.netns} already exists; an earlier run left it "
+                f"pod {pod.key}: namespace {pod.netns} already exists; an earlier run left it "
                 f"behind (remove_leftovers or `vswitchctl clean {self.node}` removes it)")
         self.journal.record_tap(pod.tap)
         fd = -1
@@ -184,7 +184,7 @@ class NodeObjects:
             session.delete_link(pod.tap)
             self.journal.erase_tap(pod.tap)
             raise
-        log.info("pod %s: namespace %s, %s (tap %s) %s/%d via %s mtu %d (segment %s)", pod.name,
+        log.info("pod %s: namespace %s, %s (tap %s) %s/%d via %s mtu %d (segment %s)", pod.key,
                  pod.netns, POD_IFNAME, pod.tap, pod.ip, segment.cidr.prefixlen, segment.gateway,
                  mtu, segment.name)
         return fd
@@ -336,8 +336,7 @@ class NodeObjects:
 
     def other_nodes_claims(self) -> dict[str, str]:
         """Namespace and TAP names that other nodes' journals (in our state directory) list, with
-        the node of each. Names derived from two topologies can coincide (``vsw-a-b-c`` is pod
-        ``b-c`` of node ``a`` and pod ``c`` of node ``a-b``); only a journal says whose it is."""
+        the node of each. A journal says whose a name is."""
         claims: dict[str, str] = {}
         for other, entries in other_nodes_entries(self.state_dir, self.node).items():
             for name in (*entries.netns, *entries.taps):
@@ -433,7 +432,7 @@ class Kernel:
     async def delete_pod(self, pod: Pod) -> None:
         self._check_open()
         removed = await self._worker.run(self._objects.delete_pod, pod)
-        log.info("pod %s: removed %s", pod.name, ", ".join(removed) or "nothing (already gone)")
+        log.info("pod %s: removed %s", pod.key, ", ".join(removed) or "nothing (already gone)")
 
     async def create_host_port(self) -> int:
         self._check_open()

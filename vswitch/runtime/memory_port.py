@@ -119,11 +119,11 @@ class NullKernel:
         return []
 
     async def create_pod(self, pod: Pod) -> int:
-        self.calls.append(f"create_pod {pod.name}")
+        self.calls.append(f"create_pod {pod.key}")
         return -1
 
     async def delete_pod(self, pod: Pod) -> None:
-        self.calls.append(f"delete_pod {pod.name}")
+        self.calls.append(f"delete_pod {pod.key}")
 
     async def create_host_port(self) -> int:
         self.calls.append("create_host_port")
@@ -148,12 +148,12 @@ class NullSupervisor:
         self.forgotten: list[str] = []
 
     async def run(self, pod: Pod, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        self.running.add(pod.name)
+        self.running.add(pod.key)
         task_status.started()
         try:
             await trio.sleep(math.inf)
         finally:
-            self.running.discard(pod.name)
+            self.running.discard(pod.key)
 
     def forget(self, pod_name: str) -> None:
         self.forgotten.append(pod_name)

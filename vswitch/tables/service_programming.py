@@ -67,19 +67,20 @@ class Programmed:
     conflicts: list[str]
 
 
-def build(services: Sequence[Service], pods: Sequence[Pod], old_ports: Mapping[PortKey, PortState],
+def build(services: Sequence[Service], pods: Sequence[Pod | RemotePod], old_ports: Mapping[PortKey, PortState],
           node_addresses: Sequence[bytes]) -> Programmed:
     """The service ports and frontends of ``services`` (``pods``: every pod of this node, ready or
     not, and the ready pods of other nodes as ``RemotePod``s). ``old_ports`` are the ones programmed before, whose match objects are kept when
     nothing about their service port changed."""
     conflicts: list[str] = []
-    ready_by_label: dict[tuple[str, str], list[Pod]] = {}
-    pods_by_ip: dict[bytes, Pod] = {}
+    # A selector picks pods of its service's namespace only, as in Kubernetes.
+    ready_by_label: dict[tuple[str, str, str], list[Pod | RemotePod]] = {}
+    pods_by_ip: dict[bytes, Pod | RemotePod] = {}
     for pod in pods:
         pods_by_ip.setdefault(pod.ip.packed, pod)
         if pod.ready:
-            for pair in pod.labels.items():
-                ready_by_label.setdefault(pair, []).append(pod)
+            for label, value in pod.labels.items():
+                ready_by_label.setdefault((pod.namespace, label, value), []).append(pod)
     named_ports: dict[bytes, Mapping[str, tuple[str, int]]] = {}
 
     def pod_named_ports(pod: Pod | RemotePod) -> Mapping[str, tuple[str, int]]:
@@ -109,8 +110,8 @@ def build(services: Sequence[Service], pods: Sequence[Pod], old_ports: Mapping[P
             continue
         endpoints: list[tuple[bytes, Pod | RemotePod | None, str | None]]
         if service.selector:
-            members = _select(service.selector, ready_by_label)
-            endpoints = [(pod.ip.packed, pod, pod.name) for pod in members]
+            members = _select(service.namespace, service.selector, ready_by_label)
+            endpoints = [(pod.ip.packed, pod, pod.key) for pod in members]
         else:
             endpoints = []
             for address in dict.fromkeys(service.endpoints):
@@ -156,13 +157,14 @@ def backend_changes(old_ports: Mapping[PortKey, PortState], new_ports: Mapping[P
     return removed, added
 
 
-def _select(selector: Mapping[str, str],
-            ready_by_label: dict[tuple[str, str], list[Pod]]) -> list[Pod]:
-    """Ready pods whose labels include every selector pair, starting from the rarest pair so
-    that a service costs what it matches, not what the node holds."""
-    smallest: list[Pod] = []
-    for index, pair in enumerate(selector.items()):
-        candidates = ready_by_label.get(pair)
+def _select(namespace: str, selector: Mapping[str, str],
+            ready_by_label: dict[tuple[str, str, str], list[Pod | RemotePod]]
+            ) -> list[Pod | RemotePod]:
+    """Ready pods of ``namespace`` whose labels include every selector pair, starting from the
+    rarest pair so that a service costs what it matches, not what the node holds."""
+    smallest: list[Pod | RemotePod] = []
+    for index, (label, value) in enumerate(selector.items()):
+        candidates = ready_by_label.get((namespace, label, value))
         if not candidates:
             return []
         if index == 0 or len(candidates) < len(smallest):
@@ -190,7 +192,7 @@ def _backends(port: ServicePort,
                 continue
         local = isinstance(pod, Pod)
         if isinstance(pod, RemotePod):
-            name = f"{pod.node}/{pod.name}"
+            name = f"{pod.node}/{pod.key}"
         found.setdefault((ip, number), Backend(ip, number, name, local))
     return tuple(found[k] for k in sorted(found))
 
