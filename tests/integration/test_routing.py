@@ -406,7 +406,8 @@ def test_ctl_pods_shows_segments(routed: Daemon) -> None:
     assert (pods["bravo"]["segment"], pods["bravo"]["mtu"]) == ("blue", 1500)
     assert (pods["charlie"]["segment"], pods["charlie"]["mtu"]) == ("blue", BLUE_MTU)
     assert (pods["alpha"]["segment"], pods["alpha"]["mtu"]) == ("default", 1500)
-    assert routed.ctl("pods", json=False).splitlines()[0].split()[:3] == ["NAME", "IP", "SEGMENT"]
+    assert routed.ctl("pods", json=False).splitlines()[0].split()[:4] == ["NAMESPACE", "NAME", "IP",
+                                                                     "SEGMENT"]
 
 
 def test_trace_across_segments_names_the_route(routed: Daemon) -> None:
