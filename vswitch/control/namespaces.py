@@ -34,13 +34,22 @@ def _run_exec(session: Session, args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise CtlError("exec needs a command: vswitchctl exec POD -- CMD [ARG...]")
-    netns_path = session.call("netns", {"pod": args.pod})["netns_path"]
+    answer = session.call("netns", {"pod": args.pod})
+    netns_path = answer["netns_path"]
     from vswitch.runtime.netns import enter_netns
+    from vswitch.runtime.resolv_conf import private_resolv_conf
 
     try:
         enter_netns(netns_path)
     except OSError as exc:
         raise CtlError(f"cannot enter {netns_path}: {exc.strerror or exc}") from None
+    # The pod's resolv.conf (cluster DNS), in a mount namespace of this process alone.
+    if answer.get("resolv_conf"):
+        try:
+            private_resolv_conf(answer["resolv_conf"])()
+        except OSError as exc:
+            print(f"vswitchctl: exec: the pod's resolv.conf is not shown: {exc}",
+                  file=sys.stderr)
     try:
         os.execvp(argv[0], argv)
     except FileNotFoundError:
@@ -57,7 +66,9 @@ def _run_exec(session: Session, args: argparse.Namespace) -> int:
               run=_run_exec))
 async def netns(ctx: ControlContext, args: Args) -> dict:
     pod = lookup.pod(ctx, require(args, "pod", str, "a pod name"))
-    return {"pod": pod.name, "netns": pod.netns, "netns_path": ctx.netns_path(pod.netns)}
+    dns = getattr(ctx.node, "dns", None)
+    return {"pod": pod.name, "netns": pod.netns, "netns_path": ctx.netns_path(pod.netns),
+            "resolv_conf": dns.resolv_conf(pod.namespace) if dns is not None else None}
 
 
 def _clean_arguments(parser: argparse.ArgumentParser) -> None:
