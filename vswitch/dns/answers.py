@@ -86,7 +86,7 @@ def render(response: dns.message.Message, limit: int) -> Reply:
         return Reply(response.to_wire(max_size=limit), rcode, truncated=True)
 
 
-def error_reply(query: dns.message.Message, rcode: int, limit: int,
+def error_reply(query: dns.message.Message, rcode: dns.rcode.Rcode, limit: int,
                 recursion: bool) -> Reply:
     response = dns.message.make_response(query, recursion_available=recursion)
     response.set_rcode(rcode)
