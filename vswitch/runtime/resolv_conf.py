@@ -89,16 +89,17 @@ def remove_resolv_confs(topology: Topology) -> None:
     os.rmdir(directory)
 
 
-def private_resolv_conf(source: str) -> Callable[[], None]:
+def private_resolv_conf(source: str, shown_as: str = HOST_RESOLV_CONF) -> Callable[[], None]:
     """A callable that gives the calling process its own mount namespace showing ``source`` as
-    /etc/resolv.conf; prepared here, called in a forked child (or a single-threaded process).
+    ``shown_as`` (/etc/resolv.conf); prepared here, called in a forked child (or a
+    single-threaded process).
 
-    OSError (here) when the host has no /etc/resolv.conf to mount over; OSError (from the
-    callable) when a step fails, with the step named.
+    OSError (here) when there is no file to mount over; OSError (from the callable) when a step
+    fails, with the step named.
     """
-    target = os.path.realpath(HOST_RESOLV_CONF)
+    target = os.path.realpath(shown_as)
     if not os.path.isfile(target):
-        raise OSError(f"{HOST_RESOLV_CONF} resolves to {target}, which is not a file")
+        raise OSError(f"{shown_as} resolves to {target}, which is not a file")
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     unshare = libc.unshare
     unshare.argtypes = (ctypes.c_int,)
