@@ -15,6 +15,7 @@ import dns.rcode
 import dns.rrset
 import trio
 
+from vswitch.control.dns import render_dns
 from vswitch.model import Service, ServicePort
 from vswitch.runtime import dns_server
 from vswitch.runtime.dns_server import ClusterDns, host_nameservers
@@ -254,4 +255,26 @@ async def test_the_daemon_serves_dns_and_vswitchctl_dns_applies_the_search_list(
         assert state["enabled"] and state["dns_ip"] == "10.96.0.10"
         bad = await ask(path, "dns", {"name": "web", "type": "BOGUS"})
         assert "unknown record type" in bad["error"]
+        # vswitchctl exec learns the pod's resolv.conf with its namespace.
+        netns = (await ask(path, "netns", {"pod": "a"}))["result"]
+        assert netns["resolv_conf"] == str(tmp_path / "t1.resolv" / "default.conf")
+        assert "nameserver 10.96.0.10" in (tmp_path / "t1.resolv" / "default.conf").read_text()
         nursery.cancel_scope.cancel()
+    assert not (tmp_path / "t1.resolv").exists()  # removed on the way out
+
+
+def test_vswitchctl_dns_renders_the_names_tried_and_the_records() -> None:
+    result = {"type": "A", "tried": [
+        {"name": "web.prod.svc.cluster.local.", "rcode": "NXDOMAIN", "answers": []},
+        {"name": "web.svc.cluster.local.", "rcode": "NOERROR",
+         "answers": ["web.svc.cluster.local. 5 IN A 10.96.0.11"], "additional": []}],
+        "server": {"enabled": True}}
+    result["answer"] = result["tried"][1]
+    assert render_dns(result).splitlines() == [
+        ";; web.prod.svc.cluster.local. NXDOMAIN", ";; web.svc.cluster.local. NOERROR",
+        "web.svc.cluster.local. 5 IN A 10.96.0.11"]
+    result["answer"] = result["tried"][0]
+    assert render_dns(result).splitlines()[-1] == "no A record: NXDOMAIN"
+    off = {"server": {"enabled": False, "reason": "cluster DNS is off ([cluster] dns = false)"}}
+    assert render_dns(off) == "cluster DNS is off ([cluster] dns = false)"
+    assert "dns_ip:" in render_dns({"server": {"enabled": True, "dns_ip": "10.96.0.10"}})
