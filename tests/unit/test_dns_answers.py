@@ -277,3 +277,13 @@ def test_stub_search_order_and_resolv_conf():
     assert resolv_conf_text(IPv4Address("10.96.0.10"), "prod", "cluster.local").splitlines()[1:] == [
         "nameserver 10.96.0.10", "search prod.svc.cluster.local svc.cluster.local cluster.local",
         "options ndots:5"]
+
+
+def test_the_dns_package_is_sans_io():
+    """Answers are decided without I/O, clocks or hidden randomness, as the core's are: the same
+    checker, walked from every module of vswitch/dns."""
+    from .test_sans_io_imports import ROOT, _module_name, _walk
+
+    roots = [_module_name(path) for path in sorted((ROOT / "vswitch" / "dns").glob("*.py"))]
+    problems = {name: found for name, found in _walk(roots).items() if found}
+    assert "vswitch.dns.answers" in _walk(roots) and problems == {}, problems
