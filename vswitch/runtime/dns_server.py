@@ -55,6 +55,7 @@ MAX_FORWARDS = 256  # UDP queries being forwarded at once
 MAX_TCP_CONNECTIONS = 64
 TCP_IDLE_TIMEOUT = 10.0  # seconds a TCP connection may wait for its next query
 TCP_BACKLOG = 64
+ACCEPT_RETRY = 0.1  # seconds to wait after accept failed
 BIND_ATTEMPTS = 20  # port numbers tried for a UDP port whose TCP twin is free too
 MAX_MESSAGE = 65535
 
@@ -250,7 +251,13 @@ class ClusterDns:
 
     async def _serve_tcp(self, listener: trio.socket.SocketType, nursery: trio.Nursery) -> None:
         while True:
-            conn, _ = await listener.accept()
+            try:
+                conn, _ = await listener.accept()
+            except OSError as exc:
+                # Out of file descriptors, say: a moment later there may be some again.
+                self._log.warning("cluster DNS: accepting a TCP connection failed: %s", exc)
+                await trio.sleep(ACCEPT_RETRY)
+                continue
             if self._tcp_connections >= MAX_TCP_CONNECTIONS:
                 self.counters.dropped += 1
                 conn.close()
