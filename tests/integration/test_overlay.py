@@ -247,13 +247,13 @@ def service_extra(node, service_cidr) -> str:
     vip = service_cidr.network_address
     return (f'[cluster]\ncidr = "{node.lab.cluster_cidr}"\nservice_cidr = "{service_cidr}"\n'
             + peers_of(node) +
-            f'[[services]]\nname = "web"\ncluster_ip = "{vip + 10}"\n'
+            f'[[services]]\nname = "web"\ncluster_ip = "{vip + 20}"\n'
             f'endpoints = {json.dumps(webs)}\n'
             'ports = [ { name = "http", port = 80, target_port = 8080 } ]\n'
-            f'[[services]]\nname = "np"\ncluster_ip = "{vip + 11}"\ntype = "NodePort"\n'
+            f'[[services]]\nname = "np"\ncluster_ip = "{vip + 21}"\ntype = "NodePort"\n'
             f'endpoints = ["{webs[1]}"]\n'
             'ports = [ { name = "http", port = 80, target_port = 8080, node_port = 30080 } ]\n'
-            f'[[services]]\nname = "np-local"\ncluster_ip = "{vip + 12}"\ntype = "NodePort"\n'
+            f'[[services]]\nname = "np-local"\ncluster_ip = "{vip + 22}"\ntype = "NodePort"\n'
             f'external_traffic_policy = "Local"\nendpoints = ["{webs[1]}"]\n'
             'ports = [ { name = "http", port = 80, target_port = 8080, node_port = 30081 } ]\n')
 
@@ -281,7 +281,7 @@ def test_services_across_nodes_clusterip_and_nodeport_cluster_and_local(make_lab
 
     # A ClusterIP on node 0 is answered by the web pods of both nodes, which see the client's
     # own address (DNAT only; the replies come back through the overlay and are reverse-NATed).
-    result = first.daemon.python_in("alpha", REQUESTS, "tcp", str(vip + 10), "80", "24", "3")
+    result = first.daemon.python_in("alpha", REQUESTS, "tcp", str(vip + 20), "80", "24", "3")
     answers = [a.split() for a in result["answers"] if a]
     assert not [e for e in result["errors"] if e], result["errors"]
     assert {name for name, _, _ in answers} == {"web-0", "web-1"}, first.daemon.log()

@@ -56,13 +56,14 @@ SHORT_AFFINITY = 1  # seconds, the smallest timeout the config accepts
 
 
 def web_services(spec: ServiceNodeSpec) -> tuple[dict, ...]:
-    """Explicit cluster IPs (service CIDR + 10 upwards) except ``empty``'s, which is allocated,
-    and one explicit node port, the other allocated: both ways of the config are exercised."""
+    """Explicit cluster IPs (service CIDR + 20 upwards; + 10 is the cluster DNS address) except
+    ``empty``'s, which is allocated, and one explicit node port, the other allocated: both ways
+    of the config are exercised."""
     web = {"app": "web"}
     return (
-        {"name": "web", "cluster_ip": spec.cluster_ip(10), "selector": web,
+        {"name": "web", "cluster_ip": spec.cluster_ip(20), "selector": web,
          "ports": [service_port("http", "tcp", 80, 8080), service_port("hold", "tcp", 7000, 7000)]},
-        {"name": "multi", "cluster_ip": spec.cluster_ip(11), "selector": {"app": "multi"},
+        {"name": "multi", "cluster_ip": spec.cluster_ip(21), "selector": {"app": "multi"},
          "ports": [service_port("http", "tcp", 80, 8080),
                    service_port("admin", "tcp", 81, "admin"),
                    service_port("dns-tcp", "tcp", 53, 5300),
@@ -70,19 +71,19 @@ def web_services(spec: ServiceNodeSpec) -> tuple[dict, ...]:
                    service_port("closed", "tcp", 82, 5999)]},  # nothing listens on 5999
         {"name": "empty", "selector": {"app": "nobody"},
          "ports": [service_port("http", "tcp", 80, 8080), service_port("dns", "udp", 53, 8080)]},
-        {"name": "sticky", "cluster_ip": spec.cluster_ip(13), "selector": web,
+        {"name": "sticky", "cluster_ip": spec.cluster_ip(23), "selector": web,
          "session_affinity": "ClientIP", "ports": [service_port("http", "tcp", 80, 8080)]},
-        {"name": "brief", "cluster_ip": spec.cluster_ip(14), "selector": web,
+        {"name": "brief", "cluster_ip": spec.cluster_ip(24), "selector": web,
          "session_affinity": "ClientIP", "affinity_timeout": SHORT_AFFINITY,
          "ports": [service_port("http", "tcp", 80, 8080)]},
-        {"name": "stream", "cluster_ip": spec.cluster_ip(15), "selector": {"app": "stream"},
+        {"name": "stream", "cluster_ip": spec.cluster_ip(25), "selector": {"app": "stream"},
          "ports": [service_port("data", "tcp", 7000, 7000)]},
-        {"name": "cycle", "cluster_ip": spec.cluster_ip(16), "selector": {"app": "cycle"},
+        {"name": "cycle", "cluster_ip": spec.cluster_ip(26), "selector": {"app": "cycle"},
          "ports": [service_port("dns", "udp", 53, 8080)]},
-        {"name": "np-cluster", "cluster_ip": spec.cluster_ip(17), "selector": web,
+        {"name": "np-cluster", "cluster_ip": spec.cluster_ip(27), "selector": web,
          "type": "NodePort", "external_traffic_policy": "Cluster",
          "ports": [service_port("http", "tcp", 80, 8080, node_port=NODE_PORT)]},
-        {"name": "np-local", "cluster_ip": spec.cluster_ip(18), "selector": web,
+        {"name": "np-local", "cluster_ip": spec.cluster_ip(28), "selector": web,
          "type": "NodePort", "external_traffic_policy": "Local",
          "ports": [service_port("http", "tcp", 80, 8080)]},
     )
@@ -361,7 +362,7 @@ def test_pod_egress_is_masqueraded_to_the_node_address(node: ServiceNode) -> Non
 
 def test_ctl_services_and_endpoints(node: ServiceNode) -> None:
     web = node.service("web")
-    assert web["cluster_ip"] == node.spec.cluster_ip(10)
+    assert web["cluster_ip"] == node.spec.cluster_ip(20)
     assert web["endpoints"] == 2
     assert {(p["name"], p["protocol"], p["port"], p["target_port"], p["endpoints"])
             for p in web["ports"]} == {("http", "tcp", 80, 8080, 2), ("hold", "tcp", 7000, 7000, 2)}
@@ -369,7 +370,7 @@ def test_ctl_services_and_endpoints(node: ServiceNode) -> None:
     assert {(r["pod"], r["backend"]) for r in rows} == {
         ("web-1", f"{node.ip('web-1')}:8080"), ("web-2", f"{node.ip('web-2')}:8080")}
     text = node.ctl("services", json=False)
-    assert "web" in text and node.spec.cluster_ip(10) in text
+    assert "web" in text and node.spec.cluster_ip(20) in text
     assert node.ip("web-1") in node.ctl("endpoints", json=False)
 
 
@@ -437,7 +438,7 @@ def small_table(netns_environment: None, tmp_path: Path) -> Iterator[ServiceNode
             ServicePodSpec("client"),
         ),
         services=(
-            {"name": "echo", "cluster_ip": spec.cluster_ip(10), "selector": {"app": "echo"},
+            {"name": "echo", "cluster_ip": spec.cluster_ip(20), "selector": {"app": "echo"},
              "ports": [service_port("http", "tcp", 80, 8080), service_port("dns", "udp", 53, 8080),
                        service_port("data", "tcp", 7000, 7000),
                        service_port("mute", "udp", 9000, 9000)]},
@@ -459,7 +460,7 @@ def test_a_full_conntrack_table_evicts_unreplied_entries_and_counts(
     """More unreplied UDP flows than the table holds: the oldest unreplied ones are evicted and
     counted, an established TCP connection made before them survives, and new flows work."""
     node = small_table
-    address = node.spec.cluster_ip(10)
+    address = node.spec.cluster_ip(20)
     limit = node.conntrack_stats()["max"]
     held = node.popen_in("client", STREAM, address, 7000, -1, stdin=subprocess.PIPE)
     try:

@@ -74,7 +74,7 @@ netns = "lab-internet"       # optional: namespace that holds the far side (defa
 
 [[services]]
 name = "web"
-cluster_ip = "10.96.0.10"
+cluster_ip = "10.96.0.20"
 selector = { app = "web" }
 type = "NodePort"
 session_affinity = "ClientIP"

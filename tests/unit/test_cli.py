@@ -510,7 +510,7 @@ def test_clean_of_a_node_that_left_nothing(tmp_path, capsys):
 # -- services, conntrack and runtime changes ----------------------------------------------------
 
 SERVICES = [{
-    "name": "web", "namespace": "default", "type": "NodePort", "cluster_ip": "10.96.0.10",
+    "name": "web", "namespace": "default", "type": "NodePort", "cluster_ip": "10.96.0.20",
     "programmed": True,
     "ports": [{"name": "http", "protocol": "tcp", "port": 80, "target_port": 8080,
                "node_port": 30080, "endpoints": 2}],
@@ -519,7 +519,7 @@ SERVICES = [{
     "endpoints": 2,
 }]
 CONNTRACK = [{
-    "proto": "tcp", "description": "tcp 10.244.1.50:40000 > 10.96.0.10:80",
+    "proto": "tcp", "description": "tcp 10.244.1.50:40000 > 10.96.0.20:80",
     "original": {}, "reply": {}, "dnat": {"ip": "10.244.1.10", "port": 8080}, "snat": None,
     "state": "ESTABLISHED", "replied": True, "assured": True, "age": 1.0, "idle": 0.5,
     "expires_in": 86399.5, "packets": {}, "bytes": {}, "labels": {"service": "default/web"},
@@ -555,7 +555,7 @@ def test_services_table(services_daemon, capsys):
     header, row = out.splitlines()
     assert header.split() == ["NAME", "TYPE", "CLUSTER-IP", "PORTS", "ENDPOINTS", "AFFINITY",
                               "POLICY", "LB", "EXTERNAL-IPS"]
-    assert row.startswith("default/web  NodePort  10.96.0.10  http:80/tcp->8080 (node 30080)")
+    assert row.startswith("default/web  NodePort  10.96.0.20  http:80/tcp->8080 (node 30080)")
     assert "ClientIP 10800s" in row and "ext=Local,int=Cluster" in row
 
 
@@ -577,10 +577,10 @@ def test_endpoints_affinity_and_conntrack_tables(services_daemon, capsys):
 
 def test_conntrack_flush_sends_its_filters(services_daemon, capsys):
     code, out, _ = run_ctl(capsys, "--socket", services_daemon.path, "conntrack", "flush",
-                           "--filter", "dst=10.96.0.10")
+                           "--filter", "dst=10.96.0.20")
     assert (code, out.strip()) == (0, "flushed 3 entries")
     assert services_daemon.requests[-1] == {"cmd": "conntrack_flush",
-                                            "args": {"filters": {"dst": "10.96.0.10"}}}
+                                            "args": {"filters": {"dst": "10.96.0.20"}}}
 
 
 def test_bad_filter_is_refused_before_sending(services_daemon, capsys):

@@ -144,13 +144,14 @@ def addresses(topology) -> dict[str, tuple[str, int]]:
 
 
 def test_services_that_stay_keep_their_cluster_ips_and_node_ports() -> None:
+    # Cluster IPs start at .11: .10 is the cluster DNS address.
     before = NODE + UPLINK + "".join(node_port_service(n) for n in ("a", "b", "c"))
     after = NODE + UPLINK + node_port_service("b") + node_port_service("c")
     fresh, kept = reloaded(before, after)
     assert addresses(parse_topology(before)) == {
-        "a": ("10.96.0.10", 30000), "b": ("10.96.0.11", 30001), "c": ("10.96.0.12", 30002)}
-    assert addresses(fresh) == {"b": ("10.96.0.10", 30000), "c": ("10.96.0.11", 30001)}
-    assert addresses(kept) == {"b": ("10.96.0.11", 30001), "c": ("10.96.0.12", 30002)}
+        "a": ("10.96.0.11", 30000), "b": ("10.96.0.12", 30001), "c": ("10.96.0.13", 30002)}
+    assert addresses(fresh) == {"b": ("10.96.0.11", 30000), "c": ("10.96.0.12", 30001)}
+    assert addresses(kept) == {"b": ("10.96.0.12", 30001), "c": ("10.96.0.13", 30002)}
     assert kept.services == parse_topology(before).services[1:]
 
 
@@ -158,18 +159,18 @@ def test_a_new_service_listed_first_does_not_take_what_a_staying_one_has() -> No
     before = NODE + UPLINK + "".join(node_port_service(n) for n in ("a", "b"))
     after = NODE + UPLINK + node_port_service("n") + node_port_service("b")
     _, kept = reloaded(before, after)
-    assert addresses(kept) == {"n": ("10.96.0.10", 30000), "b": ("10.96.0.11", 30001)}
+    assert addresses(kept) == {"n": ("10.96.0.11", 30000), "b": ("10.96.0.12", 30001)}
 
 
 def test_explicit_cluster_ip_and_node_port_win_and_the_running_service_moves() -> None:
     before = NODE + UPLINK + "".join(node_port_service(n) for n in ("a", "b", "c"))
     after = (NODE + UPLINK + node_port_service("b") + node_port_service("c")
-             + service('name = "d"', 'type = "NodePort"', 'cluster_ip = "10.96.0.11"',
+             + service('name = "d"', 'type = "NodePort"', 'cluster_ip = "10.96.0.12"',
                        'ports = [ { port = 81, node_port = 30002 } ]'))
     _, kept = reloaded(before, after)
     # d takes b's cluster IP and c's node port; each of them moves only what it lost.
-    assert addresses(kept) == {"b": ("10.96.0.10", 30001), "c": ("10.96.0.12", 30000),
-                               "d": ("10.96.0.11", 30002)}
+    assert addresses(kept) == {"b": ("10.96.0.11", 30001), "c": ("10.96.0.13", 30000),
+                               "d": ("10.96.0.12", 30002)}
 
 
 def test_a_node_port_follows_its_port_name_and_protocol_not_its_number() -> None:
@@ -194,7 +195,7 @@ def test_a_service_that_stops_being_a_node_port_gives_its_node_ports_up() -> Non
     after = NODE + UPLINK + service('name = "a"', PORT) + node_port_service("n")
     _, kept = reloaded(before, after)
     assert [p.node_port for p in kept.services[0].ports] == [None]
-    assert addresses(kept) == {"a": ("10.96.0.10", None), "n": ("10.96.0.11", 30000)}
+    assert addresses(kept) == {"a": ("10.96.0.11", None), "n": ("10.96.0.12", 30000)}
 
 
 def test_an_applied_pod_whose_address_another_entry_asks_for_moves() -> None:
@@ -203,3 +204,32 @@ def test_an_applied_pod_whose_address_another_entry_asks_for_moves() -> None:
     web1, x = parse_fragment(text, "f.toml", RUNNING).pods
     assert RUNNING.pod("web-1").ip == IPv4Address("10.244.1.10")
     assert (web1.ip, x.ip) == (IPv4Address("10.244.1.12"), IPv4Address("10.244.1.10"))
+
+
+def test_the_cluster_dns_address_is_skipped_and_refused() -> None:
+    from vswitch.config.allocation import allocate_cluster_ips
+    from vswitch.config.reader import Reader
+    from vswitch.config.services import ServiceDraft
+
+    def draft(index: int, cluster_ip: IPv4Address | None) -> ServiceDraft:
+        return ServiceDraft(path=f"services[{index}]", name=f"s{index}", namespace="default",
+                            cluster_ip=cluster_ip, headless=False, type="ClusterIP", ports=(),
+                            selector=None, endpoints=(), session_affinity="None",
+                            affinity_timeout=1, external_traffic_policy="Cluster",
+                            internal_traffic_policy="Cluster", external_ips=(),
+                            load_balancer="random")
+
+    cidr = IPv4Network("10.96.0.0/24")
+    reader = Reader()
+    drafts = [draft(0, None), draft(1, IPv4Address("10.96.0.53")), draft(2, None)]
+    dns_ip = IPv4Address("10.96.0.53")
+    result = allocate_cluster_ips(reader, drafts, cidr, (), {}, dns_ip=dns_ip)
+    assert result[0] == IPv4Address("10.96.0.10") and result[2] == IPv4Address("10.96.0.11")
+    assert reader.errors == [("services[1].cluster_ip",
+                              "10.96.0.53 is cluster.dns_ip, the address of the cluster DNS "
+                              "service; choose another one or leave cluster_ip out")]
+    # Without DNS the tenth address is an ordinary cluster IP; with it at the tenth, it is skipped.
+    assert allocate_cluster_ips(Reader(), drafts[:1], cidr, (), {}, dns_ip=None) == [
+        IPv4Address("10.96.0.10")]
+    assert allocate_cluster_ips(Reader(), drafts[:1], cidr, (), {},
+                                dns_ip=IPv4Address("10.96.0.10")) == [IPv4Address("10.96.0.11")]

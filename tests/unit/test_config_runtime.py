@@ -67,7 +67,7 @@ def test_fragment_adds_and_replaces_keeping_allocations() -> None:
     assert web2.ip == IPv4Address("10.244.1.12")
     web, dns = fragment.services
     assert web == RUNNING.services[0]  # unchanged: same cluster IP and node port
-    assert dns.cluster_ip == IPv4Address("10.96.0.11")
+    assert dns.cluster_ip == IPv4Address("10.96.0.12")  # after web's .11; .10 is cluster DNS
 
 
 def test_an_unchanged_pod_compares_equal_after_reparsing() -> None:
@@ -81,8 +81,10 @@ def test_an_unchanged_pod_compares_equal_after_reparsing() -> None:
     ('[[pods]]\nname = "a"', ("services",), False, "pods", "only [[services]] can be changed"),
     (service('name = "web"', PORT), ("services",), False, "services[0].name",
      "service default/web already exists"),
+    (service('name = "x"', 'cluster_ip = "10.96.0.11"', PORT), ("services",), False,
+     "services[0].cluster_ip", "10.96.0.11 is already the cluster IP of service default/web"),
     (service('name = "x"', 'cluster_ip = "10.96.0.10"', PORT), ("services",), False,
-     "services[0].cluster_ip", "10.96.0.10 is already the cluster IP of service default/web"),
+     "services[0].cluster_ip", "10.96.0.10 is cluster.dns_ip, the address of the cluster DNS"),
     (service('name = "x"', 'type = "NodePort"', 'ports = [ { port = 1, node_port = 30000 } ]'),
      ("services",), False, "services[0].ports[0].node_port",
      "tcp node port 30000 is already used by service default/web"),

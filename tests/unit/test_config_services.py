@@ -30,7 +30,8 @@ def test_the_issue_services_example_is_accepted_as_written() -> None:
     topology = parse_topology(SERVICES_EXAMPLE)
     assert topology.cluster == model.Cluster(
         cidr=IPv4Network("10.244.0.0/16"), service_cidr=IPv4Network("10.96.0.0/16"),
-        hairpin_address=IPv4Address("169.254.169.5"), conntrack_max=262144)
+        hairpin_address=IPv4Address("169.254.169.5"), conntrack_max=262144,
+        domain="cluster.local", dns_ip=IPv4Address("10.96.0.10"), dns_upstreams=None)
     uplink = topology.uplink
     assert uplink.address == IPv4Interface("192.0.2.2/24")
     assert (uplink.gateway, uplink.netns, uplink.mtu) == (IPv4Address("192.0.2.1"), "lab-internet", 1500)
@@ -38,7 +39,7 @@ def test_the_issue_services_example_is_accepted_as_written() -> None:
     assert (uplink.mac, uplink.far_mac) == ("0a:58:c0:00:02:02", "0a:58:c0:00:02:01")
     (web,) = topology.services
     assert (web.name, web.namespace, web.cluster_ip, web.type) == (
-        "web", "default", IPv4Address("10.96.0.10"), "NodePort")
+        "web", "default", IPv4Address("10.96.0.20"), "NodePort")
     assert dict(web.selector) == {"app": "web"} and web.endpoints == ()
     assert (web.session_affinity, web.affinity_timeout) == ("ClientIP", 10800)
     assert (web.external_traffic_policy, web.internal_traffic_policy) == ("Cluster", "Cluster")
@@ -59,7 +60,8 @@ def test_services_toml_loads() -> None:
 def test_cluster_defaults_without_the_section() -> None:
     topology = parse_topology(NODE)
     assert topology.cluster == model.Cluster(cidr=IPv4Network("10.244.1.0/24"),
-                                             service_cidr=IPv4Network("10.96.0.0/16"))
+                                             service_cidr=IPv4Network("10.96.0.0/16"),
+                                             dns_ip=IPv4Address("10.96.0.10"))
     assert topology.uplink is None and topology.services == ()
 
 
@@ -75,6 +77,9 @@ cidr = "10.244.0.0/16"
 service_cidr = "10.100.0.0/24"
 hairpin_address = "169.254.0.9"
 conntrack_max = 1024
+domain = "lab.example"
+dns_ip = "10.100.0.53"
+dns_upstreams = ["192.0.2.53", "198.51.100.53"]
 [uplink]
 address = "198.51.100.7/25"
 gateway = "198.51.100.100"
@@ -83,7 +88,11 @@ mtu = 1400
     topology = parse_topology(text)
     assert topology.cluster == model.Cluster(IPv4Network("10.244.0.0/16"),
                                              IPv4Network("10.100.0.0/24"),
-                                             IPv4Address("169.254.0.9"), 1024)
+                                             IPv4Address("169.254.0.9"), 1024,
+                                             domain="lab.example",
+                                             dns_ip=IPv4Address("10.100.0.53"),
+                                             dns_upstreams=(IPv4Address("192.0.2.53"),
+                                                            IPv4Address("198.51.100.53")))
     assert (topology.uplink.netns, topology.uplink.mtu) == (None, 1400)
 
 
@@ -94,12 +103,13 @@ def test_uplink_mtu_defaults_to_the_node_mtu() -> None:
 
 def test_service_defaults_and_allocation_in_file_order() -> None:
     text = NODE + UPLINK + service('name = "a"', 'ports = [ { port = 80 } ]') + service(
-        'name = "b"', 'cluster_ip = "10.96.0.10"', 'type = "NodePort"',
+        'name = "b"', 'cluster_ip = "10.96.0.11"', 'type = "NodePort"',
         'ports = [ { name = "x", port = 53, protocol = "udp" }, { name = "y", port = 53 } ]'
     ) + service('name = "c"', 'type = "NodePort"', 'ports = [ { port = 1, node_port = 30000 } ]')
     a, b, c = parse_topology(text).services
-    # a skips .10, which b takes explicitly; node ports skip c's explicit tcp 30000.
-    assert a.cluster_ip == IPv4Address("10.96.0.11") and b.cluster_ip == IPv4Address("10.96.0.10")
+    # a skips .10 (the cluster DNS address) and .11, which b takes explicitly; node ports skip
+    # c's explicit tcp 30000.
+    assert a.cluster_ip == IPv4Address("10.96.0.12") and b.cluster_ip == IPv4Address("10.96.0.11")
     assert a.ports == (model.ServicePort("", "tcp", 80, 80, None),)
     assert [(p.protocol, p.node_port) for p in b.ports] == [("udp", 30000), ("tcp", 30001)]
     assert c.ports[0].node_port == 30000
@@ -130,7 +140,7 @@ def test_headless_service_needs_no_ports_and_gets_no_address() -> None:
         'name = "n"', 'ports = [ { port = 1 } ]')
     headless, normal = parse_topology(text).services
     assert headless.headless and headless.ports == ()
-    assert normal.cluster_ip == IPv4Address("10.96.0.10")
+    assert normal.cluster_ip == IPv4Address("10.96.0.11")  # .10 is the cluster DNS address
 
 
 def test_same_name_in_two_namespaces_is_fine() -> None:
@@ -205,9 +215,20 @@ def test_node_ports_may_repeat_across_protocols() -> None:
          "10.96.0.0 is the network address of 10.96.0.0/16"),
         (NODE + service(SVC, 'cluster_ip = "none"', PORT), "services[0].cluster_ip",
          "'none' is not an IPv4 address"),
-        (NODE + service(SVC, 'cluster_ip = "10.96.0.10"', PORT) + service(
-            'name = "t"', 'cluster_ip = "10.96.0.10"', PORT), "services[1].cluster_ip",
-         "10.96.0.10 is already the cluster IP of services[0]"),
+        (NODE + service(SVC, 'cluster_ip = "10.96.0.20"', PORT) + service(
+            'name = "t"', 'cluster_ip = "10.96.0.20"', PORT), "services[1].cluster_ip",
+         "10.96.0.20 is already the cluster IP of services[0]"),
+        (NODE + service(SVC, 'cluster_ip = "10.96.0.10"', PORT), "services[0].cluster_ip",
+         "10.96.0.10 is cluster.dns_ip, the address of the cluster DNS service"),
+        (NODE + '[cluster]\ndns_ip = "10.97.0.10"', "cluster.dns_ip",
+         "10.97.0.10 is outside cluster.service_cidr 10.96.0.0/16; the DNS address is a cluster IP"),
+        (NODE + '[cluster]\ndomain = "Cluster.local"', "cluster.domain",
+         "is not a domain name like 'cluster.local'"),
+        (NODE + '[cluster]\ndomain = "cluster.local."', "cluster.domain",
+         "is not a domain name like 'cluster.local'"),
+        (NODE + '[cluster]\ndns = "yes"', "cluster.dns", "expected a boolean, got string"),
+        (NODE + '[cluster]\ndns_upstreams = ["8.8.8.8", "dns"]', "cluster.dns_upstreams[1]",
+         "'dns' is not an IPv4 address"),
         (NODE + service(SVC, 'type = "LoadBalancer"', PORT), "services[0].type",
          "must be one of 'ClusterIP', 'NodePort', got 'LoadBalancer'"),
         (NODE + service(SVC, 'type = "nodeport"', PORT), "services[0].type", "did you mean 'NodePort'?"),
@@ -307,6 +328,30 @@ def test_a_wrong_cluster_does_not_cascade_into_services() -> None:
 
 
 def test_cluster_ip_pool_exhaustion_names_the_service() -> None:
-    text = NODE + '[cluster]\nservice_cidr = "10.96.0.0/30"' + service(
+    text = NODE + '[cluster]\nservice_cidr = "10.96.0.0/30"\ndns = false' + service(
         'name = "a"', PORT) + service('name = "b"', PORT) + service('name = "c"', PORT)
     assert only_error(text) == ("services[2]", "no free cluster IP left in cluster.service_cidr 10.96.0.0/30")
+
+
+def test_cluster_dns_can_be_turned_off() -> None:
+    topology = parse_topology(NODE + '[cluster]\ndns = false')
+    assert topology.cluster.dns_ip is None
+
+
+def test_cluster_dns_upstreams_absent_empty_or_listed() -> None:
+    assert parse_topology(NODE).cluster.dns_upstreams is None  # the host's resolv.conf
+    empty = parse_topology(NODE + '[cluster]\ndns_upstreams = []')
+    assert empty.cluster.dns_upstreams == ()  # no forwarding
+    listed = parse_topology(NODE + '[cluster]\ndns_upstreams = ["192.0.2.53"]')
+    assert listed.cluster.dns_upstreams == (IPv4Address("192.0.2.53"),)
+
+
+def test_a_service_cidr_without_a_tenth_address_needs_an_explicit_dns_ip() -> None:
+    text = NODE + '[cluster]\nservice_cidr = "10.96.0.0/29"'
+    assert only_error(text) == (
+        "cluster.service_cidr", "10.96.0.0/29 has no tenth address for cluster DNS; set "
+                                "cluster.dns_ip or cluster.dns = false")
+    explicit = parse_topology(NODE + '[cluster]\nservice_cidr = "10.96.0.0/29"\n'
+                                     'dns_ip = "10.96.0.6"' + service(SVC, PORT))
+    assert explicit.cluster.dns_ip == IPv4Address("10.96.0.6")
+    assert explicit.services[0].cluster_ip == IPv4Address("10.96.0.1")

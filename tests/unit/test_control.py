@@ -167,7 +167,7 @@ async def test_bad_json_is_answered_and_the_connection_stays_usable(client):
     ({"cmd": 7}, "no \"cmd\""),
     ({"cmd": "status", "args": [1]}, "\"args\" must be a JSON object"),
     ({"cmd": "reboot"}, "unknown command 'reboot'; known: affinity, apply, capture, conntrack, "
-                        "conntrack_flush, endpoints, fdb, neighbors, netns, nodes, pod_add, "
+                        "conntrack_flush, dns, endpoints, fdb, neighbors, netns, nodes, pod_add, "
                         "pod_del, "
                         "pod_ready, pods, ports, reload, routes, service_add, service_del, "
                         "service_set, services, stats, status"),

@@ -138,19 +138,28 @@ def allocate_pod_addresses(
 def allocate_cluster_ips(
     reader: Reader, drafts: Sequence[ServiceDraft], service_cidr: IPv4Network | None,
     kept: Sequence[model.Service], previous: Mapping[str, model.Service],
+    dns_ip: IPv4Address | None,
 ) -> list[IPv4Address | None | Marker]:
     """Explicit cluster IPs must be unique; the others get network + 10 upwards, in order.
 
     A headless service gets None. Without ``service_cidr`` (``[cluster]`` is wrong, and its
-    error says so) the addresses left open stay INVALID.
+    error says so) the addresses left open stay INVALID. ``dns_ip`` (``cluster.dns_ip``, None
+    when cluster DNS is off) belongs to the cluster DNS service: no service may have it, and
+    allocation skips it.
     """
     taken: dict[IPv4Address, str] = {s.cluster_ip: f"service {s.key}" for s in kept
                                      if s.cluster_ip is not None}
+    if dns_ip is not None:
+        taken[dns_ip] = "the cluster DNS service"
     result: list[IPv4Address | None | Marker] = []
     for draft in drafts:
         ip = draft.cluster_ip
         if isinstance(ip, IPv4Address):
-            if ip in taken:
+            if ip == dns_ip:
+                ip = reader.fail(key_path(draft.path, "cluster_ip"),
+                                 f"{ip} is cluster.dns_ip, the address of the cluster DNS "
+                                 "service; choose another one or leave cluster_ip out")
+            elif ip in taken:
                 ip = reader.fail(key_path(draft.path, "cluster_ip"), f"{ip} is already the cluster "
                                                                      f"IP of {taken[ip]}")
             else:

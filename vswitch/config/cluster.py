@@ -1,10 +1,12 @@
-"""``[cluster]``: the cluster's pod CIDR, service CIDR, hairpin address and conntrack size, and
-how this node learns of the others (``store``: static ``[[peers]]`` alone, or etcd).
+"""``[cluster]``: the cluster's pod CIDR, service CIDR, hairpin address and conntrack size, how
+this node learns of the others (``store``: static ``[[peers]]`` alone, or etcd), and cluster DNS
+(``dns``, ``domain``, ``dns_ip``, ``dns_upstreams``).
 
 Every value has a default, so a file without the section still gets cluster settings: the
 cluster CIDR defaults to the smallest network holding every segment (``node.pod_cidr`` itself
 on a node with only the default segment). Cluster IPs must never be pod addresses, and the
-hairpin address must be one no pod or service has.
+hairpin address must be one no pod or service has. The DNS address is a cluster IP that no
+service of the file may have (the allocator skips it); ``dns = false`` leaves it unset.
 """
 from __future__ import annotations
 
@@ -22,17 +24,23 @@ from vswitch.config.reader import (
     Reader,
     type_name,
 )
+from vswitch.config.addresses import address_problem
+from vswitch.config.names import DNS_LABEL_MAX, dns_label_problem
 from vswitch.config.segments import SegmentDraft
 from vswitch.model import Topology
 
 CLUSTER_KEYS = ("cidr", "service_cidr", "hairpin_address", "conntrack_max", "store",
-                "etcd_endpoints", "lease_ttl", "node_prefix_length")
+                "etcd_endpoints", "lease_ttl", "node_prefix_length", "dns", "domain", "dns_ip",
+                "dns_upstreams")
 STORES = (model.STORE_STATIC, model.STORE_ETCD)
 # A lease shorter than 2 s leaves no room for a keep-alive (sent at a third of the TTL) to
 # arrive before it expires, and the node would flap.
 LEASE_TTL_MIN = 2
 CONNTRACK_MAX_MIN = 1024
 CONNTRACK_MAX_MAX = 4194304
+# Names under the domain get up to four labels of their own (_port._proto.service.namespace.svc).
+DOMAIN_MAX = 100
+DNS_IP_OFFSET = 10  # the default cluster DNS address: the tenth address of the service CIDR
 
 
 def covering_network(networks: Sequence[IPv4Network]) -> IPv4Network | Marker:
@@ -52,7 +60,59 @@ def runtime_cluster(topology: Topology) -> model.Cluster:
     networks = [segment.cidr for segment in topology.all_segments()]
     covering = covering_network(networks)
     assert isinstance(covering, IPv4Network)
-    return model.Cluster(cidr=covering, service_cidr=IPv4Network(model.DEFAULT_SERVICE_CIDR))
+    service_cidr = IPv4Network(model.DEFAULT_SERVICE_CIDR)
+    return model.Cluster(cidr=covering, service_cidr=service_cidr,
+                         dns_ip=default_dns_ip(service_cidr))
+
+
+def default_dns_ip(service_cidr: IPv4Network) -> IPv4Address | None:
+    """The tenth address of the service CIDR (Kubernetes' kube-dns convention); None when the
+    CIDR is too small to have one."""
+    if service_cidr.num_addresses - 2 < DNS_IP_OFFSET:
+        return None
+    return service_cidr.network_address + DNS_IP_OFFSET
+
+
+def domain_problem(text: str) -> str | None:
+    """Why ``text`` cannot be the cluster domain: it must be a DNS name of lowercase labels."""
+    if len(text) > DOMAIN_MAX:
+        return f"{text!r} is {len(text)} characters long; at most {DOMAIN_MAX} are allowed"
+    problems = [label for label in text.split(".") if dns_label_problem(label, DNS_LABEL_MAX)]
+    if problems:
+        return (f"{text!r} is not a domain name like 'cluster.local': {problems[0]!r} is not "
+                "a DNS-1123 label (lowercase letters, digits and '-')")
+    return None
+
+
+def read_dns(reader: Reader, table: Mapping[str, Any],
+             service_cidr: IPv4Network | Marker) -> tuple[Any, Any, Any]:
+    """``dns``, ``domain``, ``dns_ip`` and ``dns_upstreams``: the cluster DNS settings, as
+    (domain, dns_ip, upstreams); dns_ip is None when ``dns = false``."""
+    enabled = reader.take(table, "cluster", "dns", "a boolean", True)
+    domain = reader.take(table, "cluster", "domain", "a string", model.DEFAULT_CLUSTER_DOMAIN)
+    if isinstance(domain, str) and (problem := domain_problem(domain)):
+        domain = reader.fail("cluster.domain", problem)
+    dns_ip = reader.take_address(table, "cluster", "dns_ip")
+    if isinstance(dns_ip, IPv4Address) and isinstance(service_cidr, IPv4Network):
+        where = f"cluster.service_cidr {service_cidr}"
+        if problem := address_problem(dns_ip, service_cidr, where):
+            dns_ip = reader.fail("cluster.dns_ip", f"{problem}; the DNS address is a cluster IP")
+    elif dns_ip is None and isinstance(service_cidr, IPv4Network) and enabled is True:
+        dns_ip = default_dns_ip(service_cidr)
+        if dns_ip is None:
+            dns_ip = reader.fail("cluster.service_cidr",
+                                 f"{service_cidr} has no tenth address for cluster DNS; set "
+                                 "cluster.dns_ip or cluster.dns = false")
+    upstreams: Any = None
+    if "dns_upstreams" in table:
+        listed = reader.take_addresses(table, "cluster", "dns_upstreams")
+        upstreams = (tuple(address for _, address in listed) if isinstance(listed, list)
+                     else INVALID)
+    if enabled is False:
+        dns_ip = None
+    elif enabled is INVALID:
+        dns_ip = INVALID
+    return domain, dns_ip, upstreams
 
 
 def endpoint_url_problem(text: str) -> str | None:
@@ -180,17 +240,20 @@ def read_cluster(reader: Reader, document: Mapping[str, Any],
     store, endpoints, lease_ttl = read_store(reader, table)
     prefix = reader.take_int(table, "cluster", "node_prefix_length",
                              model.DEFAULT_NODE_PREFIX_LENGTH, PREFIX_MIN, PREFIX_MAX)
-    values = (cidr, service_cidr, hairpin, conntrack_max, store, endpoints, lease_ttl, prefix)
+    domain, dns_ip, upstreams = read_dns(reader, table, service_cidr)
+    values = (cidr, service_cidr, hairpin, conntrack_max, store, endpoints, lease_ttl, prefix,
+              domain, dns_ip, upstreams)
     if INVALID in values:
         return INVALID
     assert isinstance(cidr, IPv4Network) and isinstance(service_cidr, IPv4Network)
     assert isinstance(hairpin, IPv4Address) and isinstance(conntrack_max, int)
     assert isinstance(store, str) and isinstance(endpoints, list)
-    assert isinstance(lease_ttl, int) and isinstance(prefix, int)
+    assert isinstance(lease_ttl, int) and isinstance(prefix, int) and isinstance(domain, str)
     return model.Cluster(cidr=cidr, service_cidr=service_cidr, hairpin_address=hairpin,
                          conntrack_max=conntrack_max, store=store,
                          etcd_endpoints=tuple(endpoints), lease_ttl=lease_ttl,
-                         node_prefix_length=prefix)
+                         node_prefix_length=prefix, domain=domain, dns_ip=dns_ip,
+                         dns_upstreams=upstreams)
 
 
 def resolve_auto_cidr(reader: Reader, document: Mapping[str, Any],

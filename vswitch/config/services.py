@@ -294,7 +294,8 @@ def check_services(reader: Reader, drafts: Sequence[ServiceDraft], context: Serv
         seen.setdefault(key, draft.path)
 
     service_cidr = context.cluster.service_cidr if context.cluster is not None else None
-    cluster_ips = allocate_cluster_ips(reader, drafts, service_cidr, kept, previous)
+    dns_ip = context.cluster.dns_ip if context.cluster is not None else None
+    cluster_ips = allocate_cluster_ips(reader, drafts, service_cidr, kept, previous, dns_ip)
     node_ports = allocate_node_ports(reader, drafts, kept, previous)
     services: list[model.Service] = []
     for draft, cluster_ip, ports in zip(drafts, cluster_ips, node_ports):

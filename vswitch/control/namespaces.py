@@ -39,13 +39,22 @@ def _run_exec(session: Session, args: argparse.Namespace) -> int:
     request = {"pod": args.pod}
     if args.namespace is not None:
         request["namespace"] = args.namespace
-    netns_path = session.call("netns", request)["netns_path"]
+    answer = session.call("netns", request)
+    netns_path = answer["netns_path"]
     from vswitch.runtime.netns import enter_netns
+    from vswitch.runtime.resolv_conf import private_resolv_conf
 
     try:
         enter_netns(netns_path)
     except OSError as exc:
         raise CtlError(f"cannot enter {netns_path}: {exc.strerror or exc}") from None
+    # The pod's resolv.conf (cluster DNS), in a mount namespace of this process alone.
+    if answer.get("resolv_conf"):
+        try:
+            private_resolv_conf(answer["resolv_conf"])()
+        except OSError as exc:
+            print(f"vswitchctl: exec: the pod's resolv.conf is not shown: {exc}",
+                  file=sys.stderr)
     try:
         os.execvp(argv[0], argv)
     except FileNotFoundError:
@@ -65,8 +74,10 @@ async def netns(ctx: ControlContext, args: Args) -> dict:
     if namespace is not None:
         namespace = require(args, "namespace", str, "a namespace name")
     pod = lookup.pod(ctx, require(args, "pod", str, "a pod name"), namespace)
+    dns = getattr(ctx.node, "dns", None)
     return {"pod": pod.name, "namespace": pod.namespace, "netns": pod.netns,
-            "netns_path": ctx.netns_path(pod.netns)}
+            "netns_path": ctx.netns_path(pod.netns),
+            "resolv_conf": dns.resolv_conf(pod.namespace) if dns is not None else None}
 
 
 def _clean_arguments(parser: argparse.ArgumentParser) -> None:

@@ -145,12 +145,16 @@ async def stats(ctx: ControlContext, args: Args) -> dict:
 
 
 def node_statistics(switch: Any, node: Any) -> dict:
-    """The switch's counters, and the cluster membership's state when the node has a store."""
+    """The switch's counters, the cluster membership's state when the node has a store, and the
+    cluster DNS server's counters when it serves."""
     result = switch.statistics()
     cluster = getattr(node, "cluster", None)
     membership = cluster.statistics() if cluster is not None else None
     if membership is not None:
         result["membership"] = membership
+    dns = getattr(node, "dns", None)
+    if dns is not None:
+        result["dns"] = dns.statistics()
     return result
 
 

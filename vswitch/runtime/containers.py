@@ -10,7 +10,9 @@ The child enters the namespace between ``fork`` and ``exec`` (``preexec_fn``), u
 prepared in the parent, and asks for SIGKILL when its parent dies, so a daemon killed by SIGKILL
 does not leave its containers running. It starts a new session, so a terminal's Ctrl-C reaches
 the daemon only and the daemon decides the order of shutdown; signals then go to the whole process
-group, which covers a shell's children as well.
+group, which covers a shell's children as well. When the node serves cluster DNS, the child
+also gets a mount namespace of its own in which its namespace's resolv.conf is bind-mounted over
+/etc/resolv.conf (``vswitch.runtime.resolv_conf``): the host's file stays as it is.
 
 Policy:
 
@@ -38,6 +40,7 @@ import trio
 
 from vswitch.model import Container, Pod
 from vswitch.runtime.netns import netns_path, setns_function
+from vswitch.runtime.resolv_conf import private_resolv_conf
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when a container is stopped
@@ -91,8 +94,10 @@ def _prctl_function() -> Callable[[int, int], int]:
     return lambda option, value: prctl(option, value, 0, 0, 0)
 
 
-def _make_preexec(netns_fd: int) -> Callable[[], None]:
-    """The child's last steps before exec: join the pod's namespace, die with the daemon.
+def _make_preexec(netns_fd: int,
+                  resolv_conf: Callable[[], None] | None = None) -> Callable[[], None]:
+    """The child's last steps before exec: join the pod's namespace, see the pod's resolv.conf
+    (``resolv_conf``, from ``private_resolv_conf``), die with the daemon.
 
     Everything the child calls is resolved here, in the parent: after ``fork`` only this thread
     exists, and loading a library or importing could wait forever on a lock another thread held.
@@ -106,6 +111,8 @@ def _make_preexec(netns_fd: int) -> Callable[[], None]:
 
     def preexec() -> None:
         enter(netns_fd)
+        if resolv_conf is not None:
+            resolv_conf()
         if prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         # The daemon may have died between fork and prctl; then nobody would send the signal.
@@ -147,11 +154,14 @@ class ContainerProcess:
         return self._popen.returncode
 
 
-async def start_container(pod: Pod, container: Container) -> ContainerProcess:
-    """Spawn the container's command in the pod's namespace; OSError/SubprocessError if it fails."""
+async def start_container(pod: Pod, container: Container,
+                          resolv_conf: str | None = None) -> ContainerProcess:
+    """Spawn the container's command in the pod's namespace, with ``resolv_conf`` (a path) as
+    its /etc/resolv.conf when given; OSError/SubprocessError if it fails."""
     if not container.command:
         raise ValueError(f"container {pod.key}/{container.name} has no command")
     await trio.lowlevel.checkpoint()
+    show_resolv_conf = private_resolv_conf(resolv_conf) if resolv_conf is not None else None
     netns_fd = os.open(netns_path(pod.netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         popen = subprocess.Popen(
@@ -162,7 +172,7 @@ async def start_container(pod: Pod, container: Container) -> ContainerProcess:
             env=container_env(pod, container),
             cwd="/",
             start_new_session=True,
-            preexec_fn=_make_preexec(netns_fd),
+            preexec_fn=_make_preexec(netns_fd, show_resolv_conf),
         )
     finally:
         os.close(netns_fd)
@@ -253,10 +263,13 @@ class ContainerSupervisor:
 
     One supervisor serves every pod of a daemon; each pod's containers run in the task that calls
     ``run``, so cancelling that task (the daemon does so before ``Kernel.delete_pod``) stops them.
+    ``resolv_conf`` gives the resolv.conf path of a pod's namespace (None: the host's file).
     """
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logging.Logger,
+                 resolv_conf: Callable[[str], str | None] | None = None) -> None:
         self._log = log
+        self._resolv_conf = resolv_conf
         self._table: dict[str, dict[str, ContainerInfo]] = {}
 
     def info(self, pod_name: str) -> list[dict[str, Any]]:
@@ -289,7 +302,9 @@ class ContainerSupervisor:
                        task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         label = f"{pod.key}/{container.name}"
         try:
-            proc = await start_container(pod, container)
+            resolv_conf = (self._resolv_conf(pod.namespace) if self._resolv_conf is not None
+                           else None)
+            proc = await start_container(pod, container, resolv_conf)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             self._log.error("[%s] cannot start %r: %s", label, list(container.command), exc)
             self._update(pod.key, ContainerInfo(container.name, None, "failed", error=str(exc)))

@@ -14,7 +14,8 @@ step is complete before the next one begins:
    host into the host port via the default gateway, so the node reaches all of its pods through
    the router as it reaches the default segment through the switch;
 4. start one task per port, then the timer task;
-5. start the containers of each pod (they find their network already in place);
+5. start cluster DNS (``vswitch.runtime.dns_server``: its sockets and the kube-dns service),
+   then the containers of each pod (they find their network and their resolver in place);
 6. with a cluster store, join it: publish this node, route the other nodes it lists
    (``vswitch.runtime.cluster``);
 7. start the control socket;
@@ -114,8 +115,16 @@ def _system_switch(topology: Topology) -> SwitchCore:
 
 def _system_supervisor(topology: Topology) -> Any:
     from vswitch.runtime.containers import ContainerSupervisor
+    from vswitch.runtime.resolv_conf import resolv_conf_path
 
-    return ContainerSupervisor(logging.getLogger("vswitchd.containers"))
+    return ContainerSupervisor(logging.getLogger("vswitchd.containers"),
+                               resolv_conf=lambda namespace: resolv_conf_path(topology, namespace))
+
+
+def _system_dns(node: NodeRuntime) -> Any:
+    from vswitch.runtime.dns_server import ClusterDns
+
+    return ClusterDns(node, logging.getLogger("vswitchd.dns"))
 
 
 def _system_netns_path(name: str) -> str:
@@ -381,6 +390,10 @@ class NodeRuntime:
         # The node's cluster membership (vswitch.runtime.cluster.ClusterRuntime), for
         # ``vswitchctl nodes`` and ``stats``; run_daemon sets it.
         self.cluster: Any = None
+        # Services the runtime adds itself (kube-system/kube-dns), programmed before the
+        # file's; and the cluster DNS server (vswitch.runtime.dns_server), when there is one.
+        self.system_services: tuple[Service, ...] = ()
+        self.dns: Any = None
 
     # -- building blocks ------------------------------------------------------------------------
 
@@ -427,7 +440,8 @@ class NodeRuntime:
         """Hand the desired pods (ours and other nodes') and services to the core; its JSON-able
         summary comes back. Wakes whoever waits in ``wait_programmed``."""
         pods = self.topology.pods + self.remote_pods
-        result = self.switch.programming.program(pods, self.topology.services,
+        result = self.switch.programming.program(pods,
+                                                 self.system_services + self.topology.services,
                                                  trio.current_time())
         remote = f" ({len(self.remote_pods)} on other nodes)" if self.remote_pods else ""
         self.log.info("programmed %d services for %d pods%s: %s", len(self.topology.services),
@@ -445,6 +459,13 @@ class NodeRuntime:
         if pods == self.remote_pods:
             return None
         self.remote_pods = pods
+        return self.program()
+
+    def set_system_services(self, services: tuple[Service, ...]) -> dict | None:
+        """Program the services the runtime adds itself along with the file's."""
+        if services == self.system_services:
+            return None
+        self.system_services = services
         return self.program()
 
     def close_ports(self) -> None:
@@ -742,6 +763,7 @@ async def run_daemon(topology: Topology, *,
                      switch_factory: Callable[[Topology], SwitchCore] | None = None,
                      supervisor_factory: Callable[[Topology], Any] | None = None,
                      netns_path: Callable[[str], str] | None = None,
+                     dns_factory: Callable[[NodeRuntime], Any] | None = None,
                      config_path: str = "",
                      handle_signals: bool = True,
                      startup_lease: int = 0,
@@ -750,10 +772,14 @@ async def run_daemon(topology: Topology, *,
     """Run vswitchd for ``topology`` until a signal or cancellation; always clean up.
 
     Defaults are the real system (TAPs, namespaces, containers); tests pass the memory runtime.
+    Cluster DNS (``dns_factory``) defaults to the real server only with the real kernel: its
+    sockets listen behind the host port, which only the kernel's TAP delivers to.
     ``startup_lease`` is the lease ``pod_cidr = "auto"``'s subnet was taken under
     (``vswitch.runtime.cluster.lease_pod_cidr``). ``task_status.started()`` receives the
     ControlContext once the daemon is ready.
     """
+    if dns_factory is None and kernel_factory is None:
+        dns_factory = _system_dns
     kernel_factory = kernel_factory or _system_kernel_factory()
     switch = (switch_factory or _system_switch)(topology)
     # With the native accel, the C datapath's poll thread reads the TAPs (``datapath_io``).
@@ -777,6 +803,7 @@ async def run_daemon(topology: Topology, *,
                                port_factory=port_factory, errors=errors, log=log,
                                config_path=config_path)
             node.cluster = ClusterRuntime(node, switch, log, startup_lease=startup_lease)
+            node.dns = dns_factory(node) if dns_factory is not None else None
             reloads = ReloadRequests()
             try:
                 async with trio.open_nursery() as nursery:
@@ -812,6 +839,8 @@ async def run_daemon(topology: Topology, *,
                         await node.start_port(name)
                     await nursery.start(run_timer, switch, node.ports, errors)
 
+                    if node.dns is not None:
+                        await nursery.start(node.dns.run)
                     for pod in topology.pods:
                         await node.start_containers(pod)
                     # With a cluster store: the other nodes are routed before "ready", as far as
@@ -847,4 +876,6 @@ async def run_daemon(topology: Topology, *,
                     sdnotify.notify("STOPPING=1")
                     node.close_ports()
                     await kernel.teardown()
+                    if node.dns is not None:
+                        node.dns.remove_files()
                     log.info("vswitchd stopped: node %s", topology.node.name)

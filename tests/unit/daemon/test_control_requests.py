@@ -161,7 +161,7 @@ async def test_service_add_set_del(tmp_path):
         await harness.start(nursery)
         added = await ask(path, "service_add", {"toml": WEB, "source": "web.toml"})
         assert added["ok"], added
-        assert added["result"]["added"][0]["cluster_ip"] == "10.96.0.10"
+        assert added["result"]["added"][0]["cluster_ip"] == "10.96.0.11"  # .10: cluster DNS
         (web,) = programmed(harness)[-1][1]
         assert web.key == "default/web" and dict(web.selector) == {"app": "web"}
 
@@ -174,7 +174,7 @@ async def test_service_add_set_del(tmp_path):
         assert changed["ok"], changed
         (web,) = programmed(harness)[-1][1]
         assert (web.session_affinity, web.affinity_timeout) == ("ClientIP", 30)
-        assert web.cluster_ip == IPv4Address("10.96.0.10")
+        assert web.cluster_ip == IPv4Address("10.96.0.11")
 
         count = len(programmed(harness))
         bad = await ask(path, "service_set", {"name": "default/web", "settings": {
@@ -242,7 +242,7 @@ async def test_real_core_programs_services_at_runtime(tmp_path):
         assert added["ok"], added
         services = (await ask(path, "services"))["result"]
         assert [(s["name"], s["cluster_ip"], s["endpoints"]) for s in services] == [
-            ("web", "10.96.0.10", 1)]
+            ("web", "10.96.0.11", 1)]
         endpoints = (await ask(path, "endpoints"))["result"]
         assert [e["pod"] for e in endpoints] == ["w"]
         await ask(path, "pod_ready", {"name": "w", "ready": False})
