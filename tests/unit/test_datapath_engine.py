@@ -767,3 +767,22 @@ def test_packing_refuses_unknown_fields_and_wrong_sizes():
         pack_action({"turbo": 1})
     with pytest.raises(ValueError, match="holds 12 bytes"):
         pack_action({"rewrite": bytes(11)})
+
+
+def test_a_switch_in_a_reference_cycle_is_collected_without_crashing():
+    # The collector clears memoryviews in any order; when C's pointers pinned a memoryview
+    # cast, clearing its managed buffer unmapped the shared arrays under C and the daemon died
+    # with SIGSEGV at exit. A child process, since the failure is a crash.
+    import subprocess
+    import sys
+
+    script = ("import gc; from vswitch.config import load_topology; "
+              "from vswitch.runtime.daemon import _system_switch; "
+              "switch = _system_switch(load_topology('config/services.toml')); "
+              "assert switch.datapath is not None; "
+              "cycle = [switch]; cycle.append(cycle); del switch, cycle; gc.collect(); "
+              "print('collected')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "collected"), done.stderr[-2000:]
+    assert "BufferError" not in done.stderr

@@ -14,6 +14,7 @@ datapath's mutex in C; cffi releases the GIL around it.
 """
 from __future__ import annotations
 
+import mmap
 import struct
 from array import array
 
@@ -59,6 +60,19 @@ def _typecode(values: object) -> str | None:
     if isinstance(values, memoryview):
         return values.format
     return None
+
+
+def _exporter(values: object) -> object:
+    """What C's pointer pins: the ``mmap`` under a shared array's memoryview cast, not the cast.
+
+    A memoryview and its managed buffer are garbage-collected objects, and the collector may
+    clear them in any order when a table they belong to is in a reference cycle; clearing the
+    managed buffer releases its hold on the ``mmap``, which then unmaps while C still points
+    into it (a crash at the daemon's exit). An ``mmap`` is never cleared by the collector, so a
+    buffer exported straight from it keeps the memory mapped for as long as C holds it."""
+    if isinstance(values, memoryview) and isinstance(values.obj, mmap.mmap):
+        return values.obj
+    return values
 
 
 def _action_layout() -> tuple[struct.Struct, tuple[str, ...], tuple[object, ...]]:
@@ -143,7 +157,7 @@ class Datapath:
             if _typecode(values) != typecode:
                 raise ValueError(f"{name} must be an array.array or memoryview of type "
                                  f"{typecode!r}")
-            view = ffi.from_buffer(_C_TYPES[typecode], values, require_writable=True)
+            view = ffi.from_buffer(_C_TYPES[typecode], _exporter(values), require_writable=True)
             self._shared_views[name] = view
             setattr(self._shared, name, view)
             if capacity_field is not None:
