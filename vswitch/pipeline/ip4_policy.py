@@ -16,11 +16,12 @@ Theory of operation
   left to it (its entry tracks the connection).
 * Denied: dropped silently (no RST, no ICMP), counted here and for each policy that selected the
   pod in the denied direction; an entry ip4-service made for it is removed.
-* A TCP segment other than a SYN with no connection (one that started before a policy selected
-  its pod) is judged both ways and passes untracked when either way is allowed: the connection
-  may be an allowed one seen from its replying side. Packets without ports (later fragments,
-  ICMP other than echo requests, other protocols) are judged with port 0 and pass untracked. Nothing that
-  passes untracked is ever cached.
+* A TCP segment other than a SYN with no connection (one that began before a policy selected its
+  pod, or that a policy change cut) is judged as it travels and passes untracked when allowed:
+  such a connection survives only if its policies allow each of its two directions on its own,
+  and a cut one stays cut (its client's segments are denied). Packets without ports (later
+  fragments, ICMP other than echo requests, other protocols) are judged with port 0 and pass
+  untracked the same way. Nothing that passes untracked is ever cached.
 """
 from __future__ import annotations
 
@@ -95,10 +96,6 @@ def process(pkt: Packet, env: Env):
     if flow is None or mid_stream or (pkt.ct is None and flow.proto == _ICMP
                                       and tracked_flows.current_packet(pkt)[pkt.ip.ihl * 4]
                                       != _ECHO_REQUEST):
-        if not decision.allowed and mid_stream:
-            reverse = policies.check(dst, src, proto, flow.sport)
-            if reverse.allowed:
-                decision = reverse
         if not decision.allowed:
             return _deny(pkt, env, decision)
         env.count(Counter.ALLOWED_UNTRACKED)
