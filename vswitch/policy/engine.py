@@ -18,8 +18,8 @@ Contract (the dataplane relies on exactly this):
 * ``Decision`` says why, for traces and per-policy counters.
 
 Theory of operation: ``build`` matches each policy against the local pods of its namespace only
-and compiles just the policies that select one; each local pod's address then maps, per direction, to the compiled
-policies selecting it (``Selection``). A verdict looks up the source's egress selection and the
+and compiles just the policies that select one; each local pod's address then maps, per
+direction, to the compiled policies selecting it (``Selection``). A verdict looks up the source's egress selection and the
 destination's ingress selection and evaluates only their rules, so its cost does not grow with
 policies that select neither pod. A pod no policy of a direction selects is unrestricted in
 that direction; a selected pod admits the union of the rules of every policy selecting it, and
