@@ -42,6 +42,14 @@ HELD_CONNECTION = program("held_connection")
 Table = dict[tuple[str, str], bool]
 
 
+def pod_name(pod: str) -> str:
+    """The name of the model's pod "x/a" on the node: "a-x", unique across namespaces, so that
+    every port, counter and ``vswitchctl exec`` names one pod without ``-n``. Policies select
+    by the ``pod`` label, which is the model's "a"."""
+    ns, name = pod.split("/")
+    return f"{name}-{ns}"
+
+
 # -- the node ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -61,8 +69,8 @@ class PolicyNodeSpec(NodeSpec):
         return self.service_cidr.network_address + 10
 
     def pod_netns(self, pod: str) -> str:
-        ns, name = pod.split("/")
-        return f"vsw-{self.name}.{ns}.{name}"
+        ns, _ = pod.split("/")
+        return f"vsw-{self.name}.{ns}.{pod_name(pod)}"
 
     def render(self) -> str:
         lines = [NodeSpec.render(dataclasses.replace(self, pods=())).rstrip("\n"), "",
@@ -77,7 +85,7 @@ class PolicyNodeSpec(NodeSpec):
             server = [PYTHON, ECHO_SERVER, pod, "tcp:80", "udp:80", "tcp:81", "udp:81",
                       f"sink:{SINK_PORT}"]
             container = inline_table({"name": "serve", "command": server, "ports": ports})
-            lines += ["", "[[pods]]", f"name = {q(name)}", f"namespace = {q(ns)}",
+            lines += ["", "[[pods]]", f"name = {q(pod_name(pod))}", f"namespace = {q(ns)}",
                       f"ip = {q(str(self.address(pod)))}", f"labels = {{ pod = {q(name)} }}",
                       f"containers = [ {container} ]"]
         lines += ["", "[[services]]", 'name = "web"', 'namespace = "x"',
