@@ -60,20 +60,30 @@ NODE_TRAFFIC = Decision(True, "allowed: traffic from or to the node itself alway
 
 
 @dataclass(frozen=True, slots=True)
+class SelectingPolicy:
+    """One policy selecting a pod in one direction: its compiled rules, and for each rule the
+    decision that names it, made once so that an allowed verdict allocates nothing."""
+
+    key: str
+    rules: tuple[CompiledRule, ...]
+    allowed: tuple[Decision, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Selection:
     """The compiled policies selecting one local pod in one direction, and the denial each of
     its connections gets that none of their rules admits."""
 
-    policies: tuple[tuple[str, tuple[CompiledRule, ...]], ...]  # (policy key, its rules)
+    policies: tuple[SelectingPolicy, ...]
     denial: Decision
 
     def admitting(self, peer: bytes, protocol: int, port: int,
-                  named_ports: Mapping[str, tuple[str, int]]) -> tuple[str, int] | None:
-        """The first (policy key, rule index) admitting the connection, or None."""
-        for key, rules in self.policies:
-            for rule in rules:
+                  named_ports: Mapping[str, tuple[str, int]]) -> Decision | None:
+        """The decision naming the first rule admitting the connection, or None."""
+        for policy in self.policies:
+            for rule, decision in zip(policy.rules, policy.allowed):
                 if rule.admits(peer, protocol, port, named_ports):
-                    return key, rule.index
+                    return decision
         return None
 
 
@@ -98,7 +108,7 @@ class CompiledPolicies:
         for pod in pods:
             if isinstance(pod, Pod):
                 local_by_namespace.setdefault(pod.namespace, []).append(pod)
-        selected: dict[tuple[str, bytes], list[tuple[str, tuple[CompiledRule, ...]]]] = {}
+        selected: dict[tuple[str, bytes], list[SelectingPolicy]] = {}
         pod_keys: dict[bytes, str] = {}
         for policy in policies:
             chosen = [pod for pod in local_by_namespace.get(policy.namespace, ())
@@ -109,15 +119,19 @@ class CompiledPolicies:
                                            (EGRESS, POLICY_EGRESS, policy.egress)):
                 if kind not in policy.policy_types:
                     continue
-                compiled = tuple(compile_rule(index, rule, policy.namespace, known)
-                                 for index, rule in enumerate(rules))
+                compiled = SelectingPolicy(
+                    policy.key,
+                    tuple(compile_rule(index, rule, policy.namespace, known)
+                          for index, rule in enumerate(rules)),
+                    tuple(Decision(True, f"allowed by {direction} rule {index} of policy "
+                                         f"{policy.key}", (policy.key,), index, direction)
+                          for index in range(len(rules))))
                 for pod in chosen:
                     pod_keys[pod.ip.packed] = pod.key
-                    selected.setdefault((direction, pod.ip.packed), []).append(
-                        (policy.key, compiled))
+                    selected.setdefault((direction, pod.ip.packed), []).append(compiled)
         by_direction: dict[str, dict[bytes, Selection]] = {INGRESS: {}, EGRESS: {}}
         for (direction, ip), chosen_by in selected.items():
-            keys = tuple(key for key, _ in chosen_by)
+            keys = tuple(policy.key for policy in chosen_by)
             denial = Decision(
                 False, f"denied: {direction} of {pod_keys[ip]} is selected by "
                        f"{', '.join(keys)}, whose rules do not allow it",
@@ -143,25 +157,20 @@ class CompiledPolicies:
         if egress is None and ingress is None:
             return UNSELECTED
         named_ports = self._named_ports.get(dst_ip, NO_NAMED_PORTS)
-        egress_hit = ingress_hit = None
+        egress_allowed = ingress_allowed = None
         if egress is not None:
-            egress_hit = egress.admitting(dst_ip, protocol, dst_port, named_ports)
-            if egress_hit is None:
+            egress_allowed = egress.admitting(dst_ip, protocol, dst_port, named_ports)
+            if egress_allowed is None:
                 return egress.denial
         if ingress is not None:
-            ingress_hit = ingress.admitting(src_ip, protocol, dst_port, named_ports)
-            if ingress_hit is None:
+            ingress_allowed = ingress.admitting(src_ip, protocol, dst_port, named_ports)
+            if ingress_allowed is None:
                 return ingress.denial
-        return allowed(egress_hit, ingress_hit)
-
-
-def allowed(egress_hit: tuple[str, int] | None,
-            ingress_hit: tuple[str, int] | None) -> Decision:
-    """The decision naming the rules that admitted a connection (at least one is given)."""
-    hits = [(direction, hit) for direction, hit in ((EGRESS, egress_hit), (INGRESS, ingress_hit))
-            if hit is not None]
-    reasons = " and ".join(f"{direction} rule {rule} of policy {key}"
-                           for direction, (key, rule) in hits)
-    last_direction, (_, last_rule) = hits[-1]
-    return Decision(True, f"allowed by {reasons}", policies=tuple(key for _, (key, _) in hits),
-                    rule=last_rule, direction=last_direction)
+        if egress_allowed is None or ingress_allowed is None:
+            allowed = egress_allowed or ingress_allowed
+            assert allowed is not None  # one of the two sides is selected
+            return allowed
+        return Decision(True, f"{egress_allowed.explanation} and "
+                              f"{ingress_allowed.explanation.removeprefix('allowed by ')}",
+                        egress_allowed.policies + ingress_allowed.policies,
+                        ingress_allowed.rule, INGRESS)

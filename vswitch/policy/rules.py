@@ -106,8 +106,12 @@ class CompiledRule:
         if not (self.any_peer or peer in self.peer_addresses
                 or (self.blocks and self._in_blocks(int.from_bytes(peer, "big")))):
             return False
-        return self.ports is None or any(
-            match.admits(protocol, port, named_ports) for match in self.ports)
+        if self.ports is None:
+            return True
+        for match in self.ports:  # a loop, not any(): no generator on the first packet's path
+            if match.admits(protocol, port, named_ports):
+                return True
+        return False
 
     def _in_blocks(self, address: int) -> bool:
         return any(block.contains(address) for block in self.blocks)
