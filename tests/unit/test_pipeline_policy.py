@@ -104,6 +104,16 @@ def test_switched_connection_denied_is_dropped_silently_and_counted_per_policy(a
     assert policies["drops_by_policy"] == {POLICY: 3} and policies["drops"] == 3
 
 
+def test_a_flood_to_an_unknown_mac_is_judged_before_it_leaves(accel_name):
+    switch = _switch(accel_name)
+    enforce(switch, RulePolicies((B_IP,), Allow(A_IP, B_IP, 6, 8080)))
+    unknown = bytes.fromhex("0a580af40163")
+    assert syn(switch, C, C_IP, B_IP, dst_mac=unknown) == []
+    flooded = syn(switch, A, A_IP, B_IP, dst_mac=unknown)
+    assert {tx.port for tx in flooded} == {B, C}  # the segment's other ports
+    assert stage(switch)["denied"] == 1 and stage(switch)["allowed"] == 1
+
+
 def test_pods_no_policy_selects_pay_nothing_and_stay_cached(accel_name):
     switch = _switch(accel_name)
     policies = RulePolicies((B_IP,))

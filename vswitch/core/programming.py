@@ -40,6 +40,8 @@ class TableProgramming:
                  connection_filter: ConnectionFilter, node_addresses: Iterable[bytes] = ()):
         self._nat = nat
         self._node_addresses = tuple(node_addresses)
+        # What the policies in force were compiled from (see ``program_policies``).
+        self._policy_inputs: tuple[Any, ...] | None = None
         self._services = nat.services
         self._conntrack = nat.conntrack
         self._uplink = uplink
@@ -83,15 +85,25 @@ class TableProgramming:
                          namespaces: Mapping[str, Mapping[str, str]],
                          pods: Sequence[Pod | RemotePod], now: float) -> dict[str, Any]:
         """Enforce ``policies`` from now on; cut the connections they no longer allow. Without
-        policies nothing is compiled."""
+        policies nothing is compiled; when the policies, namespaces and pods are those of the
+        last call, nothing changes at all (the cached decisions stay valid)."""
+        inputs = (tuple(policies), dict(namespaces), tuple(pods))
+        table = self._nat.policies
+        if inputs == self._policy_inputs:
+            return {"policies": len(policies), "generation": table.generation,
+                    "cut_connections": 0}
         compiled = (CompiledPolicies.build(policies, namespaces, pods, self._node_addresses)
                     if policies else None)
-        return {"policies": len(policies), **self.enforce(compiled, now)}
+        result = {"policies": len(policies), **self.enforce(compiled, now)}
+        self._policy_inputs = inputs
+        return result
 
     def enforce(self, compiled: CompiledPolicies | None, now: float) -> dict[str, Any]:
-        """Install compiled policies (None: none) and cut the connections they deny."""
+        """Install compiled policies (None: none) and cut the connections they deny; a test may
+        hand in any object with the contract of ``CompiledPolicies``."""
         table = self._nat.policies
         table.install(compiled)
+        self._policy_inputs = None
         cut = 0
         if table.active is not None:
             hairpin = self._nat.hairpin_address

@@ -111,6 +111,7 @@ class Packet:
     flow_checked = False
     tcp_flags: int | None = None
     l2_out_port: int | None = None  # the port l2-forward chose, for l2-conntrack
+    l2_flood_ports: tuple[int, ...] = ()  # where l2-forward floods an unknown unicast, if judged
     # Set when a translated packet's decision may be cached per connection: the output port.
     conn_out_port: int | None = None
     # Network policy: set by ip4-conntrack for a packet of no tracked connection (it may need a

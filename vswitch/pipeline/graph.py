@@ -27,8 +27,8 @@ ENTRY = eth_input.NAME
 STAGES: dict[str, ModuleType] = {
     m.NAME: m for m in (eth_input, port_security, l2_learn, arp_responder, l2_forward,
                         l2_conntrack, ip4_input, vxlan_decap, ip4_conntrack, ip4_service, ip4_local,
-                        ip4_lookup, ip4_policy, ip4_masquerade, ip4_rewrite, vxlan_encap, ip4_neighbor,
-                        ip4_icmp_error)
+                        ip4_lookup, ip4_policy, ip4_masquerade, ip4_rewrite, vxlan_encap,
+                        ip4_neighbor, ip4_icmp_error)
 }
 STAGE_COUNTERS: dict[str, type[enum.Enum]] = {name: m.Counter for name, m in STAGES.items()}
 

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 * Only new connections come here, and only when a policy selects one of their two ends
-  (``PolicyTable.involves``): switched ones from l2-conntrack (no connection found), routed ones
-  from ip4-lookup (ip4-conntrack found none; by then ip4-service has translated a service
+  (``PolicyTable.involves``): switched ones from l2-conntrack (no connection found; an unknown
+  destination MAC's flood is judged the same way), routed ones from ip4-lookup (ip4-conntrack found none; by then ip4-service has translated a service
   connection, so it is judged against its backend, as Kubernetes specifies). Traffic of pods no
   policy selects, and every packet of a node without policies, never comes here.
 * The verdict is the sender's egress and the receiver's ingress (``CompiledPolicies.check``),
@@ -63,13 +63,17 @@ def _judged(pkt: Packet, env: Env, flow) -> tuple[bytes, bytes, int, int]:
 def _onwards(pkt: Packet, env: Env):
     """Where an allowed packet goes: out of the port l2-forward chose, or on to routing."""
     port = pkt.l2_out_port
-    if port is None:
+    if port is not None:
+        ports: tuple[int, ...] = (port,)
+        if pkt.ct is not None and pkt.src_entry is not None and pkt.dst_entry is not None:
+            pkt.conn_out_port = port
+    elif pkt.l2_flood_ports:
+        ports = pkt.l2_flood_ports
+    else:
         return "ip4-masquerade" if pkt.masquerade else "ip4-rewrite"
-    if pkt.ct is not None and pkt.src_entry is not None and pkt.dst_entry is not None:
-        pkt.conn_out_port = port
     if pkt.ip_packet is None:
-        return (Forward((port,)),)
-    return (Forward((port,), pkt.data[: pkt.l3_offset] + pkt.ip_packet),)
+        return (Forward(ports),)
+    return (Forward(ports, pkt.data[: pkt.l3_offset] + pkt.ip_packet),)
 
 
 def _deny(pkt: Packet, env: Env, decision):

@@ -35,6 +35,8 @@ class Counter(enum.Enum):
 
 def process(pkt: Packet, env: Env):
     port = pkt.l2_out_port
+    # Known unicast goes to its port; an unknown one of a policy-selected pair is flooded.
+    ports = (port,) if port is not None else pkt.l2_flood_ports
     found = tracked_flows.find(pkt, env)
     if found is None:
         fragment = tracked_flows.untracked_fragment(pkt, env)
@@ -48,7 +50,7 @@ def process(pkt: Packet, env: Env):
         env.count(Counter.PLAIN)
         if pkt.trace is not None:
             pkt.trace.note(NAME, "no translated connection: switched as it is")
-        return (Forward((port,)),)
+        return (Forward(ports),)
     entry, direction, related = found
     if related:
         tracked_flows.apply_related(pkt, env, entry, direction)
@@ -67,13 +69,14 @@ def process(pkt: Packet, env: Env):
             if pkt.trace is not None:
                 pkt.trace.note(NAME, "a SYN on the tuple of a closed translated connection: "
                                      "its entry is removed, the packet switched as it is")
-            return (Forward((port,)),)
+            return (Forward(ports),)
         tracked_flows.apply(pkt, env, entry, direction)
         env.count(Counter.TRANSLATED)
     if pkt.trace is not None:
         pkt.trace.note(NAME, f"{direction.name.lower()} direction of [{entry.original.describe()}]:"
                              f" leaves as {tracked_flows.flow_of(pkt).describe()}")
     data = pkt.data[: pkt.l3_offset] + pkt.ip_packet
-    if not related and pkt.src_entry is not None and pkt.dst_entry is not None:
+    if (not related and port is not None and pkt.src_entry is not None
+            and pkt.dst_entry is not None):
         pkt.conn_out_port = port
-    return (Forward((port,), data),)
+    return (Forward(ports, data),)

@@ -70,7 +70,8 @@ import trio
 
 from vswitch import config
 from vswitch.core.port_spec import VNET_HDR_LEN, PortKind, PortSpec
-from vswitch.model import DEFAULT_SEGMENT, Pod, RemotePod, Service, Topology
+from vswitch.core.programming import policy_namespaces
+from vswitch.model import DEFAULT_SEGMENT, NetworkPolicy, Pod, RemotePod, Service, Topology
 from vswitch.runtime import sdnotify
 from vswitch.control.node import node_statistics
 from vswitch.runtime.cluster import ClusterRuntime
@@ -368,6 +369,7 @@ class NodeRuntime:
         # Other nodes' ready pods (vswitch.runtime.cluster), programmed with the node's own.
         self.remote_pods: tuple[RemotePod, ...] = ()
         self._programmed = trio.Event()
+        self._policies_programmed = bool(topology.network_policies)
         # The node's cluster membership (vswitch.runtime.cluster.ClusterRuntime), for
         # ``vswitchctl nodes`` and ``stats``; run_daemon sets it.
         self.cluster: Any = None
@@ -417,8 +419,14 @@ class NodeRuntime:
         """Hand the desired pods (ours and other nodes') and services to the core; its JSON-able
         summary comes back. Wakes whoever waits in ``wait_programmed``."""
         pods = self.topology.pods + self.remote_pods
-        result = self.switch.programming.program(pods, self.topology.services,
-                                                 trio.current_time())
+        now = trio.current_time()
+        result = self.switch.programming.program(pods, self.topology.services, now)
+        # Network policies follow the pods, their labels and namespaces; a node that never had
+        # any compiles nothing.
+        if self.topology.network_policies or self._policies_programmed:
+            result["policies"] = self.switch.programming.program_policies(
+                self.topology.network_policies, policy_namespaces(self.topology, pods), pods, now)
+            self._policies_programmed = bool(self.topology.network_policies)
         remote = f" ({len(self.remote_pods)} on other nodes)" if self.remote_pods else ""
         self.log.info("programmed %d services for %d pods%s: %s", len(self.topology.services),
                       len(pods), remote, result)
@@ -500,6 +508,20 @@ class NodeRuntime:
         kept = tuple(new.pop(s.key) if s.key in new else s for s in self.topology.services)
         self.topology = dataclasses.replace(self.topology,
                                             services=kept + tuple(new.values()))
+
+    def put_policy(self, policy: NetworkPolicy) -> None:
+        """Add ``policy``, replacing the one of the same key in place."""
+        policies = self.topology.network_policies
+        kept = tuple(policy if p.key == policy.key else p for p in policies)
+        if not any(p.key == policy.key for p in policies):
+            kept += (policy,)
+        self.topology = dataclasses.replace(self.topology, network_policies=kept)
+
+    def remove_policy(self, key: str) -> NetworkPolicy:
+        policy = next(p for p in self.topology.network_policies if p.key == key)
+        self.topology = dataclasses.replace(self.topology, network_policies=tuple(
+            p for p in self.topology.network_policies if p.key != key))
+        return policy
 
     def remove_service(self, key: str) -> Service:
         service = next(s for s in self.topology.services if s.key == key)
@@ -601,6 +623,13 @@ class NodeRuntime:
         services = {service.key: service for service in desired.services}
         services_removed = [key for key in existing if key not in services]
         services_changed = tuple(s for key, s in services.items() if existing.get(key) != s)
+        old_policies = {p.key: p for p in self.topology.network_policies}
+        new_policies = {p.key: p for p in desired.network_policies}
+        policy_changes = {
+            "added": [key for key in new_policies if key not in old_policies],
+            "removed": [key for key in old_policies if key not in new_policies],
+            "replaced": [key for key, p in new_policies.items()
+                         if key in old_policies and old_policies[key] != p]}
         runtime_pods = [name for name in removed if name not in declared_pods]
         runtime_services = [key for key in services_removed if key not in declared_services]
         for name in runtime_pods:
@@ -627,7 +656,8 @@ class NodeRuntime:
             self.topology = dataclasses.replace(
                 self.topology,
                 pods=tuple(sorted(self.topology.pods, key=lambda p: order[p.name])),
-                services=tuple(sorted(self.topology.services, key=lambda s: keys[s.key])))
+                services=tuple(sorted(self.topology.services, key=lambda s: keys[s.key])),
+                namespaces=desired.namespaces, network_policies=desired.network_policies)
             self.declared = desired
         finally:
             program = self.program()
@@ -637,7 +667,9 @@ class NodeRuntime:
                                   (len(replaced), "replaced"), (len(updated), "updated in place")])
                  + _counted("service", [(len(services_added), "added"),
                                         (len(services_removed), "removed"),
-                                        (len(services_replaced), "changed")]))
+                                        (len(services_replaced), "changed")])
+                 + [f"{len(keys)} network {'policy' if len(keys) == 1 else 'policies'} {what}"
+                    for what, keys in policy_changes.items() if keys])
         summary = "reload: " + (", ".join(parts) if parts else "no changes")
         if runtime_pods or runtime_services:
             summary += (f" (removed as added at runtime, not in the file: "
@@ -651,6 +683,7 @@ class NodeRuntime:
                          "replaced": services_replaced,
                          "unchanged": [key for key, service in services.items()
                                        if existing.get(key) == service]},
+            "network_policies": policy_changes,
             "removed_runtime_additions": {"pods": runtime_pods, "services": runtime_services},
             "program": program,
         }
