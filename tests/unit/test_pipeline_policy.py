@@ -275,3 +275,23 @@ def test_trace_names_the_policy_and_rule_or_says_none_selects(accel_name):
     plain = switch.tracer.dry_run("c", f"tcp {C_IP}:40000 > {A_IP}:8080 flags S", 0.0)
     assert "no policy selects the pod" in plain["text"]
     assert conntrack_rows(switch, 0.0) == [] and switch.statistics()["policies"]["drops"] == 0
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+def test_drops_and_cuts_per_policy_are_metrics(accel_name):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vswitch.runtime.metrics import SwitchCollector, exposition
+
+    switch = _switch(accel_name)
+    enforce(switch, RulePolicies((B_IP,), Allow(A_IP, B_IP, 6, 8080)))
+    syn(switch, C, C_IP, B_IP)
+    _established(switch)
+    enforce(switch, RulePolicies((B_IP,)), now=1.0)
+    text = exposition(SwitchCollector(switch.statistics, "unit")).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("vswitch_policy_drops_total", (("node", "unit"),))] == 1
+    assert samples[("vswitch_policy_cuts_by_policy_total",
+                    (("node", "unit"), ("policy", POLICY)))] == 1
