@@ -295,3 +295,37 @@ def test_drops_and_cuts_per_policy_are_metrics(accel_name):
     assert samples[("vswitch_policy_drops_total", (("node", "unit"),))] == 1
     assert samples[("vswitch_policy_cuts_by_policy_total",
                     (("node", "unit"), ("policy", POLICY)))] == 1
+
+
+# -- with the compiled policies of the engine ------------------------------------------------
+
+def test_compiled_egress_policy_judges_service_connections_after_dnat(accel_name):
+    from types import MappingProxyType
+
+    from vswitch.core.programming import policy_namespaces
+    from vswitch.model import (LabelSelector, NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule)
+
+    from .test_pipeline_services import VIP, _topology
+
+    topology = _topology()
+    switch = _switch(accel_name, topology)
+    web = LabelSelector(MappingProxyType({"app": "web"}))
+    policy = NetworkPolicy(
+        "c-to-web", pod_selector=LabelSelector(), policy_types=("Egress",),
+        egress=(PolicyRule(peers=(PolicyPeer(pod_selector=web),),
+                           ports=(PolicyPort("tcp", 8080),)),))
+    result = switch.programming.program_policies(
+        (policy,), policy_namespaces(topology, topology.pods), topology.pods, 0.0)
+    assert result["policies"] == 1
+    (tx,) = connect(switch, C, C_IP, VIP)  # port 80 of the service is 8080 of the backend
+    assert tx.port in (A, B)
+    backend = {A: A_IP, B: B_IP}[tx.port]
+    (reply,) = syn(switch, tx.port, backend, C_IP, dport=40000, sport=8080, flags="SA", now=0.1)
+    assert reply.port == C
+    assert syn(switch, C, C_IP, "198.51.100.7", dport=443, sport=40001, dst_mac=mac(GW)) == []
+    assert syn(switch, C, C_IP, A_IP, dport=22, sport=40002) == []
+    assert switch.statistics()["policies"]["drops_by_policy"] == {"default/c-to-web": 2}
+    # Unchanged inputs compile nothing and cut nothing.
+    again = switch.programming.program_policies(
+        (policy,), policy_namespaces(topology, topology.pods), topology.pods, 1.0)
+    assert again["generation"] == result["generation"] and again["cut_connections"] == 0
