@@ -112,7 +112,7 @@ def _parse(args: Args, topology: Topology) -> tuple[NetworkPolicy, ...]:
 
 
 def _summary(policy: NetworkPolicy) -> dict[str, Any]:
-    return {"key": policy.key, "types": list(policy.policy_types),
+    return {"policy": policy.key, "types": list(policy.policy_types),
             "ingress_rules": len(policy.ingress), "egress_rules": len(policy.egress)}
 
 
@@ -167,7 +167,7 @@ def render_policies(result: Sequence[Mapping[str, Any]]) -> str:
     rows = [{**row, "types": ",".join(row.get("types") or []) or "-",
              "rules": f"{row.get('ingress_rules')} in, {row.get('egress_rules')} out"}
             for row in result]
-    return format_table(rows, [("key", "POLICY"), ("pods", "PODS"), ("types", "TYPES"),
+    return format_table(rows, [("policy", "POLICY"), ("pods", "PODS"), ("types", "TYPES"),
                                ("rules", "RULES"), ("drops", "DROPS"), ("cuts", "CUTS")])
 
 

@@ -32,7 +32,7 @@ async def test_policy_add_list_and_del_change_what_passes(tmp_path):
         answer = await ask(path, "policy_add", {"policies": [DENY_INGRESS],
                                                 "source": "--json-policy"})
         assert answer["ok"], answer
-        assert answer["result"]["added"] == [{"key": "default/deny-in", "types": ["Ingress"],
+        assert answer["result"]["added"] == [{"policy": "default/deny-in", "types": ["Ingress"],
                                               "ingress_rules": 0, "egress_rules": 0}]
         assert answer["result"]["program"]["policies"]["policies"] == 1
         assert not await delivered(harness, "a", "b")
@@ -40,7 +40,7 @@ async def test_policy_add_list_and_del_change_what_passes(tmp_path):
         listed = await ask(path, "policy_list")
         assert listed["ok"], listed
         (row,) = listed["result"]
-        assert (row["key"], row["pods"], row["types"], row["drops"], row["cuts"]) == (
+        assert (row["policy"], row["pods"], row["types"], row["drops"], row["cuts"]) == (
             "default/deny-in", 2, ["Ingress"], 1, 0)
         stats = await ask(path, "stats")
         assert stats["result"]["policies"]["drops_by_policy"] == {"default/deny-in": 1}
@@ -71,7 +71,7 @@ ingress = [ { ports = [ { protocol = "udp", port = 7 } ] } ]
         await harness.start(nursery)
         answer = await ask(path, "policy_add", {"toml": toml, "source": "p.toml"})
         assert answer["ok"], answer
-        assert [p["key"] for p in answer["result"]["added"]] == ["default/deny-in",
+        assert [p["policy"] for p in answer["result"]["added"]] == ["default/deny-in",
                                                                    "default/udp-7"]
         assert await delivered(harness, "a", "b")  # udp_frame goes to port 7
         nursery.cancel_scope.cancel()
