@@ -329,3 +329,19 @@ def test_compiled_egress_policy_judges_service_connections_after_dnat(accel_name
     again = switch.programming.program_policies(
         (policy,), policy_namespaces(topology, topology.pods), topology.pods, 1.0)
     assert again["generation"] == result["generation"] and again["cut_connections"] == 0
+
+
+def test_a_service_selects_backends_of_its_own_namespace_only(accel_name):
+    """Policies judge service traffic against its backend: the backend must be one of the
+    service's namespace, as Kubernetes' selectors are namespaced."""
+    import dataclasses
+
+    from .test_pipeline_services import VIP, _topology
+
+    topology = _topology()
+    a, b, c = topology.pods
+    topology = dataclasses.replace(topology, pods=(a, dataclasses.replace(b, namespace="other"), c))
+    switch = _switch(accel_name, topology)
+    for sport in range(40000, 40010):
+        (tx,) = connect(switch, C, C_IP, VIP, sport=sport)
+        assert tx.port == A

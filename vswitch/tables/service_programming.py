@@ -4,8 +4,8 @@ frontends: what ``ServiceTable.program`` installs.
 Theory of operation
 -------------------
 * A *service port* is identified by (service key, protocol, port), as Kubernetes requires those to
-  be unique within a service. Its backends are the ready pods whose labels include every pair of
-  the selector, each at the target port; a named target port is looked up per pod among its
+  be unique within a service. Its backends are the ready pods of the service's namespace whose
+  labels include every pair of the selector, each at the target port; a named target port is looked up per pod among its
   containers' named ports, and a pod that lacks the name (or has it for another protocol) is not a
   backend of that port. A service without a selector (an empty one counts as none, as it does once
   Kubernetes has stored it) uses its explicit endpoints instead, which are
@@ -73,13 +73,15 @@ def build(services: Sequence[Service], pods: Sequence[Pod], old_ports: Mapping[P
     not, and the ready pods of other nodes as ``RemotePod``s). ``old_ports`` are the ones programmed before, whose match objects are kept when
     nothing about their service port changed."""
     conflicts: list[str] = []
-    ready_by_label: dict[tuple[str, str], list[Pod]] = {}
+    # (namespace, label key, label value) -> ready pods: a selector picks pods of its service's
+    # own namespace only, as in Kubernetes.
+    ready_by_label: dict[tuple[str, str, str], list[Pod]] = {}
     pods_by_ip: dict[bytes, Pod] = {}
     for pod in pods:
         pods_by_ip.setdefault(pod.ip.packed, pod)
         if pod.ready:
-            for pair in pod.labels.items():
-                ready_by_label.setdefault(pair, []).append(pod)
+            for key, value in pod.labels.items():
+                ready_by_label.setdefault((pod.namespace, key, value), []).append(pod)
     named_ports: dict[bytes, Mapping[str, tuple[str, int]]] = {}
 
     def pod_named_ports(pod: Pod | RemotePod) -> Mapping[str, tuple[str, int]]:
@@ -109,7 +111,7 @@ def build(services: Sequence[Service], pods: Sequence[Pod], old_ports: Mapping[P
             continue
         endpoints: list[tuple[bytes, Pod | RemotePod | None, str | None]]
         if service.selector:
-            members = _select(service.selector, ready_by_label)
+            members = _select(service.namespace, service.selector, ready_by_label)
             endpoints = [(pod.ip.packed, pod, pod.name) for pod in members]
         else:
             endpoints = []
@@ -156,13 +158,13 @@ def backend_changes(old_ports: Mapping[PortKey, PortState], new_ports: Mapping[P
     return removed, added
 
 
-def _select(selector: Mapping[str, str],
-            ready_by_label: dict[tuple[str, str], list[Pod]]) -> list[Pod]:
-    """Ready pods whose labels include every selector pair, starting from the rarest pair so
-    that a service costs what it matches, not what the node holds."""
+def _select(namespace: str, selector: Mapping[str, str],
+            ready_by_label: dict[tuple[str, str, str], list[Pod]]) -> list[Pod]:
+    """Ready pods of ``namespace`` whose labels include every selector pair, starting from the
+    rarest pair so that a service costs what it matches, not what the node holds."""
     smallest: list[Pod] = []
-    for index, pair in enumerate(selector.items()):
-        candidates = ready_by_label.get(pair)
+    for index, (key, value) in enumerate(selector.items()):
+        candidates = ready_by_label.get((namespace, key, value))
         if not candidates:
             return []
         if index == 0 or len(candidates) < len(smallest):
