@@ -229,6 +229,9 @@ def test_default_deny_ingress(node: PolicyNode) -> None:
     with applied(node, {"name": "deny-ingress", "namespace": "x", "pod_selector": {}}):
         # Replies from x pass: x/a's connections to y are tracked, so y's answers come back.
         check_matrix(node, both_protocols(reachability(True, ("*/*", "x/*", False))))
+        (listed,) = node.policies()
+        assert (listed["policy"], listed["pods"]) == ("x/deny-ingress", 3)
+        assert listed["drops"] >= 2 * 6 * 3, listed  # TCP and UDP from 6 pods to 3, retries too
     check_matrix(node, both_protocols(ALL_CONNECT))
 
 
@@ -282,27 +285,31 @@ def test_a_named_port(node: PolicyNode) -> None:
 
 def test_a_new_policy_cuts_an_established_connection(node: PolicyNode) -> None:
     """Two connections to x/b's sink are open when a policy admitting only x's pods arrives:
-    the one from y/a is cut (its packets are dropped from then on), the one from x/c lives."""
+    the one from y/a is cut (its packets are dropped from then on), the one from x/c lives.
+    y/a's egress is selected by a policy admitting everything, so its connection is tracked
+    before the change, and the change removes it from the connection table (counted)."""
     held = {}
+    open_egress = {"name": "open-egress", "namespace": "y", "pod_selector": {"pod": "a"},
+                   "policy_types": ["Egress"], "egress": [{}]}
+    only_x = {"name": "only-x", "namespace": "x", "pod_selector": {"pod": "b"},
+              "ingress": [{"from": [{"pod_selector": {}}]}]}
     try:
-        for pod in ("y/a", "x/c"):
-            held[pod] = subprocess.Popen(
-                node.argv_in(pod, PYTHON, HELD_CONNECTION, node.ip("x/b"), str(SINK_PORT), "2"),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            assert held[pod].stdout.readline().startswith("x/b "), pod
-        policy = {"name": "only-x", "namespace": "x", "pod_selector": {"pod": "b"},
-                  "ingress": [{"from": [{"pod_selector": {}}]}]}
-        with applied(node, policy):
-            listed = {entry["key"]: entry for entry in node.policies()}
-            answers = {}
-            for proc in held.values():
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-            for pod, proc in held.items():
-                answers[pod] = json.loads(proc.stdout.readline())
+        with applied(node, open_egress):
+            for pod in ("y/a", "x/c"):
+                held[pod] = subprocess.Popen(
+                    node.argv_in(pod, PYTHON, HELD_CONNECTION, node.ip("x/b"), str(SINK_PORT),
+                                 "2"),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                assert held[pod].stdout.readline().startswith("x/b "), pod
+            with applied(node, only_x):
+                for proc in held.values():
+                    proc.stdin.write("go\n")
+                    proc.stdin.flush()
+                answers = {pod: json.loads(proc.stdout.readline()) for pod, proc in held.items()}
+                listed = {entry["policy"]: entry for entry in node.policies()}
         assert answers["x/c"]["error"] is None and '"bytes": 13' in answers["x/c"]["answer"]
         assert answers["y/a"] == {"answer": None, "error": "timeout"}
-        assert "x/only-x" in listed
+        assert listed["x/only-x"]["cuts"] >= 1, listed
     finally:
         for proc in held.values():
             terminate(proc)
