@@ -117,7 +117,20 @@ def _summary(policy: NetworkPolicy) -> dict[str, Any]:
 
 
 def render_policy_change(result: Any) -> str:
-    return changes.render_change(result)
+    """What was added or removed, then the policies in force and the connections cut."""
+    if not isinstance(result, Mapping):
+        return str(result)
+    lines = [f"added {row.get('policy')} ({','.join(row.get('types') or [])}; "
+             f"{row.get('ingress_rules')} ingress, {row.get('egress_rules')} egress rules)"
+             for row in result.get("added") or [] if isinstance(row, Mapping)]
+    if result.get("removed"):
+        lines.append(f"removed {result['removed']}")
+    program = result.get("program")
+    enforced = program.get("policies") if isinstance(program, Mapping) else None
+    if isinstance(enforced, Mapping):
+        lines.append(f"{enforced.get('policies')} policies in force; "
+                     f"{enforced.get('cut_connections')} connections they no longer allow cut")
+    return "\n".join(lines)
 
 
 @command("policy_add", render_policy_change,

@@ -123,3 +123,19 @@ policy_types = ["Ingress"]
         assert answer["result"]["network_policies"]["removed"] == ["default/deny-in"]
         assert await delivered(harness, "a", "b")
         nursery.cancel_scope.cancel()
+
+
+def test_policy_answers_render_for_a_terminal():
+    from vswitch.control.policies import render_policies, render_policy_change
+
+    table = render_policies([{"policy": "x/deny", "pods": 3, "types": ["Ingress"],
+                              "ingress_rules": 0, "egress_rules": 1, "drops": 12, "cuts": 1}])
+    assert table.splitlines()[0].split() == ["POLICY", "PODS", "TYPES", "RULES", "DROPS", "CUTS"]
+    assert "x/deny" in table and "0 in, 1 out" in table
+    assert render_policies([]) == "(none)"
+    change = render_policy_change({
+        "added": [{"policy": "x/deny", "types": ["Ingress"], "ingress_rules": 0,
+                   "egress_rules": 0}],
+        "program": {"policies": {"policies": 1, "generation": 2, "cut_connections": 3}}})
+    assert change.splitlines() == ["added x/deny (Ingress; 0 ingress, 0 egress rules)",
+                                   "1 policies in force; 3 connections they no longer allow cut"]
