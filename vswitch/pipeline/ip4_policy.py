@@ -60,7 +60,20 @@ def _judged(pkt: Packet, env: Env, flow) -> tuple[bytes, bytes, int, int]:
     return flow.src, flow.dst, flow.proto, 0 if flow.proto == _ICMP else flow.dport
 
 
-def _onwards(pkt: Packet, env: Env):
+def _untrackable(pkt: Packet, flow) -> bool:
+    """A packet that cannot open a connection: no ports, a TCP segment other than a SYN, an ICMP
+    message other than an echo request. (A service connection ip4-service made is new.)"""
+    if flow is None:
+        return True
+    if pkt.ct is not None:
+        return False
+    if flow.proto == _TCP:
+        return not ConntrackTable.new_tcp_allowed(pkt.tcp_flags)
+    return (flow.proto == _ICMP
+            and tracked_flows.current_packet(pkt)[pkt.ip.ihl * 4] != _ECHO_REQUEST)
+
+
+def _onwards(pkt: Packet):
     """Where an allowed packet goes: out of the port l2-forward chose, or on to routing."""
     port = pkt.l2_out_port
     if port is not None:
@@ -95,18 +108,14 @@ def process(pkt: Packet, env: Env):
     src, dst, proto, dport = _judged(pkt, env, flow)
     decision = policies.check(src, dst, proto, dport)
     trace = pkt.trace
-    mid_stream = (pkt.ct is None and flow is not None and flow.proto == _TCP
-                  and not ConntrackTable.new_tcp_allowed(pkt.tcp_flags))
-    if flow is None or mid_stream or (pkt.ct is None and flow.proto == _ICMP
-                                      and tracked_flows.current_packet(pkt)[pkt.ip.ihl * 4]
-                                      != _ECHO_REQUEST):
+    if _untrackable(pkt, flow):
         if not decision.allowed:
             return _deny(pkt, env, decision)
         env.count(Counter.ALLOWED_UNTRACKED)
         pkt.policy_judged = True
         if trace is not None:
             trace.note(NAME, f"{decision.explanation}; no connection to track: passes untracked")
-        return _onwards(pkt, env)
+        return _onwards(pkt)
     if not decision.allowed:
         return _deny(pkt, env, decision)
     if trace is not None:
@@ -121,4 +130,4 @@ def process(pkt: Packet, env: Env):
                              pkt.ip.total_length)
         tracked_flows.apply(pkt, env, entry, Direction.ORIGINAL)
     env.count(Counter.ALLOWED)
-    return _onwards(pkt, env)
+    return _onwards(pkt)

@@ -80,8 +80,8 @@ def build(services: Sequence[Service], pods: Sequence[Pod], old_ports: Mapping[P
     for pod in pods:
         pods_by_ip.setdefault(pod.ip.packed, pod)
         if pod.ready:
-            for key, value in pod.labels.items():
-                ready_by_label.setdefault((pod.namespace, key, value), []).append(pod)
+            for label, value in pod.labels.items():
+                ready_by_label.setdefault((pod.namespace, label, value), []).append(pod)
     named_ports: dict[bytes, Mapping[str, tuple[str, int]]] = {}
 
     def pod_named_ports(pod: Pod | RemotePod) -> Mapping[str, tuple[str, int]]:
