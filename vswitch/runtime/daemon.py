@@ -529,8 +529,10 @@ class NodeRuntime:
             self.topology, services=tuple(s for s in self.topology.services if s.key != key))
         return service
 
-    async def apply(self, pods: tuple[Pod, ...], services: tuple[Service, ...]) -> dict:
-        """Add new pods and services, replace changed ones, keep the rest; program once.
+    async def apply(self, pods: tuple[Pod, ...], services: tuple[Service, ...],
+                    policies: tuple[NetworkPolicy, ...] = ()) -> dict:
+        """Add new pods, services and network policies, replace changed ones, keep the rest;
+        program once.
 
         A changed pod is removed and created again: its namespace, address or containers may
         differ, and a fresh pod is what Kubernetes makes of a changed pod spec too.
@@ -551,15 +553,24 @@ class NodeRuntime:
         existing = {service.key: service for service in self.topology.services}
         changed = tuple(s for s in services if existing.get(s.key) != s)
         self.put_services(changed)
-        return {
+        in_force = {policy.key: policy for policy in self.topology.network_policies}
+        for policy in policies:
+            self.put_policy(policy)
+        result = {
             "pods": {"added": added, "replaced": replaced, "unchanged": unchanged},
             "services": {
                 "added": [s.key for s in changed if s.key not in existing],
                 "replaced": [s.key for s in changed if s.key in existing],
                 "unchanged": [s.key for s in services if existing.get(s.key) == s],
             },
-            "program": self.program(),
         }
+        if policies:
+            result["network_policies"] = {
+                "added": [p.key for p in policies if p.key not in in_force],
+                "replaced": [p.key for p in policies if p.key in in_force and in_force[p.key] != p],
+                "unchanged": [p.key for p in policies if in_force.get(p.key) == p]}
+        result["program"] = self.program()
+        return result
 
     # -- reload ---------------------------------------------------------------------------------
 

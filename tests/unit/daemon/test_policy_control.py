@@ -139,3 +139,26 @@ def test_policy_answers_render_for_a_terminal():
         "program": {"policies": {"policies": 1, "generation": 2, "cut_connections": 3}}})
     assert change.splitlines() == ["added x/deny (Ingress; 0 ingress, 0 egress rules)",
                                    "1 policies in force; 3 connections they no longer allow cut"]
+
+
+async def test_apply_adds_and_replaces_policies_and_programs_once(tmp_path):
+    from vswitch.config.policies import parse_network_policy
+
+    harness = Harness(make_topology(tmp_path))
+    async with trio.open_nursery() as nursery:
+        ctx = await harness.start(nursery)
+        node = ctx.node
+        deny = parse_network_policy(DENY_INGRESS, node.topology)
+        async with node.lock:
+            result = await node.apply((), (), (deny,))
+        assert result["network_policies"] == {"added": ["default/deny-in"], "replaced": [],
+                                              "unchanged": []}
+        assert result["program"]["policies"]["policies"] == 1
+        assert not await delivered(harness, "a", "b")
+        allow = parse_network_policy({**DENY_INGRESS, "ingress": [{}]}, node.topology,
+                                     replace=True)
+        async with node.lock:
+            result = await node.apply((), (), (allow,))
+        assert result["network_policies"]["replaced"] == ["default/deny-in"]
+        assert await delivered(harness, "a", "b")
+        nursery.cancel_scope.cancel()
