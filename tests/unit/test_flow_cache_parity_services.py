@@ -8,7 +8,9 @@ over complete or partial. Consecutive frames from one port go out as one burst, 
 start next to established ones. Clients are pod c and host .77 behind a trunk without port
 security; the trunk also speaks for the pods now and then, so a backend's MAC moves there in the
 middle of a burst. Between bursts the services are re-programmed: pods become unready (their
-connections are flushed) and ready again, and the DNS service goes away and comes back.
+connections are flushed) and ready again, and the DNS service goes away and comes back; and
+network policies selecting the backends come, change and go: connections are judged after DNAT,
+denied ones dropped, and those a change no longer allows cut, cached or not.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from vswitch.wire.addresses import BROADCAST_MAC
 from vswitch.wire.text import build_frame, parse_packet
 
 from .test_flow_cache_parity import same_counters, weighted
+from .test_pipeline_policy import Allow, RulePolicies
 from .test_pipeline_services import (A, A_IP, B, B_IP, C, C_IP, DNS_VIP, FAR, GW, NODE, UPLINK,
                                      VIP, VNET, _switch, _topology, mac, send)
 
@@ -51,8 +54,9 @@ _SEND = st.tuples(
 _MOVE = st.tuples(st.just("move"), st.sampled_from([A_IP, B_IP, C_IP]))  # the trunk speaks as it
 _PROGRAM = st.tuples(st.just("program"), st.sampled_from([None, "a", "b"]),  # the unready pod
                      st.booleans())  # whether the DNS service is there
+_POLICY = st.tuples(st.just("policy"), st.sampled_from([None, "from-c", "tcp-only", "deny"]))
 _STEP = st.tuples(
-    weighted((4, _SEND), (1, _MOVE), (1, _PROGRAM)),
+    weighted((4, _SEND), (1, _MOVE), (1, _PROGRAM), (1, _POLICY)),
     # Seconds since the previous step; 0 keeps a frame in the burst of the one before it, when
     # both come from the same port.
     st.sampled_from([0.0, 0.0, 0.0, 0.5, 3.0, 40.0]),
@@ -146,6 +150,17 @@ def _learn_backends(sent: list[tuple[int, bytes]], backends: dict[int, str]) -> 
             backends[conn] = backend
 
 
+def _policies(choice: str | None) -> RulePolicies | None:
+    """A fresh stand-in for the compiled policies (each switch gets its own) selecting both
+    backends: from pod c only, TCP only, or nothing at all allowed."""
+    if choice is None:
+        return None
+    backends = (A_IP, B_IP)
+    allows = {"from-c": [Allow(C_IP, b, p) for b in backends for p in (6, 17)],
+              "tcp-only": [Allow(None, b, 6) for b in backends], "deny": []}[choice]
+    return RulePolicies(backends, *allows)
+
+
 def _desired_state(unready: str | None, with_dns: bool):
     topology = _topology()
     pods = tuple(dataclasses.replace(p, ready=False) if p.name == unready else p
@@ -162,6 +177,19 @@ def _desired_state(unready: str | None, with_dns: bool):
                 (("send", 0, "udp-s", 1, False, None), 0.0),
                 (("send", 0, "udp-c", 2, False, B_IP), 0.0),
                 (("send", 0, "udp-c", 2, False, A_IP), 0.0)])
+# And: an allowed connection established and replayed, then cut by a policy change, while the
+# trunk's connection is denied.
+@example(steps=[(("policy", "from-c"), 0.0),
+                (("send", 1, "syn", 1, False, None), 0.0),
+                (("send", 1, "synack", 1, False, None), 0.5),
+                (("send", 1, "ack", 1, False, None), 0.5),
+                (("send", 1, "data-c", 3, False, None), 0.5),
+                (("send", 0, "syn", 1, False, None), 0.0),
+                (("send", 1, "data-s", 2, True, None), 0.5),
+                (("policy", "deny"), 0.0),
+                (("send", 1, "data-c", 2, False, None), 0.5),
+                (("policy", None), 0.0),
+                (("send", 1, "syn", 1, False, None), 3.0)])
 def test_fast_path_equals_slow_path_for_translated_connections(steps):
     """The C datapath's cache and its pure twin's against the pipeline alone: the same bytes on
     the same ports, and the two caches the same counters, hits included."""
@@ -183,7 +211,7 @@ def test_fast_path_equals_slow_path_for_translated_connections(steps):
             burst.clear()
 
     for step, delay in steps:
-        if delay or step[0] == "program":
+        if delay or step[0] in ("program", "policy"):
             send_burst()
             now += delay
             if delay >= 3.0:
@@ -195,6 +223,11 @@ def test_fast_path_equals_slow_path_for_translated_connections(steps):
             assert (cached.programming.program(pods, services, now)
                     == plain.programming.program(pods, services, now)
                     == twin.programming.program(pods, services, now))
+            continue
+        if step[0] == "policy":
+            assert (cached.programming.enforce(_policies(step[1]), now)
+                    == plain.programming.enforce(_policies(step[1]), now)
+                    == twin.programming.enforce(_policies(step[1]), now))
             continue
         if step[0] == "send" and step[1] not in backends:
             send_burst()  # which backend the client's frames reach decides where replies come from

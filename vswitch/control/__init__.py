@@ -7,12 +7,12 @@ is the order its help lists them (``vswitch.cli``).
 """
 from __future__ import annotations
 
-from vswitch.control import changes, dns, namespaces, node, nodes, observe, services
+from vswitch.control import changes, dns, namespaces, node, nodes, observe, policies, services
 from vswitch.control.command import Command, Verb
 
 COMMANDS: tuple[Command, ...] = (*node.COMMANDS, *nodes.COMMANDS, *observe.COMMANDS,
-                                 *services.COMMANDS, *changes.COMMANDS, *namespaces.COMMANDS,
-                                 *dns.COMMANDS)
+                                 *services.COMMANDS, *changes.COMMANDS, *policies.COMMANDS,
+                                 *namespaces.COMMANDS, *dns.COMMANDS)
 
 # Each vswitchctl command with the control command it sends, None for those that need no daemon.
 VERBS: tuple[tuple[Verb, Command | None], ...] = (

@@ -37,7 +37,7 @@ POD = Group("pod", "add, remove, ready or unready a pod")
 SERVICE = Group("service", "add, remove or change services")
 
 
-def _config() -> ModuleType:
+def config_loader() -> ModuleType:
     """The config loader, whose rules validate every change (see the module docstring)."""
     from vswitch import config
 
@@ -54,7 +54,7 @@ async def change(ctx: ControlContext, validate: Callable[[Topology], Any],
     programs itself (``program=False``).
     """
     node = lookup.running_node(ctx)
-    config = _config()
+    config = config_loader()
     async with node.lock:
         try:
             target = validate(node.topology)
@@ -87,7 +87,7 @@ def render_change(result: Any) -> str:
     return "\n".join(lines)
 
 
-def _read_fragment(file: str) -> dict[str, str]:
+def read_fragment(file: str) -> dict[str, str]:
     if file == "-":
         return {"toml": sys.stdin.read(), "source": "<stdin>"}
     try:
@@ -200,7 +200,8 @@ async def pod_add(ctx: ControlContext, args: Args) -> dict:
         await node.add_pod(pod)
         return {"pod": lookup.pod_row(ctx, pod)}
 
-    return await change(ctx, lambda topology: _config().parse_pod(table, topology, "pod add"),
+    return await change(ctx,
+                        lambda topology: config_loader().parse_pod(table, topology, "pod add"),
                         add)
 
 
@@ -253,12 +254,12 @@ def _file_argument(parser: argparse.ArgumentParser) -> None:
 
 @command("service_add", render_change,
          Verb("add", "add the [[services]] of a TOML file", _file_argument,
-              lambda args: _read_fragment(args.file), group=SERVICE))
+              lambda args: read_fragment(args.file), group=SERVICE))
 async def service_add(ctx: ControlContext, args: Args) -> dict:
     text, source = _fragment_args(args)
 
     def validate(topology: Topology) -> tuple[Service, ...]:
-        fragment = _config().parse_fragment(text, source, topology, allowed=("services",),
+        fragment = config_loader().parse_fragment(text, source, topology, allowed=("services",),
                                             replace=False)
         if not fragment.services:
             raise ControlError(f"{source}: no [[services]] to add")
@@ -301,7 +302,7 @@ async def service_set(ctx: ControlContext, args: Args) -> dict:
     settings = require(args, "settings", dict, "an object of key: value text")
 
     def validate(topology: Topology) -> Service:
-        return _config().update_service(lookup.service(ctx, name), settings, topology,
+        return config_loader().update_service(lookup.service(ctx, name), settings, topology,
                                         "service set")
 
     async def replace(node: Any, service: Service) -> dict:
@@ -321,7 +322,7 @@ def _apply_arguments(parser: argparse.ArgumentParser) -> None:
 @command("apply", render_change,
          Verb("apply", "add or replace the [[pods]], [[services]], [[namespaces]] and "
                        "[[network_policies]] of a TOML file",
-              _apply_arguments, lambda args: _read_fragment(args.file)))
+              _apply_arguments, lambda args: read_fragment(args.file)))
 async def apply(ctx: ControlContext, args: Args) -> dict:
     text, source = _fragment_args(args)
 
@@ -330,7 +331,8 @@ async def apply(ctx: ControlContext, args: Args) -> dict:
                                 fragment.network_policies)
 
     # NodeRuntime.apply programs once, after all its pods and services, and reports it.
-    return await change(ctx, lambda topology: _config().parse_fragment(text, source, topology),
+    return await change(ctx,
+                        lambda topology: config_loader().parse_fragment(text, source, topology),
                         apply_fragment, program=False)
 
 

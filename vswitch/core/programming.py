@@ -9,6 +9,11 @@ Theory of operation
   frontend that went away are found by a scan, since frontends vanish far more rarely than
   endpoints churn. The external IPs inside the uplink network become the addresses the node
   answers ARP for.
+* ``program_policies`` compiles the network policies against the pods (the node's own, which it
+  enforces, and other nodes', which selectors may match) and the namespaces' labels, installs
+  them (their generation retakes every cached decision) and cuts the tracked connections the new
+  policies no longer allow: each is judged again, on the tuple its first packet was judged on,
+  and removed when denied, counted for each policy that denies it.
 * ``conntrack_flush`` is ``vswitchctl conntrack flush``: it removes the connections that match
   the operator's filters.
 * ``generation`` grows when either may have changed a decision the flow cache remembers: the
@@ -17,12 +22,14 @@ Theory of operation
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from vswitch.model import Pod, Service, Uplink
+from vswitch.model import NetworkPolicy, Pod, RemotePod, Service, Topology, Uplink
 from vswitch.pipeline.context import NatContext
+from vswitch.policy.engine import CompiledPolicies
 from vswitch.tables.conntrack import Entry
+from vswitch.tables.policies import judged_tuple
 
 # What turns ``vswitchctl conntrack`` filters into a test of one entry.
 ConnectionFilter = Callable[[dict[str, str]], Callable[[Entry], bool]]
@@ -30,8 +37,11 @@ ConnectionFilter = Callable[[dict[str, str]], Callable[[Entry], bool]]
 
 class TableProgramming:
     def __init__(self, nat: NatContext, uplink: Uplink | None,
-                 connection_filter: ConnectionFilter):
+                 connection_filter: ConnectionFilter, node_addresses: Iterable[bytes] = ()):
         self._nat = nat
+        self._node_addresses = tuple(node_addresses)
+        # What the policies in force were compiled from (see ``program_policies``).
+        self._policy_inputs: tuple[Any, ...] | None = None
         self._services = nat.services
         self._conntrack = nat.conntrack
         self._uplink = uplink
@@ -70,3 +80,50 @@ class TableProgramming:
         count = self._conntrack.flush(self._connection_filter(filters or {}))
         self.generation += 1
         return count
+
+    def program_policies(self, policies: Sequence[NetworkPolicy],
+                         namespaces: Mapping[str, Mapping[str, str]],
+                         pods: Sequence[Pod | RemotePod], now: float) -> dict[str, Any]:
+        """Enforce ``policies`` from now on; cut the connections they no longer allow. Without
+        policies nothing is compiled; when the policies, namespaces and pods are those of the
+        last call, nothing changes at all (the cached decisions stay valid)."""
+        inputs = (tuple(policies), dict(namespaces), tuple(pods))
+        table = self._nat.policies
+        if inputs == self._policy_inputs:
+            return {"policies": len(policies), "generation": table.generation,
+                    "cut_connections": 0}
+        compiled = (CompiledPolicies.build(policies, namespaces, pods, self._node_addresses)
+                    if policies else None)
+        result = {"policies": len(policies), **self.enforce(compiled, now)}
+        self._policy_inputs = inputs
+        return result
+
+    def enforce(self, compiled: CompiledPolicies | None, now: float) -> dict[str, Any]:
+        """Install compiled policies (None: none) and cut the connections they deny; a test may
+        hand in any object with the contract of ``CompiledPolicies``."""
+        table = self._nat.policies
+        table.install(compiled)
+        self._policy_inputs = None
+        cut = 0
+        if table.active is not None:
+            hairpin = self._nat.hairpin_address
+            for entry in self._conntrack.entries():
+                src, dst, proto, dport = judged_tuple(entry, hairpin)
+                if not entry.alive(now) or not table.involves(src, dst):
+                    continue
+                decision = table.check(src, dst, proto, dport)
+                if not decision.allowed:
+                    self._conntrack.remove(entry)
+                    table.count_cut(decision)
+                    cut += 1
+        return {"generation": table.generation, "cut_connections": cut}
+
+
+def policy_namespaces(topology: Topology,
+                      pods: Iterable[Pod | RemotePod]) -> dict[str, Mapping[str, str]]:
+    """The labels of every namespace the policies may meet: the declared ones and those of the
+    pods (ours and other nodes'), which have only their name label unless declared."""
+    names = {namespace.name for namespace in topology.namespaces}
+    names.update(pod.namespace for pod in pods)
+    names.update(policy.namespace for policy in topology.network_policies)
+    return {name: topology.namespace_labels(name) for name in sorted(names)}

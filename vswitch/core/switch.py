@@ -39,7 +39,7 @@ from vswitch.core.egress import Egress
 from vswitch.core.flow_cache import FlowCache
 from vswitch.core.native_cache import CONSUMED, NativeFlowCache
 from vswitch.core.port_spec import PortSpec
-from vswitch.core.programming import TableProgramming
+from vswitch.core.programming import TableProgramming, policy_namespaces
 from vswitch.core.tracing import Tracer
 from vswitch.core.actions import Drop, Forward, Hold, Reply
 from vswitch.model import DEFAULT_CONNTRACK_MAX, Topology
@@ -135,8 +135,15 @@ class Switch:
                         counters=self.counters, nat=self.nat, overlay=self.overlay)
         self.tracer = Tracer(self._env, self.port_by_name)
         self.egress = Egress(self._env, self._port_counters, self.tracer.captures)
-        self.programming = TableProgramming(self.nat, topology.uplink, entry_filter)
+        node_addresses = [seg.gateway_ip for seg in self.segments]
+        if topology.host_port.enabled:
+            node_addresses.append(topology.host_port.address.ip.packed)
+        self.programming = TableProgramming(self.nat, topology.uplink, entry_filter,
+                                            node_addresses)
         self.programming.program(topology.pods, topology.services, 0.0)
+        self.programming.program_policies(topology.network_policies,
+                                          policy_namespaces(topology, topology.pods),
+                                          topology.pods, 0.0)
 
     # -- ports ------------------------------------------------------------------------------
 
@@ -470,6 +477,7 @@ class Switch:
             "services": {"programmed": len(self.services), "generation": self.services.generation,
                          "affinity_entries": self.services.affinity_count()},
             "overlay": {"nodes": len(self.overlay), "refused": dict(self.overlay.refused)},
+            "policies": self.nat.policies.statistics(),
             "unknown_port_frames": self.unknown_port_frames,
             **self._datapath_statistics(),
             "descriptions": {"stages": self.counters.descriptions(),

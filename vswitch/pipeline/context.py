@@ -19,6 +19,7 @@ from vswitch.tables.fragments import FragmentTable
 from vswitch.tables.icmp_ratelimit import IcmpRateLimiter
 from vswitch.tables.neighbors import Neighbor, NeighborTable
 from vswitch.tables.overlay import OverlayTable
+from vswitch.tables.policies import PolicyTable
 from vswitch.tables.services import ServiceTable
 
 
@@ -54,6 +55,8 @@ class NatContext:
         self.overlay_snat_address = overlay_snat_address
         # External IPs of services inside the uplink network: the node answers ARP for them.
         self.announced: frozenset[bytes] = frozenset()
+        # The network policies enforced here, and their drop and cut counters.
+        self.policies = PolicyTable()
         # Fragmented datagrams of translated connections: how each first fragment went, and the
         # later fragments held until it comes.
         self.fragments = FragmentTable()
@@ -67,8 +70,9 @@ class NatContext:
 
     @property
     def generation(self) -> int:
-        """Grows when a reply pair appears (see ``ConntrackTable.generation``)."""
-        return self.conntrack.generation
+        """Grows when a reply pair appears (see ``ConntrackTable.generation``) and when the
+        policies change."""
+        return self.conntrack.generation + self.policies.generation
 
 
 class Packet:
@@ -107,8 +111,15 @@ class Packet:
     flow_checked = False
     tcp_flags: int | None = None
     l2_out_port: int | None = None  # the port l2-forward chose, for l2-conntrack
+    l2_flood_ports: tuple[int, ...] = ()  # where l2-forward floods an unknown unicast, if judged
     # Set when a translated packet's decision may be cached per connection: the output port.
     conn_out_port: int | None = None
+    # Network policy: set by ip4-conntrack for a packet of no tracked connection (it may need a
+    # verdict); by ip4-lookup when ip4-masquerade follows the verdict; by ip4-policy when it let
+    # the packet pass untracked, which no cache may remember.
+    new_connection = False
+    masquerade = False
+    policy_judged = False
     # Set by vxlan-encap: how the packet leaves for another node (a ``tunnel.Encapsulation``,
     # which a cacheable decision keeps). Set by vxlan-decap: the node the packet came from;
     # such a decision is never cached under the key of the frame as received (the outer one).

@@ -18,17 +18,17 @@ from types import ModuleType
 
 from vswitch.core.actions import Action
 from vswitch.pipeline import (arp_responder, eth_input, ip4_conntrack, ip4_icmp_error, ip4_input,
-                               ip4_local, ip4_lookup, ip4_masquerade, ip4_neighbor, ip4_rewrite,
-                               ip4_service, l2_conntrack, l2_forward, l2_learn, port_security,
-                               vxlan_decap, vxlan_encap)
+                               ip4_local, ip4_lookup, ip4_masquerade, ip4_neighbor, ip4_policy,
+                               ip4_rewrite, ip4_service, l2_conntrack, l2_forward, l2_learn,
+                               port_security, vxlan_decap, vxlan_encap)
 from vswitch.pipeline.context import Env, Packet
 
 ENTRY = eth_input.NAME
 STAGES: dict[str, ModuleType] = {
     m.NAME: m for m in (eth_input, port_security, l2_learn, arp_responder, l2_forward,
                         l2_conntrack, ip4_input, vxlan_decap, ip4_conntrack, ip4_service, ip4_local,
-                        ip4_lookup, ip4_masquerade, ip4_rewrite, vxlan_encap, ip4_neighbor,
-                        ip4_icmp_error)
+                        ip4_lookup, ip4_policy, ip4_masquerade, ip4_rewrite, vxlan_encap,
+                        ip4_neighbor, ip4_icmp_error)
 }
 STAGE_COUNTERS: dict[str, type[enum.Enum]] = {name: m.Counter for name, m in STAGES.items()}
 

@@ -44,6 +44,7 @@ def process(pkt: Packet, env: Env):
                                               Counter.FRAGMENT_HOLD_FULL,
                                               Counter.FRAGMENT_OF_DROPPED)
         env.count(Counter.UNTRACKED)
+        pkt.new_connection = True
         return "ip4-service"
     entry, direction, related = found
     if related:
@@ -67,6 +68,7 @@ def process(pkt: Packet, env: Env):
             pkt.trace.note(NAME, f"{flow.describe()} opens a new connection on the tuple of "
                                  f"[{entry.original.describe()}] ({state}): the old entry is "
                                  f"removed and the packet is looked at as new")
+        pkt.new_connection = True
         return "ip4-service"
     tracked_flows.apply(pkt, env, entry, direction)
     env.count(Counter.TRACKED)

@@ -5,6 +5,8 @@ milliseconds, not after a timeout, that the address is unreachable. A packet rou
 uplink from a pod (a source inside the cluster CIDR) that no earlier stage translated goes to
 ip4-masquerade, which gives it the node's address; every other routed packet goes to ip4-rewrite,
 including those for another node's pods (an overlay route), which are never masqueraded.
+A new connection (no tracked one, after a service's DNAT) from or to a pod that a network policy
+selects goes to ip4-policy first, for its verdict.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from vswitch.wire import headers as h
 from vswitch.wire.addresses import ip_text
 
 NAME = "ip4-lookup"
-NEXT = ("ip4-rewrite", "ip4-masquerade", "ip4-icmp-error")
+NEXT = ("ip4-rewrite", "ip4-masquerade", "ip4-icmp-error", "ip4-policy")
 
 
 class Counter(enum.Enum):
@@ -48,6 +50,21 @@ def process(pkt: Packet, env: Env):
         segment = env.segments[route.segment].name
         pkt.trace.note(NAME, f"{ip_text(pkt.ip.dst)} matches {route.describe()} "
                              f"(segment {segment}, from {route.origin}){why}")
+    policies = env.nat.policies
+    if pkt.new_connection and policies.active is not None:
+        if policies.involves(_client(pkt, env), pkt.ip.dst):
+            pkt.masquerade = _leaves_masqueraded(pkt, env)
+            return "ip4-policy"
+        if pkt.trace is not None:
+            pkt.trace.note(NAME, "no policy selects the pod at either end")
     if _leaves_masqueraded(pkt, env):
         return "ip4-masquerade"
     return "ip4-rewrite"
+
+
+def _client(pkt: Packet, env: Env) -> bytes:
+    """The source a verdict is about: the client before a hairpin SNAT (see ``judged_tuple``)."""
+    created = pkt.ct
+    if created is not None and pkt.ip.src == env.nat.hairpin_address:
+        return created[0].original.src
+    return pkt.ip.src

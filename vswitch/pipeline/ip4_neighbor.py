@@ -88,6 +88,6 @@ def process(pkt: Packet, env: Env):
         pkt.rewrite = entry.mac + segment.gateway_mac
         if pkt.ct is not None:
             pkt.conn_out_port = fdb_entry.port
-        elif (pkt.ip.src, pkt.ip.dst) not in env.nat.reply_pairs:
+        elif (pkt.ip.src, pkt.ip.dst) not in env.nat.reply_pairs and not pkt.policy_judged:
             pkt.cacheable = True
     return tuple(actions)

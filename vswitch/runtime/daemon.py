@@ -71,6 +71,7 @@ import trio
 
 from vswitch import config
 from vswitch.core.port_spec import VNET_HDR_LEN, PortKind, PortSpec
+from vswitch.core.programming import policy_namespaces
 from vswitch.model import (DEFAULT_SEGMENT, Namespace, NetworkPolicy, Pod, RemotePod, Service,
                            Topology)
 from vswitch.runtime import sdnotify
@@ -387,6 +388,7 @@ class NodeRuntime:
         # Other nodes' ready pods (vswitch.runtime.cluster), programmed with the node's own.
         self.remote_pods: tuple[RemotePod, ...] = ()
         self._programmed = trio.Event()
+        self._policies_programmed = bool(topology.network_policies)
         # The node's cluster membership (vswitch.runtime.cluster.ClusterRuntime), for
         # ``vswitchctl nodes`` and ``stats``; run_daemon sets it.
         self.cluster: Any = None
@@ -440,9 +442,16 @@ class NodeRuntime:
         """Hand the desired pods (ours and other nodes') and services to the core; its JSON-able
         summary comes back. Wakes whoever waits in ``wait_programmed``."""
         pods = self.topology.pods + self.remote_pods
+        now = trio.current_time()
         result = self.switch.programming.program(pods,
                                                  self.system_services + self.topology.services,
-                                                 trio.current_time())
+                                                 now)
+        # Network policies follow the pods, their labels and namespaces; a node that never had
+        # any compiles nothing.
+        if self.topology.network_policies or self._policies_programmed:
+            result["policies"] = self.switch.programming.program_policies(
+                self.topology.network_policies, policy_namespaces(self.topology, pods), pods, now)
+            self._policies_programmed = bool(self.topology.network_policies)
         remote = f" ({len(self.remote_pods)} on other nodes)" if self.remote_pods else ""
         self.log.info("programmed %d services for %d pods%s: %s", len(self.topology.services),
                       len(pods), remote, result)
@@ -541,6 +550,10 @@ class NodeRuntime:
     def put_policies(self, policies: tuple[NetworkPolicy, ...]) -> dict[str, list[str]]:
         """Add network ``policies``, replacing those of the same key. Not programmed."""
         return self._put_named("network_policies", policies, lambda p: p.key)
+
+    def put_policy(self, policy: NetworkPolicy) -> None:
+        """Add ``policy``, replacing the one of the same key in place. Not programmed."""
+        self.put_policies((policy,))
 
     def remove_policy(self, key: str) -> NetworkPolicy:
         """Remove the network policy ``key`` (NAMESPACE/NAME). Not programmed."""

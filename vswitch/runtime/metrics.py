@@ -82,6 +82,9 @@ class SwitchCollector:
                      stats["services"]["programmed"])
         yield _counter("vswitch_icmp_errors_rate_limited", "ICMP errors not sent: rate limit",
                        node, stats["icmp_rate_limited"])
+        policies = stats.get("policies")
+        if policies is not None:
+            yield from _policy_families(policies, node)
         datapath = stats.get("datapath")
         if datapath is not None:
             for key, help_text in (
@@ -102,6 +105,20 @@ class SwitchCollector:
                          node, membership["revision"])
             yield _counter("vswitch_membership_failures", "sessions with the store that failed",
                            node, membership["failures"])
+
+
+def _policy_families(policies: dict, node: str) -> Iterator[Metric]:
+    """Network policy drops and cuts, in total and per policy (NAMESPACE/NAME)."""
+    for key, help_text in (
+            ("drops", "new connections a network policy denied: dropped silently"),
+            ("cuts", "tracked connections a policy change no longer allowed: removed")):
+        yield _counter(f"vswitch_policy_{key}", help_text, node, policies[key])
+        family = CounterMetricFamily(f"vswitch_policy_{key}_by_policy",
+                                     f"{help_text}, counted for each policy that denied them",
+                                     labels=["node", "policy"])
+        for policy, count in policies[f"{key}_by_policy"].items():
+            family.add_metric([node, policy], count)
+        yield family
 
 
 def _gauge(name: str, help_text: str, node: str, value: float) -> GaugeMetricFamily:

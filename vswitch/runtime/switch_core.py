@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Protocol, Sequence
 
 from vswitch.core.transmit import Transmit
 from vswitch.core.port_spec import PortSpec
-from vswitch.model import Pod, RemotePod, Service
+from vswitch.model import NetworkPolicy, Pod, RemotePod, Service
 from vswitch.tables.overlay import NodeChange, RemoteNode
 
 
@@ -25,6 +25,12 @@ class TableProgrammer(Protocol):
                 now: float) -> dict:
         """Make the service table serve ``services`` backed by ``pods`` (the node's own and
         other nodes' ready pods); a JSON-able summary."""
+
+    def program_policies(self, policies: Sequence[NetworkPolicy],
+                         namespaces: Mapping[str, Mapping[str, str]],
+                         pods: Sequence[Pod | RemotePod], now: float) -> dict:
+        """Compile ``policies`` for ``pods`` and put them in force: new connections are judged
+        by them, tracked ones they no longer allow are cut; a JSON-able summary."""
 
 
 class OverlayNodes(Protocol):

@@ -4,8 +4,8 @@ frontends: what ``ServiceTable.program`` installs.
 Theory of operation
 -------------------
 * A *service port* is identified by (service key, protocol, port), as Kubernetes requires those to
-  be unique within a service. Its backends are the ready pods whose labels include every pair of
-  the selector, each at the target port; a named target port is looked up per pod among its
+  be unique within a service. Its backends are the ready pods of the service's namespace whose
+  labels include every pair of the selector, each at the target port; a named target port is looked up per pod among its
   containers' named ports, and a pod that lacks the name (or has it for another protocol) is not a
   backend of that port. A service without a selector (an empty one counts as none, as it does once
   Kubernetes has stored it) uses its explicit endpoints instead, which are

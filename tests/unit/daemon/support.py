@@ -81,6 +81,7 @@ class RecordingSwitch(SwitchCore):
         self.timer_calls = 0
         self.deadline = float("inf")
         self.programmed: list[tuple[tuple[Pod, ...], tuple[Service, ...]]] = []
+        self.policies_programmed: list[tuple[Any, ...]] = []
 
     def add_port(self, spec: PortSpec) -> None:
         self.ports[spec.id] = spec
@@ -119,6 +120,11 @@ class RecordingSwitch(SwitchCore):
     def program(self, pods: Sequence[Pod], services: Sequence[Service], now: float) -> dict:
         self.programmed.append((tuple(pods), tuple(services)))
         return {"generation": len(self.programmed), "changed": True}
+
+    def program_policies(self, policies: Sequence[Any], namespaces: Any, pods: Sequence[Any],
+                         now: float) -> dict:
+        self.policies_programmed.append(tuple(policies))
+        return {"policies": len(policies)}
 
     def statistics(self) -> dict:
         return {"ports": {s.name: {"rx_packets": self.rx[i]} for i, s in self.ports.items()},
