@@ -117,16 +117,21 @@ class PolicyNode:
                                 capture_output=True, text=True, timeout=30, check=True)
         return json.loads(result.stdout)
 
-    def probe(self, protocol: str, port: int) -> Table:
-        """Every pod to every other pod's ``port`` at once; loopback is never probed."""
+    def probe(self, *services: tuple[str, int]) -> dict[tuple[str, int], Table]:
+        """Every pod to every other pod's (protocol, port) ``services``, all at once (one probe
+        program per pod); loopback is never probed."""
+        def target(protocol: str, port: int, dst: str) -> str:
+            return f"{protocol}:{self.ip(dst)}:{port}"
+
         def row(src: str) -> dict[str, bool]:
-            return self.probe_row(src, [f"{protocol}:{self.ip(dst)}:{port}"
+            return self.probe_row(src, [target(protocol, port, dst) for protocol, port in services
                                         for dst in PODS if dst != src])
 
         with ThreadPoolExecutor(len(PODS)) as pool:
             rows = dict(zip(PODS, pool.map(row, PODS)))
-        return {(src, dst): rows[src][f"{protocol}:{self.ip(dst)}:{port}"]
-                for src in PODS for dst in PODS if dst != src}
+        return {(protocol, port): {(src, dst): rows[src][target(protocol, port, dst)]
+                                   for src in PODS for dst in PODS if dst != src}
+                for protocol, port in services}
 
     def add_policy(self, policy: Mapping[str, Any]) -> None:
         self.daemon.ctl("policy", "add", "--json-policy", json.dumps(policy), json=False)
@@ -161,11 +166,11 @@ def wait_until_everything_connects(node: PolicyNode, timeout: float = 20.0) -> N
     """The servers start with their pods; without a policy every probe must come to answer."""
     deadline = time.monotonic() + timeout
     while True:
-        tables = {protocol: node.probe(protocol, 80) for protocol in PROTOCOLS}
+        tables = node.probe(*((protocol, 80) for protocol in PROTOCOLS))
         if all(all(cells.values()) for cells in tables.values()) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    for protocol, cells in tables.items():
+    for (protocol, _), cells in tables.items():
         assert all(cells.values()), (f"without policies some pods cannot reach others over "
                                      f"{protocol}:\n" + grid(cells, ALL_CONNECT))
 
@@ -199,13 +204,11 @@ def grid(cells: Table, expected: Table) -> str:
 
 
 def check_matrix(node: PolicyNode, expected: Mapping[tuple[str, int], Table]) -> None:
-    """Probe each (protocol, port) and compare; every mismatching table is shown at once."""
-    failures = []
-    for (protocol, port), table in expected.items():
-        cells = node.probe(protocol, port)
-        if cells != table:
-            failures.append(f"{protocol} port {port} ('!' marks a wrong cell):\n"
-                            + grid(cells, table))
+    """Probe each (protocol, port) at once and compare; every mismatching table is shown."""
+    probed = node.probe(*expected)
+    failures = [f"{protocol} port {port} ('!' marks a wrong cell):\n"
+                + grid(probed[protocol, port], table)
+                for (protocol, port), table in expected.items() if probed[protocol, port] != table]
     assert not failures, "\n\n".join(failures)
 
 
