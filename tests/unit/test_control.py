@@ -168,9 +168,9 @@ async def test_bad_json_is_answered_and_the_connection_stays_usable(client):
     ({"cmd": "status", "args": [1]}, "\"args\" must be a JSON object"),
     ({"cmd": "reboot"}, "unknown command 'reboot'; known: affinity, apply, capture, conntrack, "
                         "conntrack_flush, dns, endpoints, fdb, neighbors, netns, nodes, pod_add, "
-                        "pod_del, "
-                        "pod_ready, pods, policy_add, policy_del, policy_list, ports, reload, routes, service_add, service_del, "
-                        "service_set, services, stats, status"),
+                        "pod_del, pod_ready, pods, policy_add, policy_del, policy_list, ports, "
+                        "reload, routes, service_add, service_del, service_set, services, stats, "
+                        "status"),
     ({"cmd": "netns"}, "missing argument 'pod'"),
     ({"cmd": "netns", "args": {"pod": "zz"}}, "no pod named 'zz'; pods: a"),
     ({"cmd": "trace", "args": {"packet": "udp"}}, "missing argument 'port'"),
