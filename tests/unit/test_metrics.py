@@ -87,3 +87,35 @@ def test_cluster_membership_becomes_metrics_when_the_node_has_a_store(switch):
     assert samples[("vswitch_membership_connected", (("node", "unit"),))] == 1
     assert samples[("vswitch_membership_nodes", (("node", "unit"),))] == 2
     assert samples[("vswitch_membership_failures_total", (("node", "unit"),))] == 1
+
+
+def test_cluster_dns_counters_become_metrics_when_the_node_serves_dns(switch):
+    from vswitch.control.node import node_statistics
+    from vswitch.runtime.dns_server import DnsCounters
+
+    counters = DnsCounters()
+    counters.queries["udp"] += 5
+    counters.queries["tcp"] += 1
+    counters.answers["NOERROR"] += 4
+    counters.answers["NXDOMAIN"] += 2
+    counters.forwarded, counters.forward_failures, counters.truncated = 3, 1, 2
+
+    class Dns:
+        @staticmethod
+        def statistics():
+            return {"enabled": True, **counters.as_dict()}
+
+    class Node:
+        dns = Dns()
+
+    stats = node_statistics(switch, Node())
+    assert stats["dns"]["queries"] == 6
+    assert "dns" not in node_statistics(switch, None)
+    samples = _samples(exposition(SwitchCollector(lambda: stats, "unit")).decode())
+    node = ("node", "unit")
+    assert samples[("vswitch_dns_queries_total", (node, ("transport", "udp")))] == 5
+    assert samples[("vswitch_dns_queries_total", (node, ("transport", "tcp")))] == 1
+    assert samples[("vswitch_dns_answers_total", (node, ("rcode", "NXDOMAIN")))] == 2
+    assert samples[("vswitch_dns_forwarded_total", (node,))] == 3
+    assert samples[("vswitch_dns_forward_failures_total", (node,))] == 1
+    assert samples[("vswitch_dns_truncated_total", (node,))] == 2

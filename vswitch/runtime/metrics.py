@@ -95,6 +95,9 @@ class SwitchCollector:
                 yield _counter(f"vswitch_datapath_{key}", help_text, node, datapath[key])
             yield _gauge("vswitch_datapath_upcall_queued", "frames waiting for the pipeline",
                          node, datapath["upcall_queued"])
+        dns = stats.get("dns")
+        if dns is not None:
+            yield from _dns_families(dns, node)
         membership = stats.get("membership")
         if membership is not None:
             yield _gauge("vswitch_membership_connected", "1 while the cluster store answers",
@@ -105,6 +108,26 @@ class SwitchCollector:
                          node, membership["revision"])
             yield _counter("vswitch_membership_failures", "sessions with the store that failed",
                            node, membership["failures"])
+
+
+def _dns_families(dns: dict, node: str) -> Iterator[Metric]:
+    """The cluster DNS server: queries by transport, answers by rcode, forwarding, bad input."""
+    queries = CounterMetricFamily("vswitch_dns_queries", "DNS queries received, by transport",
+                                  labels=["node", "transport"])
+    for transport in ("udp", "tcp"):
+        queries.add_metric([node, transport], dns.get(f"{transport}_queries", 0))
+    yield queries
+    answers = CounterMetricFamily("vswitch_dns_answers", "DNS answers sent, by rcode",
+                                  labels=["node", "rcode"])
+    for rcode, count in sorted(dns.get("answers", {}).items()):
+        answers.add_metric([node, rcode], count)
+    yield answers
+    for key, help_text in (
+            ("forwarded", "queries for names outside the cluster domain, forwarded upstream"),
+            ("forward_failures", "forwarded queries no upstream answered in time (SERVFAIL)"),
+            ("malformed", "queries that could not be parsed (FORMERR or dropped)"),
+            ("truncated", "UDP answers truncated to the client's size (TC set)")):
+        yield _counter(f"vswitch_dns_{key}", help_text, node, dns.get(key, 0))
 
 
 def _policy_families(policies: dict, node: str) -> Iterator[Metric]:
