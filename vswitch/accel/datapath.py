@@ -14,7 +14,6 @@ datapath's mutex in C; cffi releases the GIL around it.
 """
 from __future__ import annotations
 
-import mmap
 import struct
 from array import array
 
@@ -63,15 +62,18 @@ def _typecode(values: object) -> str | None:
 
 
 def _exporter(values: object) -> object:
-    """What C's pointer pins: the ``mmap`` under a shared array's memoryview cast, not the cast.
+    """What C's pointer pins: the object under a memoryview cast (the shared arrays' ``mmap``),
+    not the cast, when the cast covers all of it.
 
     A memoryview and its managed buffer are garbage-collected objects, and the collector may
     clear them in any order when a table they belong to is in a reference cycle; clearing the
     managed buffer releases its hold on the ``mmap``, which then unmaps while C still points
     into it (a crash at the daemon's exit). An ``mmap`` is never cleared by the collector, so a
     buffer exported straight from it keeps the memory mapped for as long as C holds it."""
-    if isinstance(values, memoryview) and isinstance(values.obj, mmap.mmap):
-        return values.obj
+    if isinstance(values, memoryview) and values.obj is not None:
+        with memoryview(values.obj) as whole:
+            if values.c_contiguous and whole.nbytes == values.nbytes:
+                return values.obj
     return values
 
 

@@ -128,8 +128,10 @@ def render_policy_change(result: Any) -> str:
     program = result.get("program")
     enforced = program.get("policies") if isinstance(program, Mapping) else None
     if isinstance(enforced, Mapping):
-        lines.append(f"{enforced.get('policies')} policies in force; "
-                     f"{enforced.get('cut_connections')} connections they no longer allow cut")
+        count, cut = enforced.get("policies"), enforced.get("cut_connections")
+        lines.append(f"{count} {'policy' if count == 1 else 'policies'} in force; "
+                     f"{cut} {'connection' if cut == 1 else 'connections'} they no longer "
+                     "allow cut")
     return "\n".join(lines)
 
 

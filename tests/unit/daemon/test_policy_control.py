@@ -138,7 +138,7 @@ def test_policy_answers_render_for_a_terminal():
                    "egress_rules": 0}],
         "program": {"policies": {"policies": 1, "generation": 2, "cut_connections": 3}}})
     assert change.splitlines() == ["added x/deny (Ingress; 0 ingress, 0 egress rules)",
-                                   "1 policies in force; 3 connections they no longer allow cut"]
+                                   "1 policy in force; 3 connections they no longer allow cut"]
 
 
 async def test_apply_adds_and_replaces_policies_and_programs_once(tmp_path):
@@ -150,7 +150,7 @@ async def test_apply_adds_and_replaces_policies_and_programs_once(tmp_path):
         node = ctx.node
         deny = parse_network_policy(DENY_INGRESS, node.topology)
         async with node.lock:
-            result = await node.apply((), (), (deny,))
+            result = await node.apply((), (), policies=(deny,))
         assert result["network_policies"] == {"added": ["default/deny-in"], "replaced": [],
                                               "unchanged": []}
         assert result["program"]["policies"]["policies"] == 1
@@ -158,7 +158,7 @@ async def test_apply_adds_and_replaces_policies_and_programs_once(tmp_path):
         allow = parse_network_policy({**DENY_INGRESS, "ingress": [{}]}, node.topology,
                                      replace=True)
         async with node.lock:
-            result = await node.apply((), (), (allow,))
+            result = await node.apply((), (), policies=(allow,))
         assert result["network_policies"]["replaced"] == ["default/deny-in"]
         assert await delivered(harness, "a", "b")
         nursery.cancel_scope.cancel()
