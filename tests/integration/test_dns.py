@@ -128,7 +128,7 @@ def sh(node: ServiceNode, pod: str, *argv: str) -> str:
 
 def test_the_dns_service_is_programmed_and_shown(node: ServiceNode) -> None:
     services = {f"{s['namespace']}/{s['name']}": s
-                for s in node.ctl("services")}
+                for s in node.ctl("services", "-n", "kube-system")}
     kube_dns = services["kube-system/kube-dns"]
     assert kube_dns["cluster_ip"] == dns_ip(node)
     assert {(p["name"], p["protocol"], p["port"]) for p in kube_dns["ports"]} == {

@@ -69,7 +69,7 @@ class PolicyNodeSpec(NodeSpec):
     @property
     def service_ip(self) -> IPv4Address:
         assert self.service_cidr is not None
-        return self.service_cidr.network_address + 10
+        return self.service_cidr.network_address + 20  # +10 is the cluster DNS address
 
     def pod_netns(self, pod: str) -> str:
         ns, _ = pod.split("/")
