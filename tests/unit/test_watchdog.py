@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Sequence
 
 import pytest
@@ -208,3 +209,14 @@ async def test_a_daemon_pings_while_forwarding_and_stops_while_its_packet_path_s
     after = [t for t in pings() if t > stalled_at]
     assert after and after[0] - before[-1] > 0.6  # systemd would have restarted it
     assert "held the event loop for 1.0 s" in caplog.text
+
+
+def test_the_unit_asks_for_the_watchdog_systemd_notices():
+    """WatchdogSec= only works with a notify socket the main process may use."""
+    unit = Path(__file__).parents[2] / "systemd" / "vswitchd.service"
+    settings = [line.strip() for line in unit.read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert "WatchdogSec=10s" in settings
+    assert "Type=notify" in settings
+    assert not any(line.startswith("NotifyAccess=") for line in settings)  # main: the default
+    assert "Restart=on-failure" in settings  # a watchdog timeout is a failure
