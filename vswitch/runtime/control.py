@@ -30,15 +30,17 @@ so every connection is bounded in time and space (``ControlLimits``):
 * the socket must take each answer within ``send_timeout`` (10 s); a client that sends requests
   and never reads its answers is dropped without a word (it is not reading);
 * at most ``max_connections`` (128) connections are served at once; one more is answered with
-  ``{"ok": false, "error": "too many control connections ..."}`` and closed at once.
+  ``{"ok": false, "error": "too many control connections ..."}`` and closed.
 
 A request that is not UTF-8, not JSON, nested too deeply or holds a number too long to convert is
 a bad request like any other. A client that goes away mid-answer is no error. All of these are
 counted in ``ControlCounters`` (``vswitchctl stats``, section ``control``): ``connections``
-accepted, ``active`` now, ``refused`` over the limit, ``timeouts`` (idle, trickling or not
-reading), ``bad_requests`` (answered with ``ok: false`` for what the client sent, including
-overlong lines) and ``aborted`` (client gone mid-answer). The commands run in the daemon's trio
-thread, but every wait of the server is on the socket, so none of this holds up the ports.
+served (refused ones not included), ``active`` now, ``refused`` over the limit, ``timeouts``
+(silent, trickling or not reading), ``bad_requests`` (answered with ``ok: false`` for what the
+client sent: garbage, unknown commands, wrong arguments, overlong lines) and ``aborted`` (the
+connection broke under us, as when the client leaves mid-answer). The commands run in the
+daemon's trio thread, but every wait of the server is on the socket, so none of this holds up
+the ports.
 
 Commands are defined in ``vswitch.control``, one module per subject; this module serves them by
 name. They run in the daemon's trio thread, between batches, so they read the switch without
