@@ -20,7 +20,8 @@ step is complete before the next one begins:
    (``vswitch.runtime.cluster``);
 7. start the control socket;
 8. only then log "ready" and send ``READY=1`` to systemd, so that "ready" means every pod can
-   already talk and vswitchctl already answers.
+   already talk and vswitchctl already answers; with ``WatchdogSec=``, start pinging systemd's
+   watchdog while the packet path makes progress (``vswitch.runtime.watchdog``).
 
 It runs until SIGTERM or SIGINT. SIGHUP (systemd's ``ExecReload``) asks for a reload of the
 configuration file, which a task started after step 8 carries out; see ``NodeRuntime.reload``.
@@ -82,6 +83,7 @@ from vswitch.runtime.control import (ControlCommands, ControlContext, prepare_so
 from vswitch.runtime.metrics import SwitchCollector, serve_metrics
 from vswitch.runtime.port_io import Port, PortFactory, RuntimeErrors, transmit
 from vswitch.runtime.switch_core import SwitchCore
+from vswitch.runtime.watchdog import run_watchdog
 
 module_log = logging.getLogger("vswitchd")
 
@@ -425,7 +427,9 @@ class NodeRuntime:
         assert self._nursery is not None, "start_tasks has not run"
         handle = _TaskHandle()
         self._tasks.setdefault(name, []).append(handle)
-        await self._nursery.start(handle.run, fn, *args)
+        # Named after what it runs and for whom, which is what the watchdog's log line shows.
+        await self._nursery.start(handle.run, fn, *args,
+                                  name=f"{getattr(fn, '__qualname__', fn)} {name}")
 
     async def start_port(self, name: str) -> None:
         port = self.ports[self.port_ids[name]]
@@ -876,6 +880,8 @@ async def run_daemon(topology: Topology, *,
                     sdnotify.notify(f"READY=1\nSTATUS=node {topology.node.name}, "
                                     f"{len(topology.pods)} pods")
                     task_status.started(context)
+                    # With WatchdogSec=, pings systemd while the packet path makes progress.
+                    await nursery.start(run_watchdog, log)
                     # Everything made during start-up (modules, header declarations, tables) lives
                     # as long as the daemon: moving it out of the collector's generations keeps
                     # the occasional full collection from scanning it between packets.

@@ -5,8 +5,14 @@ the Unix socket named in ``$NOTIFY_SOCKET``. The name is a file path, or an abst
 written with a leading ``@`` that stands for the NUL byte. The protocol is one ``sendto`` per
 message, so it is implemented here in a few lines instead of pulling in a binding.
 
-Sending is synchronous: a datagram to a local socket never blocks for long, and the daemon sends only
-a couple of messages in its life (``READY=1`` once everything is up, ``STOPPING=1`` at shutdown).
+Sending is synchronous: a datagram to a local socket never blocks for long, and the daemon sends few
+messages (``READY=1`` once everything is up, ``STOPPING=1`` at shutdown, ``RELOADING=1`` around a
+reload, and ``WATCHDOG=1`` every few seconds when the unit has ``WatchdogSec=``).
+
+The watchdog: with ``WatchdogSec=``, systemd sets ``WATCHDOG_USEC`` (the timeout, in
+microseconds) and ``WATCHDOG_PID`` (the process it expects the pings from) and restarts the
+service when no ``WATCHDOG=1`` arrives within the timeout. ``watchdog_timeout`` reads them; when
+to ping is ``vswitch.runtime.watchdog``'s business.
 """
 from __future__ import annotations
 
@@ -49,3 +55,27 @@ def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
         log.warning("could not notify systemd (%s): %s", state.splitlines()[0], exc)
         return False
     return True
+
+
+def watchdog_timeout(environ: Mapping[str, str], pid: int) -> float | None:
+    """systemd's watchdog timeout in seconds for process ``pid``, or None when it asked for none.
+
+    As ``sd_watchdog_enabled`` does: ``WATCHDOG_USEC`` must be a positive integer, and a
+    ``WATCHDOG_PID`` naming another process (our parent's, inherited) means the pings are not
+    ours to send. Without ``NOTIFY_SOCKET`` there is nobody to ping.
+    """
+    if notify_address(environ) is None:
+        return None
+    usec = environ.get("WATCHDOG_USEC", "")
+    if not usec:
+        return None
+    expected_pid = environ.get("WATCHDOG_PID", "")
+    try:
+        if expected_pid and int(expected_pid) != pid:
+            return None
+        timeout = int(usec)
+    except ValueError:
+        log.warning("WATCHDOG_USEC=%r / WATCHDOG_PID=%r are not numbers; not pinging the watchdog",
+                    usec, expected_pid)
+        return None
+    return timeout / 1e6 if timeout > 0 else None
