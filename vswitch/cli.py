@@ -10,6 +10,7 @@ request, prints one answer, and must start fast enough to be used in shell loops
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
@@ -120,6 +121,10 @@ def vswitchd_main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("pyroute2", "asyncio", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     log = logging.getLogger("vswitchd")
+    # A daemon the watchdog finds wedged is ended with SIGABRT, and a crash in native code with
+    # SIGSEGV: either way the log gets every thread's Python stack, to show where it stood.
+    if sys.__stderr__ is not None:
+        faulthandler.enable(sys.__stderr__)
     import trio
 
     from vswitch.membership.etcd import StoreError

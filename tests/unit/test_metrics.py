@@ -119,3 +119,18 @@ def test_cluster_dns_counters_become_metrics_when_the_node_serves_dns(switch):
     assert samples[("vswitch_dns_forwarded_total", (node,))] == 3
     assert samples[("vswitch_dns_forward_failures_total", (node,))] == 1
     assert samples[("vswitch_dns_truncated_total", (node,))] == 2
+
+
+def test_control_socket_counters_become_metrics(switch):
+    from vswitch.control.node import node_statistics
+    from vswitch.runtime.control import ControlCounters
+
+    counters = ControlCounters(connections=7, active=2, refused=1, timeouts=3, bad_requests=4)
+    stats = node_statistics(switch, None, counters)
+    assert stats["control"]["timeouts"] == 3
+    samples = _samples(exposition(SwitchCollector(lambda: stats, "unit")).decode())
+    node = (("node", "unit"),)
+    assert samples[("vswitch_control_connections_active", node)] == 2
+    assert samples[("vswitch_control_connections_total", node)] == 7
+    assert samples[("vswitch_control_refused_total", node)] == 1
+    assert samples[("vswitch_control_bad_requests_total", node)] == 4

@@ -141,13 +141,16 @@ def render_stats(result: Mapping[str, Any]) -> str:
 
 @command("stats", render_stats, Verb("stats", "counters: ports, stages, dispositions"))
 async def stats(ctx: ControlContext, args: Args) -> dict:
-    return node_statistics(ctx.switch, ctx.node)
+    return node_statistics(ctx.switch, ctx.node, ctx.control_counters)
 
 
-def node_statistics(switch: Any, node: Any) -> dict:
-    """The switch's counters, the cluster membership's state when the node has a store, and the
-    cluster DNS server's counters when it serves."""
+def node_statistics(switch: Any, node: Any, control: Any = None) -> dict:
+    """The switch's counters, the cluster membership's state when the node has a store, the
+    cluster DNS server's counters when it serves, and the control socket's (``control``, the
+    server's ``ControlCounters``) when given."""
     result = switch.statistics()
+    if control is not None:
+        result["control"] = control.snapshot()
     cluster = getattr(node, "cluster", None)
     membership = cluster.statistics() if cluster is not None else None
     if membership is not None:

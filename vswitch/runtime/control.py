@@ -160,11 +160,7 @@ class ControlCommands:
         if command is None:
             shown = cmd if len(cmd) <= NAME_IN_ERROR else cmd[:NAME_IN_ERROR] + "..."
             raise ControlError(f"unknown command {shown!r}; known: {', '.join(self.names)}")
-        result = await command.handler(self.context, args)
-        if command.name == "stats" and isinstance(result, dict):
-            # The server's own counters belong with the node's; stats is where users look.
-            result["control"] = self.context.control_counters.snapshot()
-        return result
+        return await command.handler(self.context, args)
 
 
 def parse_request(line: bytes) -> Any:

@@ -871,8 +871,10 @@ async def run_daemon(topology: Topology, *,
                     await nursery.start(serve_control, socket_path, ControlCommands(context))
                     if topology.control.metrics:
                         await nursery.start(serve_metrics, topology.control.metrics,
-                                            SwitchCollector(lambda: node_statistics(switch, node),
-                                                            topology.node.name))
+                                            SwitchCollector(
+                                                lambda: node_statistics(
+                                                    switch, node, context.control_counters),
+                                                topology.node.name))
 
                     log.info("vswitchd ready: node %s, %d pods, control socket %s (accel %s)",
                              topology.node.name, len(topology.pods), socket_path,

@@ -95,6 +95,17 @@ class SwitchCollector:
                 yield _counter(f"vswitch_datapath_{key}", help_text, node, datapath[key])
             yield _gauge("vswitch_datapath_upcall_queued", "frames waiting for the pipeline",
                          node, datapath["upcall_queued"])
+        control = stats.get("control")
+        if control is not None:
+            yield _gauge("vswitch_control_connections_active", "open control connections", node,
+                         control["active"])
+            for key, help_text in (
+                    ("connections", "control connections accepted"),
+                    ("refused", "control connections refused: too many at once"),
+                    ("timeouts", "control connections closed: no request or answer in time"),
+                    ("bad_requests", "control requests that were not valid"),
+                    ("aborted", "control connections the client left mid-answer")):
+                yield _counter(f"vswitch_control_{key}", help_text, node, control[key])
         dns = stats.get("dns")
         if dns is not None:
             yield from _dns_families(dns, node)
