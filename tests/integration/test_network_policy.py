@@ -46,11 +46,9 @@ Table = dict[tuple[str, str], bool]
 
 
 def pod_name(pod: str) -> str:
-    """The name of the model's pod "x/a" on the node: "a-x", unique across namespaces, so that
-    every port, counter and ``vswitchctl exec`` names one pod without ``-n``. Policies select
-    by the ``pod`` label, which is the model's "a"."""
-    ns, name = pod.split("/")
-    return f"{name}-{ns}"
+    """The model's pod "x/a" is pod "a" of namespace "x" on the node, as in the upstream suite:
+    the same three names in each of the three namespaces. Policies select by the ``pod`` label."""
+    return pod.split("/")[1]
 
 
 # -- the node ------------------------------------------------------------------------------------
