@@ -1,6 +1,7 @@
 """Runs one fuzz target of tests/fuzz under atheris, against the C built with ASan and UBSan.
 
-    python3 native/fuzz.py TARGET [libFuzzer flags, e.g. -runs=100000 -max_total_time=60]
+    python3 native/fuzz.py [--build-dir DIR] TARGET [libFuzzer flags, e.g. -runs=100000
+                                                     -max_total_time=60, corpus dirs, inputs]
     python3 native/fuzz.py --list
 
 The C sources are compiled the way ``sanitize.py`` compiles them (AddressSanitizer and UBSan,
@@ -14,8 +15,13 @@ Coverage: the machine's compiler is gcc, whose builds carry no libFuzzer (Saniti
 instrumentation, so the fuzzer's feedback comes from the Python code atheris instruments: the
 pure twins, the wrappers and the pipeline that call the C. A C branch steers the search only
 through the Python that reacts to its result; the sanitizers still check every byte C touches.
+gcc's sanitizer runtime also defines the coverage callbacks (as no-ops) and, preloaded, would
+take the calls atheris makes to register its Python counters with libFuzzer; a small shim
+(``SHIM``, compiled with the module) is preloaded in front of it and hands those calls to the
+libFuzzer inside atheris instead.
 
-Each target's seeds (``tests/fuzz/targets.py``) start the corpus, in a temporary directory
+The build takes about 20 s; ``--build-dir DIR`` keeps it in DIR and reuses it on later runs
+(delete DIR after changing the C). Each target's seeds (``tests/fuzz/targets.py``) start the corpus, in a temporary directory
 unless a corpus directory is given among the flags. A crash leaves its input as ``crash-*`` in
 the current directory, to be replayed with ``python3 native/fuzz.py TARGET crash-<hash>``.
 """
@@ -48,6 +54,54 @@ atheris.Fuzz()
 """
 
 
+# Preloaded first: the coverage callbacks atheris's Python instrumentation calls, forwarded to
+# the definitions in atheris's own libFuzzer (found by its path once atheris has loaded it).
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+static void *libfuzzer(const char *name)
+{
+    static void *handle;
+    if (handle == NULL) {
+        const char *path = getenv("VSWITCH_FUZZ_LIBFUZZER");
+        handle = path ? dlopen(path, RTLD_NOW | RTLD_NOLOAD) : NULL;
+        if (handle == NULL)
+            return NULL;
+    }
+    return dlsym(handle, name);
+}
+
+#define FORWARD(name, params, args) \
+    void name params { \
+        void (*f) params = (void (*) params)libfuzzer(#name); \
+        if (f != NULL) f args; \
+    }
+
+FORWARD(__sanitizer_cov_8bit_counters_init, (uint8_t *a, uint8_t *b), (a, b))
+FORWARD(__sanitizer_cov_pcs_init, (const uintptr_t *a, const uintptr_t *b), (a, b))
+FORWARD(__sanitizer_cov_trace_cmp1, (uint8_t a, uint8_t b), (a, b))
+FORWARD(__sanitizer_cov_trace_cmp2, (uint16_t a, uint16_t b), (a, b))
+FORWARD(__sanitizer_cov_trace_cmp4, (uint32_t a, uint32_t b), (a, b))
+FORWARD(__sanitizer_cov_trace_cmp8, (uint64_t a, uint64_t b), (a, b))
+FORWARD(__sanitizer_cov_trace_const_cmp1, (uint8_t a, uint8_t b), (a, b))
+FORWARD(__sanitizer_cov_trace_const_cmp2, (uint16_t a, uint16_t b), (a, b))
+FORWARD(__sanitizer_cov_trace_const_cmp4, (uint32_t a, uint32_t b), (a, b))
+FORWARD(__sanitizer_cov_trace_const_cmp8, (uint64_t a, uint64_t b), (a, b))
+FORWARD(__sanitizer_cov_trace_switch, (uint64_t a, uint64_t *b), (a, b))
+"""
+
+
+def build_shim(tmp: str) -> str:
+    source, library = Path(tmp, "coverage_shim.c"), Path(tmp, "coverage_shim.so")
+    source.write_text(SHIM)
+    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", str(library), str(source), "-ldl"],
+                   check=True)
+    return str(library)
+
+
 def build_instrumented(tmp: str) -> None:
     """Compile the C sources with ASan+UBSan into ``tmp`` and make ``tmp/sitecustomize.py``
     import that module as ``vswitch._native``; as ``sanitize.py`` does."""
@@ -69,6 +123,14 @@ def build_instrumented(tmp: str) -> None:
         sanitize.SITECUSTOMIZE.format(pattern=f"{tmp}/vswitch/_native*.so"))
 
 
+def libfuzzer() -> str:
+    """atheris's module that carries libFuzzer."""
+    import atheris
+
+    (path,) = Path(atheris.__file__).parent.glob("core_with_libfuzzer*.so")
+    return str(path)
+
+
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
     from tests.fuzz import targets
@@ -77,24 +139,35 @@ def main(argv: list[str]) -> int:
         print(__doc__ if argv[:1] != ["--list"] else "")
         print("targets:", " ".join(sorted(targets.TARGETS)))
         return 0 if argv else 2
+    build_dir = None
+    if argv[0] == "--build-dir" and len(argv) > 2:
+        build_dir, argv = Path(argv[1]).resolve(), argv[2:]
     name, flags = argv[0], argv[1:]
     if name not in targets.TARGETS:
         print(f"unknown target {name!r}; targets: {' '.join(sorted(targets.TARGETS))}",
               file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="vswitch-fuzz-") as tmp:
-        print(f"[fuzz] building the sanitizer module in {tmp}", file=sys.stderr, flush=True)
-        build_instrumented(tmp)
+        build = str(build_dir or tmp)
+        if not Path(build, "sitecustomize.py").exists():
+            print(f"[fuzz] building the sanitizer module in {build}", file=sys.stderr, flush=True)
+            Path(build).mkdir(parents=True, exist_ok=True)
+            build_instrumented(build)
         corpus = Path(tmp, "corpus")
         corpus.mkdir()
         given = [f for f in flags if not f.startswith("-")]
         env = dict(
             os.environ,
-            PYTHONPATH=os.pathsep.join(filter(None, [tmp, str(ROOT),
+            PYTHONPATH=os.pathsep.join(filter(None, [build, str(ROOT),
                                                      os.environ.get("PYTHONPATH")])),
-            LD_PRELOAD=f"{sanitize.runtime('libasan.so')} {sanitize.runtime('libubsan.so')}",
-            # CPython's own allocations at exit are not leaks of ours.
-            ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+            # The shim first: gcc's sanitizer runtimes define the coverage callbacks too (as
+            # no-ops), and the first definition is the one every module gets.
+            LD_PRELOAD=" ".join([build_shim(tmp), sanitize.runtime("libasan.so"),
+                                 sanitize.runtime("libubsan.so")]),
+            VSWITCH_FUZZ_LIBFUZZER=libfuzzer(),
+            # CPython's own allocations at exit are not leaks of ours; the runtime need not be
+            # the first library loaded as long as it comes before any that allocates.
+            ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0",
             UBSAN_OPTIONS="print_stacktrace=1",
             PYTHONMALLOC="malloc",
         )
