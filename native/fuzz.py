@@ -166,8 +166,10 @@ def main(argv: list[str]) -> int:
                                  sanitize.runtime("libubsan.so")]),
             VSWITCH_FUZZ_LIBFUZZER=libfuzzer(),
             # CPython's own allocations at exit are not leaks of ours; the runtime need not be
-            # the first library loaded as long as it comes before any that allocates.
-            ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0",
+            # the first library loaded as long as it comes before any that allocates; a small
+            # quarantine keeps a long run's memory within libFuzzer's 2 GB limit.
+            ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0:"
+                         "quarantine_size_mb=64",
             UBSAN_OPTIONS="print_stacktrace=1",
             PYTHONMALLOC="malloc",
         )
