@@ -31,7 +31,7 @@ PORTS = (HOST, A, B, C, UPLINK)
 A_IP, B_IP, C_IP = "10.244.1.10", "10.244.1.11", "10.244.1.50"
 GW, NODE, PEER, FAR = "10.244.1.1", "192.0.2.2", "192.0.2.3", "192.0.2.1"
 REMOTE_POD = "10.244.2.10"
-VIP, DNS_VIP = "10.96.0.10", "10.96.0.53"
+VIP, DNS_VIP, REMOTE_VIP = "10.96.0.10", "10.96.0.53", "10.96.0.20"
 INTERNET = "198.51.100.7"
 FRAMINGS = (VNET_HDR_LEN, VNET_TUNNEL_HDR_LEN)
 
@@ -87,7 +87,7 @@ ports = [ {{ protocol = "udp", port = 53, target_port = 5353 }} ]
 
 [[services]]
 name = "remote"
-cluster_ip = "10.96.0.20"
+cluster_ip = "{REMOTE_VIP}"
 endpoints = ["{REMOTE_POD}"]
 ports = [ {{ port = 80, target_port = 8080 }} ]
 """
@@ -166,7 +166,7 @@ def corpus(switch: Switch) -> list[tuple[int, bytes]]:
         (A, f"icmp {A_IP} > {REMOTE_POD} len 1000", gw, plain),
         (A, f"udp {A_IP}:1 > {REMOTE_POD}:2 len 30", gw, udp_csum),
         (A, f"tcp {A_IP}:40001 > {REMOTE_POD}:8080 flags A len 4000 df", gw, tso_overlay),
-        (C, "tcp 10.244.1.50:40002 > 10.96.0.20:80 flags S", gw, plain),
+        (C, f"tcp {C_IP}:40002 > {REMOTE_VIP}:80 flags S", gw, plain),
         (C, f"udp {C_IP}:5000 > {DNS_VIP}:53 len 40 ipid 5 mf", gw, plain),
         (C, f"udp {C_IP}:5000 > {DNS_VIP}:53 len 40 ipid 5 frag 48", gw, plain),
         (A, f"udp {A_IP}:8080 > {C_IP}:5000 len 40 ipid 7 frag 48", mac(C_IP), plain),
