@@ -546,8 +546,9 @@ def datapath(data: bytes) -> None:
         # As the cache installs them: under the flow key, and for a connection also under the
         # connection key, with the other entry a marker or another action of the input.
         dp.install_packed(key, action)
-        if flags & 1:
-            dp.install_packed(connection_key(key, frame, l2s[0]), action)
+        conn_key = connection_key(key, frame, l2s[0])
+        if flags & 1 and conn_key is not None:
+            dp.install_packed(conn_key, action)
         if flags & 2:
             dp.install(key, generation=DP_GENERATION, kind=lib.VS_DP_PER_CONNECTION)
     elif flags & 4:
