@@ -19,7 +19,7 @@ build sees any read past them. Every other exception is a finding.
 | ``vxlan-source-port`` | ``vs_vxlan_source_port`` | ``wire.vxlan.source_port`` |
 | ``vxlan-wrap`` | ``vs_vxlan_wrap`` | ``FastPath._encapsulated`` where C wraps |
 | ``vxlan-open`` | ``vs_vxlan_open`` | ``FastPath._opened`` |
-| ``datapath`` | ``vs_dp_install``, ``vs_dp_process`` with any action on any frame | its contract |
+| ``datapath`` | ``vs_dp_*``: any action on any frame, then a port gone, upcall-all, a flush | its contract |
 | ``pipeline`` | ``vs_dp_process`` and every call above, through a node's ``Switch`` | the pure node |
 
 ``datapath`` installs an action made of input bytes (every bit pattern is a valid
@@ -28,7 +28,8 @@ output length must be what the header promises, whatever the action says. ``pipe
 frames to two nodes (``lab.node``), one on each accel: what they send, and every statistic but
 the cache's own, must be equal, and each port's frames must be counted once.
 
-Each target also lists seeds: inputs built from valid frames and calls, laid out as its
+``REACHES`` lists the C functions each target calls, and ``test_targets.py`` holds that list to
+the header, so a new native function needs a target. Each target also lists seeds: inputs built from valid frames and calls, laid out as its
 ``Input`` reads them, from which the fuzzer's mutations start.
 """
 from __future__ import annotations
