@@ -20,7 +20,8 @@ last lines, and the run goes on. At the end the run checks the statistics invari
 counted what it was given, and the dispositions add up to it) and reports the tables' sizes
 against their limits. ``frames_per_s`` counts the time spent in the switch only; making the
 frames is not part of it. ``cpu_s`` is the CPU time of the whole loop less the making of frames:
-next to ``busy_s`` it shows how much of the machine the run had. The exit status is 1 when any frame raised or the invariant broke.
+next to ``busy_s`` it shows how much of the machine the run had. The exit status is 1 when any
+frame raised or the invariant broke.
 
 The unit test ``tests/unit/test_fuzz_bench.py`` runs ``run_frames`` on 20,000 frames.
 """

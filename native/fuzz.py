@@ -21,9 +21,10 @@ take the calls atheris makes to register its Python counters with libFuzzer; a s
 libFuzzer inside atheris instead.
 
 The build takes about 20 s; ``--build-dir DIR`` keeps it in DIR and reuses it on later runs
-(delete DIR after changing the C). Each target's seeds (``tests/fuzz/targets.py``) start the corpus, in a temporary directory
-unless a corpus directory is given among the flags. A crash leaves its input as ``crash-*`` in
-the current directory, to be replayed with ``python3 native/fuzz.py TARGET crash-<hash>``.
+(delete DIR after changing the C). Each target's seeds (``tests/fuzz/targets.py``) start the
+corpus, in a temporary directory unless a corpus directory is given among the flags. A crash
+leaves its input as ``crash-*`` in the current directory, to be replayed with
+``python3 native/fuzz.py TARGET crash-<hash>``.
 """
 from __future__ import annotations
 

@@ -13,14 +13,14 @@ build sees any read past them. Every other exception is a finding.
 | ``pseudo-header`` | ``vs_pseudo_header_sum``, ``vs_l4_checksum`` (and ``udp_checksum``) | theirs |
 | ``nat-rewrite`` | ``vs_nat_rewrite`` | ``pure.nat_rewrite``: the same bytes afterwards |
 | ``hash-key`` | ``vs_exact_hash`` | ``pure.hash_key`` |
-| ``exact-table`` | ``vs_exact_*`` (a program of inserts, lookups, deletes, batches, clears) | the replica |
-| ``lpm4`` | ``vs_lpm4_*`` (a program of adds, deletes, lookups, batches, clears) | the replica |
+| ``exact-table`` | ``vs_exact_*``: a program of inserts, lookups, deletes, batches | the replica |
+| ``lpm4`` | ``vs_lpm4_*``: a program of adds, deletes, lookups, batches | the replica |
 | ``flow-key`` | ``vs_flow_key``, ``vs_flow_keys_batch`` (any stride and length) | ``pure`` |
 | ``vxlan-source-port`` | ``vs_vxlan_source_port`` | ``wire.vxlan.source_port`` |
 | ``vxlan-wrap`` | ``vs_vxlan_wrap`` | ``FastPath._encapsulated`` where C wraps |
 | ``vxlan-open`` | ``vs_vxlan_open`` | ``FastPath._opened`` |
-| ``datapath`` | ``vs_dp_*``: any action on any frame, then a port gone, upcall-all, a flush | its contract |
-| ``pipeline`` | ``vs_dp_process`` and every call above, through a node's ``Switch`` | the pure node |
+| ``datapath`` | ``vs_dp_*``: any action on any frame; a port gone; a flush | its contract |
+| ``pipeline`` | ``vs_dp_process`` and the others, through a node's ``Switch`` | the pure node |
 
 ``datapath`` installs an action made of input bytes (every bit pattern is a valid
 ``vs_dp_action``) under the key of an input frame and replays the frame: the status and the
@@ -29,8 +29,9 @@ frames to two nodes (``lab.node``), one on each accel: what they send, and every
 the cache's own, must be equal, and each port's frames must be counted once.
 
 ``REACHES`` lists the C functions each target calls, and ``test_targets.py`` holds that list to
-the header, so a new native function needs a target. Each target also lists seeds: inputs built from valid frames and calls, laid out as its
-``Input`` reads them, from which the fuzzer's mutations start.
+the header, so a new native function needs a target. Each target also lists seeds: inputs built
+from valid frames and calls, laid out as its ``Input`` reads them, from which the fuzzer's
+mutations start.
 """
 from __future__ import annotations
 
