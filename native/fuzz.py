@@ -137,7 +137,8 @@ def main(argv: list[str]) -> int:
     from tests.fuzz import targets
 
     if not argv or argv[0] in ("-h", "--help", "--list"):
-        print(__doc__ if argv[:1] != ["--list"] else "")
+        if argv[:1] != ["--list"]:
+            print(__doc__)
         print("targets:", " ".join(sorted(targets.TARGETS)))
         return 0 if argv else 2
     build_dir = None
