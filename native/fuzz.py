@@ -22,7 +22,7 @@ libFuzzer inside atheris instead.
 
 The build takes about 20 s; ``--build-dir DIR`` keeps it in DIR and reuses it on later runs
 (delete DIR after changing the C). Each target's seeds (``tests/fuzz/targets.py``) start the
-corpus, in a temporary directory unless a corpus directory is given among the flags. A crash
+corpus, from a temporary directory read after any corpus directories given. A crash
 leaves its input as ``crash-*`` in the current directory, to be replayed with
 ``python3 native/fuzz.py TARGET crash-<hash>``.
 """
@@ -175,8 +175,10 @@ def main(argv: list[str]) -> int:
             UBSAN_OPTIONS="print_stacktrace=1",
             PYTHONMALLOC="malloc",
         )
-        # libFuzzer reads (and adds to) the corpus directories it is given, the first one first.
-        dirs = [] if given else [str(corpus)]
+        # libFuzzer adds what it finds to the first corpus directory and reads the others; given
+        # files (a crash to replay) it runs those alone.
+        replaying = any(not Path(arg).is_dir() for arg in given)
+        dirs = [] if replaying else [str(corpus)]
         command = [sys.executable, "-c", DRIVER, name, str(corpus), *flags, *dirs]
         return subprocess.run(command, cwd=os.getcwd(), env=env).returncode
 
