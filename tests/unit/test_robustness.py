@@ -3,10 +3,16 @@
 Random bytes, and valid frames of every kind the pipeline handles (switched, routed, to services,
 from the uplink) with bytes flipped or cut short, go into a switch with segments, services and an
 uplink. The dispositions must still add up to what the ports received.
+
+The fuzz node (``tests/fuzz/lab.py``) adds the host port and an uplink that also carries a VXLAN
+overlay, in both virtio-net framings: there each port must count exactly the frames it was
+given, and a node on the native accel must send and count what one on the pure accel does.
 """
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings, strategies as st
+
+from tests.fuzz import lab
 
 from vswitch.wire import headers as h
 from vswitch.wire.text import build_frame, parse_packet
@@ -61,3 +67,46 @@ def test_no_input_makes_the_switch_raise(accel_name, cases):
     stats = switch.statistics()
     received = sum(p["rx_packets"] for p in stats["ports"].values())
     assert sum(stats["dispositions"].values()) == received
+
+
+def _run_lab(switches, rng, count: int, vnet_len: int) -> dict[int, int]:
+    """``count`` frames of ``lab.random_case`` into each switch (the same frames, the same
+    times); what each sent must be the same. Returns the frames given to each port."""
+    corpus = lab.corpus(switches[0])
+    received = dict.fromkeys(lab.PORTS, 0)
+    now = 0.0
+    for port, frame in corpus + [lab.random_case(rng, corpus, vnet_len) for _ in range(count)]:
+        now += 0.25
+        received[port] += 1
+        sent = [[(tx.port, tx.data) for tx in s.process_batch(port, [frame], now)
+                 + s.handle_timer(now)] for s in switches]
+        assert all(out == sent[0] for out in sent), (port, frame.hex())
+    return received
+
+
+def _assert_counted(switch, received: dict[int, int]) -> None:
+    stats = switch.statistics()
+    for name, port in stats["ports"].items():
+        assert port["rx_packets"] == received[port["id"]], name
+    assert sum(stats["dispositions"].values()) == sum(received.values())
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rng=st.randoms(use_true_random=False), count=st.integers(1, 60),
+       vnet_len=st.sampled_from(lab.FRAMINGS))
+def test_every_port_type_counts_each_frame_once_whatever_it_is(accel_name, rng, count, vnet_len):
+    switch = lab.node(accel_name, vnet_len)
+    _assert_counted(switch, _run_lab([switch], rng, count, vnet_len))
+
+
+@settings(max_examples=25, deadline=None)
+@given(rng=st.randoms(use_true_random=False), count=st.integers(1, 60),
+       vnet_len=st.sampled_from(lab.FRAMINGS))
+def test_the_native_node_sends_and_counts_what_the_pure_node_does(rng, count, vnet_len):
+    switches = [lab.node("native", vnet_len), lab.node("pure", vnet_len)]
+    received = _run_lab(switches, rng, count, vnet_len)
+    stats = [s.statistics() for s in switches]
+    for key in ("ports", "stages", "dispositions", "conntrack", "fdb", "neighbors"):
+        assert stats[0][key] == stats[1][key], key
+    _assert_counted(switches[0], received)

@@ -174,17 +174,18 @@ def nat_rewrite(packet: bytearray, src: bytes | None = None, sport: int | None =
     For ICMP echo, ``sport`` (else ``dport``) is the new identifier. ValueError when the packet is
     shorter than 20 bytes or its IHL is below 5; the packet is then unchanged.
     """
-    if len(packet) < 20:
-        raise ValueError(f"an IPv4 packet needs 20 bytes, got {len(packet)}")
-    l4 = (packet[0] & 0x0F) * 4
-    if l4 < 20:
-        raise ValueError(f"IHL {l4 // 4} is below 5")
+    # The arguments first, then the packet: the native twin checks in this order too.
     for name, address in (("src", src), ("dst", dst)):
         if address is not None:
             require_ip4(name, address)
     for name, port in (("sport", sport), ("dport", dport)):
         if port is not None:
             require_range(name, port, 0, 0xFFFF)
+    if len(packet) < 20:
+        raise ValueError(f"an IPv4 packet needs 20 bytes, got {len(packet)}")
+    l4 = (packet[0] & 0x0F) * 4
+    if l4 < 20:
+        raise ValueError(f"IHL {l4 // 4} is below 5")
     size = len(packet)
     proto = -1 if _u16(packet, 6) & 0x1FFF else packet[9]
     csum_at = _L4_CHECKSUM_AT.get(proto)
