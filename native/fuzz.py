@@ -103,27 +103,6 @@ def build_shim(tmp: str) -> str:
     return str(library)
 
 
-def build_instrumented(tmp: str) -> None:
-    """Compile the C sources with ASan+UBSan into ``tmp`` and make ``tmp/sitecustomize.py``
-    import that module as ``vswitch._native``; as ``sanitize.py`` does."""
-    from cffi import FFI
-
-    sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-    ffi = FFI()
-    ffi.cdef(sanitize.build_native.CDEF)
-    ffi.set_source(
-        "vswitch._native",
-        '#include "vswitch_native.h"',
-        sources=[str(ROOT / s) for s in sanitize.build_native.SOURCES],
-        include_dirs=[str(HERE)],
-        extra_compile_args=["-O1", "-g", "-std=c11", "-fno-omit-frame-pointer", *sanitizers],
-        extra_link_args=sanitizers,
-    )
-    ffi.compile(tmpdir=tmp)
-    Path(tmp, "sitecustomize.py").write_text(
-        sanitize.SITECUSTOMIZE.format(pattern=f"{tmp}/vswitch/_native*.so"))
-
-
 def libfuzzer() -> str:
     """atheris's module that carries libFuzzer."""
     import atheris
@@ -154,7 +133,7 @@ def main(argv: list[str]) -> int:
         if not Path(build, "sitecustomize.py").exists():
             print(f"[fuzz] building the sanitizer module in {build}", file=sys.stderr, flush=True)
             Path(build).mkdir(parents=True, exist_ok=True)
-            build_instrumented(build)
+            sanitize.build_instrumented(build)
         corpus = Path(tmp, "corpus")
         corpus.mkdir()
         given = [f for f in flags if not f.startswith("-")]

@@ -39,23 +39,28 @@ def runtime(name: str) -> str:
     ).stdout.strip()
 
 
-def main(argv: list[str]) -> int:
+def build_instrumented(tmp: str) -> None:
+    """Compile the C sources with ASan+UBSan into ``tmp`` and make ``tmp/sitecustomize.py``
+    import that module as ``vswitch._native``; ``fuzz.py`` runs its targets on the same build."""
     sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    ffi = FFI()
+    ffi.cdef(build_native.CDEF)
+    ffi.set_source(
+        "vswitch._native",
+        '#include "vswitch_native.h"',
+        sources=[str(ROOT / s) for s in build_native.SOURCES],
+        include_dirs=[str(HERE)],
+        extra_compile_args=["-O1", "-g", "-std=c11", "-fno-omit-frame-pointer", *sanitizers],
+        extra_link_args=sanitizers,
+    )
+    ffi.compile(tmpdir=tmp)
+    Path(tmp, "sitecustomize.py").write_text(
+        SITECUSTOMIZE.format(pattern=f"{tmp}/vswitch/_native*.so"))
+
+
+def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="vswitch-asan-") as tmp:
-        ffi = FFI()
-        ffi.cdef(build_native.CDEF)
-        ffi.set_source(
-            "vswitch._native",
-            '#include "vswitch_native.h"',
-            sources=[str(ROOT / s) for s in build_native.SOURCES],
-            include_dirs=[str(HERE)],
-            extra_compile_args=["-O1", "-g", "-std=c11", "-fno-omit-frame-pointer", *sanitizers],
-            extra_link_args=sanitizers,
-        )
-        ffi.compile(tmpdir=tmp)
-        Path(tmp, "sitecustomize.py").write_text(
-            SITECUSTOMIZE.format(pattern=f"{tmp}/vswitch/_native*.so")
-        )
+        build_instrumented(tmp)
         env = dict(
             os.environ,
             PYTHONPATH=os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")])),
