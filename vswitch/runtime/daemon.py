@@ -13,7 +13,8 @@ step is complete before the next one begins:
 3. with the host port up, route every other segment and every static route's prefix from the
    host into the host port via the default gateway, so the node reaches all of its pods through
    the router as it reaches the default segment through the switch;
-4. start one task per port, then the timer task;
+4. put back the connections an earlier run saved (``vswitch.runtime.connection_state``), start
+   one task per port, then the timer task and the periodic snapshot of the connections;
 5. start cluster DNS (``vswitch.runtime.dns_server``: its sockets and the kube-dns service),
    then the containers of each pod (they find their network and their resolver in place);
 6. with a cluster store, join it: publish this node, route the other nodes it lists
@@ -25,8 +26,8 @@ step is complete before the next one begins:
 It runs until SIGTERM or SIGINT. SIGHUP (systemd's ``ExecReload``) asks for a reload of the
 configuration file, which a task started after step 8 carries out; see ``NodeRuntime.reload``.
 Shutdown is cancellation: every task ends, the container supervisor stops its processes, the
-control server removes its socket; then, shielded from cancellation, the daemon closes the TAP fds
-and tears the kernel objects down. The signal receiver is installed before anything is created,
+control server removes its socket; then, shielded from cancellation, the daemon saves the
+connections, closes the TAP fds and tears the kernel objects down. The signal receiver is installed before anything is created,
 so a SIGTERM during start-up also takes the clean path instead of the default of dying on the
 spot.
 
@@ -77,6 +78,8 @@ from vswitch.model import (DEFAULT_SEGMENT, Namespace, NetworkPolicy, Pod, Remot
 from vswitch.runtime import sdnotify
 from vswitch.control.node import node_statistics
 from vswitch.runtime.cluster import ClusterRuntime
+from vswitch.runtime.connection_state import ConnectionState
+from vswitch.runtime.journal import journal_path
 from vswitch.runtime.control import (ControlCommands, ControlContext, prepare_socket_path,
                                      serve_control)
 from vswitch.runtime.metrics import SwitchCollector, serve_metrics
@@ -780,6 +783,7 @@ async def run_daemon(topology: Topology, *,
                      config_path: str = "",
                      handle_signals: bool = True,
                      startup_lease: int = 0,
+                     save_connections: bool | None = None,
                      log: logging.Logger = module_log,
                      task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run vswitchd for ``topology`` until a signal or cancellation; always clean up.
@@ -789,8 +793,12 @@ async def run_daemon(topology: Topology, *,
     sockets listen behind the host port, which only the kernel's TAP delivers to.
     ``startup_lease`` is the lease ``pod_cidr = "auto"``'s subnet was taken under
     (``vswitch.runtime.cluster.lease_pod_cidr``). ``task_status.started()`` receives the
-    ControlContext once the daemon is ready.
+    ControlContext once the daemon is ready. ``save_connections`` (default: with the real
+    kernel only) keeps the connection state in the state directory across restarts
+    (``vswitch.runtime.connection_state``).
     """
+    if save_connections is None:
+        save_connections = kernel_factory is None
     if dns_factory is None and kernel_factory is None:
         dns_factory = _system_dns
     kernel_factory = kernel_factory or _system_kernel_factory()
@@ -801,6 +809,7 @@ async def run_daemon(topology: Topology, *,
         port_factory = (_datapath_port_factory() if datapath is not None
                         else _system_port_factory())
     supervisor = (supervisor_factory or _system_supervisor)(topology)
+    connections = ConnectionState.of(topology, switch, log) if save_connections else None
     errors = RuntimeErrors()
     socket_path = topology.control.socket
 
@@ -845,12 +854,18 @@ async def run_daemon(topology: Topology, *,
                     for destination in host_route_destinations(topology):
                         await kernel.add_host_route(destination, topology.node.gateway)
 
+                    # The tables are programmed and no port is read yet: the connections an
+                    # earlier run saved go back in before their next packet.
+                    if connections is not None:
+                        await connections.restore()
                     if datapath is not None:
                         await nursery.start(_run_upcalls(), switch, node.ports, errors,
                                             topology.dataplane.burst)
                     for name in list(node.port_ids):
                         await node.start_port(name)
                     await nursery.start(run_timer, switch, node.ports, errors)
+                    if connections is not None:
+                        await nursery.start(connections.run)
 
                     if node.dns is not None:
                         await nursery.start(node.dns.run)
@@ -887,8 +902,15 @@ async def run_daemon(topology: Topology, *,
             finally:
                 with trio.CancelScope(shield=True):
                     sdnotify.notify("STOPPING=1")
+                    if connections is not None:
+                        await connections.save_final()
                     node.close_ports()
                     await kernel.teardown()
+                    # The connections live as long as the pods: a teardown that removed them
+                    # (and their journal) leaves no connection to restore either.
+                    if connections is not None and not os.path.exists(
+                            journal_path(topology.control.state_dir, topology.node.name)):
+                        connections.discard()
                     if node.dns is not None:
                         node.dns.remove_files()
                     log.info("vswitchd stopped: node %s", topology.node.name)
