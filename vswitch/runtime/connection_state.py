@@ -34,7 +34,7 @@ from vswitch.tables import conntrack_snapshot as snapshots
 from vswitch.tables.conntrack_snapshot import RestoreResult, SnapshotError
 
 DEFAULT_INTERVAL = 2.0
-DEFAULT_PICKUP_WINDOW = 10.0
+DEFAULT_PICKUP_WINDOW = 5.0
 
 
 def connections_path(state_dir: str, node: str) -> str:
