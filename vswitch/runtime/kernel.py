@@ -90,7 +90,7 @@ from pyroute2 import netns as pyroute2_netns
 
 from vswitch.model import HostPort, Pod, Segment, Topology, Uplink
 from vswitch.runtime.journal import (Journal, NodeLock, UnderlayLock, UnderlayRecord,
-                                     UnderlayUse, other_nodes_entries)
+                                     UnderlayUse, other_nodes_entries, remove_container_files)
 from vswitch.runtime.netlink import (ROUTE_TABLE_MAIN, NetlinkSession, NetlinkWorker,
                                      add_address, bridge_ports, delete_address, delete_link_named,
                                      ensure_bridge, find_link, has_address, link_kind, tun_links)
@@ -411,7 +411,8 @@ class NodeObjects:
         return removed
 
     def remove_netns(self, session: NetlinkSession, name: str) -> list[str]:
-        """Kill the namespace's processes, delete its eth0, unmount it, erase its entry."""
+        """Kill the namespace's processes, delete its eth0, unmount it, remove its containers'
+        files, erase its entry."""
         removed: list[str] = []
         if netns_exists(name):
             removed += [f"process {pid} in {name}" for pid in kill_netns_processes(name)]
@@ -420,6 +421,8 @@ class NodeObjects:
             session.delete_link_in_netns(name, POD_IFNAME)
             if remove_netns_mount(name):
                 removed.append(f"netns {name}")
+        # Its containers are gone with it, and so are their records and output files.
+        remove_container_files(self.state_dir, name)
         self.journal.erase_netns(name)
         return removed
 
