@@ -15,13 +15,15 @@ later. ``MAX_STALL`` allows for a daemon restart of up to ~4 s on a loaded 2-cor
 from __future__ import annotations
 
 import json
+import os
+import select
 import signal
 import subprocess
 import time
 
 import pytest
 
-from harness import Daemon, PodSpec, PYTHON, netns_inode, processes_with_argument, program, read_line
+from harness import Daemon, PodSpec, PYTHON, netns_inode, processes_with_argument, program
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +47,20 @@ def longest_stall(report: dict) -> float:
     return longest
 
 
+def wait_for_output(proc: subprocess.Popen, text: bytes, timeout: float = 10.0) -> None:
+    """Until the (unbuffered, binary) stdout of ``proc`` has shown ``text``."""
+    assert proc.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        remaining = deadline - time.monotonic()
+        ready, _, _ = select.select([proc.stdout], [], [], max(remaining, 0))
+        assert ready, f"{proc.args!r} did not print {text!r} in {timeout} s: {seen!r}"
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        assert chunk, f"{proc.args!r} ended before printing {text!r}: {seen!r}"
+        seen += chunk
+
+
 def restart(daemon: Daemon, signum: int) -> float:
     """Stop the daemon with ``signum`` and start it again; how long no daemon served the pods."""
     started = time.monotonic()
@@ -61,11 +77,12 @@ def test_a_pod_to_pod_stream_survives_a_restart(make_daemon, signum: int, record
     daemon = make_daemon((PodSpec("server"), PodSpec("client")))
     server_ip = str(daemon.spec.pod_ips()["server"])
     inodes = {pod: netns_inode(daemon.spec.netns(pod)) for pod in ("server", "client")}
-    server = daemon.popen_in("server", "iperf3", "-s", "-1", "-p", IPERF_PORT, "-B", server_ip,
+    server = daemon.popen_in("server", "iperf3", "-s", "-1", "--forceflush", "-p", IPERF_PORT,
+                             "-B", server_ip,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = None
     try:
-        assert "listening" in read_line(server), "iperf3 server did not start"
+        wait_for_output(server, b"Server listening")
         # The report is read from the receiver's side (what actually arrived): -R would change
         # the direction; the client's own intervals count what the server acknowledged.
         client = daemon.popen_in(
