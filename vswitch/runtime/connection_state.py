@@ -9,9 +9,10 @@ Theory of operation
   conntrack arrays up to their high-water slot, the label sets, the affinity entries); encoding
   and writing run in a worker thread. The file is written under a temporary name and renamed
   into place, so a reader (the next start) sees a whole old file or a whole new one, never half.
-* ``run`` writes every ``interval`` seconds (2 by default); ``save_final`` writes once more at
-  shutdown, after the port tasks have stopped and before the ports close, marked *final*: it
-  holds every connection. A SIGKILL leaves the last periodic file, which may miss the connections
+* ``run`` writes every ``interval`` seconds (2 by default); ``save_final`` writes once more at a
+  shutdown that keeps the pods (SIGTERM), after the port tasks have stopped and before the ports
+  close, marked *final*: it holds every connection. A shutdown that removes the pods (SIGINT)
+  ``discard``s the file: their connections are gone with them. A SIGKILL leaves the last periodic file, which may miss the connections
   of its last seconds; those are picked up mid-stream (see ``ConntrackTable.pick_up``).
 * ``restore`` runs at start, once the tables are programmed with the desired state and before
   any port is read. A file that cannot be used (damaged, truncated, another version) is logged
