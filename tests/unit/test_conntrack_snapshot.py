@@ -259,6 +259,20 @@ def test_a_mid_stream_segment_reaches_the_same_backend_with_maglev(accel_name):
     assert stats["conntrack"]["picked_up"] == 20 and stats["conntrack"]["created"] == 0
 
 
+def test_with_affinity_every_connection_of_a_client_is_picked_up_to_its_backend(accel_name):
+    """Maglev under ClientIP affinity hashes the client alone: whichever of a client's
+    connections is picked up first pins the backend the others had too."""
+    before = _switch(accel_name, _maglev_topology(affinity=True), seed=1)
+    first = _handshake(before, C, C_IP, VIP, 40000, 1.0)
+    assert {_handshake(before, C, C_IP, VIP, sport, 1.0)
+            for sport in range(40001, 40010)} == {first}
+    for order in ((40007, 40000, 40003), (40000, 40009), (40004,)):
+        after = _switch(accel_name, _maglev_topology(affinity=True), seed=99)
+        for sport in order:
+            (tx,) = connect(after, C, C_IP, VIP, sport=sport, now=1.0, flags="A")
+            assert tx.port == first
+
+
 def test_a_picked_up_connection_becomes_replied_then_assured(accel_name):
     switch = _switch(accel_name, seed=5)
     (tx,) = connect(switch, C, C_IP, VIP, sport=40000, now=1.0, flags="A")

@@ -19,7 +19,9 @@ For a new connection (a TCP SYN, or the first UDP datagram or echo request):
   forgotten (a restart whose snapshot missed it, an expired entry), so it gets a backend as a new
   connection would and an ESTABLISHED entry (``ConntrackTable.pick_up``). With
   ``load_balancer = "maglev"`` the choice is a pure function of the tuple, so the connection
-  reaches the backend it had (unless the backends changed); with "random" it usually reaches
+  reaches the backend it had (unless the backends changed; under ClientIP affinity Maglev hashes
+  the client's address alone, so that all of a client's connections agree); with "random" it
+  usually reaches
   another, whose RST tells the client at once, where a drop would leave it hanging. SNAT keeps the
   client's port when it is free, so a NodePort connection usually keeps its port too. Any other
   TCP packet without a tracked connection is invalid: dropped and counted.
@@ -45,6 +47,7 @@ NEXT = ("ip4-local", "ip4-lookup", "ip4-icmp-error")
 _TCP = int(h.IpProto.TCP)
 _ICMP = int(h.IpProto.ICMP)
 _FLOW_KEY = struct.Struct("!B4sH4sH")
+_NO_ADDRESS = bytes(4)
 
 
 class Counter(enum.Enum):
@@ -116,10 +119,16 @@ def process(pkt: Packet, env: Env):
     if why is NoBackend.NO_LOCAL_ENDPOINTS:
         return env.drop(pkt, Counter.NO_LOCAL_ENDPOINT)
     # A dry run takes the same choice without committing it: the trace follows the backend this
-    # packet would really get. Only Maglev reads the flow's hash.
-    flow_hash = (env.accel.hash_key(_FLOW_KEY.pack(flow.proto, flow.src, flow.sport, flow.dst,
-                                                   flow.dport), 0)
-                 if services.uses_flow_hash(match) else 0)
+    # packet would really get. Only Maglev reads the flow's hash. Under ClientIP affinity it is
+    # the hash of the client's address alone: every connection of a client then gets from Maglev
+    # the backend affinity holds it to, so that a connection picked up after its entries were
+    # lost (a crash) reaches that backend whichever of the client's connections comes first.
+    if services.uses_flow_hash(match):
+        key = (_FLOW_KEY.pack(flow.proto, flow.src, 0, _NO_ADDRESS, 0) if match.affinity
+               else _FLOW_KEY.pack(flow.proto, flow.src, flow.sport, flow.dst, flow.dport))
+        flow_hash = env.accel.hash_key(key, 0)
+    else:
+        flow_hash = 0
     backend = services.choose(match, client_ip=flow.src, flow_hash=flow_hash, now=env.now,
                               from_outside=from_outside, commit=env.commit)
     snat = None
