@@ -24,6 +24,7 @@ Theory of operation
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -40,6 +41,13 @@ DEFAULT_PICKUP_WINDOW = 5.0
 
 def connections_path(state_dir: str, node: str) -> str:
     return os.path.join(state_dir, f"{node}.connections")
+
+
+def remove_saved_connections(state_dir: str, node: str) -> None:
+    """Remove the node's saved connections, if any: its pods are gone, and their connections
+    with them (a shutdown that removes the pods, ``vswitchctl clean``)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(connections_path(state_dir, node))
 
 
 class ConnectionState:
@@ -134,10 +142,8 @@ class ConnectionState:
 
     def discard(self) -> None:
         """Remove the file: the node's pods are gone, and their connections with them."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
     async def _save(self, *, final: bool) -> None:
         switch = self._switch
