@@ -22,7 +22,7 @@ from vswitch.core.switch import Switch
 from vswitch.model import Service, ServicePort, mac_for_ip
 from vswitch.runtime.connection_state import ConnectionState
 from vswitch.tables import conntrack_snapshot as snapshots
-from vswitch.tables.conntrack import ConntrackTable, Direction, FlowTuple, TcpState
+from vswitch.tables.conntrack import ConntrackTable, Direction, TcpState
 from vswitch.tables.conntrack_snapshot import SnapshotError
 from vswitch.tables.services import ServiceTable
 from vswitch.wire.addresses import BROADCAST_MAC

@@ -56,7 +56,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import sys
 from array import array
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -73,6 +72,8 @@ VERSION = 1
 _FRAME = struct.Struct("!HI")
 _DIGEST_SIZE = 16
 _STATES = tuple(TcpState)
+# The machine's byte order, which the columns are written in (the core reads no interpreter state).
+_BYTEORDER = "little" if array("H", [1]).tobytes() == b"\x01\x00" else "big"
 
 #: (array of ``ConnectionSlots``, item format, items per slot), in file order. ``expires``,
 #: ``seen`` and ``created`` are written as seconds left, since last seen and since created.
@@ -149,7 +150,7 @@ def encode(captured: Capture, node: str, wall_time: float, final: bool) -> bytes
         columns[name] = values.tobytes()
     header = json.dumps({
         "node": node, "time": wall_time, "final": final, "slots": captured.slots,
-        "byteorder": sys.byteorder, "port_key": captured.port_key.hex(),
+        "byteorder": _BYTEORDER, "port_key": captured.port_key.hex(),
         "labels": captured.labels, "affinity": captured.affinity,
     }, default=str).encode()
     body = b"".join((MAGIC, _FRAME.pack(VERSION, len(header)), header,
@@ -184,7 +185,7 @@ def decode(data: bytes, node: str) -> Snapshot:
         raise SnapshotError(f"bad header: {exc}") from exc
     if found_node != node:
         raise SnapshotError(f"written by node {found_node!r}, not {node!r}")
-    if byteorder != sys.byteorder:
+    if byteorder != _BYTEORDER:
         raise SnapshotError(f"written on a {byteorder}-endian machine")
     if not isinstance(slots, int) or slots < 0:
         raise SnapshotError(f"bad slot count {slots!r}")
