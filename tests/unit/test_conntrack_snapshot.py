@@ -395,3 +395,13 @@ async def test_a_periodic_snapshot_marks_the_table_incomplete(tmp_path, accel_na
     await ConnectionState.of(_Topology(tmp_path), new, log).restore()
     assert len(new.conntrack) == len(old.conntrack)
     assert new.conntrack.incomplete_until > trio.current_time()
+
+
+async def test_discarding_removes_the_file_and_a_damaged_one(tmp_path, accel_name, mock_clock):
+    (tmp_path / "unit.connections.bad").write_bytes(b"x")
+    state = ConnectionState.of(_Topology(tmp_path), _busy_switch(accel_name),
+                               logging.getLogger("test"))
+    await state.restore()
+    await state.save_final()
+    state.discard()
+    assert os.listdir(tmp_path) == []

@@ -181,8 +181,8 @@ def process(pkt: Packet, env: Env):
     tracked_flows.apply(pkt, env, entry, Direction.ORIGINAL)
     if trace is not None:
         extra = f", SNAT to {ip_text(snat[0])}:{snat[1]}" if snat else ""
-        trace.note(NAME, f"{'mid-stream segment: connection picked up' if picked_up else 'new connection'}"
-                         f": DNAT to {backend.name}"
+        how = "mid-stream segment: connection picked up" if picked_up else "new connection"
+        trace.note(NAME, f"{how}: DNAT to {backend.name}"
                          f"{' (pod ' + backend.pod + ')' if backend.pod else ''}{extra}")
     return _next(pkt, env)
 

@@ -12,8 +12,9 @@ Theory of operation
 * ``run`` writes every ``interval`` seconds (2 by default); ``save_final`` writes once more at a
   shutdown that keeps the pods (SIGTERM), after the port tasks have stopped and before the ports
   close, marked *final*: it holds every connection. A shutdown that removes the pods (SIGINT)
-  ``discard``s the file: their connections are gone with them. A SIGKILL leaves the last periodic file, which may miss the connections
-  of its last seconds; those are picked up mid-stream (see ``ConntrackTable.pick_up``).
+  ``discard``s the file: their connections are gone with them. A SIGKILL leaves the last
+  periodic file, which may miss the connections of its last seconds; those are picked up
+  mid-stream (see ``ConntrackTable.pick_up``).
 * ``restore`` runs at start, once the tables are programmed with the desired state and before
   any port is read. A file that cannot be used (damaged, truncated, another version) is logged
   and set aside as ``<node>.connections.bad`` for a look; the node starts without it. A final
@@ -46,8 +47,10 @@ def connections_path(state_dir: str, node: str) -> str:
 def remove_saved_connections(state_dir: str, node: str) -> None:
     """Remove the node's saved connections, if any: its pods are gone, and their connections
     with them (a shutdown that removes the pods, ``vswitchctl clean``)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(connections_path(state_dir, node))
+    path = connections_path(state_dir, node)
+    for name in (path, path + ".bad"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
 
 
 class ConnectionState:
@@ -141,9 +144,9 @@ class ConnectionState:
             await self._save(final=True)
 
     def discard(self) -> None:
-        """Remove the file: the node's pods are gone, and their connections with them."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        """Remove the file (and a damaged one set aside): the node's pods are gone, and their
+        connections with them."""
+        remove_saved_connections(os.path.dirname(self.path), self.node)
 
     async def _save(self, *, final: bool) -> None:
         switch = self._switch
