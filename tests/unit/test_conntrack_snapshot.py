@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
+import time
 from ipaddress import IPv4Address
 from types import MappingProxyType
 
@@ -22,10 +24,12 @@ from vswitch.core.switch import Switch
 from vswitch.model import Service, ServicePort, mac_for_ip
 from vswitch.runtime.connection_state import ConnectionState
 from vswitch.tables import conntrack_snapshot as snapshots
-from vswitch.tables.conntrack import ConntrackTable, Direction, TcpState
+from vswitch.tables.conntrack import ConntrackTable, Direction, FlowTuple, TcpState
 from vswitch.tables.conntrack_snapshot import SnapshotError
 from vswitch.tables.services import ServiceTable
 from vswitch.wire.addresses import BROADCAST_MAC
+from tests.unit.daemon.support import Harness, make_topology, real_switch
+from tests.unit.daemon.test_lifecycle import KeepingKernel
 from tests.unit.test_pipeline_services import (
     A, A_IP, B, B_IP, C, C_IP, FAR, GW, NODE, UPLINK, VIP, _pod, _topology, connect, ip, mac,
     packet_of, ports_of, send)
@@ -405,3 +409,38 @@ async def test_discarding_removes_the_file_and_a_damaged_one(tmp_path, accel_nam
     await state.save_final()
     state.discard()
     assert os.listdir(tmp_path) == []
+
+
+# -- the daemon's hooks ------------------------------------------------------------------------
+
+async def _run_until(harness, signum, check=None):
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await harness.start(nursery, save_connections=True)
+            if check is not None:
+                check(harness.switch)
+            os.kill(os.getpid(), signum)
+
+
+async def test_the_daemon_restores_before_forwarding_and_saves_at_sigterm(tmp_path):
+    topology = make_topology(tmp_path)
+    earlier = real_switch(topology)
+    flow = FlowTuple(6, ip("10.244.1.10"), 40000, ip("10.244.1.11"), 80)
+    earlier.conntrack.create(flow, 0.0)
+    (tmp_path / "t1.connections").write_bytes(snapshots.encode(
+        snapshots.capture(earlier.conntrack, earlier.services, 0.0), "t1", time.time(), True))
+
+    def restored(switch):
+        (entry,) = switch.conntrack.entries()
+        assert entry.original == flow
+        assert switch.conntrack.statistics()["restored"] == 1
+
+    harness = Harness(topology)
+    harness.kernel = KeepingKernel()
+    await _run_until(harness, signal.SIGTERM, restored)
+    # SIGTERM keeps the pods, and their connections for the next start, in a final snapshot.
+    assert snapshots.decode((tmp_path / "t1.connections").read_bytes(), "t1").final
+    again = Harness(topology)
+    await _run_until(again, signal.SIGINT, restored)
+    # SIGINT removes the pods, and their connections with them.
+    assert not (tmp_path / "t1.connections").exists()
