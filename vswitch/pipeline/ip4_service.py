@@ -21,10 +21,10 @@ For a new connection (a TCP SYN, or the first UDP datagram or echo request):
   ``load_balancer = "maglev"`` the choice is a pure function of the tuple, so the connection
   reaches the backend it had (unless the backends changed; under ClientIP affinity Maglev hashes
   the client's address alone, so that all of a client's connections agree); with "random" it
-  usually reaches
-  another, whose RST tells the client at once, where a drop would leave it hanging. SNAT keeps the
-  client's port when it is free, so a NodePort connection usually keeps its port too. Any other
-  TCP packet without a tracked connection is invalid: dropped and counted.
+  usually reaches another, whose RST tells the client at once, where a drop would leave it
+  hanging. SNAT keeps the client's port when it is free, so a NodePort connection usually keeps
+  its port too. Any other TCP packet without a tracked connection is invalid: dropped and
+  counted.
 """
 from __future__ import annotations
 
