@@ -502,8 +502,9 @@ def build_peer(stack: contextlib.ExitStack, procs: Processes, variant: str, suff
 
 
 def _stop_daemon(daemon: subprocess.Popen, config: Path, socket_path: Path, node: str) -> None:
+    """SIGINT: the daemon stops and removes its pods (SIGTERM would keep them for a restart)."""
     if daemon.poll() is None:
-        daemon.send_signal(signal.SIGTERM)
+        daemon.send_signal(signal.SIGINT)
         try:
             daemon.wait(15)
         except subprocess.TimeoutExpired:

@@ -35,8 +35,9 @@ The run fails (exit status 1) when:
   its first-half maximum by more than half (tables fill up at first: conntrack holds each short
   connection for TIME_WAIT, so judging needs a run of at least four minutes; shorter runs report
   without judging growth);
-* the daemon left anything behind after SIGTERM: network namespaces, TAPs or processes of the
-  node, or its control socket.
+* the daemon left anything behind after SIGINT (which removes everything; SIGTERM would keep
+  the pods for a restart): network namespaces, TAPs or processes of the node, or its control
+  socket.
 
 Addresses are random /24s inside 10.200.0.0/13 that nothing on the host overlaps; the host port
 is off, so no test address appears in the root namespace, and there is no uplink: no traffic
@@ -387,9 +388,10 @@ def leftovers(node: Node, taps: set[str]) -> list[str]:
 
 
 def stop_daemon(node: Node) -> int | None:
-    """SIGTERM the daemon (our child) and reap it; its exit status, or None if it hangs."""
+    """SIGINT the daemon (our child: stop and remove everything) and reap it; its exit status,
+    or None if it hangs."""
     with contextlib.suppress(ProcessLookupError):
-        os.kill(node.pid, signal.SIGTERM)
+        os.kill(node.pid, signal.SIGINT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         pid, status = os.waitpid(node.pid, os.WNOHANG)
@@ -437,7 +439,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         problems += growth_problems(samples, args.duration)
         code = stop_daemon(node)
         if code not in (0, None):
-            problems.append(f"vswitchd exited with status {code} on SIGTERM")
+            problems.append(f"vswitchd exited with status {code} on SIGINT")
         left = leftovers(node, taps)
         problems += [f"left behind: {item}" for item in left]
     rss = [s["rss_bytes"] for s in samples]

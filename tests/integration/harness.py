@@ -476,6 +476,12 @@ class Daemon:
         """Rewrite any part of the topology before the first start (segments and routes use the
         node's random CIDRs, so they are chosen after the spec exists)."""
         assert self.proc is None, "the topology can only be changed before the daemon starts"
+        self.rewrite(**changes)
+
+    def rewrite(self, **changes: Any) -> None:
+        """Rewrite the topology while no daemon runs, for the next start (a restart with a
+        changed file)."""
+        assert not self.running(), "the file is rewritten between runs only"
         self.spec = dataclasses.replace(self.spec, **changes)
         self.config_path.write_text(self.spec.render())
         self.known_taps.update(expected_devices(self.config_path))
@@ -530,8 +536,9 @@ class Daemon:
             self._log_file.close()
             self._log_file = None
 
-    def stop(self, timeout: float = STOP_TIMEOUT, signum: int = signal.SIGTERM) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited in ``timeout``; returns the exit status."""
+    def stop(self, timeout: float = STOP_TIMEOUT, signum: int = signal.SIGINT) -> int | None:
+        """SIGINT (stop and remove everything; SIGTERM would keep the pods for a restart), then
+        SIGKILL if it has not exited in ``timeout``; returns the exit status."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -543,6 +550,10 @@ class Daemon:
                 self.proc.wait()
         self._close_log()
         return self.proc.returncode
+
+    def clean(self) -> subprocess.CompletedProcess:
+        """``vswitchctl clean --config FILE``: remove what a stopped daemon kept or left."""
+        return self.ctl_run("clean", "--config", str(self.config_path))
 
     def kill(self) -> None:
         """SIGKILL, the way a crash or an OOM kill ends the daemon: no chance to clean up."""
@@ -647,7 +658,9 @@ class Daemon:
 
 
 def cleanup_node(daemon: Daemon) -> Leftovers:
-    """Stop the daemon, then remove by force whatever of this node is left; return what was left.
+    """Stop the daemon (SIGINT: remove everything), then remove by force whatever of this node is
+    left; return what was left. A test that stops its daemon with SIGTERM or SIGKILL at the end
+    cleans up itself (``Daemon.clean``), or its pods count as leftovers.
 
     The return value is what the daemon itself failed to remove, which the fixture turns into a
     failure when the test passed: a leak is a bug even if the test's own assertions held.

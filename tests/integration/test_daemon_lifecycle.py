@@ -1,4 +1,5 @@
-"""The daemon's life: clean shutdown, crash and restart, crash and ``clean``, config errors.
+"""The daemon's life: shutdown (SIGINT removes everything, SIGTERM keeps the pods for the next
+start), crash and restart, crash and ``clean``, config errors.
 
 Each test gets its own node (random name and CIDR) because it stops or kills the daemon. Pods run
 a long sleep with a unique marker argument, so that a pod process surviving a shutdown, or a
@@ -98,7 +99,7 @@ def count_host_addresses(daemon: Daemon) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", [signal.SIGINT], ids=["SIGINT"])
 def test_signal_removes_namespaces_taps_and_pod_processes(make_daemon, signum: int) -> None:
     daemon = new_node(make_daemon)
     # First prove the objects exist, or their absence afterwards would prove nothing.
@@ -116,9 +117,53 @@ def test_signal_removes_namespaces_taps_and_pod_processes(make_daemon, signum: i
     assert count_host_addresses(daemon) == (0, 0)
 
 
+def test_sigterm_keeps_namespaces_taps_and_pod_processes(make_daemon) -> None:
+    daemon = new_node(make_daemon)
+    namespaces = node_namespaces(daemon.spec.name)
+    taps = node_taps(daemon)
+    processes = processes_with_argument(marker_of(daemon))
+    assert namespaces and taps and processes
+
+    status = daemon.stop(signum=signal.SIGTERM)
+
+    assert status == 0, f"exit status {status}; log:\n{daemon.log()}"
+    assert node_namespaces(daemon.spec.name) == namespaces
+    assert node_taps(daemon) == taps
+    assert processes_with_argument(marker_of(daemon)) == processes
+    # The control socket goes with the daemon; the host port keeps its address and routes.
+    assert not os.path.exists(daemon.spec.socket), "the control socket was left behind"
+    assert count_host_addresses(daemon) == (1, 1)
+
+    # What SIGTERM kept, `clean` removes.
+    result = daemon.clean()
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    namespaces, taps, processes = wait_until_gone(daemon)
+    assert namespaces == [] and taps == [] and processes == {}, result.stdout + result.stderr
+    assert count_host_addresses(daemon) == (0, 0)
+    assert list(Path(daemon.spec.state_dir).iterdir()) == []
+
+
+def test_restart_after_sigterm_re_attaches_pods_and_containers(make_daemon) -> None:
+    daemon = new_node(make_daemon)
+    inodes = {name: os.stat(f"/run/netns/{name}").st_ino
+              for name in node_namespaces(daemon.spec.name)}
+    processes = processes_with_argument(marker_of(daemon))
+
+    assert daemon.stop(signum=signal.SIGTERM) == 0, daemon.log()
+    daemon.start()
+
+    assert {name: os.stat(f"/run/netns/{name}").st_ino
+            for name in node_namespaces(daemon.spec.name)} == inodes
+    assert processes_with_argument(marker_of(daemon)) == processes
+    assert_pings(daemon)
+    assert count_host_addresses(daemon) == (1, 1)
+    assert "removed leftover" not in daemon.log(), daemon.log()
+
+
 def test_restart_after_sigkill_recovers_without_duplicates(make_daemon) -> None:
     daemon = new_node(make_daemon)
     assert_pings(daemon)
+    before = processes_with_argument(marker_of(daemon))
     daemon.kill()
     assert node_namespaces(daemon.spec.name), "a killed daemon cannot have removed its namespaces"
 
@@ -129,6 +174,8 @@ def test_restart_after_sigkill_recovers_without_duplicates(make_daemon) -> None:
         daemon.spec.netns(p.name) for p in daemon.spec.pods)
     survivors = processes_with_argument(marker_of(daemon))
     assert len(survivors) == 1, f"expected one sleeper after the restart, found {survivors}"
+    # The container outlived the killed daemon and was re-adopted, not started again.
+    assert survivors == before
     listed = daemon.ctl("pods")
     assert sorted(p["name"] for p in listed) == sorted(p.name for p in daemon.spec.pods)
     assert count_host_addresses(daemon) == (1, 1)

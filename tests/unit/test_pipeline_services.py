@@ -181,7 +181,7 @@ def test_no_ready_endpoint_udp_gets_port_unreachable(switch):
 
 
 def test_non_syn_without_connection_is_invalid_and_dropped(switch):
-    assert connect(switch, C, C_IP, VIP, flags="A") == []
+    assert connect(switch, C, C_IP, VIP, flags="F") == []  # FIN: no loose pickup
     s = switch.statistics()
     assert s["stages"]["ip4-service"]["invalid"] == 1
     assert s["ports"]["c"]["rx_drops"] == {"invalid": 1}

@@ -14,8 +14,17 @@ For a new connection (a TCP SYN, or the first UDP datagram or echo request):
 * no ready backend at all: refused at once, TCP with a RST and UDP with ICMP port unreachable, so
   the client is not left waiting for a timeout. No *local* backend under a Local policy: dropped and
   counted, as Kubernetes does;
-* a TCP packet other than a SYN for a frontend without a tracked connection is invalid (its
-  connection expired or never existed): dropped and counted.
+* a mid-stream TCP segment (the ACK class: no SYN, FIN or RST) for a frontend without a tracked
+  connection is picked up, as Linux's ``nf_conntrack_tcp_loose`` does: its connection was
+  forgotten (a restart whose snapshot missed it, an expired entry), so it gets a backend as a new
+  connection would and an ESTABLISHED entry (``ConntrackTable.pick_up``). With
+  ``load_balancer = "maglev"`` the choice is a pure function of the tuple, so the connection
+  reaches the backend it had (unless the backends changed; under ClientIP affinity Maglev hashes
+  the client's address alone, so that all of a client's connections agree); with "random" it
+  usually reaches another, whose RST tells the client at once, where a drop would leave it
+  hanging. SNAT keeps the client's port when it is free, so a NodePort connection usually keeps
+  its port too. Any other TCP packet without a tracked connection is invalid: dropped and
+  counted.
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ NEXT = ("ip4-local", "ip4-lookup", "ip4-icmp-error")
 _TCP = int(h.IpProto.TCP)
 _ICMP = int(h.IpProto.ICMP)
 _FLOW_KEY = struct.Struct("!B4sH4sH")
+_NO_ADDRESS = bytes(4)
 
 
 class Counter(enum.Enum):
@@ -47,7 +57,10 @@ class Counter(enum.Enum):
     REFUSED_TCP = "TCP connections to a service without ready endpoints, refused with RST"
     REFUSED_UDP = "UDP datagrams to a service without ready endpoints, answered port unreachable"
     NO_LOCAL_ENDPOINT = "Local traffic policy and no endpoint on this node: dropped"
-    INVALID = "TCP packets other than SYN for a service without a tracked connection: dropped"
+    INVALID = ("TCP packets other than SYN or mid-stream ACK for a service without a tracked"
+               " connection: dropped")
+    PICKED_UP = ("mid-stream TCP segments for a service without a tracked connection: picked up"
+                 " as ESTABLISHED connections")
     TABLE_FULL = "new connections refused because the connection table is full of live entries"
     NO_PORT = "no free source port for the SNAT this connection needs"
 
@@ -96,7 +109,8 @@ def process(pkt: Packet, env: Env):
                          f"is {match.kind.value} of service {service.key} port "
                          f"{match.port.name or match.port.port}; {len(match.backends)} ready "
                          f"backend(s): {', '.join(b.name for b in match.backends) or 'none'}")
-    if flow.proto == _TCP and not ConntrackTable.new_tcp_allowed(pkt.tcp_flags):
+    picked_up = flow.proto == _TCP and not ConntrackTable.new_tcp_allowed(pkt.tcp_flags)
+    if picked_up and not ConntrackTable.loose_pickup_allowed(pkt.tcp_flags):
         return env.drop(pkt, Counter.INVALID)
     from_outside = pkt.port.kind is PortKind.UPLINK
     why = services.why_none(match, from_outside)
@@ -105,10 +119,16 @@ def process(pkt: Packet, env: Env):
     if why is NoBackend.NO_LOCAL_ENDPOINTS:
         return env.drop(pkt, Counter.NO_LOCAL_ENDPOINT)
     # A dry run takes the same choice without committing it: the trace follows the backend this
-    # packet would really get. Only Maglev reads the flow's hash.
-    flow_hash = (env.accel.hash_key(_FLOW_KEY.pack(flow.proto, flow.src, flow.sport, flow.dst,
-                                                   flow.dport), 0)
-                 if services.uses_flow_hash(match) else 0)
+    # packet would really get. Only Maglev reads the flow's hash. Under ClientIP affinity it is
+    # the hash of the client's address alone: every connection of a client then gets from Maglev
+    # the backend affinity holds it to, so that a connection picked up after its entries were
+    # lost (a crash) reaches that backend whichever of the client's connections comes first.
+    if services.uses_flow_hash(match):
+        key = (_FLOW_KEY.pack(flow.proto, flow.src, 0, _NO_ADDRESS, 0) if match.affinity
+               else _FLOW_KEY.pack(flow.proto, flow.src, flow.sport, flow.dst, flow.dport))
+        flow_hash = env.accel.hash_key(key, 0)
+    else:
+        flow_hash = 0
     backend = services.choose(match, client_ip=flow.src, flow_hash=flow_hash, now=env.now,
                               from_outside=from_outside, commit=env.commit)
     snat = None
@@ -141,19 +161,28 @@ def process(pkt: Packet, env: Env):
         tracked_flows.apply(pkt, env, entry, Direction.ORIGINAL)
         return _next(pkt, env)
     conntrack = nat.conntrack
-    entry = conntrack.create(flow, env.now, dnat=(backend.ip, backend.port), snat=snat,
-                             labels={"service": match.service_key, "port": match.port.name,
-                                     "kind": match.kind_value, "backend": backend.name})
+    labels = {"service": match.service_key, "port": match.port.name, "kind": match.kind_value,
+              "backend": backend.name}
+    if picked_up:
+        entry = conntrack.pick_up(flow, env.now, dnat=(backend.ip, backend.port), snat=snat,
+                                  labels=labels, length=pkt.ip.total_length)
+    else:
+        entry = conntrack.create(flow, env.now, dnat=(backend.ip, backend.port), snat=snat,
+                                 labels=labels)
     if entry is None:
         return env.drop(pkt, Counter.TABLE_FULL)
-    conntrack.update(entry, Direction.ORIGINAL, env.now, pkt.tcp_flags, pkt.ip.total_length)
-    env.count(Counter.NEW_CONNECTIONS)
+    if picked_up:
+        env.count(Counter.PICKED_UP)
+    else:
+        conntrack.update(entry, Direction.ORIGINAL, env.now, pkt.tcp_flags, pkt.ip.total_length)
+        env.count(Counter.NEW_CONNECTIONS)
     if counter is not None:
         env.count(counter)
     tracked_flows.apply(pkt, env, entry, Direction.ORIGINAL)
     if trace is not None:
         extra = f", SNAT to {ip_text(snat[0])}:{snat[1]}" if snat else ""
-        trace.note(NAME, f"new connection: DNAT to {backend.name}"
+        how = "mid-stream segment: connection picked up" if picked_up else "new connection"
+        trace.note(NAME, f"{how}: DNAT to {backend.name}"
                          f"{' (pod ' + backend.pod + ')' if backend.pod else ''}{extra}")
     return _next(pkt, env)
 

@@ -5,17 +5,21 @@ Theory of operation
 The whole daemon lives in one nursery, and start-up is ordered with ``nursery.start()`` so that each
 step is complete before the next one begins:
 
-1. open the kernel side and remove what a crashed earlier run left behind;
-2. create the host port (if enabled) and every pod (namespace + TAP), register each as a switch
+1. open the kernel side; of what an earlier run left behind, keep what the file still describes
+   as it is and remove the rest (``Kernel.reclaim_leftovers``);
+2. create (or re-attach) the host port (if enabled) and every pod (namespace + TAP), register each
+   as a switch
    port: ids 1..N, host port first, so ids are stable for a given topology. Each port carries
    the index of its segment (the host port is on the default one, 0) and its MTU, which the
    router needs to pick the egress and to send "fragmentation needed";
 3. with the host port up, route every other segment and every static route's prefix from the
    host into the host port via the default gateway, so the node reaches all of its pods through
    the router as it reaches the default segment through the switch;
-4. start one task per port, then the timer task;
+4. put back the connections an earlier run saved (``vswitch.runtime.connection_state``), start
+   one task per port, then the timer task and the periodic snapshot of the connections;
 5. start cluster DNS (``vswitch.runtime.dns_server``: its sockets and the kube-dns service),
-   then the containers of each pod (they find their network and their resolver in place);
+   then the containers of each pod (they find their network and their resolver in place), or
+   re-adopt those an earlier run left running;
 6. with a cluster store, join it: publish this node, route the other nodes it lists
    (``vswitch.runtime.cluster``);
 7. start the control socket;
@@ -25,11 +29,20 @@ step is complete before the next one begins:
 
 It runs until SIGTERM or SIGINT. SIGHUP (systemd's ``ExecReload``) asks for a reload of the
 configuration file, which a task started after step 8 carries out; see ``NodeRuntime.reload``.
-Shutdown is cancellation: every task ends, the container supervisor stops its processes, the
-control server removes its socket; then, shielded from cancellation, the daemon closes the TAP fds
-and tears the kernel objects down. The signal receiver is installed before anything is created,
-so a SIGTERM during start-up also takes the clean path instead of the default of dying on the
-spot.
+Shutdown is cancellation: every task ends, the control server removes its socket; then, shielded
+from cancellation, the daemon closes the TAP fds. The two signals differ in what stays:
+
+* SIGTERM (``systemctl stop`` and ``restart``) is a restart: the pods stay as they are, their
+  namespaces, persistent TAPs, addresses, routes and running containers, and so do the host port
+  and the uplink; the next start re-attaches them (``Kernel.keep``, ``ContainerSupervisor.keep``).
+  A pod loses its link while no daemon runs, not its sockets. Before the ports close, the daemon
+  saves the connections it tracks for the next start (``vswitch.runtime.connection_state``).
+  ``vswitchctl clean`` removes what a stopped node kept.
+* SIGINT (Ctrl-C of a foreground run) removes everything: the container supervisor stops its
+  processes, the kernel objects are torn down, and the saved connections go with them.
+
+The signal receiver is installed before anything is created, so either signal during start-up
+also takes its path instead of the default of dying on the spot.
 
 Reload
 ------
@@ -78,6 +91,7 @@ from vswitch.model import (DEFAULT_SEGMENT, Namespace, NetworkPolicy, Pod, Remot
 from vswitch.runtime import sdnotify
 from vswitch.control.node import node_statistics
 from vswitch.runtime.cluster import ClusterRuntime
+from vswitch.runtime.connection_state import ConnectionState
 from vswitch.runtime.control import (ControlCommands, ControlContext, prepare_socket_path,
                                      serve_control)
 from vswitch.runtime.metrics import SwitchCollector, serve_metrics
@@ -121,7 +135,8 @@ def _system_supervisor(topology: Topology) -> Any:
     from vswitch.runtime.resolv_conf import resolv_conf_path
 
     return ContainerSupervisor(logging.getLogger("vswitchd.containers"),
-                               resolv_conf=lambda namespace: resolv_conf_path(topology, namespace))
+                               resolv_conf=lambda namespace: resolv_conf_path(topology, namespace),
+                               state_dir=topology.control.state_dir)
 
 
 def _system_dns(node: NodeRuntime) -> Any:
@@ -235,14 +250,21 @@ async def run_timer(switch: SwitchCore, ports: dict[int, Port], errors: RuntimeE
 
 
 async def watch_signals(signals: Any, cancel_scope: trio.CancelScope, log: logging.Logger,
-                        reloads: ReloadRequests) -> None:
+                        reloads: ReloadRequests, keep: Callable[[], None]) -> None:
+    """SIGHUP: reload. SIGTERM: ``keep()`` the pods, then stop. SIGINT: stop, removing them."""
     async for signum in signals:
         if signum == signal.SIGHUP:
             # Only noted here: a reload may take a while, and SIGTERM must not wait behind it.
             log.info("received SIGHUP: reloading the configuration")
             reloads.request()
             continue
-        log.info("received %s, shutting down", signal.Signals(signum).name)
+        if signum == signal.SIGTERM:
+            log.info("received SIGTERM: stopping; the pods and their containers stay for the "
+                     "next start (SIGINT, or `vswitchctl clean` afterwards, removes them)")
+            keep()
+        else:
+            log.info("received %s: shutting down and removing the node's pods",
+                     signal.Signals(signum).name)
         cancel_scope.cancel()
         return
 
@@ -784,6 +806,7 @@ async def run_daemon(topology: Topology, *,
                      config_path: str = "",
                      handle_signals: bool = True,
                      startup_lease: int = 0,
+                     save_connections: bool | None = None,
                      log: logging.Logger = module_log,
                      task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run vswitchd for ``topology`` until a signal or cancellation; always clean up.
@@ -793,8 +816,12 @@ async def run_daemon(topology: Topology, *,
     sockets listen behind the host port, which only the kernel's TAP delivers to.
     ``startup_lease`` is the lease ``pod_cidr = "auto"``'s subnet was taken under
     (``vswitch.runtime.cluster.lease_pod_cidr``). ``task_status.started()`` receives the
-    ControlContext once the daemon is ready.
+    ControlContext once the daemon is ready. ``save_connections`` (default: with the real
+    kernel only) keeps the connection state in the state directory across restarts
+    (``vswitch.runtime.connection_state``).
     """
+    if save_connections is None:
+        save_connections = kernel_factory is None
     if dns_factory is None and kernel_factory is None:
         dns_factory = _system_dns
     kernel_factory = kernel_factory or _system_kernel_factory()
@@ -805,6 +832,7 @@ async def run_daemon(topology: Topology, *,
         port_factory = (_datapath_port_factory() if datapath is not None
                         else _system_port_factory())
     supervisor = (supervisor_factory or _system_supervisor)(topology)
+    connections = ConnectionState.of(topology, switch, log) if save_connections else None
     errors = RuntimeErrors()
     socket_path = topology.control.socket
 
@@ -822,16 +850,28 @@ async def run_daemon(topology: Topology, *,
             node.cluster = ClusterRuntime(node, switch, log, startup_lease=startup_lease)
             node.dns = dns_factory(node) if dns_factory is not None else None
             reloads = ReloadRequests()
+            kept = False
+
+            def keep() -> None:
+                # Test doubles of the kernel and the supervisor may not know how to keep.
+                nonlocal kept
+                kept = True
+                for part in (kernel, supervisor):
+                    keep_part = getattr(part, "keep", None)
+                    if keep_part is not None:
+                        keep_part()
+
             try:
                 async with trio.open_nursery() as nursery:
                     node.bind(nursery)
                     if signals is not None:
                         nursery.start_soon(watch_signals, signals, nursery.cancel_scope, log,
-                                           reloads)
+                                           reloads, keep)
 
-                    # The kernel logs each object it removes; this line makes the count easy to
-                    # find after a crash.
-                    leftovers = await kernel.remove_leftovers()
+                    # The kernel logs each object it removes or re-attaches; this line makes the
+                    # count easy to find after a crash.
+                    reclaim = getattr(kernel, "reclaim_leftovers", kernel.remove_leftovers)
+                    leftovers = await reclaim()
                     if leftovers:
                         log.warning("removed %d leftover objects of an earlier run",
                                     len(leftovers))
@@ -849,12 +889,18 @@ async def run_daemon(topology: Topology, *,
                     for destination in host_route_destinations(topology):
                         await kernel.add_host_route(destination, topology.node.gateway)
 
+                    # The tables are programmed and no port is read yet: the connections an
+                    # earlier run saved go back in before their next packet.
+                    if connections is not None:
+                        await connections.restore()
                     if datapath is not None:
                         await nursery.start(_run_upcalls(), switch, node.ports, errors,
                                             topology.dataplane.burst)
                     for name in list(node.port_ids):
                         await node.start_port(name)
                     await nursery.start(run_timer, switch, node.ports, errors)
+                    if connections is not None:
+                        await nursery.start(connections.run)
 
                     if node.dns is not None:
                         await nursery.start(node.dns.run)
@@ -895,8 +941,14 @@ async def run_daemon(topology: Topology, *,
             finally:
                 with trio.CancelScope(shield=True):
                     sdnotify.notify("STOPPING=1")
+                    if connections is not None and kept:
+                        await connections.save_final()
                     node.close_ports()
-                    await kernel.teardown()
+                    if not kept:
+                        await kernel.teardown()
+                        # The connections live as long as the pods.
+                        if connections is not None:
+                            connections.discard()
                     if node.dns is not None:
                         node.dns.remove_files()
                     log.info("vswitchd stopped: node %s", topology.node.name)

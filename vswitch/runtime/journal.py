@@ -20,6 +20,18 @@ Rules:
   ``clean`` from removing objects a live daemon is using. The kernel drops the lock when the holder
   dies, however it dies.
 
+Containers
+----------
+A pod's containers outlive a daemon that is restarted (``vswitch.runtime.containers``), so the
+next one must tell them from a process that merely got the same pid. Each running container has
+a record, ``{netns}.{name}.container``: its pid, its start time (field 22 of /proc/PID/stat) and
+a digest of how it was started; and an output file, ``{netns}.{name}.log``. The supervisor
+writes a record right after the container started and erases it once the container is gone;
+removing the pod (``remove_container_files``) removes both files of every container it had.
+Records and output files live in the state directory next to the journal, so an empty state
+directory still means a clean node. Their names start with the pod's namespace name, which
+holds the node's name, and never end in ``.state``.
+
 Shared underlays
 ----------------
 Several nodes on one host may put their uplinks' far sides into one namespace and one bridge. Those
@@ -218,6 +230,68 @@ def _write_json_atomically(path: str, data: dict[str, Any]) -> None:
     except BaseException:
         _remove_file(tmp)
         raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Containers
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    pid: int
+    start_time: int  # field 22 of /proc/PID/stat: with the pid, one process for good
+    spec: str  # digest of the command, environment and resolv.conf it was started with
+
+
+CONTAINER_SUFFIXES = (".container", ".log")
+
+
+def _container_stem(state_dir: str, netns: str, name: str) -> str:
+    return os.path.join(state_dir, f"{netns}.{name}")
+
+
+def container_log_path(state_dir: str, netns: str, name: str) -> str:
+    return _container_stem(state_dir, netns, name) + ".log"
+
+
+def record_container(state_dir: str, netns: str, name: str, record: ContainerRecord) -> None:
+    _write_json_atomically(_container_stem(state_dir, netns, name) + ".container", {
+        "version": JOURNAL_VERSION, "pid": record.pid, "start_time": record.start_time,
+        "spec": record.spec})
+
+
+def read_container(state_dir: str, netns: str, name: str) -> ContainerRecord | None:
+    """The container's record, or None when there is none or it cannot be read (a container
+    nobody can vouch for is started again; ``Kernel`` removal still finds its process)."""
+    try:
+        with open(_container_stem(state_dir, netns, name) + ".container",
+                  encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("version") != JOURNAL_VERSION:
+            return None
+        return ContainerRecord(int(data["pid"]), int(data["start_time"]), str(data["spec"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def erase_container(state_dir: str, netns: str, name: str) -> None:
+    _remove_file(_container_stem(state_dir, netns, name) + ".container")
+
+
+def remove_container_files(state_dir: str, netns: str) -> list[str]:
+    """Remove the records and output files of the containers of the pod in ``netns``."""
+    prefix = f"{netns}."
+    try:
+        filenames = os.listdir(state_dir)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for filename in sorted(filenames):
+        if filename.startswith(prefix) and filename.endswith(CONTAINER_SUFFIXES) and (
+                "." not in filename[len(prefix):].rsplit(".", 1)[0]):
+            _remove_file(os.path.join(state_dir, filename))
+            removed.append(filename)
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ A pod is built in this order, each step undone if a later one fails:
 
 1. journal the namespace and the TAP's host-side name;
 2. create the named namespace;
-3. open the TAP in the root namespace (the daemon keeps its fd; the device lives as long as it);
+3. create the TAP in the root namespace, persistent (the daemon keeps its fd; the device lives
+   until it is deleted, so the pod keeps its eth0 while the daemon restarts);
 4. move the TAP into the namespace, rename it eth0, set MAC and MTU, add the pod IP with the
    prefix length of the pod's segment, bring eth0 and lo up, add the default route via that
    segment's gateway. The pod's MTU is its own if the topology sets one, else its segment's; the
@@ -40,8 +41,9 @@ record says the daemons made and nobody uses any more. A bridge is in use while 
 (a live node's far side) is its port, a namespace while one is in it; a gateway address added to a
 bridge that was already there is taken back when the bridge has no such port left. A namespace or
 bridge the record does not name was there before any daemon and is never removed. A node that was
-killed has lost its TAP with its fds, so leaving on its behalf (``remove_leftovers``,
-``clean_node``) never disturbs the nodes still running. The far side gets no route beyond its
+killed keeps its (persistent) TAP in the bridge until a restart re-attaches it or leaving on its
+behalf (``remove_leftovers``, ``clean_node``) deletes it, which never disturbs the nodes still
+running. The far side gets no route beyond its
 connected network: the internet knows the node's external address and nothing of the cluster
 behind it, which is what makes NodePort and masquerade necessary. The TAP is not persistent, so
 closing the daemon's fd removes it wherever it lives.
@@ -50,11 +52,25 @@ Removal of a pod runs the other way: kill what runs in the namespace, delete eth
 namespace, erase the journal entries. Every removal step treats "already gone" as success, which
 is what makes ``teardown``, ``remove_leftovers`` and ``clean_node`` idempotent.
 
+Restarts
+--------
+Every TAP is persistent, so what a daemon made outlives it when it is stopped with ``keep()``
+(SIGTERM) or killed. The next start calls ``reclaim_leftovers`` instead of ``remove_leftovers``:
+each object the journal names that the topology still describes, and that still is what the
+topology says (a pod's eth0 is a TAP with the pod's MAC, address, MTU and default route; the host
+port's TAP has its MAC, address and MTU; the uplink's far side is as ``create_uplink`` leaves it),
+is kept; everything else is removed as after a crash. ``create_pod``, ``create_host_port`` and
+``create_uplink`` then re-attach a kept object (``tap.attach_tap``: a pod's eth0 is opened from a
+thread inside the pod's namespace) instead of creating it, and log which of the two they did; an
+object that cannot be re-attached is removed and created anew. A re-attached host port loses the
+routes a daemon added through it, which start-up adds again from the topology.
+
 Rules:
 
 * One ``Kernel`` (one daemon) per node at a time, enforced by the journal's ``NodeLock``.
 * Leaving ``Kernel.open`` tears down whatever is still journalled, even on error or cancellation,
-  so only a killed process leaves objects behind, and the journal then names them.
+  unless ``keep()`` was called; so only a kept or killed node leaves objects behind, and the
+  journal then names them.
 * Host routes (``add_host_route``) go through the host TAP and disappear with it; they are not
   journalled because removing the TAP is what removes them. ``teardown`` still deletes them
   first, so that a host port that outlives a failed teardown does not keep routing into nothing.
@@ -74,14 +90,14 @@ from pyroute2 import netns as pyroute2_netns
 
 from vswitch.model import HostPort, Pod, Segment, Topology, Uplink
 from vswitch.runtime.journal import (Journal, NodeLock, UnderlayLock, UnderlayRecord,
-                                     UnderlayUse, other_nodes_entries)
-from vswitch.runtime.netlink import (NetlinkSession, NetlinkWorker, add_address, bridge_ports,
-                                     delete_address, delete_link_named, ensure_bridge, find_link,
-                                     has_address, link_kind, tun_links)
-from vswitch.runtime.netns import (kill_netns_processes, netns_exists, remove_netns_mount,
-                                   write_netns_sysctls)
+                                     UnderlayUse, other_nodes_entries, remove_container_files)
+from vswitch.runtime.netlink import (ROUTE_TABLE_MAIN, NetlinkSession, NetlinkWorker,
+                                     add_address, bridge_ports, delete_address, delete_link_named,
+                                     ensure_bridge, find_link, has_address, link_kind, tun_links)
+from vswitch.runtime.netns import (call_in_netns, kill_netns_processes, netns_exists,
+                                   remove_netns_mount, write_netns_sysctls)
 from vswitch.core.port_spec import VNET_HDR_LEN, VNET_TUNNEL_HDR_LEN
-from vswitch.runtime.tap import open_tap, udp_tunnel_gso_supported
+from vswitch.runtime.tap import attach_tap, open_tap, udp_tunnel_gso_supported
 
 # Namespace-local settings of every pod (the host's sysctls are never touched).
 POD_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1"}
@@ -92,6 +108,8 @@ UNDERLAY_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1"}
 log = logging.getLogger(__name__)
 
 POD_IFNAME = "eth0"
+RTPROT_KERNEL = 2  # routes the kernel adds itself (the connected route of an address)
+IFF_UP = 0x1
 
 
 class KernelError(Exception):
@@ -122,6 +140,11 @@ class NodeNames:
         return NodeNames(netns=tuple(dict.fromkeys((*self.netns, *other.netns))),
                          taps=tuple(dict.fromkeys((*self.taps, *other.taps))),
                          underlays=tuple(dict.fromkeys((*self.underlays, *other.underlays))))
+
+    def __sub__(self, other: "NodeNames") -> "NodeNames":
+        return NodeNames(netns=tuple(n for n in self.netns if n not in other.netns),
+                         taps=tuple(n for n in self.taps if n not in other.taps),
+                         underlays=tuple(u for u in self.underlays if u not in other.underlays))
 
 
 def joins_underlay(uplink: Uplink) -> bool:
@@ -172,7 +195,8 @@ class NodeObjects:
             # Pods are IPv4-only: interfaces that arrive in the namespace (eth0) get no IPv6, so
             # no router solicitations or MLD reports reach the switch. lo keeps ::1.
             write_netns_sysctls(pod.netns, POD_SYSCTLS)
-            fd = open_tap(pod.tap, vnet_hdr, tso=self.tso, hdr_len=self.vnet_hdr_len)
+            fd = open_tap(pod.tap, vnet_hdr, tso=self.tso, hdr_len=self.vnet_hdr_len,
+                          persist=True)
             session.move_link_to_netns(pod.tap, pod.netns)
             address = IPv4Interface(f"{pod.ip}/{segment.cidr.prefixlen}")
             session.configure_pod_link(pod.netns, pod.tap, pod.mac, address, mtu,
@@ -184,9 +208,73 @@ class NodeObjects:
             session.delete_link(pod.tap)
             self.journal.erase_tap(pod.tap)
             raise
-        log.info("pod %s: namespace %s, %s (tap %s) %s/%d via %s mtu %d (segment %s)", pod.key,
+        log.info("pod %s created: namespace %s, %s (tap %s) %s/%d via %s mtu %d (segment %s)",
+                 pod.key,
                  pod.netns, POD_IFNAME, pod.tap, pod.ip, segment.cidr.prefixlen, segment.gateway,
                  mtu, segment.name)
+        return fd
+
+    # -- restarts: what an earlier run left, re-attached ----------------------------------------
+
+    def find_reusable(self, session: NetlinkSession, topology: Topology) -> NodeNames:
+        """The journalled objects ``topology`` describes that are still what it says, by name;
+        the reason each other journalled object of the topology is not, logged."""
+        entries = self.journal.entries()
+        netns: list[str] = []
+        taps: list[str] = []
+        underlays: list[UnderlayUse] = []
+
+        def judge(what: str, problem: str | None) -> bool:
+            if problem is not None:
+                log.info("%s: not re-attached (%s); it is created anew", what, problem)
+            return problem is None
+
+        for pod in topology.pods:
+            if pod.netns in entries.netns and judge(f"pod {pod.key}", _pod_mismatch(
+                    session, pod, topology.segment(pod.segment), topology.pod_mtu(pod))):
+                netns.append(pod.netns)
+                taps.append(pod.tap)
+        host = topology.host_port
+        if host.enabled and host.name in entries.taps and judge(
+                f"host port {host.name}", _host_port_mismatch(session, host, topology.node.mtu)):
+            taps.append(host.name)
+        uplink = topology.uplink
+        if uplink is not None and uplink.name in entries.taps:
+            use = underlay_use(uplink)
+            joined = not joins_underlay(uplink) or use in entries.underlays
+            if joined and judge(f"uplink {uplink.name}", _uplink_mismatch(session, uplink)):
+                taps.append(uplink.name)
+                if joins_underlay(uplink):
+                    underlays.append(use)
+        return NodeNames(netns=tuple(netns), taps=tuple(taps), underlays=tuple(underlays))
+
+    def reattach_pod(self, session: NetlinkSession, pod: Pod, vnet_hdr: bool) -> int:
+        """Open the kept pod's eth0 again, from inside its namespace; the TAP's fd."""
+        fd = call_in_netns(pod.netns, attach_tap, POD_IFNAME, vnet_hdr, False, self.tso,
+                           self.vnet_hdr_len)
+        log.info("pod %s re-attached: namespace %s, %s %s", pod.key, pod.netns, POD_IFNAME,
+                 pod.ip)
+        return fd
+
+    def reattach_host_port(self, session: NetlinkSession, port: HostPort, vnet_hdr: bool) -> int:
+        """Open the kept host TAP again and drop the routes an earlier run added through it."""
+        fd = attach_tap(port.name, vnet_hdr, False, self.tso, self.vnet_hdr_len)
+        index = session.link_index(port.name)
+        for route in session.root.get_routes(family=2, table=ROUTE_TABLE_MAIN):
+            if route.get("RTA_OIF") == index and route["proto"] != RTPROT_KERNEL:
+                session.delete_route(IPv4Network(f"{route.get('RTA_DST') or '0.0.0.0'}/"
+                                                 f"{route['dst_len']}"), port.name)
+        log.info("host port %s re-attached: %s", port.name, port.address)
+        return fd
+
+    def reattach_uplink(self, session: NetlinkSession, uplink: Uplink, vnet_hdr: bool) -> int:
+        """Open the kept uplink TAP again, in the namespace of its far side."""
+        gso = vnet_hdr and self.uplink_tunnel_gso
+        if uplink.netns is None:
+            fd = attach_tap(uplink.name, vnet_hdr, gso)
+        else:
+            fd = call_in_netns(uplink.netns, attach_tap, uplink.name, vnet_hdr, gso)
+        log.info("uplink %s re-attached: node address %s", uplink.name, uplink.address)
         return fd
 
     def delete_pod(self, session: NetlinkSession, pod: Pod) -> list[str]:
@@ -199,7 +287,8 @@ class NodeObjects:
         self.journal.record_tap(port.name)
         fd = -1
         try:
-            fd = open_tap(port.name, vnet_hdr, tso=self.tso, hdr_len=self.vnet_hdr_len)
+            fd = open_tap(port.name, vnet_hdr, tso=self.tso, hdr_len=self.vnet_hdr_len,
+                          persist=True)
             session.configure_host_link(port.name, port.mac, port.address, mtu)
         except BaseException:
             if fd >= 0:
@@ -217,7 +306,7 @@ class NodeObjects:
         fd = -1
         try:
             fd = open_tap(uplink.name, vnet_hdr,
-                          udp_tunnel_gso=vnet_hdr and self.uplink_tunnel_gso)
+                          udp_tunnel_gso=vnet_hdr and self.uplink_tunnel_gso, persist=True)
             _configure_far_side(session.root, uplink)
         except BaseException:
             if fd >= 0:
@@ -250,7 +339,7 @@ class NodeObjects:
                 if made:
                     created.append(f"bridge {uplink.bridge}")
             fd = open_tap(uplink.name, vnet_hdr,
-                          udp_tunnel_gso=vnet_hdr and self.uplink_tunnel_gso)
+                          udp_tunnel_gso=vnet_hdr and self.uplink_tunnel_gso, persist=True)
             if uplink.netns is not None:
                 session.move_link_to_netns(uplink.name, uplink.netns)
             with session.in_namespace(uplink.netns) as ipr:
@@ -322,7 +411,8 @@ class NodeObjects:
         return removed
 
     def remove_netns(self, session: NetlinkSession, name: str) -> list[str]:
-        """Kill the namespace's processes, delete its eth0, unmount it, erase its entry."""
+        """Kill the namespace's processes, delete its eth0, unmount it, remove its containers'
+        files, erase its entry."""
         removed: list[str] = []
         if netns_exists(name):
             removed += [f"process {pid} in {name}" for pid in kill_netns_processes(name)]
@@ -331,6 +421,8 @@ class NodeObjects:
             session.delete_link_in_netns(name, POD_IFNAME)
             if remove_netns_mount(name):
                 removed.append(f"netns {name}")
+        # Its containers are gone with it, and so are their records and output files.
+        remove_container_files(self.state_dir, name)
         self.journal.erase_netns(name)
         return removed
 
@@ -343,9 +435,11 @@ class NodeObjects:
                 claims.setdefault(name, other)
         return claims
 
-    def remove_all(self, session: NetlinkSession, names: NodeNames) -> list[str]:
-        """Remove the journalled objects and ``names``; whatever is already gone is skipped, and
-        so is a name of ``names`` that another node's journal lists (it is that node's)."""
+    def remove_all(self, session: NetlinkSession, names: NodeNames,
+                   keep: NodeNames = NodeNames()) -> list[str]:
+        """Remove the journalled objects and ``names``, except those of ``keep``; whatever is
+        already gone is skipped, and so is a name of ``names`` that another node's journal lists
+        (it is that node's)."""
         entries = self.journal.entries()
         claims = self.other_nodes_claims()
         for name in (*names.netns, *names.taps):
@@ -354,8 +448,8 @@ class NodeObjects:
         names = NodeNames(netns=tuple(n for n in names.netns if n not in claims),
                           taps=tuple(n for n in names.taps if n not in claims),
                           underlays=names.underlays)
-        everything = NodeNames(netns=entries.netns, taps=entries.taps,
-                               underlays=entries.underlays) | names
+        everything = (NodeNames(netns=entries.netns, taps=entries.taps,
+                                underlays=entries.underlays) | names) - keep
         removed: list[str] = []
         for name in everything.netns:
             removed += self.remove_netns(session, name)
@@ -376,6 +470,9 @@ class Kernel:
         self._objects = objects
         self._host_routes: list[IPv4Network] = []
         self._closed = False
+        # What reclaim_leftovers kept for the create_* methods to re-attach; each is taken once.
+        self._reusable = NodeNames()
+        self._keep = False
 
     @property
     def vnet_hdr_len(self) -> int:
@@ -421,13 +518,55 @@ class Kernel:
             log.warning("removed leftover %s", item)
         return removed
 
+    async def reclaim_leftovers(self) -> list[str]:
+        """Keep what an earlier run of this node left that the topology still describes as it
+        is, for the create_* methods to re-attach; remove the rest as ``remove_leftovers`` does.
+        Call it before creating anything."""
+        self._check_open()
+        reusable = await self._worker.run(self._objects.find_reusable, self.topology)
+        removed = await self._worker.run(self._objects.remove_all,
+                                         NodeNames.of_topology(self.topology), reusable)
+        for item in removed:
+            log.warning("removed leftover %s", item)
+        self._reusable = reusable
+        return removed
+
+    def keep(self) -> None:
+        """Leave every object in place on the way out (a restart re-attaches them); only the
+        fds close. Host routes stay too: they go through the persistent host TAP."""
+        self._keep = True
+
+    def _take_reusable(self, netns: str | None = None, tap: str | None = None) -> bool:
+        """Whether the object is one ``reclaim_leftovers`` kept; it is then no longer listed."""
+        names = NodeNames(netns=(netns,) if netns else (), taps=(tap,) if tap else ())
+        found = all(n in self._reusable.netns for n in names.netns) and all(
+            t in self._reusable.taps for t in names.taps)
+        self._reusable -= names
+        return found
+
+    async def _reattach(self, what: str, reattach: Any, *args: Any) -> int | None:
+        """The fd ``reattach`` gives, or None (logged) when the kept object cannot be used."""
+        try:
+            return await self._worker.run(reattach, *args)
+        except OSError as exc:
+            log.warning("%s: cannot re-attach (%s); it is created anew", what, exc)
+            return None
+
     async def create_pod(self, pod: Pod) -> int:
-        """Build the pod's namespace and eth0; return the TAP fd, which the caller owns."""
+        """Build the pod's namespace and eth0, or re-attach a kept pod; return the TAP fd,
+        which the caller owns."""
         self._check_open()
         topology = self.topology
+        offloads = topology.dataplane.offloads
+        if self._take_reusable(netns=pod.netns, tap=pod.tap):
+            fd = await self._reattach(f"pod {pod.key}", self._objects.reattach_pod, pod,
+                                      offloads)
+            if fd is not None:
+                return fd
+            await self._worker.run(self._objects.delete_pod, pod)
         return await self._worker.run(self._objects.create_pod, pod,
                                       topology.segment(pod.segment), topology.pod_mtu(pod),
-                                      topology.dataplane.offloads)
+                                      offloads)
 
     async def delete_pod(self, pod: Pod) -> None:
         self._check_open()
@@ -439,6 +578,12 @@ class Kernel:
         port = self.topology.host_port
         if not port.enabled:
             raise KernelError("the host port is disabled in the topology")
+        if self._take_reusable(tap=port.name):
+            fd = await self._reattach(f"host port {port.name}", self._objects.reattach_host_port,
+                                      port, self.topology.dataplane.offloads)
+            if fd is not None:
+                return fd
+            await self._worker.run(self._objects.remove_tap, port.name)
         return await self._worker.run(self._objects.create_host_port, port,
                                       self.topology.node.mtu, self.topology.dataplane.offloads)
 
@@ -448,6 +593,14 @@ class Kernel:
         uplink = self.topology.uplink
         if uplink is None:
             raise KernelError("the topology has no uplink")
+        if self._take_reusable(tap=uplink.name):
+            fd = await self._reattach(f"uplink {uplink.name}", self._objects.reattach_uplink,
+                                      uplink, self.topology.dataplane.offloads)
+            if fd is not None:
+                return fd
+            await self._worker.run(self._objects.remove_all, NodeNames(
+                taps=(uplink.name,),
+                underlays=(underlay_use(uplink),) if joins_underlay(uplink) else ()))
         try:
             return await self._worker.run(self._objects.create_uplink, uplink,
                                           self.topology.dataplane.offloads)
@@ -475,8 +628,13 @@ class Kernel:
         log.info("host route %s via %s dev %s", dst, via, device)
 
     async def teardown(self) -> None:
-        """Remove every journalled object of this node; safe to call again and when cancelled."""
+        """Remove every journalled object of this node, unless ``keep`` was called; safe to
+        call again and when cancelled."""
         if self._closed:
+            return
+        if self._keep:
+            log.info("kept the node's pods, TAPs and routes for the next start (journal %s)",
+                     self._objects.journal.path)
             return
         with trio.CancelScope(shield=True):
             routes, self._host_routes = self._host_routes, []
@@ -500,6 +658,72 @@ def node_objects(topology: Topology) -> NodeObjects:
                        tso=topology.overlay is None or tunnel,
                        vnet_hdr_len=VNET_TUNNEL_HDR_LEN if tunnel else VNET_HDR_LEN,
                        uplink_tunnel_gso=tunnel)
+
+
+def _tap_problem(ipr: Any, name: str, mac: str | None, mtu: int) -> tuple[int, str | None]:
+    """The link's index, and why it is not an up TAP with ``mac`` (unless None) and ``mtu``."""
+    index = find_link(ipr, name)
+    if index is None:
+        return -1, f"there is no link {name}"
+    link = ipr.get_links(index)[0]
+    kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    if kind != "tun":
+        return index, f"{name} is a {kind or 'plain'} link, not a TAP"
+    if mac is not None and link.get("IFLA_ADDRESS") != mac.lower():
+        return index, f"{name} has MAC {link.get('IFLA_ADDRESS')}, not {mac}"
+    if link.get("IFLA_MTU") != mtu:
+        return index, f"{name} has MTU {link.get('IFLA_MTU')}, not {mtu}"
+    if not link["flags"] & IFF_UP:
+        return index, f"{name} is down"
+    return index, None
+
+
+def _pod_mismatch(session: NetlinkSession, pod: Pod, segment: Segment, mtu: int) -> str | None:
+    """Why the pod's namespace is not what ``create_pod`` would make of ``pod`` now, or None."""
+    gone = f"namespace {pod.netns} is gone"
+    if not netns_exists(pod.netns):
+        return gone
+    address = IPv4Interface(f"{pod.ip}/{segment.cidr.prefixlen}")
+    try:
+        with session.in_netns(pod.netns) as ipr:
+            index, problem = _tap_problem(ipr, POD_IFNAME, pod.mac, mtu)
+            if problem is not None:
+                return problem
+            if not has_address(ipr, index, address):
+                return f"{POD_IFNAME} does not have {address}"
+            if not any(route["dst_len"] == 0 and route.get("RTA_OIF") == index
+                       and route.get("RTA_GATEWAY") == str(segment.gateway)
+                       for route in ipr.get_routes(family=2, table=ROUTE_TABLE_MAIN)):
+                return f"no default route via {segment.gateway}"
+    except FileNotFoundError:
+        return gone
+    return None
+
+
+def _host_port_mismatch(session: NetlinkSession, port: HostPort, mtu: int) -> str | None:
+    index, problem = _tap_problem(session.root, port.name, port.mac, mtu)
+    if problem is None and not has_address(session.root, index, port.address):
+        problem = f"{port.name} does not have {port.address}"
+    return problem
+
+
+def _uplink_mismatch(session: NetlinkSession, uplink: Uplink) -> str | None:
+    """Why the uplink's TAP and far side are not what ``create_uplink`` leaves, or None."""
+    if uplink.netns is not None and not netns_exists(uplink.netns):
+        return f"namespace {uplink.netns} is gone"
+    with session.in_namespace(uplink.netns) as ipr:
+        if uplink.bridge is not None:
+            index, problem = _tap_problem(ipr, uplink.name, None, uplink.mtu)
+            bridge = find_link(ipr, uplink.bridge)
+            if problem is None and (bridge is None
+                                    or ipr.get_links(index)[0].get("IFLA_MASTER") != bridge):
+                problem = f"{uplink.name} is not a port of bridge {uplink.bridge}"
+            return problem
+        index, problem = _tap_problem(ipr, uplink.name, uplink.far_mac, uplink.mtu)
+        gateway = IPv4Interface(f"{uplink.gateway}/{uplink.address.network.prefixlen}")
+        if problem is None and not has_address(ipr, index, gateway):
+            problem = f"{uplink.name} does not have {gateway}"
+        return problem
 
 
 def _configure_far_side(ipr: Any, uplink: Uplink) -> None:

@@ -18,7 +18,9 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
+
+T = TypeVar("T")
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -103,6 +105,14 @@ def pids_in_netns(name: str) -> list[int]:
     return sorted(pids)
 
 
+def process_in_netns(pid: int, name: str) -> bool:
+    """Whether the process ``pid`` lives in the named namespace (False when either is gone)."""
+    try:
+        return _same_inode(os.stat(f"/proc/{pid}/ns/net"), os.stat(netns_path(name)))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+
+
 def _signal_all(pids: list[int], signum: int) -> None:
     for pid in pids:
         try:
@@ -161,25 +171,37 @@ def remove_netns_mount(name: str) -> bool:
     return True
 
 
-def write_netns_sysctls(name: str, settings: Mapping[str, str]) -> None:
-    """Write ``/proc/sys`` values inside a pod's namespace (never the host's).
+def call_in_netns(name: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a short-lived thread that first enters the named namespace; its result.
 
-    ``/proc/sys/net`` shows the namespace of the thread that opens it, so the writes run in a
-    short-lived thread that enters the namespace first; the daemon's own threads never move.
+    What a thread opens there (``/proc/sys/net`` files, ``/dev/net/tun`` bound to a device of the
+    namespace) stays bound to that namespace after the thread is gone, so the daemon's own
+    threads never move. Blocks the calling thread until ``fn`` returns; its exception is raised.
     """
+    results: list[T] = []
     failures: list[BaseException] = []
 
     def run() -> None:
         try:
             enter_netns(netns_path(name))
-            for key, value in settings.items():
-                with open("/proc/sys/" + key.replace(".", "/"), "w") as handle:
-                    handle.write(value)
-        except OSError as exc:
+            results.append(fn(*args))
+        except BaseException as exc:  # handed to the caller's thread, which raises it
             failures.append(exc)
 
-    thread = threading.Thread(target=run, name=f"sysctl-{name}")
+    thread = threading.Thread(target=run, name=f"in-{name}")
     thread.start()
     thread.join()
     if failures:
         raise failures[0]
+    return results[0]
+
+
+def write_netns_sysctls(name: str, settings: Mapping[str, str]) -> None:
+    """Write ``/proc/sys`` values inside a pod's namespace (never the host's)."""
+
+    def write() -> None:
+        for key, value in settings.items():
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as handle:
+                handle.write(value)
+
+    call_in_netns(name, write)

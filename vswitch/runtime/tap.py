@@ -1,9 +1,13 @@
-"""TAP devices as non-blocking file descriptors: open, read a burst, write a frame.
+"""TAP devices as non-blocking file descriptors: open, re-attach, read a burst, write a frame.
 
 A TAP delivers exactly one Ethernet frame per ``read`` and takes one per ``write``, so it is read
-in bursts of whole frames rather than as a byte stream. The devices are not persistent: the kernel
-deletes one when its last fd is closed, so a daemon that dies (even by SIGKILL) cannot leave a TAP
-behind unless another process inherited the fd. Python opens fds close-on-exec, so pods never do.
+in bursts of whole frames rather than as a byte stream. The node's TAPs are persistent
+(``TUNSETPERSIST``): a device outlives the daemon's fd, so a pod's eth0 keeps its addresses,
+routes and sockets while the daemon restarts, and has no carrier while nobody holds it (frames
+the pod sends meanwhile are dropped, as on an unplugged cable, and TCP retransmits them).
+``attach_tap`` opens such a device again by name, in whatever network namespace the calling
+thread is in; something must delete a persistent device explicitly (``Kernel`` does, on removal).
+Python opens fds close-on-exec, so pods never inherit one.
 
 With offloads on, every frame in either direction starts with a 10-byte ``struct virtio_net_hdr``
 and the pods' kernels may hand over TCP segments of up to 64 KB with partial checksums. That is
@@ -29,11 +33,14 @@ from vswitch.model import IFNAMSIZ
 from vswitch.wire.tunnel_offload import VNET_TUNNEL_HDR_LEN
 
 TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNGETIFF = 0x800454D2
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_PERSIST = 0x0800
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
@@ -58,15 +65,20 @@ class UdpTunnelGsoUnsupported(OSError):
     """The running kernel does not offer UDP-tunnel GSO on TAPs."""
 
 
+class NotPersistent(OSError):
+    """``attach_tap`` found no persistent TAP of that name (it would have created a new one)."""
+
+
 def open_tap(name: str, vnet_hdr: bool, udp_tunnel_gso: bool = False, tso: bool = True,
-             hdr_len: int = VNET_HDR_LEN) -> int:
+             hdr_len: int = VNET_HDR_LEN, persist: bool = False) -> int:
     """Create the TAP ``name`` and return its non-blocking, close-on-exec fd.
 
-    The device exists exactly as long as the fd (or a dup of it) is open. ``vnet_hdr`` turns on
-    the virtio-net header and the checksum and TSO offloads, which only make sense together: the
-    header is how the kernel tells us a frame is a large segment or has a partial checksum.
-    ``tso`` False keeps the checksum offload but has the kernel segment TCP itself: for ports
-    whose frames may have to cross the VXLAN overlay while the uplink does not carry super-frames.
+    Without ``persist`` the device exists exactly as long as the fd (or a dup of it) is open; with
+    it, until it is deleted. ``vnet_hdr`` turns on the virtio-net header and the checksum and TSO
+    offloads, which only make sense together: the header is how the kernel tells us a frame is a
+    large segment or has a partial checksum. ``tso`` False keeps the checksum offload but has the
+    kernel segment TCP itself: for ports whose frames may have to cross the VXLAN overlay while
+    the uplink does not carry super-frames.
 
     ``udp_tunnel_gso`` (which needs ``vnet_hdr``) makes the header 24 bytes and adds the
     UDP-tunnel GSO offloads, with and without the outer UDP checksum; a kernel without them
@@ -74,6 +86,41 @@ def open_tap(name: str, vnet_hdr: bool, udp_tunnel_gso: bool = False, tso: bool 
     ``udp_tunnel_gso`` gives a pod the header size of a node whose uplink takes tunnel GSO (its
     tunnel fields stay zero), so that frames pass between the two without conversion.
     """
+    fd = _open_tun(name, vnet_hdr, udp_tunnel_gso)
+    try:
+        _configure(fd, name, vnet_hdr, udp_tunnel_gso, tso, hdr_len)
+        if persist:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def attach_tap(name: str, vnet_hdr: bool, udp_tunnel_gso: bool = False, tso: bool = True,
+               hdr_len: int = VNET_HDR_LEN) -> int:
+    """Open the existing persistent TAP ``name`` of the calling thread's network namespace again,
+    with the framing and offloads ``open_tap`` would give it; its non-blocking fd.
+
+    ``TUNSETIFF`` creates a device when there is none of that name, so a device without
+    ``IFF_PERSIST`` afterwards is one this call made: it is closed (which deletes it) and
+    ``NotPersistent`` raised. EBUSY means another fd still holds the device.
+    """
+    fd = _open_tun(name, vnet_hdr, udp_tunnel_gso)
+    try:
+        answer = fcntl.ioctl(fd, TUNGETIFF, bytes(40))  # a struct ifreq
+        _, flags = struct.unpack("16sH", answer[:18])
+        if not flags & IFF_PERSIST:
+            raise NotPersistent(errno.ENODEV, f"TAP {name}: no persistent device of that name")
+        _configure(fd, name, vnet_hdr, udp_tunnel_gso, tso, hdr_len)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_tun(name: str, vnet_hdr: bool, udp_tunnel_gso: bool) -> int:
+    """An fd of /dev/net/tun bound to the TAP ``name`` (created if missing)."""
     if not name or len(name) > IFNAMSIZ:
         raise ValueError(f"interface name {name!r} must be 1..{IFNAMSIZ} characters")
     if udp_tunnel_gso and not vnet_hdr:
@@ -82,23 +129,28 @@ def open_tap(name: str, vnet_hdr: bool, udp_tunnel_gso: bool = False, tso: bool 
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
-        if udp_tunnel_gso:
-            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_TUNNEL_HDR_LEN))
-            try:
-                fcntl.ioctl(fd, TUNSETOFFLOAD, _TUNNEL_OFFLOADS)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                raise UdpTunnelGsoUnsupported(
-                    exc.errno, f"TAP {name}: the kernel refuses UDP-tunnel GSO "
-                    f"(TUN_F_UDP_TUNNEL_GSO, Linux 6.17 or later): {exc.strerror}") from exc
-        elif vnet_hdr:
-            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", hdr_len))
-            fcntl.ioctl(fd, TUNSETOFFLOAD, _OFFLOADS if tso else TUN_F_CSUM)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _configure(fd: int, name: str, vnet_hdr: bool, udp_tunnel_gso: bool, tso: bool,
+               hdr_len: int) -> None:
+    """The header size and offloads of ``open_tap``'s docstring, set on a bound fd."""
+    if udp_tunnel_gso:
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_TUNNEL_HDR_LEN))
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, _TUNNEL_OFFLOADS)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            raise UdpTunnelGsoUnsupported(
+                exc.errno, f"TAP {name}: the kernel refuses UDP-tunnel GSO "
+                f"(TUN_F_UDP_TUNNEL_GSO, Linux 6.17 or later): {exc.strerror}") from exc
+    elif vnet_hdr:
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", hdr_len))
+        fcntl.ioctl(fd, TUNSETOFFLOAD, _OFFLOADS if tso else TUN_F_CSUM)
 
 
 def udp_tunnel_gso_supported() -> bool:

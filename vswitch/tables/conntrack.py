@@ -37,6 +37,13 @@ Theory of operation
   wait until the stream has lasted 2 s. ICMP echo is keyed by identifier alone; the pipeline
   adds the kernel's distinction by type (a request only matches an entry's original direction, a
   reply only its reply direction).
+* Two more ways in besides ``create``: ``pick_up`` tracks a connection from a mid-stream segment
+  of its client (Linux's ``nf_conntrack_tcp_loose``: a forgotten connection goes on, unreplied
+  and short-lived until its other side answers), and ``restore`` puts back a connection an
+  earlier run saved, every field as it was (``conntrack_snapshot``). ``incomplete_until`` says
+  until when the table may lack connections that exist (after a restart from a snapshot older
+  than the end of the last run), which the pipeline needs to tell a backend's reply of a
+  forgotten connection from traffic that was never translated.
 * SNAT ports are chosen by ``allocate_port``: the client's own port when it is free, else the
   first free one of a scan that starts at a keyed hash of the flow (see ``nat_ports.py``).
 * The table is bounded. When it is full, ``create`` first reclaims dead entries, then evicts the
@@ -251,12 +258,16 @@ class ConntrackTable:
         self._deadlines = SlotDeadlines(max_entries, self.slots.expires)
         # Secret key of the hash that starts a port scan (see nat_ports.py). The caller draws it
         # from its seeded source: the daemon's seed is random, a test's is fixed and reproducible.
-        self._port_key = scan_key(port_salt)
+        self.port_key = scan_key(port_salt)
+        # Until this time (on the caller's clock) the table may lack connections that exist: the
+        # daemon restarted from a snapshot older than its end (see ``conntrack_snapshot``).
+        self.incomplete_until = 0.0
         self._tcp_states: dict[TcpState, int] = {state: 0 for state in TcpState}
         self._protocols: dict[int, int] = {}
         self._counts = {name: 0 for name in (
             "created", "expired", "evictions", "drops_full", "clashes", "invalid", "ignored",
-            "reopened", "aborted", "flushed", "removed", "reclaimed")}
+            "reopened", "aborted", "flushed", "removed", "reclaimed", "picked_up", "restored",
+            "restore_expired", "restore_dropped")}
 
     def __len__(self) -> int:
         return self._size
@@ -265,6 +276,16 @@ class ConntrackTable:
     def reply_pairs(self) -> Mapping[tuple[bytes, bytes], int]:
         """The address pairs replies of translated connections carry; read-only for callers."""
         return self._reply_pairs_view
+
+    def label_sets(self) -> list[tuple[int, dict[str, Any]]]:
+        """The label sets in use, by the ids ``slots.label`` holds."""
+        return self._labels.sets()
+
+    def count_restore_losses(self, expired: int, dropped: int) -> None:
+        """Saved connections a restart did not restore: their time ran out while the daemon was
+        down, or what they were translated to is gone (counted in ``statistics``)."""
+        self._counts["restore_expired"] += expired
+        self._counts["restore_dropped"] += dropped
 
     def labels_of(self, slot: int) -> dict[str, Any]:
         """The (shared, read-only) labels of the connection in ``slot``."""
@@ -316,10 +337,17 @@ class ConntrackTable:
 
     @staticmethod
     def new_tcp_allowed(flags: int) -> bool:
-        """Only a bare SYN may start a TCP connection: picking up a connection from a stray ACK
-        (Linux's ``nf_conntrack_tcp_loose``) would forward packets of a flow whose translation is
-        unknown, which is how kube-proxy's spurious resets came about."""
+        """Only a bare SYN starts a TCP connection in the usual way. A segment of the ACK class
+        may still be picked up mid-stream towards a service frontend (``pick_up``); anything else
+        without an entry is dropped, never forwarded with an unknown translation."""
         return flags & (SYN | ACK | RST | FIN) == SYN
+
+    @staticmethod
+    def loose_pickup_allowed(flags: int) -> bool:
+        """Whether a TCP segment of no tracked connection may open an ESTABLISHED entry, as
+        Linux's ``nf_conntrack_tcp_loose`` allows: only the ACK class (no SYN, FIN or RST), the
+        one whose cell from state NONE is ESTABLISHED in the kernel's table."""
+        return CLASS_OF_FLAGS.get(flags & CLASSIFIED) == ACK_CLASS
 
     @staticmethod
     def reopens(entry: Entry, direction: Direction, tcp_flags: int | None) -> bool:
@@ -350,6 +378,56 @@ class ConntrackTable:
         Creating may remove other entries, which the caller never sees: evicted ones (counted in
         ``evictions``) and dead ones whose tuples or room it takes (counted in ``reclaimed``, and
         in ``expired``)."""
+        return self._create(original, now, dnat, snat, labels, "created")
+
+    def pick_up(self, original: FlowTuple, now: float, *, dnat: tuple[bytes, int] | None = None,
+                snat: tuple[bytes, int] | None = None, labels: dict[str, Any] | None = None,
+                length: int = 0) -> Entry | None:
+        """Track a TCP connection from a mid-stream segment of its client (Linux's
+        ``nf_conntrack_tcp_loose``; see ``loose_pickup_allowed``): the entry starts ESTABLISHED
+        with the segment counted, but unreplied, so that it lasts ``syn_recv`` seconds until the
+        other side answers (a stray ACK must not hold a translation for a day) and is among the
+        first evicted. Its first reply makes it replied and ESTABLISHED's timeout applies; the
+        segment after that makes it assured, as after a handshake."""
+        entry = self._create(original, now, dnat, snat, labels, "picked_up")
+        if entry is None:
+            return None
+        self._tcp_states[TcpState.SYN_SENT] -= 1
+        self._tcp_states[TcpState.ESTABLISHED] += 1
+        entry.tcp_state = TcpState.ESTABLISHED
+        self._count(entry, 0, now, length)
+        self._set_expires(entry, now + self.timeouts.syn_recv)
+        return entry
+
+    def restore(self, original: FlowTuple, now: float, *, dnat: tuple[bytes, int] | None,
+                snat: tuple[bytes, int] | None, labels: dict[str, Any], state: TcpState,
+                flags: int, simultaneous_open: bool, expires: float, seen: float,
+                created: float, packets: tuple[int, int], octets: tuple[int, int]
+                ) -> Entry | None:
+        """Track a connection saved by an earlier run, with every field as it was (times on
+        this run's clock); ``flags`` are its REPLIED and ASSURED bits. None as for ``create``."""
+        entry = self._create(original, now, dnat, snat, labels, "restored")
+        if entry is None:
+            return None
+        if original.proto == _TCP:
+            self._tcp_states[TcpState.SYN_SENT] -= 1
+            self._tcp_states[state] += 1
+            entry.tcp_state = state
+        if flags & _REPLIED:
+            self._mark_replied(entry)
+        entry.assured = bool(flags & ConnectionSlots.ASSURED)
+        entry._simultaneous_open = simultaneous_open
+        slot = entry.slot
+        slots = self.slots
+        slots.packets[2 * slot], slots.packets[2 * slot + 1] = packets
+        slots.bytes[2 * slot], slots.bytes[2 * slot + 1] = octets
+        slots.seen[slot], slots.created[slot] = seen, created
+        self._set_expires(entry, expires)
+        return entry
+
+    def _create(self, original: FlowTuple, now: float, dnat: tuple[bytes, int] | None,
+                snat: tuple[bytes, int] | None, labels: dict[str, Any] | None,
+                counter: str) -> Entry | None:
         reply = reply_of(original, dnat, snat)
         proto = original.proto
         original_key = TUPLE_KEY.pack(proto, original.src, original.sport, original.dst,
@@ -438,7 +516,7 @@ class ConntrackTable:
             self._tcp_states[state] += 1
         self._protocols[proto] = self._protocols.get(proto, 0) + 1
         self._deadlines.schedule(slot, now + timeout)
-        self._counts["created"] += 1
+        self._counts[counter] += 1
         # A fresh slot has no view yet; this one starts with what it would unpack.
         view = Entry.view(self, slot, slots.incarnation[slot], original, reply, (dnat, snat))
         self._remember(slot, view)
@@ -467,7 +545,7 @@ class ConntrackTable:
         if low <= preferred <= high and free(preferred):
             return preferred
         span = high - low + 1
-        start = scan_start(self._port_key, proto, src_ip, remote_ip, remote_port, preferred, span)
+        start = scan_start(self.port_key, proto, src_ip, remote_ip, remote_port, preferred, span)
         for i in range(span):
             port = low + (start + i) % span
             if free(port):

@@ -70,6 +70,11 @@ class LabelSets:
         group[1][values] = label_id
         return label_id
 
+    def sets(self) -> list[tuple[int, dict[str, Any]]]:
+        """Every set in use, with its id: O(sets), not O(connections)."""
+        return [(label_id, dict(zip(keys, self._values[label_id])))
+                for label_id, keys in enumerate(self._keys) if keys is not None]
+
     def get(self, label_id: int) -> dict[str, Any]:
         return dict(zip(self._keys[label_id], self._values[label_id]))
 

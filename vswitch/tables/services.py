@@ -94,6 +94,8 @@ class ServiceTable:
         self._frontends: dict[FrontendKey, ServiceMatch] = {}
         # (protocol, address) of every frontend: what a fragment without ports can be matched on.
         self._frontend_addresses: frozenset[tuple[int, bytes]] = frozenset()
+        # (protocol, address, port) of every ready backend: who may send a connection's replies.
+        self._backend_endpoints: frozenset[FrontendKey] = frozenset()
         # Affinity entries are grouped per service port, so that dropping a service's entries, or
         # those of one removed backend, never scans other services' clients.
         self._affinity: dict[PortKey, dict[bytes, _Affinity]] = {}
@@ -134,6 +136,9 @@ class ServiceTable:
         self._ports = new_ports
         self._frontends = frontends
         self._frontend_addresses = frozenset((proto, ip) for proto, ip, _ in frontends)
+        self._backend_endpoints = frozenset(
+            (PROTOCOL_NUMBERS.get(key[1], -1), backend.ip, backend.port)
+            for key, state in new_ports.items() for backend in state.backends)
         if changed:
             self.generation += 1
         return ProgramResult(removed, added, self.generation, removed_frontends, added_frontends,
@@ -177,6 +182,11 @@ class ServiceTable:
         """Whether some service listens on ``dst_ip`` for ``proto``, on any port: a later
         fragment carries no port, and this is all that can be known about it."""
         return (proto, dst_ip) in self._frontend_addresses
+
+    def is_backend(self, proto: int, ip: bytes, port: int) -> bool:
+        """Whether ``ip:port`` is a ready backend of some service port of ``proto``: a segment
+        it sends may be the reply of a translated connection."""
+        return (proto, ip, port) in self._backend_endpoints
 
     @staticmethod
     def local_only(match: ServiceMatch, from_outside: bool) -> bool:
@@ -301,6 +311,27 @@ class ServiceTable:
 
     def affinity_count(self) -> int:
         return sum(len(entries) for entries in self._affinity.values())
+
+    def affinity_entries(self, now: float) -> list[tuple[PortKey, bytes, Backend, float, float]]:
+        """Every live affinity entry as (port key, client, backend, seconds left, seconds since
+        its last use): what a restart must carry over (``conntrack_snapshot``)."""
+        return [(key, client, entry.backend, entry.expires - now, now - entry.last_used)
+                for key, entries in self._affinity.items()
+                for client, entry in entries.items() if now < entry.expires]
+
+    def restore_affinity(self, key: PortKey, client_ip: bytes, ip: bytes, port: int,
+                         expires: float, last_used: float) -> bool:
+        """Pin ``client_ip`` again as an earlier run had it, if the service port still uses
+        ClientIP affinity and ``ip:port`` is still one of its ready backends; False otherwise."""
+        state = self._ports.get(key)
+        if state is None or not _is(state.service.session_affinity, "clientip"):
+            return False
+        backend = next((b for b in state.backends if b.ip == ip and b.port == port), None)
+        if backend is None:
+            return False
+        self._affinity.setdefault(key, {})[client_ip] = _Affinity(backend, expires, last_used)
+        self._deadlines.schedule((key, client_ip), expires)
+        return True
 
     # -- introspection -------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import trio
 from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.model import Topology, Uplink, mac_for_ip
 from vswitch.runtime import sdnotify
+from vswitch.runtime.memory_port import NullKernel
 from vswitch.runtime.control import ControlSocketBusy
 from vswitch.runtime.daemon import run_daemon
 
@@ -84,7 +85,7 @@ async def test_cancelling_the_daemon_cleans_up(tmp_path):
     assert harness.ports.ports["b"].write(b"late") is False
 
 
-async def test_sigterm_stops_the_daemon_cleanly(tmp_path, log_watch):
+async def test_sigint_stops_the_daemon_and_removes_everything(tmp_path, log_watch):
     harness = Harness(make_topology(tmp_path))
     path = harness.topology.control.socket
     with trio.fail_after(5):
@@ -94,10 +95,34 @@ async def test_sigterm_stops_the_daemon_cleanly(tmp_path, log_watch):
             # There is no file to reload from: the reload fails, and the daemon goes on.
             await log_watch.wait_for("reload failed")
             assert (await ask(path, "status"))["ok"]
+            os.kill(os.getpid(), signal.SIGINT)
+        # The nursery ended on its own: the daemon returned after SIGINT.
+    assert not os.path.exists(path)
+    assert harness.kernel.calls[-2:] == ["teardown", "close"]
+
+
+class KeepingKernel(NullKernel):
+    """A kernel that also records being asked to keep its objects, as the real one can."""
+
+    def keep(self) -> None:
+        self.calls.append("keep")
+
+
+async def test_sigterm_stops_the_daemon_and_keeps_the_pods(tmp_path, log_watch):
+    harness = Harness(make_topology(tmp_path, containers=True))
+    harness.kernel = KeepingKernel()
+    path = harness.topology.control.socket
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await harness.start(nursery)
+            assert (await ask(path, "status"))["ok"]
             os.kill(os.getpid(), signal.SIGTERM)
         # The nursery ended on its own: the daemon returned after SIGTERM.
     assert not os.path.exists(path)
-    assert harness.kernel.calls[-2:] == ["teardown", "close"]
+    # Kept for the next start: the kernel is told so and never torn down.
+    assert harness.kernel.calls[-2:] == ["keep", "close"]
+    assert "teardown" not in harness.kernel.calls
+    await log_watch.wait_for("the pods and their containers stay for the next start")
 
 
 async def test_second_daemon_on_the_same_socket_is_refused(tmp_path):

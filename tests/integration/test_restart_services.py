@@ -1,0 +1,142 @@
+"""Restarts that do not break service connections: an iperf3 TCP stream through a ClusterIP (pod to
+pod) and through a NodePort (from the uplink's far side, SNATed to the node address) runs through
+a daemon that is stopped (SIGTERM) or killed (SIGKILL) and started again.
+
+What makes it possible, besides the pods that outlive the daemon (``test_restart``): SIGTERM
+saves the connection table, with its DNAT and SNAT bindings and the ClientIP affinity, and the
+next start restores it before any port is read; after SIGKILL the next start restores the last
+periodic snapshot (every 2 s), and a connection it missed is picked up from its client's next
+mid-stream segment. Two backends and ClientIP affinity: iperf3's control and data connections
+must reach the same server, and after a restart they must still reach it.
+
+Each test prints and records how long no daemon ran and the longest stretch without progress.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from harness import NETNS_DIR, Daemon
+from services_support import ServiceNode, ServicePodSpec, make_service_node, service_port
+from test_restart import INTERVAL, IPERF_PORT, MAX_STALL, RESTART_AT, STREAM_SECONDS, \
+    longest_stall, restart
+
+pytestmark = pytest.mark.integration
+
+NODE_PORT = 30521
+BACKENDS = ("srv-1", "srv-2")
+
+
+@pytest.fixture
+def node(netns_environment: None, tmp_path: Path) -> Iterator[ServiceNode]:
+    spec = make_service_node(tmp_path)
+    selector = {"app": "iperf"}
+    services = (
+        {"name": "iperf", "cluster_ip": spec.cluster_ip(20), "selector": selector,
+         "type": "NodePort", "load_balancer": "maglev", "session_affinity": "ClientIP",
+         "ports": [service_port("data", "tcp", 5201, 5201, node_port=NODE_PORT)]},
+    )
+    pods = (*(ServicePodSpec(name, labels=selector) for name in BACKENDS),
+            ServicePodSpec("client"))
+    service_node = ServiceNode(Daemon(dataclasses.replace(spec, pods=pods, services=services),
+                                      tmp_path))
+    processes: list[subprocess.Popen] = []
+    try:
+        service_node.daemon.start()
+        for name in BACKENDS:
+            server = service_node.daemon.popen_in(
+                name, "iperf3", "-s", "-p", IPERF_PORT, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+            processes.append(server)
+            wait_listening(service_node, name)
+        yield service_node
+    finally:
+        for proc in processes:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        problems = service_node.close()
+    assert not problems, problems
+
+
+def wait_listening(node: ServiceNode, pod: str, timeout: float = 10.0) -> None:
+    """Until the pod's iperf3 server listens (its output is buffered: the socket tells)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listening = subprocess.run(
+            ["nsenter", f"--net={NETNS_DIR / node.spec.netns(pod)}", "ss", "-Hltn",
+             f"sport = :{IPERF_PORT}"], capture_output=True, text=True).stdout
+        if listening.strip():
+            return
+        assert time.monotonic() < deadline, f"iperf3 does not listen in {pod}"
+        time.sleep(0.1)
+
+
+def stream_across_restart(node: ServiceNode, argv: list[str], port: int | str, signum: int,
+                          record_property) -> dict:
+    """Run ``argv`` (an iperf3 client, to ``port``) and restart the daemon with ``signum`` in the
+    middle; the client's JSON report, after checking that the stream completed."""
+    daemon = node.daemon
+    client = subprocess.Popen(
+        [*argv, "-p", str(port), "-t", str(STREAM_SECONDS), "-i", str(INTERVAL), "-b", "200M",
+         "-J"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(RESTART_AT)
+        downtime = restart(daemon, signum)
+        out, err = client.communicate(timeout=STREAM_SECONDS + 60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    report = json.loads(out)
+    assert client.returncode == 0 and "error" not in report, f"{out}\n{err}\n{daemon.log()}"
+    stall = longest_stall(report)
+    record_property("restart_seconds", round(downtime, 2))
+    record_property("longest_stall_seconds", round(stall, 2))
+    print(f"{signal.Signals(signum).name}: daemon down {downtime:.2f} s, "
+          f"stream stalled {stall:.2f} s at most")
+    assert report["end"]["sum_received"]["bytes"] > 0
+    assert stall < MAX_STALL, f"the stream stalled {stall:.2f} s; log:\n{daemon.log()}"
+    return report
+
+
+def assert_carried_over(node: ServiceNode, signum: int) -> None:
+    """SIGTERM: the stream's connections were restored from the final snapshot. SIGKILL: from
+    the last periodic one, or picked up mid-stream."""
+    stats = node.conntrack_stats()
+    log = node.daemon.log()
+    if signum == signal.SIGTERM:
+        assert stats["restored"] >= 2, f"{stats}\n{log}"
+        assert "(final snapshot)" in log, log
+    else:
+        assert stats["restored"] + stats["picked_up"] >= 1, f"{stats}\n{log}"
+    # Restored and picked-up connections are listed as any others.
+    assert any(row["dnat"] is not None and row["dnat"]["port"] == 5201
+               for row in node.conntrack()), node.conntrack()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_clusterip_stream_survives_a_restart(node: ServiceNode, signum: int,
+                                               record_property) -> None:
+    vip = node.spec.cluster_ip(20)
+    argv = ["nsenter", f"--net={NETNS_DIR / node.spec.netns('client')}", "iperf3", "-c", vip]
+    stream_across_restart(node, argv, IPERF_PORT, signum, record_property)
+    assert_carried_over(node, signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_nodeport_stream_from_outside_survives_a_restart(node: ServiceNode, signum: int,
+                                                          record_property) -> None:
+    argv = node.internet_argv("iperf3", "-c", str(node.spec.node_address))
+    stream_across_restart(node, argv, NODE_PORT, signum, record_property)
+    assert_carried_over(node, signum)
+    rows = node.conntrack()
+    assert any(row["snat"] is not None and row["snat"]["ip"] == str(node.spec.node_address)
+               for row in rows), rows
