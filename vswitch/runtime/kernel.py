@@ -89,6 +89,7 @@ from pyroute2 import NetlinkError
 from pyroute2 import netns as pyroute2_netns
 
 from vswitch.model import HostPort, Pod, Segment, Topology, Uplink
+from vswitch.runtime.connection_state import remove_saved_connections
 from vswitch.runtime.journal import (Journal, NodeLock, UnderlayLock, UnderlayRecord,
                                      UnderlayUse, other_nodes_entries, remove_container_files)
 from vswitch.runtime.netlink import (ROUTE_TABLE_MAIN, NetlinkSession, NetlinkWorker,
@@ -814,7 +815,7 @@ def clean_node(node_name: str, state_dir: str = "/run/vswitch",
                topology: Topology | None = None) -> list[str]:
     """Remove what a crashed daemon of ``node_name`` left behind (Mininet's ``mn -c``).
 
-    Synchronous: it uses netlink in the calling thread, so call it from a plain thread (or
+    Also removes the node's saved connections. Synchronous: it uses netlink in the calling thread, so call it from a plain thread (or
     ``trio.to_thread.run_sync``), not from a trio task directly. Raises NodeBusyError while a
     daemon of the node is running, since its objects are in use, not left over.
     """
@@ -824,5 +825,8 @@ def clean_node(node_name: str, state_dir: str = "/run/vswitch",
     names = NodeNames.of_topology(topology) if topology is not None else NodeNames()
     with NodeLock(state_dir, node_name), NetlinkSession() as session:
         objects = NodeObjects(node_name, state_dir)
-        return objects.remove_all(session, names)
+        removed = objects.remove_all(session, names)
+        # The pods' connections go with them: a later start must not restore them.
+        remove_saved_connections(state_dir, node_name)
+        return removed
 
