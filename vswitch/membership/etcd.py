@@ -30,8 +30,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, AsyncGenerator, Sequence
 
-import httpx
-
 # gRPC status codes that mean "try again later" rather than "your request is wrong": CANCELLED
 # (etcd is shutting down), DEADLINE_EXCEEDED, ABORTED, UNAVAILABLE (e.g. no leader).
 _RETRYABLE_CODES = {1, 4, 10, 14}
@@ -125,6 +123,11 @@ class EtcdClient:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = tuple(url.rstrip("/") for url in endpoints)
         self._current = 0
+        # Imported here: httpx takes a fifth of the daemon's start-up, and only a node with an
+        # etcd store needs it (a restart's outage is the start-up).
+        import httpx
+
+        self._httpx = httpx
         self._http = httpx.AsyncClient(timeout=timeout)
 
     async def __aenter__(self) -> EtcdClient:
@@ -146,7 +149,7 @@ class EtcdClient:
                 response = await self._http.post(url, json=body)
                 answer = response.json()
                 _raise_for_error(answer, path, response.status_code)
-            except (httpx.TransportError, json.JSONDecodeError, StoreUnavailable) as exc:
+            except (self._httpx.TransportError, json.JSONDecodeError, StoreUnavailable) as exc:
                 failures.append(f"{url}: {exc!r}")
                 continue
             self._current = index
@@ -242,7 +245,7 @@ class EtcdClient:
         }}
         # No read timeout: a quiet prefix sends nothing for as long as nothing changes. A dead
         # server is noticed by the lease keepalive that runs beside every watch.
-        timeout = httpx.Timeout(self._http.timeout.connect or 2.0, read=None)
+        timeout = self._httpx.Timeout(self._http.timeout.connect or 2.0, read=None)
         try:
             async with self._http.stream("POST", url, json=body, timeout=timeout) as response:
                 if response.status_code != 200:
@@ -252,7 +255,7 @@ class EtcdClient:
                         events = _watch_events(json.loads(line))
                         if events:
                             yield events
-        except httpx.TransportError as exc:
+        except self._httpx.TransportError as exc:
             raise StoreUnavailable(f"{url}: watch stream broke: {exc!r}") from exc
         except json.JSONDecodeError as exc:
             raise StoreUnavailable(f"{url}: watch stream garbled: {exc}") from exc
