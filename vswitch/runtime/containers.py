@@ -277,9 +277,11 @@ class ContainerOutput:
                 await trio.lowlevel.checkpoint()
 
     def finish(self, log: logging.Logger, label: str) -> None:
-        """Forward everything written so far, an unterminated last line included, and close."""
-        while self.forward(log, label):
-            pass
+        """Forward everything written so far, an unterminated last line included, and close.
+        What a container that keeps running writes meanwhile is left to the next daemon."""
+        end = os.fstat(self._fd).st_size
+        while self.offset < end and self.forward(log, label):
+            continue
         if self._pending:
             log.info("[%s] %s", label, self._pending.decode("utf-8", errors="replace"))
             self._pending = b""
