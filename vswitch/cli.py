@@ -30,7 +30,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def _vswitchd_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vswitchd", description="Userspace virtual switch daemon for one node's pods.")
+        prog="vswitchd", description="Userspace virtual switch daemon for one node's pods.",
+        epilog="Signals: SIGTERM stops the daemon and keeps the pods (namespaces, TAPs, "
+               "containers) for the next start, which re-attaches them; SIGINT (Ctrl-C) stops it "
+               "and removes everything; SIGHUP reloads the file. `vswitchctl clean --config FILE` "
+               "removes what a stopped daemon kept.")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--config", metavar="FILE", help="run with this topology")
     mode.add_argument("--check", metavar="FILE", help="validate a topology and exit")

@@ -648,7 +648,11 @@ class Daemon:
     def leftovers(self) -> Leftovers:
         taps = sorted(name for name in tun_devices() if name in self.known_taps)
         namespaces = node_namespaces(self.spec.name)
-        inodes = set(self.known_inodes)
+        # The kernel reuses a destroyed namespace's inode number: one remembered from a pod that
+        # is gone may now be another node's (another test's, on a shared machine) namespace.
+        foreign = {netns_inode(name) for name in netns.listnetns()
+                   if not name.startswith(f"vsw-{self.spec.name}.")}
+        inodes = set(self.known_inodes) - foreign
         inodes.update(i for i in (netns_inode(n) for n in namespaces) if i is not None)
         return Leftovers(
             namespaces=namespaces,

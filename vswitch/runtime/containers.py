@@ -171,9 +171,13 @@ class ContainerProcess:
         self._pidfd: int | None = os.pidfd_open(pid)
         self.exited = False
 
-    @property
-    def adopted(self) -> bool:
-        return self._popen is None
+    @classmethod
+    def adopt(cls, pid: int) -> "ContainerProcess | None":
+        """Watch a process that is not our child; None when it is gone."""
+        try:
+            return cls(pid)
+        except ProcessLookupError:
+            return None
 
     @property
     def returncode(self) -> int | None:
@@ -273,9 +277,11 @@ class ContainerOutput:
                 await trio.lowlevel.checkpoint()
 
     def finish(self, log: logging.Logger, label: str) -> None:
-        """Forward everything written so far, an unterminated last line included, and close."""
-        while self.forward(log, label):
-            pass
+        """Forward everything written so far, an unterminated last line included, and close.
+        What a container that keeps running writes meanwhile is left to the next daemon."""
+        end = os.fstat(self._fd).st_size
+        while self.offset < end and self.forward(log, label):
+            continue
         if self._pending:
             log.info("[%s] %s", label, self._pending.decode("utf-8", errors="replace"))
             self._pending = b""
@@ -465,22 +471,15 @@ class ContainerSupervisor:
         if record is None:
             return None
         alive = process_start_time(record.pid) == record.start_time
-        if alive and record.spec == digest and process_in_netns(record.pid, pod.netns):
-            try:
-                proc = ContainerProcess(record.pid)
-            except ProcessLookupError:
-                proc = None
-            if proc is not None:
-                self._log.info("[%s] re-adopted, pid %d, in %s", label, record.pid, pod.netns)
-                return proc, ContainerOutput.existing(
-                    container_log_path(self._state_dir, pod.netns, container.name))
-        if alive:
+        proc = ContainerProcess.adopt(record.pid) if alive else None
+        if proc is not None and record.spec == digest and process_in_netns(record.pid, pod.netns):
+            self._log.info("[%s] re-adopted, pid %d, in %s", label, record.pid, pod.netns)
+            return proc, ContainerOutput.existing(
+                container_log_path(self._state_dir, pod.netns, container.name))
+        if proc is not None:
             self._log.info("[%s] stopping pid %d of an earlier run: %s", label, record.pid,
                            "its spec changed" if record.spec != digest else "its pod is new")
-            try:
-                await _stop(ContainerProcess(record.pid))
-            except ProcessLookupError:
-                pass  # gone between the check and the pidfd: nothing left to stop
+            await _stop(proc)
         erase_container(self._state_dir, pod.netns, container.name)
         return None
 

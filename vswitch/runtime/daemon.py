@@ -7,11 +7,10 @@ step is complete before the next one begins:
 
 1. open the kernel side; of what an earlier run left behind, keep what the file still describes
    as it is and remove the rest (``Kernel.reclaim_leftovers``);
-2. create (or re-attach) the host port (if enabled) and every pod (namespace + TAP), register each
-   as a switch
-   port: ids 1..N, host port first, so ids are stable for a given topology. Each port carries
-   the index of its segment (the host port is on the default one, 0) and its MTU, which the
-   router needs to pick the egress and to send "fragmentation needed";
+2. create (or re-attach) the host port (if enabled) and every pod (namespace + TAP), register
+   each as a switch port: ids 1..N, host port first, so ids are stable for a given topology.
+   Each port carries the index of its segment (the host port is on the default one, 0) and its
+   MTU, which the router needs to pick the egress and to send "fragmentation needed";
 3. with the host port up, route every other segment and every static route's prefix from the
    host into the host port via the default gateway, so the node reaches all of its pods through
    the router as it reaches the default segment through the switch;

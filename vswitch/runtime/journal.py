@@ -278,20 +278,18 @@ def erase_container(state_dir: str, netns: str, name: str) -> None:
     _remove_file(_container_stem(state_dir, netns, name) + ".container")
 
 
-def remove_container_files(state_dir: str, netns: str) -> list[str]:
-    """Remove the records and output files of the containers of the pod in ``netns``."""
+def remove_container_files(state_dir: str, netns: str) -> None:
+    """Remove the records and output files of the containers of the pod in ``netns`` (container
+    names have no dots, so another pod's namespace name that merely starts alike never matches)."""
     prefix = f"{netns}."
     try:
         filenames = os.listdir(state_dir)
     except FileNotFoundError:
-        return []
-    removed = []
-    for filename in sorted(filenames):
+        return
+    for filename in filenames:
         if filename.startswith(prefix) and filename.endswith(CONTAINER_SUFFIXES) and (
                 "." not in filename[len(prefix):].rsplit(".", 1)[0]):
             _remove_file(os.path.join(state_dir, filename))
-            removed.append(filename)
-    return removed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,10 +43,10 @@ bridge that was already there is taken back when the bridge has no such port lef
 bridge the record does not name was there before any daemon and is never removed. A node that was
 killed keeps its (persistent) TAP in the bridge until a restart re-attaches it or leaving on its
 behalf (``remove_leftovers``, ``clean_node``) deletes it, which never disturbs the nodes still
-running. The far side gets no route beyond its
-connected network: the internet knows the node's external address and nothing of the cluster
-behind it, which is what makes NodePort and masquerade necessary. The TAP is not persistent, so
-closing the daemon's fd removes it wherever it lives.
+running. The far side gets no route beyond its connected network: the internet knows the node's
+external address and nothing of the cluster behind it, which is what makes NodePort and
+masquerade necessary. The TAP is persistent, like every TAP of the node, so leaving deletes it
+explicitly wherever it lives.
 
 Removal of a pod runs the other way: kill what runs in the namespace, delete eth0, unmount the
 namespace, erase the journal entries. Every removal step treats "already gone" as success, which
@@ -210,9 +210,8 @@ class NodeObjects:
             self.journal.erase_tap(pod.tap)
             raise
         log.info("pod %s created: namespace %s, %s (tap %s) %s/%d via %s mtu %d (segment %s)",
-                 pod.key,
-                 pod.netns, POD_IFNAME, pod.tap, pod.ip, segment.cidr.prefixlen, segment.gateway,
-                 mtu, segment.name)
+                 pod.key, pod.netns, POD_IFNAME, pod.tap, pod.ip, segment.cidr.prefixlen,
+                 segment.gateway, mtu, segment.name)
         return fd
 
     # -- restarts: what an earlier run left, re-attached ----------------------------------------
