@@ -591,8 +591,8 @@ async def crash_a_daemon(node: NodeUnderTest) -> Topology:
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()
     topo = node.topology()
     assert all(netns_exists(p.netns) for p in topo.pods)
-    # The kernel closed the dead daemon's fds, and non-persistent TAPs went with them.
-    assert root_link(topo.host_port.name) is None
+    # The TAPs are persistent: the host port's outlives the dead daemon's fds, until cleanup.
+    assert root_link(topo.host_port.name) is not None
     return topo
 
 
@@ -602,14 +602,14 @@ def assert_leftovers_then_return_pids(topo: Topology) -> list[int]:
 
     entries = read_journal(topo.control.state_dir, topo.node.name)
     assert set(entries.netns) == {p.netns for p in topo.pods}
-    # PR_SET_PDEATHSIG kills the shell; its children survive in the namespace until cleanup. The
-    # signal is delivered asynchronously, so the shell may take a moment to go.
+    # Containers outlive the daemon (no PR_SET_PDEATHSIG): the shell and its two children stay
+    # in the namespace until cleanup.
     deadline = time.monotonic() + 10.0
     orphans = pids_in_netns(topo.pods[0].netns)
-    while len(orphans) != 2 and time.monotonic() < deadline:
+    while len(orphans) != 3 and time.monotonic() < deadline:
         time.sleep(0.05)
         orphans = pids_in_netns(topo.pods[0].netns)
-    assert len(orphans) == 2, orphans
+    assert len(orphans) == 3, orphans
     return orphans
 
 
@@ -624,6 +624,7 @@ async def test_remove_leftovers_after_a_crash(node):
         assert {f"process {pid} in {topo.pods[0].netns}" for pid in orphans} <= set(removed)
         assert not any(netns_exists(p.netns) for p in topo.pods)
         assert not any(pid_alive(pid) for pid in orphans)
+        assert root_link(topo.host_port.name) is None
         assert await kernel.remove_leftovers() == []
         fds = [await kernel.create_pod(p) for p in topo.pods]
         for fd in fds:
@@ -640,6 +641,7 @@ async def test_clean_node_after_a_crash_uses_the_journal_alone(node):
     assert {f"netns {p.netns}" for p in topo.pods} <= set(removed)
     assert not any(netns_exists(p.netns) for p in topo.pods)
     assert not any(pid_alive(pid) for pid in orphans)
+    assert root_link(topo.host_port.name) is None
     assert not os.path.exists(os.path.join(node.state_dir, f"{node.name}.state"))
     assert clean_node(node.name, node.state_dir) == []
 

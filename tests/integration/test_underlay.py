@@ -99,9 +99,10 @@ def test_nodes_started_and_stopped_at_the_same_moment(make_lab) -> None:
         f"{lab.underlay.gateway}/{lab.underlay.network.prefixlen}"]
     assert_answers(lab, 0, 1, 2)
 
+    # SIGINT removes everything (SIGTERM would keep the nodes' uplinks for a restart).
     for node in lab.nodes:
-        node.daemon.proc.send_signal(signal.SIGTERM)
-    # Waited for, not stopped: a second SIGTERM at the end of a shutdown would kill the process.
+        node.daemon.proc.send_signal(signal.SIGINT)
+    # Waited for, not stopped: a second signal at the end of a shutdown would kill the process.
     assert [node.daemon.proc.wait(STOP_TIMEOUT) for node in lab.nodes] == [0, 0, 0]
     assert not lab.underlay.exists()
     assert list(lab.state_dir.iterdir()) == []
@@ -111,13 +112,15 @@ def test_clean_after_a_crash_leaves_the_other_nodes_alone(make_lab) -> None:
     lab = make_lab(2, [PodSpec("alpha")])
     lab.start()
     lab[0].daemon.kill()
-    # The killed node's far side went with its fds; the other node still has its underlay.
-    assert lab.underlay.bridge_ports() == [uplink_device(lab[1])]
+    # The killed node's far side is persistent: it stays a port of the bridge (for a restart to
+    # re-attach) until clean; the other node still has its underlay.
+    assert lab.underlay.bridge_ports() == sorted(uplink_device(node) for node in lab.nodes)
     assert_answers(lab, 1)
 
     cleaned = lab[0].daemon.ctl_run("clean", "--config", str(lab[0].daemon.config_path))
     assert cleaned.returncode == 0, cleaned.stderr
     assert f"netns vsw-{lab[0].name}.default.alpha" in cleaned.stdout
+    assert lab.underlay.bridge_ports() == [uplink_device(lab[1])]
     assert lab.underlay.bridge_exists()
     assert_answers(lab, 1)
     target = str(lab.underlay.gateway)
@@ -257,8 +260,9 @@ def test_a_bridge_in_the_root_namespace_is_shared_the_same_way(tmp_path: Path) -
             nodes[0][0].remove_all(session, NodeNames())
             assert ports() == [nodes[1][1].name]
             os.close(fds.pop(0))
+            # The TAP is persistent: removing it is part of leaving, as removing the bridge is.
             assert nodes[1][0].remove_all(session, NodeNames()) == [
-                f"bridge {bridge} in the root namespace"]
+                f"link {nodes[1][1].name}", f"bridge {bridge} in the root namespace"]
             assert not bridge_exists()
             assert os.listdir(state_dir) == []
     finally:

@@ -74,7 +74,8 @@ class Node:
         if process is None:
             return
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            # SIGINT: stop and remove the node's pods (SIGTERM would keep them for a restart).
+            process.send_signal(signal.SIGINT)
             try:
                 process.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
