@@ -468,14 +468,12 @@ int64_t vs_dp_run(vs_dp *dp, struct dp_port *in, uint8_t *frame, size_t len, dou
         dp->stats.upcalls++;
         return VS_DP_UPCALL;
     }
-    if (!vnet_plausible(frame, len, in->l2)) {
-        dp->stats.upcalls++;
-        return VS_DP_UPCALL;
-    }
     struct hit hit;  /* find fills it on a hit; kept[] is not cleared for every frame */
     hit.a = NULL;
     hit.kept_len = 0;
     int64_t n = find(dp, in, frame, len, now, &hit);
+    if (n == 0 && !vnet_plausible(frame, len, in->l2))
+        n = VS_DP_UPCALL;  /* a miss, as the pure fast path's apply declines it */
     struct dp_port *outp = n == 0 ? vs_dp_port_find(dp, hit.a->out_port) : NULL;
     size_t out_l2 = outp != NULL ? outp->l2 : in->l2;
     uint8_t *start = NULL;
