@@ -16,8 +16,8 @@ ATTACK is one of:
                lengths (IHL, total length) and that are as long as the device accepts
 
 IFNAME may be the namespace's loopback: the same work for the sender and its kernel, none for
-the switch (a control run). The frames are built before the clock starts (a pool of distinct variants, sent round robin), so
-the rate is that of ``send`` itself. Prints {"sent": {KIND: N}, "refused": {ERRNO: N},
+the switch (a control run). The frames are built before the clock starts (a pool of distinct
+variants, sent round robin), so the rate is that of ``send`` itself. Prints {"sent": {KIND: N}, "refused": {ERRNO: N},
 "seconds": S}: KIND is the reason under which the switch is expected to count the frame.
 """
 import json

@@ -22,7 +22,7 @@ import pytest
 from vswitch.wire import headers as h
 from vswitch.wire.text import build_frame, parse_packet
 
-from .test_pipeline_services import A, A_IP, B_IP, C, C_IP, FAR, GW, UPLINK, VIP, _switch, mac
+from .test_pipeline_services import A, A_IP, B_IP, C, C_IP, FAR, GW, VIP, _switch, mac
 
 _LEGACY = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 _L4_START = h.ETH_HEADER_LEN + 20
