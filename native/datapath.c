@@ -49,6 +49,9 @@
 #define VNET_LEGACY_LEN 10        /* the first 10 bytes every virtio-net header size shares */
 #define VNET_F_NEEDS_CSUM 1u
 #define VNET_GSO_NONE 0u
+#define VNET_GSO_TCPV4 1u
+#define VNET_GSO_UDP 3u
+#define VNET_GSO_ECN 0x80u
 #define VNET_GSO_UDP_TUNNEL 0x60u /* VNET_GSO_UDP_TUNNEL_IPV4 | _IPV6: only crosses decapsulated */
 #define PROTO_ICMP 1u
 #define PROTO_TCP 6u
@@ -434,6 +437,28 @@ static int commit_state(vs_dp *dp, struct hit *hit, double now)
     return 0;
 }
 
+/* fast_path.vnet_plausible: 0 for a virtio-net header that cannot describe its frame (a
+ * checksum to complete past the end, a GSO type that is not the packet's, a GSO size of 0),
+ * which the pipeline counts and drops; it is never replayed to an output port. */
+static int vnet_plausible(const uint8_t *frame, size_t len, size_t l2)
+{
+    if (l2 == 0 || len < l2 + ETH_HLEN + 20)
+        return 1;  /* no header, or no flow key: find declines the frame anyway */
+    unsigned flags = frame[0], gso_type = frame[1];
+    if (flags == 0 && gso_type == VNET_GSO_NONE)
+        return 1;
+    size_t csum_start = frame[6] | (size_t)frame[7] << 8;
+    size_t csum_offset = frame[8] | (size_t)frame[9] << 8;
+    if ((flags & VNET_F_NEEDS_CSUM) && csum_start + csum_offset + 2 > len - l2)
+        return 0;
+    if (gso_type == VNET_GSO_NONE || (gso_type & VNET_GSO_UDP_TUNNEL))
+        return 1;
+    unsigned base = gso_type & ~VNET_GSO_ECN & 0xffu, proto = frame[l2 + ETH_HLEN + 9];
+    unsigned gso_size = frame[4] | (unsigned)frame[5] << 8;
+    return gso_size > 0 && ((base == VNET_GSO_TCPV4 && proto == PROTO_TCP)
+                            || (base == VNET_GSO_UDP && proto == PROTO_UDP));
+}
+
 int64_t vs_dp_run(vs_dp *dp, struct dp_port *in, uint8_t *frame, size_t len, double now,
                   size_t cap, const uint8_t **out, uint32_t *out_port)
 {
@@ -447,6 +472,8 @@ int64_t vs_dp_run(vs_dp *dp, struct dp_port *in, uint8_t *frame, size_t len, dou
     hit.a = NULL;
     hit.kept_len = 0;
     int64_t n = find(dp, in, frame, len, now, &hit);
+    if (n == 0 && !vnet_plausible(frame, len, in->l2))
+        n = VS_DP_UPCALL;  /* a miss, as the pure fast path's apply declines it */
     struct dp_port *outp = n == 0 ? vs_dp_port_find(dp, hit.a->out_port) : NULL;
     size_t out_l2 = outp != NULL ? outp->l2 : in->l2;
     uint8_t *start = NULL;

@@ -24,6 +24,8 @@ from vswitch.tables.overlay import LocalVtep
 from vswitch.wire import headers as h
 
 _U16 = struct.Struct("!H")
+_GSO_PROTOCOL = {h.VNET_GSO_TCPV4: int(h.IpProto.TCP), h.VNET_GSO_UDP: int(h.IpProto.UDP)}
+_GSO_UDP_TUNNEL = 0x60  # VNET_GSO_UDP_TUNNEL_IPV4 | _IPV6: judged on the tunnel path
 # Plain ints: the enum types' own operators cost a Python call per use on the hot path.
 _TCP_STATE_FLAGS = int(h.TcpFlag.SYN | h.TcpFlag.FIN | h.TcpFlag.RST)
 _ACK = int(h.TcpFlag.ACK)
@@ -53,6 +55,24 @@ def connection_key(key: bytes, frame: bytes, l2: int) -> bytes | None:
     if proto == h.IpProto.ICMP and len(frame) >= l4 + h.ICMP_HEADER_LEN:
         return key + frame[l3 + 9: l3 + 10] + frame[l4: l4 + 1] + frame[l4 + 4: l4 + 6]
     return None
+
+
+def vnet_plausible(frame: bytes, l2: int) -> bool:
+    """Hand-written twin of eth-input's check of the virtio-net header (``vnet_plausible`` in
+    native/datapath.c too): False for a header that cannot describe its frame, which must go to
+    the pipeline to be counted and dropped instead of being replayed to an output port. Called
+    only for a frame with a flow key (a whole IPv4 packet) and a header of ``l2`` bytes."""
+    flags, gso_type = frame[0], frame[1]
+    if not flags and gso_type == h.VNET_GSO_NONE:
+        return True
+    if flags & h.VNET_F_NEEDS_CSUM and ((frame[6] | frame[7] << 8) + (frame[8] | frame[9] << 8)
+                                        + 2 > len(frame) - l2):
+        return False
+    if gso_type == h.VNET_GSO_NONE or gso_type & _GSO_UDP_TUNNEL:
+        return True
+    protocol = frame[l2 + h.ETH_HEADER_LEN + 9]
+    return ((frame[4] | frame[5] << 8) > 0
+            and _GSO_PROTOCOL.get(gso_type & ~h.VNET_GSO_ECN) == protocol)
 
 
 def packet_length_on_wire(frame: bytes, l2: int) -> int:
@@ -196,6 +216,8 @@ class FastPath:
 
     def apply(self, entry: CacheEntry, frame: bytes, l2: int, now: float) -> bytes | None:
         """The bytes to send for a hit on ``entry``, or None: the pipeline must see this one."""
+        if l2 and not vnet_plausible(frame, l2):
+            return None  # a header that lies: the pipeline counts and drops the frame
         vnet = frame[:l2]
         if entry.encap is not None:
             (total,) = _U16.unpack_from(frame, l2 + h.ETH_HEADER_LEN + h.IPV4_TOTAL_LENGTH_OFFSET)

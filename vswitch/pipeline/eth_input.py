@@ -4,6 +4,13 @@ Everything later stages read has been checked here, so they can trust lengths: a
 short, carries an 802.1Q/802.1ad tag (VLANs are not supported), has an ethertype we do not handle, or
 an IPv4 header whose version, IHL or total length disagree with the bytes received, is dropped and
 counted under its own reason. Malformed input never raises past this stage.
+
+The virtio-net header is checked too, as far as it describes the frame: a checksum to complete
+must lie inside it, and a GSO type must be that of the packet with a segment size above 0. An
+output port's kernel would refuse such a frame, or segment it by a header that lies; a pod's own
+kernel never writes one, so such a frame comes from something that is not a pod's kernel. The
+tunnel GSO types of an uplink's 24-byte header are vxlan-decap's to judge. The C datapath and the
+Python fast path decline these frames (``fast_path.vnet_plausible``), so they always come here.
 """
 from __future__ import annotations
 
@@ -34,6 +41,31 @@ class Counter(enum.Enum):
     BAD_IP_VERSION = "IPv4 ethertype but version field is not 4"
     BAD_IHL = "IPv4 header length below 20 bytes or beyond the frame"
     BAD_TOTAL_LENGTH = "IPv4 total length below the header length or beyond the frame"
+    CHECKSUM_PAST_END = "virtio-net checksum start and offset point past the frame's end"
+    GSO_SIZE_ZERO = "virtio-net GSO frame with a segment size of 0"
+    GSO_TYPE_MISMATCH = ("virtio-net GSO type that is not the packet's (TCPv4 on UDP, UDP on TCP,"
+                         " IPv6 on IPv4, on ARP, or unknown)")
+
+
+# GSO types (without the ECN bit) and the IPv4 protocol each one segments.
+_GSO_PROTOCOL = {h.VNET_GSO_TCPV4: int(h.IpProto.TCP), h.VNET_GSO_UDP: int(h.IpProto.UDP)}
+_GSO_UDP_TUNNEL = 0x60  # VNET_GSO_UDP_TUNNEL_IPV4 | _IPV6: judged by vxlan-decap
+
+
+def _vnet_problem(vnet: views.VirtioNetHeader, body_len: int, protocol: int | None
+                  ) -> Counter | None:
+    """Why the virtio-net header cannot describe a frame of ``body_len`` bytes (after the
+    header) carrying ``protocol`` (None: not IPv4), or None when it can."""
+    if vnet.flags & h.VNET_F_NEEDS_CSUM and vnet.csum_start + vnet.csum_offset + 2 > body_len:
+        return Counter.CHECKSUM_PAST_END
+    gso_type = vnet.gso_type
+    if gso_type == h.VNET_GSO_NONE or gso_type & _GSO_UDP_TUNNEL:
+        return None
+    if _GSO_PROTOCOL.get(gso_type & ~h.VNET_GSO_ECN) != protocol or protocol is None:
+        return Counter.GSO_TYPE_MISMATCH
+    if not vnet.gso_size:
+        return Counter.GSO_SIZE_ZERO
+    return None
 
 
 def process(pkt: Packet, env: Env):
@@ -64,6 +96,10 @@ def process(pkt: Packet, env: Env):
         arp = views.Arp(data, l3)
         if (arp.htype, arp.ptype, arp.hlen, arp.plen) != _ARP_ETHERNET_IPV4:
             return env.drop(pkt, Counter.MALFORMED_ARP)
+        if pkt.vnet is not None and (pkt.vnet.flags or pkt.vnet.gso_type):
+            problem = _vnet_problem(pkt.vnet, len(data) - l2, None)
+            if problem is not None:
+                return env.drop(pkt, problem)
         pkt.arp = arp
         if trace is not None:
             op = "request" if arp.oper == h.ArpOp.REQUEST else f"op {arp.oper}"
@@ -84,6 +120,10 @@ def process(pkt: Packet, env: Env):
         return env.drop(pkt, Counter.BAD_IHL)
     if ip.total_length < header_len or ip.total_length > available:
         return env.drop(pkt, Counter.BAD_TOTAL_LENGTH)
+    if pkt.vnet is not None and (pkt.vnet.flags or pkt.vnet.gso_type):
+        problem = _vnet_problem(pkt.vnet, len(data) - l2, ip.protocol)
+        if problem is not None:
+            return env.drop(pkt, problem)
     pkt.ip = ip
     if trace is not None:
         frag = ""

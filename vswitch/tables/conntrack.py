@@ -47,8 +47,10 @@ Theory of operation
 * SNAT ports are chosen by ``allocate_port``: the client's own port when it is free, else the
   first free one of a scan that starts at a keyed hash of the flow (see ``nat_ports.py``).
 * The table is bounded. When it is full, ``create`` first reclaims dead entries, then evicts the
-  oldest *unreplied* entries (counted as evictions): a SYN flood or a scan can only push out its
-  own kind, never an answered connection. When every entry has been answered, the new connection
+  oldest *unreplied* entries, then the oldest whose handshake a RST ended before it completed
+  (still in CLOSE; counted as evictions): a SYN flood or a scan can only push out its own kind,
+  never a connection that was ever established. A SYN flood's SYN-ACKs are answered by its own
+  kernel with RSTs, which would otherwise hold the table full for CLOSE's 10 s. When every entry has been answered, the new connection
   is refused and counted (``drops_full``); Linux's "table full, dropping packet" is the same
   outcome, but here it is visible in ``statistics`` and only after the cheap victims are gone.
 * ``flush_endpoint`` removes every entry translated to an endpoint: when a backend goes away, a
@@ -146,6 +148,7 @@ _ICMP = int(IpProto.ICMP)
 
 _IN_TABLE = ConnectionSlots.IN_TABLE
 _REPLIED = ConnectionSlots.REPLIED
+_ASSURED = ConnectionSlots.ASSURED
 _KEY_SIZE = ConnectionSlots.KEY_SIZE
 _TUPLE_SIZE = ConnectionSlots.TUPLE_SIZE
 _DNAT_IP = _KEY_SIZE  # offset of the DNAT address in a tuple record
@@ -155,6 +158,7 @@ _NO_ADDRESS = bytes(4)
 _VIEWS_PURGE_MIN = 1024
 _INDEX_INITIAL = 8192  # tuple keys the index holds before its first growth
 _STATES = tuple(TcpState)
+_CLOSE = TcpState.CLOSE.value
 
 
 class Direction(enum.Enum):
@@ -250,6 +254,10 @@ class ConntrackTable:
         self._unreplied_fifo = array("Q")
         self._unreplied_head = 0
         self._unreplied = 0
+        # (slot << 32 | incarnation) of entries a RST closed before their handshake completed,
+        # oldest first: evicted once no unreplied entry is left (see ``_oldest_aborted``).
+        self._aborted_fifo = array("Q")
+        self._aborted_head = 0
         # Reply source + reply destination (8 bytes) of translated entries -> how many entries
         # carry it; ``reply_pairs`` shows it as (source, destination) pairs.
         self._reply_pairs: dict[bytes, int] = {}
@@ -452,6 +460,8 @@ class ConntrackTable:
             while self._size >= self.max_entries:
                 victim = self._oldest_unreplied()
                 if victim is None:
+                    victim = self._oldest_aborted()
+                if victim is None:
                     self._counts["drops_full"] += 1
                     return None
                 self._discard(victim)
@@ -648,6 +658,13 @@ class ConntrackTable:
             self._counts["aborted"] += 1
             self._set_expires(entry, now)
             return Verdict.ACCEPT
+        if cls == RST_CLASS and not entry.assured:
+            # Answered, but the handshake never completed: CLOSE for its timeout, as in Linux,
+            # yet evictable, as Linux's early drop takes it (a SYN flood's own kernel resets
+            # every SYN-ACK; such entries must not fill the table for everyone).
+            self._aborted_fifo.append(entry.slot << 32 | self.slots.incarnation[entry.slot])
+            if len(self._aborted_fifo) - self._aborted_head > self.max_entries + 64:
+                self._compact_aborted()
         # A RST always leads to CLOSE, so its short timeout is CLOSE's.
         self._set_expires(entry, now + self._tcp_timeout[new._value_])
         return Verdict.ACCEPT
@@ -790,6 +807,34 @@ class ConntrackTable:
                 break
         self._unreplied_head = head
         return found
+
+    def _is_aborted(self, item: int) -> bool:
+        slot = item >> 32
+        slots = self.slots
+        return (slots.incarnation[slot] == item & 0xFFFFFFFF
+                and slots.flags[slot] & (_IN_TABLE | _ASSURED) == _IN_TABLE
+                and slots.state[slot] == _CLOSE)
+
+    def _oldest_aborted(self) -> int | None:
+        """The slot of the oldest entry still in CLOSE that a RST closed before its handshake
+        completed, or None."""
+        fifo, head = self._aborted_fifo, self._aborted_head
+        found = None
+        while head < len(fifo):
+            item = fifo[head]
+            head += 1
+            if self._is_aborted(item):
+                found = item >> 32
+                break
+        self._aborted_head = head
+        return found
+
+    def _compact_aborted(self) -> None:
+        """Drop the items of entries that have gone (or reopened): the FIFO stays within the
+        table's size, since a live slot is in it at most once per incarnation."""
+        self._aborted_fifo = array("Q", (item for item in self._aborted_fifo[self._aborted_head:]
+                                         if self._is_aborted(item)))
+        self._aborted_head = 0
 
     def _bound_unreplied(self) -> None:
         if len(self._unreplied_fifo) - self._unreplied_head > 2 * self._unreplied + 64:
