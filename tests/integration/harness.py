@@ -614,6 +614,19 @@ class Daemon:
             )
         return result
 
+    def wait_listening(self, pod: str, port: int, timeout: float = 10.0) -> None:
+        """Until something listens on TCP ``port`` in the pod (servers whose output is buffered,
+        such as iperf3, announce nothing: the socket tells)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            listening = subprocess.run(
+                ["nsenter", f"--net={NETNS_DIR / self.spec.netns(pod)}", "ss", "-Hltn",
+                 f"sport = :{port}"], capture_output=True, text=True).stdout
+            if listening.strip():
+                return
+            assert time.monotonic() < deadline, f"nothing listens on TCP {port} in {pod}"
+            time.sleep(0.1)
+
     def popen_in(self, pod: str, *cmd: str, **kwargs: Any) -> subprocess.Popen:
         """Start ``cmd`` in the pod's namespace with full Popen control (servers, streaming)."""
         path = NETNS_DIR / self.spec.netns(pod)

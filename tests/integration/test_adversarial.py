@@ -85,7 +85,7 @@ def node(netns_environment: None, tmp_path_factory: pytest.TempPathFactory
         iperf = service_node.daemon.popen_in("server", "iperf3", "-s", "-p", str(IPERF_PORT),
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         processes.append(iperf)
-        wait_listening(service_node, "server", IPERF_PORT)
+        service_node.daemon.wait_listening("server", IPERF_PORT)
         yield service_node
     finally:
         for proc in processes:
@@ -110,18 +110,6 @@ def held(node: ServiceNode) -> Iterator[subprocess.Popen]:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-
-
-def wait_listening(node: ServiceNode, pod: str, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        listening = subprocess.run(
-            ["nsenter", f"--net={NETNS_DIR / node.spec.netns(pod)}", "ss", "-Hltn",
-             f"sport = :{port}"], capture_output=True, text=True).stdout
-        if listening.strip():
-            return
-        assert time.monotonic() < deadline, f"nothing listens on {port} in {pod}"
-        time.sleep(0.1)
 
 
 def iperf_start(node: ServiceNode) -> subprocess.Popen:

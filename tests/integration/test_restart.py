@@ -47,6 +47,22 @@ def longest_stall(report: dict) -> float:
     return longest
 
 
+def judge_stream(daemon: Daemon, returncode: int | None, out: str, err: str, downtime: float,
+                 signum: int, record_property) -> dict:
+    """The iperf3 client's JSON report of a stream across a restart, after checking that it
+    completed and stalled less than MAX_STALL; the figures go to the test's properties."""
+    report = json.loads(out)
+    assert returncode == 0 and "error" not in report, f"{out}\n{err}\n{daemon.log()}"
+    stall = longest_stall(report)
+    record_property("restart_seconds", round(downtime, 2))
+    record_property("longest_stall_seconds", round(stall, 2))
+    print(f"{signal.Signals(signum).name}: daemon down {downtime:.2f} s, "
+          f"stream stalled {stall:.2f} s at most")
+    assert report["end"]["sum_received"]["bytes"] > 0
+    assert stall < MAX_STALL, f"the stream stalled {stall:.2f} s; log:\n{daemon.log()}"
+    return report
+
+
 def wait_for_output(proc: subprocess.Popen, text: bytes, timeout: float = 10.0) -> None:
     """Until the (unbuffered, binary) stdout of ``proc`` has shown ``text``."""
     assert proc.stdout is not None
@@ -97,15 +113,7 @@ def test_a_pod_to_pod_stream_survives_a_restart(make_daemon, signum: int, record
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    report = json.loads(out)
-    assert client.returncode == 0 and "error" not in report, f"{out}\n{err}\n{daemon.log()}"
-    stall = longest_stall(report)
-    record_property("restart_seconds", round(downtime, 2))
-    record_property("longest_stall_seconds", round(stall, 2))
-    print(f"{signal.Signals(signum).name}: daemon down {downtime:.2f} s, "
-          f"stream stalled {stall:.2f} s at most")
-    assert report["end"]["sum_received"]["bytes"] > 0
-    assert stall < MAX_STALL, f"the stream stalled {stall:.2f} s; log:\n{daemon.log()}"
+    judge_stream(daemon, client.returncode, out, err, downtime, signum, record_property)
     # Re-attached, not re-created: the pods kept their namespaces.
     assert {pod: netns_inode(daemon.spec.netns(pod)) for pod in inodes} == inodes
     assert daemon.log().count("re-attached") >= 2, daemon.log()

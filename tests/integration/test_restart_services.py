@@ -14,7 +14,6 @@ Each test prints and records how long no daemon ran and the longest stretch with
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import subprocess
 import time
@@ -25,8 +24,8 @@ import pytest
 
 from harness import NETNS_DIR, Daemon
 from services_support import ServiceNode, ServicePodSpec, make_service_node, service_port
-from test_restart import INTERVAL, IPERF_PORT, MAX_STALL, RESTART_AT, STREAM_SECONDS, \
-    longest_stall, restart
+from test_restart import INTERVAL, IPERF_PORT, RESTART_AT, STREAM_SECONDS, judge_stream, \
+    restart
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +54,7 @@ def node(netns_environment: None, tmp_path: Path) -> Iterator[ServiceNode]:
                 name, "iperf3", "-s", "-p", IPERF_PORT, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
             processes.append(server)
-            wait_listening(service_node, name)
+            service_node.daemon.wait_listening(name, IPERF_PORT)
         yield service_node
     finally:
         for proc in processes:
@@ -64,19 +63,6 @@ def node(netns_environment: None, tmp_path: Path) -> Iterator[ServiceNode]:
             proc.wait()
         problems = service_node.close()
     assert not problems, problems
-
-
-def wait_listening(node: ServiceNode, pod: str, timeout: float = 10.0) -> None:
-    """Until the pod's iperf3 server listens (its output is buffered: the socket tells)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        listening = subprocess.run(
-            ["nsenter", f"--net={NETNS_DIR / node.spec.netns(pod)}", "ss", "-Hltn",
-             f"sport = :{IPERF_PORT}"], capture_output=True, text=True).stdout
-        if listening.strip():
-            return
-        assert time.monotonic() < deadline, f"iperf3 does not listen in {pod}"
-        time.sleep(0.1)
 
 
 def stream_across_restart(node: ServiceNode, argv: list[str], port: int | str, signum: int,
@@ -95,16 +81,8 @@ def stream_across_restart(node: ServiceNode, argv: list[str], port: int | str, s
         if client.poll() is None:
             client.kill()
             client.wait()
-    report = json.loads(out)
-    assert client.returncode == 0 and "error" not in report, f"{out}\n{err}\n{daemon.log()}"
-    stall = longest_stall(report)
-    record_property("restart_seconds", round(downtime, 2))
-    record_property("longest_stall_seconds", round(stall, 2))
-    print(f"{signal.Signals(signum).name}: daemon down {downtime:.2f} s, "
-          f"stream stalled {stall:.2f} s at most")
-    assert report["end"]["sum_received"]["bytes"] > 0
-    assert stall < MAX_STALL, f"the stream stalled {stall:.2f} s; log:\n{daemon.log()}"
-    return report
+    return judge_stream(daemon, client.returncode, out, err, downtime, signum,
+                        record_property)
 
 
 def assert_carried_over(node: ServiceNode, signum: int) -> None:
