@@ -215,6 +215,44 @@ def test_entries_of_a_removed_service_are_dropped(accel_name):
     assert result.reasons == {"its service frontend is gone": 1} and len(new.conntrack) == 0
 
 
+def _deny_ingress_to_web():
+    from vswitch.model import LabelSelector, NetworkPolicy
+    web = LabelSelector(MappingProxyType({"app": "web"}))
+    return dataclasses.replace(_topology(), network_policies=(
+        NetworkPolicy("web-deny", pod_selector=web, policy_types=("Ingress",)),))
+
+
+def test_restored_connections_the_policies_in_force_deny_are_cut(accel_name):
+    """The previous run judged its connections by its own policies; a start with a policy that
+    denies them cuts them once restored, counted for the policy, and keeps the others."""
+    old = _busy_switch(accel_name)
+    new = _switch(accel_name, _deny_ingress_to_web(), seed=2)
+    result = _restore(_snapshot(old, 6.0), new, now=1.0, wall=WALL)
+    assert result.restored == len(old.conntrack)
+    # Pod C's connections through the services; the NodePort one is SNATed to the node, whose
+    # traffic policies always allow.
+    to_web = [e for e in new.conntrack.entries()
+              if e.dnat is not None and e.original.src == IPv4Address(C_IP).packed]
+    assert len(to_web) == 3, "the busy switch has three connections from C through services"
+    assert new.programming.cut_denied(1.0) == len(to_web)
+    assert not any(e.dnat is not None and e.original.src == IPv4Address(C_IP).packed
+                   for e in new.conntrack.entries())
+    assert len(new.conntrack) == len(old.conntrack) - len(to_web)
+    assert new.programming.cut_denied(1.0) == 0
+
+
+async def test_a_start_cuts_restored_connections_the_policies_deny(tmp_path, accel_name):
+    old = _switch(accel_name, seed=1)
+    _handshake(old, C, C_IP, VIP, 40000, 1.0)
+    (tmp_path / f"{NODE_NAME}.connections").write_bytes(_snapshot(old, 2.0))
+    allowed = _switch(accel_name, seed=2)
+    await ConnectionState.of(_Topology(tmp_path), allowed, logging.getLogger("test")).restore()
+    assert len(allowed.conntrack) == 1
+    denied = _switch(accel_name, _deny_ingress_to_web(), seed=2)
+    await ConnectionState.of(_Topology(tmp_path), denied, logging.getLogger("test")).restore()
+    assert len(denied.conntrack) == 0
+
+
 # -- damaged files ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("damage, message", [

@@ -13,7 +13,8 @@ Theory of operation
   enforces, and other nodes', which selectors may match) and the namespaces' labels, installs
   them (their generation retakes every cached decision) and cuts the tracked connections the new
   policies no longer allow: each is judged again, on the tuple its first packet was judged on,
-  and removed when denied, counted for each policy that denies it.
+  and removed when denied, counted for each policy that denies it. ``cut_denied`` does the
+  same for the connections a start restores from the previous run's snapshot.
 * ``conntrack_flush`` is ``vswitchctl conntrack flush``: it removes the connections that match
   the operator's filters.
 * ``generation`` grows when either may have changed a decision the flow cache remembers: the
@@ -104,19 +105,27 @@ class TableProgramming:
         table = self._nat.policies
         table.install(compiled)
         self._policy_inputs = None
+        return {"generation": table.generation, "cut_connections": self.cut_denied(now)}
+
+    def cut_denied(self, now: float) -> int:
+        """Judge every tracked connection again by the policies in force and cut those they deny;
+        how many. Besides a policy change, a start calls it after restoring the connections saved
+        by the previous run, which were judged by the policies of that run."""
+        table = self._nat.policies
+        if table.active is None:
+            return 0
         cut = 0
-        if table.active is not None:
-            hairpin = self._nat.hairpin_address
-            for entry in self._conntrack.entries():
-                src, dst, proto, dport = judged_tuple(entry, hairpin)
-                if not entry.alive(now) or not table.involves(src, dst):
-                    continue
-                decision = table.check(src, dst, proto, dport)
-                if not decision.allowed:
-                    self._conntrack.remove(entry)
-                    table.count_cut(decision)
-                    cut += 1
-        return {"generation": table.generation, "cut_connections": cut}
+        hairpin = self._nat.hairpin_address
+        for entry in self._conntrack.entries():
+            src, dst, proto, dport = judged_tuple(entry, hairpin)
+            if not entry.alive(now) or not table.involves(src, dst):
+                continue
+            decision = table.check(src, dst, proto, dport)
+            if not decision.allowed:
+                self._conntrack.remove(entry)
+                table.count_cut(decision)
+                cut += 1
+        return cut
 
 
 def policy_namespaces(topology: Topology,

@@ -20,6 +20,8 @@ Theory of operation
   and set aside as ``<node>.connections.bad`` for a look; the node starts without it. A final
   snapshot is the whole truth; after anything else (a periodic one, or a damaged file) the table
   is marked incomplete for ``pickup_window`` seconds (``ConntrackTable.incomplete_until``).
+  The restored connections are then judged by the network policies in force, which a changed
+  file may have changed, and those they deny are cut (``TableProgramming.cut_denied``).
 * Only a node that restored (or found nothing to restore) saves at shutdown: a start that failed
   before then must not replace the previous run's file with an empty table.
 """
@@ -106,6 +108,8 @@ class ConnectionState:
                                  nat.overlay_snat_address) if a is not None]
         result = snapshots.restore(snapshot, switch.conntrack, switch.services, addresses,
                                    trio.current_time(), self._wall_clock())
+        # The previous run judged these connections by its own policies; this one may have others.
+        cut = switch.programming.cut_denied(trio.current_time())
         if not snapshot.final:
             self._mark_incomplete()
         self._log.info(
@@ -117,6 +121,8 @@ class ConnectionState:
             result.affinity_dropped)
         for why, count in sorted(result.reasons.items()):
             self._log.info("not restored: %d connections: %s", count, why)
+        if cut:
+            self._log.info("cut: %d restored connections the network policies in force deny", cut)
         return result
 
     def _mark_incomplete(self) -> None:

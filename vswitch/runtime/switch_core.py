@@ -32,6 +32,9 @@ class TableProgrammer(Protocol):
         """Compile ``policies`` for ``pods`` and put them in force: new connections are judged
         by them, tracked ones they no longer allow are cut; a JSON-able summary."""
 
+    def cut_denied(self, now: float) -> int:
+        """Cut the tracked connections the policies in force deny; how many."""
+
 
 class OverlayNodes(Protocol):
     """The other nodes the overlay routes to, as the cluster membership sets them."""

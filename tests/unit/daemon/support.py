@@ -126,6 +126,9 @@ class RecordingSwitch(SwitchCore):
         self.policies_programmed.append(tuple(policies))
         return {"policies": len(policies)}
 
+    def cut_denied(self, now: float) -> int:
+        return 0  # it tracks no connections
+
     def statistics(self) -> dict:
         return {"ports": {s.name: {"rx_packets": self.rx[i]} for i, s in self.ports.items()},
                 "stages": {}, "dispositions": {}}
