@@ -17,39 +17,26 @@ from types import MappingProxyType
 import pytest
 import trio
 
-from vswitch import accel as accel_impls
-from vswitch.core.port_spec import PortKind, PortSpec
 from vswitch.core.presentation import conntrack_rows
-from vswitch.core.switch import Switch
-from vswitch.model import Service, ServicePort, mac_for_ip
+from vswitch.model import Service, ServicePort
 from vswitch.runtime.connection_state import ConnectionState
 from vswitch.tables import conntrack_snapshot as snapshots
 from vswitch.tables.conntrack import ConntrackTable, Direction, FlowTuple, TcpState
 from vswitch.tables.conntrack_snapshot import SnapshotError
 from vswitch.tables.services import ServiceTable
-from vswitch.wire.addresses import BROADCAST_MAC
 from tests.unit.daemon.support import Harness, make_topology, real_switch
 from tests.unit.daemon.test_lifecycle import KeepingKernel
 from tests.unit.test_pipeline_services import (
     A, A_IP, B, B_IP, C, C_IP, FAR, GW, NODE, UPLINK, VIP, _pod, _topology, connect, ip, mac,
     packet_of, ports_of, send)
+from tests.unit.test_pipeline_services import _switch as services_switch
 
 NODE_NAME = "unit"
 WALL = 1_800_000_000.0
 
 
 def _switch(accel_name, topology=None, seed=0):
-    topology = topology or _topology()
-    switch = Switch(topology, accel_impls.load(accel_name), rng_seed=seed)
-    for pid, pod in zip((A, B, C), topology.pods):
-        switch.add_port(PortSpec(pid, pod.name, PortKind.POD, pod.mac, pod.ip, True))
-    switch.add_port(PortSpec(UPLINK, "uplink", PortKind.UPLINK, mac_for_ip(IPv4Address(FAR)),
-                             IPv4Address(FAR), True, port_security=False,
-                             segment=topology.uplink_segment_index()))
-    for pid, addr in ((A, A_IP), (B, B_IP), (C, C_IP)):
-        send(switch, pid, f"arp who-has {GW} tell {addr}", mac(addr), BROADCAST_MAC)
-    send(switch, UPLINK, f"arp who-has {NODE} tell {FAR}", mac(FAR), BROADCAST_MAC)
-    return switch
+    return services_switch(accel_name, topology, seed=seed)
 
 
 def _maglev_topology(affinity=False):

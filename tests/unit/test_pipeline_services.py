@@ -64,9 +64,10 @@ def _topology(pods=None, services=None) -> Topology:
     return dataclasses.replace(base, pods=pods, services=services, uplink=uplink, cluster=cluster)
 
 
-def _switch(accel_name, topology=None, capacity=65536):
+def _switch(accel_name, topology=None, capacity=65536, seed=0):
     topology = topology or _topology()
-    switch = Switch(topology, accel_impls.load(accel_name), flow_cache_capacity=capacity)
+    switch = Switch(topology, accel_impls.load(accel_name), flow_cache_capacity=capacity,
+                    rng_seed=seed)
     for pid, pod in zip((A, B, C), topology.pods):
         switch.add_port(PortSpec(pid, pod.name, PortKind.POD, pod.mac, pod.ip, True))
     switch.add_port(PortSpec(UPLINK, "uplink", PortKind.UPLINK, mac_for_ip(IPv4Address(FAR)),
