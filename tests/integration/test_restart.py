@@ -29,7 +29,7 @@ import time
 import pytest
 
 from harness import (READY_MARKER, VSWITCHD, Daemon, PodSpec, PYTHON, netns_inode, process_alive,
-                     processes_with_argument, program)
+                     processes_with_argument, program, wait_for_exit)
 
 pytestmark = pytest.mark.integration
 
@@ -245,8 +245,9 @@ def test_clean_removes_what_a_stopped_daemon_kept(make_daemon) -> None:
 # The hot standby
 
 
-def standby_daemon(make_daemon, pods=(PodSpec("a"), PodSpec("b"))) -> Daemon:
-    daemon = make_daemon(pods, start=False)
+def standby_daemon(make_daemon) -> Daemon:
+    """A node of two pods, a and b, whose daemon keeps a hot standby."""
+    daemon = make_daemon((PodSpec("a"), PodSpec("b")), start=False)
     daemon.standby = True
     daemon.start()
     return daemon
@@ -298,6 +299,23 @@ def test_a_standby_takes_over_after_sigkill_and_starts_its_own(make_daemon) -> N
     assert daemon.pid == second
     pods_talk(daemon)
     assert daemon.log().count("taking over") == 2, daemon.log()
+
+
+def test_a_standby_does_not_take_over_with_a_file_that_no_longer_validates(make_daemon) -> None:
+    daemon = standby_daemon(make_daemon)
+    standby = daemon.wait_standby()
+    valid = daemon.config_path.read_text()
+    daemon.config_path.write_text(valid + "\n[node]\nname = \"twice\"\n")
+
+    daemon.kill()
+
+    assert wait_for_exit(standby, 30), daemon.log()
+    assert "does not validate; not taking the node over" in daemon.log()
+    assert not daemon.vswitchd_processes()
+    # The pods stay, as after any death of the daemon; `clean` removes them.
+    assert daemon.leftovers().namespaces
+    daemon.config_path.write_text(valid)
+    assert daemon.clean().returncode == 0
 
 
 def test_a_second_daemon_for_a_running_node_is_refused(make_daemon) -> None:

@@ -300,3 +300,41 @@ def test_no_hand_over_without_systemd_a_holder_or_a_shared_unit(tmp_path, monkey
         assert fake.messages == []
     finally:
         fake.close()
+
+
+class RecordingStandby:
+    def __init__(self) -> None:
+        self.started = False
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.started = True
+        task_status.started()
+        await trio.sleep_forever()
+
+    def status(self) -> dict:
+        return {"pid": None, "state": "starting"}
+
+
+async def test_a_daemon_that_fails_to_start_starts_no_standby(tmp_path) -> None:
+    from .daemon.support import Harness, make_topology
+
+    class Broken(Exception):
+        pass
+
+    async def failing_create_pod(pod):
+        raise Broken(f"cannot create {pod.key}")
+
+    harness = Harness(make_topology(tmp_path))
+    harness.kernel.create_pod = failing_create_pod  # the second step of the start-up
+    recording = RecordingStandby()
+    with pytest.RaisesGroup(Broken, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await harness.start(nursery, standby=recording)
+    assert not recording.started
+    # A daemon that is ready starts it, last.
+    ready = Harness(make_topology(tmp_path / "ready"))
+    async with trio.open_nursery() as nursery:
+        await ready.start(nursery, standby=recording)
+        await trio.sleep(0.1)
+        assert recording.started
+        nursery.cancel_scope.cancel()

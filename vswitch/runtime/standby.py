@@ -208,7 +208,8 @@ class StandbySupervisor:
 
 
 def _read_brief(channel: socket.socket) -> StandbyBrief:
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while size <= MAX_HEADER:
         chunk = channel.recv(65536)
         if not chunk:
