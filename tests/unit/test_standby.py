@@ -135,7 +135,6 @@ def test_become_main_process_claims_the_watchdog_only_when_there_is_one() -> Non
     environ = {}
     standby.become_main_process(environ)
     assert environ == {}
-    assert standby.takeover_notice(42) == "MAINPID=42\n"
 
 
 # A stand-in standby: reads its brief, says it waits, then sleeps until it is ended.

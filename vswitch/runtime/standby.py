@@ -41,14 +41,15 @@ the next deliberate restart, which replaces the standby as well.
 
 systemd
 -------
-Under ``Type=notify`` with ``NotifyAccess=all`` (systemd/vswitchd.service), the process that took
-over sends ``MAINPID=<its pid>`` with ``READY=1``, and becomes the one whose ``WATCHDOG_PID``
-pings count. With the default ``ExitType=main``, systemd has by then seen its main process die,
-and ``Restart=`` starts ``ExecStart`` again after ``RestartSec=``. That process finds the node's
-lock held by the daemon that took over, in the unit's own control group: it hands the unit to it
-(``hand_over_to_running``: ``MAINPID=<holder>`` and ``READY=1``, then a barrier so that systemd
-has read both before it sees this process exit) and exits 0. A live holder outside the unit's
-control group is another daemon altogether, and the start is refused as before.
+The process that took over sends ``MAINPID=<its pid>`` with ``READY=1`` and becomes the one whose
+``WATCHDOG_PID`` pings count (``become_main_process``). With the unit's ``ExitType=main`` (the
+default), systemd has by then seen its main process die, so it ignores that message and
+``Restart=`` starts ``ExecStart`` again after ``RestartSec=``. That process finds the node's lock
+held by the daemon that took over, in the unit's own control group: as the unit's main process
+it hands the unit over (``hand_over_to_running``: ``MAINPID=<holder>`` and ``READY=1``, then a
+barrier so that systemd has read both before it sees this process exit) and exits 0. A live
+holder outside the unit's control group is another daemon altogether, and the start is refused
+as before. systemd/vswitchd.service discusses the settings this relies on.
 """
 from __future__ import annotations
 
@@ -272,15 +273,10 @@ def wait_as_standby(log: logging.Logger, stdin_fd: int = 0) -> NodeLock | None:
 
 def become_main_process(environ: Any = None) -> None:
     """Make this process the one whose watchdog pings count (systemd's ``WATCHDOG_PID`` named
-    the daemon that died); ``takeover_notice`` tells systemd."""
+    the daemon that died); ``run_daemon`` tells systemd ``MAINPID=`` with ``READY=1``."""
     environ = os.environ if environ is None else environ
     if environ.get("WATCHDOG_PID"):
         environ["WATCHDOG_PID"] = str(os.getpid())
-
-
-def takeover_notice(pid: int) -> str:
-    """The part of the ready message that tells systemd which process now runs the node."""
-    return f"MAINPID={pid}\n"
 
 
 # ---------------------------------------------------------------------------------------------
