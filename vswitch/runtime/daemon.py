@@ -29,8 +29,10 @@ step is complete before the next one begins:
 
 It runs until SIGTERM or SIGINT. SIGHUP (systemd's ``ExecReload``) asks for a reload of the
 configuration file, which a task started after step 8 carries out; see ``NodeRuntime.reload``.
-Shutdown is cancellation: every task ends, the control server removes its socket; then, shielded
-from cancellation, the daemon closes the TAP fds. The two signals differ in what stays:
+Shutdown is cancellation: every task ends, the control server removes its socket, the standby's
+task ends the standby (so it is gone before the kernel layer releases the node's lock, and never
+takes over from a daemon that stops); then, shielded from cancellation, the daemon closes the TAP
+fds. The two signals differ in what stays:
 
 * SIGTERM (``systemctl stop`` and ``restart``) is a restart: the pods stay as they are, their
   namespaces, persistent TAPs, addresses, routes and running containers, and so do the host port
