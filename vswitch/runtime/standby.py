@@ -82,8 +82,8 @@ WAITING = b"waiting\n"
 def standby_command(argv: Sequence[str]) -> list[str]:
     """The command line of this process's standby: its own, plus ``--standby``.
 
-    ``argv`` are vswitchd's arguments (a standby's own ``--standby`` is not repeated twice).
-    When they are this process's own (the console script, or
+    ``argv`` are vswitchd's arguments (in a standby that took over, ``--standby`` is among them;
+    it appears once all the same). When they are this process's own (the console script, or
     ``python3 -c``), the interpreter's original command line is repeated, interpreter options
     included; otherwise (vswitchd_main called with arguments of its own), the module is run.
     """
