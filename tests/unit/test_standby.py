@@ -337,3 +337,74 @@ async def test_a_daemon_that_fails_to_start_starts_no_standby(tmp_path) -> None:
         await trio.sleep(0.1)
         assert recording.started
         nursery.cancel_scope.cancel()
+
+
+class TakenLock:
+    """What ``wait_as_standby`` returns when the daemon died: the node's lock, held."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.passed_on = False
+
+    def pass_on(self) -> None:
+        self.passed_on = True
+
+
+STANDBY_CONFIG = """
+[node]
+name = "lab1"
+pod_cidr = "10.244.1.0/24"
+
+[control]
+state_dir = "{state_dir}"
+socket = "{state_dir}/lab1.sock"
+
+[[pods]]
+name = "web-1"
+"""
+
+
+@pytest.fixture
+def taking_over(tmp_path, monkeypatch):
+    """vswitchd_main as a standby whose daemon just died, up to run_daemon (recorded)."""
+    import vswitch.runtime.daemon as daemon_module
+
+    config = tmp_path / "v.toml"
+    config.write_text(STANDBY_CONFIG.format(state_dir=tmp_path))
+    lock = TakenLock(str(tmp_path / "lab1.lock"))
+    monkeypatch.setattr(standby, "wait_as_standby", lambda log: lock)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    ran = []
+
+    async def run_daemon(topology, **kwargs):
+        ran.append(kwargs)
+
+    monkeypatch.setattr(daemon_module, "run_daemon", run_daemon)
+    return config, lock, ran
+
+
+def test_a_standby_runs_the_ordinary_start_up_with_the_lock_it_took(taking_over) -> None:
+    config, lock, ran = taking_over
+    assert cli.vswitchd_main(["--config", str(config), "--standby"]) == 0
+    [kwargs] = ran
+    assert kwargs["takeover_lock"] is lock
+    # ... and keeps a standby of its own, with the same command line.
+    assert kwargs["standby"].command[-3:] == ["--config", str(config), "--standby"]
+
+
+def test_a_standby_does_not_take_over_a_file_that_now_describes_another_node(
+        taking_over, caplog) -> None:
+    config, lock, ran = taking_over
+    lock.path = str(config.parent / "elsewhere" / "lab1.lock")
+    assert cli.vswitchd_main(["--config", str(config), "--standby"]) == 2
+    assert ran == [] and "not the node it stood by for" in caplog.text
+
+
+def test_a_standby_does_not_take_over_a_file_that_does_not_validate(taking_over, caplog,
+                                                                    capsys) -> None:
+    config, lock, ran = taking_over
+    config.write_text(config.read_text().replace('pod_cidr = "10.244.1.0/24"', "mtu = 12"))
+    assert cli.vswitchd_main(["--config", str(config), "--standby"]) == 2
+    assert ran == [] and "does not validate; not taking the node over" in caplog.text
+    assert "config error" in capsys.readouterr().err
