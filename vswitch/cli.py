@@ -40,6 +40,13 @@ def _vswitchd_parser() -> argparse.ArgumentParser:
     mode.add_argument("--check", metavar="FILE", help="validate a topology and exit")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"], help="default: info")
+    parser.add_argument("--no-standby", action="store_true",
+                        help="do not keep a hot standby process, which takes the node over "
+                             "within a fraction of a second if the daemon dies (costs the "
+                             "memory of a second, idle, Python process)")
+    # Internal: the command line of the standby a daemon starts (vswitch.runtime.standby's
+    # STANDBY_FLAG; that module imports trio, which vswitchctl, sharing this module, must not).
+    parser.add_argument("--standby", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -80,8 +87,30 @@ def _metrics_address_taken(topology) -> str | None:
     return None
 
 
+def _configure_logging(name: str) -> logging.Logger:
+    level = getattr(logging, name.upper())
+    logging.basicConfig(stream=sys.stderr, level=level, format=LOG_FORMAT)
+    # --log-level debug is for vswitch's own decisions; pyroute2 at debug logs every netlink
+    # message in full, which buries them.
+    for noisy in ("pyroute2", "asyncio", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    return logging.getLogger("vswitchd")
+
+
 def vswitchd_main(argv: Sequence[str] | None = None) -> int:
-    args = _vswitchd_parser().parse_args(argv)
+    parser = _vswitchd_parser()
+    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    takeover_lock = None
+    if args.standby:
+        if args.config is None:
+            parser.error("--standby runs with --config")
+        from vswitch.runtime.standby import wait_as_standby
+
+        # Blocks until the daemon that started this process dies (None: it stopped).
+        takeover_lock = wait_as_standby(_configure_logging(args.log_level))
+        if takeover_lock is None:
+            return EXIT_OK
     from vswitch.config import ConfigError, load_topology
 
     path = args.check or args.config
@@ -89,6 +118,9 @@ def vswitchd_main(argv: Sequence[str] | None = None) -> int:
         topology = load_topology(path)
     except ConfigError as exc:
         print(f"vswitchd: config error: {exc}", file=sys.stderr)
+        if takeover_lock is not None:
+            logging.getLogger("vswitchd").error("standby: %s does not validate; not taking "
+                                                "the node over", path)
         return EXIT_CONFIG
     if args.check:
         parts = [f"{len(topology.pods)} pods"]
@@ -114,17 +146,22 @@ def vswitchd_main(argv: Sequence[str] | None = None) -> int:
         print("vswitchd: must run as root: it creates network namespaces and TAP devices "
               "(CAP_NET_ADMIN, CAP_SYS_ADMIN)", file=sys.stderr)
         return EXIT_FAILURE
+    log = _configure_logging(args.log_level)
+    from vswitch.runtime import standby
+    from vswitch.runtime.journal import NodeLock
+
+    state_dir, node = topology.control.state_dir, topology.node.name
+    if takeover_lock is not None:
+        if takeover_lock.path != NodeLock(state_dir, node).path:
+            log.error("standby: %s now describes node %s in %s, not the node it stood by for "
+                      "(lock %s); not taking over", path, node, state_dir, takeover_lock.path)
+            return EXIT_CONFIG
+        standby.become_main_process()
+    elif standby.hand_over_to_running(state_dir, node, log):
+        return EXIT_OK
     if problem := _metrics_address_taken(topology):
         print(f"vswitchd: {path}: {problem}", file=sys.stderr)
         return EXIT_FAILURE
-
-    level = getattr(logging, args.log_level.upper())
-    logging.basicConfig(stream=sys.stderr, level=level, format=LOG_FORMAT)
-    # --log-level debug is for vswitch's own decisions; pyroute2 at debug logs every netlink
-    # message in full, which buries them.
-    for noisy in ("pyroute2", "asyncio", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    log = logging.getLogger("vswitchd")
     # A daemon the watchdog finds wedged is ended with SIGABRT, and a crash in native code with
     # SIGSEGV: either way the log gets every thread's Python stack, to show where it stood.
     if sys.__stderr__ is not None:
@@ -156,9 +193,12 @@ def vswitchd_main(argv: Sequence[str] | None = None) -> int:
             print(f"vswitchd: {where}{exc}", file=sys.stderr)
             return EXIT_FAILURE
 
+    supervisor = (None if args.no_standby else
+                  standby.StandbySupervisor(standby.standby_command(argv), state_dir, node, log))
     try:
         trio.run(lambda: run_daemon(topology, config_path=os.path.abspath(path),
-                                    startup_lease=startup_lease))
+                                    startup_lease=startup_lease, standby=supervisor,
+                                    takeover_lock=takeover_lock))
     except KeyboardInterrupt:
         # Only reachable before the daemon installed its signal handling.
         return 130

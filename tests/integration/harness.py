@@ -385,6 +385,25 @@ def processes_with_argument(marker: str) -> dict[int, list[str]]:
     return found
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """Until ``pid`` (not necessarily our child) has exited; False if ``timeout`` passed first."""
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def pids_in_netns(inodes: Iterable[int]) -> dict[int, list[str]]:
     """Processes whose network namespace is one of ``inodes``, pid → command line.
 
@@ -453,14 +472,23 @@ class Daemon:
     Kernel objects are remembered as they are seen (namespace inodes, TAP names reported by
     ``vswitchctl ports``), so that cleanup and the leak check can find them even after the daemon
     has been killed and can no longer be asked.
+
+    Daemons run with ``--no-standby`` unless ``standby`` is true: most tests start many daemons
+    on a small machine, and a hot standby is a second Python process per node. With a standby, a
+    ``kill`` hands the node to it (``wait_takeover``); from then on the daemon is that process,
+    ``pid``, which is not this process's child (``proc`` stays the one ``start`` started), so its
+    exit status is not known.
     """
 
-    def __init__(self, spec: NodeSpec, workdir: Path):
+    def __init__(self, spec: NodeSpec, workdir: Path, *, standby: bool = False):
         self.spec = spec
         self.workdir = workdir
+        self.standby = standby
         self.config_path = workdir / f"{spec.name}.toml"
         self.config_path.write_text(spec.render())
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None  # the daemon that runs the node now
+        self._ready_seen = 0  # "ready" lines of the current log already waited for
         self.starts = 0
         self.known_inodes: set[int] = set()
         self.known_taps: set[str] = set()
@@ -499,37 +527,87 @@ class Daemon:
         return self._log_path.read_text(errors="replace")
 
     def start(self, *, wait: bool = True, extra_args: Sequence[str] = ()) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
+        assert not self.running(), "already running"
         self.starts += 1
         self._log_path = self.workdir / f"vswitchd-{self.starts}.log"
         self._log_file = open(self._log_path, "wb")
+        self._ready_seen = 0
+        standby = () if self.standby else ("--no-standby",)
         self.proc = subprocess.Popen(
-            [*VSWITCHD, "--config", str(self.config_path), *extra_args],
+            [*VSWITCHD, "--config", str(self.config_path), *standby, *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
         )
+        self.pid = self.proc.pid
         if wait:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Until the daemon logs "ready" once more than it had when last waited for."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if READY_MARKER in self.log():
+            seen = self.log().count(READY_MARKER)
+            if seen > self._ready_seen:
+                self._ready_seen = seen
                 self.remember_objects()
                 return
-            if self.proc.poll() is not None:
+            # After a kill, the standby that is taking over is the one to wait for.
+            if not self.running() and not self.vswitchd_processes():
+                status = self.proc.returncode if self.pid == self.proc.pid else "unknown"
                 raise DaemonError(
-                    f"vswitchd exited with status {self.proc.returncode} before it was ready; "
+                    f"vswitchd exited with status {status} before it was ready; "
                     f"log:\n{self.log()}"
                 )
-            time.sleep(0.05)
+            time.sleep(0.01)
         raise DaemonError(f"vswitchd not ready after {timeout:.0f} s; log:\n{self.log()}")
 
+    def wait_takeover(self, timeout: float = READY_TIMEOUT) -> None:
+        """After ``kill`` with a standby: until the standby runs the node; it is ``pid`` then."""
+        assert self.standby, "the daemon runs without a standby"
+        self.wait_ready(timeout)
+        holder = self.lock_holder()
+        assert holder is not None and holder != self.proc.pid, self.log()
+        self.pid = holder
+
+    def wait_standby(self, timeout: float = READY_TIMEOUT) -> int:
+        """Until the daemon's standby is ready to take over (``vswitchctl status``); its pid."""
+        deadline = time.monotonic() + timeout
+        while True:
+            standby = self.ctl("status").get("standby") or {}
+            if standby.get("state") == "waiting":
+                return standby["pid"]
+            assert time.monotonic() < deadline, f"no standby waiting: {standby}\n{self.log()}"
+            time.sleep(0.1)
+
+    def lock_holder(self) -> int | None:
+        """The pid written in the node's lock file (the daemon that holds it), if any."""
+        try:
+            text = (Path(self.spec.state_dir) / f"{self.spec.name}.lock").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else None
+
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.pid is None or self.proc is None:
+            return False
+        if self.pid == self.proc.pid:
+            return self.proc.poll() is None
+        return process_alive(self.pid)
+
+    def vswitchd_processes(self) -> dict[int, list[str]]:
+        """Every vswitchd process of this node's file (the daemon, a standby), by pid."""
+        return {pid: argv for pid, argv in processes_with_argument(str(self.config_path)).items()
+                if any("vswitchd" in arg for arg in argv) and process_alive(pid)}
+
+    def standby_processes(self) -> dict[int, list[str]]:
+        """The vswitchd processes of this file besides the daemon: standbys. (One that took
+        over keeps ``--standby`` in its command line; it is the daemon then.)"""
+        daemon = {self.pid, self.lock_holder()}
+        return {pid: argv for pid, argv in self.vswitchd_processes().items()
+                if pid not in daemon}
 
     def _close_log(self) -> None:
         if self._log_file is not None:
@@ -538,8 +616,17 @@ class Daemon:
 
     def stop(self, timeout: float = STOP_TIMEOUT, signum: int = signal.SIGINT) -> int | None:
         """SIGINT (stop and remove everything; SIGTERM would keep the pods for a restart), then
-        SIGKILL if it has not exited in ``timeout``; returns the exit status."""
+        SIGKILL if it has not exited in ``timeout``; returns the exit status (None for a daemon
+        that took over from a standby: it is not our child)."""
         if self.proc is None:
+            return None
+        if self.pid != self.proc.pid:
+            if process_alive(self.pid):
+                os.kill(self.pid, signum)
+                if not wait_for_exit(self.pid, timeout):
+                    os.kill(self.pid, signal.SIGKILL)
+                    wait_for_exit(self.pid, timeout)
+            self._close_log()
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
@@ -556,8 +643,14 @@ class Daemon:
         return self.ctl_run("clean", "--config", str(self.config_path))
 
     def kill(self) -> None:
-        """SIGKILL, the way a crash or an OOM kill ends the daemon: no chance to clean up."""
-        assert self.proc is not None
+        """SIGKILL, the way a crash or an OOM kill ends the daemon: no chance to clean up. With a
+        standby, the standby takes over (``wait_takeover``)."""
+        assert self.proc is not None and self.pid is not None
+        if self.pid != self.proc.pid:
+            if process_alive(self.pid):
+                os.kill(self.pid, signal.SIGKILL)
+            wait_for_exit(self.pid, STOP_TIMEOUT)
+            return
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -659,6 +752,8 @@ class Daemon:
                             self.known_taps.add(value)
 
     def leftovers(self) -> Leftovers:
+        """What is left of the node: its namespaces, TAPs, the processes in them, and any
+        vswitchd process of its file (a standby that outlived its daemon is a leak too)."""
         taps = sorted(name for name in tun_devices() if name in self.known_taps)
         namespaces = node_namespaces(self.spec.name)
         # The kernel reuses a destroyed namespace's inode number: one remembered from a pod that
@@ -670,7 +765,7 @@ class Daemon:
         return Leftovers(
             namespaces=namespaces,
             taps=taps,
-            processes=pids_in_netns(inodes),
+            processes={**pids_in_netns(inodes), **self.vswitchd_processes()},
         )
 
 

@@ -1,6 +1,7 @@
 """Restarts that do not break service connections: an iperf3 TCP stream through a ClusterIP (pod to
 pod) and through a NodePort (from the uplink's far side, SNATed to the node address) runs through
-a daemon that is stopped (SIGTERM) or killed (SIGKILL) and started again.
+a daemon that is stopped (SIGTERM) and started again, or killed (SIGKILL) and taken over by its
+hot standby (which must keep the stall within ``MAX_TAKEOVER_STALL``).
 
 What makes it possible, besides the pods that outlive the daemon (``test_restart``): SIGTERM
 saves the connection table, with its DNAT and SNAT bindings and the ClientIP affinity, and the
@@ -45,10 +46,11 @@ def node(netns_environment: None, tmp_path: Path) -> Iterator[ServiceNode]:
     pods = (*(ServicePodSpec(name, labels=selector) for name in BACKENDS),
             ServicePodSpec("client"))
     service_node = ServiceNode(Daemon(dataclasses.replace(spec, pods=pods, services=services),
-                                      tmp_path))
+                                      tmp_path, standby=True))
     processes: list[subprocess.Popen] = []
     try:
         service_node.daemon.start()
+        service_node.daemon.wait_standby()
         for name in BACKENDS:
             server = service_node.daemon.popen_in(
                 name, "iperf3", "-s", "-p", IPERF_PORT, stdout=subprocess.DEVNULL,

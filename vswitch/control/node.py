@@ -39,7 +39,14 @@ async def status(ctx: ControlContext, args: Args) -> dict:
         "ports": len(ctx.port_ids),
         "uptime_s": round(time.monotonic() - ctx.started, 3),
         "runtime_errors": ctx.errors.snapshot(),
+        # The hot standby (vswitch.runtime.standby): its pid and state, or None when it is off.
+        "standby": _standby(ctx),
     }
+
+
+def _standby(ctx: ControlContext) -> dict | None:
+    supervisor = getattr(ctx.node, "standby", None)
+    return supervisor.status() if supervisor is not None else None
 
 
 def render_pods(result: Sequence[Mapping[str, Any]]) -> str:

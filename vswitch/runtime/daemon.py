@@ -24,12 +24,15 @@ step is complete before the next one begins:
 7. start the control socket;
 8. only then log "ready" and send ``READY=1`` to systemd, so that "ready" means every pod can
    already talk and vswitchctl already answers; with ``WatchdogSec=``, start pinging systemd's
-   watchdog while the packet path makes progress (``vswitch.runtime.watchdog``).
+   watchdog while the packet path makes progress (``vswitch.runtime.watchdog``);
+9. start the hot standby, which takes over if this process dies (``vswitch.runtime.standby``).
 
 It runs until SIGTERM or SIGINT. SIGHUP (systemd's ``ExecReload``) asks for a reload of the
 configuration file, which a task started after step 8 carries out; see ``NodeRuntime.reload``.
-Shutdown is cancellation: every task ends, the control server removes its socket; then, shielded
-from cancellation, the daemon closes the TAP fds. The two signals differ in what stays:
+Shutdown is cancellation: every task ends, the control server removes its socket, the standby's
+task ends the standby (so it is gone before the kernel layer releases the node's lock, and never
+takes over from a daemon that stops); then, shielded from cancellation, the daemon closes the TAP
+fds. The two signals differ in what stays:
 
 * SIGTERM (``systemctl stop`` and ``restart``) is a restart: the pods stay as they are, their
   namespaces, persistent TAPs, addresses, routes and running containers, and so do the host port
@@ -419,6 +422,9 @@ class NodeRuntime:
         # file's; and the cluster DNS server (vswitch.runtime.dns_server), when there is one.
         self.system_services: tuple[Service, ...] = ()
         self.dns: Any = None
+        # The hot standby (vswitch.runtime.standby.StandbySupervisor), for ``vswitchctl status``;
+        # run_daemon sets it.
+        self.standby: Any = None
 
     # -- building blocks ------------------------------------------------------------------------
 
@@ -806,6 +812,8 @@ async def run_daemon(topology: Topology, *,
                      handle_signals: bool = True,
                      startup_lease: int = 0,
                      save_connections: bool | None = None,
+                     standby: Any = None,
+                     takeover_lock: Any = None,
                      log: logging.Logger = module_log,
                      task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run vswitchd for ``topology`` until a signal or cancellation; always clean up.
@@ -817,7 +825,10 @@ async def run_daemon(topology: Topology, *,
     (``vswitch.runtime.cluster.lease_pod_cidr``). ``task_status.started()`` receives the
     ControlContext once the daemon is ready. ``save_connections`` (default: with the real
     kernel only) keeps the connection state in the state directory across restarts
-    (``vswitch.runtime.connection_state``).
+    (``vswitch.runtime.connection_state``). ``standby``
+    (``vswitch.runtime.standby.StandbySupervisor``) keeps a hot standby of this daemon once it is
+    ready. ``takeover_lock`` is the node's lock a standby took from a daemon that died: it is
+    passed on to the kernel layer's own, and the ready message tells systemd the new main pid.
     """
     if save_connections is None:
         save_connections = kernel_factory is None
@@ -842,12 +853,18 @@ async def run_daemon(topology: Topology, *,
     signal_receiver = (trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
                        if handle_signals else contextlib.nullcontext(None))
     with signal_receiver as signals:
+        if takeover_lock is not None:
+            # The kernel layer takes the node's lock itself, at once; letting go of ours first
+            # leaves a gap of a few system calls, in which a competing start would win the node
+            # and this one fail as a second daemon does.
+            takeover_lock.pass_on()
         async with kernel_factory(topology) as kernel:
             node = NodeRuntime(topology, kernel=kernel, switch=switch, supervisor=supervisor,
                                port_factory=port_factory, errors=errors, log=log,
                                config_path=config_path)
             node.cluster = ClusterRuntime(node, switch, log, startup_lease=startup_lease)
             node.dns = dns_factory(node) if dns_factory is not None else None
+            node.standby = standby
             reloads = ReloadRequests()
             kept = False
 
@@ -924,7 +941,8 @@ async def run_daemon(topology: Topology, *,
                     log.info("vswitchd ready: node %s, %d pods, control socket %s (accel %s)",
                              topology.node.name, len(topology.pods), socket_path,
                              switch.accel_name)
-                    sdnotify.notify(f"READY=1\nSTATUS=node {topology.node.name}, "
+                    main_pid = f"MAINPID={os.getpid()}\n" if takeover_lock is not None else ""
+                    sdnotify.notify(f"{main_pid}READY=1\nSTATUS=node {topology.node.name}, "
                                     f"{len(topology.pods)} pods")
                     task_status.started(context)
                     # With WatchdogSec=, pings systemd while the packet path makes progress.
@@ -933,6 +951,10 @@ async def run_daemon(topology: Topology, *,
                     # as long as the daemon: moving it out of the collector's generations keeps
                     # the occasional full collection from scanning it between packets.
                     gc.freeze()
+                    if standby is not None:
+                        # Inside the kernel layer's lock: the standby is ended before it is
+                        # released, whatever ends the daemon.
+                        await nursery.start(standby.run)
                     # Started last, so that a SIGHUP during start-up waits for a complete node
                     # that systemd knows is ready, and is then carried out.
                     await nursery.start(reloads.serve, node.reload_logged)

@@ -19,6 +19,9 @@ Rules:
 * One daemon per node: ``NodeLock`` (an flock on ``{node}.lock``) keeps a second daemon or a
   ``clean`` from removing objects a live daemon is using. The kernel drops the lock when the holder
   dies, however it dies.
+* How the lock was let go tells a deliberate stop from a death: a daemon that stops unlinks the
+  lock file while it still holds the lock, a killed one leaves the file in place. The hot standby
+  (``vswitch.runtime.standby``) waits on the lock and takes over only in the second case.
 
 Containers
 ----------
@@ -429,6 +432,61 @@ class NodeLock(_FileLock):
     def __enter__(self) -> "NodeLock":
         self.acquire()
         return self
+
+    def holder(self) -> int | None:
+        """The pid of the process that holds the lock now, or None when nobody does (it is not
+        taken: only looked at)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                text = _read_holder(fd)
+                return int(text) if text.isdigit() else None
+            return None
+        finally:
+            os.close(fd)
+
+    def wait_for_holder(self) -> bool:
+        """Block until the holder of the lock lets it go; whether it died holding it.
+
+        A holder that stops deliberately unlinks the file before it closes it (``release``), so
+        a waiter that then gets the lock finds the path gone or naming another inode: False, and
+        the lock is not kept. A holder that died (SIGKILL, a crash in native code, the OOM
+        killer) leaves the file as it was, and the kernel frees the lock with its last fd: True,
+        and this object now holds the lock on that file. No file at all means nobody held it:
+        False. A signal's default action ends the wait, as it ends the process.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            died_holding = os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            died_holding = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if not died_holding:
+            os.close(fd)
+            return False
+        self._hold(fd)
+        return True
+
+    def pass_on(self) -> None:
+        """Let go of the lock without unlinking its file, for the ``acquire`` that follows at
+        once in this process (the kernel layer's own, at start-up): unlike ``release``, this does
+        not tell a waiter that the node was stopped deliberately."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 UNDERLAY_LOCK_TIMEOUT = 30.0  # far longer than any start or stop holds it

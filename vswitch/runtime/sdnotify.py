@@ -9,6 +9,11 @@ Sending is synchronous: a datagram to a local socket never blocks for long, and 
 messages (``READY=1`` once everything is up, ``STOPPING=1`` at shutdown, ``RELOADING=1`` around a
 reload, and ``WATCHDOG=1`` every few seconds when the unit has ``WatchdogSec=``).
 
+A process that hands the service to another one (``vswitch.runtime.standby``) sends
+``MAINPID=<pid>`` and then waits on a barrier (``notify_barrier``, as ``sd_notify_barrier(3)``):
+it sends ``BARRIER=1`` with the write end of a pipe, which systemd closes once it has processed
+every earlier message, so that the hand-over is known before the sender exits.
+
 The watchdog: with ``WatchdogSec=``, systemd sets ``WATCHDOG_USEC`` (the timeout, in
 microseconds) and ``WATCHDOG_PID`` (the process it expects the pings from) and restarts the
 service when no ``WATCHDOG=1`` arrives within the timeout. ``watchdog_timeout`` reads them; when
@@ -16,8 +21,10 @@ to ping is ``vswitch.runtime.watchdog``'s business.
 """
 from __future__ import annotations
 
+import array
 import logging
 import os
+import select
 import socket
 from typing import Mapping
 
@@ -55,6 +62,36 @@ def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
         log.warning("could not notify systemd (%s): %s", state.splitlines()[0], exc)
         return False
     return True
+
+
+BARRIER_TIMEOUT = 5.0  # sd_notify_barrier's usual timeout
+
+
+def notify_barrier(timeout: float = BARRIER_TIMEOUT,
+                   environ: Mapping[str, str] | None = None) -> bool:
+    """Until systemd has processed every message sent before; False when not under systemd,
+    on an error (logged) or when ``timeout`` passed first."""
+    address = notify_address(os.environ if environ is None else environ)
+    if address is None:
+        return False
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendmsg([b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                           array.array("i", [write_end]))], 0, address)
+        os.close(write_end)
+        write_end = -1
+        # The pipe hangs up once systemd (which received its own copy of the write end) closed it.
+        poller = select.poll()
+        poller.register(read_end, select.POLLHUP)
+        return bool(poller.poll(timeout * 1000))
+    except OSError as exc:
+        log.warning("could not wait for systemd to process the notifications: %s", exc)
+        return False
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
 
 
 def watchdog_timeout(environ: Mapping[str, str], pid: int) -> float | None:
