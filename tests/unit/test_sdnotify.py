@@ -47,14 +47,8 @@ def test_the_barrier_gives_up(tmp_path) -> None:
     assert not sdnotify.notify_barrier(0.2, {"NOTIFY_SOCKET": str(tmp_path / "gone")})
 
 
-class PassedOnLock:
-    """What a standby holds when it takes over: run_daemon passes it on before the kernel's."""
-
-    def __init__(self) -> None:
-        self.passed_on = False
-
-    def pass_on(self) -> None:
-        self.passed_on = True
+class TakenLock:
+    """What a standby holds when it takes over: run_daemon hands it to the kernel layer."""
 
 
 async def test_a_daemon_that_took_over_announces_its_pid(tmp_path, monkeypatch) -> None:
@@ -62,11 +56,11 @@ async def test_a_daemon_that_took_over_announces_its_pid(tmp_path, monkeypatch) 
         listener.setblocking(False)
         monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
         harness = Harness(make_topology(tmp_path))
-        lock = PassedOnLock()
+        lock = TakenLock()
         async with trio.open_nursery() as nursery:
             await harness.start(nursery, takeover_lock=lock)
             ready = listener.recv(4096).decode()
-            assert lock.passed_on
+            assert harness.kernel.lock is lock
             assert ready.startswith(f"MAINPID={os.getpid()}\nREADY=1\n"), ready
             assert "STATUS=node t1, 2 pods" in ready
             nursery.cancel_scope.cancel()

@@ -111,7 +111,8 @@ MAX_TIMER_SLEEP = 1.0
 # its cost bounded when many entries expire at scattered times.
 TIMER_GRANULARITY = 0.01
 
-KernelFactory = Callable[[Topology], AsyncContextManager[Any]]
+# Called with the topology, and after a takeover with ``lock=`` the node's lock already held.
+KernelFactory = Callable[..., AsyncContextManager[Any]]
 
 UPLINK_PORT = "uplink"  # the uplink's port name in the switch, counters and traces
 
@@ -853,12 +854,11 @@ async def run_daemon(topology: Topology, *,
     signal_receiver = (trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
                        if handle_signals else contextlib.nullcontext(None))
     with signal_receiver as signals:
-        if takeover_lock is not None:
-            # The kernel layer takes the node's lock itself, at once; letting go of ours first
-            # leaves a gap of a few system calls, in which a competing start would win the node
-            # and this one fail as a second daemon does.
-            takeover_lock.pass_on()
-        async with kernel_factory(topology) as kernel:
+        # After a takeover the kernel layer is handed the node's lock this process already holds,
+        # so no competing start can slip in between.
+        opened = (kernel_factory(topology) if takeover_lock is None
+                  else kernel_factory(topology, lock=takeover_lock))
+        async with opened as kernel:
             node = NodeRuntime(topology, kernel=kernel, switch=switch, supervisor=supervisor,
                                port_factory=port_factory, errors=errors, log=log,
                                config_path=config_path)

@@ -480,13 +480,6 @@ class NodeLock(_FileLock):
         self._hold(fd)
         return True
 
-    def pass_on(self) -> None:
-        """Let go of the lock without unlinking its file, for the ``acquire`` that follows at
-        once in this process (the kernel layer's own, at start-up): unlike ``release``, this does
-        not tell a waiter that the node was stopped deliberately."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
 
 
 UNDERLAY_LOCK_TIMEOUT = 30.0  # far longer than any start or stop holds it

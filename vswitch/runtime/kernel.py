@@ -481,10 +481,14 @@ class Kernel:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, topology: Topology) -> AsyncIterator["Kernel"]:
-        """Lock the node, start the netlink worker, and tear everything down on the way out."""
-        lock = NodeLock(topology.control.state_dir, topology.node.name)
-        lock.acquire()
+    async def open(cls, topology: Topology,
+                   lock: NodeLock | None = None) -> AsyncIterator["Kernel"]:
+        """Lock the node, start the netlink worker, and tear everything down on the way out.
+        ``lock``: the node's lock, already held (a standby that took the node over); it is
+        released on the way out as one taken here would be."""
+        if lock is None:
+            lock = NodeLock(topology.control.state_dir, topology.node.name)
+            lock.acquire()
         try:
             worker = NetlinkWorker(name=f"netlink-{topology.node.name}")
             worker.start()

@@ -105,10 +105,12 @@ class NullKernel:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.lock: Any = None  # the node's lock it was handed (after a takeover), kept as is
 
     @asynccontextmanager
-    async def open(self, topology: Topology) -> AsyncIterator["NullKernel"]:
+    async def open(self, topology: Topology, lock: Any = None) -> AsyncIterator["NullKernel"]:
         self.calls.append("open")
+        self.lock = lock
         try:
             yield self
         finally:
