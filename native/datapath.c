@@ -25,8 +25,8 @@
  * vs_dp_process (tests, and the daemon when it runs frames itself) copies the frame into such a
  * buffer first and the output out of it, so that it and the poll thread run the very same code.
  *
- * Memory: the flow table (vs_exact: key -> index into `actions`), the actions, the ports, the
- * upcall ring and the two frame buffers (rx, inner) are allocated when the datapath is created or a port is
+ * Memory: the flow table (vs_exact: key -> index into `actions`), the actions, the ports and
+ * the two frame buffers (rx, inner) are allocated when the datapath is created or a port is
  * added. Replaying a hit allocates nothing; queueing an upcall mallocs its copy.
  *
  * Concurrency: one mutex guards everything in struct vs_dp. The poll thread sleeps in epoll_wait
@@ -554,7 +554,6 @@ vs_dp *vs_dp_create(uint32_t flow_capacity, uint32_t upcall_capacity, uint64_t s
     dp->flows = vs_exact_create(VS_DP_KEY_LEN, flow_capacity, seed);
     dp->actions = calloc(flow_capacity, sizeof *dp->actions);
     dp->port_index = vs_exact_create(4, 4096, seed);
-    dp->upcalls = calloc(upcall_capacity, sizeof *dp->upcalls);
     dp->inner = frame_buffer_new();
     dp->rx = frame_buffer_new();
     dp->upcall_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -562,7 +561,8 @@ vs_dp *vs_dp_create(uint32_t flow_capacity, uint32_t upcall_capacity, uint64_t s
     dp->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event stop = {.events = EPOLLIN, .data.u64 = 0};
     if (dp->flows == NULL || dp->actions == NULL || dp->port_index == NULL
-        || dp->upcalls == NULL || dp->inner == NULL || dp->rx == NULL || dp->upcall_fd < 0 || dp->stop_fd < 0 || dp->epoll_fd < 0
+        || dp->inner == NULL || dp->rx == NULL || dp->upcall_fd < 0 || dp->stop_fd < 0
+        || dp->epoll_fd < 0
         || epoll_ctl(dp->epoll_fd, EPOLL_CTL_ADD, dp->stop_fd, &stop) != 0) {
         vs_dp_destroy(dp);
         return NULL;
@@ -576,9 +576,8 @@ void vs_dp_destroy(vs_dp *dp)
     if (dp == NULL)
         return;
     vs_dp_stop(dp);
-    for (uint32_t i = 0; i < dp->upcall_count; i++)
-        free(dp->upcalls[(dp->upcall_head + i) % dp->upcall_capacity]);
-    free(dp->upcalls);
+    for (uint32_t i = 0; i < dp->port_slots; i++)
+        vs_dp_upcalls_drop(dp, &dp->ports[i]);
     vs_exact_destroy(dp->flows);
     vs_exact_destroy(dp->port_index);
     free(dp->actions);
@@ -685,6 +684,7 @@ int vs_dp_port_del(vs_dp *dp, uint32_t port_id)
         uint8_t key[4];
         port_key(port_id, key);
         vs_dp_port_unpoll(dp, p);
+        vs_dp_upcalls_drop(dp, p);
         vs_exact_delete(dp->port_index, key);
         p->used = 0;
     }

@@ -13,6 +13,12 @@
  * bytes) and then a larger virtio-net header for the out port (at most 64 more). */
 #define VS_DP_HEADROOM 128
 
+struct upcall {
+    struct upcall *next;   /* the next frame of the same port, NULL for its newest */
+    uint32_t len;
+    uint8_t data[];
+};
+
 struct dp_port {
     uint32_t id;
     int fd;                /* -1: only vs_dp_process sees this port */
@@ -21,12 +27,8 @@ struct dp_port {
     uint8_t upcall_all;
     uint8_t polled;        /* registered with epoll */
     vs_dp_counters counters;
-};
-
-struct upcall {
-    uint32_t port;
-    uint32_t len;
-    uint8_t data[];
+    struct upcall *upcall_head, *upcall_tail;  /* this port's upcalls, oldest first */
+    uint32_t upcall_count;
 };
 
 struct vs_dp {
@@ -43,8 +45,9 @@ struct vs_dp {
     /* Frame buffers of VS_DP_HEADROOM + VS_DP_MAX_FRAME bytes; the pointers are past the room. */
     uint8_t *inner;              /* a decapsulated frame */
     uint8_t *rx;                 /* a frame read (poll thread) or handed in (vs_dp_process) */
-    struct upcall **upcalls;     /* ring of upcall_capacity */
-    uint32_t upcall_capacity, upcall_head, upcall_count;
+    /* Upcalls wait in their port's queue (struct dp_port); these count them all, and say whose
+     * turn it is to be taken (an index into ports) and how many that turn has given. */
+    uint32_t upcall_capacity, upcall_count, upcall_turn, upcall_given;
     int upcall_fd, stop_fd, epoll_fd;
     pthread_t thread;
     int running;
@@ -53,6 +56,8 @@ struct vs_dp {
 /* With the lock held. */
 struct dp_port *vs_dp_port_find(vs_dp *dp, uint32_t id);
 void vs_dp_port_unpoll(vs_dp *dp, struct dp_port *p);
+/* Frees the upcalls a port still has waiting (it is being removed), counted as lost. */
+void vs_dp_upcalls_drop(vs_dp *dp, struct dp_port *p);
 /* vs_dp_process for a port found, with the lock held, executed in place: frame (len bytes) is
  * writable and has VS_DP_HEADROOM writable bytes in front of it. On a hit, the output (at most
  * cap bytes) is at *out, inside [frame - VS_DP_HEADROOM, frame + len), and the frame may have been

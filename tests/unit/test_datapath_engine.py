@@ -663,18 +663,90 @@ def test_the_thread_converts_framing_around_the_frame_it_read(threaded, request)
                                                 spec(out_l2))
 
 
+def _upcalled(t: Harness, count: int) -> None:
+    """Waits until the poll thread has handed ``count`` frames in all to the upcall queue."""
+    deadline = time.monotonic() + 5
+    while t.dp.stats()["upcalls"] < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert t.dp.stats()["upcalls"] == count
+
+
 def test_a_full_upcall_queue_drops_and_counts(threaded):
+    """A port alone may fill the whole queue; what does not fit is lost, and counted for the
+    datapath and for the port."""
     t, far = threaded
     t.dp.start()
     frames = [frame(dst=f"10.244.1.{i}") for i in range(40)]  # capacity is 16
     for data in frames:
         far[1].send(data)
-    deadline = time.monotonic() + 5
-    while t.dp.stats()["upcalls"] < 40 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _upcalled(t, 40)
     stats = t.dp.stats()
     assert (stats["upcall_queued"], stats["upcall_lost"]) == (16, 24)
+    assert t.dp.port_counters(1)["upcall_lost"] == 24
     assert [frame_ for _, frame_ in t.dp.take_upcalls(100)] == frames[:16]
+
+
+def test_a_port_that_fills_the_upcall_queue_makes_room_for_another_port(threaded):
+    """The port with the most frames waiting pays for the room another port's frame needs: its
+    oldest frame goes. The flood's own frames find no room at all."""
+    t, far = threaded
+    t.dp.start()
+    flood = [frame(dst=f"10.244.1.{i}") for i in range(20)]  # capacity is 16
+    for data in flood:
+        far[1].send(data)
+    _upcalled(t, 20)
+    first = [frame(dst=f"10.244.2.{i}") for i in range(4)]
+    for data in first:
+        far[2].send(data)
+    _upcalled(t, 24)
+    stats = t.dp.stats()
+    assert (stats["upcall_queued"], stats["upcall_lost"]) == (16, 8)
+    assert (t.dp.port_counters(1)["upcall_lost"], t.dp.port_counters(2)["upcall_lost"]) == (8, 0)
+    far[1].send(flood[0])  # port 1 still holds the most: its own frame is the one lost
+    _upcalled(t, 25)
+    assert t.dp.port_counters(1)["upcall_lost"] == 9
+    taken = t.dp.take_upcalls(100)
+    # 16-19 found no room, 0-3 made room for port 2's
+    assert [data for port, data in taken if port == 1] == flood[4:16]
+    assert [data for port, data in taken if port == 2] == first
+
+
+def test_upcalls_are_taken_from_the_ports_in_turn(threaded):
+    """Up to 8 frames of a port, then the next port's turn: a port's first frames wait behind
+    at most one turn of a port that keeps many waiting."""
+    t, far = threaded
+    t.dp.start()
+    many = [frame(dst=f"10.244.1.{i}") for i in range(11)]
+    for data in many:
+        far[1].send(data)
+    _upcalled(t, 11)
+    few = [frame(dst=f"10.244.2.{i}") for i in range(3)]
+    for data in few:
+        far[2].send(data)
+    _upcalled(t, 14)
+    assert t.dp.take_upcalls(5) == [(1, data) for data in many[:5]]
+    assert t.dp.take_upcalls(100) == ([(1, data) for data in many[5:8]]
+                                      + [(2, data) for data in few]
+                                      + [(1, data) for data in many[8:]])
+    assert not _readable(t.dp.upcall_fd, 0)
+    far[2].send(few[0])  # alone: its turn comes at once
+    _upcalled(t, 15)
+    assert t.dp.take_upcalls(100) == [(2, few[0])]
+
+
+def test_a_removed_port_loses_the_upcalls_it_had_waiting(threaded):
+    t, far = threaded
+    t.dp.start()
+    for i in range(3):
+        far[1].send(frame(dst=f"10.244.1.{i}"))
+    far[2].send(frame(dst="10.244.2.1"))
+    _upcalled(t, 4)
+    t.dp.stop()
+    t.dp.port_del(1)
+    stats = t.dp.stats()
+    assert (stats["upcall_queued"], stats["upcall_lost"]) == (1, 3)
+    assert t.dp.take_upcalls(100) == [(2, frame(dst="10.244.2.1"))]
+    t.dp.port_add(1, -1, 10)  # the fixture removes it again
 
 
 def test_a_port_that_cannot_take_more_counts_busy_and_takes_the_count_back(threaded):

@@ -47,7 +47,7 @@ _SHARED = {
 }
 _C_TYPES = {"d": "double[]", "I": "uint32_t[]", "Q": "uint64_t[]", "B": "uint8_t[]"}
 _COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_busy",
-             "tx_offload_unsupported", "tx_port_gone", "tx_error")
+             "tx_offload_unsupported", "tx_port_gone", "tx_error", "upcall_lost")
 _STATS = ("hits", "misses", "installs", "flushes", "entries", "capacity", "upcalls",
           "upcall_lost", "upcall_queued", "wakeups", "read_errors")
 
@@ -260,7 +260,8 @@ class Datapath:
         return lib.vs_dp_upcall_fd(self._dp)
 
     def take_upcalls(self, max_frames: int) -> list[tuple[int, bytes]]:
-        """Up to ``max_frames`` waiting upcalls, oldest first, as (port, frame)."""
+        """Up to ``max_frames`` waiting upcalls as (port, frame): the ports in turn, up to 8
+        frames of one port per turn, each port's oldest first."""
         taken = []
         port = self._out_port
         for _ in range(max_frames):
