@@ -230,19 +230,16 @@ def run_attack(node: ServiceNode, attack: str, record_property) -> Outcome:
     return outcome
 
 
-def assert_throughput_kept(outcome: Outcome, known_gap: str | None = None) -> None:
+def assert_throughput_kept(outcome: Outcome) -> None:
     """The pass mark: more than half of the control run's throughput. Called last, after every
     other check of the attack passed. Every frame of these attacks misses the flow cache and
     costs the C datapath a read and Python the pipeline, on the same two shared cores as the
     stream, the sender and the sender's kernel, so the figure moves with the machine's load:
     between ``FLOOR_RATIO`` and half the test is an expected failure with its figures (see
-    README.md, "Adversarial pods"), below the floor a failure; ``known_gap`` names why an attack
-    may fall below it today, which makes that an expected failure too."""
+    README.md, "Adversarial pods"), below the floor a failure."""
     if outcome.ratio > MIN_RATIO:
         return
     figures = f"the stream kept {outcome.ratio:.2f} of its throughput under attack"
-    if known_gap is not None:
-        pytest.xfail(f"{figures}: {known_gap}")
     assert outcome.ratio > FLOOR_RATIO, figures
     pytest.xfail(figures)
 
@@ -305,7 +302,11 @@ def test_spoofed_ip_and_mac(node: ServiceNode, held: subprocess.Popen, record_pr
 def test_syn_flood_at_a_cluster_ip(node: ServiceNode, held: subprocess.Popen,
                                    record_property) -> None:
     """The table overflows and evicts, but only connections nobody answered or completed: the
-    held connection of ``client`` stays (checked at the end of the module)."""
+    held connection of ``client`` stays (checked at the end of the module). The flood's SYNs all
+    go to the pipeline, and fill the datapath's queue to it many times over: the stream's own
+    first packets (iperf3 opens its connections during the attack) still get their turn, since
+    the queue makes the port with the most frames waiting pay for the room and is taken from
+    the ports in turn."""
     outcome = run_attack(node, "syn-flood", record_property)
     conntrack = outcome.stats["conntrack"]
     assert outcome.growth.get("conntrack.evictions", 0) > 0, conntrack
@@ -313,9 +314,8 @@ def test_syn_flood_at_a_cluster_ip(node: ServiceNode, held: subprocess.Popen,
     established = [row for row in node.conntrack()
                    if row["state"] == "ESTABLISHED" and (row["dnat"] or {}).get("port") == 7000]
     assert len(established) == 1, established
-    assert_throughput_kept(outcome, known_gap=(
-        "the C datapath's queue to the pipeline is one FIFO for all ports, which the flood's "
-        "SYNs fill; the stream's packets that need the pipeline wait behind them or are lost"))
+    assert outcome.growth.get("datapath.upcall_lost", 0) > 0, outcome.growth  # it did fill it
+    assert_throughput_kept(outcome)
 
 
 def test_fragment_flood(node: ServiceNode, held: subprocess.Popen, record_property) -> None:
