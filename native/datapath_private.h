@@ -35,7 +35,11 @@ struct vs_dp {
     pthread_mutex_t lock;
     vs_exact *flows;             /* VS_DP_KEY_LEN-byte key -> index into actions */
     vs_dp_action *actions;
-    uint32_t flow_capacity, actions_used;
+    uint32_t flow_capacity, actions_used;  /* actions_used: slots ever taken since a flush */
+    uint8_t (*flow_keys)[VS_DP_KEY_LEN];   /* the key of each slot (to remove it by slot) */
+    uint8_t *flow_state;         /* per slot: FLOW_FREE, FLOW_IDLE or FLOW_USED */
+    uint32_t *flow_free;         /* slots freed by the sweep, to be taken again */
+    uint32_t flow_free_count, flow_hand;   /* flow_hand: the eviction clock's hand */
     vs_exact *port_index;        /* 4-byte port id -> index into ports */
     struct dp_port *ports;
     uint32_t port_slots;
@@ -52,6 +56,10 @@ struct vs_dp {
     pthread_t thread;
     int running;
 };
+
+/* A slot of the flow table: free, or holding an entry not looked up since the sweep or the
+ * eviction clock last passed it (idle), or one looked up since (used). */
+enum { FLOW_FREE = 0, FLOW_IDLE = 1, FLOW_USED = 2 };
 
 /* With the lock held. */
 struct dp_port *vs_dp_port_find(vs_dp *dp, uint32_t id);

@@ -220,6 +220,8 @@ typedef struct vs_dp_counters {  /* per port, for frames the datapath handled it
 typedef struct vs_dp_stats {
     uint64_t hits, misses, installs, flushes, entries, capacity;
     uint64_t upcalls, upcall_lost, upcall_queued, wakeups, read_errors;
+    uint64_t evictions;          /* entries a full table evicted to install another */
+    uint64_t swept;              /* entries a sweep removed, not looked up since the one before */
 } vs_dp_stats;
 
 typedef struct vs_dp vs_dp;
@@ -237,9 +239,13 @@ int vs_dp_port_set_upcall_all(vs_dp *dp, uint32_t port_id, int upcall_all);
  * still waiting are dropped (counted in upcall_lost). */
 int vs_dp_port_del(vs_dp *dp, uint32_t port_id);
 int vs_dp_port_counters(vs_dp *dp, uint32_t port_id, vs_dp_counters *out);
-/* 1 installed, 0 the table was full and has been emptied first (counted in flushes) then installed. */
+/* 1 installed, 0 installed in the place of an entry the full table evicted (counted in
+ * evictions): the first idle one the clock's hand reaches (see datapath.c). */
 int vs_dp_install(vs_dp *dp, const uint8_t *key, const vs_dp_action *action);
-void vs_dp_flush(vs_dp *dp);
+/* Removes the entries not looked up since the sweep before (counted in swept) and marks the
+ * others idle: the number removed. Python's timer runs it (NativeFlowCache.expire). */
+uint32_t vs_dp_sweep(vs_dp *dp);
+void vs_dp_flush(vs_dp *dp);     /* every entry, at once (counted in flushes) */
 void vs_dp_stats_get(vs_dp *dp, vs_dp_stats *out);
 /* One frame through the cached path, synchronously: the output's length (>= 0, written to out,
  * framed for *out_port) on a hit, else a vs_dp_status. Counts exactly as the poll thread does.

@@ -382,18 +382,50 @@ def test_an_out_port_gone_consumes_the_frame():
     assert t.dp.port_counters(1)["tx_port_gone"] == 1
 
 
-def test_a_full_table_is_emptied_before_the_next_install():
+def test_a_full_table_evicts_one_entry_for_the_next_install():
+    """Every entry was used since it was installed: the clock's hand marks them all idle on its
+    first round and evicts the first one on the next; a flush empties the table at once."""
     t = Harness(flow_capacity=4)
     frames = [frame(dst=f"10.244.1.{i}") for i in range(10, 15)]
     installed = [t.dp.install(key_of(1, f, 10), generation=5, kind=FORWARD, out_port=2,
                               dst_slot=1, dst_inc=1) for f in frames]
     assert installed == [True] * 4 + [False]
     stats = t.dp.stats()
-    assert (stats["entries"], stats["flushes"], stats["installs"]) == (1, 1, 5)
+    assert (stats["entries"], stats["evictions"], stats["installs"]) == (4, 1, 5)
     assert t.dp.process(1, frames[0], NOW)[0] == UPCALL
-    assert t.dp.process(1, frames[4], NOW)[0] > 0
+    assert all(t.dp.process(1, f, NOW)[0] > 0 for f in frames[1:])
     t.dp.flush()
-    assert t.dp.stats()["entries"] == 0
+    assert (t.dp.stats()["entries"], t.dp.stats()["flushes"]) == (0, 1)
+
+
+def test_a_full_table_evicts_an_idle_entry_and_spares_one_in_use():
+    t = Harness(flow_capacity=4)
+    frames = [frame(dst=f"10.244.1.{i}") for i in range(10, 16)]
+    for f in frames[:5]:  # the fifth evicts the first; the hand marked the others idle
+        t.install(key_of(1, f, 10))
+    assert t.dp.process(1, frames[1], NOW)[0] > 0  # in use again
+    t.install(key_of(1, frames[5], 10))
+    assert t.dp.process(1, frames[2], NOW)[0] == UPCALL  # the first idle one the hand reached
+    assert all(t.dp.process(1, f, NOW)[0] > 0 for f in (frames[1], frames[3], frames[4]))
+    assert t.dp.stats()["evictions"] == 2
+
+
+def test_a_sweep_removes_the_entries_not_looked_up_since_the_one_before():
+    t = Harness(flow_capacity=4)
+    frames = [frame(dst=f"10.244.1.{i}") for i in range(10, 15)]
+    for f in frames[:3]:
+        t.install(key_of(1, f, 10))
+    t.install(key_of(1, frames[3], 10), generation=4)  # another generation: never a lookup
+    assert t.dp.sweep() == 0  # installed since: marked idle
+    assert t.dp.process(1, frames[0], NOW)[0] > 0
+    assert t.dp.process(1, frames[3], NOW)[0] == UPCALL
+    assert t.dp.sweep() == 3
+    stats = t.dp.stats()
+    assert (stats["entries"], stats["swept"], stats["evictions"]) == (1, 3, 0)
+    assert t.dp.process(1, frames[0], NOW)[0] > 0
+    for f in frames[1:4]:  # the swept slots are taken again before anything is evicted
+        t.install(key_of(1, f, 10))
+    assert (t.dp.stats()["entries"], t.dp.stats()["evictions"]) == (4, 0)
 
 
 def test_keys_longer_than_the_table_takes_are_refused():
