@@ -115,11 +115,18 @@ struct dp_port *vs_dp_port_find(vs_dp *dp, uint32_t id)
     return &dp->ports[index];
 }
 
+int vs_dp_port_watch(vs_dp *dp, struct dp_port *p)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (1ull << 32) | p->id};
+    return epoll_ctl(dp->epoll_fd, EPOLL_CTL_ADD, p->fd, &ev) == 0 ? 0 : -1;
+}
+
 void vs_dp_port_unpoll(vs_dp *dp, struct dp_port *p)
 {
-    if (p->polled)
+    if (p->polled && !p->paused)
         epoll_ctl(dp->epoll_fd, EPOLL_CTL_DEL, p->fd, NULL);
     p->polled = 0;
+    p->paused = 0;
 }
 
 /* ---- look up ------------------------------------------------------------------------------- */
@@ -668,8 +675,7 @@ int vs_dp_port_add(vs_dp *dp, uint32_t port_id, int fd, uint32_t l2_offset, int 
     p->used = 1;
     p->upcall_all = upcall_all != 0;
     if (fd >= 0) {
-        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (1ull << 32) | port_id};
-        if (epoll_ctl(dp->epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        if (vs_dp_port_watch(dp, p) != 0) {
             vs_exact_delete(dp->port_index, key);
             p->used = 0;
             goto out;

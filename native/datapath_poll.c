@@ -21,7 +21,12 @@
  *     counted, for the datapath (upcall_lost) and for the port whose frame it was;
  *   - vs_dp_upcall_take goes round the ports (in slot order), taking up to UPCALL_QUANTUM
  *     frames of one port before the next port's turn: a frame of a port that is not flooding
- *     waits for at most one turn of each other port, however many frames the flood has queued.
+ *     waits for at most one turn of each other port, however many frames the flood has queued;
+ *   - a port holding half of upcall_capacity (its share) is paused: taken out of epoll, its
+ *     frames wait in its fd (a TAP's queue, where the pod's kernel drops what does not fit and
+ *     counts it as the pod's tx_dropped) until Python has taken it down to a quarter. A flood
+ *     then costs this thread only the frames Python can take, not a read, a copy and a drop
+ *     of every frame the pod can send: the CPU that saves is the innocent pods'.
  * The eventfd is readable exactly while a frame waits: signalled when the first is queued, read
  * back when the last is taken, so Python's event loop can wait on it like on any fd.
  */
@@ -140,6 +145,34 @@ static struct dp_port *upcall_turn(vs_dp *dp)
     }
 }
 
+/* The upcalls a port may hold before it is paused, and the most it holds when it is read again
+ * (at least one, and less than the first). */
+static uint32_t pause_mark(const vs_dp *dp)
+{
+    return dp->upcall_capacity / 2 > 0 ? dp->upcall_capacity / 2 : 1;
+}
+
+static uint32_t resume_mark(const vs_dp *dp)
+{
+    return pause_mark(dp) / 2;
+}
+
+static void port_pause(vs_dp *dp, struct dp_port *p)
+{
+    epoll_ctl(dp->epoll_fd, EPOLL_CTL_DEL, p->fd, NULL);
+    p->paused = 1;
+}
+
+/* A port that cannot be watched again is left as one at its end (counted as a read error). */
+static void port_resume(vs_dp *dp, struct dp_port *p)
+{
+    p->paused = 0;
+    if (vs_dp_port_watch(dp, p) != 0) {
+        dp->stats.read_errors++;
+        p->polled = 0;
+    }
+}
+
 int64_t vs_dp_upcall_take(vs_dp *dp, uint32_t *port, uint8_t *buf, size_t cap)
 {
     int64_t n = -1;
@@ -156,6 +189,8 @@ int64_t vs_dp_upcall_take(vs_dp *dp, uint32_t *port, uint8_t *buf, size_t cap)
         n = u->len;
         free(u);
         dp->upcall_given++;
+        if (p->paused && p->upcall_count <= resume_mark(dp))
+            port_resume(dp, p);
     }
 out:
     pthread_mutex_unlock(&dp->lock);
@@ -204,21 +239,26 @@ static void poll_frame(vs_dp *dp, struct dp_port *in, size_t len, uint32_t *writ
         written[(*n_written)++] = target;
 }
 
-/* Up to BURST frames of one port. A port at its end (EOF, a TAP whose device is gone) leaves
- * the poll set, as does one that fails while epoll reports an error or hang-up on it: left in,
- * it would be reported ready forever and spin the thread. `events`: what epoll reported. The
- * port is looked up once: ports are added and removed under the lock this burst holds, and
- * nothing in it but the end of this loop takes one out of the poll set. */
+/* Up to BURST frames of one port, fewer when it reaches its share of the upcalls and is paused
+ * (a paused port is not read). A port at its end (EOF, a TAP whose device is gone) leaves the
+ * poll set, as does one that fails while epoll reports an error or hang-up on it: left in, it
+ * would be reported ready forever and spin the thread. `events`: what epoll reported. The port
+ * is looked up once: ports are added and removed under the lock this burst holds, and nothing
+ * in it but this loop (its end, a pause) takes one out of the poll set. */
 static void poll_port(vs_dp *dp, uint32_t port_id, uint32_t events, uint32_t *written,
                       size_t *n_written)
 {
     struct dp_port *p = vs_dp_port_find(dp, port_id);
-    if (p == NULL || !p->polled)
+    if (p == NULL || !p->polled || p->paused)
         return;
     for (int i = 0; i < BURST; i++) {
         ssize_t n = read(p->fd, dp->rx, VS_DP_MAX_FRAME);
         if (n > 0) {
             poll_frame(dp, p, (size_t)n, written, n_written);
+            if (p->upcall_count >= pause_mark(dp)) {
+                port_pause(dp, p);
+                return;
+            }
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EINTR))

@@ -25,7 +25,8 @@ struct dp_port {
     uint32_t l2;           /* virtio-net header size, 0 without one */
     uint8_t used;
     uint8_t upcall_all;
-    uint8_t polled;        /* registered with epoll */
+    uint8_t polled;        /* read by the poll thread (registered with epoll, or paused) */
+    uint8_t paused;        /* out of epoll while its upcalls fill its share (datapath_poll.c) */
     vs_dp_counters counters;
     struct upcall *upcall_head, *upcall_tail;  /* this port's upcalls, oldest first */
     uint32_t upcall_count;
@@ -63,6 +64,8 @@ enum { FLOW_FREE = 0, FLOW_IDLE = 1, FLOW_USED = 2 };
 
 /* With the lock held. */
 struct dp_port *vs_dp_port_find(vs_dp *dp, uint32_t id);
+/* Registers a port's fd with epoll (0), or fails (-1). */
+int vs_dp_port_watch(vs_dp *dp, struct dp_port *p);
 void vs_dp_port_unpoll(vs_dp *dp, struct dp_port *p);
 /* Frees the upcalls a port still has waiting (it is being removed), counted as lost. */
 void vs_dp_upcalls_drop(vs_dp *dp, struct dp_port *p);

@@ -254,7 +254,9 @@ int64_t vs_dp_process(vs_dp *dp, uint32_t in_port, const uint8_t *frame, size_t 
                       uint8_t *out, size_t out_cap, uint32_t *out_port);
 /* The poll thread: reads every port with an fd, handles hits, queues the rest for Python, in one
  * queue per port; all together hold at most upcall_capacity frames, and when they are full the
- * port with the most waiting loses its oldest to make room for another port's frame. */
+ * port with the most waiting loses its oldest to make room for another port's frame. A port
+ * holding half of them is not read (its frames wait in its fd) until Python has taken it down
+ * to a quarter. */
 int vs_dp_start(vs_dp *dp);
 void vs_dp_stop(vs_dp *dp);
 int vs_dp_upcall_fd(vs_dp *dp);  /* an eventfd, readable while upcalls wait */
