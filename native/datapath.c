@@ -25,8 +25,12 @@
  * vs_dp_process (tests, and the daemon when it runs frames itself) copies the frame into such a
  * buffer first and the output out of it, so that it and the poll thread run the very same code.
  *
- * Memory: the flow table (vs_exact: key -> index into `actions`), the actions, the ports, the
- * upcall ring and the two frame buffers (rx, inner) are allocated when the datapath is created or a port is
+ * The flow table is bounded and never emptied at once: entries not looked up for a while are
+ * swept (vs_dp_sweep, from Python's timer) and a full table evicts one idle entry per new one
+ * (see "the flow table's slots" below).
+ *
+ * Memory: the flow table (vs_exact: key -> index into `actions`), the actions, the ports and
+ * the two frame buffers (rx, inner) are allocated when the datapath is created or a port is
  * added. Replaying a hit allocates nothing; queueing an upcall mallocs its copy.
  *
  * Concurrency: one mutex guards everything in struct vs_dp. The poll thread sleeps in epoll_wait
@@ -111,22 +115,34 @@ struct dp_port *vs_dp_port_find(vs_dp *dp, uint32_t id)
     return &dp->ports[index];
 }
 
+int vs_dp_port_watch(vs_dp *dp, struct dp_port *p)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (1ull << 32) | p->id};
+    return epoll_ctl(dp->epoll_fd, EPOLL_CTL_ADD, p->fd, &ev) == 0 ? 0 : -1;
+}
+
 void vs_dp_port_unpoll(vs_dp *dp, struct dp_port *p)
 {
-    if (p->polled)
+    if (p->polled && !p->paused)
         epoll_ctl(dp->epoll_fd, EPOLL_CTL_DEL, p->fd, NULL);
     p->polled = 0;
+    p->paused = 0;
 }
 
 /* ---- look up ------------------------------------------------------------------------------- */
 
+/* An entry of the current generation is marked used, hit or declined: its flow is alive (the
+ * sweep and the eviction clock spare it). FlowCache's twin is fast_path.lookup. */
 static const vs_dp_action *flow_get(vs_dp *dp, const uint8_t *key)
 {
     int64_t index;
     if (!vs_exact_lookup(dp->flows, key, &index))
         return NULL;
     const vs_dp_action *a = &dp->actions[index];
-    return a->generation == dp->params.generation ? a : NULL;
+    if (a->generation != dp->params.generation)
+        return NULL;
+    dp->flow_state[index] = FLOW_USED;
+    return a;
 }
 
 /* connection_key() of fast_path.py: the bytes appended to the flow key, or 0 when the L4 header
@@ -553,16 +569,20 @@ vs_dp *vs_dp_create(uint32_t flow_capacity, uint32_t upcall_capacity, uint64_t s
     dp->upcall_capacity = upcall_capacity;
     dp->flows = vs_exact_create(VS_DP_KEY_LEN, flow_capacity, seed);
     dp->actions = calloc(flow_capacity, sizeof *dp->actions);
+    dp->flow_keys = calloc(flow_capacity, sizeof *dp->flow_keys);
+    dp->flow_state = calloc(flow_capacity, 1);
+    dp->flow_free = calloc(flow_capacity, sizeof *dp->flow_free);
     dp->port_index = vs_exact_create(4, 4096, seed);
-    dp->upcalls = calloc(upcall_capacity, sizeof *dp->upcalls);
     dp->inner = frame_buffer_new();
     dp->rx = frame_buffer_new();
     dp->upcall_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     dp->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     dp->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event stop = {.events = EPOLLIN, .data.u64 = 0};
-    if (dp->flows == NULL || dp->actions == NULL || dp->port_index == NULL
-        || dp->upcalls == NULL || dp->inner == NULL || dp->rx == NULL || dp->upcall_fd < 0 || dp->stop_fd < 0 || dp->epoll_fd < 0
+    if (dp->flows == NULL || dp->actions == NULL || dp->flow_keys == NULL
+        || dp->flow_state == NULL || dp->flow_free == NULL || dp->port_index == NULL
+        || dp->inner == NULL || dp->rx == NULL || dp->upcall_fd < 0 || dp->stop_fd < 0
+        || dp->epoll_fd < 0
         || epoll_ctl(dp->epoll_fd, EPOLL_CTL_ADD, dp->stop_fd, &stop) != 0) {
         vs_dp_destroy(dp);
         return NULL;
@@ -576,12 +596,14 @@ void vs_dp_destroy(vs_dp *dp)
     if (dp == NULL)
         return;
     vs_dp_stop(dp);
-    for (uint32_t i = 0; i < dp->upcall_count; i++)
-        free(dp->upcalls[(dp->upcall_head + i) % dp->upcall_capacity]);
-    free(dp->upcalls);
+    for (uint32_t i = 0; i < dp->port_slots; i++)
+        vs_dp_upcalls_drop(dp, &dp->ports[i]);
     vs_exact_destroy(dp->flows);
     vs_exact_destroy(dp->port_index);
     free(dp->actions);
+    free(dp->flow_keys);
+    free(dp->flow_state);
+    free(dp->flow_free);
     free(dp->ports);
     frame_buffer_free(dp->inner);
     frame_buffer_free(dp->rx);
@@ -653,8 +675,7 @@ int vs_dp_port_add(vs_dp *dp, uint32_t port_id, int fd, uint32_t l2_offset, int 
     p->used = 1;
     p->upcall_all = upcall_all != 0;
     if (fd >= 0) {
-        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (1ull << 32) | port_id};
-        if (epoll_ctl(dp->epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        if (vs_dp_port_watch(dp, p) != 0) {
             vs_exact_delete(dp->port_index, key);
             p->used = 0;
             goto out;
@@ -685,6 +706,7 @@ int vs_dp_port_del(vs_dp *dp, uint32_t port_id)
         uint8_t key[4];
         port_key(port_id, key);
         vs_dp_port_unpoll(dp, p);
+        vs_dp_upcalls_drop(dp, p);
         vs_exact_delete(dp->port_index, key);
         p->used = 0;
     }
@@ -702,10 +724,57 @@ int vs_dp_port_counters(vs_dp *dp, uint32_t port_id, vs_dp_counters *out)
     return p != NULL ? 0 : VS_DP_EINVAL;
 }
 
+/* ---- the flow table's slots ------------------------------------------------------------------
+ *
+ * FlowCache (vswitch/core/flow_cache.py) is the twin, slot for slot. An entry lives in a slot of
+ * `actions`; a slot is taken from the sweep's free list first, then from the never used ones,
+ * and only when every slot holds an entry is one evicted, by a clock (second chance): the hand
+ * goes round the slots, marking a used entry idle and passing on, until it reaches an idle one,
+ * which goes. An entry looked up since the hand last passed it is never the one evicted while
+ * another is idle, so a full table sheds the flows that ended, not the ones that run. */
+
+static void flow_remove(vs_dp *dp, uint32_t slot)
+{
+    vs_exact_delete(dp->flows, dp->flow_keys[slot]);
+    dp->flow_state[slot] = FLOW_FREE;
+}
+
+static uint32_t flow_evict(vs_dp *dp)
+{
+    for (;;) {
+        uint32_t slot = dp->flow_hand;
+        dp->flow_hand = (slot + 1) % dp->flow_capacity;
+        if (dp->flow_state[slot] == FLOW_USED) {
+            dp->flow_state[slot] = FLOW_IDLE;
+            continue;
+        }
+        flow_remove(dp, slot);
+        dp->stats.evictions++;
+        return slot;
+    }
+}
+
+static uint32_t sweep_locked(vs_dp *dp)
+{
+    uint32_t swept = 0;
+    for (uint32_t slot = 0; slot < dp->actions_used; slot++) {
+        if (dp->flow_state[slot] == FLOW_USED) {
+            dp->flow_state[slot] = FLOW_IDLE;
+        } else if (dp->flow_state[slot] == FLOW_IDLE) {
+            flow_remove(dp, slot);
+            dp->flow_free[dp->flow_free_count++] = slot;
+            swept++;
+        }
+    }
+    dp->stats.swept += swept;
+    return swept;
+}
+
 static void flush_locked(vs_dp *dp)
 {
     vs_exact_clear(dp->flows);
-    dp->actions_used = 0;
+    memset(dp->flow_state, FLOW_FREE, dp->flow_capacity);
+    dp->actions_used = dp->flow_free_count = dp->flow_hand = 0;
 }
 
 int vs_dp_install(vs_dp *dp, const uint8_t *key, const vs_dp_action *action)
@@ -714,24 +783,39 @@ int vs_dp_install(vs_dp *dp, const uint8_t *key, const vs_dp_action *action)
     int64_t index;
     pthread_mutex_lock(&dp->lock);
     if (!vs_exact_lookup(dp->flows, key, &index)) {
-        if (dp->actions_used == dp->flow_capacity) {
-            flush_locked(dp);  /* FlowCache.install: a full cache is emptied at once */
-            dp->stats.flushes++;
+        uint32_t slot;
+        if (dp->flow_free_count > 0) {
+            slot = dp->flow_free[--dp->flow_free_count];
+        } else if (dp->actions_used < dp->flow_capacity) {
+            slot = dp->actions_used++;
+        } else {
+            slot = flow_evict(dp);
             installed = 0;
         }
-        index = dp->actions_used++;
-        vs_exact_insert(dp->flows, key, index);
+        memcpy(dp->flow_keys[slot], key, VS_DP_KEY_LEN);
+        vs_exact_insert(dp->flows, key, slot);
+        index = slot;
     }
     dp->actions[index] = *action;
+    dp->flow_state[index] = FLOW_USED;
     dp->stats.installs++;
     pthread_mutex_unlock(&dp->lock);
     return installed;
+}
+
+uint32_t vs_dp_sweep(vs_dp *dp)
+{
+    pthread_mutex_lock(&dp->lock);
+    uint32_t swept = sweep_locked(dp);
+    pthread_mutex_unlock(&dp->lock);
+    return swept;
 }
 
 void vs_dp_flush(vs_dp *dp)
 {
     pthread_mutex_lock(&dp->lock);
     flush_locked(dp);
+    dp->stats.flushes++;
     pthread_mutex_unlock(&dp->lock);
 }
 

@@ -214,11 +214,14 @@ typedef struct vs_dp_action {
 typedef struct vs_dp_counters {  /* per port, for frames the datapath handled itself */
     uint64_t rx_packets, rx_bytes, tx_packets, tx_bytes;
     uint64_t tx_busy, tx_offload_unsupported, tx_port_gone, tx_error;
+    uint64_t upcall_lost;        /* frames of this port the upcall queue had no room for */
 } vs_dp_counters;
 
 typedef struct vs_dp_stats {
     uint64_t hits, misses, installs, flushes, entries, capacity;
     uint64_t upcalls, upcall_lost, upcall_queued, wakeups, read_errors;
+    uint64_t evictions;          /* entries a full table evicted to install another */
+    uint64_t swept;              /* entries a sweep removed, not looked up since the one before */
 } vs_dp_stats;
 
 typedef struct vs_dp vs_dp;
@@ -232,23 +235,33 @@ void vs_dp_set_generation(vs_dp *dp, uint64_t generation);
  * header's size, 0 without one. upcall_all: every frame of this port goes to Python (traced). */
 int vs_dp_port_add(vs_dp *dp, uint32_t port_id, int fd, uint32_t l2_offset, int upcall_all);
 int vs_dp_port_set_upcall_all(vs_dp *dp, uint32_t port_id, int upcall_all);
-/* After it returns the poll thread no longer reads or writes the port's fd. */
+/* After it returns the poll thread no longer reads or writes the port's fd; the port's upcalls
+ * still waiting are dropped (counted in upcall_lost). */
 int vs_dp_port_del(vs_dp *dp, uint32_t port_id);
 int vs_dp_port_counters(vs_dp *dp, uint32_t port_id, vs_dp_counters *out);
-/* 1 installed, 0 the table was full and has been emptied first (counted in flushes) then installed. */
+/* 1 installed, 0 installed in the place of an entry the full table evicted (counted in
+ * evictions): the first idle one the clock's hand reaches (see datapath.c). */
 int vs_dp_install(vs_dp *dp, const uint8_t *key, const vs_dp_action *action);
-void vs_dp_flush(vs_dp *dp);
+/* Removes the entries not looked up since the sweep before (counted in swept) and marks the
+ * others idle: the number removed. Python's timer runs it (NativeFlowCache.expire). */
+uint32_t vs_dp_sweep(vs_dp *dp);
+void vs_dp_flush(vs_dp *dp);     /* every entry, at once (counted in flushes) */
 void vs_dp_stats_get(vs_dp *dp, vs_dp_stats *out);
 /* One frame through the cached path, synchronously: the output's length (>= 0, written to out,
  * framed for *out_port) on a hit, else a vs_dp_status. Counts exactly as the poll thread does.
  * A frame longer than VS_DP_MAX_FRAME is VS_DP_EINVAL (no port reads one). */
 int64_t vs_dp_process(vs_dp *dp, uint32_t in_port, const uint8_t *frame, size_t len, double now,
                       uint8_t *out, size_t out_cap, uint32_t *out_port);
-/* The poll thread: reads every port with an fd, handles hits, queues the rest for Python. */
+/* The poll thread: reads every port with an fd, handles hits, queues the rest for Python, in one
+ * queue per port; all together hold at most upcall_capacity frames, and when they are full the
+ * port with the most waiting loses its oldest to make room for another port's frame. A port
+ * holding half of them is not read (its frames wait in its fd) until Python has taken it down
+ * to a quarter. */
 int vs_dp_start(vs_dp *dp);
 void vs_dp_stop(vs_dp *dp);
 int vs_dp_upcall_fd(vs_dp *dp);  /* an eventfd, readable while upcalls wait */
-/* The oldest waiting upcall: its length (copied to buf) and port, or -1 when none waits. */
+/* The next waiting upcall, taking the ports in turn (up to 8 frames of one port per turn, each
+ * port's oldest first): its length (copied to buf) and port, or -1 when none waits. */
 int64_t vs_dp_upcall_take(vs_dp *dp, uint32_t *port, uint8_t *buf, size_t cap);
 
 /* ---- VXLAN in the datapath (vxlan.c) ----------------------------------------------------- */

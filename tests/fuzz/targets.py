@@ -19,7 +19,7 @@ build sees any read past them. Every other exception is a finding.
 | ``vxlan-source-port`` | ``vs_vxlan_source_port`` | ``wire.vxlan.source_port`` |
 | ``vxlan-wrap`` | ``vs_vxlan_wrap`` | ``FastPath._encapsulated`` where C wraps |
 | ``vxlan-open`` | ``vs_vxlan_open`` | ``FastPath._opened`` |
-| ``datapath`` | ``vs_dp_*``: any action on any frame; a port gone; a flush | its contract |
+| ``datapath`` | ``vs_dp_*``: any action on any frame; a port gone; sweeps, a flush | its contract |
 | ``pipeline`` | ``vs_dp_process`` and the others, through a node's ``Switch`` | the pure node |
 
 ``datapath`` installs an action made of input bytes (every bit pattern is a valid
@@ -75,7 +75,7 @@ REACHES = {
     "datapath": ("vs_dp_create", "vs_dp_destroy", "vs_dp_set_shared", "vs_dp_set_params",
                  "vs_dp_set_generation", "vs_dp_port_add", "vs_dp_port_set_upcall_all",
                  "vs_dp_port_del", "vs_dp_port_counters", "vs_dp_install", "vs_dp_flush",
-                 "vs_dp_stats_get", "vs_dp_process"),
+                 "vs_dp_sweep", "vs_dp_stats_get", "vs_dp_process"),
     "pipeline": ("vs_dp_process", "vs_flow_keys_batch", "vs_nat_rewrite", "vs_exact_lookup"),
 }
 THREADED = ("vs_dp_start", "vs_dp_stop", "vs_dp_upcall_fd", "vs_dp_upcall_take")
@@ -570,6 +570,11 @@ def datapath(data: bytes) -> None:
     dp.port_set_upcall_all(1, True)
     assert dp.process(1, frame, DP_NOW)[0] in (UPCALL, EINVAL)
     dp.port_set_upcall_all(1, False)
+    dp.sweep()  # what was looked up is marked idle, the rest goes
+    dp.sweep()  # nothing was looked up since: everything goes
+    assert dp.stats()["entries"] == 0
+    assert dp.process(1, frame, DP_NOW)[0] in (UPCALL, EINVAL)
+    dp.install_packed(bytes(36), action)
     dp.flush()
     assert dp.process(1, frame, DP_NOW)[0] in (UPCALL, EINVAL)
 

@@ -7,6 +7,7 @@ or a decline is a difference from the reference.
 """
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import struct
@@ -66,9 +67,9 @@ def connection_key_of(port: int, data: bytes, l2: int) -> bytes:
 class Harness:
     """A datapath with in-memory ports 1 and 2 and shared arrays the test can look into."""
 
-    def __init__(self, l2s=None, flow_capacity=64):
+    def __init__(self, l2s=None, flow_capacity=64, upcall_capacity=16):
         self.l2s = {1: 10, 2: 10} if l2s is None else l2s
-        self.dp = Datapath(flow_capacity=flow_capacity, upcall_capacity=16)
+        self.dp = Datapath(flow_capacity=flow_capacity, upcall_capacity=upcall_capacity)
         self.shared = dict(
             fdb_seen=array("d", [NOW - 1] * SLOTS), fdb_inc=array("I", [1] * SLOTS),
             nbr_since=array("d", [NOW - 1] * SLOTS), nbr_inc=array("I", [1] * SLOTS),
@@ -382,18 +383,50 @@ def test_an_out_port_gone_consumes_the_frame():
     assert t.dp.port_counters(1)["tx_port_gone"] == 1
 
 
-def test_a_full_table_is_emptied_before_the_next_install():
+def test_a_full_table_evicts_one_entry_for_the_next_install():
+    """Every entry was used since it was installed: the clock's hand marks them all idle on its
+    first round and evicts the first one on the next; a flush empties the table at once."""
     t = Harness(flow_capacity=4)
     frames = [frame(dst=f"10.244.1.{i}") for i in range(10, 15)]
     installed = [t.dp.install(key_of(1, f, 10), generation=5, kind=FORWARD, out_port=2,
                               dst_slot=1, dst_inc=1) for f in frames]
     assert installed == [True] * 4 + [False]
     stats = t.dp.stats()
-    assert (stats["entries"], stats["flushes"], stats["installs"]) == (1, 1, 5)
+    assert (stats["entries"], stats["evictions"], stats["installs"]) == (4, 1, 5)
     assert t.dp.process(1, frames[0], NOW)[0] == UPCALL
-    assert t.dp.process(1, frames[4], NOW)[0] > 0
+    assert all(t.dp.process(1, f, NOW)[0] > 0 for f in frames[1:])
     t.dp.flush()
-    assert t.dp.stats()["entries"] == 0
+    assert (t.dp.stats()["entries"], t.dp.stats()["flushes"]) == (0, 1)
+
+
+def test_a_full_table_evicts_an_idle_entry_and_spares_one_in_use():
+    t = Harness(flow_capacity=4)
+    frames = [frame(dst=f"10.244.1.{i}") for i in range(10, 16)]
+    for f in frames[:5]:  # the fifth evicts the first; the hand marked the others idle
+        t.install(key_of(1, f, 10))
+    assert t.dp.process(1, frames[1], NOW)[0] > 0  # in use again
+    t.install(key_of(1, frames[5], 10))
+    assert t.dp.process(1, frames[2], NOW)[0] == UPCALL  # the first idle one the hand reached
+    assert all(t.dp.process(1, f, NOW)[0] > 0 for f in (frames[1], frames[3], frames[4]))
+    assert t.dp.stats()["evictions"] == 2
+
+
+def test_a_sweep_removes_the_entries_not_looked_up_since_the_one_before():
+    t = Harness(flow_capacity=4)
+    frames = [frame(dst=f"10.244.1.{i}") for i in range(10, 15)]
+    for f in frames[:3]:
+        t.install(key_of(1, f, 10))
+    t.install(key_of(1, frames[3], 10), generation=4)  # another generation: never a lookup
+    assert t.dp.sweep() == 0  # installed since: marked idle
+    assert t.dp.process(1, frames[0], NOW)[0] > 0
+    assert t.dp.process(1, frames[3], NOW)[0] == UPCALL
+    assert t.dp.sweep() == 3
+    stats = t.dp.stats()
+    assert (stats["entries"], stats["swept"], stats["evictions"]) == (1, 3, 0)
+    assert t.dp.process(1, frames[0], NOW)[0] > 0
+    for f in frames[1:4]:  # the swept slots are taken again before anything is evicted
+        t.install(key_of(1, f, 10))
+    assert (t.dp.stats()["entries"], t.dp.stats()["evictions"]) == (4, 0)
 
 
 def test_keys_longer_than_the_table_takes_are_refused():
@@ -555,27 +588,36 @@ def test_a_hit_is_what_the_pure_fast_path_makes_of_the_frame(case):
 
 # ---- the poll thread, over socket pairs (packet boundaries kept, as a TAP keeps frames) ---------
 
-@pytest.fixture
-def threaded(request):
-    """A datapath whose ports 1 and 2 are SOCK_SEQPACKET pairs: the test writes and reads the far
-    ends. Ports are removed before the sockets close, as the datapath's contract asks. Their
-    virtio-net header sizes: 10, or {port: size} given as the fixture's indirect parameter."""
-    l2s = getattr(request, "param", {1: 10, 2: 10})
-    pairs = {port: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for port in (1, 2)}
-    t = Harness({})
+@contextlib.contextmanager
+def socket_ports(l2s: dict[int, int], upcall_capacity: int = 16):
+    """A datapath whose ports (``l2s``: id -> virtio-net header size) are SOCK_SEQPACKET pairs:
+    the test writes and reads the far ends. Ports are removed before the sockets close, as the
+    datapath's contract asks."""
+    pairs = {port: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for port in l2s}
+    t = Harness({}, upcall_capacity=upcall_capacity)
     for port, (near, _) in pairs.items():
         t.dp.port_add(port, near.fileno(), l2s[port])
     t.dp.set_params(fdb_aging=1e12)  # the thread's clock is CLOCK_MONOTONIC: stamps of NOW
     far = {port: pair[1] for port, pair in pairs.items()}
     for sock in far.values():
         sock.settimeout(5)
-    yield t, far
-    t.dp.stop()
-    for port in pairs:
-        t.dp.port_del(port)
-    for near, other in pairs.values():
-        near.close()
-        other.close()
+    try:
+        yield t, far
+    finally:
+        t.dp.stop()
+        for port in pairs:
+            t.dp.port_del(port)
+        for near, other in pairs.values():
+            near.close()
+            other.close()
+
+
+@pytest.fixture
+def threaded(request):
+    """``socket_ports`` with ports 1 and 2 and an upcall capacity of 16. Their virtio-net header
+    sizes: 10, or {port: size} given as the fixture's indirect parameter."""
+    with socket_ports(getattr(request, "param", {1: 10, 2: 10})) as ports:
+        yield ports
 
 
 def _readable(fd: int, timeout: float) -> bool:
@@ -663,18 +705,109 @@ def test_the_thread_converts_framing_around_the_frame_it_read(threaded, request)
                                                 spec(out_l2))
 
 
-def test_a_full_upcall_queue_drops_and_counts(threaded):
+def _upcalled(t: Harness, count: int) -> None:
+    """Waits until the poll thread has handed ``count`` frames in all to the upcall queue."""
+    deadline = time.monotonic() + 5
+    while t.dp.stats()["upcalls"] < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert t.dp.stats()["upcalls"] == count
+
+
+def _take_all(t: Harness, count: int) -> list[tuple[int, bytes]]:
+    """Upcalls taken until ``count`` frames in all were handed over and none waits."""
+    taken: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        taken += t.dp.take_upcalls(100)
+        stats = t.dp.stats()
+        if stats["upcalls"] == count and stats["upcall_queued"] == 0:
+            break
+        time.sleep(0.01)
+    return taken
+
+
+def test_a_port_that_holds_its_share_is_not_read_until_python_takes_it_down(threaded):
+    """Half of the queue (8 of 16) is a port's share: then its frames wait in its fd, unread
+    (a TAP's queue, where the pod's kernel drops what does not fit), until Python has taken
+    the port's down to a quarter. Nothing is lost meanwhile, and the order is kept."""
     t, far = threaded
     t.dp.start()
-    frames = [frame(dst=f"10.244.1.{i}") for i in range(40)]  # capacity is 16
+    frames = [frame(dst=f"10.244.1.{i}") for i in range(40)]
     for data in frames:
         far[1].send(data)
-    deadline = time.monotonic() + 5
-    while t.dp.stats()["upcalls"] < 40 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _upcalled(t, 8)
+    time.sleep(0.05)
     stats = t.dp.stats()
-    assert (stats["upcall_queued"], stats["upcall_lost"]) == (16, 24)
-    assert [frame_ for _, frame_ in t.dp.take_upcalls(100)] == frames[:16]
+    assert (stats["upcalls"], stats["upcall_queued"], stats["upcall_lost"]) == (8, 8, 0)
+    assert t.dp.take_upcalls(3) == [(1, data) for data in frames[:3]]
+    time.sleep(0.05)
+    assert t.dp.stats()["upcalls"] == 8  # 5 left: still above a quarter
+    taken = t.dp.take_upcalls(1) + _take_all(t, 40)  # at 4 the port is read again
+    assert taken == [(1, data) for data in frames[3:]]
+    assert (t.dp.stats()["upcall_lost"], t.dp.port_counters(1)["upcall_lost"]) == (0, 0)
+
+
+def test_a_full_upcall_queue_makes_the_port_with_the_most_waiting_pay():
+    """Ports 1 and 2 hold their shares, and the queue is full: each frame of port 3 takes the
+    place of the oldest frame of the port with the most waiting (the first such), which loses
+    it, counted for the datapath and for that port."""
+    with socket_ports({1: 10, 2: 10, 3: 10}) as (t, far):
+        t.dp.start()
+        sent = {port: [frame(dst=f"10.244.{port}.{i}") for i in range(10)] for port in (1, 2)}
+        for port in (1, 2):
+            for data in sent[port]:
+                far[port].send(data)
+        _upcalled(t, 16)
+        assert t.dp.stats()["upcall_queued"] == 16
+        sent[3] = [frame(dst=f"10.244.3.{i}") for i in range(3)]
+        for data in sent[3]:
+            far[3].send(data)
+        _upcalled(t, 19)
+        stats = t.dp.stats()
+        assert (stats["upcall_queued"], stats["upcall_lost"]) == (16, 3)
+        assert [t.dp.port_counters(port)["upcall_lost"] for port in (1, 2, 3)] == [2, 1, 0]
+        taken = _take_all(t, 23)  # the frames 1 and 2 still had in their fds come after
+        assert [data for port, data in taken if port == 1] == sent[1][2:]
+        assert [data for port, data in taken if port == 2] == sent[2][1:]
+        assert [data for port, data in taken if port == 3] == sent[3]
+
+
+def test_upcalls_are_taken_from_the_ports_in_turn():
+    """Up to 8 frames of a port, then the next port's turn: a port's first frames wait behind
+    at most one turn of a port that keeps many waiting."""
+    with socket_ports({1: 10, 2: 10}, upcall_capacity=64) as (t, far):
+        t.dp.start()
+        many = [frame(dst=f"10.244.1.{i}") for i in range(11)]
+        for data in many:
+            far[1].send(data)
+        _upcalled(t, 11)
+        few = [frame(dst=f"10.244.2.{i}") for i in range(3)]
+        for data in few:
+            far[2].send(data)
+        _upcalled(t, 14)
+        assert t.dp.take_upcalls(5) == [(1, data) for data in many[:5]]
+        assert t.dp.take_upcalls(100) == ([(1, data) for data in many[5:8]]
+                                          + [(2, data) for data in few]
+                                          + [(1, data) for data in many[8:]])
+        assert not _readable(t.dp.upcall_fd, 0)
+        far[2].send(few[0])  # alone: its turn comes at once
+        _upcalled(t, 15)
+        assert t.dp.take_upcalls(100) == [(2, few[0])]
+
+
+def test_a_removed_port_loses_the_upcalls_it_had_waiting(threaded):
+    t, far = threaded
+    t.dp.start()
+    for i in range(3):
+        far[1].send(frame(dst=f"10.244.1.{i}"))
+    far[2].send(frame(dst="10.244.2.1"))
+    _upcalled(t, 4)
+    t.dp.stop()
+    t.dp.port_del(1)
+    stats = t.dp.stats()
+    assert (stats["upcall_queued"], stats["upcall_lost"]) == (1, 3)
+    assert t.dp.take_upcalls(100) == [(2, frame(dst="10.244.2.1"))]
+    t.dp.port_add(1, -1, 10)  # the fixture removes it again
 
 
 def test_a_port_that_cannot_take_more_counts_busy_and_takes_the_count_back(threaded):

@@ -18,7 +18,7 @@ import dataclasses
 import struct
 from ipaddress import IPv4Address
 
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 
 from vswitch.accel import pure
 from vswitch.core.port_spec import PortKind, PortSpec
@@ -193,8 +193,32 @@ def _desired_state(unready: str | None, with_dns: bool):
 def test_fast_path_equals_slow_path_for_translated_connections(steps):
     """The C datapath's cache and its pure twin's against the pipeline alone: the same bytes on
     the same ports, and the two caches the same counters, hits included."""
-    cached = _with_trunk(_switch("native"))
-    twin = _with_trunk(_switch("pure"))
+    cached, twin = run_against_the_pipeline(steps)
+    assert same_counters(cached, twin)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_STEP, min_size=10, max_size=40))
+def test_a_cache_that_evicts_and_sweeps_still_decides_what_the_pipeline_decides(steps):
+    """Caches of 3 entries, swept at every step that takes time: entries come and go all the
+    time, and each cache still replays only what the pipeline would do. (Their counters may
+    differ: C installs a marker and an entry where the dict may hold them already, so the two
+    evict different entries.)"""
+    cached, twin = run_against_the_pipeline(steps, capacity=3, sweep_every_step=True)
+    for switch in (cached, twin):
+        cache = switch.flow_cache.statistics()
+        assert cache.entries <= 3, cache
+        event(f"evicted: {cache.evictions > 0}, swept: {cache.swept > 0}")
+
+
+def run_against_the_pipeline(steps, capacity=65536, sweep_every_step=False):
+    """The steps through a switch whose cache is the C datapath's, one whose cache is the pure
+    twin (both of ``capacity`` entries) and one without a cache, which must all send the same
+    bytes to the same ports and end with the same tables. ``sweep_every_step``: the caches are
+    swept at every step that takes time, as if each were ``FLOW_IDLE`` seconds long."""
+    cached = _with_trunk(_switch("native", capacity=capacity))
+    twin = _with_trunk(_switch("pure", capacity=capacity))
     plain = _with_trunk(_switch("pure", capacity=0))
     backends: dict[int, str] = {}
     burst: list[bytes] = []
@@ -214,6 +238,9 @@ def test_fast_path_equals_slow_path_for_translated_connections(steps):
         if delay or step[0] in ("program", "policy"):
             send_burst()
             now += delay
+            if delay and sweep_every_step:
+                cached.flow_cache.sweep()
+                twin.flow_cache.sweep()
             if delay >= 3.0:
                 assert ([(t.port, t.data) for t in cached.handle_timer(now)]
                         == [(t.port, t.data) for t in plain.handle_timer(now)]
@@ -240,4 +267,4 @@ def test_fast_path_equals_slow_path_for_translated_connections(steps):
     assert conntrack_rows(cached, now) == conntrack_rows(plain, now)
     assert conntrack_rows(twin, now) == conntrack_rows(plain, now)
     assert fdb_rows(cached, now) == fdb_rows(plain, now) == fdb_rows(twin, now)
-    assert same_counters(cached, twin)
+    return cached, twin

@@ -47,9 +47,9 @@ _SHARED = {
 }
 _C_TYPES = {"d": "double[]", "I": "uint32_t[]", "Q": "uint64_t[]", "B": "uint8_t[]"}
 _COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_busy",
-             "tx_offload_unsupported", "tx_port_gone", "tx_error")
+             "tx_offload_unsupported", "tx_port_gone", "tx_error", "upcall_lost")
 _STATS = ("hits", "misses", "installs", "flushes", "entries", "capacity", "upcalls",
-          "upcall_lost", "upcall_queued", "wakeups", "read_errors")
+          "upcall_lost", "upcall_queued", "wakeups", "read_errors", "evictions", "swept")
 
 
 def _typecode(values: object) -> str | None:
@@ -219,7 +219,8 @@ class Datapath:
 
     def install(self, key: bytes, **action_fields: int | bytes) -> bool:
         """Install an action (fields named as in vs_dp_action, the others zero) under ``key``,
-        zero-padded to KEY_LEN. False when the table was full and has been emptied first."""
+        zero-padded to KEY_LEN. False when the table was full and the entry took the place of
+        one it evicted (the first idle one its clock reached)."""
         return self.install_packed(key, pack_action(action_fields))
 
     def install_packed(self, key: bytes, action: bytes) -> bool:
@@ -233,6 +234,11 @@ class Datapath:
 
     def flush(self) -> None:
         lib.vs_dp_flush(self._dp)
+
+    def sweep(self) -> int:
+        """Remove the entries not looked up since the last sweep, mark the others idle: the
+        number removed."""
+        return lib.vs_dp_sweep(self._dp)
 
     def stats(self) -> dict[str, int]:
         lib.vs_dp_stats_get(self._dp, self._stats)
@@ -260,7 +266,8 @@ class Datapath:
         return lib.vs_dp_upcall_fd(self._dp)
 
     def take_upcalls(self, max_frames: int) -> list[tuple[int, bytes]]:
-        """Up to ``max_frames`` waiting upcalls, oldest first, as (port, frame)."""
+        """Up to ``max_frames`` waiting upcalls as (port, frame): the ports in turn, up to 8
+        frames of one port per turn, each port's oldest first."""
         taken = []
         port = self._out_port
         for _ in range(max_frames):

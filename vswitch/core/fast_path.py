@@ -92,15 +92,21 @@ def packet_length_on_wire(frame: bytes, l2: int) -> int:
 def lookup(cache: dict[bytes, CacheEntry], key: bytes, frame: bytes, l2: int,
            generation: int) -> tuple[CacheEntry | None, bytes | None]:
     """The current entry for a frame of ``key`` (following a per-connection marker to the
-    connection's own entry), or None; and the connection key when one was computed."""
+    connection's own entry), or None; and the connection key when one was computed. Each entry
+    of the current generation found on the way is marked used (``FlowCache``: what the sweep
+    and the eviction clock spare), as native/datapath.c's flow_get marks it."""
     entry = cache.get(key)
     if entry is None or entry.generation != generation:
         return None, None
+    entry.used = True
     if not entry.per_connection:
         return entry, None
     conn_key = connection_key(key, frame, l2)
     entry = cache.get(conn_key) if conn_key is not None else None
-    if entry is None or entry.generation != generation or entry.per_connection:
+    if entry is None or entry.generation != generation:
+        return None, conn_key
+    entry.used = True
+    if entry.per_connection:
         return None, conn_key
     return entry, conn_key
 

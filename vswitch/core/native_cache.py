@@ -10,14 +10,18 @@ Theory of operation
   entries it refreshes and checks, the neighbour whose confirmation it needs, the connection whose
   clock and counters it moves (see ``tables.shared_slots``). An entry without a slot (a table that
   ran out of them) is simply not installed: its packets keep going through the pipeline.
-* Hits, misses, installs and flushes are counted in C; ``statistics`` reads them there, so the
-  figures include the poll thread's packets.
+* Hits, misses, installs, flushes, evictions and sweeps are counted in C; ``statistics`` reads
+  them there, so the figures include the poll thread's packets.
+* The table is bounded as ``FlowCache`` bounds it (the same slots, free list and eviction
+  clock, in C): ``expire`` sweeps it on the same schedule, from the switch's timer, while the
+  poll thread keeps replaying (the sweep holds the datapath's mutex for one pass over the
+  slots, ~0.1 ms at 65,536).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from vswitch.core.flow_cache import CacheEntry, FlowCacheStatistics
+from vswitch.core.flow_cache import CacheEntry, FlowCacheStatistics, SweepSchedule
 from vswitch.tables.conntrack import ConntrackTable
 from vswitch.tables.fdb import Fdb, FdbEntry
 from vswitch.tables.neighbors import Neighbor, NeighborTable
@@ -53,6 +57,7 @@ class NativeFlowCache:
         self._upcall_all = False
         self._upcall_ports: set[int] = set()
         self.not_compiled = 0  # decisions that name state without a slot: never installed
+        self._schedule = SweepSchedule()
 
     def set_generation(self, generation: int) -> None:
         if generation != self._generation:
@@ -82,6 +87,17 @@ class NativeFlowCache:
     def clear(self) -> None:
         self.datapath.flush()
 
+    def sweep(self) -> int:
+        """``FlowCache.sweep``, of the C table."""
+        return self.datapath.sweep()
+
+    def expire(self, now: float) -> int:
+        """``FlowCache.expire``: a sweep when one is due."""
+        return self.sweep() if self._schedule.due(now) else 0
+
+    def next_deadline(self) -> float | None:
+        return self._schedule.next_sweep
+
     @property
     def hits(self) -> int:
         return self.datapath.stats()["hits"]
@@ -93,7 +109,7 @@ class NativeFlowCache:
     def statistics(self) -> FlowCacheStatistics:
         s = self.datapath.stats()
         return FlowCacheStatistics(s["entries"], self.capacity, s["hits"], s["misses"],
-                                   s["installs"], s["flushes"])
+                                   s["installs"], s["flushes"], s["evictions"], s["swept"])
 
     # -- compiling ---------------------------------------------------------------------------
 
