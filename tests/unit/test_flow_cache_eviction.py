@@ -83,13 +83,13 @@ def test_a_flow_that_stops_is_swept_after_one_to_two_periods():
     cache.install(KEYS[0], _entry())
     cache.install(KEYS[1], _entry())
     now = 100.0
-    assert cache.expire(now) == 0 and cache.next_deadline() == now + FLOW_IDLE
+    assert cache.expire(now) == 0 and cache.next_sweep == now + FLOW_IDLE
     assert cache.expire(now + FLOW_IDLE / 2) == 0  # not due
     assert cache.expire(now + FLOW_IDLE) == 0  # due: both were used since installed
     assert _found(cache, 0)  # flow 0 runs on, flow 1 has stopped
     assert cache.expire(now + 2 * FLOW_IDLE) == 1
     assert list(cache.entries) == [KEYS[0]] and cache.statistics().swept == 1
-    assert cache.next_deadline() == now + 3 * FLOW_IDLE
+    assert cache.next_sweep == now + 3 * FLOW_IDLE
 
 
 def test_an_entry_of_an_old_generation_is_never_marked_and_goes_at_the_next_sweep():
@@ -114,5 +114,5 @@ def test_a_cache_of_capacity_zero_holds_nothing():
     cache = FlowCache(0)
     cache.install(KEYS[0], _entry())
     assert cache.statistics().entries == 0
-    assert cache.next_deadline() is None
+    assert cache.next_sweep is None
     assert cache.expire(math.inf) == 0

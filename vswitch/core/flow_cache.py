@@ -206,7 +206,9 @@ class FlowCache:
         entries it removed."""
         return self.sweep() if self._schedule.due(now) else 0
 
-    def next_deadline(self) -> float | None:
+    @property
+    def next_sweep(self) -> float | None:
+        """When the next sweep is due (None until the timer first looked)."""
         return self._schedule.next_sweep
 
     def clear(self) -> None:

@@ -382,6 +382,9 @@ class Switch:
         if expired:
             self._env.count(ip4_conntrack.Counter.FRAGMENT_HOLD_EXPIRED, expired)
         self.services.expire(now)
+        # The sweep asks for no deadline of its own: the runtime's timer runs at least every
+        # second, and a sweep a second late costs nothing.
+        self.flow_cache.expire(now)
         env = self._env
         env.now = now
         out: list[Transmit] = []
@@ -424,6 +427,9 @@ class Switch:
     def _port_snapshot(self, port_id: int) -> dict:
         """A port's counters: the pipeline's, plus the C datapath's for the frames it handled."""
         snapshot = self._port_counters[port_id].snapshot()
+        # Frames lost on their way from the C datapath to the pipeline (none without it), kept
+        # apart from rx_drops, which are the pipeline's own drops by reason.
+        snapshot["upcall_lost"] = 0
         if self.datapath is None:
             return snapshot
         native = self.datapath.port_counters(port_id)
@@ -434,6 +440,7 @@ class Switch:
             if native[name]:
                 tx_drops[reason] = tx_drops.get(reason, 0) + native[name]
         snapshot["tx_drops"] = dict(sorted(tx_drops.items()))
+        snapshot["upcall_lost"] = native["upcall_lost"]
         return snapshot
 
     def sync_datapath(self) -> None:
@@ -466,7 +473,8 @@ class Switch:
                              for d in Disposition},
             "flow_cache": {"entries": cache.entries, "capacity": cache.capacity, "hits": cache.hits,
                            "misses": cache.misses, "installs": cache.installs,
-                           "flushes": cache.flushes, "generation": self._generation()},
+                           "flushes": cache.flushes, "evictions": cache.evictions,
+                           "swept": cache.swept, "generation": self._generation()},
             "fdb": {"entries": len(self.fdb), "generation": self.fdb.generation},
             "fib": {"routes": len(self.fib), "generation": self.fib.generation},
             "neighbors": {"entries": len(self.neighbors), "generation": self.neighbors.generation,

@@ -66,6 +66,12 @@ class SwitchCollector:
         yield _gauge("vswitch_flow_cache_entries", "flow cache entries", node, cache["entries"])
         yield _counter("vswitch_flow_cache_hits", "flow cache hits", node, cache["hits"])
         yield _counter("vswitch_flow_cache_misses", "flow cache misses", node, cache["misses"])
+        yield _counter("vswitch_flow_cache_evictions",
+                       "flow cache entries evicted to make room for another", node,
+                       cache["evictions"])
+        yield _counter("vswitch_flow_cache_swept",
+                       "flow cache entries removed, not looked up since the sweep before", node,
+                       cache["swept"])
         yield _gauge("vswitch_fdb_entries", "learned MAC addresses", node, stats["fdb"]["entries"])
         yield _gauge("vswitch_neighbors", "next hops in the neighbour table", node,
                      stats["neighbors"]["entries"])
