@@ -47,7 +47,7 @@ from services_support import (
     service_port,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.measured]
 
 RAW_FLOOD = program("raw_flood")
 CONNTRACK_MAX = 1024  # the smallest the config accepts: the SYN flood overflows it

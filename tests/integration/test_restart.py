@@ -113,6 +113,7 @@ def restart(daemon: Daemon, signum: int) -> float:
     return last_ready(daemon) - started
 
 
+@pytest.mark.measured
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_pod_to_pod_stream_survives_a_restart(make_daemon, signum: int, record_property) -> None:
     daemon = make_daemon((PodSpec("server"), PodSpec("client")), start=False)

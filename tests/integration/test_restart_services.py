@@ -28,7 +28,7 @@ from services_support import ServiceNode, ServicePodSpec, make_service_node, ser
 from test_restart import INTERVAL, IPERF_PORT, RESTART_AT, STREAM_SECONDS, judge_stream, \
     restart
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.measured]
 
 NODE_PORT = 30521
 BACKENDS = ("srv-1", "srv-2")

@@ -17,7 +17,7 @@ import pytest
 
 from harness import PING_SCRIPT, PYTHON, UDP_SOURCE_SCRIPT, Daemon, PodSpec
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.measured]
 
 TIMEOUT = 2.0  # WATCHDOG_USEC, in seconds: a ping is due every TIMEOUT / 2
 
