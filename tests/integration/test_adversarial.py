@@ -274,7 +274,9 @@ def assert_dropped_for(outcome: Outcome, reasons: dict[str, str]) -> None:
     by_port = sum(v for k, v in outcome.growth.items() if k.startswith("ports.attacker.rx_drops."))
     assert counted == by_port, outcome.growth
     assert abs(outcome.received() - counted) <= 20, (outcome.received(), counted, outcome.growth)
-    assert outcome.growth.get("ports.attacker.tx_packets", 0) == 0, outcome.growth
+    # Nothing comes back to the attacker but the odd broadcast or ARP probe of the others' (its
+    # neighbour entry refreshed, a pod's kernel asking for an address).
+    assert outcome.growth.get("ports.attacker.tx_packets", 0) <= 20, outcome.growth
 
 
 def test_mac_flood(node: ServiceNode, held: subprocess.Popen, record_property) -> None:
