@@ -231,7 +231,16 @@ class ServiceNode:
         self.daemon = daemon
         self.server_script = server_script
         self.internet_procs: list[subprocess.Popen] = []
+        self.pod_procs: list[subprocess.Popen] = []
         self.internet_inode: int | None = None
+
+    def serve_iperf(self, pod: str, port: int) -> None:
+        """An iperf3 server in ``pod`` on TCP ``port``, listening when this returns; ``close``
+        stops it."""
+        server = self.daemon.popen_in(pod, "iperf3", "-s", "-p", str(port),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pod_procs.append(server)
+        self.daemon.wait_listening(pod, port)
 
     @property
     def spec(self) -> ServiceNodeSpec:
@@ -336,7 +345,7 @@ class ServiceNode:
 
     def close(self) -> list[str]:
         """Stop everything; return what had to be removed by force (a leak of the daemon)."""
-        for proc in self.internet_procs:
+        for proc in (*self.pod_procs, *self.internet_procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
             proc.wait()

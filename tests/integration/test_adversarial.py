@@ -78,21 +78,12 @@ def node(netns_environment: None, tmp_path_factory: pytest.TempPathFactory
                            service_port("http", "tcp", 80, 8080),
                            service_port("iperf", "tcp", IPERF_PORT, IPERF_PORT)]},)
     service_node.daemon.update_spec(pods=pods, services=services)
-    processes: list[subprocess.Popen] = []
-    problems: list[str] = []
     try:
         service_node.daemon.start()
         service_node.wait_for_servers([("server", "tcp", 7000), ("server", "tcp", 8080)])
-        iperf = service_node.daemon.popen_in("server", "iperf3", "-s", "-p", str(IPERF_PORT),
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        processes.append(iperf)
-        service_node.daemon.wait_listening("server", IPERF_PORT)
+        service_node.serve_iperf("server", IPERF_PORT)
         yield service_node
     finally:
-        for proc in processes:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
         problems = service_node.close()
     assert not problems, problems
 

@@ -47,22 +47,13 @@ def node(netns_environment: None, tmp_path: Path) -> Iterator[ServiceNode]:
             ServicePodSpec("client"))
     service_node = ServiceNode(Daemon(dataclasses.replace(spec, pods=pods, services=services),
                                       tmp_path, standby=True))
-    processes: list[subprocess.Popen] = []
     try:
         service_node.daemon.start()
         service_node.daemon.wait_standby()
         for name in BACKENDS:
-            server = service_node.daemon.popen_in(
-                name, "iperf3", "-s", "-p", IPERF_PORT, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL)
-            processes.append(server)
-            service_node.daemon.wait_listening(name, IPERF_PORT)
+            service_node.serve_iperf(name, int(IPERF_PORT))
         yield service_node
     finally:
-        for proc in processes:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
         problems = service_node.close()
     assert not problems, problems
 
@@ -72,6 +63,9 @@ def stream_across_restart(node: ServiceNode, argv: list[str], port: int | str, s
     """Run ``argv`` (an iperf3 client, to ``port``) and restart the daemon with ``signum`` in the
     middle; the client's JSON report, after checking that the stream completed."""
     daemon = node.daemon
+    # The daemon a SIGTERM test started afresh starts its standby once ready; a SIGKILL test
+    # measures a takeover by a standby that is ready.
+    daemon.wait_standby()
     client = subprocess.Popen(
         [*argv, "-p", str(port), "-t", str(STREAM_SECONDS), "-i", str(INTERVAL), "-b", "200M",
          "-J"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
